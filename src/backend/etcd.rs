@@ -1,0 +1,463 @@
+//! The etcd backend (crate `etcd-client`), for etcd 3.4 and 3.5.
+//!
+//! Every conditional write is one etcd Txn; a prefix read is a Range sorted by create
+//! revision; a prefix watch is one gRPC watch stream, opened with no start revision (so
+//! etcd registers it as "synced", avoiding the 100 ms catch-up of unsynced watchers) and
+//! returned only after etcd confirms its creation. Connections use `require_leader`, so a
+//! member cut off from the leader cancels our watches instead of going silent.
+
+use super::*;
+use crate::error::Error;
+use etcd_client::{
+    Certificate, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, PutOptions, SortOrder,
+    SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
+};
+
+/// How to reach etcd.
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    /// `host:port` or `http(s)://host:port`, one per member.
+    pub endpoints: Vec<String>,
+    /// The first contact must succeed within this (default 5 s), else [`Error::Connect`].
+    pub connect_timeout: Duration,
+    /// Each unary request fails with [`Error::Unavailable`] after this (default 5 s).
+    pub request_timeout: Duration,
+    /// User name and password, if etcd auth is enabled.
+    pub user: Option<(String, String)>,
+    /// TLS settings; `None` for plain HTTP.
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS for the etcd connection, from PEM bytes.
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    /// CA certificate(s) to trust.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate and key, for client-certificate auth.
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// Server name to verify, if it differs from the endpoint host.
+    pub domain: Option<String>,
+}
+
+impl EtcdConfig {
+    /// Defaults for these endpoints.
+    pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            user: None,
+            tls: None,
+        }
+    }
+
+    /// Sets the connect timeout.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the per-request timeout.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets user and password.
+    pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
+        self.user = Some((name.into(), password.into()));
+        self
+    }
+
+    /// Sets TLS.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+}
+
+/// The etcd backend. Cheap to clone.
+#[derive(Clone)]
+pub struct EtcdBackend {
+    client: etcd_client::Client,
+    request_timeout: Duration,
+}
+
+impl std::fmt::Debug for EtcdBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdBackend").finish_non_exhaustive()
+    }
+}
+
+/// Maps an etcd-client error to leasehold's: transport and availability problems are
+/// transient; auth problems are [`Error::Auth`]; the rest is permanent.
+pub(crate) fn map_err(e: etcd_client::Error) -> Error {
+    use etcd_client::Error as E;
+    match e {
+        E::GRpcStatus(status) => {
+            use tonic_code::*;
+            let code = status.code() as i32;
+            let msg = status.message().to_owned();
+            let lower = msg.to_lowercase();
+            if lower.contains("authentication failed")
+                || lower.contains("permission denied")
+                || lower.contains("invalid auth token")
+                || lower.contains("user name is empty")
+                || matches!(code, PERMISSION_DENIED | UNAUTHENTICATED)
+            {
+                return Error::Auth(msg);
+            }
+            if lower.contains("requested lease not found") {
+                return Error::LeaseNotFound { lease: 0 };
+            }
+            match code {
+                UNAVAILABLE | DEADLINE_EXCEEDED | CANCELLED | ABORTED | UNKNOWN | RESOURCE_EXHAUSTED => {
+                    Error::Unavailable(format!("etcd: {msg}"))
+                }
+                _ => Error::Store(format!("etcd: {msg} ({:?})", status.code())),
+            }
+        }
+        E::TransportError(t) => Error::Unavailable(format!("etcd: transport: {t}")),
+        E::IoError(io) => Error::Unavailable(format!("etcd: io: {io}")),
+        E::WatchError(w) => Error::Unavailable(format!("etcd: watch: {w}")),
+        E::LeaseKeepAliveError(l) => Error::Unavailable(format!("etcd: keep-alive: {l}")),
+        other => Error::Store(format!("etcd: {other}")),
+    }
+}
+
+/// gRPC status codes, by number, so the mapping does not depend on tonic's version.
+mod tonic_code {
+    pub const CANCELLED: i32 = 1;
+    pub const UNKNOWN: i32 = 2;
+    pub const DEADLINE_EXCEEDED: i32 = 4;
+    pub const PERMISSION_DENIED: i32 = 7;
+    pub const RESOURCE_EXHAUSTED: i32 = 8;
+    pub const ABORTED: i32 = 10;
+    pub const UNAVAILABLE: i32 = 14;
+    pub const UNAUTHENTICATED: i32 = 16;
+
+}
+
+fn kv(kv: &etcd_client::KeyValue) -> KeyValue {
+    KeyValue {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: kv.value().to_vec(),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+        lease: kv.lease(),
+    }
+}
+
+fn revision(resp: &TxnResponse) -> Revision {
+    resp.header().map_or(0, |h| h.revision())
+}
+
+fn head_options(limit: usize) -> GetOptions {
+    let opts = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend);
+    if limit > 0 {
+        opts.with_limit(limit as i64)
+    } else {
+        opts
+    }
+}
+
+/// The key-values of the Range response at `index` of a Txn response.
+fn range_at(resp: &TxnResponse, index: usize) -> Vec<KeyValue> {
+    match resp.op_responses().into_iter().nth(index) {
+        Some(TxnOpResponse::Get(g)) => g.kvs().iter().map(kv).collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl EtcdBackend {
+    /// Connects and checks that the cluster answers within the connect timeout.
+    pub async fn connect(config: EtcdConfig) -> Result<Self> {
+        if config.endpoints.is_empty() {
+            return Err(Error::invalid("etcd", "no endpoints given"));
+        }
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        let endpoints: Vec<String> = config
+            .endpoints
+            .iter()
+            .map(|e| if e.contains("://") { e.clone() } else { format!("{scheme}://{e}") })
+            .collect();
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(config.connect_timeout)
+            .with_timeout(config.request_timeout)
+            .with_require_leader(true)
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        if let Some((user, password)) = &config.user {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        if let Some(tls) = &config.tls {
+            let mut t = TlsOptions::new();
+            if let Some(ca) = &tls.ca_pem {
+                t = t.ca_certificate(Certificate::from_pem(ca));
+            }
+            if let Some((cert, key)) = &tls.identity_pem {
+                t = t.identity(Identity::from_pem(cert, key));
+            }
+            if let Some(domain) = &tls.domain {
+                t = t.domain_name(domain.clone());
+            }
+            options = options.with_tls(t);
+        }
+        let joined = endpoints.join(",");
+        let connect_error = |reason: String| Error::Connect {
+            endpoints: joined.clone(),
+            timeout: config.connect_timeout,
+            reason,
+        };
+        let attempt = async {
+            let mut client = etcd_client::Client::connect(&endpoints, Some(options)).await.map_err(map_err)?;
+            // The channel connects lazily: make one real round trip now.
+            client.get("\0leasehold-probe", None).await.map_err(map_err)?;
+            Ok::<_, Error>(client)
+        };
+        let client = match tokio::time::timeout(config.connect_timeout, attempt).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(Error::Auth(msg))) => return Err(Error::Auth(msg)),
+            Ok(Err(e)) => {
+                let reason = e.to_string();
+                let lower = reason.to_lowercase();
+                if config.tls.is_some() && (lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")) {
+                    return Err(Error::Tls(format!("{joined}: {reason}")));
+                }
+                return Err(connect_error(reason));
+            }
+            Err(_) => return Err(connect_error("no answer".into())),
+        };
+        Ok(Self { client, request_timeout: config.request_timeout })
+    }
+
+    /// The underlying etcd-client handle (for tools and tests).
+    pub fn raw(&self) -> etcd_client::Client {
+        self.client.clone()
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+        self.client.kv_client().txn(txn).await.map_err(map_err)
+    }
+}
+
+struct EtcdKeepAlive {
+    lease: LeaseId,
+    timeout: Duration,
+    keeper: etcd_client::LeaseKeeper,
+    stream: etcd_client::LeaseKeepAliveStream,
+}
+
+#[async_trait]
+impl KeepAlive for EtcdKeepAlive {
+    async fn renew(&mut self) -> Result<Duration> {
+        let once = async {
+            self.keeper.keep_alive().await.map_err(map_err)?;
+            match self.stream.message().await.map_err(map_err)? {
+                Some(resp) if resp.ttl() > 0 => Ok(Duration::from_secs(resp.ttl() as u64)),
+                Some(_) => Err(Error::LeaseNotFound { lease: self.lease }),
+                None => Err(Error::Unavailable("etcd: keep-alive stream closed".into())),
+            }
+        };
+        match tokio::time::timeout(self.timeout, once).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Unavailable("etcd: keep-alive timed out".into())),
+        }
+    }
+}
+
+struct EtcdWatch {
+    start: Revision,
+    stream: etcd_client::WatchStream,
+}
+
+#[async_trait]
+impl WatchStream for EtcdWatch {
+    fn start_revision(&self) -> Revision {
+        self.start
+    }
+
+    async fn next(&mut self) -> Result<Vec<WatchEvent>> {
+        loop {
+            let Some(resp) = self.stream.message().await.map_err(map_err)? else {
+                return Err(Error::Unavailable("etcd: watch stream ended".into()));
+            };
+            if resp.canceled() {
+                return Err(Error::Unavailable(format!(
+                    "etcd: watch canceled (compact revision {}): {}",
+                    resp.compact_revision(),
+                    resp.cancel_reason()
+                )));
+            }
+            let events: Vec<WatchEvent> = resp
+                .events()
+                .iter()
+                .filter_map(|e| {
+                    let k = e.kv()?;
+                    Some(match e.event_type() {
+                        EventType::Put => WatchEvent::Put(kv(k)),
+                        EventType::Delete => WatchEvent::Delete {
+                            key: String::from_utf8_lossy(k.key()).into_owned(),
+                            revision: k.mod_revision(),
+                        },
+                    })
+                })
+                .collect();
+            if !events.is_empty() {
+                return Ok(events);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for EtcdBackend {
+    fn kind(&self) -> &'static str {
+        "etcd"
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<Lease> {
+        let secs = ttl.as_secs_f64().ceil() as i64;
+        let resp = self.client.lease_client().grant(secs, None).await.map_err(map_err)?;
+        Ok(Lease { id: resp.id(), ttl: Duration::from_secs(resp.ttl().max(0) as u64) })
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<Box<dyn KeepAlive>> {
+        let mut leases = self.client.lease_client();
+        let open = leases.keep_alive(lease);
+        let (keeper, stream) = tokio::time::timeout(self.request_timeout, open)
+            .await
+            .map_err(|_| Error::Unavailable("etcd: keep-alive open timed out".into()))?
+            .map_err(map_err)?;
+        Ok(Box::new(EtcdKeepAlive { lease, timeout: self.request_timeout, keeper, stream }))
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
+        match self.client.lease_client().revoke(lease).await.map_err(map_err) {
+            Ok(_) | Err(Error::LeaseNotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<Duration>> {
+        match self.client.lease_client().time_to_live(lease, None).await.map_err(map_err) {
+            Ok(r) if r.ttl() > 0 => Ok(Some(Duration::from_secs(r.ttl() as u64))),
+            Ok(_) | Err(Error::LeaseNotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let resp = self.client.kv_client().get(key, None).await.map_err(map_err)?;
+        Ok(resp.kvs().first().map(kv))
+    }
+
+    async fn range_prefix(&self, prefix: &str, limit: usize) -> Result<(Vec<KeyValue>, Revision)> {
+        let resp = self.client.kv_client().get(prefix, Some(head_options(limit))).await.map_err(map_err)?;
+        let rev = resp.header().map_or(0, |h| h.revision());
+        Ok((resp.kvs().iter().map(kv).collect(), rev))
+    }
+
+    async fn create(&self, req: CreateRequest) -> Result<CreateResponse> {
+        let cond = match req.precondition {
+            Precondition::KeyAbsent => Compare::create_revision(req.key.clone(), CompareOp::Equal, 0),
+            // Over a range, the comparison must hold for every key; an empty range passes.
+            Precondition::PrefixEmpty => Compare::create_revision(req.prefix.clone(), CompareOp::Equal, 0).with_prefix(),
+        };
+        let reads = || {
+            [TxnOp::get(req.key.clone(), None), TxnOp::get(req.prefix.clone(), Some(head_options(req.head_limit)))]
+        };
+        let put = TxnOp::put(req.key.clone(), req.value.clone(), Some(PutOptions::new().with_lease(req.lease)));
+        let mut then = vec![put];
+        then.extend(reads());
+        let txn = Txn::new().when([cond]).and_then(then).or_else(reads());
+        let resp = self.txn(txn).await?;
+        let created = resp.succeeded();
+        let offset = usize::from(created);
+        Ok(CreateResponse {
+            created,
+            mine: range_at(&resp, offset).into_iter().next(),
+            head: range_at(&resp, offset + 1),
+            revision: revision(&resp),
+        })
+    }
+
+    async fn delete_if_created(&self, key: &str, create_revision: Revision) -> Result<bool> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, create_revision)])
+            .and_then([TxnOp::delete(key, None)]);
+        Ok(self.txn(txn).await?.succeeded())
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<Revision>,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<CasResponse> {
+        let cond = match expected {
+            None => Compare::create_revision(key, CompareOp::Equal, 0),
+            Some(r) => Compare::mod_revision(key, CompareOp::Equal, r),
+        };
+        let opts = lease.map(|l| PutOptions::new().with_lease(l));
+        let txn = Txn::new()
+            .when([cond])
+            .and_then([TxnOp::put(key, value, opts), TxnOp::get(key, None)])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = self.txn(txn).await?;
+        let swapped = resp.succeeded();
+        Ok(CasResponse {
+            swapped,
+            current: range_at(&resp, usize::from(swapped)).into_iter().next(),
+            revision: revision(&resp),
+        })
+    }
+
+    async fn write_if_held(
+        &self,
+        guard_key: &str,
+        guard_create_revision: Revision,
+        writes: Vec<Write>,
+    ) -> Result<bool> {
+        let ops: Vec<TxnOp> = writes
+            .into_iter()
+            .map(|w| match w {
+                Write::Put { key, value, lease } => TxnOp::put(key, value, lease.map(|l| PutOptions::new().with_lease(l))),
+                Write::Delete { key } => TxnOp::delete(key, None),
+            })
+            .collect();
+        let txn = Txn::new()
+            .when([Compare::create_revision(guard_key, CompareOp::Equal, guard_create_revision)])
+            .and_then(ops);
+        Ok(self.txn(txn).await?.succeeded())
+    }
+
+    async fn watch_prefix(&self, prefix: &str) -> Result<Box<dyn WatchStream>> {
+        let open = async {
+            let mut stream = self
+                .client
+                .watch_client()
+                .watch(prefix, Some(WatchOptions::new().with_prefix()))
+                .await
+                .map_err(map_err)?;
+            // Wait for etcd to confirm the watch: only then is it registered (and synced).
+            loop {
+                match stream.message().await.map_err(map_err)? {
+                    Some(resp) if resp.created() => {
+                        let start = resp.header().map_or(0, |h| h.revision());
+                        return Ok::<_, Error>(EtcdWatch { start, stream });
+                    }
+                    Some(resp) if resp.canceled() => {
+                        return Err(Error::Store(format!("etcd: watch refused: {}", resp.cancel_reason())));
+                    }
+                    Some(_) => continue,
+                    None => return Err(Error::Unavailable("etcd: watch stream ended".into())),
+                }
+            }
+        };
+        let watch = tokio::time::timeout(self.request_timeout, open)
+            .await
+            .map_err(|_| Error::Unavailable("etcd: watch creation timed out".into()))??;
+        Ok(Box::new(watch))
+    }
+}

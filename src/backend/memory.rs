@@ -1,0 +1,380 @@
+//! The embedded in-process backend: same semantics as etcd, no server.
+//!
+//! One global revision counter, leases that expire on tokio's clock (so tests can run
+//! with paused time), prefix watches that deliver each revision as one batch, and the
+//! same conditional writes. [`MemoryBackend::set_unavailable`] and
+//! [`MemoryBackend::expire_lease`] inject faults for tests: every call fails with
+//! [`Error::Unavailable`] while unavailable, as a partitioned client would see.
+
+use super::*;
+use crate::error::Error;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Weak};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+/// The in-memory store. Clones share the same data.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryBackend {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    state: Mutex<State>,
+    lease_changed: Arc<Notify>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.lease_changed.notify_one(); // lets the reaper see that the store is gone
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    revision: Revision,
+    kvs: BTreeMap<String, KeyValue>,
+    leases: HashMap<LeaseId, LeaseEntry>,
+    next_lease: LeaseId,
+    watchers: Vec<Watcher>,
+    unavailable: bool,
+    reaper_started: bool,
+}
+
+#[derive(Debug)]
+struct LeaseEntry {
+    ttl: Duration,
+    expires: Instant,
+    keys: BTreeSet<String>,
+}
+
+#[derive(Debug)]
+struct Watcher {
+    prefix: String,
+    tx: mpsc::UnboundedSender<Vec<WatchEvent>>,
+}
+
+impl MemoryBackend {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// While `true`, every call fails with [`Error::Unavailable`] (leases keep expiring).
+    /// Open watches break too, as they would when a client is cut off.
+    pub fn set_unavailable(&self, unavailable: bool) {
+        let mut st = self.inner.state.lock();
+        st.unavailable = unavailable;
+        if unavailable {
+            st.watchers.clear();
+        }
+    }
+
+    /// Expires `lease` now, as if its TTL had run out on the server.
+    pub fn expire_lease(&self, lease: LeaseId) {
+        self.inner.state.lock().revoke(lease);
+    }
+
+    /// The current revision.
+    pub fn revision(&self) -> Revision {
+        self.inner.state.lock().revision
+    }
+
+    /// Locks the state after expiring due leases and checking availability; starts the
+    /// reaper that expires leases when nobody calls.
+    fn state(&self) -> Result<parking_lot::MutexGuard<'_, State>> {
+        let mut st = self.inner.state.lock();
+        st.expire_due(Instant::now());
+        if !st.reaper_started {
+            st.reaper_started = true;
+            tokio::spawn(reaper(Arc::downgrade(&self.inner), self.inner.lease_changed.clone()));
+        }
+        if st.unavailable {
+            return Err(Error::Unavailable("memory: store marked unavailable".into()));
+        }
+        Ok(st)
+    }
+}
+
+/// Expires leases at their deadlines, so watchers see deletes without other traffic.
+async fn reaper(inner: Weak<Inner>, lease_changed: Arc<Notify>) {
+    loop {
+        let next = {
+            let Some(inner) = inner.upgrade() else { return };
+            let mut st = inner.state.lock();
+            st.expire_due(Instant::now());
+            st.leases.values().map(|l| l.expires).min()
+        };
+        let changed = lease_changed.notified();
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = changed => {}
+                }
+            }
+            None => changed.await,
+        }
+    }
+}
+
+fn in_prefix(key: &str, prefix: &str) -> bool {
+    key.starts_with(prefix)
+}
+
+impl State {
+    fn expire_due(&mut self, now: Instant) {
+        let due: Vec<LeaseId> =
+            self.leases.iter().filter(|(_, l)| l.expires <= now).map(|(id, _)| *id).collect();
+        for id in due {
+            self.revoke(id);
+        }
+    }
+
+    /// Deletes a lease and its keys, all in one revision.
+    fn revoke(&mut self, lease: LeaseId) {
+        let Some(entry) = self.leases.remove(&lease) else { return };
+        let keys: Vec<String> =
+            entry.keys.into_iter().filter(|k| self.kvs.get(k).is_some_and(|kv| kv.lease == lease)).collect();
+        if keys.is_empty() {
+            return;
+        }
+        self.revision += 1;
+        let rev = self.revision;
+        let events = keys
+            .into_iter()
+            .map(|key| {
+                self.kvs.remove(&key);
+                WatchEvent::Delete { key, revision: rev }
+            })
+            .collect();
+        self.publish(events);
+    }
+
+    fn publish(&mut self, events: Vec<WatchEvent>) {
+        self.watchers.retain(|w| {
+            let mine: Vec<WatchEvent> = events
+                .iter()
+                .filter(|e| match e {
+                    WatchEvent::Put(kv) => in_prefix(&kv.key, &w.prefix),
+                    WatchEvent::Delete { key, .. } => in_prefix(key, &w.prefix),
+                })
+                .cloned()
+                .collect();
+            mine.is_empty() || w.tx.send(mine).is_ok()
+        });
+    }
+
+    /// Applies writes in one new revision.
+    fn apply(&mut self, writes: Vec<Write>) -> Result<()> {
+        for w in &writes {
+            if let Write::Put { lease: Some(l), .. } = w {
+                if *l != 0 && !self.leases.contains_key(l) {
+                    return Err(Error::LeaseNotFound { lease: *l });
+                }
+            }
+        }
+        self.revision += 1;
+        let rev = self.revision;
+        let mut events = Vec::new();
+        for w in writes {
+            match w {
+                Write::Put { key, value, lease } => {
+                    let lease = lease.unwrap_or(0);
+                    let create_revision = self.kvs.get(&key).map_or(rev, |kv| kv.create_revision);
+                    if let Some(old) = self.kvs.get(&key) {
+                        if old.lease != lease {
+                            if let Some(l) = self.leases.get_mut(&old.lease) {
+                                l.keys.remove(&key);
+                            }
+                        }
+                    }
+                    if let Some(l) = self.leases.get_mut(&lease) {
+                        l.keys.insert(key.clone());
+                    }
+                    let kv = KeyValue { key: key.clone(), value, create_revision, mod_revision: rev, lease };
+                    self.kvs.insert(key, kv.clone());
+                    events.push(WatchEvent::Put(kv));
+                }
+                Write::Delete { key } => {
+                    if self.kvs.remove(&key).is_some() {
+                        events.push(WatchEvent::Delete { key, revision: rev });
+                    }
+                }
+            }
+        }
+        if events.is_empty() {
+            self.revision -= 1;
+        } else {
+            self.publish(events);
+        }
+        Ok(())
+    }
+
+    fn prefix(&self, prefix: &str, limit: usize) -> Vec<KeyValue> {
+        let mut kvs: Vec<KeyValue> = self
+            .kvs
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| in_prefix(k, prefix))
+            .map(|(_, kv)| kv.clone())
+            .collect();
+        kvs.sort_by_key(|kv| kv.create_revision);
+        if limit > 0 {
+            kvs.truncate(limit);
+        }
+        kvs
+    }
+}
+
+struct MemoryKeepAlive {
+    backend: MemoryBackend,
+    lease: LeaseId,
+}
+
+#[async_trait]
+impl KeepAlive for MemoryKeepAlive {
+    async fn renew(&mut self) -> Result<Duration> {
+        let mut st = self.backend.state()?;
+        let Some(l) = st.leases.get_mut(&self.lease) else {
+            return Err(Error::LeaseNotFound { lease: self.lease });
+        };
+        l.expires = Instant::now() + l.ttl;
+        let ttl = l.ttl;
+        drop(st);
+        self.backend.inner.lease_changed.notify_one();
+        Ok(ttl)
+    }
+}
+
+struct MemoryWatch {
+    backend: MemoryBackend,
+    start: Revision,
+    rx: mpsc::UnboundedReceiver<Vec<WatchEvent>>,
+}
+
+#[async_trait]
+impl WatchStream for MemoryWatch {
+    fn start_revision(&self) -> Revision {
+        self.start
+    }
+
+    async fn next(&mut self) -> Result<Vec<WatchEvent>> {
+        match self.rx.recv().await {
+            Some(batch) => Ok(batch),
+            None => Err(Error::Unavailable("memory: watch closed".into())),
+        }
+    }
+}
+
+impl Drop for MemoryWatch {
+    fn drop(&mut self) {
+        self.backend.inner.state.lock().watchers.retain(|w| !w.tx.is_closed());
+    }
+}
+
+#[async_trait]
+impl Backend for MemoryBackend {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<Lease> {
+        let mut st = self.state()?;
+        st.next_lease += 1;
+        // Ids look like etcd's: large, positive, not sequential-looking.
+        let id = 0x694d_0000_0000 + st.next_lease;
+        st.leases.insert(id, LeaseEntry { ttl, expires: Instant::now() + ttl, keys: BTreeSet::new() });
+        drop(st);
+        self.inner.lease_changed.notify_one();
+        Ok(Lease { id, ttl })
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<Box<dyn KeepAlive>> {
+        let _ = self.state()?;
+        Ok(Box::new(MemoryKeepAlive { backend: self.clone(), lease }))
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
+        self.state()?.revoke(lease);
+        Ok(())
+    }
+
+    async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<Duration>> {
+        let st = self.state()?;
+        Ok(st.leases.get(&lease).map(|l| l.expires.saturating_duration_since(Instant::now())))
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        Ok(self.state()?.kvs.get(key).cloned())
+    }
+
+    async fn range_prefix(&self, prefix: &str, limit: usize) -> Result<(Vec<KeyValue>, Revision)> {
+        let st = self.state()?;
+        Ok((st.prefix(prefix, limit), st.revision))
+    }
+
+    async fn create(&self, req: CreateRequest) -> Result<CreateResponse> {
+        let mut st = self.state()?;
+        let ok = match req.precondition {
+            Precondition::KeyAbsent => !st.kvs.contains_key(&req.key),
+            Precondition::PrefixEmpty => st.prefix(&req.prefix, 1).is_empty(),
+        };
+        if ok {
+            st.apply(vec![Write::Put { key: req.key.clone(), value: req.value, lease: Some(req.lease) }])?;
+        }
+        Ok(CreateResponse {
+            created: ok,
+            mine: st.kvs.get(&req.key).cloned(),
+            head: st.prefix(&req.prefix, req.head_limit),
+            revision: st.revision,
+        })
+    }
+
+    async fn delete_if_created(&self, key: &str, create_revision: Revision) -> Result<bool> {
+        let mut st = self.state()?;
+        if st.kvs.get(key).is_some_and(|kv| kv.create_revision == create_revision) {
+            st.apply(vec![Write::Delete { key: key.to_owned() }])?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<Revision>,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<CasResponse> {
+        let mut st = self.state()?;
+        let current = st.kvs.get(key).map(|kv| kv.mod_revision);
+        let swapped = current == expected;
+        if swapped {
+            st.apply(vec![Write::Put { key: key.to_owned(), value, lease }])?;
+        }
+        Ok(CasResponse { swapped, current: st.kvs.get(key).cloned(), revision: st.revision })
+    }
+
+    async fn write_if_held(
+        &self,
+        guard_key: &str,
+        guard_create_revision: Revision,
+        writes: Vec<Write>,
+    ) -> Result<bool> {
+        let mut st = self.state()?;
+        if !st.kvs.get(guard_key).is_some_and(|kv| kv.create_revision == guard_create_revision) {
+            return Ok(false);
+        }
+        st.apply(writes)?;
+        Ok(true)
+    }
+
+    async fn watch_prefix(&self, prefix: &str) -> Result<Box<dyn WatchStream>> {
+        let mut st = self.state()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        st.watchers.push(Watcher { prefix: prefix.to_owned(), tx });
+        Ok(Box::new(MemoryWatch { backend: self.clone(), start: st.revision, rx }))
+    }
+}

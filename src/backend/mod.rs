@@ -1,0 +1,226 @@
+//! The narrow store interface every recipe is written against.
+//!
+//! # Contract
+//!
+//! A backend is a linearizable key-value store with leases and prefix watches. Every
+//! implementation must keep these rules; the conformance suite (`tests/conformance/`)
+//! checks them the same way on every backend.
+//!
+//! 1. **Revisions.** The store has one revision counter. Every write that changes
+//!    something gets a revision greater than every earlier write's. A key's
+//!    `create_revision` is the revision that created it (it changes when a key is deleted
+//!    and created again); `mod_revision` is the revision of its last change.
+//! 2. **Leases.** A key written with a lease is deleted, with a delete event, when the lease
+//!    expires or is revoked. [`Backend::grant_lease`] returns the TTL the server granted
+//!    (it may round up); a renewal restarts that TTL when it *arrives* at the server.
+//! 3. **Order.** [`Backend::range_prefix`] and the `head` of [`CreateResponse`] list keys in
+//!    ascending `create_revision` order, and carry the revision they were read at.
+//! 4. **Conditional writes are atomic**: [`Backend::create`], [`Backend::delete_if_created`],
+//!    [`Backend::compare_and_swap`] and [`Backend::write_if_held`] check and write in one step.
+//!    A write whose condition fails changes nothing and does not advance the revision.
+//! 5. **Watches.** [`Backend::watch_prefix`] returns only once the watch is registered; it
+//!    then delivers every change under the prefix with a revision greater than the
+//!    watch's `start_revision`, in revision order, each revision complete in one batch. When
+//!    it cannot keep that promise (compaction, cancellation, a broken connection) the next
+//!    call to [`WatchStream::next`] returns an error, and the caller resynchronises.
+//! 6. **Errors.** Transport failures and unavailable members are [`Error::Unavailable`]
+//!    (retried); everything else is permanent. A call never waits longer than the backend's
+//!    request timeout.
+//!
+//! Keys are UTF-8 strings; the recipes build them as `<namespace><name>/<suffix>`.
+
+use crate::error::Result;
+use async_trait::async_trait;
+use std::fmt::Debug;
+use std::time::Duration;
+
+#[cfg(feature = "etcd")]
+pub mod etcd;
+pub mod memory;
+
+/// A lease id (etcd's int64 lease id).
+pub type LeaseId = i64;
+/// A store revision.
+pub type Revision = i64;
+
+/// A stored key and its metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: Vec<u8>,
+    /// Revision that created the key.
+    pub create_revision: Revision,
+    /// Revision of the last change to the key.
+    pub mod_revision: Revision,
+    /// The lease the key is attached to (0 for none).
+    pub lease: LeaseId,
+}
+
+/// What must hold for [`Backend::create`] to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// The key does not exist.
+    KeyAbsent,
+    /// No key exists under the request's `prefix`.
+    PrefixEmpty,
+}
+
+/// A create-if-absent under a lease, which also reads the head of a prefix in the same step.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    /// The key to create.
+    pub key: String,
+    /// Its value.
+    pub value: Vec<u8>,
+    /// The lease to attach it to.
+    pub lease: LeaseId,
+    /// When to write.
+    pub precondition: Precondition,
+    /// The prefix whose head is read in the same step.
+    pub prefix: String,
+    /// How many keys of the head to return (oldest first); 0 for all.
+    pub head_limit: usize,
+}
+
+/// The outcome of [`Backend::create`].
+#[derive(Debug, Clone)]
+pub struct CreateResponse {
+    /// Whether this call wrote the key.
+    pub created: bool,
+    /// The key as it is now, if it exists (created by this call or already there).
+    pub mine: Option<KeyValue>,
+    /// The first `head_limit` keys under the prefix, oldest first, after the call.
+    pub head: Vec<KeyValue>,
+    /// The store revision the response reflects.
+    pub revision: Revision,
+}
+
+/// The outcome of [`Backend::compare_and_swap`].
+#[derive(Debug, Clone)]
+pub struct CasResponse {
+    /// Whether the new value was written.
+    pub swapped: bool,
+    /// The key as it is after the call.
+    pub current: Option<KeyValue>,
+    /// The store revision the response reflects.
+    pub revision: Revision,
+}
+
+/// One write of [`Backend::write_if_held`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Put `value` at `key`, attached to `lease` if given.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: Vec<u8>,
+        /// The lease, if any.
+        lease: Option<LeaseId>,
+    },
+    /// Delete `key`.
+    Delete {
+        /// The key.
+        key: String,
+    },
+}
+
+/// One change seen by a watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// A key was created or updated.
+    Put(KeyValue),
+    /// A key was deleted at `revision`.
+    Delete {
+        /// The deleted key.
+        key: String,
+        /// The revision of the deletion.
+        revision: Revision,
+    },
+}
+
+impl WatchEvent {
+    /// The revision of the change.
+    pub fn revision(&self) -> Revision {
+        match self {
+            WatchEvent::Put(kv) => kv.mod_revision,
+            WatchEvent::Delete { revision, .. } => *revision,
+        }
+    }
+}
+
+/// A granted lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// Its id.
+    pub id: LeaseId,
+    /// The TTL the server granted.
+    pub ttl: Duration,
+}
+
+/// A registered prefix watch; see rule 5 of the [contract](self).
+#[async_trait]
+pub trait WatchStream: Send {
+    /// The revision the watch was registered at: it reports every change after it.
+    fn start_revision(&self) -> Revision;
+    /// The next batch of events (one or more complete revisions, in order). An error means
+    /// the watch is broken and events may have been missed.
+    async fn next(&mut self) -> Result<Vec<WatchEvent>>;
+}
+
+/// A stream of renewals for one lease (one keep-alive stream per session).
+#[async_trait]
+pub trait KeepAlive: Send {
+    /// Renews the lease once. Returns the TTL it now has, or
+    /// [`Error::LeaseNotFound`](crate::Error::LeaseNotFound) if it expired.
+    async fn renew(&mut self) -> Result<Duration>;
+}
+
+/// A store that leasehold's recipes run on. See the [module docs](self) for the contract.
+#[async_trait]
+pub trait Backend: Send + Sync + Debug + 'static {
+    /// A short name for logs ("memory", "etcd").
+    fn kind(&self) -> &'static str;
+
+    /// Grants a lease with (at least) `ttl`.
+    async fn grant_lease(&self, ttl: Duration) -> Result<Lease>;
+    /// Opens a keep-alive stream for `lease`.
+    async fn keep_alive(&self, lease: LeaseId) -> Result<Box<dyn KeepAlive>>;
+    /// Revokes `lease`, deleting its keys. Revoking an unknown lease is not an error.
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<()>;
+    /// The remaining TTL of `lease`, or `None` if it does not exist.
+    async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<Duration>>;
+
+    /// Reads one key.
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
+    /// Reads up to `limit` keys under `prefix` (0 for all), oldest `create_revision` first,
+    /// with the revision they were read at.
+    async fn range_prefix(&self, prefix: &str, limit: usize) -> Result<(Vec<KeyValue>, Revision)>;
+
+    /// Creates `req.key` if `req.precondition` holds, and reads the prefix head, atomically.
+    async fn create(&self, req: CreateRequest) -> Result<CreateResponse>;
+    /// Deletes `key` only if its `create_revision` is `create_revision`. True if deleted.
+    async fn delete_if_created(&self, key: &str, create_revision: Revision) -> Result<bool>;
+    /// Writes `value` at `key` only if its `mod_revision` is `expected` (`None`: only if the
+    /// key is absent).
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<Revision>,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<CasResponse>;
+    /// Applies `writes` only if `guard_key` exists with `guard_create_revision`: the fenced
+    /// write. True if applied.
+    async fn write_if_held(
+        &self,
+        guard_key: &str,
+        guard_create_revision: Revision,
+        writes: Vec<Write>,
+    ) -> Result<bool>;
+
+    /// Opens a watch on every key under `prefix`; returns once it is registered.
+    async fn watch_prefix(&self, prefix: &str) -> Result<Box<dyn WatchStream>>;
+}

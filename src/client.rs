@@ -1,0 +1,125 @@
+//! The entry point: a backend plus a key namespace, shared by sessions and recipes.
+
+use crate::backend::memory::MemoryBackend;
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::name::validate_name;
+use crate::queue::PrefixView;
+use crate::session::SessionBuilder;
+use crate::Session;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+/// A handle on one store. Cheap to clone; clones share the connection and the watches.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
+/// let client = leasehold::Client::memory();            // or Client::connect("etcd://127.0.0.1:2379")
+/// let session = client.session().await?;              // one lease, renewed in the background
+/// let mutex = leasehold::Mutex::new(&session, "inventory")?;
+/// let guard = mutex.lock().await?;
+/// assert!(guard.fencing_token() > 0);
+/// guard.unlock().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<ClientInner>,
+}
+
+#[derive(Debug)]
+struct ClientInner {
+    backend: Arc<dyn Backend>,
+    namespace: String,
+    /// One live prefix view (one watch) per prefix, shared by every waiter of this client.
+    views: Mutex<HashMap<String, Weak<PrefixView>>>,
+}
+
+impl Client {
+    /// A client over any backend.
+    pub fn new(backend: impl Backend) -> Self {
+        Self::from_arc(Arc::new(backend))
+    }
+
+    /// A client over a shared backend.
+    pub fn from_arc(backend: Arc<dyn Backend>) -> Self {
+        Self {
+            inner: Arc::new(ClientInner {
+                backend,
+                namespace: String::new(),
+                views: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// A client over a fresh embedded in-memory store (single process).
+    pub fn memory() -> Self {
+        Self::new(MemoryBackend::new())
+    }
+
+    /// Connects by URL: `memory://`, or `etcd://host:port[,host:port…]`
+    /// (see [`EtcdConfig`](crate::EtcdConfig) for timeouts, TLS and auth).
+    pub async fn connect(url: &str) -> Result<Self> {
+        if url == "memory://" || url == "memory" {
+            return Ok(Self::memory());
+        }
+        #[cfg(feature = "etcd")]
+        if let Some(rest) = url.strip_prefix("etcd://") {
+            let config = crate::EtcdConfig::new(rest.split(',').map(str::trim).filter(|s| !s.is_empty()));
+            return Self::etcd(config).await;
+        }
+        Err(Error::invalid("connect", format!("unsupported endpoint URL {url:?} (expected memory:// or etcd://host:port,…)")))
+    }
+
+    /// Connects to etcd.
+    #[cfg(feature = "etcd")]
+    pub async fn etcd(config: crate::EtcdConfig) -> Result<Self> {
+        Ok(Self::new(crate::backend::etcd::EtcdBackend::connect(config).await?))
+    }
+
+    /// The same store with every key under `namespace` (for example `"app1/locks/"`).
+    pub fn with_namespace(&self, namespace: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::new(ClientInner {
+                backend: self.inner.backend.clone(),
+                namespace: namespace.into(),
+                views: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Opens a session with the default TTL; see [`SessionBuilder`] for options.
+    pub async fn session(&self) -> Result<Session> {
+        self.session_builder().open().await
+    }
+
+    /// Starts building a session.
+    pub fn session_builder(&self) -> SessionBuilder {
+        SessionBuilder::new(self.clone())
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    /// The key prefix of a recipe name: `<namespace><name>/`. Fails for invalid names.
+    pub fn prefix_of(&self, name: &str) -> Result<String> {
+        Ok(format!("{}{}/", self.inner.namespace, validate_name(name)?))
+    }
+
+    /// The shared live view of `prefix`, opening it (one watch) if nobody has it open.
+    pub(crate) fn view(&self, prefix: &str) -> Arc<PrefixView> {
+        let mut views = self.inner.views.lock();
+        if let Some(v) = views.get(prefix).and_then(Weak::upgrade) {
+            if !v.is_failed() {
+                return v;
+            }
+        }
+        views.retain(|_, w| w.strong_count() > 0);
+        let v = PrefixView::open(self.inner.backend.clone(), prefix.to_owned());
+        views.insert(prefix.to_owned(), Arc::downgrade(&v));
+        v
+    }
+}

@@ -1,0 +1,130 @@
+//! The error type shared by every recipe and backend.
+
+use std::time::Duration;
+
+/// Result alias used across leasehold.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong. Messages start with the subsystem.
+///
+/// [`Error::is_transient`] tells the retry policy which errors are worth retrying: only
+/// failures of the transport or of a store member, never the caller's own input, deadline
+/// or a lost lease.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A lock, semaphore or election name that cannot be used.
+    #[error("name: invalid name {name:?}: {reason}")]
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A lease TTL outside the allowed range.
+    #[error("session: ttl {ttl:?} is out of range ({min:?} ..= {max:?})")]
+    TtlOutOfRange {
+        /// The TTL asked for.
+        ttl: Duration,
+        /// Smallest allowed TTL.
+        min: Duration,
+        /// Largest allowed TTL.
+        max: Duration,
+    },
+    /// Any other argument that cannot be used (zero permits, an endpoint URL that does not parse…).
+    #[error("{what}: invalid argument: {reason}")]
+    InvalidArgument {
+        /// The subsystem or parameter.
+        what: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The session's lease expired on the server, or could not be renewed before the local
+    /// validity deadline. Whatever was held through it must be treated as lost.
+    #[error("session: lease {lease:x} lost (expired or not renewed before its deadline)")]
+    SessionLost {
+        /// The lease id.
+        lease: i64,
+    },
+    /// The session was closed by its owner.
+    #[error("session: lease {lease:x} is closed")]
+    SessionClosed {
+        /// The lease id.
+        lease: i64,
+    },
+    /// A lease id given to re-attach a session does not exist on the server.
+    #[error("session: lease {lease:x} not found")]
+    LeaseNotFound {
+        /// The lease id.
+        lease: i64,
+    },
+    /// Waiting to acquire took longer than the caller allowed. Nothing was left behind.
+    #[error("{what}: timed out after {after:?}")]
+    Timeout {
+        /// What was being waited for.
+        what: &'static str,
+        /// The timeout that ran out.
+        after: Duration,
+    },
+    /// The caller no longer holds what it tried to use (a fenced write or proclaim after
+    /// losing the lock or leadership).
+    #[error("{what}: not held: {reason}")]
+    NotHeld {
+        /// The subsystem.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A fenced resource refused a write whose token is below one it already accepted.
+    #[error("fence: token {token} is stale (highest accepted is {highest})")]
+    StaleToken {
+        /// The rejected token.
+        token: u64,
+        /// The highest token the resource accepted.
+        highest: u64,
+    },
+    /// The stored semaphore limit differs from the one the caller asked for.
+    #[error("semaphore: {name:?} is stored with {stored} permits, not {requested}")]
+    PermitMismatch {
+        /// The semaphore name.
+        name: String,
+        /// The count stored with the semaphore.
+        stored: u32,
+        /// The count the caller gave.
+        requested: u32,
+    },
+    /// The store could not be reached within the connect timeout.
+    #[error("connect: cannot reach {endpoints} within {timeout:?}: {reason}")]
+    Connect {
+        /// The endpoints tried.
+        endpoints: String,
+        /// The connect timeout.
+        timeout: Duration,
+        /// The underlying failure.
+        reason: String,
+    },
+    /// Authentication or authorization failed (wrong password, no permission on a key).
+    #[error("auth: {0}")]
+    Auth(String),
+    /// TLS set-up failed (unreadable certificate, wrong CA).
+    #[error("tls: {0}")]
+    Tls(String),
+    /// A transient store failure: a member is unavailable, the leader changed, one RPC timed
+    /// out. Worth retrying.
+    #[error("store: unavailable: {0}")]
+    Unavailable(String),
+    /// A store failure that retrying will not fix.
+    #[error("store: {0}")]
+    Store(String),
+}
+
+impl Error {
+    /// Whether retrying the same call may succeed: true only for [`Error::Unavailable`].
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable(_))
+    }
+
+    pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidArgument { what, reason: reason.into() }
+    }
+}

@@ -1,0 +1,53 @@
+//! # leasehold
+//!
+//! Fenced distributed locks over real consensus stores: a [`Mutex`] (fair queue or
+//! compare-and-swap), each acquisition with a **fencing token** the store or the resource
+//! can check, under a [`Session`] whose lease is renewed in the background and whose
+//! loss is reported.
+//!
+//! Backends: the embedded [`MemoryBackend`] (single process, demos, fast tests) and etcd
+//! ([`EtcdConfig`], feature `etcd`, on by default). Recipes are written once against the
+//! narrow [`Backend`] trait and never name a store.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
+//! use leasehold::{Client, FencedResource, Mutex};
+//! let client = Client::memory(); // Client::connect("etcd://127.0.0.1:2379").await? for etcd
+//! let session = client.session().await?;
+//! let stock = FencedResource::new(100u32);
+//!
+//! let guard = Mutex::new(&session, "inventory")?.lock().await?;
+//! stock.apply(guard.fencing_token(), |units| *units -= 1)?; // refused if a newer holder wrote
+//! guard.unlock().await?;
+//! assert_eq!(stock.read(|u| *u), 99);
+//! # Ok(()) }
+//! ```
+//!
+//! See `docs/architecture.md` for the layers and `docs/guarantees.md` for what a token
+//! does and does not guarantee.
+#![deny(missing_docs)]
+#![warn(rust_2018_idioms)]
+
+pub mod backend;
+mod backoff;
+mod client;
+mod error;
+mod fencing;
+mod guard;
+mod local;
+mod mutex;
+mod name;
+mod queue;
+mod session;
+
+pub use backend::memory::MemoryBackend;
+#[cfg(feature = "etcd")]
+pub use backend::etcd::{EtcdConfig, TlsConfig};
+pub use backend::{Backend, Write};
+pub use backoff::{Backoff, Delays, Jitter};
+pub use client::Client;
+pub use error::{Error, Result};
+pub use fencing::FencedResource;
+pub use mutex::{Holder, Mutex, MutexGuard, Strategy};
+pub use name::{validate_name, MAX_NAME_LEN};
+pub use session::{Session, SessionBuilder, DEFAULT_TTL, MAX_TTL, MIN_TTL};

@@ -1,0 +1,19 @@
+//! In-process shared state that leasehold's safety rests on.
+//!
+//! Everything here is free of tokio and of any backend, and takes its primitives from
+//! [`sync`], a shim that is `parking_lot`/`std` in normal builds and `loom` when built with
+//! `RUSTFLAGS="--cfg leasehold_loom"`. The loom models in `loom-tests/` compile these very
+//! files (by path) and check them exhaustively; see `docs/guarantees.md`.
+//!
+//! | module | state | property |
+//! |---|---|---|
+//! | [`session_state`] | session status and validity deadline | the deadline never moves back; a lost or closed session never becomes valid again |
+//! | [`release`] | a guard's held/releasing/released word | exactly one of unlock, drop and session loss sends the release |
+//! | [`fence`] | a fenced resource's high-water mark | no lower token is applied after a higher one |
+//! | [`signal`] | the one-shot lost() signal | every waiter sees it, once |
+
+pub(crate) mod fence;
+pub(crate) mod release;
+pub(crate) mod session_state;
+pub(crate) mod signal;
+pub(crate) mod sync;

@@ -1,0 +1,316 @@
+//! A distributed mutex with a fencing token, under a session's lease.
+
+use crate::backend::{CreateRequest, Precondition, Write};
+use crate::backoff::{Backoff, Jitter};
+use crate::error::{Error, Result};
+use crate::guard::Holding;
+use crate::queue::{wait_gone, wait_turn, Pending};
+use crate::Session;
+use std::future::Future;
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+/// How an acquisition contends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// A fair FIFO queue (etcd's recipe): enqueue a key, wait for the one ahead to go.
+    /// One write per acquisition; one waiter wakes per release.
+    #[default]
+    Pessimistic,
+    /// Compare-and-swap: create the key only if nobody holds the name; on conflict wait for
+    /// the holder to go and retry after a jittered delay. No queue, not fair; cheapest when
+    /// contention is rare.
+    Optimistic,
+}
+
+/// Who holds a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// The holder's key.
+    pub key: String,
+    /// Its fencing token.
+    pub token: u64,
+    /// Its lease.
+    pub lease: i64,
+}
+
+/// A distributed mutex.
+///
+/// Keys follow etcd's Go `concurrency.Mutex`: the holder and the waiters each own a key
+/// `<namespace><name>/<lease id in hex>`; the owner is the key with the lowest create
+/// revision. A leasehold mutex, `etcdctl lock <name>` and Go services using
+/// `concurrency.NewMutex(s, "<name>")` therefore exclude each other, whichever
+/// [`Strategy`] this side uses.
+///
+/// Each acquisition's **fencing token** is its key's create revision: strictly greater than
+/// every token issued before for the name.
+///
+/// # Cancel safety
+/// Dropping a `lock()` future at any point leaves no key behind: a key that was (or may
+/// have been) created is deleted in the background ([`Session::settle`] waits for that).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
+/// use leasehold::{Client, Mutex, Strategy};
+/// let session = Client::memory().session().await?;
+/// let mutex = Mutex::new(&session, "cron-job")?;
+/// let guard = mutex.lock().await?;
+/// // A second session is told the name is taken, at once.
+/// let other = session.client().session().await?;
+/// assert!(Mutex::new(&other, "cron-job")?.try_lock().await?.is_none());
+/// guard.fenced_put("cron-job.last-run", "2026-11-22").await?;    // applied only while held
+/// guard.unlock().await?;
+/// let again = Mutex::new(&other, "cron-job")?.with_strategy(Strategy::Optimistic).lock().await?;
+/// assert!(again.fencing_token() > 0);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Mutex {
+    session: Session,
+    name: String,
+    prefix: String,
+    key: String,
+    strategy: Strategy,
+    backoff: Backoff,
+}
+
+/// Default retry policy of the optimistic strategy after it saw the holder go.
+fn optimistic_backoff() -> Backoff {
+    Backoff::new(Duration::from_micros(500), Duration::from_millis(50)).jitter(Jitter::Full)
+}
+
+impl Mutex {
+    /// A pessimistic (fair) mutex on `name`. Fails for an invalid name.
+    pub fn new(session: &Session, name: &str) -> Result<Self> {
+        let prefix = session.client().prefix_of(name)?;
+        let key = format!("{prefix}{:x}", session.lease_id());
+        Ok(Self {
+            session: session.clone(),
+            name: name.to_owned(),
+            prefix,
+            key,
+            strategy: Strategy::Pessimistic,
+            backoff: optimistic_backoff(),
+        })
+    }
+
+    /// Chooses the strategy.
+    pub fn with_strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// The delays the optimistic strategy waits after seeing the holder go, before it
+    /// tries again (jittered, so that waiters do not all retry at once).
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The key this session uses for the name.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Waits until the lock is held.
+    ///
+    /// Fails with [`Error::SessionLost`] if the session is lost while waiting.
+    pub async fn lock(&self) -> Result<MutexGuard> {
+        self.acquire(Wait::Forever).await.map(|g| g.expect("waits until held"))
+    }
+
+    /// Takes the lock if it is free, without waiting: `Ok(None)` if someone else holds it.
+    pub async fn try_lock(&self) -> Result<Option<MutexGuard>> {
+        self.acquire(Wait::No).await
+    }
+
+    /// Waits at most `timeout`; fails with [`Error::Timeout`], leaving nothing behind.
+    pub async fn lock_timeout(&self, timeout: Duration) -> Result<MutexGuard> {
+        match self.acquire(Wait::Until(Instant::now() + timeout)).await? {
+            Some(g) => Ok(g),
+            None => Err(Error::Timeout { what: "mutex", after: timeout }),
+        }
+    }
+
+    /// The current holder, if any (a snapshot: it may change at once).
+    pub async fn holder(&self) -> Result<Option<Holder>> {
+        let (kvs, _) = self.session.client().backend().range_prefix(&self.prefix, 1).await?;
+        Ok(kvs.into_iter().next().map(|kv| Holder { key: kv.key, token: kv.create_revision as u64, lease: kv.lease }))
+    }
+
+    async fn acquire(&self, wait: Wait) -> Result<Option<MutexGuard>> {
+        self.session.check()?;
+        let span = tracing::debug_span!("mutex.acquire", name = %self.name, strategy = ?self.strategy);
+        async {
+            let queue = self.session.local_queue(&self.key);
+            let local = match wait {
+                // Another task of this session is acquiring or holding the name.
+                Wait::No => match queue.try_lock_owned() {
+                    Ok(l) => l,
+                    Err(_) => return Ok(None),
+                },
+                _ => match with_deadline(wait, queue.lock_owned()).await {
+                    Some(l) => l,
+                    None => return Ok(None),
+                },
+            };
+            match self.strategy {
+                Strategy::Pessimistic => self.acquire_queued(wait, local).await,
+                Strategy::Optimistic => self.acquire_cas(wait, local).await,
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn request(&self, precondition: Precondition) -> CreateRequest {
+        CreateRequest {
+            key: self.key.clone(),
+            value: Vec::new(),
+            lease: self.session.lease_id(),
+            precondition,
+            prefix: self.prefix.clone(),
+            head_limit: 1,
+        }
+    }
+
+    async fn acquire_queued(&self, wait: Wait, local: tokio::sync::OwnedMutexGuard<()>) -> Result<Option<MutexGuard>> {
+        let mut pending = Pending::start(&self.session, self.request(Precondition::KeyAbsent), Some(local));
+        let resp = pending.response().await?;
+        let Some(mine) = resp.mine.filter(|kv| kv.lease == self.session.lease_id()) else {
+            return Err(Error::Store(format!("mutex: {} exists under another lease", self.key)));
+        };
+        let rev = mine.create_revision;
+        let first = resp.head.first().is_some_and(|kv| kv.key == self.key);
+        if !first {
+            if wait == Wait::No {
+                pending.abandon().await?;
+                return Ok(None);
+            }
+            let rule = move |v: &crate::queue::View, rev| v.entries().next().is_some_and(|kv| kv.create_revision == rev);
+            let turn = wait_turn(&self.session, &self.prefix, pending.key(), rev, rule);
+            match with_deadline(wait, turn).await {
+                Some(r) => r?,
+                None => {
+                    pending.abandon().await?;
+                    return Ok(None);
+                }
+            }
+        }
+        let local = pending.keep();
+        Ok(Some(MutexGuard { hold: Holding::new(self.session.clone(), self.key.clone(), rev, local) }))
+    }
+
+    async fn acquire_cas(&self, wait: Wait, local: tokio::sync::OwnedMutexGuard<()>) -> Result<Option<MutexGuard>> {
+        let mut local = Some(local);
+        let mut delays = self.backoff.delays();
+        loop {
+            let mut pending = Pending::start(&self.session, self.request(Precondition::PrefixEmpty), local.take());
+            let resp = pending.response().await?;
+            let holder = resp.head.into_iter().next();
+            match (&resp.mine, &holder) {
+                // Created, or this session already held it (a re-attached session).
+                (Some(mine), Some(h)) if h.key == self.key && mine.lease == self.session.lease_id() => {
+                    let rev = mine.create_revision;
+                    let local = pending.keep();
+                    return Ok(Some(MutexGuard {
+                        hold: Holding::new(self.session.clone(), self.key.clone(), rev, local),
+                    }));
+                }
+                _ => {}
+            }
+            let local_back = pending.keep();
+            let Some(h) = holder else { continue }; // freed in between: try again at once
+            if wait == Wait::No {
+                return Ok(None);
+            }
+            let gone = wait_gone(&self.session, &self.prefix, &h.key, h.create_revision);
+            let pause = delays.next().unwrap_or(self.backoff.cap);
+            let waited = async {
+                gone.await?;
+                tokio::time::sleep(pause).await;
+                Ok::<(), Error>(())
+            };
+            match with_deadline(wait, waited).await {
+                Some(r) => r?,
+                None => return Ok(None),
+            }
+            local = local_back;
+        }
+    }
+}
+
+/// How long an acquisition may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    No,
+    Until(Instant),
+    Forever,
+}
+
+/// Runs `fut`, giving up (None) at the deadline of `wait` (`Wait::No` callers only pass
+/// futures that do not wait).
+pub(crate) async fn with_deadline<T>(wait: Wait, fut: impl Future<Output = T>) -> Option<T> {
+    match wait {
+        Wait::Forever => Some(fut.await),
+        Wait::Until(at) => tokio::time::timeout_at(at, fut).await.ok(),
+        Wait::No => Some(fut.await),
+    }
+}
+
+/// A held mutex. Released by [`unlock`](MutexGuard::unlock), or in the background on drop.
+#[derive(Debug)]
+pub struct MutexGuard {
+    hold: Holding,
+}
+
+impl MutexGuard {
+    /// The fencing token: strictly greater than every earlier holder's token of this name.
+    pub fn fencing_token(&self) -> u64 {
+        self.hold.token()
+    }
+
+    /// The key this acquisition holds (`<prefix>/<lease hex>`).
+    pub fn key(&self) -> &str {
+        self.hold.key()
+    }
+
+    /// True while the lock is held and the session is before its validity deadline.
+    pub fn is_valid(&self) -> bool {
+        self.hold.is_valid()
+    }
+
+    /// Completes when the session is lost (the lock must be treated as gone).
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.hold.lost()
+    }
+
+    /// The session the lock is held through.
+    pub fn session(&self) -> &Session {
+        self.hold.session()
+    }
+
+    /// Puts `value` at `key` in the store only while this guard still holds the lock (one
+    /// transaction comparing the guard key's create revision). Fails with
+    /// [`Error::NotHeld`] otherwise, writing nothing.
+    pub async fn fenced_put(&self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> Result<()> {
+        let write = Write::Put { key: key.into(), value: value.into(), lease: None };
+        self.hold.fenced("mutex", vec![write]).await
+    }
+
+    /// Applies several writes atomically, only while this guard still holds the lock.
+    pub async fn fenced_write(&self, writes: Vec<Write>) -> Result<()> {
+        self.hold.fenced("mutex", writes).await
+    }
+
+    /// Releases the lock, deleting the key only if it is still this acquisition's.
+    pub async fn unlock(self) -> Result<()> {
+        self.hold.release().await
+    }
+}

@@ -1,0 +1,415 @@
+//! The one wait engine every recipe uses.
+//!
+//! # Prefix views
+//!
+//! A [`PrefixView`] is a live, exact copy of the keys under one prefix, ordered by create
+//! revision, kept by **one long-lived watch** per prefix per [`Client`](crate::Client) and
+//! shared by all local waiters. It is opened in the order that loses no event: register
+//! the watch (it reports everything after its start revision), read the prefix at some
+//! revision `S`, then apply only events newer than `S`. Waiters register a predicate; the
+//! view re-evaluates predicates after each applied revision and wakes only the waiters
+//! whose predicate now holds, so a release wakes the one waiter it lets in and costs no
+//! extra round trip.
+//!
+//! Why not a watch per wait, as etcd's own recipe does: etcd puts a watch whose start
+//! revision is at or below the current revision into its "unsynced" group, which is caught
+//! up every 100 ms; under contention almost every hand-off pays that (see
+//! `docs/performance.md`). A watch opened once, before it is needed, never does.
+//!
+//! A view proves a fact "at revision V" only once it has applied every event up to V.
+//! Predicates therefore see [`View::revision`] and must not decide about a key created at
+//! revision M before the view has reached M. If the watch breaks (compaction, a lost
+//! connection), the view marks itself unsynced, evaluates nothing, and resynchronises from
+//! a fresh watch and read; waiters simply keep waiting.
+//!
+//! # Cancellation-safe enqueue
+//!
+//! [`Pending`] runs the create RPC in its own task, so cancelling the caller never leaves
+//! an RPC whose outcome nobody knows. If the caller is dropped before it turns the pending
+//! key into a guard, the drop waits (in the background) for the RPC and deletes the key
+//! if it was created, while still holding the session's local queue for that key.
+
+use crate::backend::{Backend, CreateRequest, CreateResponse, KeyValue, Revision, WatchEvent};
+use crate::backoff::Backoff;
+use crate::error::{Error, Result};
+use crate::Session;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// The keys under a prefix as of [`revision`](View::revision).
+#[derive(Debug, Default)]
+pub(crate) struct View {
+    revision: Revision,
+    by_create: BTreeMap<Revision, KeyValue>,
+    by_key: HashMap<String, Revision>,
+}
+
+impl View {
+    /// The revision up to which the view is exact.
+    pub(crate) fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// Keys in create-revision order.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = &KeyValue> {
+        self.by_create.values()
+    }
+
+    /// The key, if present.
+    pub(crate) fn get(&self, key: &str) -> Option<&KeyValue> {
+        self.by_key.get(key).and_then(|r| self.by_create.get(r))
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.by_create.is_empty()
+    }
+
+    fn reset(&mut self, kvs: Vec<KeyValue>, revision: Revision) {
+        self.by_create.clear();
+        self.by_key.clear();
+        for kv in kvs {
+            self.insert(kv);
+        }
+        self.revision = revision;
+    }
+
+    fn insert(&mut self, kv: KeyValue) {
+        if let Some(old) = self.by_key.insert(kv.key.clone(), kv.create_revision) {
+            self.by_create.remove(&old);
+        }
+        self.by_create.insert(kv.create_revision, kv);
+    }
+
+    fn apply(&mut self, event: WatchEvent) {
+        let rev = event.revision();
+        if rev <= self.revision {
+            return; // already in the snapshot
+        }
+        match event {
+            WatchEvent::Put(kv) => self.insert(kv),
+            WatchEvent::Delete { key, .. } => {
+                if let Some(r) = self.by_key.remove(&key) {
+                    self.by_create.remove(&r);
+                }
+            }
+        }
+        self.revision = rev;
+    }
+}
+
+type Check = Box<dyn FnMut(&View) -> bool + Send>;
+
+#[derive(Default)]
+struct ViewState {
+    synced: bool,
+    failed: Option<String>,
+    view: View,
+    waiters: Vec<Check>,
+}
+
+impl ViewState {
+    /// Runs every waiter's predicate; keeps those still waiting.
+    fn evaluate(&mut self) {
+        if !self.synced {
+            return;
+        }
+        let view = &self.view;
+        self.waiters.retain_mut(|check| !check(view));
+    }
+}
+
+/// A live view of one prefix; see the [module docs](self).
+pub(crate) struct PrefixView {
+    prefix: String,
+    state: Arc<Mutex<ViewState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for PrefixView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrefixView").field("prefix", &self.prefix).finish()
+    }
+}
+
+impl Drop for PrefixView {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl PrefixView {
+    /// Opens the view: starts the task that watches and keeps it in sync.
+    pub(crate) fn open(backend: Arc<dyn Backend>, prefix: String) -> Arc<Self> {
+        let state = Arc::new(Mutex::new(ViewState::default()));
+        let task = tokio::spawn(follow(backend, prefix.clone(), state.clone()));
+        Arc::new(Self { prefix, state, task })
+    }
+
+    /// Whether the view gave up (a permanent error); the client then opens a new one.
+    pub(crate) fn is_failed(&self) -> bool {
+        self.state.lock().failed.is_some()
+    }
+
+    /// Waits until `pred` returns `Some`, evaluated on the synced view after every change.
+    /// Cancel-safe: dropping the future removes the waiter at the next evaluation.
+    pub(crate) async fn wait_for<R: Send + 'static>(
+        &self,
+        mut pred: impl FnMut(&View) -> Option<R> + Send + 'static,
+    ) -> Result<R> {
+        let (tx, rx) = oneshot::channel::<R>();
+        let mut tx = Some(tx);
+        let check: Check = Box::new(move |view| {
+            let Some(sender) = tx.as_ref() else { return true };
+            if sender.is_closed() {
+                return true; // the waiter was cancelled
+            }
+            match pred(view) {
+                Some(r) => {
+                    let _ = tx.take().expect("checked").send(r);
+                    true
+                }
+                None => false,
+            }
+        });
+        {
+            let mut st = self.state.lock();
+            if let Some(why) = &st.failed {
+                return Err(Error::Store(format!("watch on {:?} failed: {why}", self.prefix)));
+            }
+            st.waiters.push(check);
+            st.evaluate();
+        }
+        rx.await.map_err(|_| {
+            let why = self.state.lock().failed.clone().unwrap_or_else(|| "view closed".into());
+            Error::Store(format!("watch on {:?} failed: {why}", self.prefix))
+        })
+    }
+}
+
+/// Keeps a view in sync: watch, then read, then apply; on a broken watch, start over.
+async fn follow(backend: Arc<dyn Backend>, prefix: String, state: Arc<Mutex<ViewState>>) {
+    let policy = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
+    let mut delays = policy.delays();
+    loop {
+        let synced = async {
+            let mut watch = backend.watch_prefix(&prefix).await?;
+            let (kvs, revision) = backend.range_prefix(&prefix, 0).await?;
+            {
+                let mut st = state.lock();
+                st.view.reset(kvs, revision.max(watch.start_revision()));
+                st.synced = true;
+                st.evaluate();
+            }
+            loop {
+                let batch = watch.next().await?;
+                let mut st = state.lock();
+                for event in batch {
+                    st.view.apply(event);
+                }
+                st.evaluate();
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), Error>(())
+        };
+        let err = match synced.await {
+            Ok(()) => continue,
+            Err(e) => e,
+        };
+        {
+            let mut st = state.lock();
+            st.synced = false;
+            if !err.is_transient() {
+                tracing::warn!(prefix, error = %err, "prefix watch failed permanently");
+                st.failed = Some(err.to_string());
+                st.waiters.clear(); // dropping the senders fails every waiter
+                return;
+            }
+        }
+        let delay = delays.next().unwrap_or(policy.cap);
+        tracing::debug!(prefix, error = %err, ?delay, "prefix watch broken; resynchronising");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Where a queued key stands in a view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Turn {
+    /// The rule admits the key.
+    Ready,
+    /// The key is still there but must wait.
+    Wait,
+    /// The key is gone (its lease expired, or someone deleted it).
+    Gone,
+}
+
+/// Evaluates `rule` for the key `(key, rev)` once the view has reached `rev`.
+pub(crate) fn turn(view: &View, key: &str, rev: Revision, rule: &dyn Fn(&View, Revision) -> bool) -> Option<Turn> {
+    if view.revision() < rev {
+        return None; // the view has not seen our key yet: decide nothing
+    }
+    match view.get(key) {
+        Some(kv) if kv.create_revision == rev => Some(if rule(view, rev) { Turn::Ready } else { Turn::Wait }),
+        _ => Some(Turn::Gone),
+    }
+}
+
+/// A key being created for an acquisition; deletes it in the background if dropped.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    session: Session,
+    key: String,
+    stage: Stage,
+    local: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+#[derive(Debug)]
+enum Stage {
+    InFlight(tokio::task::JoinHandle<Result<CreateResponse>>),
+    Exists(Revision),
+    Done,
+}
+
+impl Pending {
+    /// Sends `req` (in its own task). `local` is the session's local queue slot for the key;
+    /// it is released only after the key is gone or handed to a guard.
+    pub(crate) fn start(session: &Session, req: CreateRequest, local: Option<tokio::sync::OwnedMutexGuard<()>>) -> Self {
+        let backend = session.client().backend().clone();
+        let key = req.key.clone();
+        let task = tokio::spawn(async move { backend.create(req).await });
+        Self { session: session.clone(), key, stage: Stage::InFlight(task), local }
+    }
+
+    /// Waits for the create RPC's outcome.
+    pub(crate) async fn response(&mut self) -> Result<CreateResponse> {
+        let Stage::InFlight(task) = &mut self.stage else {
+            return Err(Error::Store("pending: response already taken".into()));
+        };
+        let outcome = task.await.map_err(|e| Error::Store(format!("create task failed: {e}")));
+        let resp = match outcome {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) | Err(e) => {
+                // Not known to exist; a transient failure may still have written it.
+                self.stage = Stage::Done;
+                if e.is_transient() {
+                    self.cleanup_unknown();
+                }
+                return Err(e);
+            }
+        };
+        self.stage = match &resp.mine {
+            Some(kv) if kv.lease == self.session.lease_id() || kv.lease == 0 => Stage::Exists(kv.create_revision),
+            _ => Stage::Done,
+        };
+        Ok(resp)
+    }
+
+    /// The key.
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Keeps the key: the caller now owns it (as a guard) and must release it.
+    pub(crate) fn keep(mut self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.stage = Stage::Done;
+        self.local.take()
+    }
+
+    /// Deletes the key now (a failed try, a timeout) and waits for it.
+    pub(crate) async fn abandon(mut self) -> Result<()> {
+        if let Stage::Exists(rev) = std::mem::replace(&mut self.stage, Stage::Done) {
+            let backend = self.session.client().backend().clone();
+            let key = self.key.clone();
+            release_retry(&*backend, &key, rev).await?;
+        }
+        Ok(())
+    }
+
+    /// After a failed RPC whose effect is unknown: delete the key if it is ours.
+    fn cleanup_unknown(&mut self) {
+        let backend = self.session.client().backend().clone();
+        let key = self.key.clone();
+        let lease = self.session.lease_id();
+        let local = self.local.take();
+        self.session.spawn_cleanup(async move {
+            if let Ok(Some(kv)) = backend.get(&key).await {
+                if kv.lease == lease {
+                    let _ = release_retry(&*backend, &key, kv.create_revision).await;
+                }
+            }
+            drop(local);
+        });
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let backend = self.session.client().backend().clone();
+        let key = std::mem::take(&mut self.key);
+        let local = self.local.take();
+        match std::mem::replace(&mut self.stage, Stage::Done) {
+            Stage::Done => {}
+            Stage::Exists(rev) => self.session.spawn_cleanup(async move {
+                let _ = release_retry(&*backend, &key, rev).await;
+                drop(local);
+            }),
+            Stage::InFlight(task) => {
+                let lease = self.session.lease_id();
+                self.session.spawn_cleanup(async move {
+                    if let Ok(Ok(resp)) = task.await {
+                        if let Some(kv) = resp.mine.filter(|kv| kv.lease == lease) {
+                            let _ = release_retry(&*backend, &key, kv.create_revision).await;
+                        }
+                    }
+                    drop(local);
+                })
+            }
+        }
+    }
+}
+
+/// Ownership-safe delete, retried on transient errors. True if this call deleted the key.
+pub(crate) async fn release_retry(backend: &dyn Backend, key: &str, create_revision: Revision) -> Result<bool> {
+    let policy = Backoff::default();
+    policy.retry(|| backend.delete_if_created(key, create_revision)).await
+}
+
+/// Waits for the key `(key, rev)` to be admitted by `rule` in the live view of `prefix`.
+/// Fails with `SessionLost` if the key disappears or the session is lost meanwhile.
+pub(crate) async fn wait_turn(
+    session: &Session,
+    prefix: &str,
+    key: &str,
+    rev: Revision,
+    rule: impl Fn(&View, Revision) -> bool + Send + 'static,
+) -> Result<()> {
+    let view = session.client().view(prefix);
+    let k = key.to_owned();
+    let wait = view.wait_for(move |v| match turn(v, &k, rev, &rule)? {
+        Turn::Wait => None,
+        t => Some(t),
+    });
+    let lost = session.lost();
+    tokio::select! {
+        t = wait => match t? {
+            Turn::Ready => Ok(()),
+            _ => Err(Error::SessionLost { lease: session.lease_id() }),
+        },
+        _ = lost => Err(Error::SessionLost { lease: session.lease_id() }),
+    }
+}
+
+/// Waits until the key `(key, rev)` that was seen under `prefix` is gone (deleted, or
+/// re-created with another revision): the optimistic strategy's "wait for the holder".
+pub(crate) async fn wait_gone(session: &Session, prefix: &str, key: &str, rev: Revision) -> Result<()> {
+    let view = session.client().view(prefix);
+    let k = key.to_owned();
+    let wait = view.wait_for(move |v| (turn(v, &k, rev, &|_, _| false)? == Turn::Gone).then_some(()));
+    let lost = session.lost();
+    tokio::select! {
+        r = wait => r,
+        _ = lost => Err(Error::SessionLost { lease: session.lease_id() }),
+    }
+}

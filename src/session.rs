@@ -1,0 +1,338 @@
+//! Sessions: one lease, renewed in the background, with a local validity deadline.
+
+use crate::backend::LeaseId;
+use crate::error::{Error, Result};
+use crate::local::session_state::{SessionState, SessionStatus};
+use crate::local::signal::Signal;
+use crate::Client;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+/// Default lease TTL: 10 s, renewed every TTL/3 (3.3 s), so two renewals can fail in a row
+/// before the session is lost.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+/// Shortest accepted TTL.
+pub const MIN_TTL: Duration = Duration::from_secs(1);
+/// Longest accepted TTL (one hour): a longer lease keeps a crashed holder's locks that long.
+pub const MAX_TTL: Duration = Duration::from_secs(3600);
+
+/// Options for a [`Session`]; made by [`Client::session_builder`].
+#[derive(Debug, Clone)]
+pub struct SessionBuilder {
+    client: Client,
+    ttl: Duration,
+    attach: Option<LeaseId>,
+}
+
+impl SessionBuilder {
+    pub(crate) fn new(client: Client) -> Self {
+        Self { client, ttl: DEFAULT_TTL, attach: None }
+    }
+
+    /// The lease TTL ([`MIN_TTL`] ..= [`MAX_TTL`]; default [`DEFAULT_TTL`]).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Re-attach to an existing lease instead of granting a new one: a restarted process
+    /// reclaims the keys it held. Fails with [`Error::LeaseNotFound`] if the lease expired.
+    pub fn attach(mut self, lease: LeaseId) -> Self {
+        self.attach = Some(lease);
+        self
+    }
+
+    /// Grants (or attaches to) the lease and starts renewing it.
+    pub async fn open(self) -> Result<Session> {
+        if !(MIN_TTL..=MAX_TTL).contains(&self.ttl) {
+            return Err(Error::TtlOutOfRange { ttl: self.ttl, min: MIN_TTL, max: MAX_TTL });
+        }
+        let backend = self.client.backend().clone();
+        let (lease, ttl, sent) = match self.attach {
+            None => {
+                let sent = Instant::now();
+                let l = backend.grant_lease(self.ttl).await?;
+                (l.id, l.ttl, sent)
+            }
+            Some(id) => {
+                backend.lease_ttl(id).await?.ok_or(Error::LeaseNotFound { lease: id })?;
+                // Renew at once so the deadline is a full TTL from now.
+                let mut keeper = backend.keep_alive(id).await?;
+                let sent = Instant::now();
+                let ttl = match keeper.renew().await {
+                    Err(Error::LeaseNotFound { .. }) => return Err(Error::LeaseNotFound { lease: id }),
+                    other => other?,
+                };
+                (id, ttl, sent)
+            }
+        };
+        let shared = Arc::new(Shared {
+            state: SessionState::new((sent + ttl).into_std()),
+            lost: Signal::new(),
+            background: Background::default(),
+        });
+        let inner = Arc::new(SessionInner {
+            client: self.client.clone(),
+            lease,
+            ttl,
+            shared: shared.clone(),
+            locals: Mutex::new(HashMap::new()),
+            keepalive: Mutex::new(None),
+        });
+        let span = tracing::info_span!("session", lease = format_args!("{lease:x}"));
+        let task = tokio::spawn(keep_alive(self.client.clone(), lease, ttl, shared).instrument(span));
+        *inner.keepalive.lock() = Some(task);
+        tracing::debug!(lease = format_args!("{lease:x}"), ?ttl, "session opened");
+        Ok(Session { inner })
+    }
+}
+
+/// A lease kept alive in the background. Every lock, permit and leadership taken through a
+/// session lives under its lease and is lost with it.
+///
+/// The session keeps a **local validity deadline**: the monotonic instant at which the last
+/// successful renewal was *sent*, plus the TTL. The server cannot expire the lease before
+/// then, so while [`is_valid`](Session::is_valid) is true, nothing held through the
+/// session can have been taken by someone else (given clocks that run at the same rate).
+/// If renewals keep failing until the deadline, the session is lost: [`lost`](Session::lost)
+/// completes and every guard reports invalid.
+///
+/// Dropping the last handle (guards hold one) stops renewing and revokes the lease in the
+/// background; [`close`](Session::close) does it and waits.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
+/// use std::time::Duration;
+/// let client = leasehold::Client::memory();
+/// let session = client.session_builder().ttl(Duration::from_secs(5)).open().await?;
+/// assert!(session.is_valid());
+/// let lease = session.lease_id();
+/// session.close().await?;
+/// # let _ = lease; Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Session {
+    inner: Arc<SessionInner>,
+}
+
+#[derive(Debug)]
+struct SessionInner {
+    client: Client,
+    lease: LeaseId,
+    ttl: Duration,
+    shared: Arc<Shared>,
+    /// Local FIFO queues, one per key this session acquires: two tasks of one session
+    /// never race for the same key (they would share `<prefix>/<lease>`).
+    locals: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+    keepalive: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// State shared with the keep-alive task.
+#[derive(Debug)]
+struct Shared {
+    state: SessionState,
+    lost: Signal,
+    background: Background,
+}
+
+/// Counts background cleanups (releases on drop, cancelled acquisitions).
+#[derive(Debug, Default)]
+struct Background {
+    pending: AtomicUsize,
+    idle: Notify,
+}
+
+impl Session {
+    /// The lease id (hex of it is the key suffix of this session's locks).
+    pub fn lease_id(&self) -> LeaseId {
+        self.inner.lease
+    }
+
+    /// The TTL the server granted.
+    pub fn ttl(&self) -> Duration {
+        self.inner.ttl
+    }
+
+    /// The client this session belongs to.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// Whether the session is alive and before its local validity deadline.
+    pub fn is_valid(&self) -> bool {
+        self.inner.shared.state.is_valid(Instant::now().into_std())
+    }
+
+    /// Time left before the local validity deadline (zero once invalid).
+    pub fn remaining(&self) -> Duration {
+        if !self.is_valid() {
+            return Duration::ZERO;
+        }
+        self.inner.shared.state.deadline().saturating_duration_since(Instant::now().into_std())
+    }
+
+    /// The monotonic instant after which the lease may have expired on the server.
+    pub fn deadline(&self) -> std::time::Instant {
+        self.inner.shared.state.deadline()
+    }
+
+    /// Completes when the session is lost (lease expired, or not renewed in time). It does
+    /// not complete on [`close`](Session::close).
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.inner.shared.lost.wait()
+    }
+
+    /// Whether the session has been lost.
+    pub fn is_lost(&self) -> bool {
+        self.inner.shared.lost.is_fired()
+    }
+
+    /// Fails with the reason the session can no longer be used, if any.
+    pub(crate) fn check(&self) -> Result<()> {
+        match self.inner.shared.state.status() {
+            SessionStatus::Closed => Err(Error::SessionClosed { lease: self.inner.lease }),
+            SessionStatus::Lost => Err(Error::SessionLost { lease: self.inner.lease }),
+            SessionStatus::Alive if !self.is_valid() => Err(Error::SessionLost { lease: self.inner.lease }),
+            SessionStatus::Alive => Ok(()),
+        }
+    }
+
+    /// Waits until every background cleanup (a release on drop, a cancelled acquisition)
+    /// has finished.
+    pub async fn settle(&self) {
+        let bg = &self.inner.shared.background;
+        loop {
+            let idle = bg.idle.notified();
+            if bg.pending.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
+    /// Stops renewing, waits for background releases, and revokes the lease (deleting every
+    /// key held through it).
+    pub async fn close(self) -> Result<()> {
+        self.settle().await;
+        if let Some(task) = self.inner.keepalive.lock().take() {
+            task.abort();
+        }
+        self.inner.shared.state.close();
+        self.inner.client.backend().revoke_lease(self.inner.lease).await
+    }
+
+    /// Runs `fut` in the background, counted by [`settle`](Session::settle). Without a tokio
+    /// runtime (a guard dropped outside one) the work is skipped: the lease expiry cleans up.
+    pub(crate) fn spawn_cleanup(&self, fut: impl Future<Output = ()> + Send + 'static) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("no tokio runtime: cleanup left to lease expiry");
+            return;
+        };
+        let shared = self.inner.shared.clone();
+        shared.background.pending.fetch_add(1, Ordering::AcqRel);
+        handle.spawn(async move {
+            fut.await;
+            if shared.background.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                shared.background.idle.notify_waiters();
+            }
+        });
+    }
+
+    /// The local FIFO queue for `key` (shared by every handle of this session on it).
+    pub(crate) fn local_queue(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locals = self.inner.locals.lock();
+        if let Some(q) = locals.get(key).and_then(Weak::upgrade) {
+            return q;
+        }
+        locals.retain(|_, w| w.strong_count() > 0);
+        let q = Arc::new(tokio::sync::Mutex::new(()));
+        locals.insert(key.to_owned(), Arc::downgrade(&q));
+        q
+    }
+}
+
+impl Drop for SessionInner {
+    fn drop(&mut self) {
+        if let Some(task) = self.keepalive.lock().take() {
+            task.abort();
+        }
+        if self.shared.state.close() {
+            let backend = self.client.backend().clone();
+            let lease = self.lease;
+            if let Ok(h) = tokio::runtime::Handle::try_current() {
+                h.spawn(async move {
+                    let _ = backend.revoke_lease(lease).await;
+                });
+            }
+        }
+    }
+}
+
+/// The renewal loop. Renews every TTL/3; after a failure it retries every TTL/10 (at least
+/// 100 ms) until the deadline. The deadline only moves with a renewal that succeeded, by
+/// the time that renewal was sent.
+async fn keep_alive(client: Client, lease: LeaseId, ttl: Duration, shared: Arc<Shared>) {
+    let backend = client.backend().clone();
+    let interval = ttl / 3;
+    let retry = (ttl / 10).max(Duration::from_millis(100));
+    let mut keeper = None;
+    let mut next = Instant::now() + interval;
+    let lost = |why: &str| {
+        if shared.lost.fire() {
+            tracing::warn!(lease = format_args!("{lease:x}"), why, "session lost");
+        }
+    };
+    loop {
+        let deadline = Instant::from_std(shared.state.deadline());
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                if shared.state.expire_if_due(Instant::now().into_std()) {
+                    lost("not renewed before the validity deadline");
+                    // Best effort: if the server still has the lease, free its keys now.
+                    let _ = tokio::time::timeout(ttl, backend.revoke_lease(lease)).await;
+                    return;
+                }
+                continue;
+            }
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        let sent = Instant::now();
+        let attempt = async {
+            if keeper.is_none() {
+                keeper = Some(backend.keep_alive(lease).await?);
+            }
+            keeper.as_mut().expect("set above").renew().await
+        };
+        let outcome = tokio::select! {
+            r = attempt => Some(r),
+            _ = tokio::time::sleep_until(deadline) => None,
+        };
+        match outcome {
+            Some(Ok(granted)) if !granted.is_zero() => {
+                if !shared.state.renewed(sent.into_std(), granted) {
+                    return; // closed or lost meanwhile
+                }
+                next = sent + interval;
+            }
+            Some(Ok(_)) | Some(Err(Error::LeaseNotFound { .. })) => {
+                if shared.state.mark_lost() {
+                    lost("lease expired on the server");
+                }
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "renewal failed; retrying");
+                keeper = None;
+                next = Instant::now() + retry;
+            }
+            None => continue, // the deadline branch above decides
+        }
+    }
+}
