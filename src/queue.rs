@@ -278,7 +278,9 @@ impl Pending {
     pub(crate) fn start(session: &Session, req: CreateRequest, local: Option<tokio::sync::OwnedMutexGuard<()>>) -> Self {
         let backend = session.client().backend().clone();
         let key = req.key.clone();
-        let task = tokio::spawn(async move { backend.create(req).await });
+        // Retrying is safe: the key is this session's own, so a retry after an attempt
+        // that did write finds the key already there (with this lease) and reports it.
+        let task = tokio::spawn(async move { Backoff::default().retry(|| backend.create(req.clone())).await });
         Self { session: session.clone(), key, stage: Stage::InFlight(task), local }
     }
 

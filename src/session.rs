@@ -1,6 +1,7 @@
 //! Sessions: one lease, renewed in the background, with a local validity deadline.
 
 use crate::backend::LeaseId;
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::local::session_state::{SessionState, SessionStatus};
 use crate::local::signal::Signal;
@@ -58,7 +59,7 @@ impl SessionBuilder {
         let (lease, ttl, sent) = match self.attach {
             None => {
                 let sent = Instant::now();
-                let l = backend.grant_lease(self.ttl).await?;
+                let l = Backoff::default().retry(|| backend.grant_lease(self.ttl)).await?;
                 (l.id, l.ttl, sent)
             }
             Some(id) => {

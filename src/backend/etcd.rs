@@ -236,7 +236,43 @@ impl EtcdBackend {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
-        self.client.kv_client().txn(txn).await.map_err(map_err)
+        unsent_retry(|| {
+            let txn = txn.clone();
+            let mut kv = self.client.kv_client();
+            async move { kv.txn(txn).await }
+        })
+        .await
+    }
+}
+
+/// Whether a request failed before it reached any server (no connection could be made):
+/// such a request is safe to send again, whatever it does.
+fn unsent(e: &etcd_client::Error) -> bool {
+    let msg = match e {
+        etcd_client::Error::TransportError(_) => return true,
+        etcd_client::Error::GRpcStatus(s) if s.code() as i32 == tonic_code::UNAVAILABLE => s.message().to_lowercase(),
+        _ => return false,
+    };
+    ["connect error", "connection refused", "error trying to connect", "dns error"].iter().any(|p| msg.contains(p))
+}
+
+/// Runs a request, re-sending it (briefly, with jitter) while it fails before reaching a
+/// server, e.g. while the balancer still picks a member that just died.
+async fn unsent_retry<T, F, Fut>(mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
+    let mut delays = crate::Backoff::new(Duration::from_millis(5), Duration::from_millis(250)).max_attempts(8).delays();
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if unsent(&e) => match delays.next() {
+                Some(d) => tokio::time::sleep(d).await,
+                None => return Err(map_err(e)),
+            },
+            Err(e) => return Err(map_err(e)),
+        }
     }
 }
 
@@ -317,7 +353,11 @@ impl Backend for EtcdBackend {
 
     async fn grant_lease(&self, ttl: Duration) -> Result<Lease> {
         let secs = ttl.as_secs_f64().ceil() as i64;
-        let resp = self.client.lease_client().grant(secs, None).await.map_err(map_err)?;
+        let resp = unsent_retry(|| {
+            let mut c = self.client.lease_client();
+            async move { c.grant(secs, None).await }
+        })
+        .await?;
         Ok(Lease { id: resp.id(), ttl: Duration::from_secs(resp.ttl().max(0) as u64) })
     }
 
@@ -332,14 +372,22 @@ impl Backend for EtcdBackend {
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
-        match self.client.lease_client().revoke(lease).await.map_err(map_err) {
+        let revoked = unsent_retry(|| {
+            let mut c = self.client.lease_client();
+            async move { c.revoke(lease).await }
+        });
+        match revoked.await {
             Ok(_) | Err(Error::LeaseNotFound { .. }) => Ok(()),
             Err(e) => Err(e),
         }
     }
 
     async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<Duration>> {
-        match self.client.lease_client().time_to_live(lease, None).await.map_err(map_err) {
+        let ttl = unsent_retry(|| {
+            let mut c = self.client.lease_client();
+            async move { c.time_to_live(lease, None).await }
+        });
+        match ttl.await {
             Ok(r) if r.ttl() > 0 => Ok(Some(Duration::from_secs(r.ttl() as u64))),
             Ok(_) | Err(Error::LeaseNotFound { .. }) => Ok(None),
             Err(e) => Err(e),
@@ -347,12 +395,20 @@ impl Backend for EtcdBackend {
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let resp = self.client.kv_client().get(key, None).await.map_err(map_err)?;
+        let resp = unsent_retry(|| {
+            let mut c = self.client.kv_client();
+            async move { c.get(key, None).await }
+        })
+        .await?;
         Ok(resp.kvs().first().map(kv))
     }
 
     async fn range_prefix(&self, prefix: &str, limit: usize) -> Result<(Vec<KeyValue>, Revision)> {
-        let resp = self.client.kv_client().get(prefix, Some(head_options(limit))).await.map_err(map_err)?;
+        let resp = unsent_retry(|| {
+            let mut c = self.client.kv_client();
+            async move { c.get(prefix, Some(head_options(limit))).await }
+        })
+        .await?;
         let rev = resp.header().map_or(0, |h| h.revision());
         Ok((resp.kvs().iter().map(kv).collect(), rev))
     }

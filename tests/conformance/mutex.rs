@@ -1,0 +1,245 @@
+//! Mutex conformance checks.
+
+use leasehold::{Client, Error, FencedResource, Mutex, Strategy};
+use rand::Rng;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Upper bound for anything that should happen "soon" (a liveness bound, not a speed goal).
+pub const SOON: Duration = Duration::from_secs(20);
+
+async fn keys(client: &Client, name: &str) -> Vec<String> {
+    let prefix = client.prefix_of(name).unwrap();
+    client.backend().range_prefix(&prefix, 0).await.unwrap().0.into_iter().map(|kv| kv.key).collect()
+}
+
+/// Many tasks, each with its own session, never overlap; a counter in the store updated
+/// only through fenced writes ends at exactly tasks × rounds (no lost update), and the
+/// tokens a FencedResource accepted strictly increase.
+pub async fn mutual_exclusion(client: &Client, strategy: Strategy, tasks: usize, rounds: usize) {
+    let name = format!("mx-{strategy:?}");
+    let counter_key = format!("{name}.counter");
+    let inside = Arc::new(AtomicUsize::new(0));
+    let max_inside = Arc::new(AtomicUsize::new(0));
+    let fence = Arc::new(FencedResource::new(Vec::<u64>::new()));
+    let read = |kv: Option<leasehold::backend::KeyValue>| -> usize {
+        kv.map_or(0, |kv| String::from_utf8(kv.value).unwrap().parse().unwrap())
+    };
+    let initial = read(client.backend().get(&counter_key).await.unwrap());
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (client, name, counter_key) = (client.clone(), name.clone(), counter_key.clone());
+        let (inside, max_inside, fence) = (inside.clone(), max_inside.clone(), fence.clone());
+        handles.push(tokio::spawn(async move {
+            let session = client.session().await.unwrap();
+            let mutex = Mutex::new(&session, &name).unwrap().with_strategy(strategy);
+            for _ in 0..rounds {
+                let guard = mutex.lock().await.unwrap();
+                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                max_inside.fetch_max(now, Ordering::SeqCst);
+                let token = guard.fencing_token();
+                fence.apply(token, |seen| seen.push(token)).expect("a holder's token is never stale");
+                let current = client.backend().get(&counter_key).await.unwrap();
+                let n: u64 = current.map_or(0, |kv| String::from_utf8(kv.value).unwrap().parse().unwrap());
+                tokio::task::yield_now().await;
+                guard.fenced_put(counter_key.clone(), (n + 1).to_string()).await.unwrap();
+                inside.fetch_sub(1, Ordering::SeqCst);
+                guard.unlock().await.unwrap();
+            }
+            session.close().await.unwrap();
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    assert_eq!(max_inside.load(Ordering::SeqCst), 1, "two holders at once");
+    let last = read(client.backend().get(&counter_key).await.unwrap());
+    assert_eq!(last - initial, tasks * rounds, "lost update");
+    let seen = fence.read(|s| s.clone());
+    assert_eq!(seen.len(), tasks * rounds);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "tokens not strictly increasing: {seen:?}");
+    assert!(keys(client, &name).await.is_empty(), "keys left behind");
+}
+
+/// try_lock returns `None` at once while another session holds the name, leaves no key,
+/// and succeeds once the holder unlocked.
+pub async fn try_lock(client: &Client, strategy: Strategy) {
+    let name = format!("try-{strategy:?}");
+    let a = client.session().await.unwrap();
+    let b = client.session().await.unwrap();
+    let held = Mutex::new(&a, &name).unwrap().lock().await.unwrap();
+    let mb = Mutex::new(&b, &name).unwrap().with_strategy(strategy);
+    assert!(mb.try_lock().await.unwrap().is_none());
+    assert_eq!(keys(client, &name).await, vec![held.key().to_owned()], "try_lock left a key");
+    let holder = mb.holder().await.unwrap().unwrap();
+    assert_eq!((holder.key.as_str(), holder.token), (held.key(), held.fencing_token()));
+    let token = held.fencing_token();
+    held.unlock().await.unwrap();
+    let got = mb.try_lock().await.unwrap().expect("free now");
+    assert!(got.fencing_token() > token);
+    got.unlock().await.unwrap();
+    assert!(keys(client, &name).await.is_empty());
+}
+
+/// lock_timeout fails with Error::Timeout and leaves only the holder's key.
+pub async fn timeout(client: &Client, strategy: Strategy) {
+    let name = format!("timeout-{strategy:?}");
+    let a = client.session().await.unwrap();
+    let b = client.session().await.unwrap();
+    let held = Mutex::new(&a, &name).unwrap().lock().await.unwrap();
+    let mb = Mutex::new(&b, &name).unwrap().with_strategy(strategy);
+    let r = mb.lock_timeout(Duration::from_millis(300)).await;
+    assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+    assert_eq!(keys(client, &name).await, vec![held.key().to_owned()]);
+    held.unlock().await.unwrap();
+    mb.lock_timeout(SOON).await.unwrap().unlock().await.unwrap();
+}
+
+/// Cancelling lock() at random points (by dropping its future after a random number of
+/// polls) leaves no key of the cancelling session behind, while that session stays alive.
+pub async fn cancellation(client: &Client, strategy: Strategy, attempts: usize) {
+    let name = format!("cancel-{strategy:?}");
+    let a = client.session().await.unwrap();
+    let b = client.session().await.unwrap();
+    let ma = Mutex::new(&a, &name).unwrap();
+    let mb = Mutex::new(&b, &name).unwrap().with_strategy(strategy);
+    let mut acquired = 0;
+    for i in 0..attempts {
+        // Hold the lock in half the rounds, so cancellations hit both the fast path and the wait.
+        let held = if i % 2 == 0 { Some(ma.lock().await.unwrap()) } else { None };
+        let polls = rand::rng().random_range(0..40);
+        let fut = mb.lock();
+        tokio::pin!(fut);
+        let outcome = tokio::select! {
+            biased;
+            r = &mut fut => Some(r.unwrap()),
+            _ = yield_times(polls) => None,
+        };
+        if let Some(g) = outcome {
+            acquired += 1;
+            g.unlock().await.unwrap();
+        }
+        drop(fut);
+        if let Some(g) = held {
+            g.unlock().await.unwrap();
+        }
+    }
+    b.settle().await;
+    assert!(b.is_valid(), "the cancelling session must still be alive");
+    assert!(keys(client, &name).await.is_empty(), "keys left after {attempts} cancellations");
+    // Nothing local is stuck either.
+    mb.lock_timeout(SOON).await.unwrap().unlock().await.unwrap();
+    assert!(acquired < attempts, "every attempt completed: nothing was cancelled");
+}
+
+async fn yield_times(n: usize) {
+    for _ in 0..n {
+        tokio::task::yield_now().await;
+    }
+    // Let spawned RPC tasks run for a moment too.
+    if n % 3 == 0 {
+        tokio::time::sleep(Duration::from_micros(200 * n as u64)).await;
+    }
+}
+
+/// A stale unlock (the delete of an older acquisition by the same session) never deletes a
+/// newer acquisition of the same name (etcd-io/etcd#22082).
+pub async fn ownership_safe_unlock(client: &Client) {
+    let s = client.session().await.unwrap();
+    let m = Mutex::new(&s, "owner-safe").unwrap();
+    let first = m.lock().await.unwrap();
+    let (key, old) = (first.key().to_owned(), first.fencing_token() as i64);
+    first.unlock().await.unwrap();
+    let second = m.lock().await.unwrap();
+    assert_eq!(second.key(), key, "same session, same key");
+    assert!(!client.backend().delete_if_created(&key, old).await.unwrap(), "stale delete must fail");
+    assert!(second.is_valid());
+    let kv = client.backend().get(&key).await.unwrap().expect("newer acquisition still there");
+    assert_eq!(kv.create_revision as u64, second.fencing_token());
+    second.unlock().await.unwrap();
+}
+
+/// When the lease is gone on the server, the holder's fenced write is rejected, the
+/// session reports loss, its guard turns invalid, and another session takes the lock with
+/// a higher token.
+pub async fn lost_session(client: &Client) {
+    let s = client.session_builder().ttl(Duration::from_secs(2)).open().await.unwrap();
+    let guard = Mutex::new(&s, "lost").unwrap().lock().await.unwrap();
+    assert!(guard.is_valid());
+    client.backend().revoke_lease(s.lease_id()).await.unwrap(); // what expiry does on the server
+    let r = guard.fenced_put("lost.data", "late write").await;
+    assert!(matches!(r, Err(Error::NotHeld { .. })), "{r:?}");
+    assert!(client.backend().get("lost.data").await.unwrap().is_none(), "fenced write applied");
+    tokio::time::timeout(SOON, guard.lost()).await.expect("lost() fired");
+    assert!(!guard.is_valid() && !s.is_valid() && s.is_lost());
+    let other = client.session().await.unwrap();
+    let next = Mutex::new(&other, "lost").unwrap().lock_timeout(SOON).await.unwrap();
+    assert!(next.fencing_token() > guard.fencing_token());
+    guard.unlock().await.unwrap(); // unlocking a lost guard is harmless
+    assert!(next.is_valid());
+    next.unlock().await.unwrap();
+}
+
+/// A waiter whose own key vanishes (its lease expired) fails with SessionLost instead of
+/// believing it got the lock.
+pub async fn waiter_loses_its_key(client: &Client, strategy: Strategy) {
+    let name = format!("waiter-gone-{strategy:?}");
+    let a = client.session().await.unwrap();
+    let b = client.session_builder().ttl(Duration::from_secs(2)).open().await.unwrap();
+    let held = Mutex::new(&a, &name).unwrap().lock().await.unwrap();
+    let mb = Mutex::new(&b, &name).unwrap().with_strategy(strategy);
+    let waiting = tokio::spawn(async move { mb.lock().await.map(|g| g.fencing_token()) });
+    // Wait (bounded) until b is really waiting: for the queue its key is visible.
+    if strategy == Strategy::Pessimistic {
+        for _ in 0..200 {
+            if keys(client, &name).await.len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(keys(client, &name).await.len(), 2, "waiter never queued");
+    }
+    client.backend().revoke_lease(b.lease_id()).await.unwrap();
+    let r = tokio::time::timeout(SOON, waiting).await.expect("waiter returned").unwrap();
+    assert!(matches!(r, Err(Error::SessionLost { .. })), "{r:?}");
+    assert!(held.is_valid());
+    held.unlock().await.unwrap();
+}
+
+/// A session re-attached to an existing lease reclaims the lock it held, with the same token.
+pub async fn reattach(client: &Client) {
+    let s = client.session().await.unwrap();
+    let guard = Mutex::new(&s, "reattach").unwrap().lock().await.unwrap();
+    let token = guard.fencing_token();
+    std::mem::forget(guard); // a "crashed" process: no release
+    let again = client.session_builder().attach(s.lease_id()).open().await.unwrap();
+    let reclaimed = Mutex::new(&again, "reattach").unwrap().try_lock().await.unwrap().expect("reclaimed");
+    assert_eq!(reclaimed.fencing_token(), token);
+    reclaimed.unlock().await.unwrap();
+    assert!(keys(client, "reattach").await.is_empty());
+    let r = client.session_builder().attach(0x7777).open().await;
+    assert!(matches!(r, Err(Error::LeaseNotFound { .. })), "{r:?}");
+}
+
+/// Bad input gets typed errors and writes nothing.
+pub async fn bad_input(client: &Client) {
+    for bad in ["", "a/b", "white space", ".."] {
+        let s = client.session().await.unwrap();
+        assert!(matches!(Mutex::new(&s, bad), Err(Error::InvalidName { .. })), "{bad:?}");
+    }
+    for ttl in [Duration::ZERO, Duration::from_millis(999), Duration::from_secs(3601)] {
+        let r = client.session_builder().ttl(ttl).open().await;
+        assert!(matches!(r, Err(Error::TtlOutOfRange { .. })), "{ttl:?}: {r:?}");
+    }
+}
+
+/// Closing a session revokes its lease: its locks are free at once.
+pub async fn close_releases(client: &Client) {
+    let a = client.session().await.unwrap();
+    let guard = Mutex::new(&a, "close").unwrap().lock().await.unwrap();
+    std::mem::forget(guard);
+    a.close().await.unwrap();
+    let b = client.session().await.unwrap();
+    Mutex::new(&b, "close").unwrap().try_lock().await.unwrap().expect("free after close");
+}

@@ -1,0 +1,3 @@
+//! Test harness shared by the integration tests.
+#![allow(dead_code)]
+pub mod etcd;
