@@ -66,16 +66,22 @@ impl Client {
         }
         #[cfg(feature = "etcd")]
         if let Some(rest) = url.strip_prefix("etcd://") {
-            let config = crate::EtcdConfig::new(rest.split(',').map(str::trim).filter(|s| !s.is_empty()));
+            let config =
+                crate::EtcdConfig::new(rest.split(',').map(str::trim).filter(|s| !s.is_empty()));
             return Self::etcd(config).await;
         }
-        Err(Error::invalid("connect", format!("unsupported endpoint URL {url:?} (expected memory:// or etcd://host:port,…)")))
+        Err(Error::invalid(
+            "connect",
+            format!("unsupported endpoint URL {url:?} (expected memory:// or etcd://host:port,…)"),
+        ))
     }
 
     /// Connects to etcd.
     #[cfg(feature = "etcd")]
     pub async fn etcd(config: crate::EtcdConfig) -> Result<Self> {
-        Ok(Self::new(crate::backend::etcd::EtcdBackend::connect(config).await?))
+        Ok(Self::new(
+            crate::backend::etcd::EtcdBackend::connect(config).await?,
+        ))
     }
 
     /// The same store with every key under `namespace` (for example `"app1/locks/"`).

@@ -125,6 +125,9 @@ impl Error {
     }
 
     pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
-        Error::InvalidArgument { what, reason: reason.into() }
+        Error::InvalidArgument {
+            what,
+            reason: reason.into(),
+        }
     }
 }

@@ -63,10 +63,6 @@ impl View {
         self.by_key.get(key).and_then(|r| self.by_create.get(r))
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.by_create.is_empty()
-    }
-
     fn reset(&mut self, kvs: Vec<KeyValue>, revision: Revision) {
         self.by_create.clear();
         self.by_key.clear();
@@ -130,7 +126,9 @@ pub(crate) struct PrefixView {
 
 impl std::fmt::Debug for PrefixView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PrefixView").field("prefix", &self.prefix).finish()
+        f.debug_struct("PrefixView")
+            .field("prefix", &self.prefix)
+            .finish()
     }
 }
 
@@ -145,7 +143,11 @@ impl PrefixView {
     pub(crate) fn open(backend: Arc<dyn Backend>, prefix: String) -> Arc<Self> {
         let state = Arc::new(Mutex::new(ViewState::default()));
         let task = tokio::spawn(follow(backend, prefix.clone(), state.clone()));
-        Arc::new(Self { prefix, state, task })
+        Arc::new(Self {
+            prefix,
+            state,
+            task,
+        })
     }
 
     /// Whether the view gave up (a permanent error); the client then opens a new one.
@@ -162,7 +164,9 @@ impl PrefixView {
         let (tx, rx) = oneshot::channel::<R>();
         let mut tx = Some(tx);
         let check: Check = Box::new(move |view| {
-            let Some(sender) = tx.as_ref() else { return true };
+            let Some(sender) = tx.as_ref() else {
+                return true;
+            };
             if sender.is_closed() {
                 return true; // the waiter was cancelled
             }
@@ -177,13 +181,21 @@ impl PrefixView {
         {
             let mut st = self.state.lock();
             if let Some(why) = &st.failed {
-                return Err(Error::Store(format!("watch on {:?} failed: {why}", self.prefix)));
+                return Err(Error::Store(format!(
+                    "watch on {:?} failed: {why}",
+                    self.prefix
+                )));
             }
             st.waiters.push(check);
             st.evaluate();
         }
         rx.await.map_err(|_| {
-            let why = self.state.lock().failed.clone().unwrap_or_else(|| "view closed".into());
+            let why = self
+                .state
+                .lock()
+                .failed
+                .clone()
+                .unwrap_or_else(|| "view closed".into());
             Error::Store(format!("watch on {:?} failed: {why}", self.prefix))
         })
     }
@@ -246,12 +258,21 @@ pub(crate) enum Turn {
 }
 
 /// Evaluates `rule` for the key `(key, rev)` once the view has reached `rev`.
-pub(crate) fn turn(view: &View, key: &str, rev: Revision, rule: &dyn Fn(&View, Revision) -> bool) -> Option<Turn> {
+pub(crate) fn turn(
+    view: &View,
+    key: &str,
+    rev: Revision,
+    rule: &dyn Fn(&View, Revision) -> bool,
+) -> Option<Turn> {
     if view.revision() < rev {
         return None; // the view has not seen our key yet: decide nothing
     }
     match view.get(key) {
-        Some(kv) if kv.create_revision == rev => Some(if rule(view, rev) { Turn::Ready } else { Turn::Wait }),
+        Some(kv) if kv.create_revision == rev => Some(if rule(view, rev) {
+            Turn::Ready
+        } else {
+            Turn::Wait
+        }),
         _ => Some(Turn::Gone),
     }
 }
@@ -275,13 +296,26 @@ enum Stage {
 impl Pending {
     /// Sends `req` (in its own task). `local` is the session's local queue slot for the key;
     /// it is released only after the key is gone or handed to a guard.
-    pub(crate) fn start(session: &Session, req: CreateRequest, local: Option<tokio::sync::OwnedMutexGuard<()>>) -> Self {
+    pub(crate) fn start(
+        session: &Session,
+        req: CreateRequest,
+        local: Option<tokio::sync::OwnedMutexGuard<()>>,
+    ) -> Self {
         let backend = session.client().backend().clone();
         let key = req.key.clone();
         // Retrying is safe: the key is this session's own, so a retry after an attempt
         // that did write finds the key already there (with this lease) and reports it.
-        let task = tokio::spawn(async move { Backoff::default().retry(|| backend.create(req.clone())).await });
-        Self { session: session.clone(), key, stage: Stage::InFlight(task), local }
+        let task = tokio::spawn(async move {
+            Backoff::default()
+                .retry(|| backend.create(req.clone()))
+                .await
+        });
+        Self {
+            session: session.clone(),
+            key,
+            stage: Stage::InFlight(task),
+            local,
+        }
     }
 
     /// Waits for the create RPC's outcome.
@@ -289,7 +323,9 @@ impl Pending {
         let Stage::InFlight(task) = &mut self.stage else {
             return Err(Error::Store("pending: response already taken".into()));
         };
-        let outcome = task.await.map_err(|e| Error::Store(format!("create task failed: {e}")));
+        let outcome = task
+            .await
+            .map_err(|e| Error::Store(format!("create task failed: {e}")));
         let resp = match outcome {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) | Err(e) => {
@@ -302,7 +338,9 @@ impl Pending {
             }
         };
         self.stage = match &resp.mine {
-            Some(kv) if kv.lease == self.session.lease_id() || kv.lease == 0 => Stage::Exists(kv.create_revision),
+            Some(kv) if kv.lease == self.session.lease_id() || kv.lease == 0 => {
+                Stage::Exists(kv.create_revision)
+            }
             _ => Stage::Done,
         };
         Ok(resp)
@@ -373,9 +411,15 @@ impl Drop for Pending {
 }
 
 /// Ownership-safe delete, retried on transient errors. True if this call deleted the key.
-pub(crate) async fn release_retry(backend: &dyn Backend, key: &str, create_revision: Revision) -> Result<bool> {
+pub(crate) async fn release_retry(
+    backend: &dyn Backend,
+    key: &str,
+    create_revision: Revision,
+) -> Result<bool> {
     let policy = Backoff::default();
-    policy.retry(|| backend.delete_if_created(key, create_revision)).await
+    policy
+        .retry(|| backend.delete_if_created(key, create_revision))
+        .await
 }
 
 /// Waits for the key `(key, rev)` to be admitted by `rule` in the live view of `prefix`.
@@ -405,10 +449,16 @@ pub(crate) async fn wait_turn(
 
 /// Waits until the key `(key, rev)` that was seen under `prefix` is gone (deleted, or
 /// re-created with another revision): the optimistic strategy's "wait for the holder".
-pub(crate) async fn wait_gone(session: &Session, prefix: &str, key: &str, rev: Revision) -> Result<()> {
+pub(crate) async fn wait_gone(
+    session: &Session,
+    prefix: &str,
+    key: &str,
+    rev: Revision,
+) -> Result<()> {
     let view = session.client().view(prefix);
     let k = key.to_owned();
-    let wait = view.wait_for(move |v| (turn(v, &k, rev, &|_, _| false)? == Turn::Gone).then_some(()));
+    let wait =
+        view.wait_for(move |v| (turn(v, &k, rev, &|_, _| false)? == Turn::Gone).then_some(()));
     let lost = session.lost();
     tokio::select! {
         r = wait => r,

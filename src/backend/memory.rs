@@ -84,15 +84,27 @@ impl MemoryBackend {
 
     /// Locks the state after expiring due leases and checking availability; starts the
     /// reaper that expires leases when nobody calls.
+    /// Every call yields to the scheduler once before touching the state, as a call over
+    /// the network would, so that concurrent callers interleave as they do on a real store.
+    async fn call(&self) -> Result<parking_lot::MutexGuard<'_, State>> {
+        tokio::task::yield_now().await;
+        self.state()
+    }
+
     fn state(&self) -> Result<parking_lot::MutexGuard<'_, State>> {
         let mut st = self.inner.state.lock();
         st.expire_due(Instant::now());
         if !st.reaper_started {
             st.reaper_started = true;
-            tokio::spawn(reaper(Arc::downgrade(&self.inner), self.inner.lease_changed.clone()));
+            tokio::spawn(reaper(
+                Arc::downgrade(&self.inner),
+                self.inner.lease_changed.clone(),
+            ));
         }
         if st.unavailable {
-            return Err(Error::Unavailable("memory: store marked unavailable".into()));
+            return Err(Error::Unavailable(
+                "memory: store marked unavailable".into(),
+            ));
         }
         Ok(st)
     }
@@ -126,8 +138,12 @@ fn in_prefix(key: &str, prefix: &str) -> bool {
 
 impl State {
     fn expire_due(&mut self, now: Instant) {
-        let due: Vec<LeaseId> =
-            self.leases.iter().filter(|(_, l)| l.expires <= now).map(|(id, _)| *id).collect();
+        let due: Vec<LeaseId> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.expires <= now)
+            .map(|(id, _)| *id)
+            .collect();
         for id in due {
             self.revoke(id);
         }
@@ -135,9 +151,14 @@ impl State {
 
     /// Deletes a lease and its keys, all in one revision.
     fn revoke(&mut self, lease: LeaseId) {
-        let Some(entry) = self.leases.remove(&lease) else { return };
-        let keys: Vec<String> =
-            entry.keys.into_iter().filter(|k| self.kvs.get(k).is_some_and(|kv| kv.lease == lease)).collect();
+        let Some(entry) = self.leases.remove(&lease) else {
+            return;
+        };
+        let keys: Vec<String> = entry
+            .keys
+            .into_iter()
+            .filter(|k| self.kvs.get(k).is_some_and(|kv| kv.lease == lease))
+            .collect();
         if keys.is_empty() {
             return;
         }
@@ -194,7 +215,13 @@ impl State {
                     if let Some(l) = self.leases.get_mut(&lease) {
                         l.keys.insert(key.clone());
                     }
-                    let kv = KeyValue { key: key.clone(), value, create_revision, mod_revision: rev, lease };
+                    let kv = KeyValue {
+                        key: key.clone(),
+                        value,
+                        create_revision,
+                        mod_revision: rev,
+                        lease,
+                    };
                     self.kvs.insert(key, kv.clone());
                     events.push(WatchEvent::Put(kv));
                 }
@@ -236,7 +263,7 @@ struct MemoryKeepAlive {
 #[async_trait]
 impl KeepAlive for MemoryKeepAlive {
     async fn renew(&mut self) -> Result<Duration> {
-        let mut st = self.backend.state()?;
+        let mut st = self.backend.call().await?;
         let Some(l) = st.leases.get_mut(&self.lease) else {
             return Err(Error::LeaseNotFound { lease: self.lease });
         };
@@ -270,7 +297,12 @@ impl WatchStream for MemoryWatch {
 
 impl Drop for MemoryWatch {
     fn drop(&mut self) {
-        self.backend.inner.state.lock().watchers.retain(|w| !w.tx.is_closed());
+        self.backend
+            .inner
+            .state
+            .lock()
+            .watchers
+            .retain(|w| !w.tx.is_closed());
     }
 }
 
@@ -281,48 +313,65 @@ impl Backend for MemoryBackend {
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<Lease> {
-        let mut st = self.state()?;
+        let mut st = self.call().await?;
         st.next_lease += 1;
         // Ids look like etcd's: large, positive, not sequential-looking.
         let id = 0x694d_0000_0000 + st.next_lease;
-        st.leases.insert(id, LeaseEntry { ttl, expires: Instant::now() + ttl, keys: BTreeSet::new() });
+        st.leases.insert(
+            id,
+            LeaseEntry {
+                ttl,
+                expires: Instant::now() + ttl,
+                keys: BTreeSet::new(),
+            },
+        );
         drop(st);
         self.inner.lease_changed.notify_one();
         Ok(Lease { id, ttl })
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<Box<dyn KeepAlive>> {
-        let _ = self.state()?;
-        Ok(Box::new(MemoryKeepAlive { backend: self.clone(), lease }))
+        drop(self.call().await?);
+        Ok(Box::new(MemoryKeepAlive {
+            backend: self.clone(),
+            lease,
+        }))
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
-        self.state()?.revoke(lease);
+        self.call().await?.revoke(lease);
         Ok(())
     }
 
     async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<Duration>> {
-        let st = self.state()?;
-        Ok(st.leases.get(&lease).map(|l| l.expires.saturating_duration_since(Instant::now())))
+        let st = self.call().await?;
+        Ok(st
+            .leases
+            .get(&lease)
+            .map(|l| l.expires.saturating_duration_since(Instant::now())))
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        Ok(self.state()?.kvs.get(key).cloned())
+        Ok(self.call().await?.kvs.get(key).cloned())
     }
 
     async fn range_prefix(&self, prefix: &str, limit: usize) -> Result<(Vec<KeyValue>, Revision)> {
-        let st = self.state()?;
+        let st = self.call().await?;
         Ok((st.prefix(prefix, limit), st.revision))
     }
 
     async fn create(&self, req: CreateRequest) -> Result<CreateResponse> {
-        let mut st = self.state()?;
+        let mut st = self.call().await?;
         let ok = match req.precondition {
             Precondition::KeyAbsent => !st.kvs.contains_key(&req.key),
             Precondition::PrefixEmpty => st.prefix(&req.prefix, 1).is_empty(),
         };
         if ok {
-            st.apply(vec![Write::Put { key: req.key.clone(), value: req.value, lease: Some(req.lease) }])?;
+            st.apply(vec![Write::Put {
+                key: req.key.clone(),
+                value: req.value,
+                lease: Some(req.lease),
+            }])?;
         }
         Ok(CreateResponse {
             created: ok,
@@ -333,9 +382,15 @@ impl Backend for MemoryBackend {
     }
 
     async fn delete_if_created(&self, key: &str, create_revision: Revision) -> Result<bool> {
-        let mut st = self.state()?;
-        if st.kvs.get(key).is_some_and(|kv| kv.create_revision == create_revision) {
-            st.apply(vec![Write::Delete { key: key.to_owned() }])?;
+        let mut st = self.call().await?;
+        if st
+            .kvs
+            .get(key)
+            .is_some_and(|kv| kv.create_revision == create_revision)
+        {
+            st.apply(vec![Write::Delete {
+                key: key.to_owned(),
+            }])?;
             return Ok(true);
         }
         Ok(false)
@@ -348,13 +403,21 @@ impl Backend for MemoryBackend {
         value: Vec<u8>,
         lease: Option<LeaseId>,
     ) -> Result<CasResponse> {
-        let mut st = self.state()?;
+        let mut st = self.call().await?;
         let current = st.kvs.get(key).map(|kv| kv.mod_revision);
         let swapped = current == expected;
         if swapped {
-            st.apply(vec![Write::Put { key: key.to_owned(), value, lease }])?;
+            st.apply(vec![Write::Put {
+                key: key.to_owned(),
+                value,
+                lease,
+            }])?;
         }
-        Ok(CasResponse { swapped, current: st.kvs.get(key).cloned(), revision: st.revision })
+        Ok(CasResponse {
+            swapped,
+            current: st.kvs.get(key).cloned(),
+            revision: st.revision,
+        })
     }
 
     async fn write_if_held(
@@ -363,8 +426,12 @@ impl Backend for MemoryBackend {
         guard_create_revision: Revision,
         writes: Vec<Write>,
     ) -> Result<bool> {
-        let mut st = self.state()?;
-        if !st.kvs.get(guard_key).is_some_and(|kv| kv.create_revision == guard_create_revision) {
+        let mut st = self.call().await?;
+        if !st
+            .kvs
+            .get(guard_key)
+            .is_some_and(|kv| kv.create_revision == guard_create_revision)
+        {
             return Ok(false);
         }
         st.apply(writes)?;
@@ -372,9 +439,16 @@ impl Backend for MemoryBackend {
     }
 
     async fn watch_prefix(&self, prefix: &str) -> Result<Box<dyn WatchStream>> {
-        let mut st = self.state()?;
+        let mut st = self.call().await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        st.watchers.push(Watcher { prefix: prefix.to_owned(), tx });
-        Ok(Box::new(MemoryWatch { backend: self.clone(), start: st.revision, rx }))
+        st.watchers.push(Watcher {
+            prefix: prefix.to_owned(),
+            tx,
+        });
+        Ok(Box::new(MemoryWatch {
+            backend: self.clone(),
+            start: st.revision,
+            rx,
+        }))
     }
 }

@@ -27,7 +27,9 @@ pub(crate) struct ReleaseOnce {
 impl ReleaseOnce {
     /// A held guard.
     pub(crate) fn new() -> Self {
-        Self { state: AtomicU8::new(HELD) }
+        Self {
+            state: AtomicU8::new(HELD),
+        }
     }
 
     /// Claims the right to release. True for exactly one caller over the guard's life.
