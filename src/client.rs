@@ -9,7 +9,7 @@ use crate::session::SessionBuilder;
 use crate::Session;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 /// A handle on one store. Cheap to clone; clones share the connection and the watches.
 ///
@@ -32,8 +32,20 @@ pub struct Client {
 struct ClientInner {
     backend: Arc<dyn Backend>,
     namespace: String,
-    /// One live prefix view (one watch) per prefix, shared by every waiter of this client.
-    views: Mutex<HashMap<String, Weak<PrefixView>>>,
+    /// Live prefix views (one watch each), shared by every waiter of this client.
+    views: Mutex<Views>,
+}
+
+/// How many prefix views a client keeps open after their waiters are gone. A view is
+/// opened the first time something waits on a prefix and then kept, so the next wait
+/// costs no watch creation (the point of the engine); past this many prefixes the least
+/// recently used idle view is closed.
+pub const KEPT_VIEWS: usize = 256;
+
+#[derive(Debug, Default)]
+struct Views {
+    open: HashMap<String, (Arc<PrefixView>, u64)>,
+    tick: u64,
 }
 
 impl Client {
@@ -48,7 +60,7 @@ impl Client {
             inner: Arc::new(ClientInner {
                 backend,
                 namespace: String::new(),
-                views: Mutex::new(HashMap::new()),
+                views: Mutex::new(Views::default()),
             }),
         }
     }
@@ -90,7 +102,7 @@ impl Client {
             inner: Arc::new(ClientInner {
                 backend: self.inner.backend.clone(),
                 namespace: namespace.into(),
-                views: Mutex::new(HashMap::new()),
+                views: Mutex::new(Views::default()),
             }),
         }
     }
@@ -115,17 +127,30 @@ impl Client {
         Ok(format!("{}{}/", self.inner.namespace, validate_name(name)?))
     }
 
-    /// The shared live view of `prefix`, opening it (one watch) if nobody has it open.
+    /// The shared live view of `prefix`, opening it (one watch) if it is not open yet.
     pub(crate) fn view(&self, prefix: &str) -> Arc<PrefixView> {
         let mut views = self.inner.views.lock();
-        if let Some(v) = views.get(prefix).and_then(Weak::upgrade) {
+        views.tick += 1;
+        let tick = views.tick;
+        if let Some((v, used)) = views.open.get_mut(prefix) {
             if !v.is_failed() {
-                return v;
+                *used = tick;
+                return v.clone();
             }
         }
-        views.retain(|_, w| w.strong_count() > 0);
+        if views.open.len() >= KEPT_VIEWS {
+            let idle = views
+                .open
+                .iter()
+                .filter(|(_, (v, _))| Arc::strong_count(v) == 1)
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = idle {
+                views.open.remove(&k);
+            }
+        }
         let v = PrefixView::open(self.inner.backend.clone(), prefix.to_owned());
-        views.insert(prefix.to_owned(), Arc::downgrade(&v));
+        views.open.insert(prefix.to_owned(), (v.clone(), tick));
         v
     }
 }

@@ -45,7 +45,7 @@ pub use backend::etcd::{EtcdConfig, TlsConfig};
 pub use backend::memory::MemoryBackend;
 pub use backend::{Backend, Write};
 pub use backoff::{Backoff, Delays, Jitter};
-pub use client::Client;
+pub use client::{Client, KEPT_VIEWS};
 pub use error::{Error, Result};
 pub use fencing::FencedResource;
 pub use mutex::{Holder, Mutex, MutexGuard, Strategy};

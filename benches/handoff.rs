@@ -1,0 +1,192 @@
+//! Lock hand-off benchmark against a real single-node etcd, with etcd's own Lock RPC
+//! (etcd-client's lock client, the Go recipe run inside the server) as the peer, all in
+//! one run so the ratios compare like with like on a noisy machine.
+//!
+//! ```text
+//! cargo bench --bench handoff                      # starts its own etcd on 127.0.0.1
+//! cargo bench --bench handoff -- --tasks 16 --cycles 100 --uncontended 500
+//! LEASEHOLD_BENCH_ETCD=127.0.0.1:2379 cargo bench --bench handoff   # an etcd you run
+//! ```
+//!
+//! Measures: the uncontended lock+unlock cycle (median, p99) and contended hand-offs per
+//! second with N tasks, each with its own client connection and lease.
+
+#[path = "../tests/support/etcd.rs"]
+#[allow(dead_code)]
+mod etcd;
+
+use clap::Parser;
+use etcd_client::LockOptions;
+use leasehold::{Client, EtcdConfig, Mutex, Strategy};
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Contending tasks.
+    #[arg(long, default_value_t = 16)]
+    tasks: usize,
+    /// Lock/unlock cycles per contending task.
+    #[arg(long, default_value_t = 100)]
+    cycles: usize,
+    /// Cycles of the uncontended measurement.
+    #[arg(long, default_value_t = 500)]
+    uncontended: usize,
+    /// Runs of each contended measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Peer {
+    Leasehold(Strategy),
+    LockRpc,
+}
+
+impl Peer {
+    fn name(self) -> &'static str {
+        match self {
+            Peer::Leasehold(Strategy::Pessimistic) => "leasehold pessimistic",
+            Peer::Leasehold(Strategy::Optimistic) => "leasehold optimistic",
+            Peer::LockRpc => "etcd Lock RPC (etcd-client)",
+        }
+    }
+}
+
+/// One task's loop: `cycles` lock/unlock cycles on `name`, returning each cycle's time.
+async fn cycles(endpoints: Vec<String>, peer: Peer, name: String, cycles: usize) -> Vec<Duration> {
+    let mut times = Vec::with_capacity(cycles);
+    match peer {
+        Peer::Leasehold(strategy) => {
+            let client = Client::etcd(EtcdConfig::new(endpoints)).await.unwrap();
+            let session = client.session().await.unwrap();
+            let mutex = Mutex::new(&session, &name).unwrap().with_strategy(strategy);
+            for _ in 0..cycles {
+                let t = Instant::now();
+                let g = mutex.lock().await.unwrap();
+                g.unlock().await.unwrap();
+                times.push(t.elapsed());
+            }
+            session.close().await.unwrap();
+        }
+        Peer::LockRpc => {
+            let mut client = etcd_client::Client::connect(endpoints, None).await.unwrap();
+            let lease = client.lease_grant(10, None).await.unwrap().id();
+            let (mut keeper, mut stream) = client.lease_keep_alive(lease).await.unwrap();
+            let keep = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    if keeper.keep_alive().await.is_err() || stream.message().await.is_err() {
+                        return;
+                    }
+                }
+            });
+            for _ in 0..cycles {
+                let t = Instant::now();
+                let resp = client
+                    .lock(name.as_str(), Some(LockOptions::new().with_lease(lease)))
+                    .await
+                    .unwrap();
+                client.unlock(resp.key()).await.unwrap();
+                times.push(t.elapsed());
+            }
+            keep.abort();
+            client.lease_revoke(lease).await.unwrap();
+        }
+    }
+    times
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    if !args.bench {
+        // `cargo test --all-targets` builds and runs bench targets too: nothing to measure then.
+        println!("handoff: a benchmark; run it with `cargo bench --bench handoff`");
+        return;
+    }
+    let (_etcd, endpoints) = match std::env::var("LEASEHOLD_BENCH_ETCD") {
+        Ok(e) => (None, e.split(',').map(str::to_owned).collect()),
+        Err(_) => {
+            let c = etcd::EtcdCluster::single();
+            let e = c.endpoints();
+            (Some(c), e)
+        }
+    };
+    let peers = [
+        Peer::Leasehold(Strategy::Pessimistic),
+        Peer::Leasehold(Strategy::Optimistic),
+        Peer::LockRpc,
+    ];
+
+    println!(
+        "## Uncontended lock+unlock cycle ({} cycles, one task)\n",
+        args.uncontended
+    );
+    println!("| implementation | median ms | p99 ms | median vs Lock RPC |");
+    println!("|---|---:|---:|---:|");
+    // Warm up connections and etcd itself, so the first row does not pay for it.
+    for (i, peer) in peers.iter().enumerate() {
+        cycles(endpoints.clone(), *peer, format!("bench-w{i}"), 50).await;
+    }
+    let mut medians = Vec::new();
+    for (i, peer) in peers.iter().enumerate() {
+        let mut t = cycles(
+            endpoints.clone(),
+            *peer,
+            format!("bench-u{i}"),
+            args.uncontended,
+        )
+        .await;
+        t.sort();
+        medians.push((pct(&t, 0.5), pct(&t, 0.99)));
+    }
+    let rpc = medians[2].0;
+    for (peer, (p50, p99)) in peers.iter().zip(&medians) {
+        println!(
+            "| {} | {p50:.3} | {p99:.3} | {:.2}× |",
+            peer.name(),
+            p50 / rpc
+        );
+    }
+
+    println!(
+        "\n## Contended hand-offs/s ({} tasks × {} cycles, each task its own client and lease; median of {} runs)\n",
+        args.tasks, args.cycles, args.runs
+    );
+    println!("| implementation | hand-offs/s | cycle p50 ms | cycle p99 ms | vs Lock RPC |");
+    println!("|---|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    for (i, peer) in peers.iter().enumerate() {
+        let mut runs = Vec::new();
+        for run in 0..args.runs {
+            let name = format!("bench-c{i}-{run}");
+            let started = Instant::now();
+            let handles: Vec<_> = (0..args.tasks)
+                .map(|_| tokio::spawn(cycles(endpoints.clone(), *peer, name.clone(), args.cycles)))
+                .collect();
+            let mut all = Vec::new();
+            for h in handles {
+                all.extend(h.await.unwrap());
+            }
+            let rate = all.len() as f64 / started.elapsed().as_secs_f64();
+            all.sort();
+            runs.push((rate, pct(&all, 0.5), pct(&all, 0.99)));
+        }
+        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        rows.push(runs[runs.len() / 2]);
+    }
+    let rpc = rows[2].0;
+    for (peer, (rate, p50, p99)) in peers.iter().zip(&rows) {
+        println!(
+            "| {} | {rate:.0} | {p50:.2} | {p99:.2} | {:.2}× |",
+            peer.name(),
+            rate / rpc
+        );
+    }
+}
