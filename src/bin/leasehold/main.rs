@@ -1,0 +1,260 @@
+//! `leasehold`: run a command under a distributed lock, and kill it before the lock's
+//! lease can expire.
+//!
+//! Exit codes: the command's own status when it ran (128 + N if a signal N ended it);
+//! 2 bad usage; 122 the lock was lost and the command was killed; 123 `--try` and the lock
+//! is taken; 124 `--timeout` ran out; 125 leasehold itself failed (connect, store, auth);
+//! 126 the command cannot be run; 127 the command was not found.
+
+mod supervise;
+
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+use leasehold::{Client, EtcdConfig, Error, Mutex, Strategy, TlsConfig};
+use std::process::ExitCode;
+use std::time::Duration;
+use supervise::{Held, Outcome};
+
+const EXIT_USAGE: u8 = 2;
+const EXIT_LOST: u8 = 122;
+const EXIT_BUSY: u8 = 123;
+const EXIT_TIMEOUT: u8 = 124;
+const EXIT_FAILED: u8 = 125;
+const EXIT_CANNOT_RUN: u8 = 126;
+const EXIT_NOT_FOUND: u8 = 127;
+
+const AFTER_HELP: &str = "\
+Examples:
+  leasehold lock nightly-report -- ./make-report.sh
+  leasehold --endpoints etcd://10.0.0.1:2379,10.0.0.2:2379 lock --timeout 30s db-migrate -- ./migrate
+  leasehold lock --try cron -- ./job.sh || echo \"another node runs it\"
+  LEASEHOLD_ENDPOINTS=memory:// leasehold lock demo -- sh -c 'echo token=$LEASEHOLD_FENCING_TOKEN'
+
+The command gets LEASEHOLD_FENCING_TOKEN, LEASEHOLD_KEY, LEASEHOLD_NAME and LEASEHOLD_LEASE.
+If lease renewals fail, the command gets SIGTERM, then SIGKILL, before the lease can expire.
+
+Exit codes: the command's status; 2 usage; 122 lock lost (command killed); 123 busy (--try);
+124 timed out (--timeout); 125 leasehold failed; 126 command cannot run; 127 command not found.";
+
+#[derive(Parser, Debug)]
+#[command(name = "leasehold", version, about = "Run a command under a distributed lock", after_help = AFTER_HELP)]
+struct Cli {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(ClapArgs, Debug)]
+struct Conn {
+    /// Store URL list: etcd://host:port[,host:port…] or memory:// (demos).
+    #[arg(long, global = true, env = "LEASEHOLD_ENDPOINTS", default_value = "etcd://127.0.0.1:2379")]
+    endpoints: String,
+    /// Give up connecting after this long (e.g. 5s, 500ms).
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    /// CA certificate (PEM) to verify etcd's TLS certificate.
+    #[arg(long, global = true)]
+    cacert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for TLS client authentication (with --key).
+    #[arg(long, global = true, requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// Client key (PEM) for TLS client authentication (with --cert).
+    #[arg(long, global = true, requires = "cert")]
+    key: Option<std::path::PathBuf>,
+    /// etcd user, as NAME or NAME:PASSWORD.
+    #[arg(long, global = true, env = "LEASEHOLD_USER")]
+    user: Option<String>,
+    /// etcd password (if not given in --user).
+    #[arg(long, global = true, env = "LEASEHOLD_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Key namespace prefix (e.g. "app1/").
+    #[arg(long, global = true, default_value = "")]
+    namespace: String,
+}
+
+#[derive(ClapArgs, Debug)]
+struct Hold {
+    /// Lease TTL (1s ..= 1h).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    ttl: Duration,
+    /// Stop waiting after this long (exit 124).
+    #[arg(long, value_parser = parse_duration, conflicts_with = "try_")]
+    timeout: Option<Duration>,
+    /// Do not wait at all (exit 123 if taken).
+    #[arg(long = "try", id = "try_")]
+    try_: bool,
+    /// Time between SIGTERM and SIGKILL when the lease is about to expire (capped at TTL/4).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    grace: Duration,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum StrategyArg {
+    Pessimistic,
+    Optimistic,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Acquire a lock, run CMD, release when it exits.
+    Lock {
+        /// Lock name (A-Z a-z 0-9 . _ - : @ + =).
+        name: String,
+        #[arg(long, value_enum, default_value = "pessimistic")]
+        strategy: StrategyArg,
+        #[command(flatten)]
+        hold: Hold,
+        /// The command and its arguments (after --).
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+}
+
+/// "500ms", "10s", "2m", "1h", or plain seconds ("1.5").
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?} (use e.g. 500ms, 10s, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1e3,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in {s:?} (ms, s, m, h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("invalid duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A failure with its exit code.
+struct Fail(u8, String);
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Self {
+        let code = match e {
+            Error::Timeout { .. } => EXIT_TIMEOUT,
+            Error::SessionLost { .. } => EXIT_LOST,
+            Error::InvalidName { .. } | Error::InvalidArgument { .. } | Error::TtlOutOfRange { .. } => EXIT_USAGE,
+            _ => EXIT_FAILED,
+        };
+        Fail(code, e.to_string())
+    }
+}
+
+async fn connect(conn: &Conn) -> Result<Client, Fail> {
+    let client = if let Some(rest) = conn.endpoints.strip_prefix("etcd://") {
+        let mut config = EtcdConfig::new(rest.split(',').map(str::trim).filter(|s| !s.is_empty()))
+            .connect_timeout(conn.connect_timeout);
+        if let Some(user) = &conn.user {
+            let (name, password) = match user.split_once(':') {
+                Some((n, p)) => (n.to_owned(), p.to_owned()),
+                None => (user.clone(), conn.password.clone().unwrap_or_default()),
+            };
+            config = config.user(name, password);
+        }
+        if conn.cacert.is_some() || conn.cert.is_some() {
+            let read = |p: &std::path::PathBuf| {
+                std::fs::read(p).map_err(|e| Fail(EXIT_USAGE, format!("cannot read {}: {e}", p.display())))
+            };
+            let mut tls = TlsConfig::default();
+            if let Some(ca) = &conn.cacert {
+                tls.ca_pem = Some(read(ca)?);
+            }
+            if let (Some(cert), Some(key)) = (&conn.cert, &conn.key) {
+                tls.identity_pem = Some((read(cert)?, read(key)?));
+            }
+            config = config.tls(tls);
+        }
+        Client::etcd(config).await?
+    } else {
+        Client::connect(&conn.endpoints).await?
+    };
+    Ok(if conn.namespace.is_empty() { client } else { client.with_namespace(conn.namespace.clone()) })
+}
+
+async fn run_held(cmd: &[String], held: Held<'_>, grace: Duration) -> Result<u8, Fail> {
+    let child = supervise::spawn(cmd, &held).map_err(|e| {
+        let code = if e.kind() == std::io::ErrorKind::NotFound { EXIT_NOT_FOUND } else { EXIT_CANNOT_RUN };
+        Fail(code, format!("cannot run {:?}: {e}", cmd[0]))
+    })?;
+    match supervise::supervise(child, &held, grace).await {
+        Ok(Outcome::Exited(code)) => Ok(code.clamp(0, 255) as u8),
+        Ok(Outcome::Lost) => Err(Fail(EXIT_LOST, format!("lock {:?} lost; the command was killed", held.name))),
+        Err(e) => Err(Fail(EXIT_FAILED, format!("supervising the command: {e}"))),
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, Fail> {
+    let client = connect(&cli.conn).await?;
+    match cli.command {
+        Cmd::Lock { name, strategy, hold, cmd } => {
+            let session = client.session_builder().ttl(hold.ttl).open().await?;
+            let strategy = match strategy {
+                StrategyArg::Pessimistic => Strategy::Pessimistic,
+                StrategyArg::Optimistic => Strategy::Optimistic,
+            };
+            let mutex = Mutex::new(&session, &name)?.with_strategy(strategy);
+            let guard = if hold.try_ {
+                match mutex.try_lock().await? {
+                    Some(g) => g,
+                    None => return Err(Fail(EXIT_BUSY, format!("lock {name:?} is held by another"))),
+                }
+            } else if let Some(t) = hold.timeout {
+                mutex.lock_timeout(t).await?
+            } else {
+                tokio::select! {
+                    g = mutex.lock() => g?,
+                    _ = tokio::signal::ctrl_c() => return Err(Fail(130, "interrupted while waiting".into())),
+                }
+            };
+            let held = Held { name: &name, key: guard.key(), token: guard.fencing_token(), session: &session };
+            let result = run_held(&cmd, held, hold.grace).await;
+            let _ = guard.unlock().await;
+            let _ = session.close().await;
+            result
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // One line: the message and any details clap lists under it, without usage.
+            let text = e.to_string();
+            let parts: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            let line = parts.join(" ");
+            eprintln!("leasehold: {} (see --help)", line.trim_start_matches("error: "));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("leasehold: cannot start runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(Fail(code, msg)) => {
+            eprintln!("leasehold: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}

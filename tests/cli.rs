@@ -1,0 +1,194 @@
+//! The `leasehold` binary against a real etcd started by the harness.
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use support::etcd::EtcdCluster;
+
+fn leasehold(etcd: &EtcdCluster) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_leasehold"));
+    c.env("LEASEHOLD_ENDPOINTS", etcd.url());
+    c
+}
+
+fn one_line_error(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
+    assert!(err.starts_with("leasehold: "), "{err:?}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err:?}");
+    err
+}
+
+/// 10 concurrent `leasehold lock` processes append start/end lines to one file: the
+/// sections never overlap and the tokens strictly increase in file order.
+#[test]
+fn ten_processes_never_overlap_and_tokens_increase() {
+    let etcd = EtcdCluster::single();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let script = format!(
+        "echo \"start $LEASEHOLD_FENCING_TOKEN\" >> '{0}'; sleep 0.02; echo \"end $LEASEHOLD_FENCING_TOKEN\" >> '{0}'",
+        log.display()
+    );
+    let children: Vec<_> = (0..10)
+        .map(|i| {
+            let strategy = if i % 2 == 0 { "pessimistic" } else { "optimistic" };
+            leasehold(&etcd).args(["lock", "cli-shared", "--strategy", strategy, "--", "sh", "-c", &script]).spawn().unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<(&str, u64)> = text
+        .lines()
+        .map(|l| {
+            let (what, token) = l.split_once(' ').unwrap();
+            (what, token.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(lines.len(), 20, "{text}");
+    let mut last = 0;
+    for pair in lines.chunks(2) {
+        assert_eq!(pair[0].0, "start", "overlap:\n{text}");
+        assert_eq!(pair[1], ("end", pair[0].1), "overlap:\n{text}");
+        assert!(pair[0].1 > last, "tokens not increasing:\n{text}");
+        last = pair[0].1;
+    }
+}
+
+fn wait_started(child: &mut std::process::Child) -> u32 {
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    line.trim().strip_prefix("started ").expect("child announces itself").parse().unwrap()
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie still has /proc/<pid>; only its state says it is dead.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+/// When etcd goes away, renewals fail and the command is killed before the lease could
+/// have expired; the exit code says "lock lost".
+#[test]
+fn child_is_killed_when_renewals_fail() {
+    let mut etcd = EtcdCluster::single();
+    let mut tool = leasehold(&etcd)
+        .args(["lock", "--ttl", "3s", "--grace", "1s", "cli-lost", "--", "sh", "-c", "echo started $$; exec sleep 60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let child = wait_started(&mut tool);
+    let killed_at = Instant::now();
+    etcd.kill(0);
+    let out = tool.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(122), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!alive(child), "the command survived");
+    // Bounded by the TTL: the child must be dead before the lease could have expired.
+    assert!(killed_at.elapsed() < Duration::from_secs(3), "killed after {:?}", killed_at.elapsed());
+}
+
+/// A supervisor paused past its TTL cannot kill in time (documented); on resume it
+/// notices, kills the command, and exits "lock lost".
+#[test]
+fn paused_supervisor_kills_on_resume() {
+    let etcd = EtcdCluster::single();
+    let mut tool = leasehold(&etcd)
+        .args(["lock", "--ttl", "2s", "cli-paused", "--", "sh", "-c", "echo started $$; exec sleep 60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let child = wait_started(&mut tool);
+    let pid = tool.id().to_string();
+    Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    std::thread::sleep(Duration::from_secs(3)); // the fault: paused past the TTL
+    Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    let out = tool.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(122), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!alive(child));
+}
+
+/// `etcdctl lock` and `leasehold lock` exclude each other, both ways; --try and --timeout
+/// give their exit codes while the other holds.
+#[test]
+fn interop_with_etcdctl_lock() {
+    let etcd = EtcdCluster::single();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("go");
+    let hold = format!(
+        "echo started $$; i=0; while [ ! -f '{}' ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
+        marker.display()
+    );
+
+    // etcdctl holds.
+    let mut ctl = etcd.etcdctl().args(["lock", "cli-interop", "--", "sh", "-c", &hold]).stdout(Stdio::piped()).spawn().unwrap();
+    wait_started(&mut ctl);
+    let out = leasehold(&etcd).args(["lock", "--try", "cli-interop", "--", "true"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(123));
+    one_line_error(&out);
+    let out = leasehold(&etcd).args(["lock", "--timeout", "300ms", "cli-interop", "--", "true"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(124));
+    one_line_error(&out);
+    std::fs::write(&marker, "").unwrap();
+    assert!(ctl.wait().unwrap().success());
+    std::fs::remove_file(&marker).unwrap();
+
+    // leasehold holds; etcdctl --try... etcdctl has no try: it must wait until we finish.
+    let mut ours = leasehold(&etcd).args(["lock", "cli-interop", "--", "sh", "-c", &hold]).stdout(Stdio::piped()).spawn().unwrap();
+    wait_started(&mut ours);
+    let mut ctl = etcd
+        .etcdctl()
+        .args(["lock", "cli-interop", "--", "sh", "-c", "echo etcdctl-ran"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // etcdctl must still be waiting while we hold: it has not printed anything.
+    let waited = Instant::now();
+    let mut still_waiting = true;
+    while waited.elapsed() < Duration::from_millis(500) {
+        if ctl.try_wait().unwrap().is_some() {
+            still_waiting = false;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(still_waiting, "etcdctl ran while leasehold held the lock");
+    std::fs::write(&marker, "").unwrap();
+    assert!(ours.wait().unwrap().success());
+    let out = ctl.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "etcdctl-ran");
+}
+
+/// Bad input and unreachable endpoints: one-line errors and the documented exit codes.
+#[test]
+fn errors_are_one_line_with_documented_codes() {
+    let bin = env!("CARGO_BIN_EXE_leasehold");
+    let cases: &[(&[&str], i32)] = &[
+        (&["--no-such-flag"], 2),
+        (&["lock", "x"], 2),
+        (&["lock", "--ttl", "banana", "x", "--", "true"], 2),
+        (&["--endpoints", "memory://", "lock", "bad/name", "--", "true"], 2),
+        (&["--endpoints", "memory://", "lock", "--ttl", "2h", "x", "--", "true"], 2),
+        (&["--endpoints", "memory://", "lock", "x", "--", "/no/such/command"], 127),
+        (&["--endpoints", "zk://127.0.0.1:1", "lock", "x", "--", "true"], 2),
+    ];
+    for (args, code) in cases {
+        let out = Command::new(bin).args(*args).env_remove("LEASEHOLD_ENDPOINTS").output().unwrap();
+        assert_eq!(out.status.code(), Some(*code), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        one_line_error(&out);
+    }
+    let closed = support::etcd::free_port();
+    let started = Instant::now();
+    let out = Command::new(bin)
+        .args(["--endpoints", &format!("etcd://127.0.0.1:{closed}"), "--connect-timeout", "1s", "lock", "x", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(one_line_error(&out).contains("connect"));
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    let out = Command::new(bin).arg("--help").output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Examples:"));
+}
