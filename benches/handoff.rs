@@ -84,10 +84,7 @@ async fn cycles(endpoints: Vec<String>, peer: Peer, name: String, cycles: usize)
             });
             for _ in 0..cycles {
                 let t = Instant::now();
-                let resp = client
-                    .lock(name.as_str(), Some(LockOptions::new().with_lease(lease)))
-                    .await
-                    .unwrap();
+                let resp = client.lock(name.as_str(), Some(LockOptions::new().with_lease(lease))).await.unwrap();
                 client.unlock(resp.key()).await.unwrap();
                 times.push(t.elapsed());
             }
@@ -118,16 +115,9 @@ async fn main() {
             (Some(c), e)
         }
     };
-    let peers = [
-        Peer::Leasehold(Strategy::Pessimistic),
-        Peer::Leasehold(Strategy::Optimistic),
-        Peer::LockRpc,
-    ];
+    let peers = [Peer::Leasehold(Strategy::Pessimistic), Peer::Leasehold(Strategy::Optimistic), Peer::LockRpc];
 
-    println!(
-        "## Uncontended lock+unlock cycle ({} cycles, one task)\n",
-        args.uncontended
-    );
+    println!("## Uncontended lock+unlock cycle ({} cycles, one task)\n", args.uncontended);
     println!("| implementation | median ms | p99 ms | median vs Lock RPC |");
     println!("|---|---:|---:|---:|");
     // Warm up connections and etcd itself, so the first row does not pay for it.
@@ -136,23 +126,13 @@ async fn main() {
     }
     let mut medians = Vec::new();
     for (i, peer) in peers.iter().enumerate() {
-        let mut t = cycles(
-            endpoints.clone(),
-            *peer,
-            format!("bench-u{i}"),
-            args.uncontended,
-        )
-        .await;
+        let mut t = cycles(endpoints.clone(), *peer, format!("bench-u{i}"), args.uncontended).await;
         t.sort();
         medians.push((pct(&t, 0.5), pct(&t, 0.99)));
     }
     let rpc = medians[2].0;
     for (peer, (p50, p99)) in peers.iter().zip(&medians) {
-        println!(
-            "| {} | {p50:.3} | {p99:.3} | {:.2}× |",
-            peer.name(),
-            p50 / rpc
-        );
+        println!("| {} | {p50:.3} | {p99:.3} | {:.2}× |", peer.name(), p50 / rpc);
     }
 
     println!(
@@ -183,10 +163,6 @@ async fn main() {
     }
     let rpc = rows[2].0;
     for (peer, (rate, p50, p99)) in peers.iter().zip(&rows) {
-        println!(
-            "| {} | {rate:.0} | {p50:.2} | {p99:.2} | {:.2}× |",
-            peer.name(),
-            rate / rpc
-        );
+        println!("| {} | {rate:.0} | {p50:.2} | {p99:.2} | {:.2}× |", peer.name(), rate / rpc);
     }
 }

@@ -64,12 +64,7 @@ impl Way {
 }
 
 fn parse(kv: Option<leasehold::backend::KeyValue>) -> (u64, Option<i64>) {
-    kv.map_or((0, None), |kv| {
-        (
-            String::from_utf8_lossy(&kv.value).parse().unwrap_or(0),
-            Some(kv.mod_revision),
-        )
-    })
+    kv.map_or((0, None), |kv| (String::from_utf8_lossy(&kv.value).parse().unwrap_or(0), Some(kv.mod_revision)))
 }
 
 /// One buyer: buys one unit per order until the stock is gone. Returns order latencies.
@@ -94,10 +89,8 @@ async fn buyer(
                         break false;
                     }
                     stats.writes.fetch_add(1, Ordering::Relaxed);
-                    let r = backend
-                        .compare_and_swap(&stock_key, rev, (stock - 1).to_string().into(), None)
-                        .await
-                        .unwrap();
+                    let r =
+                        backend.compare_and_swap(&stock_key, rev, (stock - 1).to_string().into(), None).await.unwrap();
                     if r.swapped {
                         break true;
                     }
@@ -113,9 +106,7 @@ async fn buyer(
         }
         Way::Mutex(strategy) => {
             let session = client.session().await.unwrap();
-            let mutex = Mutex::new(&session, "flash-sale")
-                .unwrap()
-                .with_strategy(strategy);
+            let mutex = Mutex::new(&session, "flash-sale").unwrap().with_strategy(strategy);
             loop {
                 let started = Instant::now();
                 let guard = mutex.lock().await.unwrap();
@@ -127,10 +118,7 @@ async fn buyer(
                 if fence.check(guard.fencing_token()).is_err() {
                     stats.stale.fetch_add(1, Ordering::Relaxed);
                 }
-                guard
-                    .fenced_put(stock_key.clone(), (stock - 1).to_string())
-                    .await
-                    .unwrap();
+                guard.fenced_put(stock_key.clone(), (stock - 1).to_string()).await.unwrap();
                 guard.unlock().await.unwrap();
                 stats.writes.fetch_add(3, Ordering::Relaxed); // enqueue, fenced put, release
                 stats.sold.fetch_add(1, Ordering::Relaxed);
@@ -152,18 +140,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::main]
 async fn main() -> leasehold::Result<()> {
     let args = Args::parse();
-    let client = Client::connect(&args.backend)
-        .await?
-        .with_namespace(format!("flash-{}/", std::process::id()));
-    let ways = [
-        Way::Cas,
-        Way::Mutex(Strategy::Pessimistic),
-        Way::Mutex(Strategy::Optimistic),
-    ];
-    println!(
-        "flash sale on {}: {} buyers, {} units\n",
-        args.backend, args.buyers, args.units
-    );
+    let client = Client::connect(&args.backend).await?.with_namespace(format!("flash-{}/", std::process::id()));
+    let ways = [Way::Cas, Way::Mutex(Strategy::Pessimistic), Way::Mutex(Strategy::Optimistic)];
+    println!("flash sale on {}: {} buyers, {} units\n", args.backend, args.buyers, args.units);
     println!("| way | orders/s | p50 ms | p99 ms | retries/order | writes/order | sold | stock left | check |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
     let mut all_ok = true;
@@ -172,23 +151,12 @@ async fn main() -> leasehold::Result<()> {
             continue;
         }
         let stock_key = format!("flash-{}/stock-{}", std::process::id(), way.name());
-        client
-            .backend()
-            .compare_and_swap(&stock_key, None, args.units.to_string().into(), None)
-            .await?;
+        client.backend().compare_and_swap(&stock_key, None, args.units.to_string().into(), None).await?;
         let stats = Arc::new(Stats::default());
         let fence = Arc::new(FencedResource::new(()));
         let started = Instant::now();
         let handles: Vec<_> = (0..args.buyers)
-            .map(|_| {
-                tokio::spawn(buyer(
-                    client.clone(),
-                    way,
-                    stock_key.clone(),
-                    stats.clone(),
-                    fence.clone(),
-                ))
-            })
+            .map(|_| tokio::spawn(buyer(client.clone(), way, stock_key.clone(), stats.clone(), fence.clone())))
             .collect();
         let mut latencies = Vec::new();
         for h in handles {
@@ -211,11 +179,7 @@ async fn main() -> leasehold::Result<()> {
             stats.writes.load(Ordering::Relaxed) as f64 / sold.max(1) as f64,
             sold,
             left,
-            if ok {
-                "ok: no oversell, no lost update, no stale token"
-            } else {
-                "VIOLATION"
-            },
+            if ok { "ok: no oversell, no lost update, no stale token" } else { "VIOLATION" },
         );
     }
     if !all_ok {

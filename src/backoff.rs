@@ -65,13 +65,7 @@ impl Default for Backoff {
 impl Backoff {
     /// A policy with the given base and cap, full jitter and no attempt or time limit.
     pub fn new(base: Duration, cap: Duration) -> Self {
-        Self {
-            base,
-            cap,
-            max_attempts: None,
-            max_elapsed: None,
-            jitter: Jitter::Full,
-        }
+        Self { base, cap, max_attempts: None, max_elapsed: None, jitter: Jitter::Full }
     }
 
     /// Sets the jitter kind.
@@ -94,11 +88,7 @@ impl Backoff {
 
     /// The sequence of delays between attempts (ends when `max_attempts` is reached).
     pub fn delays(&self) -> Delays {
-        Delays {
-            policy: self.clone(),
-            attempt: 0,
-            previous: self.base,
-        }
+        Delays { policy: self.clone(), attempt: 0, previous: self.base }
     }
 
     /// Runs `op` until it succeeds or fails permanently, sleeping a jittered delay after
@@ -149,10 +139,7 @@ impl Iterator for Delays {
                 return None;
             }
         }
-        let exp = p
-            .base
-            .saturating_mul(1u32 << (self.attempt - 1).min(30))
-            .min(p.cap);
+        let exp = p.base.saturating_mul(1u32 << (self.attempt - 1).min(30)).min(p.cap);
         let mut rng = rand::rng();
         let d = match p.jitter {
             Jitter::None => exp,
@@ -198,17 +185,11 @@ mod tests {
                 assert!(d <= exp(i as u32), "full #{i}: {d:?}");
             }
             for (i, d) in p.clone().jitter(Jitter::Equal).delays().enumerate() {
-                assert!(
-                    d >= exp(i as u32) / 2 && d <= exp(i as u32),
-                    "equal #{i}: {d:?}"
-                );
+                assert!(d >= exp(i as u32) / 2 && d <= exp(i as u32), "equal #{i}: {d:?}");
             }
             let mut prev = BASE;
             for d in p.clone().jitter(Jitter::Decorrelated).delays() {
-                assert!(
-                    d >= BASE.min(CAP) && d <= CAP && d <= (prev * 3).max(BASE),
-                    "{d:?}"
-                );
+                assert!(d >= BASE.min(CAP) && d <= CAP && d <= (prev * 3).max(BASE), "{d:?}");
                 prev = d;
             }
             assert_eq!(p.delays().count(), 11, "12 attempts means 11 delays");
@@ -219,11 +200,7 @@ mod tests {
     fn full_jitter_actually_varies() {
         let p = Backoff::new(BASE, CAP);
         let firsts: std::collections::HashSet<_> = (0..50).map(|_| p.delays().nth(3)).collect();
-        assert!(
-            firsts.len() > 10,
-            "50 draws gave only {} distinct delays",
-            firsts.len()
-        );
+        assert!(firsts.len() > 10, "50 draws gave only {} distinct delays", firsts.len());
     }
 
     #[test]
@@ -233,10 +210,7 @@ mod tests {
             Error::invalid("x", "bad"),
             Error::Auth("denied".into()),
             Error::SessionLost { lease: 1 },
-            Error::Timeout {
-                what: "mutex",
-                after: BASE,
-            },
+            Error::Timeout { what: "mutex", after: BASE },
             Error::Store("corrupt".into()),
         ] {
             assert!(!e.is_transient(), "{e} must not be retried");
@@ -264,11 +238,7 @@ mod tests {
             })
             .await;
         assert!(matches!(r, Err(Error::Auth(_))));
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            1,
-            "permanent errors are not retried"
-        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "permanent errors are not retried");
 
         calls.store(0, Ordering::SeqCst);
         let v = p
@@ -297,10 +267,6 @@ mod tests {
             })
             .await;
         assert!(r.is_err());
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            3,
-            "tries at 0 s, 1 s, 2 s; a 3 s try exceeds 2.5 s"
-        );
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "tries at 0 s, 1 s, 2 s; a 3 s try exceeds 2.5 s");
     }
 }

@@ -56,13 +56,7 @@ impl Client {
 
     /// A client over a shared backend.
     pub fn from_arc(backend: Arc<dyn Backend>) -> Self {
-        Self {
-            inner: Arc::new(ClientInner {
-                backend,
-                namespace: String::new(),
-                views: Mutex::new(Views::default()),
-            }),
-        }
+        Self { inner: Arc::new(ClientInner { backend, namespace: String::new(), views: Mutex::new(Views::default()) }) }
     }
 
     /// A client over a fresh embedded in-memory store (single process).
@@ -78,8 +72,7 @@ impl Client {
         }
         #[cfg(feature = "etcd")]
         if let Some(rest) = url.strip_prefix("etcd://") {
-            let config =
-                crate::EtcdConfig::new(rest.split(',').map(str::trim).filter(|s| !s.is_empty()));
+            let config = crate::EtcdConfig::new(rest.split(',').map(str::trim).filter(|s| !s.is_empty()));
             return Self::etcd(config).await;
         }
         Err(Error::invalid(
@@ -91,9 +84,7 @@ impl Client {
     /// Connects to etcd.
     #[cfg(feature = "etcd")]
     pub async fn etcd(config: crate::EtcdConfig) -> Result<Self> {
-        Ok(Self::new(
-            crate::backend::etcd::EtcdBackend::connect(config).await?,
-        ))
+        Ok(Self::new(crate::backend::etcd::EtcdBackend::connect(config).await?))
     }
 
     /// The same store with every key under `namespace` (for example `"app1/locks/"`).

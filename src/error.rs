@@ -125,9 +125,6 @@ impl Error {
     }
 
     pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
-        Error::InvalidArgument {
-            what,
-            reason: reason.into(),
-        }
+        Error::InvalidArgument { what, reason: reason.into() }
     }
 }

@@ -32,16 +32,12 @@ pub struct FencedResource<T> {
 impl<T> FencedResource<T> {
     /// Wraps `value`; no token accepted yet.
     pub fn new(value: T) -> Self {
-        Self {
-            inner: HighWater::new(value),
-        }
+        Self { inner: HighWater::new(value) }
     }
 
     /// Runs `write` on the value if `token` is not below the highest accepted token.
     pub fn apply<R>(&self, token: u64, write: impl FnOnce(&mut T) -> R) -> Result<R> {
-        self.inner
-            .apply(token, write)
-            .map_err(|highest| Error::StaleToken { token, highest })
+        self.inner.apply(token, write).map_err(|highest| Error::StaleToken { token, highest })
     }
 
     /// Checks a token without writing (and raises the mark if it is the highest).

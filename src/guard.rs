@@ -26,13 +26,7 @@ impl Holding {
         revision: Revision,
         local: Option<tokio::sync::OwnedMutexGuard<()>>,
     ) -> Self {
-        Self {
-            session,
-            key,
-            revision,
-            release: ReleaseOnce::new(),
-            local,
-        }
+        Self { session, key, revision, release: ReleaseOnce::new(), local }
     }
 
     pub(crate) fn token(&self) -> u64 {
@@ -58,22 +52,13 @@ impl Holding {
     /// Applies `writes` in the store only while this key still exists with this revision.
     pub(crate) async fn fenced(&self, what: &'static str, writes: Vec<Write>) -> Result<()> {
         if !self.release.is_held() {
-            return Err(Error::NotHeld {
-                what,
-                reason: "already released".into(),
-            });
+            return Err(Error::NotHeld { what, reason: "already released".into() });
         }
         let backend = self.session.client().backend();
-        if backend
-            .write_if_held(&self.key, self.revision, writes)
-            .await?
-        {
+        if backend.write_if_held(&self.key, self.revision, writes).await? {
             Ok(())
         } else {
-            Err(Error::NotHeld {
-                what,
-                reason: format!("{} no longer exists with token {}", self.key, self.revision),
-            })
+            Err(Error::NotHeld { what, reason: format!("{} no longer exists with token {}", self.key, self.revision) })
         }
     }
 

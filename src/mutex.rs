@@ -122,9 +122,7 @@ impl Mutex {
     ///
     /// Fails with [`Error::SessionLost`] if the session is lost while waiting.
     pub async fn lock(&self) -> Result<MutexGuard> {
-        self.acquire(Wait::Forever)
-            .await
-            .map(|g| g.expect("waits until held"))
+        self.acquire(Wait::Forever).await.map(|g| g.expect("waits until held"))
     }
 
     /// Takes the lock if it is free, without waiting: `Ok(None)` if someone else holds it.
@@ -136,32 +134,19 @@ impl Mutex {
     pub async fn lock_timeout(&self, timeout: Duration) -> Result<MutexGuard> {
         match self.acquire(Wait::Until(Instant::now() + timeout)).await? {
             Some(g) => Ok(g),
-            None => Err(Error::Timeout {
-                what: "mutex",
-                after: timeout,
-            }),
+            None => Err(Error::Timeout { what: "mutex", after: timeout }),
         }
     }
 
     /// The current holder, if any (a snapshot: it may change at once).
     pub async fn holder(&self) -> Result<Option<Holder>> {
-        let (kvs, _) = self
-            .session
-            .client()
-            .backend()
-            .range_prefix(&self.prefix, 1)
-            .await?;
-        Ok(kvs.into_iter().next().map(|kv| Holder {
-            key: kv.key,
-            token: kv.create_revision as u64,
-            lease: kv.lease,
-        }))
+        let (kvs, _) = self.session.client().backend().range_prefix(&self.prefix, 1).await?;
+        Ok(kvs.into_iter().next().map(|kv| Holder { key: kv.key, token: kv.create_revision as u64, lease: kv.lease }))
     }
 
     async fn acquire(&self, wait: Wait) -> Result<Option<MutexGuard>> {
         self.session.check()?;
-        let span =
-            tracing::debug_span!("mutex.acquire", name = %self.name, strategy = ?self.strategy);
+        let span = tracing::debug_span!("mutex.acquire", name = %self.name, strategy = ?self.strategy);
         async {
             let queue = self.session.local_queue(&self.key);
             let local = match wait {
@@ -195,22 +180,11 @@ impl Mutex {
         }
     }
 
-    async fn acquire_queued(
-        &self,
-        wait: Wait,
-        local: tokio::sync::OwnedMutexGuard<()>,
-    ) -> Result<Option<MutexGuard>> {
-        let mut pending = Pending::start(
-            &self.session,
-            self.request(Precondition::KeyAbsent),
-            Some(local),
-        );
+    async fn acquire_queued(&self, wait: Wait, local: tokio::sync::OwnedMutexGuard<()>) -> Result<Option<MutexGuard>> {
+        let mut pending = Pending::start(&self.session, self.request(Precondition::KeyAbsent), Some(local));
         let resp = pending.response().await?;
         let Some(mine) = resp.mine.filter(|kv| kv.lease == self.session.lease_id()) else {
-            return Err(Error::Store(format!(
-                "mutex: {} exists under another lease",
-                self.key
-            )));
+            return Err(Error::Store(format!("mutex: {} exists under another lease", self.key)));
         };
         let rev = mine.create_revision;
         let first = resp.head.first().is_some_and(|kv| kv.key == self.key);
@@ -219,11 +193,8 @@ impl Mutex {
                 pending.abandon().await?;
                 return Ok(None);
             }
-            let rule = move |v: &crate::queue::View, rev| {
-                v.entries()
-                    .next()
-                    .is_some_and(|kv| kv.create_revision == rev)
-            };
+            let rule =
+                move |v: &crate::queue::View, rev| v.entries().next().is_some_and(|kv| kv.create_revision == rev);
             let turn = wait_turn(&self.session, &self.prefix, pending.key(), rev, rule);
             match with_deadline(wait, turn).await {
                 Some(r) => r?,
@@ -234,31 +205,19 @@ impl Mutex {
             }
         }
         let local = pending.keep();
-        Ok(Some(MutexGuard {
-            hold: Holding::new(self.session.clone(), self.key.clone(), rev, local),
-        }))
+        Ok(Some(MutexGuard { hold: Holding::new(self.session.clone(), self.key.clone(), rev, local) }))
     }
 
-    async fn acquire_cas(
-        &self,
-        wait: Wait,
-        local: tokio::sync::OwnedMutexGuard<()>,
-    ) -> Result<Option<MutexGuard>> {
+    async fn acquire_cas(&self, wait: Wait, local: tokio::sync::OwnedMutexGuard<()>) -> Result<Option<MutexGuard>> {
         let mut local = Some(local);
         let mut delays = self.backoff.delays();
         loop {
-            let mut pending = Pending::start(
-                &self.session,
-                self.request(Precondition::PrefixEmpty),
-                local.take(),
-            );
+            let mut pending = Pending::start(&self.session, self.request(Precondition::PrefixEmpty), local.take());
             let resp = pending.response().await?;
             let holder = resp.head.into_iter().next();
             match (&resp.mine, &holder) {
                 // Created, or this session already held it (a re-attached session).
-                (Some(mine), Some(h))
-                    if h.key == self.key && mine.lease == self.session.lease_id() =>
-                {
+                (Some(mine), Some(h)) if h.key == self.key && mine.lease == self.session.lease_id() => {
                     let rev = mine.create_revision;
                     let local = pending.keep();
                     return Ok(Some(MutexGuard {
@@ -341,16 +300,8 @@ impl MutexGuard {
     /// Puts `value` at `key` in the store only while this guard still holds the lock (one
     /// transaction comparing the guard key's create revision). Fails with
     /// [`Error::NotHeld`] otherwise, writing nothing.
-    pub async fn fenced_put(
-        &self,
-        key: impl Into<String>,
-        value: impl Into<Vec<u8>>,
-    ) -> Result<()> {
-        let write = Write::Put {
-            key: key.into(),
-            value: value.into(),
-            lease: None,
-        };
+    pub async fn fenced_put(&self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> Result<()> {
+        let write = Write::Put { key: key.into(), value: value.into(), lease: None };
         self.hold.fenced("mutex", vec![write]).await
     }
 

@@ -12,12 +12,7 @@ pub const MAX_NAME_LEN: usize = 200;
 
 /// Checks `name` and returns it unchanged, or a typed error saying what is wrong.
 pub fn validate_name(name: &str) -> Result<&str> {
-    let fail = |reason| {
-        Err(Error::InvalidName {
-            name: name.to_owned(),
-            reason,
-        })
-    };
+    let fail = |reason| Err(Error::InvalidName { name: name.to_owned(), reason });
     if name.is_empty() {
         return fail("empty");
     }
@@ -28,14 +23,9 @@ pub fn validate_name(name: &str) -> Result<&str> {
         return fail("'.' and '..' are reserved");
     }
     if name.contains('/') {
-        return fail(
-            "'/' is not allowed (names are one segment; use the client namespace for hierarchy)",
-        );
+        return fail("'/' is not allowed (names are one segment; use the client namespace for hierarchy)");
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"._-:@+=".contains(&b))
-    {
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:@+=".contains(&b)) {
         return fail("only A-Z a-z 0-9 . _ - : @ + = are allowed");
     }
     Ok(name)
@@ -54,18 +44,7 @@ mod tests {
 
     #[test]
     fn refuses_bad_names_with_a_reason() {
-        for bad in [
-            "",
-            ".",
-            "..",
-            "a/b",
-            "/a",
-            "a b",
-            "ä",
-            "a\0b",
-            "a\n",
-            &"x".repeat(201),
-        ] {
+        for bad in ["", ".", "..", "a/b", "/a", "a b", "ä", "a\0b", "a\n", &"x".repeat(201)] {
             match validate_name(bad) {
                 Err(Error::InvalidName { name, reason }) => {
                     assert_eq!(name, bad);

@@ -126,9 +126,7 @@ pub(crate) struct PrefixView {
 
 impl std::fmt::Debug for PrefixView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PrefixView")
-            .field("prefix", &self.prefix)
-            .finish()
+        f.debug_struct("PrefixView").field("prefix", &self.prefix).finish()
     }
 }
 
@@ -143,11 +141,7 @@ impl PrefixView {
     pub(crate) fn open(backend: Arc<dyn Backend>, prefix: String) -> Arc<Self> {
         let state = Arc::new(Mutex::new(ViewState::default()));
         let task = tokio::spawn(follow(backend, prefix.clone(), state.clone()));
-        Arc::new(Self {
-            prefix,
-            state,
-            task,
-        })
+        Arc::new(Self { prefix, state, task })
     }
 
     /// Whether the view gave up (a permanent error); the client then opens a new one.
@@ -181,21 +175,13 @@ impl PrefixView {
         {
             let mut st = self.state.lock();
             if let Some(why) = &st.failed {
-                return Err(Error::Store(format!(
-                    "watch on {:?} failed: {why}",
-                    self.prefix
-                )));
+                return Err(Error::Store(format!("watch on {:?} failed: {why}", self.prefix)));
             }
             st.waiters.push(check);
             st.evaluate();
         }
         rx.await.map_err(|_| {
-            let why = self
-                .state
-                .lock()
-                .failed
-                .clone()
-                .unwrap_or_else(|| "view closed".into());
+            let why = self.state.lock().failed.clone().unwrap_or_else(|| "view closed".into());
             Error::Store(format!("watch on {:?} failed: {why}", self.prefix))
         })
     }
@@ -258,21 +244,12 @@ pub(crate) enum Turn {
 }
 
 /// Evaluates `rule` for the key `(key, rev)` once the view has reached `rev`.
-pub(crate) fn turn(
-    view: &View,
-    key: &str,
-    rev: Revision,
-    rule: &dyn Fn(&View, Revision) -> bool,
-) -> Option<Turn> {
+pub(crate) fn turn(view: &View, key: &str, rev: Revision, rule: &dyn Fn(&View, Revision) -> bool) -> Option<Turn> {
     if view.revision() < rev {
         return None; // the view has not seen our key yet: decide nothing
     }
     match view.get(key) {
-        Some(kv) if kv.create_revision == rev => Some(if rule(view, rev) {
-            Turn::Ready
-        } else {
-            Turn::Wait
-        }),
+        Some(kv) if kv.create_revision == rev => Some(if rule(view, rev) { Turn::Ready } else { Turn::Wait }),
         _ => Some(Turn::Gone),
     }
 }
@@ -305,17 +282,8 @@ impl Pending {
         let key = req.key.clone();
         // Retrying is safe: the key is this session's own, so a retry after an attempt
         // that did write finds the key already there (with this lease) and reports it.
-        let task = tokio::spawn(async move {
-            Backoff::default()
-                .retry(|| backend.create(req.clone()))
-                .await
-        });
-        Self {
-            session: session.clone(),
-            key,
-            stage: Stage::InFlight(task),
-            local,
-        }
+        let task = tokio::spawn(async move { Backoff::default().retry(|| backend.create(req.clone())).await });
+        Self { session: session.clone(), key, stage: Stage::InFlight(task), local }
     }
 
     /// Waits for the create RPC's outcome.
@@ -323,9 +291,7 @@ impl Pending {
         let Stage::InFlight(task) = &mut self.stage else {
             return Err(Error::Store("pending: response already taken".into()));
         };
-        let outcome = task
-            .await
-            .map_err(|e| Error::Store(format!("create task failed: {e}")));
+        let outcome = task.await.map_err(|e| Error::Store(format!("create task failed: {e}")));
         let resp = match outcome {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) | Err(e) => {
@@ -338,9 +304,7 @@ impl Pending {
             }
         };
         self.stage = match &resp.mine {
-            Some(kv) if kv.lease == self.session.lease_id() || kv.lease == 0 => {
-                Stage::Exists(kv.create_revision)
-            }
+            Some(kv) if kv.lease == self.session.lease_id() || kv.lease == 0 => Stage::Exists(kv.create_revision),
             _ => Stage::Done,
         };
         Ok(resp)
@@ -411,15 +375,9 @@ impl Drop for Pending {
 }
 
 /// Ownership-safe delete, retried on transient errors. True if this call deleted the key.
-pub(crate) async fn release_retry(
-    backend: &dyn Backend,
-    key: &str,
-    create_revision: Revision,
-) -> Result<bool> {
+pub(crate) async fn release_retry(backend: &dyn Backend, key: &str, create_revision: Revision) -> Result<bool> {
     let policy = Backoff::default();
-    policy
-        .retry(|| backend.delete_if_created(key, create_revision))
-        .await
+    policy.retry(|| backend.delete_if_created(key, create_revision)).await
 }
 
 /// Waits for the key `(key, rev)` to be admitted by `rule` in the live view of `prefix`.
@@ -449,16 +407,10 @@ pub(crate) async fn wait_turn(
 
 /// Waits until the key `(key, rev)` that was seen under `prefix` is gone (deleted, or
 /// re-created with another revision): the optimistic strategy's "wait for the holder".
-pub(crate) async fn wait_gone(
-    session: &Session,
-    prefix: &str,
-    key: &str,
-    rev: Revision,
-) -> Result<()> {
+pub(crate) async fn wait_gone(session: &Session, prefix: &str, key: &str, rev: Revision) -> Result<()> {
     let view = session.client().view(prefix);
     let k = key.to_owned();
-    let wait =
-        view.wait_for(move |v| (turn(v, &k, rev, &|_, _| false)? == Turn::Gone).then_some(()));
+    let wait = view.wait_for(move |v| (turn(v, &k, rev, &|_, _| false)? == Turn::Gone).then_some(()));
     let lost = session.lost();
     tokio::select! {
         r = wait => r,

@@ -34,11 +34,7 @@ pub struct SessionBuilder {
 
 impl SessionBuilder {
     pub(crate) fn new(client: Client) -> Self {
-        Self {
-            client,
-            ttl: DEFAULT_TTL,
-            attach: None,
-        }
+        Self { client, ttl: DEFAULT_TTL, attach: None }
     }
 
     /// The lease TTL ([`MIN_TTL`] ..= [`MAX_TTL`]; default [`DEFAULT_TTL`]).
@@ -57,33 +53,22 @@ impl SessionBuilder {
     /// Grants (or attaches to) the lease and starts renewing it.
     pub async fn open(self) -> Result<Session> {
         if !(MIN_TTL..=MAX_TTL).contains(&self.ttl) {
-            return Err(Error::TtlOutOfRange {
-                ttl: self.ttl,
-                min: MIN_TTL,
-                max: MAX_TTL,
-            });
+            return Err(Error::TtlOutOfRange { ttl: self.ttl, min: MIN_TTL, max: MAX_TTL });
         }
         let backend = self.client.backend().clone();
         let (lease, ttl, sent) = match self.attach {
             None => {
                 let sent = Instant::now();
-                let l = Backoff::default()
-                    .retry(|| backend.grant_lease(self.ttl))
-                    .await?;
+                let l = Backoff::default().retry(|| backend.grant_lease(self.ttl)).await?;
                 (l.id, l.ttl, sent)
             }
             Some(id) => {
-                backend
-                    .lease_ttl(id)
-                    .await?
-                    .ok_or(Error::LeaseNotFound { lease: id })?;
+                backend.lease_ttl(id).await?.ok_or(Error::LeaseNotFound { lease: id })?;
                 // Renew at once so the deadline is a full TTL from now.
                 let mut keeper = backend.keep_alive(id).await?;
                 let sent = Instant::now();
                 let ttl = match keeper.renew().await {
-                    Err(Error::LeaseNotFound { .. }) => {
-                        return Err(Error::LeaseNotFound { lease: id })
-                    }
+                    Err(Error::LeaseNotFound { .. }) => return Err(Error::LeaseNotFound { lease: id }),
                     other => other?,
                 };
                 (id, ttl, sent)
@@ -103,8 +88,7 @@ impl SessionBuilder {
             keepalive: Mutex::new(None),
         });
         let span = tracing::info_span!("session", lease = format_args!("{lease:x}"));
-        let task =
-            tokio::spawn(keep_alive(self.client.clone(), lease, ttl, shared).instrument(span));
+        let task = tokio::spawn(keep_alive(self.client.clone(), lease, ttl, shared).instrument(span));
         *inner.keepalive.lock() = Some(task);
         tracing::debug!(lease = format_args!("{lease:x}"), ?ttl, "session opened");
         Ok(Session { inner })
@@ -192,11 +176,7 @@ impl Session {
         if !self.is_valid() {
             return Duration::ZERO;
         }
-        self.inner
-            .shared
-            .state
-            .deadline()
-            .saturating_duration_since(Instant::now().into_std())
+        self.inner.shared.state.deadline().saturating_duration_since(Instant::now().into_std())
     }
 
     /// The monotonic instant after which the lease may have expired on the server.
@@ -218,15 +198,9 @@ impl Session {
     /// Fails with the reason the session can no longer be used, if any.
     pub(crate) fn check(&self) -> Result<()> {
         match self.inner.shared.state.status() {
-            SessionStatus::Closed => Err(Error::SessionClosed {
-                lease: self.inner.lease,
-            }),
-            SessionStatus::Lost => Err(Error::SessionLost {
-                lease: self.inner.lease,
-            }),
-            SessionStatus::Alive if !self.is_valid() => Err(Error::SessionLost {
-                lease: self.inner.lease,
-            }),
+            SessionStatus::Closed => Err(Error::SessionClosed { lease: self.inner.lease }),
+            SessionStatus::Lost => Err(Error::SessionLost { lease: self.inner.lease }),
+            SessionStatus::Alive if !self.is_valid() => Err(Error::SessionLost { lease: self.inner.lease }),
             SessionStatus::Alive => Ok(()),
         }
     }
@@ -252,11 +226,7 @@ impl Session {
             task.abort();
         }
         self.inner.shared.state.close();
-        self.inner
-            .client
-            .backend()
-            .revoke_lease(self.inner.lease)
-            .await
+        self.inner.client.backend().revoke_lease(self.inner.lease).await
     }
 
     /// Runs `fut` in the background, counted by [`settle`](Session::settle). Without a tokio

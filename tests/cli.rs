@@ -34,7 +34,10 @@ fn ten_processes_never_overlap_and_tokens_increase() {
     let children: Vec<_> = (0..10)
         .map(|i| {
             let strategy = if i % 2 == 0 { "pessimistic" } else { "optimistic" };
-            leasehold(&etcd).args(["lock", "cli-shared", "--strategy", strategy, "--", "sh", "-c", &script]).spawn().unwrap()
+            leasehold(&etcd)
+                .args(["lock", "cli-shared", "--strategy", strategy, "--", "sh", "-c", &script])
+                .spawn()
+                .unwrap()
         })
         .collect();
     for mut c in children {
@@ -124,7 +127,8 @@ fn interop_with_etcdctl_lock() {
     );
 
     // etcdctl holds.
-    let mut ctl = etcd.etcdctl().args(["lock", "cli-interop", "--", "sh", "-c", &hold]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut ctl =
+        etcd.etcdctl().args(["lock", "cli-interop", "--", "sh", "-c", &hold]).stdout(Stdio::piped()).spawn().unwrap();
     wait_started(&mut ctl);
     let out = leasehold(&etcd).args(["lock", "--try", "cli-interop", "--", "true"]).output().unwrap();
     assert_eq!(out.status.code(), Some(123));
@@ -137,7 +141,8 @@ fn interop_with_etcdctl_lock() {
     std::fs::remove_file(&marker).unwrap();
 
     // leasehold holds; etcdctl --try... etcdctl has no try: it must wait until we finish.
-    let mut ours = leasehold(&etcd).args(["lock", "cli-interop", "--", "sh", "-c", &hold]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut ours =
+        leasehold(&etcd).args(["lock", "cli-interop", "--", "sh", "-c", &hold]).stdout(Stdio::piped()).spawn().unwrap();
     wait_started(&mut ours);
     let mut ctl = etcd
         .etcdctl()
@@ -183,7 +188,16 @@ fn errors_are_one_line_with_documented_codes() {
     let closed = support::etcd::free_port();
     let started = Instant::now();
     let out = Command::new(bin)
-        .args(["--endpoints", &format!("etcd://127.0.0.1:{closed}"), "--connect-timeout", "1s", "lock", "x", "--", "true"])
+        .args([
+            "--endpoints",
+            &format!("etcd://127.0.0.1:{closed}"),
+            "--connect-timeout",
+            "1s",
+            "lock",
+            "x",
+            "--",
+            "true",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(125));

@@ -66,20 +66,11 @@ async fn lock_survives_losing_the_leader_of_three() {
 async fn session_lost_when_etcd_dies() {
     let mut etcd = EtcdCluster::single();
     let client =
-        Client::etcd(EtcdConfig::new(etcd.endpoints()).request_timeout(Duration::from_millis(500)))
-            .await
-            .unwrap();
-    let s = client
-        .session_builder()
-        .ttl(Duration::from_secs(2))
-        .open()
-        .await
-        .unwrap();
+        Client::etcd(EtcdConfig::new(etcd.endpoints()).request_timeout(Duration::from_millis(500))).await.unwrap();
+    let s = client.session_builder().ttl(Duration::from_secs(2)).open().await.unwrap();
     let guard = Mutex::new(&s, "dies").unwrap().lock().await.unwrap();
     etcd.kill(0);
-    tokio::time::timeout(mx::SOON, guard.lost())
-        .await
-        .expect("lost() fired");
+    tokio::time::timeout(mx::SOON, guard.lost()).await.expect("lost() fired");
     assert!(!guard.is_valid());
     let deadline = s.deadline();
     assert!(Instant::now() >= deadline, "lost before the local deadline");
@@ -104,34 +95,18 @@ async fn interop_with_etcdctl_lock() {
         let prefix = client.prefix_of("shared").unwrap();
         let mut queued = false;
         for _ in 0..500 {
-            if client
-                .backend()
-                .range_prefix(&prefix, 0)
-                .await
-                .unwrap()
-                .0
-                .len()
-                == 2
-            {
+            if client.backend().range_prefix(&prefix, 0).await.unwrap().0.len() == 2 {
                 queued = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(queued, "etcdctl never queued behind us");
-        assert!(
-            ctl.try_wait().unwrap().is_none(),
-            "etcdctl ran while we held the lock"
-        );
+        assert!(ctl.try_wait().unwrap().is_none(), "etcdctl ran while we held the lock");
         guard.unlock().await.unwrap();
-        let out = tokio::task::spawn_blocking(move || ctl.wait_with_output().unwrap())
-            .await
-            .unwrap();
+        let out = tokio::task::spawn_blocking(move || ctl.wait_with_output().unwrap()).await.unwrap();
         assert!(out.status.success());
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "etcdctl-got-it"
-        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "etcdctl-got-it");
 
         // 2. etcdctl holds (until a marker file appears; etcdctl does not pass its stdin on);
         //    we cannot take it, then we can.
@@ -141,21 +116,12 @@ async fn interop_with_etcdctl_lock() {
             "echo held; i=0; while [ ! -f '{}' ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
             marker.display()
         );
-        let mut ctl = etcd
-            .etcdctl()
-            .args(["lock", "shared", "--", "sh", "-c", &script])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut ctl =
+            etcd.etcdctl().args(["lock", "shared", "--", "sh", "-c", &script]).stdout(Stdio::piped()).spawn().unwrap();
         let mut line = String::new();
-        BufReader::new(ctl.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        BufReader::new(ctl.stdout.take().unwrap()).read_line(&mut line).unwrap();
         assert_eq!(line.trim(), "held");
-        assert!(
-            m.try_lock().await.unwrap().is_none(),
-            "we got a lock etcdctl holds"
-        );
+        assert!(m.try_lock().await.unwrap().is_none(), "we got a lock etcdctl holds");
         let holder = m.holder().await.unwrap().expect("etcdctl holds the lock");
         let waiting = tokio::spawn({
             let m = m.clone();
@@ -163,11 +129,7 @@ async fn interop_with_etcdctl_lock() {
         });
         std::fs::write(&marker, b"").unwrap();
         let token = waiting.await.unwrap().unwrap();
-        assert!(
-            token > holder.token,
-            "our token {token} must exceed etcdctl's {}",
-            holder.token
-        );
+        assert!(token > holder.token, "our token {token} must exceed etcdctl's {}", holder.token);
         assert!(ctl.wait().unwrap().success());
         s.close().await.unwrap();
     }
@@ -184,48 +146,22 @@ async fn several_processes_share_a_fenced_counter() {
     let children: Vec<_> = (0..PROCS)
         .map(|i| {
             std::process::Command::new(&exe)
-                .args([
-                    "--exact",
-                    "process_worker",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
+                .args(["--exact", "process_worker", "--nocapture", "--test-threads=1"])
                 .env("LEASEHOLD_WORKER_URL", etcd.url())
                 .env("LEASEHOLD_WORKER_ROUNDS", ROUNDS.to_string())
-                .env(
-                    "LEASEHOLD_WORKER_STRATEGY",
-                    if i % 2 == 0 {
-                        "pessimistic"
-                    } else {
-                        "optimistic"
-                    },
-                )
+                .env("LEASEHOLD_WORKER_STRATEGY", if i % 2 == 0 { "pessimistic" } else { "optimistic" })
                 .stdout(Stdio::piped())
                 .spawn()
                 .unwrap()
         })
         .collect();
     for c in children {
-        let out = tokio::task::spawn_blocking(move || c.wait_with_output().unwrap())
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "worker failed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        let out = tokio::task::spawn_blocking(move || c.wait_with_output().unwrap()).await.unwrap();
+        assert!(out.status.success(), "worker failed: {}", String::from_utf8_lossy(&out.stdout));
     }
     let client = etcd.client().await;
-    let kv = client
-        .backend()
-        .get("proc-counter")
-        .await
-        .unwrap()
-        .expect("counter written");
-    assert_eq!(
-        String::from_utf8(kv.value).unwrap(),
-        (PROCS * ROUNDS).to_string()
-    );
+    let kv = client.backend().get("proc-counter").await.unwrap().expect("counter written");
+    assert_eq!(String::from_utf8(kv.value).unwrap(), (PROCS * ROUNDS).to_string());
 }
 
 /// Worker mode of the test above; does nothing unless LEASEHOLD_WORKER_URL is set.
@@ -234,20 +170,12 @@ async fn process_worker() {
     let Ok(url) = std::env::var("LEASEHOLD_WORKER_URL") else {
         return;
     };
-    let rounds: usize = std::env::var("LEASEHOLD_WORKER_ROUNDS")
-        .unwrap()
-        .parse()
-        .unwrap();
-    let strategy = if std::env::var("LEASEHOLD_WORKER_STRATEGY").unwrap() == "optimistic" {
-        Optimistic
-    } else {
-        Pessimistic
-    };
+    let rounds: usize = std::env::var("LEASEHOLD_WORKER_ROUNDS").unwrap().parse().unwrap();
+    let strategy =
+        if std::env::var("LEASEHOLD_WORKER_STRATEGY").unwrap() == "optimistic" { Optimistic } else { Pessimistic };
     let client = Client::connect(&url).await.unwrap();
     let session = client.session().await.unwrap();
-    let m = Mutex::new(&session, "proc")
-        .unwrap()
-        .with_strategy(strategy);
+    let m = Mutex::new(&session, "proc").unwrap().with_strategy(strategy);
     for _ in 0..rounds {
         let g = m.lock().await.unwrap();
         let n: u64 = client
@@ -255,12 +183,8 @@ async fn process_worker() {
             .get("proc-counter")
             .await
             .unwrap()
-            .map_or(0, |kv| {
-                String::from_utf8(kv.value).unwrap().parse().unwrap()
-            });
-        g.fenced_put("proc-counter", (n + 1).to_string())
-            .await
-            .unwrap();
+            .map_or(0, |kv| String::from_utf8(kv.value).unwrap().parse().unwrap());
+        g.fenced_put("proc-counter", (n + 1).to_string()).await.unwrap();
         g.unlock().await.unwrap();
     }
     session.close().await.unwrap();
@@ -270,19 +194,12 @@ async fn process_worker() {
 #[tokio::test]
 async fn unreachable_endpoints_fail_fast() {
     let closed = support::etcd::free_port(); // nothing listens there
-    for endpoints in [
-        vec![format!("127.0.0.1:{closed}")],
-        vec!["127.0.0.1:1".into(), format!("127.0.0.1:{closed}")],
-    ] {
+    for endpoints in [vec![format!("127.0.0.1:{closed}")], vec!["127.0.0.1:1".into(), format!("127.0.0.1:{closed}")]] {
         let timeout = Duration::from_millis(800);
         let started = Instant::now();
         let r = Client::etcd(EtcdConfig::new(endpoints).connect_timeout(timeout)).await;
         assert!(matches!(r, Err(Error::Connect { .. })), "{r:?}");
-        assert!(
-            started.elapsed() < timeout * 4,
-            "took {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < timeout * 4, "took {:?}", started.elapsed());
     }
     let r = Client::connect("zookeeper://127.0.0.1:2181").await;
     assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");

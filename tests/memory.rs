@@ -50,10 +50,6 @@ async fn unreachable_store_loses_the_session_at_its_deadline() {
     guard.lost().await;
     let now = tokio::time::Instant::now().into_std();
     assert!(now >= deadline, "lost before the deadline");
-    assert!(
-        now <= deadline + Duration::from_millis(50),
-        "lost late: {:?}",
-        now - deadline
-    );
+    assert!(now <= deadline + Duration::from_millis(50), "lost late: {:?}", now - deadline);
     assert!(!guard.is_valid());
 }

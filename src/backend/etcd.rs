@@ -9,8 +9,8 @@
 use super::*;
 use crate::error::Error;
 use etcd_client::{
-    Certificate, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, PutOptions,
-    SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
+    Certificate, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, PutOptions, SortOrder,
+    SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
 
 /// How to reach etcd.
@@ -111,8 +111,9 @@ pub(crate) fn map_err(e: etcd_client::Error) -> Error {
                 return Error::LeaseNotFound { lease: 0 };
             }
             match code {
-                UNAVAILABLE | DEADLINE_EXCEEDED | CANCELLED | ABORTED | UNKNOWN
-                | RESOURCE_EXHAUSTED => Error::Unavailable(format!("etcd: {msg}")),
+                UNAVAILABLE | DEADLINE_EXCEEDED | CANCELLED | ABORTED | UNKNOWN | RESOURCE_EXHAUSTED => {
+                    Error::Unavailable(format!("etcd: {msg}"))
+                }
                 _ => Error::Store(format!("etcd: {msg} ({:?})", status.code())),
             }
         }
@@ -151,9 +152,7 @@ fn revision(resp: &TxnResponse) -> Revision {
 }
 
 fn head_options(limit: usize) -> GetOptions {
-    let opts = GetOptions::new()
-        .with_prefix()
-        .with_sort(SortTarget::Create, SortOrder::Ascend);
+    let opts = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend);
     if limit > 0 {
         opts.with_limit(limit as i64)
     } else {
@@ -175,21 +174,11 @@ impl EtcdBackend {
         if config.endpoints.is_empty() {
             return Err(Error::invalid("etcd", "no endpoints given"));
         }
-        let scheme = if config.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
         let endpoints: Vec<String> = config
             .endpoints
             .iter()
-            .map(|e| {
-                if e.contains("://") {
-                    e.clone()
-                } else {
-                    format!("{scheme}://{e}")
-                }
-            })
+            .map(|e| if e.contains("://") { e.clone() } else { format!("{scheme}://{e}") })
             .collect();
         let mut options = ConnectOptions::new()
             .with_connect_timeout(config.connect_timeout)
@@ -213,20 +202,12 @@ impl EtcdBackend {
             options = options.with_tls(t);
         }
         let joined = endpoints.join(",");
-        let connect_error = |reason: String| Error::Connect {
-            endpoints: joined.clone(),
-            timeout: config.connect_timeout,
-            reason,
-        };
+        let connect_error =
+            |reason: String| Error::Connect { endpoints: joined.clone(), timeout: config.connect_timeout, reason };
         let attempt = async {
-            let mut client = etcd_client::Client::connect(&endpoints, Some(options))
-                .await
-                .map_err(map_err)?;
+            let mut client = etcd_client::Client::connect(&endpoints, Some(options)).await.map_err(map_err)?;
             // The channel connects lazily: make one real round trip now.
-            client
-                .get("\0leasehold-probe", None)
-                .await
-                .map_err(map_err)?;
+            client.get("\0leasehold-probe", None).await.map_err(map_err)?;
             Ok::<_, Error>(client)
         };
         let client = match tokio::time::timeout(config.connect_timeout, attempt).await {
@@ -236,9 +217,7 @@ impl EtcdBackend {
                 let reason = e.to_string();
                 let lower = reason.to_lowercase();
                 if config.tls.is_some()
-                    && (lower.contains("certificate")
-                        || lower.contains("tls")
-                        || lower.contains("handshake"))
+                    && (lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake"))
                 {
                     return Err(Error::Tls(format!("{joined}: {reason}")));
                 }
@@ -246,10 +225,7 @@ impl EtcdBackend {
             }
             Err(_) => return Err(connect_error("no answer".into())),
         };
-        Ok(Self {
-            client,
-            request_timeout: config.request_timeout,
-        })
+        Ok(Self { client, request_timeout: config.request_timeout })
     }
 
     /// The underlying etcd-client handle (for tools and tests).
@@ -272,19 +248,10 @@ impl EtcdBackend {
 fn unsent(e: &etcd_client::Error) -> bool {
     let msg = match e {
         etcd_client::Error::TransportError(_) => return true,
-        etcd_client::Error::GRpcStatus(s) if s.code() as i32 == tonic_code::UNAVAILABLE => {
-            s.message().to_lowercase()
-        }
+        etcd_client::Error::GRpcStatus(s) if s.code() as i32 == tonic_code::UNAVAILABLE => s.message().to_lowercase(),
         _ => return false,
     };
-    [
-        "connect error",
-        "connection refused",
-        "error trying to connect",
-        "dns error",
-    ]
-    .iter()
-    .any(|p| msg.contains(p))
+    ["connect error", "connection refused", "error trying to connect", "dns error"].iter().any(|p| msg.contains(p))
 }
 
 /// Runs a request, re-sending it (briefly, with jitter) while it fails before reaching a
@@ -294,9 +261,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
 {
-    let mut delays = crate::Backoff::new(Duration::from_millis(5), Duration::from_millis(250))
-        .max_attempts(8)
-        .delays();
+    let mut delays = crate::Backoff::new(Duration::from_millis(5), Duration::from_millis(250)).max_attempts(8).delays();
     loop {
         match op().await {
             Ok(v) => return Ok(v),
@@ -391,10 +356,7 @@ impl Backend for EtcdBackend {
             async move { c.grant(secs, None).await }
         })
         .await?;
-        Ok(Lease {
-            id: resp.id(),
-            ttl: Duration::from_secs(resp.ttl().max(0) as u64),
-        })
+        Ok(Lease { id: resp.id(), ttl: Duration::from_secs(resp.ttl().max(0) as u64) })
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<Box<dyn KeepAlive>> {
@@ -404,12 +366,7 @@ impl Backend for EtcdBackend {
             .await
             .map_err(|_| Error::Unavailable("etcd: keep-alive open timed out".into()))?
             .map_err(map_err)?;
-        Ok(Box::new(EtcdKeepAlive {
-            lease,
-            timeout: self.request_timeout,
-            keeper,
-            stream,
-        }))
+        Ok(Box::new(EtcdKeepAlive { lease, timeout: self.request_timeout, keeper, stream }))
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
@@ -456,25 +413,15 @@ impl Backend for EtcdBackend {
 
     async fn create(&self, req: CreateRequest) -> Result<CreateResponse> {
         let cond = match req.precondition {
-            Precondition::KeyAbsent => {
-                Compare::create_revision(req.key.clone(), CompareOp::Equal, 0)
-            }
+            Precondition::KeyAbsent => Compare::create_revision(req.key.clone(), CompareOp::Equal, 0),
             // Over a range, the comparison must hold for every key; an empty range passes.
             Precondition::PrefixEmpty => {
                 Compare::create_revision(req.prefix.clone(), CompareOp::Equal, 0).with_prefix()
             }
         };
-        let reads = || {
-            [
-                TxnOp::get(req.key.clone(), None),
-                TxnOp::get(req.prefix.clone(), Some(head_options(req.head_limit))),
-            ]
-        };
-        let put = TxnOp::put(
-            req.key.clone(),
-            req.value.clone(),
-            Some(PutOptions::new().with_lease(req.lease)),
-        );
+        let reads =
+            || [TxnOp::get(req.key.clone(), None), TxnOp::get(req.prefix.clone(), Some(head_options(req.head_limit)))];
+        let put = TxnOp::put(req.key.clone(), req.value.clone(), Some(PutOptions::new().with_lease(req.lease)));
         let mut then = vec![put];
         then.extend(reads());
         let txn = Txn::new().when([cond]).and_then(then).or_else(reads());
@@ -491,11 +438,7 @@ impl Backend for EtcdBackend {
 
     async fn delete_if_created(&self, key: &str, create_revision: Revision) -> Result<bool> {
         let txn = Txn::new()
-            .when([Compare::create_revision(
-                key,
-                CompareOp::Equal,
-                create_revision,
-            )])
+            .when([Compare::create_revision(key, CompareOp::Equal, create_revision)])
             .and_then([TxnOp::delete(key, None)]);
         Ok(self.txn(txn).await?.succeeded())
     }
@@ -541,11 +484,7 @@ impl Backend for EtcdBackend {
             })
             .collect();
         let txn = Txn::new()
-            .when([Compare::create_revision(
-                guard_key,
-                CompareOp::Equal,
-                guard_create_revision,
-            )])
+            .when([Compare::create_revision(guard_key, CompareOp::Equal, guard_create_revision)])
             .and_then(ops);
         Ok(self.txn(txn).await?.succeeded())
     }
@@ -566,10 +505,7 @@ impl Backend for EtcdBackend {
                         return Ok::<_, Error>(EtcdWatch { start, stream });
                     }
                     Some(resp) if resp.canceled() => {
-                        return Err(Error::Store(format!(
-                            "etcd: watch refused: {}",
-                            resp.cancel_reason()
-                        )));
+                        return Err(Error::Store(format!("etcd: watch refused: {}", resp.cancel_reason())));
                     }
                     Some(_) => continue,
                     None => return Err(Error::Unavailable("etcd: watch stream ended".into())),

@@ -96,15 +96,10 @@ impl MemoryBackend {
         st.expire_due(Instant::now());
         if !st.reaper_started {
             st.reaper_started = true;
-            tokio::spawn(reaper(
-                Arc::downgrade(&self.inner),
-                self.inner.lease_changed.clone(),
-            ));
+            tokio::spawn(reaper(Arc::downgrade(&self.inner), self.inner.lease_changed.clone()));
         }
         if st.unavailable {
-            return Err(Error::Unavailable(
-                "memory: store marked unavailable".into(),
-            ));
+            return Err(Error::Unavailable("memory: store marked unavailable".into()));
         }
         Ok(st)
     }
@@ -138,12 +133,7 @@ fn in_prefix(key: &str, prefix: &str) -> bool {
 
 impl State {
     fn expire_due(&mut self, now: Instant) {
-        let due: Vec<LeaseId> = self
-            .leases
-            .iter()
-            .filter(|(_, l)| l.expires <= now)
-            .map(|(id, _)| *id)
-            .collect();
+        let due: Vec<LeaseId> = self.leases.iter().filter(|(_, l)| l.expires <= now).map(|(id, _)| *id).collect();
         for id in due {
             self.revoke(id);
         }
@@ -154,11 +144,8 @@ impl State {
         let Some(entry) = self.leases.remove(&lease) else {
             return;
         };
-        let keys: Vec<String> = entry
-            .keys
-            .into_iter()
-            .filter(|k| self.kvs.get(k).is_some_and(|kv| kv.lease == lease))
-            .collect();
+        let keys: Vec<String> =
+            entry.keys.into_iter().filter(|k| self.kvs.get(k).is_some_and(|kv| kv.lease == lease)).collect();
         if keys.is_empty() {
             return;
         }
@@ -215,13 +202,7 @@ impl State {
                     if let Some(l) = self.leases.get_mut(&lease) {
                         l.keys.insert(key.clone());
                     }
-                    let kv = KeyValue {
-                        key: key.clone(),
-                        value,
-                        create_revision,
-                        mod_revision: rev,
-                        lease,
-                    };
+                    let kv = KeyValue { key: key.clone(), value, create_revision, mod_revision: rev, lease };
                     self.kvs.insert(key, kv.clone());
                     events.push(WatchEvent::Put(kv));
                 }
@@ -297,12 +278,7 @@ impl WatchStream for MemoryWatch {
 
 impl Drop for MemoryWatch {
     fn drop(&mut self) {
-        self.backend
-            .inner
-            .state
-            .lock()
-            .watchers
-            .retain(|w| !w.tx.is_closed());
+        self.backend.inner.state.lock().watchers.retain(|w| !w.tx.is_closed());
     }
 }
 
@@ -317,14 +293,7 @@ impl Backend for MemoryBackend {
         st.next_lease += 1;
         // Ids look like etcd's: large, positive, not sequential-looking.
         let id = 0x694d_0000_0000 + st.next_lease;
-        st.leases.insert(
-            id,
-            LeaseEntry {
-                ttl,
-                expires: Instant::now() + ttl,
-                keys: BTreeSet::new(),
-            },
-        );
+        st.leases.insert(id, LeaseEntry { ttl, expires: Instant::now() + ttl, keys: BTreeSet::new() });
         drop(st);
         self.inner.lease_changed.notify_one();
         Ok(Lease { id, ttl })
@@ -332,10 +301,7 @@ impl Backend for MemoryBackend {
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<Box<dyn KeepAlive>> {
         drop(self.call().await?);
-        Ok(Box::new(MemoryKeepAlive {
-            backend: self.clone(),
-            lease,
-        }))
+        Ok(Box::new(MemoryKeepAlive { backend: self.clone(), lease }))
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
@@ -345,10 +311,7 @@ impl Backend for MemoryBackend {
 
     async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<Duration>> {
         let st = self.call().await?;
-        Ok(st
-            .leases
-            .get(&lease)
-            .map(|l| l.expires.saturating_duration_since(Instant::now())))
+        Ok(st.leases.get(&lease).map(|l| l.expires.saturating_duration_since(Instant::now())))
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
@@ -367,11 +330,7 @@ impl Backend for MemoryBackend {
             Precondition::PrefixEmpty => st.prefix(&req.prefix, 1).is_empty(),
         };
         if ok {
-            st.apply(vec![Write::Put {
-                key: req.key.clone(),
-                value: req.value,
-                lease: Some(req.lease),
-            }])?;
+            st.apply(vec![Write::Put { key: req.key.clone(), value: req.value, lease: Some(req.lease) }])?;
         }
         Ok(CreateResponse {
             created: ok,
@@ -383,14 +342,8 @@ impl Backend for MemoryBackend {
 
     async fn delete_if_created(&self, key: &str, create_revision: Revision) -> Result<bool> {
         let mut st = self.call().await?;
-        if st
-            .kvs
-            .get(key)
-            .is_some_and(|kv| kv.create_revision == create_revision)
-        {
-            st.apply(vec![Write::Delete {
-                key: key.to_owned(),
-            }])?;
+        if st.kvs.get(key).is_some_and(|kv| kv.create_revision == create_revision) {
+            st.apply(vec![Write::Delete { key: key.to_owned() }])?;
             return Ok(true);
         }
         Ok(false)
@@ -407,17 +360,9 @@ impl Backend for MemoryBackend {
         let current = st.kvs.get(key).map(|kv| kv.mod_revision);
         let swapped = current == expected;
         if swapped {
-            st.apply(vec![Write::Put {
-                key: key.to_owned(),
-                value,
-                lease,
-            }])?;
+            st.apply(vec![Write::Put { key: key.to_owned(), value, lease }])?;
         }
-        Ok(CasResponse {
-            swapped,
-            current: st.kvs.get(key).cloned(),
-            revision: st.revision,
-        })
+        Ok(CasResponse { swapped, current: st.kvs.get(key).cloned(), revision: st.revision })
     }
 
     async fn write_if_held(
@@ -427,11 +372,7 @@ impl Backend for MemoryBackend {
         writes: Vec<Write>,
     ) -> Result<bool> {
         let mut st = self.call().await?;
-        if !st
-            .kvs
-            .get(guard_key)
-            .is_some_and(|kv| kv.create_revision == guard_create_revision)
-        {
+        if !st.kvs.get(guard_key).is_some_and(|kv| kv.create_revision == guard_create_revision) {
             return Ok(false);
         }
         st.apply(writes)?;
@@ -441,14 +382,7 @@ impl Backend for MemoryBackend {
     async fn watch_prefix(&self, prefix: &str) -> Result<Box<dyn WatchStream>> {
         let mut st = self.call().await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        st.watchers.push(Watcher {
-            prefix: prefix.to_owned(),
-            tx,
-        });
-        Ok(Box::new(MemoryWatch {
-            backend: self.clone(),
-            start: st.revision,
-            rx,
-        }))
+        st.watchers.push(Watcher { prefix: prefix.to_owned(), tx });
+        Ok(Box::new(MemoryWatch { backend: self.clone(), start: st.revision, rx }))
     }
 }

@@ -15,9 +15,7 @@ pub(crate) struct HighWater<T> {
 impl<T> HighWater<T> {
     /// A resource that has accepted no token yet.
     pub(crate) fn new(value: T) -> Self {
-        Self {
-            inner: Mutex::new((0, value)),
-        }
+        Self { inner: Mutex::new((0, value)) }
     }
 
     /// Runs `write` if `token` is at least the highest accepted so far, and raises the mark.

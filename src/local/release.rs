@@ -27,18 +27,14 @@ pub(crate) struct ReleaseOnce {
 impl ReleaseOnce {
     /// A held guard.
     pub(crate) fn new() -> Self {
-        Self {
-            state: AtomicU8::new(HELD),
-        }
+        Self { state: AtomicU8::new(HELD) }
     }
 
     /// Claims the right to release. True for exactly one caller over the guard's life.
     pub(crate) fn begin(&self) -> bool {
         #[cfg(not(leasehold_loom_mutation_release))]
         {
-            self.state
-                .compare_exchange(HELD, RELEASING, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
+            self.state.compare_exchange(HELD, RELEASING, Ordering::AcqRel, Ordering::Acquire).is_ok()
         }
         // Mutation for the loom suite: check, then set, as two steps.
         #[cfg(leasehold_loom_mutation_release)]

@@ -40,12 +40,7 @@ pub(crate) struct SessionState {
 impl SessionState {
     /// A fresh, alive session valid until `deadline`.
     pub(crate) fn new(deadline: Instant) -> Self {
-        Self {
-            inner: Mutex::new(Inner {
-                status: SessionStatus::Alive,
-                deadline,
-            }),
-        }
+        Self { inner: Mutex::new(Inner { status: SessionStatus::Alive, deadline }) }
     }
 
     /// Records a renewal that succeeded and whose request was sent at `sent`. Returns

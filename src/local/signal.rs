@@ -52,10 +52,7 @@ impl Signal {
 
     /// A future that completes once the signal has fired.
     pub(crate) fn wait(&self) -> SignalWait {
-        SignalWait {
-            signal: self.clone(),
-            id: None,
-        }
+        SignalWait { signal: self.clone(), id: None }
     }
 }
 

@@ -11,15 +11,7 @@ pub const SOON: Duration = Duration::from_secs(20);
 
 async fn keys(client: &Client, name: &str) -> Vec<String> {
     let prefix = client.prefix_of(name).unwrap();
-    client
-        .backend()
-        .range_prefix(&prefix, 0)
-        .await
-        .unwrap()
-        .0
-        .into_iter()
-        .map(|kv| kv.key)
-        .collect()
+    client.backend().range_prefix(&prefix, 0).await.unwrap().0.into_iter().map(|kv| kv.key).collect()
 }
 
 /// Many tasks, each with its own session, never overlap; a counter in the store updated
@@ -32,9 +24,7 @@ pub async fn mutual_exclusion(client: &Client, strategy: Strategy, tasks: usize,
     let max_inside = Arc::new(AtomicUsize::new(0));
     let fence = Arc::new(FencedResource::new(Vec::<u64>::new()));
     let read = |kv: Option<leasehold::backend::KeyValue>| -> usize {
-        kv.map_or(0, |kv| {
-            String::from_utf8(kv.value).unwrap().parse().unwrap()
-        })
+        kv.map_or(0, |kv| String::from_utf8(kv.value).unwrap().parse().unwrap())
     };
     let initial = read(client.backend().get(&counter_key).await.unwrap());
     let mut handles = Vec::new();
@@ -49,18 +39,11 @@ pub async fn mutual_exclusion(client: &Client, strategy: Strategy, tasks: usize,
                 let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
                 max_inside.fetch_max(now, Ordering::SeqCst);
                 let token = guard.fencing_token();
-                fence
-                    .apply(token, |seen| seen.push(token))
-                    .expect("a holder's token is never stale");
+                fence.apply(token, |seen| seen.push(token)).expect("a holder's token is never stale");
                 let current = client.backend().get(&counter_key).await.unwrap();
-                let n: u64 = current.map_or(0, |kv| {
-                    String::from_utf8(kv.value).unwrap().parse().unwrap()
-                });
+                let n: u64 = current.map_or(0, |kv| String::from_utf8(kv.value).unwrap().parse().unwrap());
                 tokio::task::yield_now().await;
-                guard
-                    .fenced_put(counter_key.clone(), (n + 1).to_string())
-                    .await
-                    .unwrap();
+                guard.fenced_put(counter_key.clone(), (n + 1).to_string()).await.unwrap();
                 inside.fetch_sub(1, Ordering::SeqCst);
                 guard.unlock().await.unwrap();
             }
@@ -75,10 +58,7 @@ pub async fn mutual_exclusion(client: &Client, strategy: Strategy, tasks: usize,
     assert_eq!(last - initial, tasks * rounds, "lost update");
     let seen = fence.read(|s| s.clone());
     assert_eq!(seen.len(), tasks * rounds);
-    assert!(
-        seen.windows(2).all(|w| w[0] < w[1]),
-        "tokens not strictly increasing: {seen:?}"
-    );
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "tokens not strictly increasing: {seen:?}");
     assert!(keys(client, &name).await.is_empty(), "keys left behind");
 }
 
@@ -91,16 +71,9 @@ pub async fn try_lock(client: &Client, strategy: Strategy) {
     let held = Mutex::new(&a, &name).unwrap().lock().await.unwrap();
     let mb = Mutex::new(&b, &name).unwrap().with_strategy(strategy);
     assert!(mb.try_lock().await.unwrap().is_none());
-    assert_eq!(
-        keys(client, &name).await,
-        vec![held.key().to_owned()],
-        "try_lock left a key"
-    );
+    assert_eq!(keys(client, &name).await, vec![held.key().to_owned()], "try_lock left a key");
     let holder = mb.holder().await.unwrap().unwrap();
-    assert_eq!(
-        (holder.key.as_str(), holder.token),
-        (held.key(), held.fencing_token())
-    );
+    assert_eq!((holder.key.as_str(), holder.token), (held.key(), held.fencing_token()));
     let token = held.fencing_token();
     held.unlock().await.unwrap();
     let got = mb.try_lock().await.unwrap().expect("free now");
@@ -134,11 +107,7 @@ pub async fn cancellation(client: &Client, strategy: Strategy, attempts: usize) 
     let mut acquired = 0;
     for i in 0..attempts {
         // Hold the lock in half the rounds, so cancellations hit both the fast path and the wait.
-        let held = if i % 2 == 0 {
-            Some(ma.lock().await.unwrap())
-        } else {
-            None
-        };
+        let held = if i % 2 == 0 { Some(ma.lock().await.unwrap()) } else { None };
         let polls = rand::rng().random_range(0..40);
         let mut fut = Box::pin(mb.lock());
         let outcome = tokio::select! {
@@ -157,16 +126,10 @@ pub async fn cancellation(client: &Client, strategy: Strategy, attempts: usize) 
     }
     b.settle().await;
     assert!(b.is_valid(), "the cancelling session must still be alive");
-    assert!(
-        keys(client, &name).await.is_empty(),
-        "keys left after {attempts} cancellations"
-    );
+    assert!(keys(client, &name).await.is_empty(), "keys left after {attempts} cancellations");
     // Nothing local is stuck either.
     mb.lock_timeout(SOON).await.unwrap().unlock().await.unwrap();
-    assert!(
-        acquired < attempts,
-        "every attempt completed: nothing was cancelled"
-    );
+    assert!(acquired < attempts, "every attempt completed: nothing was cancelled");
 }
 
 async fn yield_times(n: usize) {
@@ -189,17 +152,9 @@ pub async fn ownership_safe_unlock(client: &Client) {
     first.unlock().await.unwrap();
     let second = m.lock().await.unwrap();
     assert_eq!(second.key(), key, "same session, same key");
-    assert!(
-        !client.backend().delete_if_created(&key, old).await.unwrap(),
-        "stale delete must fail"
-    );
+    assert!(!client.backend().delete_if_created(&key, old).await.unwrap(), "stale delete must fail");
     assert!(second.is_valid());
-    let kv = client
-        .backend()
-        .get(&key)
-        .await
-        .unwrap()
-        .expect("newer acquisition still there");
+    let kv = client.backend().get(&key).await.unwrap().expect("newer acquisition still there");
     assert_eq!(kv.create_revision as u64, second.fencing_token());
     second.unlock().await.unwrap();
 }
@@ -208,31 +163,17 @@ pub async fn ownership_safe_unlock(client: &Client) {
 /// session reports loss, its guard turns invalid, and another session takes the lock with
 /// a higher token.
 pub async fn lost_session(client: &Client) {
-    let s = client
-        .session_builder()
-        .ttl(Duration::from_secs(2))
-        .open()
-        .await
-        .unwrap();
+    let s = client.session_builder().ttl(Duration::from_secs(2)).open().await.unwrap();
     let guard = Mutex::new(&s, "lost").unwrap().lock().await.unwrap();
     assert!(guard.is_valid());
     client.backend().revoke_lease(s.lease_id()).await.unwrap(); // what expiry does on the server
     let r = guard.fenced_put("lost.data", "late write").await;
     assert!(matches!(r, Err(Error::NotHeld { .. })), "{r:?}");
-    assert!(
-        client.backend().get("lost.data").await.unwrap().is_none(),
-        "fenced write applied"
-    );
-    tokio::time::timeout(SOON, guard.lost())
-        .await
-        .expect("lost() fired");
+    assert!(client.backend().get("lost.data").await.unwrap().is_none(), "fenced write applied");
+    tokio::time::timeout(SOON, guard.lost()).await.expect("lost() fired");
     assert!(!guard.is_valid() && !s.is_valid() && s.is_lost());
     let other = client.session().await.unwrap();
-    let next = Mutex::new(&other, "lost")
-        .unwrap()
-        .lock_timeout(SOON)
-        .await
-        .unwrap();
+    let next = Mutex::new(&other, "lost").unwrap().lock_timeout(SOON).await.unwrap();
     assert!(next.fencing_token() > guard.fencing_token());
     guard.unlock().await.unwrap(); // unlocking a lost guard is harmless
     assert!(next.is_valid());
@@ -244,12 +185,7 @@ pub async fn lost_session(client: &Client) {
 pub async fn waiter_loses_its_key(client: &Client, strategy: Strategy) {
     let name = format!("waiter-gone-{strategy:?}");
     let a = client.session().await.unwrap();
-    let b = client
-        .session_builder()
-        .ttl(Duration::from_secs(2))
-        .open()
-        .await
-        .unwrap();
+    let b = client.session_builder().ttl(Duration::from_secs(2)).open().await.unwrap();
     let held = Mutex::new(&a, &name).unwrap().lock().await.unwrap();
     let mb = Mutex::new(&b, &name).unwrap().with_strategy(strategy);
     let waiting = tokio::spawn(async move { mb.lock().await.map(|g| g.fencing_token()) });
@@ -264,10 +200,7 @@ pub async fn waiter_loses_its_key(client: &Client, strategy: Strategy) {
         assert_eq!(keys(client, &name).await.len(), 2, "waiter never queued");
     }
     client.backend().revoke_lease(b.lease_id()).await.unwrap();
-    let r = tokio::time::timeout(SOON, waiting)
-        .await
-        .expect("waiter returned")
-        .unwrap();
+    let r = tokio::time::timeout(SOON, waiting).await.expect("waiter returned").unwrap();
     assert!(matches!(r, Err(Error::SessionLost { .. })), "{r:?}");
     assert!(held.is_valid());
     held.unlock().await.unwrap();
@@ -279,18 +212,8 @@ pub async fn reattach(client: &Client) {
     let guard = Mutex::new(&s, "reattach").unwrap().lock().await.unwrap();
     let token = guard.fencing_token();
     std::mem::forget(guard); // a "crashed" process: no release
-    let again = client
-        .session_builder()
-        .attach(s.lease_id())
-        .open()
-        .await
-        .unwrap();
-    let reclaimed = Mutex::new(&again, "reattach")
-        .unwrap()
-        .try_lock()
-        .await
-        .unwrap()
-        .expect("reclaimed");
+    let again = client.session_builder().attach(s.lease_id()).open().await.unwrap();
+    let reclaimed = Mutex::new(&again, "reattach").unwrap().try_lock().await.unwrap().expect("reclaimed");
     assert_eq!(reclaimed.fencing_token(), token);
     reclaimed.unlock().await.unwrap();
     assert!(keys(client, "reattach").await.is_empty());
@@ -302,21 +225,11 @@ pub async fn reattach(client: &Client) {
 pub async fn bad_input(client: &Client) {
     for bad in ["", "a/b", "white space", ".."] {
         let s = client.session().await.unwrap();
-        assert!(
-            matches!(Mutex::new(&s, bad), Err(Error::InvalidName { .. })),
-            "{bad:?}"
-        );
+        assert!(matches!(Mutex::new(&s, bad), Err(Error::InvalidName { .. })), "{bad:?}");
     }
-    for ttl in [
-        Duration::ZERO,
-        Duration::from_millis(999),
-        Duration::from_secs(3601),
-    ] {
+    for ttl in [Duration::ZERO, Duration::from_millis(999), Duration::from_secs(3601)] {
         let r = client.session_builder().ttl(ttl).open().await;
-        assert!(
-            matches!(r, Err(Error::TtlOutOfRange { .. })),
-            "{ttl:?}: {r:?}"
-        );
+        assert!(matches!(r, Err(Error::TtlOutOfRange { .. })), "{ttl:?}: {r:?}");
     }
 }
 
@@ -327,10 +240,5 @@ pub async fn close_releases(client: &Client) {
     std::mem::forget(guard);
     a.close().await.unwrap();
     let b = client.session().await.unwrap();
-    Mutex::new(&b, "close")
-        .unwrap()
-        .try_lock()
-        .await
-        .unwrap()
-        .expect("free after close");
+    Mutex::new(&b, "close").unwrap().try_lock().await.unwrap().expect("free after close");
 }

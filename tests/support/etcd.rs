@@ -21,24 +21,17 @@ pub fn bin_dir() -> PathBuf {
     if let Ok(path) = std::env::var("PATH") {
         candidates.extend(std::env::split_paths(&path));
     }
-    candidates
-        .into_iter()
-        .find(|d| d.join("etcd").is_file() && d.join("etcdctl").is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "etcd/etcdctl not found (LEASEHOLD_ETCD_BIN_DIR, .deps/etcd/bin, PATH). \
+    candidates.into_iter().find(|d| d.join("etcd").is_file() && d.join("etcdctl").is_file()).unwrap_or_else(|| {
+        panic!(
+            "etcd/etcdctl not found (LEASEHOLD_ETCD_BIN_DIR, .deps/etcd/bin, PATH). \
                  Run scripts/install-deps.sh; tests that need etcd fail rather than skip."
-            )
-        })
+        )
+    })
 }
 
 /// A free TCP port on 127.0.0.1 (bound once and released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 struct Member {
@@ -89,11 +82,8 @@ impl EtcdCluster {
     }
 
     fn spawn(&mut self, i: usize) {
-        let initial: Vec<String> = self
-            .members
-            .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
-            .collect();
+        let initial: Vec<String> =
+            self.members.iter().map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port)).collect();
         let m = &self.members[i];
         let client = format!("http://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
@@ -101,24 +91,9 @@ impl EtcdCluster {
         let child = Command::new(bin_dir().join("etcd"))
             .args(["--name", &m.name, "--data-dir"])
             .arg(&m.data_dir)
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args([
-                "--initial-cluster",
-                &initial.join(","),
-                "--initial-cluster-token",
-                &self.token,
-            ])
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &initial.join(","), "--initial-cluster-token", &self.token])
             .args(["--initial-cluster-state", "new", "--log-level", "warn"])
             .args(&self.extra_args)
             .stdout(Stdio::null())
@@ -148,12 +123,8 @@ impl EtcdCluster {
                     break;
                 }
                 if start.elapsed() > limit {
-                    let log = std::fs::read_to_string(m.data_dir.with_extension("log"))
-                        .unwrap_or_default();
-                    panic!(
-                        "etcd member {} not healthy after {limit:?}; log:\n{log}",
-                        m.name
-                    );
+                    let log = std::fs::read_to_string(m.data_dir.with_extension("log")).unwrap_or_default();
+                    panic!("etcd member {} not healthy after {limit:?}; log:\n{log}", m.name);
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -162,10 +133,7 @@ impl EtcdCluster {
 
     /// `host:port` of every member.
     pub fn endpoints(&self) -> Vec<String> {
-        self.members
-            .iter()
-            .map(|m| format!("127.0.0.1:{}", m.client_port))
-            .collect()
+        self.members.iter().map(|m| format!("127.0.0.1:{}", m.client_port)).collect()
     }
 
     /// `etcd://host:port,…` for `Client::connect` and the CLI.
@@ -175,30 +143,24 @@ impl EtcdCluster {
 
     /// A client on every member.
     pub async fn client(&self) -> Client {
-        Client::etcd(EtcdConfig::new(self.endpoints()))
-            .await
-            .expect("connect to test etcd")
+        Client::etcd(EtcdConfig::new(self.endpoints())).await.expect("connect to test etcd")
     }
 
     /// A client on one member only.
     pub async fn client_at(&self, i: usize) -> Client {
-        Client::etcd(EtcdConfig::new([self.endpoints()[i].clone()]))
-            .await
-            .expect("connect to test etcd")
+        Client::etcd(EtcdConfig::new([self.endpoints()[i].clone()])).await.expect("connect to test etcd")
     }
 
     /// `etcdctl` against every member.
     pub fn etcdctl(&self) -> Command {
         let mut c = Command::new(bin_dir().join("etcdctl"));
-        c.env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoints().join(",")));
+        c.env("ETCDCTL_API", "3").arg(format!("--endpoints={}", self.endpoints().join(",")));
         c
     }
 
     fn etcdctl_at(&self, i: usize) -> Command {
         let mut c = Command::new(bin_dir().join("etcdctl"));
-        c.env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoints()[i]));
+        c.env("ETCDCTL_API", "3").arg(format!("--endpoints={}", self.endpoints()[i]));
         c
     }
 
@@ -208,11 +170,7 @@ impl EtcdCluster {
             if m.child.is_none() {
                 continue;
             }
-            let out = self
-                .etcdctl_at(i)
-                .args(["endpoint", "status", "-w", "fields"])
-                .output()
-                .ok()?;
+            let out = self.etcdctl_at(i).args(["endpoint", "status", "-w", "fields"]).output().ok()?;
             let text = String::from_utf8_lossy(&out.stdout);
             let field = |name: &str| {
                 text.lines()
@@ -247,10 +205,7 @@ impl EtcdCluster {
     /// Sends a signal (e.g. "STOP", "CONT") to member `i`.
     pub fn signal(&self, i: usize, sig: &str) {
         if let Some(child) = &self.members[i].child {
-            let _ = Command::new("kill")
-                .arg(format!("-{sig}"))
-                .arg(child.id().to_string())
-                .status();
+            let _ = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status();
         }
     }
 }

@@ -9,7 +9,7 @@
 mod supervise;
 
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
-use leasehold::{Client, EtcdConfig, Error, Mutex, Strategy, TlsConfig};
+use leasehold::{Client, Error, EtcdConfig, Mutex, Strategy, TlsConfig};
 use std::process::ExitCode;
 use std::time::Duration;
 use supervise::{Held, Outcome};
