@@ -13,9 +13,9 @@
 //! [`Backoff::retry`] calls an operation until it succeeds, fails with an error for which
 //! [`Error::is_transient`] is false, or the policy runs out of attempts or elapsed time.
 
-use crate::error::Result;
 #[cfg(test)]
 use crate::error::Error;
+use crate::error::Result;
 use rand::Rng;
 use std::future::Future;
 use std::time::Duration;

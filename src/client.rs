@@ -44,13 +44,7 @@ impl Client {
 
     /// A client over a shared backend.
     pub fn from_arc(backend: Arc<dyn Backend>) -> Self {
-        Self {
-            inner: Arc::new(ClientInner {
-                backend,
-                namespace: String::new(),
-                views: Mutex::new(HashMap::new()),
-            }),
-        }
+        Self { inner: Arc::new(ClientInner { backend, namespace: String::new(), views: Mutex::new(HashMap::new()) }) }
     }
 
     /// A client over a fresh embedded in-memory store (single process).
@@ -69,7 +63,10 @@ impl Client {
             let config = crate::EtcdConfig::new(rest.split(',').map(str::trim).filter(|s| !s.is_empty()));
             return Self::etcd(config).await;
         }
-        Err(Error::invalid("connect", format!("unsupported endpoint URL {url:?} (expected memory:// or etcd://host:port,…)")))
+        Err(Error::invalid(
+            "connect",
+            format!("unsupported endpoint URL {url:?} (expected memory:// or etcd://host:port,…)"),
+        ))
     }
 
     /// Connects to etcd.

@@ -62,10 +62,7 @@ impl Holding {
         if backend.write_if_held(&self.key, self.revision, writes).await? {
             Ok(())
         } else {
-            Err(Error::NotHeld {
-                what,
-                reason: format!("{} no longer exists with token {}", self.key, self.revision),
-            })
+            Err(Error::NotHeld { what, reason: format!("{} no longer exists with token {}", self.key, self.revision) })
         }
     }
 

@@ -40,9 +40,9 @@ mod name;
 mod queue;
 mod session;
 
-pub use backend::memory::MemoryBackend;
 #[cfg(feature = "etcd")]
 pub use backend::etcd::{EtcdConfig, TlsConfig};
+pub use backend::memory::MemoryBackend;
 pub use backend::{Backend, Write};
 pub use backoff::{Backoff, Delays, Jitter};
 pub use client::Client;

@@ -193,7 +193,8 @@ impl Mutex {
                 pending.abandon().await?;
                 return Ok(None);
             }
-            let rule = move |v: &crate::queue::View, rev| v.entries().next().is_some_and(|kv| kv.create_revision == rev);
+            let rule =
+                move |v: &crate::queue::View, rev| v.entries().next().is_some_and(|kv| kv.create_revision == rev);
             let turn = wait_turn(&self.session, &self.prefix, pending.key(), rev, rule);
             match with_deadline(wait, turn).await {
                 Some(r) => r?,

@@ -275,7 +275,11 @@ enum Stage {
 impl Pending {
     /// Sends `req` (in its own task). `local` is the session's local queue slot for the key;
     /// it is released only after the key is gone or handed to a guard.
-    pub(crate) fn start(session: &Session, req: CreateRequest, local: Option<tokio::sync::OwnedMutexGuard<()>>) -> Self {
+    pub(crate) fn start(
+        session: &Session,
+        req: CreateRequest,
+        local: Option<tokio::sync::OwnedMutexGuard<()>>,
+    ) -> Self {
         let backend = session.client().backend().clone();
         let key = req.key.clone();
         let task = tokio::spawn(async move { backend.create(req).await });

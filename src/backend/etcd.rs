@@ -135,7 +135,6 @@ mod tonic_code {
     pub const ABORTED: i32 = 10;
     pub const UNAVAILABLE: i32 = 14;
     pub const UNAUTHENTICATED: i32 = 16;
-
 }
 
 fn kv(kv: &etcd_client::KeyValue) -> KeyValue {
@@ -203,11 +202,8 @@ impl EtcdBackend {
             options = options.with_tls(t);
         }
         let joined = endpoints.join(",");
-        let connect_error = |reason: String| Error::Connect {
-            endpoints: joined.clone(),
-            timeout: config.connect_timeout,
-            reason,
-        };
+        let connect_error =
+            |reason: String| Error::Connect { endpoints: joined.clone(), timeout: config.connect_timeout, reason };
         let attempt = async {
             let mut client = etcd_client::Client::connect(&endpoints, Some(options)).await.map_err(map_err)?;
             // The channel connects lazily: make one real round trip now.
@@ -220,7 +216,9 @@ impl EtcdBackend {
             Ok(Err(e)) => {
                 let reason = e.to_string();
                 let lower = reason.to_lowercase();
-                if config.tls.is_some() && (lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")) {
+                if config.tls.is_some()
+                    && (lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake"))
+                {
                     return Err(Error::Tls(format!("{joined}: {reason}")));
                 }
                 return Err(connect_error(reason));
@@ -361,11 +359,12 @@ impl Backend for EtcdBackend {
         let cond = match req.precondition {
             Precondition::KeyAbsent => Compare::create_revision(req.key.clone(), CompareOp::Equal, 0),
             // Over a range, the comparison must hold for every key; an empty range passes.
-            Precondition::PrefixEmpty => Compare::create_revision(req.prefix.clone(), CompareOp::Equal, 0).with_prefix(),
+            Precondition::PrefixEmpty => {
+                Compare::create_revision(req.prefix.clone(), CompareOp::Equal, 0).with_prefix()
+            }
         };
-        let reads = || {
-            [TxnOp::get(req.key.clone(), None), TxnOp::get(req.prefix.clone(), Some(head_options(req.head_limit)))]
-        };
+        let reads =
+            || [TxnOp::get(req.key.clone(), None), TxnOp::get(req.prefix.clone(), Some(head_options(req.head_limit)))];
         let put = TxnOp::put(req.key.clone(), req.value.clone(), Some(PutOptions::new().with_lease(req.lease)));
         let mut then = vec![put];
         then.extend(reads());
@@ -422,7 +421,9 @@ impl Backend for EtcdBackend {
         let ops: Vec<TxnOp> = writes
             .into_iter()
             .map(|w| match w {
-                Write::Put { key, value, lease } => TxnOp::put(key, value, lease.map(|l| PutOptions::new().with_lease(l))),
+                Write::Put { key, value, lease } => {
+                    TxnOp::put(key, value, lease.map(|l| PutOptions::new().with_lease(l)))
+                }
                 Write::Delete { key } => TxnOp::delete(key, None),
             })
             .collect();

@@ -126,8 +126,7 @@ fn in_prefix(key: &str, prefix: &str) -> bool {
 
 impl State {
     fn expire_due(&mut self, now: Instant) {
-        let due: Vec<LeaseId> =
-            self.leases.iter().filter(|(_, l)| l.expires <= now).map(|(id, _)| *id).collect();
+        let due: Vec<LeaseId> = self.leases.iter().filter(|(_, l)| l.expires <= now).map(|(id, _)| *id).collect();
         for id in due {
             self.revoke(id);
         }

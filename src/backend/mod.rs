@@ -214,12 +214,8 @@ pub trait Backend: Send + Sync + Debug + 'static {
     ) -> Result<CasResponse>;
     /// Applies `writes` only if `guard_key` exists with `guard_create_revision`: the fenced
     /// write. True if applied.
-    async fn write_if_held(
-        &self,
-        guard_key: &str,
-        guard_create_revision: Revision,
-        writes: Vec<Write>,
-    ) -> Result<bool>;
+    async fn write_if_held(&self, guard_key: &str, guard_create_revision: Revision, writes: Vec<Write>)
+        -> Result<bool>;
 
     /// Opens a watch on every key under `prefix`; returns once it is registered.
     async fn watch_prefix(&self, prefix: &str) -> Result<Box<dyn WatchStream>>;
