@@ -33,10 +33,6 @@ impl Holding {
         self.revision as u64
     }
 
-    pub(crate) fn revision(&self) -> Revision {
-        self.revision
-    }
-
     pub(crate) fn key(&self) -> &str {
         &self.key
     }

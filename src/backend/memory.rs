@@ -291,7 +291,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<Box<dyn KeepAlive>> {
-        let _ = self.state()?;
+        drop(self.state()?); // only checks availability
         Ok(Box::new(MemoryKeepAlive { backend: self.clone(), lease }))
     }
 

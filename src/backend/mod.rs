@@ -23,7 +23,7 @@
 //!    watch's `start_revision`, in revision order, each revision complete in one batch. When
 //!    it cannot keep that promise (compaction, cancellation, a broken connection) the next
 //!    call to [`WatchStream::next`] returns an error, and the caller resynchronises.
-//! 6. **Errors.** Transport failures and unavailable members are [`Error::Unavailable`]
+//! 6. **Errors.** Transport failures and unavailable members are [`Error::Unavailable`](crate::Error::Unavailable)
 //!    (retried); everything else is permanent. A call never waits longer than the backend's
 //!    request timeout.
 //!
