@@ -42,6 +42,8 @@ use tokio::sync::oneshot;
 /// The keys under a prefix as of [`revision`](View::revision).
 #[derive(Debug, Default)]
 pub(crate) struct View {
+    /// The revision of the last read: events at or below it are already in the view.
+    base: Revision,
     revision: Revision,
     by_create: BTreeMap<Revision, KeyValue>,
     by_key: HashMap<String, Revision>,
@@ -73,6 +75,7 @@ impl View {
         for kv in kvs {
             self.insert(kv);
         }
+        self.base = revision;
         self.revision = revision;
     }
 
@@ -85,7 +88,9 @@ impl View {
 
     fn apply(&mut self, event: WatchEvent) {
         let rev = event.revision();
-        if rev <= self.revision {
+        // Compare with the read, not with `revision`: one revision may carry several events
+        // (a lease expiry deletes all its keys at once).
+        if rev <= self.base {
             return; // already in the snapshot
         }
         match event {
@@ -206,10 +211,17 @@ async fn follow(backend: Arc<dyn Backend>, prefix: String, state: Arc<Mutex<View
             loop {
                 let batch = watch.next().await?;
                 let mut st = state.lock();
-                for event in batch {
+                // Evaluate after each revision, not each batch (a batch may hold several): a
+                // subscriber sees every state the prefix went through.
+                let mut events = batch.into_iter().peekable();
+                while let Some(event) = events.next() {
+                    let rev = event.revision();
                     st.view.apply(event);
+                    while let Some(e) = events.next_if(|e| e.revision() == rev) {
+                        st.view.apply(e);
+                    }
+                    st.evaluate();
                 }
-                st.evaluate();
             }
             #[allow(unreachable_code)]
             Ok::<(), Error>(())
@@ -415,5 +427,44 @@ pub(crate) async fn wait_gone(session: &Session, prefix: &str, key: &str, rev: R
     tokio::select! {
         r = wait => r,
         _ = lost => Err(Error::SessionLost { lease: session.lease_id() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::memory::MemoryBackend;
+    use crate::backend::Precondition;
+    use crate::Client;
+
+    fn put(key: &str, lease: i64) -> CreateRequest {
+        CreateRequest {
+            key: key.into(),
+            value: Vec::new(),
+            lease,
+            precondition: Precondition::KeyAbsent,
+            prefix: "p/".into(),
+            head_limit: 0,
+        }
+    }
+
+    async fn count_is(view: &PrefixView, n: usize) {
+        let wait = view.wait_for(move |v| (v.entries().count() == n).then_some(()));
+        tokio::time::timeout(Duration::from_secs(5), wait).await.expect("view reached the count").unwrap();
+    }
+
+    #[tokio::test]
+    async fn applies_every_event_of_one_revision() {
+        let backend = MemoryBackend::new();
+        let client = Client::new(backend.clone());
+        let lease = backend.grant_lease(Duration::from_secs(60)).await.unwrap().id;
+        let view = client.view("p/");
+        count_is(&view, 0).await;
+        for key in ["p/a", "p/b", "p/c"] {
+            backend.create(put(key, lease)).await.unwrap();
+        }
+        count_is(&view, 3).await;
+        backend.expire_lease(lease); // one revision, three delete events
+        count_is(&view, 0).await;
     }
 }
