@@ -1,9 +1,13 @@
 //! # leasehold
 //!
 //! Fenced distributed locks over real consensus stores: a [`Mutex`] (fair queue or
-//! compare-and-swap), each acquisition with a **fencing token** the store or the resource
-//! can check, under a [`Session`] whose lease is renewed in the background and whose
-//! loss is reported.
+//! compare-and-swap) and a counting [`Semaphore`], each acquisition with a **fencing
+//! token** the store or the resource can check, under a [`Session`] whose lease is renewed
+//! in the background and whose loss is reported.
+//!
+//! All of them run on one wait engine: every waiter owns a key under the session's lease,
+//! ordered by create revision, and a shared live view of the prefix (one watch per
+//! prefix) wakes a waiter only when its admission rule holds.
 //!
 //! Backends: the embedded [`MemoryBackend`] (single process, demos, fast tests) and etcd
 //! ([`EtcdConfig`], feature `etcd`, on by default). Recipes are written once against the
@@ -38,6 +42,7 @@ mod local;
 mod mutex;
 mod name;
 mod queue;
+mod semaphore;
 mod session;
 
 #[cfg(feature = "etcd")]
@@ -50,4 +55,5 @@ pub use error::{Error, Result};
 pub use fencing::FencedResource;
 pub use mutex::{Holder, Mutex, MutexGuard, Strategy};
 pub use name::{validate_name, MAX_NAME_LEN};
+pub use semaphore::{Permit, Semaphore};
 pub use session::{Session, SessionBuilder, DEFAULT_TTL, MAX_TTL, MIN_TTL};
