@@ -1,9 +1,9 @@
 //! # leasehold
 //!
 //! Fenced distributed locks over real consensus stores: a [`Mutex`] (fair queue or
-//! compare-and-swap) and a counting [`Semaphore`], each acquisition with a **fencing
-//! token** the store or the resource can check, under a [`Session`] whose lease is renewed
-//! in the background and whose loss is reported.
+//! compare-and-swap), a counting [`Semaphore`] and a read-write [`RwLock`], each
+//! acquisition with a **fencing token** the store or the resource can check, under a [`Session`] whose lease is renewed in the background and whose loss is
+//! reported.
 //!
 //! All of them run on one wait engine: every waiter owns a key under the session's lease,
 //! ordered by create revision, and a shared live view of the prefix (one watch per
@@ -42,6 +42,7 @@ mod local;
 mod mutex;
 mod name;
 mod queue;
+mod rwlock;
 mod semaphore;
 mod session;
 
@@ -55,5 +56,6 @@ pub use error::{Error, Result};
 pub use fencing::FencedResource;
 pub use mutex::{Holder, Mutex, MutexGuard, Strategy};
 pub use name::{validate_name, MAX_NAME_LEN};
+pub use rwlock::{ReadGuard, RwLock, WriteGuard};
 pub use semaphore::{Permit, Semaphore};
 pub use session::{Session, SessionBuilder, DEFAULT_TTL, MAX_TTL, MIN_TTL};
