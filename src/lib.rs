@@ -1,8 +1,9 @@
 //! # leasehold
 //!
 //! Fenced distributed locks over real consensus stores: a [`Mutex`] (fair queue or
-//! compare-and-swap), a counting [`Semaphore`] and a read-write [`RwLock`], each
-//! acquisition with a **fencing token** the store or the resource can check, under a [`Session`] whose lease is renewed in the background and whose loss is
+//! compare-and-swap), a counting [`Semaphore`], a read-write [`RwLock`] and leader
+//! [`Election`], each acquisition with a **fencing token** the store or the resource can
+//! check, under a [`Session`] whose lease is renewed in the background and whose loss is
 //! reported.
 //!
 //! All of them run on one wait engine: every waiter owns a key under the session's lease,
@@ -35,6 +36,7 @@
 pub mod backend;
 mod backoff;
 mod client;
+mod election;
 mod error;
 mod fencing;
 mod guard;
@@ -52,6 +54,7 @@ pub use backend::memory::MemoryBackend;
 pub use backend::{Backend, Write};
 pub use backoff::{Backoff, Delays, Jitter};
 pub use client::Client;
+pub use election::{Election, LeaderInfo, Leadership, Observer};
 pub use error::{Error, Result};
 pub use fencing::FencedResource;
 pub use mutex::{Holder, Mutex, MutexGuard, Strategy};

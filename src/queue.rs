@@ -39,7 +39,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 /// The keys under a prefix as of [`revision`](View::revision).
@@ -197,10 +197,64 @@ impl PrefixView {
         rx.await.map_err(|_| self.failure())
     }
 
+    /// A standing subscription: reports `map(view)` once the view is synced, then again
+    /// after every applied revision at which it differs from the last value reported (or
+    /// from `last`, if given). Values queue up until [`Subscription::next`] takes them, so
+    /// none is missed however slowly the subscriber reads. After a broken watch the view
+    /// resynchronises and the subscription reports the state it finds (changes made and
+    /// undone while the watch was down are not seen). Dropping the subscription removes it
+    /// at the next evaluation.
+    pub(crate) fn subscribe<T>(
+        self: &Arc<Self>,
+        last: Option<T>,
+        mut map: impl FnMut(&View) -> T + Send + 'static,
+    ) -> Subscription<T>
+    where
+        T: PartialEq + Clone + Send + 'static,
+    {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut last = last;
+        let check: Check = Box::new(move |view| {
+            if tx.is_closed() {
+                return true;
+            }
+            let now = map(view);
+            if last.as_ref() != Some(&now) {
+                last = Some(now.clone());
+                return tx.send(now).is_err();
+            }
+            false
+        });
+        let mut st = self.state.lock();
+        if st.failed.is_none() {
+            st.waiters.push(check); // else the sender is dropped: `next` fails at once
+            st.evaluate();
+        }
+        Subscription { view: self.clone(), rx }
+    }
+
     /// The error a waiter gets once the view has failed.
     fn failure(&self) -> Error {
         let why = self.state.lock().failed.clone().unwrap_or_else(|| "view closed".into());
         Error::Store(format!("watch on {:?} failed: {why}", self.prefix))
+    }
+}
+
+/// See [`PrefixView::subscribe`].
+#[derive(Debug)]
+pub(crate) struct Subscription<T> {
+    view: Arc<PrefixView>,
+    rx: mpsc::UnboundedReceiver<T>,
+}
+
+impl<T> Subscription<T> {
+    /// The next value. Fails only if the view failed permanently (subscribe again: the
+    /// client then opens a new view).
+    pub(crate) async fn next(&mut self) -> Result<T> {
+        match self.rx.recv().await {
+            Some(v) => Ok(v),
+            None => Err(self.view.failure()),
+        }
     }
 }
 
@@ -587,7 +641,7 @@ impl Retry {
 mod tests {
     use super::*;
     use crate::backend::memory::MemoryBackend;
-    use crate::backend::Precondition;
+    use crate::backend::{Precondition, Write};
     use crate::Client;
 
     fn put(key: &str, lease: i64) -> CreateRequest {
@@ -619,5 +673,44 @@ mod tests {
         count_is(&view, 3).await;
         backend.expire_lease(lease); // one revision, three delete events
         count_is(&view, 0).await;
+    }
+
+    #[tokio::test]
+    async fn subscription_reports_each_distinct_state_in_order() {
+        let backend = MemoryBackend::new();
+        let client = Client::new(backend.clone());
+        let lease = backend.grant_lease(Duration::from_secs(60)).await.unwrap().id;
+        let mut sub = client.view("p/").subscribe(None, |v| v.entries().count());
+        assert_eq!(sub.next().await.unwrap(), 0, "the synced state comes first");
+        for key in ["p/a", "p/b", "p/c"] {
+            backend.create(put(key, lease)).await.unwrap();
+        }
+        // An update that leaves the count as it was is not reported.
+        let rewrite = Write::Put { key: "p/a".into(), value: b"x".to_vec(), lease: Some(lease) };
+        assert!(backend
+            .write_if_held("p/a", backend.get("p/a").await.unwrap().unwrap().create_revision, vec![rewrite])
+            .await
+            .unwrap());
+        backend.delete_if_created("p/b", backend.get("p/b").await.unwrap().unwrap().create_revision).await.unwrap();
+        // Read only now: every state was queued meanwhile.
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(tokio::time::timeout(Duration::from_secs(5), sub.next()).await.unwrap().unwrap());
+        }
+        assert_eq!(seen, [1, 2, 3, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_subscription_is_removed() {
+        let backend = MemoryBackend::new();
+        let client = Client::new(backend.clone());
+        let view = client.view("p/");
+        let mut sub = view.subscribe(None, |v| v.revision());
+        sub.next().await.unwrap();
+        drop(sub);
+        let lease = backend.grant_lease(Duration::from_secs(60)).await.unwrap().id;
+        backend.create(put("p/a", lease)).await.unwrap();
+        count_is(&view, 1).await; // an evaluation after the drop
+        assert_eq!(view.state.lock().waiters.len(), 0);
     }
 }
