@@ -28,6 +28,21 @@
 //! an RPC whose outcome nobody knows. If the caller is dropped before it turns the pending
 //! key into a guard, the drop waits (in the background) for the RPC and deletes the key
 //! if it was created, while still holding the session's local queue for that key.
+//!
+//! # The flows the recipes share
+//!
+//! | recipe | key | admission rule (on keys older than the waiter's) |
+//! |---|---|---|
+//! | `Mutex`, `Election` | `<prefix><lease hex>` | it is the oldest key |
+//! | `Semaphore` | `<prefix><lease hex>-<n>` | it is among the N oldest keys |
+//! | `RwLock` | `<prefix>read/…`, `<prefix>write/…` | reader: no older write key; writer: oldest |
+//!
+//! - [`enqueue`] is the pessimistic (fair) acquisition: create the key, let the head read
+//!   in the same call decide, else wait in the view for the rule.
+//! - [`Retry`] is the optimistic acquisition's wait: until a view predicate says the
+//!   resource may be free, then a jittered pause.
+//! - [`PrefixView::subscribe`] reports every distinct value of a function of the view (the
+//!   election observer).
 
 use crate::backend::{Backend, CreateRequest, CreateResponse, KeyValue, Revision, WatchEvent};
 use crate::backoff::{Backoff, Delays};
