@@ -1,9 +1,14 @@
 //! # leasehold
 //!
 //! Fenced distributed locks over real consensus stores: a [`Mutex`] (fair queue or
-//! compare-and-swap), each acquisition with a **fencing token** the store or the resource
-//! can check, under a [`Session`] whose lease is renewed in the background and whose
-//! loss is reported.
+//! compare-and-swap), a counting [`Semaphore`], a read-write [`RwLock`] and leader
+//! [`Election`], each acquisition with a **fencing token** the store or the resource can
+//! check, under a [`Session`] whose lease is renewed in the background and whose loss is
+//! reported.
+//!
+//! All of them run on one wait engine: every waiter owns a key under the session's lease,
+//! ordered by create revision, and a shared live view of the prefix (one watch per
+//! prefix) wakes a waiter only when its admission rule holds.
 //!
 //! Backends: the embedded [`MemoryBackend`] (single process, demos, fast tests) and etcd
 //! ([`EtcdConfig`], feature `etcd`, on by default). Recipes are written once against the
@@ -31,6 +36,7 @@
 pub mod backend;
 mod backoff;
 mod client;
+mod election;
 mod error;
 mod fencing;
 mod guard;
@@ -38,6 +44,8 @@ mod local;
 mod mutex;
 mod name;
 mod queue;
+mod rwlock;
+mod semaphore;
 mod session;
 
 #[cfg(feature = "etcd")]
@@ -46,8 +54,11 @@ pub use backend::memory::MemoryBackend;
 pub use backend::{Backend, Write};
 pub use backoff::{Backoff, Delays, Jitter};
 pub use client::{Client, KEPT_VIEWS};
+pub use election::{Election, LeaderInfo, Leadership, Observer};
 pub use error::{Error, Result};
 pub use fencing::FencedResource;
 pub use mutex::{Holder, Mutex, MutexGuard, Strategy};
 pub use name::{validate_name, MAX_NAME_LEN};
+pub use rwlock::{ReadGuard, RwLock, WriteGuard};
+pub use semaphore::{Permit, Semaphore};
 pub use session::{Session, SessionBuilder, DEFAULT_TTL, MAX_TTL, MIN_TTL};

@@ -4,14 +4,13 @@ use crate::backend::{CreateRequest, Precondition, Write};
 use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
 use crate::guard::Holding;
-use crate::queue::{wait_gone, wait_turn, Pending};
+use crate::queue::{enqueue, gone, with_deadline, Admission, Pending, Retry, Ticket, View, Wait};
 use crate::Session;
 use std::future::Future;
 use std::time::Duration;
-use tokio::time::Instant;
 use tracing::Instrument;
 
-/// How an acquisition contends.
+/// How an acquisition contends (for a [`Mutex`] or a [`Semaphore`](crate::Semaphore)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Strategy {
     /// A fair FIFO queue (etcd's recipe): enqueue a key, wait for the one ahead to go.
@@ -20,7 +19,8 @@ pub enum Strategy {
     Pessimistic,
     /// Compare-and-swap: create the key only if nobody holds the name; on conflict wait for
     /// the holder to go and retry after a jittered delay. No queue, not fair; cheapest when
-    /// contention is rare.
+    /// contention is rare. (A semaphore creates its key and deletes it again at once if it
+    /// is not among the first N.)
     Optimistic,
 }
 
@@ -132,7 +132,7 @@ impl Mutex {
 
     /// Waits at most `timeout`; fails with [`Error::Timeout`], leaving nothing behind.
     pub async fn lock_timeout(&self, timeout: Duration) -> Result<MutexGuard> {
-        match self.acquire(Wait::Until(Instant::now() + timeout)).await? {
+        match self.acquire(Wait::at_most(timeout)).await? {
             Some(g) => Ok(g),
             None => Err(Error::Timeout { what: "mutex", after: timeout }),
         }
@@ -181,36 +181,19 @@ impl Mutex {
     }
 
     async fn acquire_queued(&self, wait: Wait, local: tokio::sync::OwnedMutexGuard<()>) -> Result<Option<MutexGuard>> {
-        let mut pending = Pending::start(&self.session, self.request(Precondition::KeyAbsent), Some(local));
-        let resp = pending.response().await?;
-        let Some(mine) = resp.mine.filter(|kv| kv.lease == self.session.lease_id()) else {
-            return Err(Error::Store(format!("mutex: {} exists under another lease", self.key)));
-        };
-        let rev = mine.create_revision;
-        let first = resp.head.first().is_some_and(|kv| kv.key == self.key);
-        if !first {
-            if wait == Wait::No {
-                pending.abandon().await?;
-                return Ok(None);
-            }
-            let rule =
-                move |v: &crate::queue::View, rev| v.entries().next().is_some_and(|kv| kv.create_revision == rev);
-            let turn = wait_turn(&self.session, &self.prefix, pending.key(), rev, rule);
-            match with_deadline(wait, turn).await {
-                Some(r) => r?,
-                None => {
-                    pending.abandon().await?;
-                    return Ok(None);
-                }
-            }
+        let ticket =
+            Ticket { what: "mutex", req: self.request(Precondition::KeyAbsent), local: Some(local), adopt: true };
+        let first = |v: &View, rev| v.entries().next().is_some_and(|kv| kv.create_revision == rev);
+        match enqueue(&self.session, ticket, wait, first).await? {
+            Admission::Held(hold, _) => Ok(Some(MutexGuard { hold })),
+            Admission::NotAdmitted => Ok(None),
+            Admission::KeyTaken => unreachable!("adopt is set"),
         }
-        let local = pending.keep();
-        Ok(Some(MutexGuard { hold: Holding::new(self.session.clone(), self.key.clone(), rev, local) }))
     }
 
     async fn acquire_cas(&self, wait: Wait, local: tokio::sync::OwnedMutexGuard<()>) -> Result<Option<MutexGuard>> {
         let mut local = Some(local);
-        let mut delays = self.backoff.delays();
+        let mut retry = Retry::new(wait, &self.backoff);
         loop {
             let mut pending = Pending::start(&self.session, self.request(Precondition::PrefixEmpty), local.take());
             let resp = pending.response().await?;
@@ -226,42 +209,12 @@ impl Mutex {
                 }
                 _ => {}
             }
-            let local_back = pending.keep();
+            local = pending.keep();
             let Some(h) = holder else { continue }; // freed in between: try again at once
-            if wait == Wait::No {
+            if !retry.after(&self.session, &self.prefix, gone(&h.key, h.create_revision)).await? {
                 return Ok(None);
             }
-            let gone = wait_gone(&self.session, &self.prefix, &h.key, h.create_revision);
-            let pause = delays.next().unwrap_or(self.backoff.cap);
-            let waited = async {
-                gone.await?;
-                tokio::time::sleep(pause).await;
-                Ok::<(), Error>(())
-            };
-            match with_deadline(wait, waited).await {
-                Some(r) => r?,
-                None => return Ok(None),
-            }
-            local = local_back;
         }
-    }
-}
-
-/// How long an acquisition may wait.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Wait {
-    No,
-    Until(Instant),
-    Forever,
-}
-
-/// Runs `fut`, giving up (None) at the deadline of `wait` (`Wait::No` callers only pass
-/// futures that do not wait).
-pub(crate) async fn with_deadline<T>(wait: Wait, fut: impl Future<Output = T>) -> Option<T> {
-    match wait {
-        Wait::Forever => Some(fut.await),
-        Wait::Until(at) => tokio::time::timeout_at(at, fut).await.ok(),
-        Wait::No => Some(fut.await),
     }
 }
 

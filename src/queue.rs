@@ -28,20 +28,40 @@
 //! an RPC whose outcome nobody knows. If the caller is dropped before it turns the pending
 //! key into a guard, the drop waits (in the background) for the RPC and deletes the key
 //! if it was created, while still holding the session's local queue for that key.
+//!
+//! # The flows the recipes share
+//!
+//! | recipe | key | admission rule (on keys older than the waiter's) |
+//! |---|---|---|
+//! | `Mutex`, `Election` | `<prefix><lease hex>` | it is the oldest key |
+//! | `Semaphore` | `<prefix><lease hex>-<n>` | it is among the N oldest keys |
+//! | `RwLock` | `<prefix>read/…`, `<prefix>write/…` | reader: no older write key; writer: oldest |
+//!
+//! - [`enqueue`] is the pessimistic (fair) acquisition: create the key, let the head read
+//!   in the same call decide, else wait in the view for the rule.
+//! - [`Retry`] is the optimistic acquisition's wait: until a view predicate says the
+//!   resource may be free, then a jittered pause.
+//! - [`PrefixView::subscribe`] reports every distinct value of a function of the view (the
+//!   election observer).
 
 use crate::backend::{Backend, CreateRequest, CreateResponse, KeyValue, Revision, WatchEvent};
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, Delays};
 use crate::error::{Error, Result};
+use crate::guard::Holding;
 use crate::Session;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 /// The keys under a prefix as of [`revision`](View::revision).
 #[derive(Debug, Default)]
 pub(crate) struct View {
+    /// The revision of the last read: events at or below it are already in the view.
+    base: Revision,
     revision: Revision,
     by_create: BTreeMap<Revision, KeyValue>,
     by_key: HashMap<String, Revision>,
@@ -63,12 +83,20 @@ impl View {
         self.by_key.get(key).and_then(|r| self.by_create.get(r))
     }
 
+    /// A view of `kvs` (a complete head of the prefix, oldest first) read at `revision`.
+    fn snapshot(kvs: Vec<KeyValue>, revision: Revision) -> Self {
+        let mut view = Self::default();
+        view.reset(kvs, revision);
+        view
+    }
+
     fn reset(&mut self, kvs: Vec<KeyValue>, revision: Revision) {
         self.by_create.clear();
         self.by_key.clear();
         for kv in kvs {
             self.insert(kv);
         }
+        self.base = revision;
         self.revision = revision;
     }
 
@@ -81,7 +109,9 @@ impl View {
 
     fn apply(&mut self, event: WatchEvent) {
         let rev = event.revision();
-        if rev <= self.revision {
+        // Compare with the read, not with `revision`: one revision may carry several events
+        // (a lease expiry deletes all its keys at once).
+        if rev <= self.base {
             return; // already in the snapshot
         }
         match event {
@@ -174,16 +204,74 @@ impl PrefixView {
         });
         {
             let mut st = self.state.lock();
-            if let Some(why) = &st.failed {
-                return Err(Error::Store(format!("watch on {:?} failed: {why}", self.prefix)));
+            if st.failed.is_some() {
+                drop(st);
+                return Err(self.failure());
             }
             st.waiters.push(check);
             st.evaluate();
         }
-        rx.await.map_err(|_| {
-            let why = self.state.lock().failed.clone().unwrap_or_else(|| "view closed".into());
-            Error::Store(format!("watch on {:?} failed: {why}", self.prefix))
-        })
+        rx.await.map_err(|_| self.failure())
+    }
+
+    /// A standing subscription: reports `map(view)` once the view is synced, then again
+    /// after every applied revision at which it differs from the last value reported (or
+    /// from `last`, if given). Values queue up until [`Subscription::next`] takes them, so
+    /// none is missed however slowly the subscriber reads. After a broken watch the view
+    /// resynchronises and the subscription reports the state it finds (changes made and
+    /// undone while the watch was down are not seen). Dropping the subscription removes it
+    /// at the next evaluation.
+    pub(crate) fn subscribe<T>(
+        self: &Arc<Self>,
+        last: Option<T>,
+        mut map: impl FnMut(&View) -> T + Send + 'static,
+    ) -> Subscription<T>
+    where
+        T: PartialEq + Clone + Send + 'static,
+    {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut last = last;
+        let check: Check = Box::new(move |view| {
+            if tx.is_closed() {
+                return true;
+            }
+            let now = map(view);
+            if last.as_ref() != Some(&now) {
+                last = Some(now.clone());
+                return tx.send(now).is_err();
+            }
+            false
+        });
+        let mut st = self.state.lock();
+        if st.failed.is_none() {
+            st.waiters.push(check); // else the sender is dropped: `next` fails at once
+            st.evaluate();
+        }
+        Subscription { view: self.clone(), rx }
+    }
+
+    /// The error a waiter gets once the view has failed.
+    fn failure(&self) -> Error {
+        let why = self.state.lock().failed.clone().unwrap_or_else(|| "view closed".into());
+        Error::Store(format!("watch on {:?} failed: {why}", self.prefix))
+    }
+}
+
+/// See [`PrefixView::subscribe`].
+#[derive(Debug)]
+pub(crate) struct Subscription<T> {
+    view: Arc<PrefixView>,
+    rx: mpsc::UnboundedReceiver<T>,
+}
+
+impl<T> Subscription<T> {
+    /// The next value. Fails only if the view failed permanently (subscribe again: the
+    /// client then opens a new view).
+    pub(crate) async fn next(&mut self) -> Result<T> {
+        match self.rx.recv().await {
+            Some(v) => Ok(v),
+            None => Err(self.view.failure()),
+        }
     }
 }
 
@@ -204,10 +292,17 @@ async fn follow(backend: Arc<dyn Backend>, prefix: String, state: Arc<Mutex<View
             loop {
                 let batch = watch.next().await?;
                 let mut st = state.lock();
-                for event in batch {
+                // Evaluate after each revision, not each batch (a batch may hold several): a
+                // subscriber sees every state the prefix went through.
+                let mut events = batch.into_iter().peekable();
+                while let Some(event) = events.next() {
+                    let rev = event.revision();
                     st.view.apply(event);
+                    while let Some(e) = events.next_if(|e| e.revision() == rev) {
+                        st.view.apply(e);
+                    }
+                    st.evaluate();
                 }
-                st.evaluate();
             }
             #[allow(unreachable_code)]
             Ok::<(), Error>(())
@@ -310,23 +405,20 @@ impl Pending {
         Ok(resp)
     }
 
-    /// The key.
-    pub(crate) fn key(&self) -> &str {
-        &self.key
-    }
-
     /// Keeps the key: the caller now owns it (as a guard) and must release it.
     pub(crate) fn keep(mut self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
         self.stage = Stage::Done;
         self.local.take()
     }
 
-    /// Deletes the key now (a failed try, a timeout) and waits for it.
+    /// Deletes the key now (a failed try, a timeout) and waits for it. If this future is
+    /// dropped, or the delete fails, the key is still [`Stage::Exists`] and `Drop` deletes
+    /// it in the background.
     pub(crate) async fn abandon(mut self) -> Result<()> {
-        if let Stage::Exists(rev) = std::mem::replace(&mut self.stage, Stage::Done) {
+        if let Stage::Exists(rev) = self.stage {
             let backend = self.session.client().backend().clone();
-            let key = self.key.clone();
-            release_retry(&*backend, &key, rev).await?;
+            release_retry(&*backend, &self.key, rev).await?;
+            self.stage = Stage::Done;
         }
         Ok(())
     }
@@ -380,6 +472,49 @@ pub(crate) async fn release_retry(backend: &dyn Backend, key: &str, create_revis
     policy.retry(|| backend.delete_if_created(key, create_revision)).await
 }
 
+/// How long an acquisition may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Not at all: a try.
+    No,
+    /// Until this instant.
+    Until(Instant),
+    /// Until admitted (or the session is lost).
+    Forever,
+}
+
+impl Wait {
+    /// At most `timeout` from now.
+    pub(crate) fn at_most(timeout: Duration) -> Self {
+        Wait::Until(Instant::now() + timeout)
+    }
+}
+
+/// Runs `fut`, giving up (None) at the deadline of `wait` (`Wait::No` callers only pass
+/// futures that do not wait).
+pub(crate) async fn with_deadline<T>(wait: Wait, fut: impl Future<Output = T>) -> Option<T> {
+    match wait {
+        Wait::Forever => Some(fut.await),
+        Wait::Until(at) => tokio::time::timeout_at(at, fut).await.ok(),
+        Wait::No => Some(fut.await),
+    }
+}
+
+/// Waits until `pred` returns `Some` on the live view of `prefix`. Fails with `SessionLost`
+/// if the session is lost first.
+pub(crate) async fn wait_view<R: Send + 'static>(
+    session: &Session,
+    prefix: &str,
+    pred: impl FnMut(&View) -> Option<R> + Send + 'static,
+) -> Result<R> {
+    let view = session.client().view(prefix);
+    let lost = session.lost();
+    tokio::select! {
+        r = view.wait_for(pred) => r,
+        _ = lost => Err(Error::SessionLost { lease: session.lease_id() }),
+    }
+}
+
 /// Waits for the key `(key, rev)` to be admitted by `rule` in the live view of `prefix`.
 /// Fails with `SessionLost` if the key disappears or the session is lost meanwhile.
 pub(crate) async fn wait_turn(
@@ -389,31 +524,212 @@ pub(crate) async fn wait_turn(
     rev: Revision,
     rule: impl Fn(&View, Revision) -> bool + Send + 'static,
 ) -> Result<()> {
-    let view = session.client().view(prefix);
     let k = key.to_owned();
-    let wait = view.wait_for(move |v| match turn(v, &k, rev, &rule)? {
+    let t = wait_view(session, prefix, move |v| match turn(v, &k, rev, &rule)? {
         Turn::Wait => None,
         t => Some(t),
-    });
-    let lost = session.lost();
-    tokio::select! {
-        t = wait => match t? {
-            Turn::Ready => Ok(()),
-            _ => Err(Error::SessionLost { lease: session.lease_id() }),
-        },
-        _ = lost => Err(Error::SessionLost { lease: session.lease_id() }),
+    })
+    .await?;
+    match t {
+        Turn::Ready => Ok(()),
+        _ => Err(Error::SessionLost { lease: session.lease_id() }),
     }
 }
 
-/// Waits until the key `(key, rev)` that was seen under `prefix` is gone (deleted, or
-/// re-created with another revision): the optimistic strategy's "wait for the holder".
-pub(crate) async fn wait_gone(session: &Session, prefix: &str, key: &str, rev: Revision) -> Result<()> {
-    let view = session.client().view(prefix);
-    let k = key.to_owned();
-    let wait = view.wait_for(move |v| (turn(v, &k, rev, &|_, _| false)? == Turn::Gone).then_some(()));
-    let lost = session.lost();
-    tokio::select! {
-        r = wait => r,
-        _ = lost => Err(Error::SessionLost { lease: session.lease_id() }),
+/// A view predicate: the key `(key, rev)` that was seen is gone (deleted, or re-created with
+/// another revision). The optimistic strategy's "the holder went".
+pub(crate) fn gone(key: &str, rev: Revision) -> impl FnMut(&View) -> bool + Send + 'static {
+    let key = key.to_owned();
+    move |v| turn(v, &key, rev, &|_, _| false) == Some(Turn::Gone)
+}
+
+/// One key to enqueue with [`enqueue`].
+#[derive(Debug)]
+pub(crate) struct Ticket {
+    /// The subsystem, for errors.
+    pub(crate) what: &'static str,
+    /// The create call (key, value, lease, prefix and how much of its head to read).
+    pub(crate) req: CreateRequest,
+    /// The session's local queue slot, for recipes whose key is one per session; released
+    /// only once the key is gone or handed to the guard.
+    pub(crate) local: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// What to do if the key already exists under this session's lease: take it over (a
+    /// re-attached session reclaims its mutex), or leave it alone and return
+    /// [`Admission::KeyTaken`] (recipes with one key per acquisition pick another key).
+    pub(crate) adopt: bool,
+}
+
+/// The outcome of [`enqueue`].
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// Admitted. The key as the create call saw it (an adopted key keeps its old value).
+    Held(Holding, KeyValue),
+    /// A try that was not admitted at once, or a deadline that passed; the key is gone.
+    NotAdmitted,
+    /// The key already existed under this session's lease and `adopt` was false; nothing
+    /// was written or deleted.
+    KeyTaken,
+}
+
+/// The pessimistic (queued, fair) acquisition every queue recipe runs: create the key under
+/// the session's lease through [`Pending`] (cancellation-safe), and unless `rule` admits it
+/// at once, wait in the live view until it does. A try (`Wait::No`) or a deadline that
+/// passes deletes the key again and returns [`Admission::NotAdmitted`].
+///
+/// `rule(view, rev)` says whether the key created at `rev` is admitted. It must depend only
+/// on the keys created before `rev` (true of every rule in the crate: "first", "among the
+/// first N", "no writer ahead"): then the head the create call read decides it whenever
+/// the head contains the key, with no further read.
+pub(crate) async fn enqueue(
+    session: &Session,
+    ticket: Ticket,
+    wait: Wait,
+    rule: impl Fn(&View, Revision) -> bool + Send + 'static,
+) -> Result<Admission> {
+    let Ticket { what, req, local, adopt } = ticket;
+    let (key, prefix) = (req.key.clone(), req.prefix.clone());
+    let mut pending = Pending::start(session, req, local);
+    let resp = pending.response().await?;
+    let Some(mine) = resp.mine.clone().filter(|kv| kv.lease == session.lease_id()) else {
+        return Err(Error::Store(format!("{what}: {key} exists under another lease")));
+    };
+    if !resp.created && !adopt {
+        drop(pending.keep()); // not this acquisition's key: leave it
+        return Ok(Admission::KeyTaken);
+    }
+    let rev = mine.create_revision;
+    let head = View::snapshot(resp.head, resp.revision);
+    if turn(&head, &key, rev, &rule) != Some(Turn::Ready) {
+        if wait == Wait::No {
+            pending.abandon().await?;
+            return Ok(Admission::NotAdmitted);
+        }
+        match with_deadline(wait, wait_turn(session, &prefix, &key, rev, rule)).await {
+            Some(r) => r?,
+            None => {
+                pending.abandon().await?;
+                return Ok(Admission::NotAdmitted);
+            }
+        }
+    }
+    let local = pending.keep();
+    Ok(Admission::Held(Holding::new(session.clone(), key, rev, local), mine))
+}
+
+/// The waiting half of an optimistic (compare-and-swap) acquisition. After an attempt that
+/// found the resource busy, [`Retry::after`] waits until the live view says it may be free
+/// and then a jittered pause from the recipe's [`Backoff`], so that waiters woken by the
+/// same release do not all retry at once. Not fair: nobody keeps a place in a queue.
+#[derive(Debug)]
+pub(crate) struct Retry {
+    wait: Wait,
+    cap: Duration,
+    delays: Delays,
+}
+
+impl Retry {
+    pub(crate) fn new(wait: Wait, backoff: &Backoff) -> Self {
+        Self { wait, cap: backoff.cap, delays: backoff.delays() }
+    }
+
+    /// Waits until `free` holds on the live view of `prefix`, then pauses. False when the
+    /// caller must give up instead: a try, or the deadline passed.
+    pub(crate) async fn after(
+        &mut self,
+        session: &Session,
+        prefix: &str,
+        mut free: impl FnMut(&View) -> bool + Send + 'static,
+    ) -> Result<bool> {
+        if self.wait == Wait::No {
+            return Ok(false);
+        }
+        let pause = self.delays.next().unwrap_or(self.cap);
+        let waited = async {
+            wait_view(session, prefix, move |v| free(v).then_some(())).await?;
+            tokio::time::sleep(pause).await;
+            Ok::<(), Error>(())
+        };
+        match with_deadline(self.wait, waited).await {
+            Some(r) => r.map(|()| true),
+            None => Ok(false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::memory::MemoryBackend;
+    use crate::backend::{Precondition, Write};
+    use crate::Client;
+
+    fn put(key: &str, lease: i64) -> CreateRequest {
+        CreateRequest {
+            key: key.into(),
+            value: Vec::new(),
+            lease,
+            precondition: Precondition::KeyAbsent,
+            prefix: "p/".into(),
+            head_limit: 0,
+        }
+    }
+
+    async fn count_is(view: &PrefixView, n: usize) {
+        let wait = view.wait_for(move |v| (v.entries().count() == n).then_some(()));
+        tokio::time::timeout(Duration::from_secs(5), wait).await.expect("view reached the count").unwrap();
+    }
+
+    #[tokio::test]
+    async fn applies_every_event_of_one_revision() {
+        let backend = MemoryBackend::new();
+        let client = Client::new(backend.clone());
+        let lease = backend.grant_lease(Duration::from_secs(60)).await.unwrap().id;
+        let view = client.view("p/");
+        count_is(&view, 0).await;
+        for key in ["p/a", "p/b", "p/c"] {
+            backend.create(put(key, lease)).await.unwrap();
+        }
+        count_is(&view, 3).await;
+        backend.expire_lease(lease); // one revision, three delete events
+        count_is(&view, 0).await;
+    }
+
+    #[tokio::test]
+    async fn subscription_reports_each_distinct_state_in_order() {
+        let backend = MemoryBackend::new();
+        let client = Client::new(backend.clone());
+        let lease = backend.grant_lease(Duration::from_secs(60)).await.unwrap().id;
+        let mut sub = client.view("p/").subscribe(None, |v| v.entries().count());
+        assert_eq!(sub.next().await.unwrap(), 0, "the synced state comes first");
+        for key in ["p/a", "p/b", "p/c"] {
+            backend.create(put(key, lease)).await.unwrap();
+        }
+        // An update that leaves the count as it was is not reported.
+        let rewrite = Write::Put { key: "p/a".into(), value: b"x".to_vec(), lease: Some(lease) };
+        assert!(backend
+            .write_if_held("p/a", backend.get("p/a").await.unwrap().unwrap().create_revision, vec![rewrite])
+            .await
+            .unwrap());
+        backend.delete_if_created("p/b", backend.get("p/b").await.unwrap().unwrap().create_revision).await.unwrap();
+        // Read only now: every state was queued meanwhile.
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(tokio::time::timeout(Duration::from_secs(5), sub.next()).await.unwrap().unwrap());
+        }
+        assert_eq!(seen, [1, 2, 3, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_subscription_is_removed() {
+        let backend = MemoryBackend::new();
+        let client = Client::new(backend.clone());
+        let view = client.view("p/");
+        let mut sub = view.subscribe(None, |v| v.revision());
+        sub.next().await.unwrap();
+        drop(sub);
+        let lease = backend.grant_lease(Duration::from_secs(60)).await.unwrap().id;
+        backend.create(put("p/a", lease)).await.unwrap();
+        count_is(&view, 1).await; // an evaluation after the drop
+        assert_eq!(view.state.lock().waiters.len(), 0);
     }
 }

@@ -9,7 +9,7 @@ use crate::Client;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -85,6 +85,7 @@ impl SessionBuilder {
             ttl,
             shared: shared.clone(),
             locals: Mutex::new(HashMap::new()),
+            seq: AtomicU64::new(0),
             keepalive: Mutex::new(None),
         });
         let span = tracing::info_span!("session", lease = format_args!("{lease:x}"));
@@ -132,6 +133,9 @@ struct SessionInner {
     /// Local FIFO queues, one per key this session acquires: two tasks of one session
     /// never race for the same key (they would share `<prefix>/<lease>`).
     locals: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+    /// Numbers the keys of recipes that take one key per acquisition (semaphore permits,
+    /// read/write locks): `<lease hex>-<n>`.
+    seq: AtomicU64,
     keepalive: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -244,6 +248,12 @@ impl Session {
                 shared.background.idle.notify_waiters();
             }
         });
+    }
+
+    /// A number this session has not handed out before, for per-acquisition keys. A
+    /// re-attached session starts again at 0, so a key made from it may already exist.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.inner.seq.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The local FIFO queue for `key` (shared by every handle of this session on it).

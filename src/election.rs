@@ -1,0 +1,237 @@
+//! Leader election with fenced leadership and an observer that also reports "no leader".
+
+use crate::backend::{CreateRequest, KeyValue, LeaseId, Precondition, Write};
+use crate::error::Result;
+use crate::guard::Holding;
+use crate::queue::{enqueue, Admission, Subscription, Ticket, View, Wait};
+use crate::{Client, Session};
+use std::future::Future;
+use tracing::Instrument;
+
+/// A leader election.
+///
+/// Keys follow etcd's Go `concurrency.Election`: every candidate owns the key
+/// `<namespace><name>/<lease id in hex>` with its proposal as the value, and the leader is
+/// the candidate whose key has the lowest create revision. A leasehold election,
+/// `etcdctl elect <name> <proposal>` and Go services using
+/// `concurrency.NewElection(s, "<name>")` therefore elect one leader together, and each
+/// side sees the other's proposals.
+///
+/// A leadership's **fencing token** is its key's create revision, so tokens strictly
+/// increase from term to term.
+///
+/// One session campaigns once at a time: a second [`campaign`](Election::campaign) through
+/// the same session waits until the first leadership is resigned (they would share a key).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
+/// use leasehold::{Client, Election};
+/// let client = Client::memory();
+/// let session = client.session().await?;
+/// let election = Election::new(&session, "scheduler")?;
+/// let mut observer = election.observe();
+/// assert_eq!(observer.changed().await?, None); // no leader yet
+///
+/// let leadership = election.campaign("node-1:8080").await?;
+/// let leader = election.leader().await?.expect("elected");
+/// assert_eq!((leader.value.as_slice(), leader.token), (&b"node-1:8080"[..], leadership.fencing_token()));
+/// leadership.proclaim("node-1:9090").await?; // a new value, same term
+///
+/// assert_eq!(observer.changed().await?.map(|l| l.value), Some(b"node-1:8080".to_vec()));
+/// assert_eq!(observer.changed().await?.map(|l| l.value), Some(b"node-1:9090".to_vec()));
+/// leadership.resign().await?;
+/// assert_eq!(observer.changed().await?, None);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Election {
+    session: Session,
+    name: String,
+    prefix: String,
+    key: String,
+}
+
+/// The leader of an election, as read from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderInfo {
+    /// The leader's proposal (its key's value).
+    pub value: Vec<u8>,
+    /// The leadership's fencing token (its key's create revision).
+    pub token: u64,
+    /// The leader's key.
+    pub key: String,
+    /// The leader's lease.
+    pub lease: LeaseId,
+}
+
+impl From<&KeyValue> for LeaderInfo {
+    fn from(kv: &KeyValue) -> Self {
+        Self { value: kv.value.clone(), token: kv.create_revision as u64, key: kv.key.clone(), lease: kv.lease }
+    }
+}
+
+impl Election {
+    /// An election on `name`. Fails for an invalid name.
+    pub fn new(session: &Session, name: &str) -> Result<Self> {
+        let prefix = session.client().prefix_of(name)?;
+        let key = format!("{prefix}{:x}", session.lease_id());
+        Ok(Self { session: session.clone(), name: name.to_owned(), prefix, key })
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The key this session campaigns with.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Becomes a candidate with `value` and waits until this session is the leader.
+    ///
+    /// If the session's key already exists (a re-attached session), it is taken over and
+    /// its value replaced by `value` once elected.
+    ///
+    /// Fails with [`Error::SessionLost`](crate::Error::SessionLost) if the session is lost while waiting.
+    ///
+    /// # Cancel safety
+    /// Dropping the future at any point withdraws the candidacy: no key is left behind (see
+    /// [`Session::settle`]).
+    pub async fn campaign(&self, value: impl Into<Vec<u8>>) -> Result<Leadership> {
+        let value = value.into();
+        self.session.check()?;
+        let span = tracing::debug_span!("election.campaign", name = %self.name);
+        async {
+            let local = self.session.local_queue(&self.key).lock_owned().await;
+            let req = CreateRequest {
+                key: self.key.clone(),
+                value: value.clone(),
+                lease: self.session.lease_id(),
+                precondition: Precondition::KeyAbsent,
+                prefix: self.prefix.clone(),
+                head_limit: 1,
+            };
+            let ticket = Ticket { what: "election", req, local: Some(local), adopt: true };
+            let first = |v: &View, rev| v.entries().next().is_some_and(|kv| kv.create_revision == rev);
+            let (hold, kv) = match enqueue(&self.session, ticket, Wait::Forever, first).await? {
+                Admission::Held(hold, kv) => (hold, kv),
+                Admission::NotAdmitted | Admission::KeyTaken => unreachable!("waits forever and adopts"),
+            };
+            let leadership = Leadership { hold };
+            if kv.value != value {
+                leadership.proclaim(value).await?;
+            }
+            tracing::debug!(token = leadership.fencing_token(), "elected");
+            Ok(leadership)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The current leader, if any (a snapshot: it may change at once).
+    pub async fn leader(&self) -> Result<Option<LeaderInfo>> {
+        let (kvs, _) = self.session.client().backend().range_prefix(&self.prefix, 1).await?;
+        Ok(kvs.first().map(LeaderInfo::from))
+    }
+
+    /// Follows the leader: see [`Observer`].
+    pub fn observe(&self) -> Observer {
+        Observer { client: self.session.client().clone(), prefix: self.prefix.clone(), last: None, sub: None }
+    }
+}
+
+/// Reports every change of an election's leader, including "no leader".
+///
+/// The first [`changed`](Observer::changed) returns the leader at the time the observer's
+/// view synchronised (`None` if there is none); each later call returns the next state that
+/// differs from the last one returned: a new leader, a new value [proclaimed](Leadership::proclaim)
+/// by the same leader, or `None` when the last candidate went. States are queued, so none
+/// is missed between calls.
+///
+/// The observer runs on the client's live view of the election prefix (no watch of its own).
+/// If the watch breaks, the view resynchronises and the observer carries on from the state
+/// it finds; it does not stop. Only a permanent store failure makes `changed` fail; the next
+/// call then subscribes afresh.
+#[derive(Debug)]
+pub struct Observer {
+    client: Client,
+    prefix: String,
+    last: Option<Option<LeaderInfo>>,
+    sub: Option<Subscription<Option<LeaderInfo>>>,
+}
+
+impl Observer {
+    /// Waits for the next leader state (see [`Observer`]).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a state is consumed only when this returns it.
+    pub async fn changed(&mut self) -> Result<Option<LeaderInfo>> {
+        let sub = match &mut self.sub {
+            Some(sub) => sub,
+            None => {
+                let view = self.client.view(&self.prefix);
+                self.sub.insert(view.subscribe(self.last.clone(), |v| v.entries().next().map(LeaderInfo::from)))
+            }
+        };
+        match sub.next().await {
+            Ok(now) => {
+                self.last = Some(now.clone());
+                Ok(now)
+            }
+            Err(e) => {
+                self.sub = None;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Leadership of an election. Ends by [`resign`](Leadership::resign), in the background
+/// on drop, or with the session.
+#[derive(Debug)]
+pub struct Leadership {
+    hold: Holding,
+}
+
+impl Leadership {
+    /// The fencing token: strictly greater than every earlier leader's token of this election.
+    pub fn fencing_token(&self) -> u64 {
+        self.hold.token()
+    }
+
+    /// The leader key (`<prefix><lease hex>`).
+    pub fn key(&self) -> &str {
+        self.hold.key()
+    }
+
+    /// True while leading and the session is before its validity deadline.
+    pub fn is_valid(&self) -> bool {
+        self.hold.is_valid()
+    }
+
+    /// Completes when the session is lost (leadership must be treated as gone).
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.hold.lost()
+    }
+
+    /// The session the leadership is held through.
+    pub fn session(&self) -> &Session {
+        self.hold.session()
+    }
+
+    /// Announces a new value without a new election: a fenced write of the leader key that
+    /// keeps its lease. Fails with [`Error::NotHeld`](crate::Error::NotHeld) if this is no longer the leader (its key
+    /// is gone, e.g. the lease expired), writing nothing.
+    pub async fn proclaim(&self, value: impl Into<Vec<u8>>) -> Result<()> {
+        let key = self.hold.key().to_owned();
+        let lease = Some(self.hold.session().lease_id());
+        self.hold.fenced("election", vec![Write::Put { key, value: value.into(), lease }]).await
+    }
+
+    /// Gives leadership up (deleting the key only if it is still this term's), so that the
+    /// next candidate is elected.
+    pub async fn resign(self) -> Result<()> {
+        self.hold.release().await
+    }
+}

@@ -1,0 +1,275 @@
+//! A fair distributed read-write lock with fencing tokens, under a session's lease.
+
+use crate::backend::{CreateRequest, Precondition, Write};
+use crate::error::{Error, Result};
+use crate::guard::Holding;
+use crate::queue::{enqueue, Admission, Ticket, View, Wait};
+use crate::Session;
+use std::future::Future;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// How many numbered keys an acquisition tries before giving up, when it finds them taken
+/// (only a re-attached session, whose counter starts again, can find one taken).
+const KEY_ATTEMPTS: usize = 64;
+
+/// A read-write lock: many readers, or one writer, across processes.
+///
+/// # Keys
+/// Every acquisition (waiting or holding) owns one key under the session's lease, and the
+/// key says the mode, as in etcd's experimental `recipe.RWMutex`:
+/// `<namespace><name>/read/<lease id in hex>-<n>` or `<namespace><name>/write/<lease id in hex>-<n>`.
+///
+/// # Admission
+/// Fair, first come first served by create revision (etcd's recipe, Curator's
+/// `InterProcessReadWriteLock` rule): a **reader** is admitted once no write key is older
+/// than its own; a **writer** once its key is the oldest of all. So readers that arrive
+/// after a queued writer wait behind it, and a stream of readers never starves a writer.
+/// Waiters are woken by the live prefix view only when their rule becomes true.
+///
+/// # Fencing tokens
+/// A guard's token is its key's create revision. A writer's token is greater than that of
+/// every reader and writer admitted before it, and a reader's is greater than that of every
+/// writer before it; readers that hold together have distinct tokens that only order them.
+///
+/// # Cancel safety
+/// Dropping a `read()` or `write()` future at any point leaves no key behind (see
+/// [`Session::settle`]).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
+/// use leasehold::{Client, RwLock};
+/// let client = Client::memory();
+/// let (a, b) = (client.session().await?, client.session().await?);
+/// let r1 = RwLock::new(&a, "config")?.read().await?;
+/// let r2 = RwLock::new(&b, "config")?.read().await?; // readers share
+/// assert!(RwLock::new(&b, "config")?.try_write().await?.is_none());
+/// r1.unlock().await?;
+/// r2.unlock().await?;
+/// let w = RwLock::new(&b, "config")?.write().await?;
+/// w.fenced_put("config.value", "v2").await?; // applied only while the write lock is held
+/// assert!(RwLock::new(&a, "config")?.try_read().await?.is_none());
+/// # drop(w); Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RwLock {
+    session: Session,
+    name: String,
+    prefix: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Read,
+    Write,
+}
+
+impl Mode {
+    fn segment(self) -> &'static str {
+        match self {
+            Mode::Read => "read/",
+            Mode::Write => "write/",
+        }
+    }
+}
+
+impl RwLock {
+    /// A read-write lock on `name`. Fails for an invalid name.
+    pub fn new(session: &Session, name: &str) -> Result<Self> {
+        let prefix = session.client().prefix_of(name)?;
+        Ok(Self { session: session.clone(), name: name.to_owned(), prefix })
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Waits until the lock is held for reading.
+    ///
+    /// Fails with [`Error::SessionLost`] if the session is lost while waiting.
+    pub async fn read(&self) -> Result<ReadGuard> {
+        let hold = self.acquire(Mode::Read, Wait::Forever).await?;
+        Ok(ReadGuard { hold: hold.expect("waits until held") })
+    }
+
+    /// Takes a read lock if no writer holds or waits for the lock: `Ok(None)` otherwise.
+    pub async fn try_read(&self) -> Result<Option<ReadGuard>> {
+        Ok(self.acquire(Mode::Read, Wait::No).await?.map(|hold| ReadGuard { hold }))
+    }
+
+    /// Waits at most `timeout` for a read lock; fails with [`Error::Timeout`], leaving
+    /// nothing behind.
+    pub async fn read_timeout(&self, timeout: Duration) -> Result<ReadGuard> {
+        match self.acquire(Mode::Read, Wait::at_most(timeout)).await? {
+            Some(hold) => Ok(ReadGuard { hold }),
+            None => Err(Error::Timeout { what: "rwlock", after: timeout }),
+        }
+    }
+
+    /// Waits until the lock is held for writing.
+    ///
+    /// Fails with [`Error::SessionLost`] if the session is lost while waiting.
+    pub async fn write(&self) -> Result<WriteGuard> {
+        let hold = self.acquire(Mode::Write, Wait::Forever).await?;
+        Ok(WriteGuard { hold: hold.expect("waits until held") })
+    }
+
+    /// Takes the write lock if nobody holds or waits for the lock: `Ok(None)` otherwise.
+    pub async fn try_write(&self) -> Result<Option<WriteGuard>> {
+        Ok(self.acquire(Mode::Write, Wait::No).await?.map(|hold| WriteGuard { hold }))
+    }
+
+    /// Waits at most `timeout` for the write lock; fails with [`Error::Timeout`], leaving
+    /// nothing behind.
+    pub async fn write_timeout(&self, timeout: Duration) -> Result<WriteGuard> {
+        match self.acquire(Mode::Write, Wait::at_most(timeout)).await? {
+            Some(hold) => Ok(WriteGuard { hold }),
+            None => Err(Error::Timeout { what: "rwlock", after: timeout }),
+        }
+    }
+
+    async fn acquire(&self, mode: Mode, wait: Wait) -> Result<Option<Holding>> {
+        self.session.check()?;
+        let span = tracing::debug_span!("rwlock.acquire", name = %self.name, ?mode);
+        async {
+            for _ in 0..KEY_ATTEMPTS {
+                let key = format!(
+                    "{}{}{:x}-{}",
+                    self.prefix,
+                    mode.segment(),
+                    self.session.lease_id(),
+                    self.session.next_seq()
+                );
+                let req = CreateRequest {
+                    key,
+                    value: Vec::new(),
+                    lease: self.session.lease_id(),
+                    precondition: Precondition::KeyAbsent,
+                    prefix: self.prefix.clone(),
+                    // A writer needs only the oldest key; a reader every key older than its own.
+                    head_limit: if mode == Mode::Write { 1 } else { 0 },
+                };
+                let ticket = Ticket { what: "rwlock", req, local: None, adopt: false };
+                let admission = match mode {
+                    Mode::Read => {
+                        let writers = format!("{}{}", self.prefix, Mode::Write.segment());
+                        let no_writer_ahead = move |v: &View, rev| {
+                            !v.entries()
+                                .take_while(|kv| kv.create_revision < rev)
+                                .any(|kv| kv.key.starts_with(&writers))
+                        };
+                        enqueue(&self.session, ticket, wait, no_writer_ahead).await?
+                    }
+                    Mode::Write => {
+                        let first = |v: &View, rev| v.entries().next().is_some_and(|kv| kv.create_revision == rev);
+                        enqueue(&self.session, ticket, wait, first).await?
+                    }
+                };
+                match admission {
+                    Admission::Held(hold, _) => return Ok(Some(hold)),
+                    Admission::NotAdmitted => return Ok(None),
+                    Admission::KeyTaken => continue,
+                }
+            }
+            Err(Error::Store(format!(
+                "rwlock: {KEY_ATTEMPTS} keys of lease {:x} were all taken",
+                self.session.lease_id()
+            )))
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// A held read lock. Released by [`unlock`](ReadGuard::unlock), or in the background on drop.
+#[derive(Debug)]
+pub struct ReadGuard {
+    hold: Holding,
+}
+
+impl ReadGuard {
+    /// The fencing token: greater than the token of every writer admitted before this
+    /// reader (see [`RwLock`](RwLock#fencing-tokens)).
+    pub fn fencing_token(&self) -> u64 {
+        self.hold.token()
+    }
+
+    /// The key this read lock holds (`<prefix>read/<lease hex>-<n>`).
+    pub fn key(&self) -> &str {
+        self.hold.key()
+    }
+
+    /// True while the lock is held and the session is before its validity deadline.
+    pub fn is_valid(&self) -> bool {
+        self.hold.is_valid()
+    }
+
+    /// Completes when the session is lost (the lock must be treated as gone).
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.hold.lost()
+    }
+
+    /// The session the lock is held through.
+    pub fn session(&self) -> &Session {
+        self.hold.session()
+    }
+
+    /// Releases the read lock, deleting the key only if it is still this acquisition's.
+    pub async fn unlock(self) -> Result<()> {
+        self.hold.release().await
+    }
+}
+
+/// A held write lock. Released by [`unlock`](WriteGuard::unlock), or in the background on
+/// drop.
+#[derive(Debug)]
+pub struct WriteGuard {
+    hold: Holding,
+}
+
+impl WriteGuard {
+    /// The fencing token: strictly greater than the token of every reader and writer
+    /// admitted before this writer.
+    pub fn fencing_token(&self) -> u64 {
+        self.hold.token()
+    }
+
+    /// The key this write lock holds (`<prefix>write/<lease hex>-<n>`).
+    pub fn key(&self) -> &str {
+        self.hold.key()
+    }
+
+    /// True while the lock is held and the session is before its validity deadline.
+    pub fn is_valid(&self) -> bool {
+        self.hold.is_valid()
+    }
+
+    /// Completes when the session is lost (the lock must be treated as gone).
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.hold.lost()
+    }
+
+    /// The session the lock is held through.
+    pub fn session(&self) -> &Session {
+        self.hold.session()
+    }
+
+    /// Puts `value` at `key` in the store only while this guard still holds the write lock
+    /// (one transaction comparing the guard key's create revision). Fails with
+    /// [`Error::NotHeld`] otherwise, writing nothing.
+    pub async fn fenced_put(&self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> Result<()> {
+        let write = Write::Put { key: key.into(), value: value.into(), lease: None };
+        self.hold.fenced("rwlock", vec![write]).await
+    }
+
+    /// Applies several writes atomically, only while this guard still holds the write lock.
+    pub async fn fenced_write(&self, writes: Vec<Write>) -> Result<()> {
+        self.hold.fenced("rwlock", writes).await
+    }
+
+    /// Releases the write lock, deleting the key only if it is still this acquisition's.
+    pub async fn unlock(self) -> Result<()> {
+        self.hold.release().await
+    }
+}

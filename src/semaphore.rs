@@ -1,0 +1,302 @@
+//! A fair counting semaphore with fenced permits, under a session's lease.
+
+use crate::backend::{CreateRequest, Precondition};
+use crate::backoff::{Backoff, Jitter};
+use crate::error::{Error, Result};
+use crate::guard::Holding;
+use crate::mutex::Strategy;
+use crate::queue::{enqueue, Admission, Pending, Retry, Ticket, View, Wait};
+use crate::Session;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tracing::Instrument;
+
+/// How many numbered keys an acquisition tries before giving up, when it finds them taken
+/// (only a re-attached session, whose counter starts again, can find one taken).
+const KEY_ATTEMPTS: usize = 64;
+
+/// A counting semaphore: at most N permits of a name are held at once, across processes.
+///
+/// # Keys
+/// - `<namespace><name>` (no trailing `/`): the permit count N, as decimal text, with no
+///   lease. The first user creates it; it is the count every user is admitted by.
+/// - `<namespace><name>/<lease id in hex>-<n>`: one key per acquisition (waiting or
+///   holding), under the session's lease; `n` numbers the session's acquisitions, so one
+///   session can hold several permits.
+///
+/// # Admission
+/// With [`Strategy::Pessimistic`] (the default) the semaphore is **fair**: keys queue in
+/// create-revision order and a key holds a permit while it is among the first N. A waiter
+/// is woken only when that becomes true (the live prefix view evaluates it; no extra round
+/// trip per change). A holder that crashes frees its permit when its lease expires.
+///
+/// With [`Strategy::Optimistic`] an acquisition creates its key, reads the first N keys in
+/// the same call, and deletes the key at once if it is not among them; it then waits until
+/// fewer than N keys exist and tries again after a jittered delay. It keeps no place in
+/// the queue, so it is not fair (a steady stream of queued waiters can pass it), but it
+/// never leaves a waiting key behind. Both strategies use the same rule on the same keys,
+/// so they can be mixed safely.
+///
+/// A client that asks for a different count than the stored one gets
+/// [`Error::PermitMismatch`] and is never admitted.
+///
+/// Each permit's **fencing token** is its key's create revision: strictly greater than the
+/// token of every permit of the name granted before it.
+///
+/// # Cancel safety
+/// Dropping an `acquire()` future at any point leaves no key behind (see
+/// [`Session::settle`]).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
+/// use leasehold::{Client, Error, Semaphore};
+/// let client = Client::memory();
+/// let session = client.session().await?;
+/// let pool = Semaphore::new(&session, "db-connections", 2)?;
+/// let a = pool.acquire().await?;
+/// let b = pool.acquire().await?; // one session may hold several permits
+/// assert!(pool.try_acquire().await?.is_none()); // both are taken
+/// assert!(b.fencing_token() > a.fencing_token());
+/// a.release().await?;
+/// let c = pool.try_acquire().await?.expect("a permit is free again");
+///
+/// // Another process asking for a different count is refused.
+/// let other = client.session().await?;
+/// let wrong = Semaphore::new(&other, "db-connections", 5)?;
+/// assert!(matches!(wrong.acquire().await, Err(Error::PermitMismatch { stored: 2, requested: 5, .. })));
+/// # drop((b, c)); Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Semaphore {
+    session: Session,
+    name: String,
+    prefix: String,
+    count_key: String,
+    permits: u32,
+    strategy: Strategy,
+    backoff: Backoff,
+    /// The stored count, once checked against `permits`.
+    stored: Arc<OnceLock<u32>>,
+}
+
+impl Semaphore {
+    /// A fair semaphore of `permits` permits on `name`. Fails for an invalid name or zero
+    /// permits. The count is checked against the stored one at the first acquisition.
+    pub fn new(session: &Session, name: &str, permits: u32) -> Result<Self> {
+        let prefix = session.client().prefix_of(name)?;
+        if permits == 0 {
+            return Err(Error::invalid("semaphore", "a semaphore needs at least one permit"));
+        }
+        let count_key = prefix.strip_suffix('/').expect("prefixes end with '/'").to_owned();
+        Ok(Self {
+            session: session.clone(),
+            name: name.to_owned(),
+            prefix,
+            count_key,
+            permits,
+            strategy: Strategy::Pessimistic,
+            backoff: Backoff::new(Duration::from_micros(500), Duration::from_millis(50)).jitter(Jitter::Full),
+            stored: Arc::new(OnceLock::new()),
+        })
+    }
+
+    /// Chooses the strategy (see [the type docs](Semaphore#admission)).
+    pub fn with_strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// The delays the optimistic strategy waits after seeing a permit freed, before it
+    /// tries again.
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The permit count this handle asked for.
+    pub fn permits(&self) -> u32 {
+        self.permits
+    }
+
+    /// Waits until a permit is held.
+    ///
+    /// Fails with [`Error::PermitMismatch`] if the stored count differs, and with
+    /// [`Error::SessionLost`] if the session is lost while waiting.
+    pub async fn acquire(&self) -> Result<Permit> {
+        self.acquire_with(Wait::Forever).await.map(|p| p.expect("waits until held"))
+    }
+
+    /// Takes a permit if one is free for this caller now: `Ok(None)` otherwise.
+    pub async fn try_acquire(&self) -> Result<Option<Permit>> {
+        self.acquire_with(Wait::No).await
+    }
+
+    /// Waits at most `timeout`; fails with [`Error::Timeout`], leaving nothing behind.
+    pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Permit> {
+        match self.acquire_with(Wait::at_most(timeout)).await? {
+            Some(p) => Ok(p),
+            None => Err(Error::Timeout { what: "semaphore", after: timeout }),
+        }
+    }
+
+    async fn acquire_with(&self, wait: Wait) -> Result<Option<Permit>> {
+        self.session.check()?;
+        let span = tracing::debug_span!(
+            "semaphore.acquire",
+            name = %self.name,
+            permits = self.permits,
+            strategy = ?self.strategy
+        );
+        async {
+            let limit = self.stored_count().await? as usize;
+            match self.strategy {
+                Strategy::Pessimistic => self.acquire_queued(wait, limit).await,
+                Strategy::Optimistic => self.acquire_cas(wait, limit).await,
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The stored count, creating it if this is the first user. Only a count equal to
+    /// `permits` is returned (and then cached).
+    async fn stored_count(&self) -> Result<u32> {
+        if let Some(&n) = self.stored.get() {
+            return Ok(n);
+        }
+        let backend = self.session.client().backend();
+        let count = self.permits.to_string().into_bytes();
+        let resp = backend.compare_and_swap(&self.count_key, None, count, None).await?;
+        let Some(kv) = resp.current else {
+            return Err(Error::Store(format!("semaphore: {} was deleted while being read", self.count_key)));
+        };
+        let stored = std::str::from_utf8(&kv.value).ok().and_then(|s| s.parse::<u32>().ok()).filter(|&n| n > 0);
+        let Some(stored) = stored else {
+            let text = String::from_utf8_lossy(&kv.value);
+            return Err(Error::Store(format!("semaphore: {} holds {text:?}, not a permit count", self.count_key)));
+        };
+        if stored != self.permits {
+            return Err(Error::PermitMismatch { name: self.name.clone(), stored, requested: self.permits });
+        }
+        let _ = self.stored.set(stored);
+        Ok(stored)
+    }
+
+    fn request(&self, key: String, limit: usize) -> CreateRequest {
+        CreateRequest {
+            key,
+            value: Vec::new(),
+            lease: self.session.lease_id(),
+            precondition: Precondition::KeyAbsent,
+            prefix: self.prefix.clone(),
+            head_limit: limit,
+        }
+    }
+
+    fn next_key(&self) -> String {
+        format!("{}{:x}-{}", self.prefix, self.session.lease_id(), self.session.next_seq())
+    }
+
+    fn keys_taken(&self) -> Error {
+        Error::Store(format!("semaphore: {KEY_ATTEMPTS} keys of lease {:x} were all taken", self.session.lease_id()))
+    }
+
+    async fn acquire_queued(&self, wait: Wait, limit: usize) -> Result<Option<Permit>> {
+        for _ in 0..KEY_ATTEMPTS {
+            let ticket =
+                Ticket { what: "semaphore", req: self.request(self.next_key(), limit), local: None, adopt: false };
+            let among_first = move |v: &View, rev| v.entries().take(limit).any(|kv| kv.create_revision == rev);
+            match enqueue(&self.session, ticket, wait, among_first).await? {
+                Admission::Held(hold, _) => return Ok(Some(Permit { hold })),
+                Admission::NotAdmitted => return Ok(None),
+                Admission::KeyTaken => continue,
+            }
+        }
+        Err(self.keys_taken())
+    }
+
+    async fn acquire_cas(&self, wait: Wait, limit: usize) -> Result<Option<Permit>> {
+        let mut retry = Retry::new(wait, &self.backoff);
+        let mut key = self.next_key();
+        let mut taken = 0;
+        loop {
+            let mut pending = Pending::start(&self.session, self.request(key.clone(), limit), None);
+            let resp = pending.response().await?;
+            let Some(mine) = resp.mine.filter(|kv| kv.lease == self.session.lease_id()) else {
+                return Err(Error::Store(format!("semaphore: {key} exists under another lease")));
+            };
+            if !resp.created {
+                drop(pending.keep()); // an earlier process's key on a re-attached lease
+                taken += 1;
+                if taken == KEY_ATTEMPTS {
+                    return Err(self.keys_taken());
+                }
+                key = self.next_key();
+                continue;
+            }
+            let rev = mine.create_revision;
+            if resp.head.iter().any(|kv| kv.create_revision == rev) {
+                drop(pending.keep());
+                return Ok(Some(Permit { hold: Holding::new(self.session.clone(), key, rev, None) }));
+            }
+            // Not among the first N: give the place up at once, wait for fewer than N keys
+            // (with this deletion seen), then retry.
+            pending.abandon().await?;
+            let k = key.clone();
+            let below_limit = move |v: &View| {
+                v.revision() >= rev
+                    && v.get(&k).map_or(true, |kv| kv.create_revision != rev)
+                    && v.entries().count() < limit
+            };
+            if !retry.after(&self.session, &self.prefix, below_limit).await? {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// A held permit. Released by [`release`](Permit::release), or in the background on drop.
+#[derive(Debug)]
+pub struct Permit {
+    hold: Holding,
+}
+
+impl Permit {
+    /// The fencing token: strictly greater than every earlier permit's token of this
+    /// semaphore. (Up to N permits are held at once, so a token orders permits; it does not
+    /// make one exclusive.)
+    pub fn fencing_token(&self) -> u64 {
+        self.hold.token()
+    }
+
+    /// The key this permit holds (`<prefix><lease hex>-<n>`).
+    pub fn key(&self) -> &str {
+        self.hold.key()
+    }
+
+    /// True while the permit is held and the session is before its validity deadline.
+    pub fn is_valid(&self) -> bool {
+        self.hold.is_valid()
+    }
+
+    /// Completes when the session is lost (the permit must be treated as gone).
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.hold.lost()
+    }
+
+    /// The session the permit is held through.
+    pub fn session(&self) -> &Session {
+        self.hold.session()
+    }
+
+    /// Returns the permit, deleting the key only if it is still this acquisition's.
+    pub async fn release(self) -> Result<()> {
+        self.hold.release().await
+    }
+}

@@ -1,0 +1,603 @@
+//! Checks of the recipes (semaphore, read-write lock, election) that run unchanged on every
+//! backend: each is a `pub async fn` taking a [`Client`] on a store that may be shared (the
+//! names are fresh on every call). Backend differences are parameters, not branches:
+//! `crash(lease)` makes a lease vanish on the server as if its holder had died (memory:
+//! `MemoryBackend::expire_lease`; etcd: revoke it behind the session's back), and
+//! `cut(true/false)` cuts the client off from the store and reconnects it.
+//!
+//! Every wait is on a signal (a channel, a watch, a barrier) and bounded by [`LIMIT`]; no
+//! check sleeps to let something happen.
+#![allow(dead_code)] // each test binary runs the checks its backend supports
+
+use leasehold::{Client, Election, Error, LeaderInfo, Permit, RwLock, Semaphore, Session, Strategy};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+use tokio::sync::{mpsc, Barrier};
+
+/// No single wait in a check may take longer.
+pub const LIMIT: Duration = Duration::from_secs(30);
+
+/// Makes a lease vanish on the server, as if its holder had crashed.
+pub type Crash<'a> = &'a (dyn Fn(i64) + Sync);
+
+async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(LIMIT, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: no progress within {LIMIT:?}"),
+    }
+}
+
+/// A name no earlier run used.
+fn fresh(base: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{base}-{nanos:x}-{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+async fn keys(client: &Client, prefix: &str) -> Vec<String> {
+    client.backend().range_prefix(prefix, 0).await.unwrap().0.into_iter().map(|kv| kv.key).collect()
+}
+
+/// Waits (on a watch, not by polling) until exactly `n` keys exist under `prefix`.
+async fn until_keys(client: &Client, prefix: &str, n: usize) {
+    let backend = client.backend();
+    let mut watch = backend.watch_prefix(prefix).await.unwrap();
+    within(&format!("{n} keys under {prefix}"), async {
+        while backend.range_prefix(prefix, 0).await.unwrap().0.len() != n {
+            watch.next().await.unwrap();
+        }
+    })
+    .await
+}
+
+/// Polls `fut` `polls` times (yielding in between) and drops it if it is not done by then.
+async fn poll_then_drop<T>(fut: impl Future<Output = T>, polls: usize) -> Option<T> {
+    let mut fut = std::pin::pin!(fut);
+    for _ in 0..polls {
+        if let Poll::Ready(v) = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+            return Some(v);
+        }
+        tokio::task::yield_now().await;
+    }
+    None
+}
+
+async fn sessions(client: &Client, n: usize) -> Vec<Session> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(client.session().await.unwrap());
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Semaphore
+
+/// Which strategies the contending tasks use.
+#[derive(Debug, Clone, Copy)]
+pub enum Mix {
+    /// All pessimistic (fair queue).
+    Queued,
+    /// Every other task optimistic.
+    Mixed,
+}
+
+/// 12 tasks on 4 sessions take 3 rounds each of a 3-permit semaphore: never more than 3
+/// hold at once, and 3 do hold at once (the first three admitted wait for each other while
+/// holding, which only completes if the semaphore lets three in together).
+pub async fn semaphore_limit_holds_under_contention(client: &Client, mix: Mix) {
+    const TASKS: usize = 12;
+    const PERMITS: u32 = 3;
+    let name = fresh("sem-contention");
+    let sessions = sessions(client, 4).await;
+    let holding = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let first_three = Arc::new(Barrier::new(PERMITS as usize));
+    let mut tasks = Vec::new();
+    for i in 0..TASKS {
+        let mut sem = Semaphore::new(&sessions[i % sessions.len()], &name, PERMITS).unwrap();
+        if matches!(mix, Mix::Mixed) && i % 2 == 1 {
+            sem = sem.with_strategy(Strategy::Optimistic);
+        }
+        let (holding, most, admitted, first_three) =
+            (holding.clone(), most.clone(), admitted.clone(), first_three.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..3 {
+                let permit = sem.acquire().await.unwrap();
+                let now = holding.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                assert!(now <= PERMITS as usize, "{now} holders of {PERMITS} permits");
+                if admitted.fetch_add(1, Ordering::SeqCst) < PERMITS as usize {
+                    first_three.wait().await;
+                }
+                for _ in 0..3 {
+                    tokio::task::yield_now().await;
+                }
+                holding.fetch_sub(1, Ordering::SeqCst);
+                permit.release().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        within("contending tasks", t).await.unwrap();
+    }
+    assert_eq!(most.load(Ordering::SeqCst), PERMITS as usize, "the limit was reached");
+    assert_eq!(admitted.load(Ordering::SeqCst), TASKS * 3);
+    for s in &sessions {
+        s.settle().await;
+    }
+    assert_eq!(keys(client, &client.prefix_of(&name).unwrap()).await, Vec::<String>::new());
+}
+
+/// Waiters are admitted in the order they arrived: with 2 permits held and 5 waiters
+/// queued one after another, releasing the oldest permit each time admits exactly the next
+/// waiter, and tokens grow in that order.
+pub async fn semaphore_admits_in_arrival_order(client: &Client) {
+    let name = fresh("sem-fifo");
+    let prefix = client.prefix_of(&name).unwrap();
+    let (holder, waiter) = (client.session().await.unwrap(), client.session().await.unwrap());
+    let sem = Semaphore::new(&holder, &name, 2).unwrap();
+    let mut held: VecDeque<(Option<usize>, Permit)> = VecDeque::new();
+    held.push_back((None, sem.acquire().await.unwrap()));
+    held.push_back((None, sem.acquire().await.unwrap()));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for i in 0..5 {
+        let sem = Semaphore::new(&waiter, &name, 2).unwrap();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let permit = sem.acquire().await.unwrap();
+            tx.send((i, permit)).unwrap();
+        });
+        until_keys(client, &prefix, 2 + i + 1).await; // waiter i is queued before i + 1 starts
+    }
+    let mut order = Vec::new();
+    let mut last_token = held.back().unwrap().1.fencing_token();
+    for _ in 0..5 {
+        let (_, oldest) = held.pop_front().unwrap();
+        oldest.release().await.unwrap();
+        let (i, permit) = within("next admission", rx.recv()).await.unwrap();
+        assert!(permit.fencing_token() > last_token, "tokens grow with arrival");
+        last_token = permit.fencing_token();
+        order.push(i);
+        held.push_back((Some(i), permit));
+    }
+    assert_eq!(order, [0, 1, 2, 3, 4]);
+    assert!(rx.try_recv().is_err(), "nobody else was admitted");
+    assert_eq!(held.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [Some(3), Some(4)]);
+}
+
+/// A holder that crashes (its lease vanishes) gives its permits back: two waiters behind
+/// the two permits of the crashed session are both admitted, and the crashed holder is told
+/// it lost them.
+pub async fn semaphore_crashed_holder_permits_return(client: &Client, crash: Crash<'_>) {
+    let name = fresh("sem-crash");
+    let prefix = client.prefix_of(&name).unwrap();
+    let doomed = client.session_builder().ttl(Duration::from_secs(2)).open().await.unwrap();
+    let survivor = client.session().await.unwrap();
+    let sem = Semaphore::new(&doomed, &name, 2).unwrap();
+    let (a1, a2) = (sem.acquire().await.unwrap(), sem.acquire().await.unwrap());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for _ in 0..2 {
+        let sem = Semaphore::new(&survivor, &name, 2).unwrap();
+        let tx = tx.clone();
+        tokio::spawn(async move { tx.send(sem.acquire().await.unwrap()).unwrap() });
+    }
+    until_keys(client, &prefix, 4).await;
+    assert!(rx.try_recv().is_err(), "no permit is free before the crash");
+    crash(doomed.lease_id());
+    let b1 = within("first returned permit", rx.recv()).await.unwrap();
+    let b2 = within("second returned permit", rx.recv()).await.unwrap();
+    assert!(b1.fencing_token().min(b2.fencing_token()) > a1.fencing_token().max(a2.fencing_token()));
+    within("the crashed holder learns it", a1.lost()).await;
+    assert!(!a1.is_valid() && !a2.is_valid());
+    assert!(b1.is_valid() && b2.is_valid());
+}
+
+/// Zero permits is refused; the first user's count is stored at `<ns><name>`; a client
+/// that asks for another count (more or fewer) gets `PermitMismatch` from every kind of
+/// acquire and leaves no key.
+pub async fn semaphore_permit_count_mismatch(client: &Client) {
+    let name = fresh("sem-count");
+    let prefix = client.prefix_of(&name).unwrap();
+    let (s1, s2) = (client.session().await.unwrap(), client.session().await.unwrap());
+    assert!(matches!(Semaphore::new(&s1, &name, 0), Err(Error::InvalidArgument { what: "semaphore", .. })));
+    let permit = Semaphore::new(&s1, &name, 3).unwrap().acquire().await.unwrap();
+    let count = client.backend().get(prefix.trim_end_matches('/')).await.unwrap().expect("count stored");
+    assert_eq!((count.value.as_slice(), count.lease), (&b"3"[..], 0));
+    for asked in [5, 1] {
+        for strategy in [Strategy::Pessimistic, Strategy::Optimistic] {
+            let wrong = Semaphore::new(&s2, &name, asked).unwrap().with_strategy(strategy);
+            let mismatch = |r: Result<(), Error>| match r {
+                Err(Error::PermitMismatch { name: n, stored: 3, requested }) => n == name && requested == asked,
+                _ => false,
+            };
+            assert!(mismatch(wrong.acquire().await.map(drop)));
+            assert!(mismatch(wrong.try_acquire().await.map(drop)));
+            assert!(mismatch(wrong.acquire_timeout(Duration::from_millis(50)).await.map(drop)));
+        }
+    }
+    // The same count is accepted.
+    let second = Semaphore::new(&s2, &name, 3).unwrap().try_acquire().await.unwrap().expect("2 of 3 free");
+    s2.settle().await;
+    let mut expected = vec![permit.key().to_owned(), second.key().to_owned()];
+    expected.sort();
+    let mut found = keys(client, &prefix).await;
+    found.sort();
+    assert_eq!(found, expected, "mismatching clients left no key");
+}
+
+/// With the only permit held: a try returns `None`, a timeout fails with `Timeout`, and
+/// acquisitions dropped at any point (after 0..40 polls, or while queued) leave no key
+/// behind once the session has settled. For both strategies.
+pub async fn semaphore_try_timeout_cancel_leave_nothing(client: &Client) {
+    for strategy in [Strategy::Pessimistic, Strategy::Optimistic] {
+        let name = fresh("sem-cancel");
+        let prefix = client.prefix_of(&name).unwrap();
+        let (h, o) = (client.session().await.unwrap(), client.session().await.unwrap());
+        let held = Semaphore::new(&h, &name, 1).unwrap().acquire().await.unwrap();
+        let sem = Semaphore::new(&o, &name, 1).unwrap().with_strategy(strategy);
+        assert!(sem.try_acquire().await.unwrap().is_none());
+        match sem.acquire_timeout(Duration::from_millis(50)).await {
+            Err(Error::Timeout { what: "semaphore", .. }) => {}
+            other => panic!("{strategy:?}: expected a timeout, got {other:?}"),
+        }
+        for polls in 0..40 {
+            assert!(poll_then_drop(sem.acquire(), polls).await.is_none(), "the permit is held");
+        }
+        if strategy == Strategy::Pessimistic {
+            let queued = tokio::spawn({
+                let sem = sem.clone();
+                async move { sem.acquire().await }
+            });
+            until_keys(client, &prefix, 2).await;
+            queued.abort();
+            assert!(queued.await.unwrap_err().is_cancelled());
+        }
+        o.settle().await;
+        assert_eq!(keys(client, &prefix).await, [held.key().to_owned()], "{strategy:?}");
+        held.release().await.unwrap();
+        // And the semaphore still works: the next acquisition is admitted at once.
+        let next = sem.try_acquire().await.unwrap().expect("the permit is free");
+        next.release().await.unwrap();
+        assert_eq!(keys(client, &prefix).await, Vec::<String>::new());
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Read-write lock
+
+/// Three readers hold at once; a writer can neither try nor time out its way in; once the
+/// readers go it is admitted, and then readers cannot get in. Nothing is left behind.
+pub async fn rwlock_readers_share_writer_excludes(client: &Client) {
+    let name = fresh("rw-share");
+    let prefix = client.prefix_of(&name).unwrap();
+    let [a, b, c]: [Session; 3] = sessions(client, 3).await.try_into().unwrap();
+    let r1 = RwLock::new(&a, &name).unwrap().read().await.unwrap();
+    let r2 = RwLock::new(&b, &name).unwrap().read().await.unwrap();
+    let r3 = RwLock::new(&c, &name).unwrap().try_read().await.unwrap().expect("readers share");
+    assert!(r1.key().starts_with(&format!("{prefix}read/")));
+    let writer = RwLock::new(&c, &name).unwrap();
+    assert!(writer.try_write().await.unwrap().is_none());
+    assert!(matches!(
+        writer.write_timeout(Duration::from_millis(50)).await,
+        Err(Error::Timeout { what: "rwlock", .. })
+    ));
+    for r in [r1, r2, r3] {
+        r.unlock().await.unwrap();
+    }
+    c.settle().await;
+    let w = writer.try_write().await.unwrap().expect("free once the readers went");
+    assert!(w.key().starts_with(&format!("{prefix}write/")));
+    let reader = RwLock::new(&a, &name).unwrap();
+    assert!(reader.try_read().await.unwrap().is_none());
+    assert!(matches!(reader.read_timeout(Duration::from_millis(50)).await, Err(Error::Timeout { what: "rwlock", .. })));
+    assert!(RwLock::new(&b, &name).unwrap().try_write().await.unwrap().is_none());
+    w.fenced_put(format!("{name}.data"), "v1").await.unwrap();
+    a.settle().await;
+    b.settle().await;
+    assert_eq!(keys(client, &prefix).await, [w.key().to_owned()]);
+    w.unlock().await.unwrap();
+    assert_eq!(keys(client, &prefix).await, Vec::<String>::new());
+}
+
+/// 8 tasks on 4 sessions, 6 rounds each, a third of them writes: a writer never overlaps
+/// a reader or another writer.
+pub async fn rwlock_exclusion_under_contention(client: &Client) {
+    let name = fresh("rw-contention");
+    let sessions = sessions(client, 4).await;
+    let readers = Arc::new(AtomicUsize::new(0));
+    let writers = Arc::new(AtomicUsize::new(0));
+    let violated = Arc::new(AtomicBool::new(false));
+    let (reads, writes) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let lock = RwLock::new(&sessions[i % sessions.len()], &name).unwrap();
+        let (readers, writers, violated, reads, writes) =
+            (readers.clone(), writers.clone(), violated.clone(), reads.clone(), writes.clone());
+        tasks.push(tokio::spawn(async move {
+            for round in 0..6 {
+                if (i + round) % 3 == 0 {
+                    let w = lock.write().await.unwrap();
+                    if writers.fetch_add(1, Ordering::SeqCst) != 0 || readers.load(Ordering::SeqCst) != 0 {
+                        violated.store(true, Ordering::SeqCst);
+                    }
+                    tokio::task::yield_now().await;
+                    writers.fetch_sub(1, Ordering::SeqCst);
+                    writes.fetch_add(1, Ordering::SeqCst);
+                    w.unlock().await.unwrap();
+                } else {
+                    let r = lock.read().await.unwrap();
+                    readers.fetch_add(1, Ordering::SeqCst);
+                    if writers.load(Ordering::SeqCst) != 0 {
+                        violated.store(true, Ordering::SeqCst);
+                    }
+                    tokio::task::yield_now().await;
+                    readers.fetch_sub(1, Ordering::SeqCst);
+                    reads.fetch_add(1, Ordering::SeqCst);
+                    r.unlock().await.unwrap();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        within("rwlock tasks", t).await.unwrap();
+    }
+    assert!(!violated.load(Ordering::SeqCst), "a writer overlapped another holder");
+    assert_eq!((reads.load(Ordering::SeqCst), writes.load(Ordering::SeqCst)), (32, 16));
+}
+
+/// A writer that queued behind a reader gets in before the readers that came after it:
+/// they can neither try their way past it nor be admitted while it waits or holds.
+pub async fn rwlock_writer_not_starved_by_later_readers(client: &Client) {
+    let name = fresh("rw-fair");
+    let prefix = client.prefix_of(&name).unwrap();
+    let [a, b, c]: [Session; 3] = sessions(client, 3).await.try_into().unwrap();
+    let first = RwLock::new(&a, &name).unwrap().read().await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let writer = RwLock::new(&b, &name).unwrap();
+    tokio::spawn({
+        let tx = tx.clone();
+        async move { tx.send(("writer", writer.write().await.unwrap().fencing_token(), None)).unwrap() }
+    });
+    until_keys(client, &prefix, 2).await;
+    let late = RwLock::new(&c, &name).unwrap();
+    assert!(late.try_read().await.unwrap().is_none(), "a later reader may not pass a queued writer");
+    for n in 0..2 {
+        let late = late.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let r = late.read().await.unwrap();
+            tx.send(("reader", r.fencing_token(), Some(r))).unwrap();
+        });
+        until_keys(client, &prefix, 3 + n).await;
+    }
+    assert!(rx.try_recv().is_err(), "the writer waits for the first reader");
+    let first_token = first.fencing_token();
+    first.unlock().await.unwrap();
+    let (who, writer_token, _) = within("the writer", rx.recv()).await.unwrap();
+    assert_eq!(who, "writer");
+    assert!(writer_token > first_token);
+    // The writer's guard was dropped right after it was sent, releasing it.
+    let mut late_readers = Vec::new();
+    for _ in 0..2 {
+        let (who, token, guard) = within("a later reader", rx.recv()).await.unwrap();
+        assert_eq!(who, "reader");
+        assert!(token > writer_token);
+        late_readers.push(guard.unwrap()); // both hold together
+    }
+    assert!(late_readers.iter().all(|r| r.is_valid()));
+}
+
+// ---------------------------------------------------------------------------------------
+// Election
+
+/// Campaign, leader, proclaim and resign, with etcd's key layout.
+pub async fn election_campaign_leader_proclaim_resign(client: &Client) {
+    let name = fresh("elect-basic");
+    let prefix = client.prefix_of(&name).unwrap();
+    let s = client.session().await.unwrap();
+    let election = Election::new(&s, &name).unwrap();
+    assert_eq!(election.leader().await.unwrap(), None);
+    let leadership = election.campaign("node-a").await.unwrap();
+    let key = format!("{prefix}{:x}", s.lease_id());
+    assert_eq!((leadership.key(), election.key()), (key.as_str(), key.as_str()));
+    let expected =
+        LeaderInfo { value: b"node-a".to_vec(), token: leadership.fencing_token(), key, lease: s.lease_id() };
+    assert_eq!(election.leader().await.unwrap(), Some(expected.clone()));
+    leadership.proclaim("node-a:2").await.unwrap();
+    let now = election.leader().await.unwrap().unwrap();
+    assert_eq!(now, LeaderInfo { value: b"node-a:2".to_vec(), ..expected.clone() }, "same term, same token");
+    assert_eq!(client.backend().get(&now.key).await.unwrap().unwrap().lease, s.lease_id(), "proclaim keeps the lease");
+    assert!(leadership.is_valid());
+    leadership.resign().await.unwrap();
+    assert_eq!(election.leader().await.unwrap(), None);
+    assert_eq!(keys(client, &prefix).await, Vec::<String>::new());
+    let again = election.campaign("node-a:3").await.unwrap();
+    assert!(again.fencing_token() > expected.token);
+}
+
+/// The next candidate is elected when the leader resigns, not before.
+pub async fn election_failover_after_resign(client: &Client) {
+    let name = fresh("elect-resign");
+    let prefix = client.prefix_of(&name).unwrap();
+    let (a, b) = (client.session().await.unwrap(), client.session().await.unwrap());
+    let leader = Election::new(&a, &name).unwrap().campaign("a").await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let candidate = Election::new(&b, &name).unwrap();
+    tokio::spawn(async move { tx.send(candidate.campaign("b").await.unwrap()).unwrap() });
+    until_keys(client, &prefix, 2).await;
+    assert!(rx.try_recv().is_err(), "one leader at a time");
+    let election = Election::new(&a, &name).unwrap();
+    assert_eq!(election.leader().await.unwrap().unwrap().value, b"a");
+    let a_token = leader.fencing_token();
+    leader.resign().await.unwrap();
+    let next = within("failover", rx.recv()).await.unwrap();
+    assert!(next.fencing_token() > a_token);
+    let info = election.leader().await.unwrap().unwrap();
+    assert_eq!((info.value.as_slice(), info.token, info.lease), (&b"b"[..], next.fencing_token(), b.lease_id()));
+}
+
+/// When the leader's lease vanishes, the next candidate is elected; the old leader learns
+/// it lost, and its proclaim fails with `NotHeld` and writes nothing.
+pub async fn election_failover_after_lease_expiry(client: &Client, crash: Crash<'_>) {
+    let name = fresh("elect-expiry");
+    let prefix = client.prefix_of(&name).unwrap();
+    let a = client.session_builder().ttl(Duration::from_secs(2)).open().await.unwrap();
+    let b = client.session().await.unwrap();
+    let old = Election::new(&a, &name).unwrap().campaign("a").await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let candidate = Election::new(&b, &name).unwrap();
+    tokio::spawn(async move { tx.send(candidate.campaign("b").await.unwrap()).unwrap() });
+    until_keys(client, &prefix, 2).await;
+    crash(a.lease_id());
+    let new = within("failover", rx.recv()).await.unwrap();
+    assert!(new.fencing_token() > old.fencing_token());
+    match old.proclaim("a is back").await {
+        Err(e @ Error::NotHeld { what: "election", .. }) => assert!(e.to_string().starts_with("election: not held")),
+        other => panic!("a proclaim by a former leader must fail with NotHeld, got {other:?}"),
+    }
+    let leader = Election::new(&b, &name).unwrap().leader().await.unwrap().unwrap();
+    assert_eq!((leader.value.as_slice(), leader.key.as_str()), (&b"b"[..], new.key()));
+    assert_eq!(keys(client, &prefix).await, [new.key().to_owned()], "the failed proclaim wrote nothing");
+    within("the old leader learns it", old.lost()).await;
+    assert!(!old.is_valid() && new.is_valid());
+}
+
+/// An observer reports every state in order, however late it reads: no leader, a leader,
+/// its proclaimed value, a failover straight to the next candidate, the gap with no leader,
+/// and the next term. A late observer starts from the current state.
+pub async fn election_observe_reports_every_change(client: &Client) {
+    let name = fresh("elect-observe");
+    let prefix = client.prefix_of(&name).unwrap();
+    let [a, b, c]: [Session; 3] = sessions(client, 3).await.try_into().unwrap();
+    let election = Election::new(&a, &name).unwrap();
+    let mut observer = election.observe();
+    assert_eq!(within("first report", observer.changed()).await.unwrap(), None);
+
+    let la = election.campaign("a").await.unwrap();
+    let ta = la.fencing_token();
+    la.proclaim("a2").await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let eb = Election::new(&b, &name).unwrap();
+    tokio::spawn(async move { tx.send(eb.campaign("b").await.unwrap()).unwrap() });
+    until_keys(client, &prefix, 2).await; // a candidate that is not elected changes nothing
+    la.resign().await.unwrap();
+    let lb = within("failover", rx.recv()).await.unwrap();
+    let tb = lb.fencing_token();
+    lb.resign().await.unwrap();
+    let lc = Election::new(&c, &name).unwrap().campaign("c").await.unwrap();
+
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let info = within("next report", observer.changed()).await.unwrap();
+        seen.push(info.map(|l| (String::from_utf8(l.value).unwrap(), l.token)));
+    }
+    let tc = lc.fencing_token();
+    assert_eq!(
+        seen,
+        [Some(("a".into(), ta)), Some(("a2".into(), ta)), Some(("b".into(), tb)), None, Some(("c".into(), tc)),]
+    );
+    assert!(ta < tb && tb < tc);
+    let mut late = Election::new(&b, &name).unwrap().observe();
+    assert_eq!(within("late observer", late.changed()).await.unwrap().map(|l| l.token), Some(tc));
+}
+
+/// An observer keeps reporting across a cut connection: its view resynchronises instead of
+/// stopping, and reports the state it finds.
+pub async fn election_observe_survives_a_broken_watch(client: &Client, cut: &(dyn Fn(bool) + Sync)) {
+    let name = fresh("elect-resync");
+    let s = client.session().await.unwrap();
+    let election = Election::new(&s, &name).unwrap();
+    let mut observer = election.observe();
+    assert_eq!(within("first report", observer.changed()).await.unwrap(), None);
+    cut(true);
+    cut(false);
+    let leadership = election.campaign("after the cut").await.unwrap();
+    let info = within("report after the cut", observer.changed()).await.unwrap().expect("a leader");
+    assert_eq!((info.value.as_slice(), info.token), (&b"after the cut"[..], leadership.fencing_token()));
+    leadership.resign().await.unwrap();
+    assert_eq!(within("no leader", observer.changed()).await.unwrap(), None);
+}
+
+/// Over many terms and three sessions, each new leadership's token is greater than the
+/// previous one's, and an observer sees them in that order.
+pub async fn election_tokens_increase_across_terms(client: &Client) {
+    let name = fresh("elect-terms");
+    let sessions = sessions(client, 3).await;
+    let mut observer = Election::new(&sessions[0], &name).unwrap().observe();
+    assert_eq!(within("first report", observer.changed()).await.unwrap(), None);
+    let mut tokens = Vec::new();
+    for term in 0..9 {
+        let election = Election::new(&sessions[term % 3], &name).unwrap();
+        let l = election.campaign(format!("term {term}")).await.unwrap();
+        tokens.push(l.fencing_token());
+        l.resign().await.unwrap();
+    }
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+    let mut observed = Vec::new();
+    while observed.len() < tokens.len() {
+        if let Some(info) = within("observed term", observer.changed()).await.unwrap() {
+            observed.push(info.token);
+        }
+    }
+    assert_eq!(observed, tokens);
+}
+
+// ---------------------------------------------------------------------------------------
+// Cancellation of the other recipes
+
+/// Read, write and campaign futures dropped at any point (after 0..30 polls) while the
+/// name is taken leave no key behind; tries and timeouts neither.
+pub async fn rwlock_and_election_cancel_leave_nothing(client: &Client) {
+    let (h, o) = (client.session().await.unwrap(), client.session().await.unwrap());
+    let lock_name = fresh("rw-cancel");
+    let lock_prefix = client.prefix_of(&lock_name).unwrap();
+    let held = RwLock::new(&h, &lock_name).unwrap().write().await.unwrap();
+    let lock = RwLock::new(&o, &lock_name).unwrap();
+    let elect_name = fresh("elect-cancel");
+    let elect_prefix = client.prefix_of(&elect_name).unwrap();
+    let leader = Election::new(&h, &elect_name).unwrap().campaign("h").await.unwrap();
+    let election = Election::new(&o, &elect_name).unwrap();
+    for polls in 0..30 {
+        assert!(poll_then_drop(lock.read(), polls).await.is_none());
+        assert!(poll_then_drop(lock.write(), polls).await.is_none());
+        assert!(poll_then_drop(election.campaign("o"), polls).await.is_none());
+    }
+    assert!(lock.try_read().await.unwrap().is_none() && lock.try_write().await.unwrap().is_none());
+    assert!(lock.read_timeout(Duration::from_millis(20)).await.is_err());
+    o.settle().await;
+    assert_eq!(keys(client, &lock_prefix).await, [held.key().to_owned()]);
+    assert_eq!(keys(client, &elect_prefix).await, [leader.key().to_owned()]);
+    // Both still work: the next acquisitions are admitted once the holders go.
+    held.unlock().await.unwrap();
+    leader.resign().await.unwrap();
+    let w = within("write after cancellations", lock.write()).await.unwrap();
+    let l = within("campaign after cancellations", election.campaign("o")).await.unwrap();
+    assert!(w.is_valid() && l.is_valid());
+}
+
+/// Two campaigns through one session share its key, so the second waits until the first
+/// leadership resigns (it must not come back as a second leader on the same key), and then
+/// starts a new term with its own value.
+pub async fn election_one_campaign_per_session(client: &Client) {
+    let name = fresh("elect-same-session");
+    let s = client.session().await.unwrap();
+    let election = Election::new(&s, &name).unwrap();
+    let first = election.campaign("first").await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let second = election.clone();
+    tokio::spawn(async move { tx.send(second.campaign("second").await.unwrap()).unwrap() });
+    // A negative check: the second campaign must not finish while the first term lasts.
+    assert!(tokio::time::timeout(Duration::from_millis(200), rx.recv()).await.is_err());
+    assert_eq!(election.leader().await.unwrap().unwrap().value, b"first");
+    let first_token = first.fencing_token();
+    first.resign().await.unwrap();
+    let next = within("second campaign", rx.recv()).await.unwrap();
+    assert!(next.fencing_token() > first_token);
+    assert_eq!(election.leader().await.unwrap().unwrap().value, b"second");
+}
