@@ -5,6 +5,7 @@ mod conformance;
 mod support;
 
 use conformance::mutex as mx;
+use conformance::recipes::{self as rc, Mix};
 use leasehold::{Client, Error, EtcdConfig, Mutex, Strategy::*};
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -38,6 +39,51 @@ on_etcd! {
     reattach => |c| mx::reattach(c);
     bad_input => |c| mx::bad_input(c);
     close_releases => |c| mx::close_releases(c);
+}
+
+/// What a crashed process looks like to etcd: its lease is revoked (as expiry would).
+fn crash(client: &Client) -> impl Fn(i64) + Sync + '_ {
+    move |lease| {
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(client.backend().revoke_lease(lease)).unwrap()
+        })
+    }
+}
+
+on_etcd! {
+    semaphore_limit_holds_under_contention => |c| rc::semaphore_limit_holds_under_contention(c, Mix::Queued);
+    semaphore_limit_holds_with_mixed_strategies => |c| rc::semaphore_limit_holds_under_contention(c, Mix::Mixed);
+    semaphore_admits_in_arrival_order => |c| rc::semaphore_admits_in_arrival_order(c);
+    semaphore_crashed_holder_permits_return => |c| rc::semaphore_crashed_holder_permits_return(c, &crash(c));
+    semaphore_permit_count_mismatch => |c| rc::semaphore_permit_count_mismatch(c);
+    semaphore_try_timeout_cancel_leave_nothing => |c| rc::semaphore_try_timeout_cancel_leave_nothing(c);
+    rwlock_readers_share_writer_excludes => |c| rc::rwlock_readers_share_writer_excludes(c);
+    rwlock_exclusion_under_contention => |c| rc::rwlock_exclusion_under_contention(c);
+    rwlock_writer_not_starved_by_later_readers => |c| rc::rwlock_writer_not_starved_by_later_readers(c);
+    rwlock_and_election_cancel_leave_nothing => |c| rc::rwlock_and_election_cancel_leave_nothing(c);
+    election_campaign_leader_proclaim_resign => |c| rc::election_campaign_leader_proclaim_resign(c);
+    election_failover_after_resign => |c| rc::election_failover_after_resign(c);
+    election_failover_after_lease_expiry => |c| rc::election_failover_after_lease_expiry(c, &crash(c));
+    election_observe_reports_every_change => |c| rc::election_observe_reports_every_change(c);
+    election_tokens_increase_across_terms => |c| rc::election_tokens_increase_across_terms(c);
+    election_one_campaign_per_session => |c| rc::election_one_campaign_per_session(c);
+}
+
+/// The observer resynchronises after etcd itself went away and came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn election_observe_survives_an_etcd_restart() {
+    let etcd = std::sync::Mutex::new(EtcdCluster::single());
+    let client = etcd.lock().unwrap().client().await;
+    let cut = |down: bool| {
+        let mut e = etcd.lock().unwrap();
+        if down {
+            e.kill(0);
+        } else {
+            e.restart(0);
+            e.wait_healthy(Duration::from_secs(30));
+        }
+    };
+    rc::election_observe_survives_a_broken_watch(&client, &cut).await;
 }
 
 /// With 3 members, killing the raft leader does not stop the lock: acquisitions resume

@@ -3,3 +3,4 @@
 //! parameters, never branches. Each check uses its own names, so checks may share a store.
 #![allow(dead_code)]
 pub mod mutex;
+pub mod recipes;
