@@ -84,13 +84,18 @@ fn child_is_killed_when_renewals_fail() {
         .spawn()
         .unwrap();
     let child = wait_started(&mut tool);
-    let killed_at = Instant::now();
+    let etcd_gone = Instant::now();
     etcd.kill(0);
+    // The last renewal was sent before etcd died, so the lease cannot expire on the server
+    // sooner than 3 s (the TTL) from now: the command must be dead by then.
+    while alive(child) && etcd_gone.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let dead_after = etcd_gone.elapsed();
+    assert!(!alive(child), "the command survived");
+    assert!(dead_after < Duration::from_secs(3), "killed after {dead_after:?}, past the TTL");
     let out = tool.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(122), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!alive(child), "the command survived");
-    // Bounded by the TTL: the child must be dead before the lease could have expired.
-    assert!(killed_at.elapsed() < Duration::from_secs(3), "killed after {:?}", killed_at.elapsed());
 }
 
 /// A supervisor paused past its TTL cannot kill in time (documented); on resume it

@@ -189,6 +189,28 @@ async fn run_held(cmd: &[String], held: Held<'_>, grace: Duration) -> Result<u8,
     }
 }
 
+/// Releases what was held and closes the session, unless the lock was lost (then the
+/// lease is gone or going, and the store may be unreachable): bounded either way.
+async fn finish(
+    session: leasehold::Session,
+    release: impl std::future::Future<Output = leasehold::Result<()>>,
+    result: &Result<u8, Fail>,
+) {
+    if matches!(result, Err(Fail(EXIT_LOST, _))) {
+        return;
+    }
+    let bound = Duration::from_secs(5);
+    if let Err(e) = tokio::time::timeout(bound, async {
+        release.await?;
+        session.close().await
+    })
+    .await
+    .unwrap_or(Ok(()))
+    {
+        eprintln!("leasehold: warning: release failed ({e}); the lease expires on its own");
+    }
+}
+
 async fn run(cli: Cli) -> Result<u8, Fail> {
     let client = connect(&cli.conn).await?;
     match cli.command {
@@ -214,8 +236,7 @@ async fn run(cli: Cli) -> Result<u8, Fail> {
             };
             let held = Held { name: &name, key: guard.key(), token: guard.fencing_token(), session: &session };
             let result = run_held(&cmd, held, hold.grace).await;
-            let _ = guard.unlock().await;
-            let _ = session.close().await;
+            finish(session, guard.unlock(), &result).await;
             result
         }
     }
