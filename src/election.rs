@@ -3,7 +3,7 @@
 use crate::backend::{CreateRequest, KeyValue, LeaseId, Precondition, Write};
 use crate::error::Result;
 use crate::guard::Holding;
-use crate::queue::{enqueue, Admission, Subscription, Ticket, View, Wait};
+use crate::queue::{enqueue, local_slot, Admission, Subscription, Ticket, View, Wait};
 use crate::{Client, Session};
 use std::future::Future;
 use tracing::Instrument;
@@ -99,11 +99,30 @@ impl Election {
     /// Dropping the future at any point withdraws the candidacy: no key is left behind (see
     /// [`Session::settle`]).
     pub async fn campaign(&self, value: impl Into<Vec<u8>>) -> Result<Leadership> {
-        let value = value.into();
+        Ok(self.campaign_with(value.into(), Wait::Forever).await?.expect("waits until elected"))
+    }
+
+    /// Becomes the leader only if nobody leads now: `Ok(None)` otherwise, leaving no key.
+    pub async fn try_campaign(&self, value: impl Into<Vec<u8>>) -> Result<Option<Leadership>> {
+        self.campaign_with(value.into(), Wait::No).await
+    }
+
+    /// Campaigns for at most `timeout`; fails with [`Error::Timeout`](crate::Error::Timeout),
+    /// withdrawing the candidacy.
+    pub async fn campaign_timeout(
+        &self,
+        value: impl Into<Vec<u8>>,
+        timeout: std::time::Duration,
+    ) -> Result<Leadership> {
+        let until = Wait::Until(tokio::time::Instant::now() + timeout);
+        self.campaign_with(value.into(), until).await?.ok_or(crate::Error::Timeout { what: "election", after: timeout })
+    }
+
+    async fn campaign_with(&self, value: Vec<u8>, wait: Wait) -> Result<Option<Leadership>> {
         self.session.check()?;
         let span = tracing::debug_span!("election.campaign", name = %self.name);
         async {
-            let local = self.session.local_queue(&self.key).lock_owned().await;
+            let Some(local) = local_slot(&self.session, &self.key, wait).await else { return Ok(None) };
             let req = CreateRequest {
                 key: self.key.clone(),
                 value: value.clone(),
@@ -114,16 +133,17 @@ impl Election {
             };
             let ticket = Ticket { what: "election", req, local: Some(local), adopt: true };
             let first = |v: &View, rev| v.entries().next().is_some_and(|kv| kv.create_revision == rev);
-            let (hold, kv) = match enqueue(&self.session, ticket, Wait::Forever, first).await? {
+            let (hold, kv) = match enqueue(&self.session, ticket, wait, first).await? {
                 Admission::Held(hold, kv) => (hold, kv),
-                Admission::NotAdmitted | Admission::KeyTaken => unreachable!("waits forever and adopts"),
+                Admission::NotAdmitted => return Ok(None),
+                Admission::KeyTaken => unreachable!("adopt is set"),
             };
             let leadership = Leadership { hold };
             if kv.value != value {
                 leadership.proclaim(value).await?;
             }
             tracing::debug!(token = leadership.fencing_token(), "elected");
-            Ok(leadership)
+            Ok(Some(leadership))
         }
         .instrument(span)
         .await

@@ -4,7 +4,7 @@ use crate::backend::{CreateRequest, Precondition, Write};
 use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
 use crate::guard::Holding;
-use crate::queue::{enqueue, gone, with_deadline, Admission, Pending, Retry, Ticket, View, Wait};
+use crate::queue::{enqueue, gone, local_slot, Admission, Pending, Retry, Ticket, View, Wait};
 use crate::Session;
 use std::future::Future;
 use std::time::Duration;
@@ -148,18 +148,7 @@ impl Mutex {
         self.session.check()?;
         let span = tracing::debug_span!("mutex.acquire", name = %self.name, strategy = ?self.strategy);
         async {
-            let queue = self.session.local_queue(&self.key);
-            let local = match wait {
-                // Another task of this session is acquiring or holding the name.
-                Wait::No => match queue.try_lock_owned() {
-                    Ok(l) => l,
-                    Err(_) => return Ok(None),
-                },
-                _ => match with_deadline(wait, queue.lock_owned()).await {
-                    Some(l) => l,
-                    None => return Ok(None),
-                },
-            };
+            let Some(local) = local_slot(&self.session, &self.key, wait).await else { return Ok(None) };
             match self.strategy {
                 Strategy::Pessimistic => self.acquire_queued(wait, local).await,
                 Strategy::Optimistic => self.acquire_cas(wait, local).await,

@@ -349,6 +349,17 @@ pub(crate) fn turn(view: &View, key: &str, rev: Revision, rule: &dyn Fn(&View, R
     }
 }
 
+/// Takes this session's local queue slot for `key` (one acquisition per key per session at
+/// a time), waiting as `wait` allows. `None` if another task of the session holds it and
+/// `wait` ran out (at once for `Wait::No`).
+pub(crate) async fn local_slot(session: &Session, key: &str, wait: Wait) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+    let queue = session.local_queue(key);
+    match wait {
+        Wait::No => queue.try_lock_owned().ok(),
+        _ => with_deadline(wait, queue.lock_owned()).await,
+    }
+}
+
 /// A key being created for an acquisition; deletes it in the background if dropped.
 #[derive(Debug)]
 pub(crate) struct Pending {
