@@ -34,9 +34,7 @@ impl ReleaseOnce {
     pub(crate) fn begin(&self) -> bool {
         #[cfg(not(leasehold_loom_mutation_release))]
         {
-            self.state
-                .compare_exchange(HELD, RELEASING, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
+            self.state.compare_exchange(HELD, RELEASING, Ordering::AcqRel, Ordering::Acquire).is_ok()
         }
         // Mutation for the loom suite: check, then set, as two steps.
         #[cfg(leasehold_loom_mutation_release)]
