@@ -14,3 +14,6 @@
 #[allow(dead_code)]
 #[path = "../../src/local/mod.rs"]
 mod local;
+
+#[cfg(all(test, leasehold_loom))]
+mod models;
