@@ -1,8 +1,10 @@
 //! Release-exactly-once for a guard.
 //!
-//! A guard can be released three ways that may race: an explicit `unlock()`, the guard's
-//! `Drop`, and the session being lost (nothing to delete then, but the guard must stop
-//! claiming to hold). The state word:
+//! A guard can be released by an explicit `unlock()` or by its `Drop`, and the two may race
+//! (a guard moved into a task that is aborted while another clone of the work unlocks).
+//! Session loss does not go through here: a guard whose session is lost reports invalid
+//! through the session, and its key went with the lease. The loom model adds a third
+//! contender to show the word admits exactly one releaser however many race. The state word:
 //!
 //! | value | meaning |
 //! |---|---|
