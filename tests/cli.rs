@@ -211,3 +211,148 @@ fn errors_are_one_line_with_documented_codes() {
     let out = Command::new(bin).arg("--help").output().unwrap();
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Examples:"));
 }
+
+/// Appends "start"/"end" lines to `log`, holding for a moment in between.
+fn section_script(log: &std::path::Path) -> String {
+    format!(
+        "echo \"start $LEASEHOLD_FENCING_TOKEN\" >> '{0}'; sleep 0.1; echo \"end $LEASEHOLD_FENCING_TOKEN\" >> '{0}'",
+        log.display()
+    )
+}
+
+/// The most sections open at once in a start/end log.
+fn max_concurrent(log: &std::path::Path) -> (usize, usize) {
+    let text = std::fs::read_to_string(log).unwrap();
+    let (mut open, mut max, mut done) = (0usize, 0usize, 0usize);
+    for line in text.lines() {
+        if line.starts_with("start") {
+            open += 1;
+            max = max.max(open);
+        } else {
+            open -= 1;
+            done += 1;
+        }
+    }
+    (max, done)
+}
+
+/// Six `leasehold semaphore --permits 2` processes: never more than two inside at once.
+#[test]
+fn semaphore_limit_holds_across_processes() {
+    let etcd = EtcdCluster::single();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let script = section_script(&log);
+    let children: Vec<_> = (0..6)
+        .map(|i| {
+            let strategy = if i % 3 == 2 { "optimistic" } else { "pessimistic" };
+            leasehold(&etcd)
+                .args(["semaphore", "--permits", "2", "--strategy", strategy, "cli-sem", "--", "sh", "-c", &script])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let (max, done) = max_concurrent(&log);
+    assert_eq!(done, 6);
+    assert!(max <= 2, "{max} holders at once");
+    let out = leasehold(&etcd).args(["semaphore", "--permits", "3", "cli-sem", "--", "true"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "a different permit count must be refused");
+    assert!(one_line_error(&out).contains("permits"));
+}
+
+/// SIGKILL of the process holding a permit (or leadership): its lease expires and the next
+/// process gets in within about one TTL.
+#[test]
+fn permit_and_leadership_come_back_after_sigkill() {
+    let etcd = EtcdCluster::single();
+    for args in [&["semaphore", "--permits", "1", "cli-crash"][..], &["elect", "cli-crash-elect"][..]] {
+        let mut holder = leasehold(&etcd)
+            .args(args)
+            .args(["--ttl", "2s", "--", "sh", "-c", "echo started $$; exec sleep 60"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let child = wait_started(&mut holder);
+        let out = leasehold(&etcd).args(args).args(["--try", "--", "true"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(123), "{args:?} must be taken");
+        holder.kill().unwrap(); // SIGKILL: no release, no revoke
+        holder.wait().unwrap();
+        let _ = Command::new("kill").args(["-KILL", &child.to_string()]).status();
+        let started = Instant::now();
+        let out = leasehold(&etcd).args(args).args(["--timeout", "20s", "--", "true"]).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(started.elapsed() < Duration::from_secs(5), "{args:?} came back after {:?}", started.elapsed());
+    }
+}
+
+/// `etcdctl elect` and `leasehold elect` see each other's leaders, both ways.
+#[test]
+fn interop_with_etcdctl_elect() {
+    let etcd = EtcdCluster::single();
+    // etcdctl leads; leasehold sees its value, and cannot lead.
+    let mut ctl = etcd.etcdctl().args(["elect", "cli-elect", "from-etcdctl"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut reader = BufReader::new(ctl.stdout.take().unwrap());
+    let (mut key, mut value) = (String::new(), String::new());
+    reader.read_line(&mut key).unwrap();
+    reader.read_line(&mut value).unwrap();
+    assert_eq!(value.trim(), "from-etcdctl");
+    let out = leasehold(&etcd).args(["leader", "cli-elect"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("leader from-etcdctl ") && text.contains(key.trim()), "{text}");
+    let out = leasehold(&etcd).args(["elect", "--try", "cli-elect", "--", "true"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(123));
+    // SIGINT makes etcdctl resign (SIGKILL would leave its 60 s lease behind).
+    Command::new("kill").args(["-INT", &ctl.id().to_string()]).status().unwrap();
+    ctl.wait().unwrap();
+
+    // leasehold leads (after etcdctl's lease is gone); etcdctl's observer sees our value.
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("go");
+    let hold = format!(
+        "echo started $$; i=0; while [ ! -f '{}' ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
+        marker.display()
+    );
+    let mut ours = leasehold(&etcd)
+        .args(["elect", "cli-elect", "--value", "from-leasehold", "--timeout", "20s", "--", "sh", "-c", &hold])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_started(&mut ours);
+    let mut observer = etcd.etcdctl().args(["elect", "-l", "cli-elect"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut reader = BufReader::new(observer.stdout.take().unwrap());
+    let (mut key, mut value) = (String::new(), String::new());
+    reader.read_line(&mut key).unwrap();
+    reader.read_line(&mut value).unwrap();
+    assert_eq!(value.trim(), "from-leasehold");
+    observer.kill().unwrap();
+    observer.wait().unwrap();
+    std::fs::write(&marker, "").unwrap();
+    assert!(ours.wait().unwrap().success());
+}
+
+/// `leasehold elect --observe --json` prints each change on one line, including "no leader".
+#[test]
+fn observe_prints_every_change() {
+    let etcd = EtcdCluster::single();
+    let mut observer =
+        leasehold(&etcd).args(["elect", "cli-observe", "--observe", "--json"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut reader = BufReader::new(observer.stdout.take().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), r#"{"leader":null}"#);
+    for value in ["one", "two"] {
+        let out = leasehold(&etcd).args(["elect", "cli-observe", "--value", value, "--", "true"]).output().unwrap();
+        assert!(out.status.success());
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        assert!(line.starts_with(&format!(r#"{{"leader":"{value}","token":"#)), "{line}");
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), r#"{"leader":null}"#, "resign must show the gap");
+    }
+    observer.kill().unwrap();
+    observer.wait().unwrap();
+}

@@ -9,7 +9,10 @@
 mod supervise;
 
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
-use leasehold::{Client, Error, EtcdConfig, Mutex, Strategy, TlsConfig};
+use leasehold::{
+    Client, Election, Error, EtcdConfig, LeaderInfo, Leadership, Mutex, MutexGuard, Permit, Semaphore, Session,
+    Strategy, TlsConfig,
+};
 use std::process::ExitCode;
 use std::time::Duration;
 use supervise::{Held, Outcome};
@@ -25,6 +28,10 @@ const EXIT_NOT_FOUND: u8 = 127;
 const AFTER_HELP: &str = "\
 Examples:
   leasehold lock nightly-report -- ./make-report.sh
+  leasehold semaphore --permits 3 encoder -- ffmpeg -i in.mp4 out.webm
+  leasehold elect scheduler --value \"$(hostname)\" -- ./run-scheduler
+  leasehold elect scheduler --observe --json
+  leasehold leader scheduler
   leasehold --endpoints etcd://10.0.0.1:2379,10.0.0.2:2379 lock --timeout 30s db-migrate -- ./migrate
   leasehold lock --try cron -- ./job.sh || echo \"another node runs it\"
   LEASEHOLD_ENDPOINTS=memory:// leasehold lock demo -- sh -c 'echo token=$LEASEHOLD_FENCING_TOKEN'
@@ -36,7 +43,12 @@ Exit codes: the command's status; 2 usage; 122 lock lost (command killed); 123 b
 124 timed out (--timeout); 125 leasehold failed; 126 command cannot run; 127 command not found.";
 
 #[derive(Parser, Debug)]
-#[command(name = "leasehold", version, about = "Run a command under a distributed lock", after_help = AFTER_HELP)]
+#[command(
+    name = "leasehold",
+    version,
+    about = "Run a command under a distributed lock, a semaphore permit or leadership",
+    after_help = AFTER_HELP
+)]
 struct Cli {
     #[command(flatten)]
     conn: Conn,
@@ -108,6 +120,140 @@ enum Cmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Take one of N permits, run CMD, release when it exits.
+    Semaphore {
+        /// Semaphore name.
+        name: String,
+        /// Number of permits (must match the count stored with the semaphore).
+        #[arg(long)]
+        permits: u32,
+        #[arg(long, value_enum, default_value = "pessimistic")]
+        strategy: StrategyArg,
+        #[command(flatten)]
+        hold: Hold,
+        /// The command and its arguments (after --).
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Campaign, run CMD while leading (a singleton job), resign when it exits.
+    /// With --observe, print every leader change instead (one line each).
+    Elect {
+        /// Election name.
+        name: String,
+        /// The value this candidate proclaims (default: pid-<pid>).
+        #[arg(long)]
+        value: Option<String>,
+        /// Print leader changes, including "no leader", until interrupted.
+        #[arg(long, conflicts_with_all = ["cmd", "value"])]
+        observe: bool,
+        /// With --observe: one JSON object per line.
+        #[arg(long, requires = "observe")]
+        json: bool,
+        #[command(flatten)]
+        hold: Hold,
+        /// The command and its arguments (after --).
+        #[arg(last = true, required_unless_present = "observe")]
+        cmd: Vec<String>,
+    },
+    /// Print the current leader of an election and its fencing token.
+    Leader {
+        /// Election name.
+        name: String,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Whatever the command runs under.
+enum Guard {
+    Mutex(MutexGuard),
+    Permit(Permit),
+    Leader(Leadership),
+}
+
+impl Guard {
+    fn key(&self) -> &str {
+        match self {
+            Guard::Mutex(g) => g.key(),
+            Guard::Permit(p) => p.key(),
+            Guard::Leader(l) => l.key(),
+        }
+    }
+
+    fn token(&self) -> u64 {
+        match self {
+            Guard::Mutex(g) => g.fencing_token(),
+            Guard::Permit(p) => p.fencing_token(),
+            Guard::Leader(l) => l.fencing_token(),
+        }
+    }
+
+    async fn release(self) -> leasehold::Result<()> {
+        match self {
+            Guard::Mutex(g) => g.unlock().await,
+            Guard::Permit(p) => p.release().await,
+            Guard::Leader(l) => l.resign().await,
+        }
+    }
+}
+
+fn strategy(s: StrategyArg) -> Strategy {
+    match s {
+        StrategyArg::Pessimistic => Strategy::Pessimistic,
+        StrategyArg::Optimistic => Strategy::Optimistic,
+    }
+}
+
+/// Acquires as `hold` says: `try` (exit 123 when taken), `timeout` (exit 124), or wait
+/// (until Ctrl-C).
+async fn acquire<F, T>(hold: &Hold, what: &str, name: &str, try_once: F, wait: T) -> Result<Guard, Fail>
+where
+    F: std::future::Future<Output = leasehold::Result<Option<Guard>>>,
+    T: FnOnce(
+        Option<Duration>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = leasehold::Result<Guard>> + Send>>,
+{
+    if hold.try_ {
+        return try_once.await?.ok_or_else(|| Fail(EXIT_BUSY, format!("{what} {name:?} is taken")));
+    }
+    tokio::select! {
+        g = wait(hold.timeout) => Ok(g?),
+        _ = tokio::signal::ctrl_c() => Err(Fail(130, "interrupted while waiting".into())),
+    }
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn describe(leader: &Option<LeaderInfo>, json: bool) -> String {
+    match (leader, json) {
+        (None, false) => "no leader".into(),
+        (None, true) => r#"{"leader":null}"#.into(),
+        (Some(l), false) => format!("leader {} token={} key={}", String::from_utf8_lossy(&l.value), l.token, l.key),
+        (Some(l), true) => format!(
+            r#"{{"leader":{},"token":{},"key":{},"lease":"{:x}"}}"#,
+            json_str(&String::from_utf8_lossy(&l.value)),
+            l.token,
+            json_str(&l.key),
+            l.lease
+        ),
+    }
 }
 
 /// "500ms", "10s", "2m", "1h", or plain seconds ("1.5").
@@ -177,6 +323,14 @@ async fn connect(conn: &Conn) -> Result<Client, Fail> {
     Ok(if conn.namespace.is_empty() { client } else { client.with_namespace(conn.namespace.clone()) })
 }
 
+/// Runs `cmd` under `guard`, then releases it (unless it was lost) and closes the session.
+async fn run_guarded(name: &str, session: Session, guard: Guard, cmd: &[String], grace: Duration) -> Result<u8, Fail> {
+    let held = Held { name, key: guard.key(), token: guard.token(), session: &session };
+    let result = run_held(cmd, held, grace).await;
+    finish(session.clone(), guard.release(), &result).await;
+    result
+}
+
 async fn run_held(cmd: &[String], held: Held<'_>, grace: Duration) -> Result<u8, Fail> {
     let child = supervise::spawn(cmd, &held).map_err(|e| {
         let code = if e.kind() == std::io::ErrorKind::NotFound { EXIT_NOT_FOUND } else { EXIT_CANNOT_RUN };
@@ -214,30 +368,70 @@ async fn finish(
 async fn run(cli: Cli) -> Result<u8, Fail> {
     let client = connect(&cli.conn).await?;
     match cli.command {
-        Cmd::Lock { name, strategy, hold, cmd } => {
+        Cmd::Lock { name, strategy: st, hold, cmd } => {
             let session = client.session_builder().ttl(hold.ttl).open().await?;
-            let strategy = match strategy {
-                StrategyArg::Pessimistic => Strategy::Pessimistic,
-                StrategyArg::Optimistic => Strategy::Optimistic,
-            };
-            let mutex = Mutex::new(&session, &name)?.with_strategy(strategy);
-            let guard = if hold.try_ {
-                match mutex.try_lock().await? {
-                    Some(g) => g,
-                    None => return Err(Fail(EXIT_BUSY, format!("lock {name:?} is held by another"))),
-                }
-            } else if let Some(t) = hold.timeout {
-                mutex.lock_timeout(t).await?
-            } else {
+            let mutex = Mutex::new(&session, &name)?.with_strategy(strategy(st));
+            let m2 = mutex.clone();
+            let guard = acquire(&hold, "lock", &name, async { Ok(mutex.try_lock().await?.map(Guard::Mutex)) }, |t| {
+                Box::pin(async move {
+                    Ok(Guard::Mutex(match t {
+                        Some(t) => m2.lock_timeout(t).await?,
+                        None => m2.lock().await?,
+                    }))
+                })
+            })
+            .await?;
+            run_guarded(&name, session, guard, &cmd, hold.grace).await
+        }
+        Cmd::Semaphore { name, permits, strategy: st, hold, cmd } => {
+            let session = client.session_builder().ttl(hold.ttl).open().await?;
+            let sem = Semaphore::new(&session, &name, permits)?.with_strategy(strategy(st));
+            let s2 = sem.clone();
+            let guard =
+                acquire(&hold, "semaphore", &name, async { Ok(sem.try_acquire().await?.map(Guard::Permit)) }, |t| {
+                    Box::pin(async move {
+                        Ok(Guard::Permit(match t {
+                            Some(t) => s2.acquire_timeout(t).await?,
+                            None => s2.acquire().await?,
+                        }))
+                    })
+                })
+                .await?;
+            run_guarded(&name, session, guard, &cmd, hold.grace).await
+        }
+        Cmd::Elect { name, observe: true, json, .. } => {
+            let session = client.session().await?;
+            let mut observer = Election::new(&session, &name)?.observe();
+            loop {
                 tokio::select! {
-                    g = mutex.lock() => g?,
-                    _ = tokio::signal::ctrl_c() => return Err(Fail(130, "interrupted while waiting".into())),
+                    change = observer.changed() => println!("{}", describe(&change?, json)),
+                    _ = tokio::signal::ctrl_c() => return Ok(0),
                 }
-            };
-            let held = Held { name: &name, key: guard.key(), token: guard.fencing_token(), session: &session };
-            let result = run_held(&cmd, held, hold.grace).await;
-            finish(session, guard.unlock(), &result).await;
-            result
+            }
+        }
+        Cmd::Elect { name, value, hold, cmd, .. } => {
+            let session = client.session_builder().ttl(hold.ttl).open().await?;
+            let election = Election::new(&session, &name)?;
+            let value = value.unwrap_or_else(|| format!("pid-{}", std::process::id()));
+            let (e2, v2) = (election.clone(), value.clone());
+            let try_once = async { Ok(election.try_campaign(value).await?.map(Guard::Leader)) };
+            let guard = acquire(&hold, "election", &name, try_once, |t| {
+                Box::pin(async move {
+                    Ok(Guard::Leader(match t {
+                        Some(t) => e2.campaign_timeout(v2, t).await?,
+                        None => e2.campaign(v2).await?,
+                    }))
+                })
+            })
+            .await?;
+            run_guarded(&name, session, guard, &cmd, hold.grace).await
+        }
+        Cmd::Leader { name, json } => {
+            let session = client.session().await?;
+            let leader = Election::new(&session, &name)?.leader().await?;
+            println!("{}", describe(&leader, json));
+            let _ = session.close().await;
+            Ok(0)
         }
     }
 }
