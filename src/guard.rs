@@ -90,6 +90,12 @@ impl Drop for Holding {
         if !self.release.begin() {
             return;
         }
+        if self.session.check().is_err() {
+            // Lost, closed or detached: the key went (or goes) with the lease; a detached
+            // session must look crashed, so nothing is deleted on its behalf.
+            self.release.finish();
+            return;
+        }
         let backend = self.session.client().backend().clone();
         let key = std::mem::take(&mut self.key);
         let revision = self.revision;

@@ -251,7 +251,7 @@ impl Semaphore {
             let k = key.clone();
             let below_limit = move |v: &View| {
                 v.revision() >= rev
-                    && v.get(&k).map_or(true, |kv| kv.create_revision != rev)
+                    && v.get(&k).is_none_or(|kv| kv.create_revision != rev)
                     && v.entries().count() < limit
             };
             if !retry.after(&self.session, &self.prefix, below_limit).await? {

@@ -233,6 +233,19 @@ impl Session {
         self.inner.client.backend().revoke_lease(self.inner.lease).await
     }
 
+    /// Stops renewing **without** revoking, and returns the lease id: what the store sees
+    /// when a process crashes. The keys held through the session stay until the lease
+    /// expires, or until a new session [attaches](SessionBuilder::attach) to the lease and
+    /// takes them over (a restarting process handing its locks to its successor).
+    pub fn detach(self) -> LeaseId {
+        if let Some(task) = self.inner.keepalive.lock().take() {
+            task.abort();
+        }
+        // Closed locally, so dropping the last handle does not revoke.
+        self.inner.shared.state.close();
+        self.inner.lease
+    }
+
     /// Runs `fut` in the background, counted by [`settle`](Session::settle). Without a tokio
     /// runtime (a guard dropped outside one) the work is skipped: the lease expiry cleans up.
     pub(crate) fn spawn_cleanup(&self, fut: impl Future<Output = ()> + Send + 'static) {

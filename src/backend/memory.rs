@@ -372,7 +372,7 @@ impl Backend for MemoryBackend {
         writes: Vec<Write>,
     ) -> Result<bool> {
         let mut st = self.call().await?;
-        if !st.kvs.get(guard_key).is_some_and(|kv| kv.create_revision == guard_create_revision) {
+        if st.kvs.get(guard_key).is_none_or(|kv| kv.create_revision != guard_create_revision) {
             return Ok(false);
         }
         st.apply(writes)?;
