@@ -1,7 +1,7 @@
 //! What every guard (mutex, permit, read/write lock, leadership) holds: one key created
 //! under the session's lease, and the exactly-once release of it.
 
-use crate::backend::{Revision, Write};
+use crate::backend::{Condition, Revision, Write};
 use crate::error::{Error, Result};
 use crate::local::release::ReleaseOnce;
 use crate::queue::release_retry;
@@ -17,6 +17,8 @@ pub(crate) struct Holding {
     revision: Revision,
     release: ReleaseOnce,
     local: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// Whether the acquisition had to wait for another holder (feeds the adaptive policy).
+    contended: bool,
 }
 
 impl Holding {
@@ -26,7 +28,18 @@ impl Holding {
         revision: Revision,
         local: Option<tokio::sync::OwnedMutexGuard<()>>,
     ) -> Self {
-        Self { session, key, revision, release: ReleaseOnce::new(), local }
+        Self { session, key, revision, release: ReleaseOnce::new(), local, contended: false }
+    }
+
+    /// Marks the acquisition as one that waited for another holder.
+    pub(crate) fn contended(mut self, contended: bool) -> Self {
+        self.contended = contended;
+        self
+    }
+
+    /// Whether the acquisition waited for another holder.
+    pub(crate) fn was_contended(&self) -> bool {
+        self.contended
     }
 
     pub(crate) fn token(&self) -> u64 {
@@ -55,7 +68,8 @@ impl Holding {
             return Err(Error::NotHeld { what, reason: "already released".into() });
         }
         let backend = self.session.client().backend();
-        if backend.write_if_held(&self.key, self.revision, writes).await? {
+        let held = [Condition::Created { key: self.key.clone(), revision: self.revision }];
+        if backend.write_if(&held, writes).await? {
             Ok(())
         } else {
             Err(Error::NotHeld { what, reason: format!("{} no longer exists with token {}", self.key, self.revision) })

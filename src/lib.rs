@@ -33,6 +33,7 @@
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms)]
 
+mod adaptive;
 pub mod backend;
 mod backoff;
 mod client;
@@ -44,6 +45,7 @@ mod local;
 mod mutex;
 mod name;
 mod queue;
+mod register;
 mod rwlock;
 mod semaphore;
 mod session;
@@ -59,6 +61,7 @@ pub use error::{Error, Result};
 pub use fencing::FencedResource;
 pub use mutex::{Holder, Mutex, MutexGuard, Strategy};
 pub use name::{validate_name, MAX_NAME_LEN};
+pub use register::{Register, Updated};
 pub use rwlock::{ReadGuard, RwLock, WriteGuard};
 pub use semaphore::{Permit, Semaphore};
 pub use session::{Session, SessionBuilder, DEFAULT_TTL, MAX_TTL, MIN_TTL};

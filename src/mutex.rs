@@ -1,5 +1,6 @@
 //! A distributed mutex with a fencing token, under a session's lease.
 
+use crate::adaptive::Adaptive;
 use crate::backend::{CreateRequest, Precondition, Write};
 use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
@@ -7,6 +8,7 @@ use crate::guard::Holding;
 use crate::queue::{enqueue, gone, local_slot, Admission, Pending, Retry, Ticket, View, Wait};
 use crate::Session;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -22,6 +24,10 @@ pub enum Strategy {
     /// contention is rare. (A semaphore creates its key and deletes it again at once if it
     /// is not among the first N.)
     Optimistic,
+    /// Starts optimistic, queues once it sees conflicts, and goes back when queueing finds
+    /// nobody ahead (the policy is in `src/adaptive.rs`). Per handle; clones share it. A
+    /// semaphore treats it as `Pessimistic`.
+    Adaptive,
 }
 
 /// Who holds a name.
@@ -73,6 +79,7 @@ pub struct Mutex {
     key: String,
     strategy: Strategy,
     backoff: Backoff,
+    adaptive: Arc<Adaptive>,
 }
 
 /// Default retry policy of the optimistic strategy after it saw the holder go.
@@ -92,6 +99,7 @@ impl Mutex {
             key,
             strategy: Strategy::Pessimistic,
             backoff: optimistic_backoff(),
+            adaptive: Arc::default(),
         })
     }
 
@@ -152,6 +160,20 @@ impl Mutex {
             match self.strategy {
                 Strategy::Pessimistic => self.acquire_queued(wait, local).await,
                 Strategy::Optimistic => self.acquire_cas(wait, local).await,
+                Strategy::Adaptive if self.adaptive.queue_next() => {
+                    let got = self.acquire_queued(wait, local).await?;
+                    if let Some(g) = &got {
+                        self.adaptive.queued(g.hold.was_contended());
+                    }
+                    Ok(got)
+                }
+                Strategy::Adaptive => {
+                    let got = self.acquire_cas(wait, local).await?;
+                    if let Some(g) = &got {
+                        self.adaptive.optimistic(g.hold.was_contended() as u32);
+                    }
+                    Ok(got)
+                }
             }
         }
         .instrument(span)
@@ -183,6 +205,7 @@ impl Mutex {
     async fn acquire_cas(&self, wait: Wait, local: tokio::sync::OwnedMutexGuard<()>) -> Result<Option<MutexGuard>> {
         let mut local = Some(local);
         let mut retry = Retry::new(wait, &self.backoff);
+        let mut conflicts = 0u32;
         loop {
             let mut pending = Pending::start(&self.session, self.request(Precondition::PrefixEmpty), local.take());
             let resp = pending.response().await?;
@@ -192,14 +215,14 @@ impl Mutex {
                 (Some(mine), Some(h)) if h.key == self.key && mine.lease == self.session.lease_id() => {
                     let rev = mine.create_revision;
                     let local = pending.keep();
-                    return Ok(Some(MutexGuard {
-                        hold: Holding::new(self.session.clone(), self.key.clone(), rev, local),
-                    }));
+                    let hold = Holding::new(self.session.clone(), self.key.clone(), rev, local);
+                    return Ok(Some(MutexGuard { hold: hold.contended(conflicts > 0) }));
                 }
                 _ => {}
             }
             local = pending.keep();
             let Some(h) = holder else { continue }; // freed in between: try again at once
+            conflicts += 1;
             if !retry.after(&self.session, &self.prefix, gone(&h.key, h.create_revision)).await? {
                 return Ok(None);
             }
@@ -214,6 +237,11 @@ pub struct MutexGuard {
 }
 
 impl MutexGuard {
+    /// Whether this acquisition had to wait for another holder.
+    pub(crate) fn was_contended(&self) -> bool {
+        self.hold.was_contended()
+    }
+
     /// The fencing token: strictly greater than every earlier holder's token of this name.
     pub fn fencing_token(&self) -> u64 {
         self.hold.token()

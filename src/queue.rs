@@ -610,7 +610,8 @@ pub(crate) async fn enqueue(
     }
     let rev = mine.create_revision;
     let head = View::snapshot(resp.head, resp.revision);
-    if turn(&head, &key, rev, &rule) != Some(Turn::Ready) {
+    let waited = turn(&head, &key, rev, &rule) != Some(Turn::Ready);
+    if waited {
         if wait == Wait::No {
             pending.abandon().await?;
             return Ok(Admission::NotAdmitted);
@@ -624,7 +625,7 @@ pub(crate) async fn enqueue(
         }
     }
     let local = pending.keep();
-    Ok(Admission::Held(Holding::new(session.clone(), key, rev, local), mine))
+    Ok(Admission::Held(Holding::new(session.clone(), key, rev, local).contended(waited), mine))
 }
 
 /// The waiting half of an optimistic (compare-and-swap) acquisition. After an attempt that
@@ -717,10 +718,9 @@ mod tests {
         }
         // An update that leaves the count as it was is not reported.
         let rewrite = Write::Put { key: "p/a".into(), value: b"x".to_vec(), lease: Some(lease) };
-        assert!(backend
-            .write_if_held("p/a", backend.get("p/a").await.unwrap().unwrap().create_revision, vec![rewrite])
-            .await
-            .unwrap());
+        let created = backend.get("p/a").await.unwrap().unwrap().create_revision;
+        let held = [crate::backend::Condition::Created { key: "p/a".into(), revision: created }];
+        assert!(backend.write_if(&held, vec![rewrite]).await.unwrap());
         backend.delete_if_created("p/b", backend.get("p/b").await.unwrap().unwrap().create_revision).await.unwrap();
         // Read only now: every state was queued meanwhile.
         let mut seen = Vec::new();

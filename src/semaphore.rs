@@ -156,7 +156,7 @@ impl Semaphore {
         async {
             let limit = self.stored_count().await? as usize;
             match self.strategy {
-                Strategy::Pessimistic => self.acquire_queued(wait, limit).await,
+                Strategy::Pessimistic | Strategy::Adaptive => self.acquire_queued(wait, limit).await,
                 Strategy::Optimistic => self.acquire_cas(wait, limit).await,
             }
         }

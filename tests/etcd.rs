@@ -6,6 +6,7 @@ mod support;
 
 use conformance::mutex as mx;
 use conformance::recipes::{self as rc, Mix};
+use conformance::register as rg;
 use leasehold::{Client, Error, EtcdConfig, Mutex, Strategy::*};
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -250,4 +251,10 @@ async fn unreachable_endpoints_fail_fast() {
     }
     let r = Client::connect("zookeeper://127.0.0.1:2181").await;
     assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+}
+
+on_etcd! {
+    register_mixed_strategies_lose_no_update => |c| rg::mixed_strategies_lose_no_update(c, 6, 10);
+    register_adaptive_follows_contention => |c| rg::adaptive_follows_contention(c, 8, 20);
+    register_declined_update_writes_nothing => |c| rg::declined_update_writes_nothing(c);
 }

@@ -2,6 +2,7 @@
 mod conformance;
 
 use conformance::mutex as mx;
+use conformance::register as rg;
 use leasehold::{Client, MemoryBackend, Mutex, Strategy::*};
 use std::time::Duration;
 
@@ -52,4 +53,10 @@ async fn unreachable_store_loses_the_session_at_its_deadline() {
     assert!(now >= deadline, "lost before the deadline");
     assert!(now <= deadline + Duration::from_millis(50), "lost late: {:?}", now - deadline);
     assert!(!guard.is_valid());
+}
+
+on_memory! {
+    register_mixed_strategies_lose_no_update => |c| rg::mixed_strategies_lose_no_update(c, 12, 20);
+    register_adaptive_follows_contention => |c| rg::adaptive_follows_contention(c, 8, 20);
+    register_declined_update_writes_nothing => |c| rg::declined_update_writes_nothing(c);
 }

@@ -468,12 +468,21 @@ impl Backend for EtcdBackend {
         })
     }
 
-    async fn write_if_held(
-        &self,
-        guard_key: &str,
-        guard_create_revision: Revision,
-        writes: Vec<Write>,
-    ) -> Result<bool> {
+    async fn write_if(&self, conditions: &[Condition], writes: Vec<Write>) -> Result<bool> {
+        let compares: Vec<Compare> = conditions
+            .iter()
+            .map(|c| match c {
+                Condition::Created { key, revision } => {
+                    Compare::create_revision(key.clone(), CompareOp::Equal, *revision)
+                }
+                Condition::Modified { key, revision: Some(r) } => {
+                    Compare::mod_revision(key.clone(), CompareOp::Equal, *r)
+                }
+                Condition::Modified { key, revision: None } => {
+                    Compare::create_revision(key.clone(), CompareOp::Equal, 0)
+                }
+            })
+            .collect();
         let ops: Vec<TxnOp> = writes
             .into_iter()
             .map(|w| match w {
@@ -483,10 +492,7 @@ impl Backend for EtcdBackend {
                 Write::Delete { key } => TxnOp::delete(key, None),
             })
             .collect();
-        let txn = Txn::new()
-            .when([Compare::create_revision(guard_key, CompareOp::Equal, guard_create_revision)])
-            .and_then(ops);
-        Ok(self.txn(txn).await?.succeeded())
+        Ok(self.txn(Txn::new().when(compares).and_then(ops)).await?.succeeded())
     }
 
     async fn watch_prefix(&self, prefix: &str) -> Result<Box<dyn WatchStream>> {

@@ -365,18 +365,16 @@ impl Backend for MemoryBackend {
         Ok(CasResponse { swapped, current: st.kvs.get(key).cloned(), revision: st.revision })
     }
 
-    async fn write_if_held(
-        &self,
-        guard_key: &str,
-        guard_create_revision: Revision,
-        writes: Vec<Write>,
-    ) -> Result<bool> {
+    async fn write_if(&self, conditions: &[Condition], writes: Vec<Write>) -> Result<bool> {
         let mut st = self.call().await?;
-        if st.kvs.get(guard_key).is_none_or(|kv| kv.create_revision != guard_create_revision) {
-            return Ok(false);
+        let holds = conditions.iter().all(|c| match c {
+            Condition::Created { key, revision } => st.kvs.get(key).is_some_and(|kv| kv.create_revision == *revision),
+            Condition::Modified { key, revision } => st.kvs.get(key).map(|kv| kv.mod_revision) == *revision,
+        });
+        if holds {
+            st.apply(writes)?;
         }
-        st.apply(writes)?;
-        Ok(true)
+        Ok(holds)
     }
 
     async fn watch_prefix(&self, prefix: &str) -> Result<Box<dyn WatchStream>> {

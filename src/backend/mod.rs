@@ -16,7 +16,7 @@
 //! 3. **Order.** [`Backend::range_prefix`] and the `head` of [`CreateResponse`] list keys in
 //!    ascending `create_revision` order, and carry the revision they were read at.
 //! 4. **Conditional writes are atomic**: [`Backend::create`], [`Backend::delete_if_created`],
-//!    [`Backend::compare_and_swap`] and [`Backend::write_if_held`] check and write in one step.
+//!    [`Backend::compare_and_swap`] and [`Backend::write_if`] check and write in one step.
 //!    A write whose condition fails changes nothing and does not advance the revision.
 //! 5. **Watches.** [`Backend::watch_prefix`] returns only once the watch is registered; it
 //!    then delivers every change under the prefix with a revision greater than the
@@ -108,7 +108,26 @@ pub struct CasResponse {
     pub revision: Revision,
 }
 
-/// One write of [`Backend::write_if_held`].
+/// A condition of [`Backend::write_if`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// `key` exists with this `create_revision` (a guard still holds).
+    Created {
+        /// The key.
+        key: String,
+        /// Its expected create revision.
+        revision: Revision,
+    },
+    /// `key`'s `mod_revision` is `revision`, or the key is absent if `None` (nobody wrote it since it was read).
+    Modified {
+        /// The key.
+        key: String,
+        /// Its expected mod revision; `None` for "absent".
+        revision: Option<Revision>,
+    },
+}
+
+/// One write of [`Backend::write_if`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
     /// Put `value` at `key`, attached to `lease` if given.
@@ -212,10 +231,10 @@ pub trait Backend: Send + Sync + Debug + 'static {
         value: Vec<u8>,
         lease: Option<LeaseId>,
     ) -> Result<CasResponse>;
-    /// Applies `writes` only if `guard_key` exists with `guard_create_revision`: the fenced
-    /// write. True if applied.
-    async fn write_if_held(&self, guard_key: &str, guard_create_revision: Revision, writes: Vec<Write>)
-        -> Result<bool>;
+    /// Applies `writes` only if every condition holds, atomically. True if applied. With a
+    /// [`Condition::Created`] on a guard's key this is the fenced write: nothing is written
+    /// once the guard's key is gone (released, or expired with its lease).
+    async fn write_if(&self, conditions: &[Condition], writes: Vec<Write>) -> Result<bool>;
 
     /// Opens a watch on every key under `prefix`; returns once it is registered.
     async fn watch_prefix(&self, prefix: &str) -> Result<Box<dyn WatchStream>>;

@@ -4,3 +4,4 @@
 #![allow(dead_code)]
 pub mod mutex;
 pub mod recipes;
+pub mod register;

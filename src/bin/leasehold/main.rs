@@ -104,6 +104,8 @@ struct Hold {
 enum StrategyArg {
     Pessimistic,
     Optimistic,
+    /// Optimistic until conflicts rise, then queued (semaphores queue).
+    Adaptive,
 }
 
 #[derive(Subcommand, Debug)]
@@ -202,6 +204,7 @@ fn strategy(s: StrategyArg) -> Strategy {
     match s {
         StrategyArg::Pessimistic => Strategy::Pessimistic,
         StrategyArg::Optimistic => Strategy::Optimistic,
+        StrategyArg::Adaptive => Strategy::Adaptive,
     }
 }
 

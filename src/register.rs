@@ -1,0 +1,176 @@
+//! A register: one value that many clients read-modify-write, with a contention strategy.
+
+use crate::adaptive::Adaptive;
+use crate::backend::{Condition, Write};
+use crate::backoff::{Backoff, Jitter};
+use crate::error::{Error, Result};
+use crate::mutex::{Mutex, Strategy};
+use crate::Session;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What [`Register::update`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Updated {
+    /// Whether a new value was written (false when the update function declined).
+    pub written: bool,
+    /// The value the update function saw last (the one it replaced, if written).
+    pub previous: Option<Vec<u8>>,
+    /// Failed compare-and-swaps on the way (conflicts with other writers).
+    pub conflicts: u32,
+    /// The fencing token of the lock the write was made under, if it was queued.
+    pub token: Option<u64>,
+}
+
+/// A value at one key that many clients update with a read-modify-write, so that no update
+/// is lost — the flash-sale stock, a counter, a configuration document.
+///
+/// Every write is conditional on the value not having changed since it was read (a
+/// compare-and-swap on its revision), whatever the [`Strategy`]; the strategy only decides
+/// how contention is handled:
+/// - [`Strategy::Optimistic`]: read, compare-and-swap, retry after a jittered delay on
+///   conflict. One read and one write per update when alone.
+/// - [`Strategy::Pessimistic`]: take the [`Mutex`] of the same name, then read and write;
+///   the write is also fenced (applied only while the lock is held). Contention becomes an
+///   orderly hand-off, at the cost of the lock's two round trips.
+/// - [`Strategy::Adaptive`]: optimistic until conflicts rise, then queued until the queue
+///   is quiet (see `src/adaptive.rs`).
+///
+/// Clients may use different strategies on the same register at once: no update is lost.
+/// The value lives at the key `<namespace><name>` (no lease), and the lock under
+/// `<namespace><name>/`, so a register shares its name with the [`Mutex`] of that name.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
+/// use leasehold::{Client, Register, Strategy};
+/// let session = Client::memory().session().await?;
+/// let stock = Register::new(&session, "stock")?.with_strategy(Strategy::Adaptive);
+/// stock.update(|_| Some(b"3".to_vec())).await?;
+/// // Sell one unit unless sold out.
+/// let sold = stock
+///     .update(|v| {
+///         let n: u32 = std::str::from_utf8(v?).ok()?.parse().ok()?;
+///         (n > 0).then(|| (n - 1).to_string().into_bytes())
+///     })
+///     .await?;
+/// assert!(sold.written);
+/// assert_eq!(stock.get().await?.as_deref(), Some(&b"2"[..]));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Register {
+    session: Session,
+    key: String,
+    mutex: Mutex,
+    strategy: Strategy,
+    backoff: Backoff,
+    adaptive: Arc<Adaptive>,
+}
+
+impl Register {
+    /// An optimistic register `name`. Fails for an invalid name.
+    pub fn new(session: &Session, name: &str) -> Result<Self> {
+        let mutex = Mutex::new(session, name)?;
+        let prefix = session.client().prefix_of(name)?;
+        Ok(Self {
+            session: session.clone(),
+            key: prefix.trim_end_matches('/').to_owned(),
+            mutex,
+            strategy: Strategy::Optimistic,
+            backoff: Backoff::new(Duration::from_micros(500), Duration::from_millis(50)).jitter(Jitter::Full),
+            adaptive: Arc::default(),
+        })
+    }
+
+    /// Chooses the strategy.
+    pub fn with_strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// The delays between optimistic retries.
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The key holding the value.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Reads the value.
+    pub async fn get(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self.session.client().backend().get(&self.key).await?.map(|kv| kv.value))
+    }
+
+    /// Applies `f` to the current value (None if unset) and writes what it returns, unless
+    /// it returns None. Retries on conflict with other writers, calling `f` again with the
+    /// newer value; never loses an update.
+    pub async fn update(&self, mut f: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>> + Send) -> Result<Updated> {
+        match self.strategy {
+            Strategy::Optimistic => self.optimistic(&mut f).await,
+            Strategy::Pessimistic => self.queued(&mut f).await.map(|(u, _)| u),
+            Strategy::Adaptive if self.adaptive.queue_next() => {
+                let (updated, waited) = self.queued(&mut f).await?;
+                self.adaptive.queued(waited);
+                Ok(updated)
+            }
+            Strategy::Adaptive => {
+                let updated = self.optimistic(&mut f).await?;
+                self.adaptive.optimistic(updated.conflicts);
+                Ok(updated)
+            }
+        }
+    }
+
+    async fn optimistic(&self, f: &mut (impl FnMut(Option<&[u8]>) -> Option<Vec<u8>> + Send)) -> Result<Updated> {
+        let backend = self.session.client().backend();
+        let mut current = backend.get(&self.key).await?;
+        let mut delays = self.backoff.delays();
+        let mut conflicts = 0;
+        loop {
+            let previous = current.as_ref().map(|kv| kv.value.clone());
+            let Some(new) = f(previous.as_deref()) else {
+                return Ok(Updated { written: false, previous, conflicts, token: None });
+            };
+            let expected = current.as_ref().map(|kv| kv.mod_revision);
+            let cas = backend.compare_and_swap(&self.key, expected, new, None).await?;
+            if cas.swapped {
+                return Ok(Updated { written: true, previous, conflicts, token: None });
+            }
+            conflicts += 1;
+            current = cas.current;
+            tokio::time::sleep(delays.next().unwrap_or(self.backoff.cap)).await;
+        }
+    }
+
+    /// Under the lock: returns the outcome and whether the lock had to be waited for.
+    async fn queued(&self, f: &mut (impl FnMut(Option<&[u8]>) -> Option<Vec<u8>> + Send)) -> Result<(Updated, bool)> {
+        let backend = self.session.client().backend();
+        let guard = self.mutex.lock().await?;
+        let waited = guard.was_contended();
+        let token = guard.fencing_token();
+        let held = Condition::Created { key: guard.key().to_owned(), revision: token as i64 };
+        let mut conflicts = 0;
+        let outcome = loop {
+            let current = backend.get(&self.key).await?;
+            let previous = current.as_ref().map(|kv| kv.value.clone());
+            let Some(new) = f(previous.as_deref()) else {
+                break Updated { written: false, previous, conflicts, token: Some(token) };
+            };
+            let unchanged = Condition::Modified { key: self.key.clone(), revision: current.map(|kv| kv.mod_revision) };
+            let put = Write::Put { key: self.key.clone(), value: new, lease: None };
+            if backend.write_if(&[held.clone(), unchanged], vec![put]).await? {
+                break Updated { written: true, previous, conflicts, token: Some(token) };
+            }
+            if !guard.is_valid() || backend.get(guard.key()).await?.is_none_or(|kv| kv.create_revision != token as i64)
+            {
+                return Err(Error::NotHeld { what: "register", reason: "the lock was lost during the update".into() });
+            }
+            conflicts += 1; // an optimistic writer got in between
+        };
+        guard.unlock().await?;
+        Ok((outcome, waited))
+    }
+}
