@@ -6,6 +6,7 @@ use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
 use crate::mutex::{Mutex, Strategy};
 use crate::Session;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,30 +109,56 @@ impl Register {
     /// it returns None. Retries on conflict with other writers, calling `f` again with the
     /// newer value; never loses an update.
     pub async fn update(&self, mut f: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>> + Send) -> Result<Updated> {
+        self.update_with_token(|v, _| f(v)).await
+    }
+
+    /// Like [`update`](Register::update), and `f` also gets the fencing token of the lock the
+    /// update runs under (`None` for an optimistic update), so it can store it with the value.
+    pub async fn update_with_token(
+        &self,
+        mut f: impl FnMut(Option<&[u8]>, Option<u64>) -> Option<Vec<u8>> + Send,
+    ) -> Result<Updated> {
+        self.update_async(|v, token| std::future::ready(f(v.as_deref(), token))).await
+    }
+
+    /// Like [`update_with_token`](Register::update_with_token) with an async update function,
+    /// for updates that need I/O between reading and writing (the "critical section"). Under
+    /// the optimistic strategy the value may change meanwhile; the write then fails and `f`
+    /// runs again on the newer value.
+    pub async fn update_async<F, Fut>(&self, mut f: F) -> Result<Updated>
+    where
+        F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
+        Fut: Future<Output = Option<Vec<u8>>> + Send,
+    {
+        let f = &mut f;
         match self.strategy {
-            Strategy::Optimistic => self.optimistic(&mut f).await,
-            Strategy::Pessimistic => self.queued(&mut f).await.map(|(u, _)| u),
+            Strategy::Optimistic => self.optimistic(f).await,
+            Strategy::Pessimistic => self.queued(f).await.map(|(u, _)| u),
             Strategy::Adaptive if self.adaptive.queue_next() => {
-                let (updated, waited) = self.queued(&mut f).await?;
+                let (updated, waited) = self.queued(f).await?;
                 self.adaptive.queued(waited);
                 Ok(updated)
             }
             Strategy::Adaptive => {
-                let updated = self.optimistic(&mut f).await?;
+                let updated = self.optimistic(f).await?;
                 self.adaptive.optimistic(updated.conflicts);
                 Ok(updated)
             }
         }
     }
 
-    async fn optimistic(&self, f: &mut (impl FnMut(Option<&[u8]>) -> Option<Vec<u8>> + Send)) -> Result<Updated> {
+    async fn optimistic<F, Fut>(&self, f: &mut F) -> Result<Updated>
+    where
+        F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
+        Fut: Future<Output = Option<Vec<u8>>> + Send,
+    {
         let backend = self.session.client().backend();
         let mut current = backend.get(&self.key).await?;
         let mut delays = self.backoff.delays();
         let mut conflicts = 0;
         loop {
             let previous = current.as_ref().map(|kv| kv.value.clone());
-            let Some(new) = f(previous.as_deref()) else {
+            let Some(new) = f(previous.clone(), None).await else {
                 return Ok(Updated { written: false, previous, conflicts, token: None });
             };
             let expected = current.as_ref().map(|kv| kv.mod_revision);
@@ -146,7 +173,11 @@ impl Register {
     }
 
     /// Under the lock: returns the outcome and whether the lock had to be waited for.
-    async fn queued(&self, f: &mut (impl FnMut(Option<&[u8]>) -> Option<Vec<u8>> + Send)) -> Result<(Updated, bool)> {
+    async fn queued<F, Fut>(&self, f: &mut F) -> Result<(Updated, bool)>
+    where
+        F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
+        Fut: Future<Output = Option<Vec<u8>>> + Send,
+    {
         let backend = self.session.client().backend();
         let guard = self.mutex.lock().await?;
         let waited = guard.was_contended();
@@ -156,7 +187,7 @@ impl Register {
         let outcome = loop {
             let current = backend.get(&self.key).await?;
             let previous = current.as_ref().map(|kv| kv.value.clone());
-            let Some(new) = f(previous.as_deref()) else {
+            let Some(new) = f(previous.clone(), Some(token)).await else {
                 break Updated { written: false, previous, conflicts, token: Some(token) };
             };
             let unchanged = Condition::Modified { key: self.key.clone(), revision: current.map(|kv| kv.mod_revision) };

@@ -1,0 +1,340 @@
+//! The contention sweep: optimistic vs pessimistic vs adaptive read-modify-write (a
+//! [`Register`] increment) against etcd's own Lock RPC doing the same work, for 1 … 64
+//! contenders and two critical-section lengths, all in one run on one etcd.
+//!
+//! ```text
+//! cargo bench --bench sweep                                   # starts its own etcd
+//! cargo bench --bench sweep -- --contenders 1,2,4,8,16,32,64 --cs-ms 0,2 --seconds 2 \
+//!     --out docs/sweep.md --plot docs/sweep.svg
+//! cargo bench --bench sweep -- --backend memory://            # no server
+//! ```
+//! Each contender has its own client connection and session (like separate processes).
+//! A cell runs for `--seconds`; its throughput is completed updates per second, its
+//! latency the time of one update (acquire, read, critical section, write, release). After
+//! each cell the register must equal the number of completed updates (no lost update).
+
+#[path = "../tests/support/etcd.rs"]
+#[allow(dead_code)]
+mod etcd;
+
+use clap::Parser;
+use etcd_client::LockOptions;
+use indicatif::{ProgressBar, ProgressStyle};
+use leasehold::{Client, EtcdConfig, Register, Strategy};
+use plotters::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// memory:// for the embedded backend; default: an etcd started here.
+    #[arg(long)]
+    backend: Option<String>,
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
+    contenders: Vec<usize>,
+    /// Critical-section lengths in milliseconds (time between read and write).
+    #[arg(long, value_delimiter = ',', default_value = "0,2")]
+    cs_ms: Vec<u64>,
+    /// Seconds per cell.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Write the Markdown table here too.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Write the SVG plot here.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Way {
+    Register(Strategy),
+    LockRpc,
+}
+
+impl Way {
+    fn name(self) -> &'static str {
+        match self {
+            Way::Register(Strategy::Optimistic) => "optimistic",
+            Way::Register(Strategy::Pessimistic) => "pessimistic",
+            Way::Register(Strategy::Adaptive) => "adaptive",
+            Way::LockRpc => "etcd Lock RPC",
+        }
+    }
+    fn color(self) -> RGBColor {
+        match self {
+            Way::Register(Strategy::Optimistic) => RGBColor(31, 119, 180),
+            Way::Register(Strategy::Pessimistic) => RGBColor(214, 39, 40),
+            Way::Register(Strategy::Adaptive) => RGBColor(44, 160, 44),
+            Way::LockRpc => RGBColor(127, 127, 127),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Cell {
+    way: Way,
+    contenders: usize,
+    cs_ms: u64,
+    ops_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    conflicts_per_op: f64,
+}
+
+fn incr(v: Option<Vec<u8>>) -> Vec<u8> {
+    let n: u64 = v.map_or(0, |b| String::from_utf8(b).unwrap().parse().unwrap());
+    (n + 1).to_string().into_bytes()
+}
+
+/// One contender until `stop`: returns (latencies, conflicts).
+async fn contend(target: Target, way: Way, name: String, cs: Duration, stop: Arc<AtomicBool>) -> (Vec<Duration>, u64) {
+    let mut latencies = Vec::new();
+    let mut conflicts = 0;
+    match way {
+        Way::Register(strategy) => {
+            let client = target.client().await;
+            let session = client.session().await.unwrap();
+            let reg = Register::new(&session, &name).unwrap().with_strategy(strategy);
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let u = reg
+                    .update_async(|v, _| async move {
+                        if !cs.is_zero() {
+                            tokio::time::sleep(cs).await;
+                        }
+                        Some(incr(v))
+                    })
+                    .await
+                    .unwrap();
+                conflicts += u64::from(u.conflicts);
+                latencies.push(t.elapsed());
+            }
+            session.close().await.unwrap();
+        }
+        Way::LockRpc => {
+            let Target::Etcd(endpoints) = target else { unreachable!("Lock RPC needs etcd") };
+            let mut c = etcd_client::Client::connect(endpoints, None).await.unwrap();
+            let lease = c.lease_grant(10, None).await.unwrap().id();
+            let (mut keeper, mut stream) = c.lease_keep_alive(lease).await.unwrap();
+            let keep = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    if keeper.keep_alive().await.is_err() || stream.message().await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let key = format!("{name}.value");
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let lock =
+                    c.lock(format!("{name}/").as_str(), Some(LockOptions::new().with_lease(lease))).await.unwrap();
+                let v = c.get(key.as_str(), None).await.unwrap().kvs().first().map(|kv| kv.value().to_vec());
+                if !cs.is_zero() {
+                    tokio::time::sleep(cs).await;
+                }
+                c.put(key.as_str(), incr(v), None).await.unwrap();
+                c.unlock(lock.key()).await.unwrap();
+                latencies.push(t.elapsed());
+            }
+            keep.abort();
+            c.lease_revoke(lease).await.unwrap();
+        }
+    }
+    (latencies, conflicts)
+}
+
+#[derive(Clone)]
+enum Target {
+    Memory(Client),
+    Etcd(Vec<String>),
+}
+
+impl Target {
+    async fn client(&self) -> Client {
+        match self {
+            Target::Memory(c) => c.clone(),
+            Target::Etcd(e) => Client::etcd(EtcdConfig::new(e.clone())).await.unwrap(),
+        }
+    }
+
+    async fn read(&self, way: Way, name: &str) -> u64 {
+        let c = self.client().await;
+        let key = match way {
+            Way::LockRpc => format!("{name}.value"),
+            Way::Register(_) => name.to_owned(),
+        };
+        c.backend().get(&key).await.unwrap().map_or(0, |kv| String::from_utf8(kv.value).unwrap().parse().unwrap())
+    }
+}
+
+async fn run_cell(target: &Target, way: Way, contenders: usize, cs_ms: u64, seconds: f64, id: usize) -> Cell {
+    let name = format!("sweep-{id}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let cs = Duration::from_millis(cs_ms);
+    let started = Instant::now();
+    let tasks: Vec<_> =
+        (0..contenders).map(|_| tokio::spawn(contend(target.clone(), way, name.clone(), cs, stop.clone()))).collect();
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut conflicts = 0;
+    for t in tasks {
+        let (l, c) = t.await.unwrap();
+        all.extend(l);
+        conflicts += c;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let stored = target.read(way, &name).await;
+    assert_eq!(stored, all.len() as u64, "{} with {contenders} contenders lost an update", way.name());
+    all.sort();
+    let pct = |p: f64| all[((all.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3;
+    Cell {
+        way,
+        contenders,
+        cs_ms,
+        ops_per_s: all.len() as f64 / elapsed,
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        conflicts_per_op: conflicts as f64 / all.len() as f64,
+    }
+}
+
+fn table(cells: &[Cell], ways: &[Way], args: &Args, backend: &str) -> String {
+    let mut out = format!(
+        "Contention sweep on {backend}: a Register increment per operation, {} s per cell.\n\
+         Each contender has its own connection and session. `adaptive / best` compares adaptive with the\n\
+         better of optimistic and pessimistic in the same row.\n",
+        args.seconds
+    );
+    for &cs in &args.cs_ms {
+        out += &format!("\n### Critical section {cs} ms\n\n| contenders |");
+        for w in ways {
+            out += &format!(" {} ops/s (p99 ms) |", w.name());
+        }
+        out += " adaptive / best | pessimistic / Lock RPC |\n|---:|";
+        for _ in ways {
+            out += "---:|";
+        }
+        out += "---:|---:|\n";
+        for &n in &args.contenders {
+            let get = |w: Way| cells.iter().find(|c| c.way == w && c.contenders == n && c.cs_ms == cs);
+            out += &format!("| {n} |");
+            for &w in ways {
+                match get(w) {
+                    Some(c) => out += &format!(" {:.0} ({:.1}) |", c.ops_per_s, c.p99_ms),
+                    None => out += " – |",
+                }
+            }
+            let rate = |s| get(Way::Register(s)).map_or(0.0, |c| c.ops_per_s);
+            let best = rate(Strategy::Optimistic).max(rate(Strategy::Pessimistic));
+            out += &format!(" {:.2} |", rate(Strategy::Adaptive) / best);
+            match get(Way::LockRpc) {
+                Some(l) => out += &format!(" {:.2} |\n", rate(Strategy::Pessimistic) / l.ops_per_s),
+                None => out += " – |\n",
+            }
+        }
+    }
+    out
+}
+
+fn plot(cells: &[Cell], ways: &[Way], args: &Args, path: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let rows = args.cs_ms.len();
+    let root = SVGBackend::new(path, (1100, 380 * rows as u32)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((rows, 2));
+    let max_n = *args.contenders.iter().max().unwrap() as f64;
+    for (r, &cs) in args.cs_ms.iter().enumerate() {
+        for (col, (title, metric)) in [("updates/s", 0usize), ("p99 latency, ms", 1usize)].into_iter().enumerate() {
+            let value = |c: &Cell| if metric == 0 { c.ops_per_s } else { c.p99_ms };
+            let ys: Vec<f64> = cells.iter().filter(|c| c.cs_ms == cs).map(value).collect();
+            let (lo, hi) =
+                (ys.iter().cloned().fold(f64::MAX, f64::min).max(0.01), ys.iter().cloned().fold(0.0, f64::max));
+            let mut chart = ChartBuilder::on(&panels[r * 2 + col])
+                .caption(format!("{title} — critical section {cs} ms"), ("sans-serif", 18))
+                .margin(12)
+                .x_label_area_size(36)
+                .y_label_area_size(60)
+                .build_cartesian_2d((1f64..max_n).log_scale(), (lo * 0.8..hi * 1.25).log_scale())?;
+            chart.configure_mesh().x_desc("contenders").y_desc(title).draw()?;
+            for &w in ways {
+                let pts: Vec<(f64, f64)> = args
+                    .contenders
+                    .iter()
+                    .filter_map(|&n| cells.iter().find(|c| c.way == w && c.contenders == n && c.cs_ms == cs))
+                    .map(|c| (c.contenders as f64, value(c)))
+                    .collect();
+                let color = w.color();
+                chart
+                    .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+                    .label(w.name())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+            }
+            chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw()?;
+        }
+    }
+    root.present()?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    if !args.bench {
+        println!("sweep: a benchmark; run it with `cargo bench --bench sweep`");
+        return;
+    }
+    let mut _etcd = None;
+    let (target, backend) = match args.backend.as_deref() {
+        Some("memory://") => (Target::Memory(Client::memory()), "the embedded memory backend".to_owned()),
+        Some(url) => {
+            let eps: Vec<String> = url.trim_start_matches("etcd://").split(',').map(str::to_owned).collect();
+            (Target::Etcd(eps), format!("etcd at {url}"))
+        }
+        None => {
+            let c = etcd::EtcdCluster::single();
+            let t = Target::Etcd(c.endpoints());
+            _etcd = Some(c);
+            (t, "a single-node etcd 3.5 on 127.0.0.1 (started by the bench)".to_owned())
+        }
+    };
+    let mut ways = vec![
+        Way::Register(Strategy::Optimistic),
+        Way::Register(Strategy::Pessimistic),
+        Way::Register(Strategy::Adaptive),
+    ];
+    if matches!(target, Target::Etcd(_)) {
+        ways.push(Way::LockRpc);
+    }
+    let total = (ways.len() * args.contenders.len() * args.cs_ms.len()) as u64;
+    let bar = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} cells, {elapsed} elapsed, ~{eta} left  {msg}").unwrap(),
+    );
+    let mut cells = Vec::new();
+    let mut id = 0;
+    for &cs in &args.cs_ms {
+        for &n in &args.contenders {
+            for &w in &ways {
+                bar.set_message(format!("{} × {n}, cs {cs} ms", w.name()));
+                id += 1;
+                cells.push(run_cell(&target, w, n, cs, args.seconds, id).await);
+                bar.inc(1);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let text = table(&cells, &ways, &args, &backend);
+    println!("{text}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &text).unwrap();
+    }
+    if let Some(p) = &args.plot {
+        plot(&cells, &ways, &args, p).unwrap();
+        println!("plot written to {}", p.display());
+    }
+}
