@@ -49,6 +49,7 @@ impl Peer {
         match self {
             Peer::Leasehold(Strategy::Pessimistic) => "leasehold pessimistic",
             Peer::Leasehold(Strategy::Optimistic) => "leasehold optimistic",
+            Peer::Leasehold(Strategy::Adaptive) => "leasehold adaptive",
             Peer::LockRpc => "etcd Lock RPC (etcd-client)",
         }
     }

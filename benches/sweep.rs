@@ -239,6 +239,19 @@ fn table(cells: &[Cell], ways: &[Way], args: &Args, backend: &str) -> String {
             }
         }
     }
+    out += "\n### Every cell\n\n| critical section ms | contenders | way | ops/s | p50 ms | p99 ms | conflicts/op |\n|---:|---:|---|---:|---:|---:|---:|\n";
+    for c in cells {
+        out += &format!(
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} |\n",
+            c.cs_ms,
+            c.contenders,
+            c.way.name(),
+            c.ops_per_s,
+            c.p50_ms,
+            c.p99_ms,
+            c.conflicts_per_op
+        );
+    }
     out
 }
 

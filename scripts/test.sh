@@ -16,6 +16,7 @@ echo "test: etcd from $LEASEHOLD_ETCD_BIN_DIR"
 # 2-core machine from starving etcd's fsyncs.
 cargo test --workspace --all-targets -- --test-threads=2
 cargo test --workspace --doc
+cargo test --features metrics --test metrics
 
 if [ "${1:-}" != "--no-loom" ] && [ -x scripts/loom.sh ]; then
   scripts/loom.sh

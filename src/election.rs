@@ -119,9 +119,10 @@ impl Election {
     }
 
     async fn campaign_with(&self, value: Vec<u8>, wait: Wait) -> Result<Option<Leadership>> {
+        let timer = crate::metrics::Acquire::start("election");
         self.session.check()?;
         let span = tracing::debug_span!("election.campaign", name = %self.name);
-        async {
+        let acquired = async {
             let Some(local) = local_slot(&self.session, &self.key, wait).await else { return Ok(None) };
             let req = CreateRequest {
                 key: self.key.clone(),
@@ -146,7 +147,11 @@ impl Election {
             Ok(Some(leadership))
         }
         .instrument(span)
-        .await
+        .await;
+        if let Ok(Some(g)) = &acquired {
+            timer.done(g.hold.was_contended());
+        }
+        acquired
     }
 
     /// The current leader, if any (a snapshot: it may change at once).

@@ -76,6 +76,25 @@ impl Holding {
         }
     }
 
+    /// Applies `writes` only if this key is still held and `conditions` hold, and releases the
+    /// key in the same transaction ("commit and release": one round trip less than a fenced
+    /// write followed by a release). `Ok(false)` if a condition failed: nothing was written
+    /// and the key is still held if it was.
+    pub(crate) async fn write_and_release(&mut self, conditions: &[Condition], mut writes: Vec<Write>) -> Result<bool> {
+        if !self.release.is_held() {
+            return Err(Error::NotHeld { what: "guard", reason: "already released".into() });
+        }
+        let mut all = vec![Condition::Created { key: self.key.clone(), revision: self.revision }];
+        all.extend_from_slice(conditions);
+        writes.push(Write::Delete { key: self.key.clone() });
+        let applied = self.session.client().backend().write_if(&all, writes).await?;
+        if applied && self.release.begin() {
+            self.release.finish();
+            self.local.take();
+        }
+        Ok(applied)
+    }
+
     /// Releases now. Idempotent: only the first release (explicit or by drop) deletes.
     pub(crate) async fn release(mut self) -> Result<()> {
         if !self.release.begin() {

@@ -1,7 +1,7 @@
 //! A distributed mutex with a fencing token, under a session's lease.
 
 use crate::adaptive::Adaptive;
-use crate::backend::{CreateRequest, Precondition, Write};
+use crate::backend::{Condition, CreateRequest, Precondition, Write};
 use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
 use crate::guard::Holding;
@@ -153,9 +153,10 @@ impl Mutex {
     }
 
     async fn acquire(&self, wait: Wait) -> Result<Option<MutexGuard>> {
+        let timer = crate::metrics::Acquire::start("mutex");
         self.session.check()?;
         let span = tracing::debug_span!("mutex.acquire", name = %self.name, strategy = ?self.strategy);
-        async {
+        let acquired = async {
             let Some(local) = local_slot(&self.session, &self.key, wait).await else { return Ok(None) };
             match self.strategy {
                 Strategy::Pessimistic => self.acquire_queued(wait, local).await,
@@ -177,7 +178,11 @@ impl Mutex {
             }
         }
         .instrument(span)
-        .await
+        .await;
+        if let Ok(Some(g)) = &acquired {
+            timer.done(g.was_contended());
+        }
+        acquired
     }
 
     fn request(&self, precondition: Precondition) -> CreateRequest {
@@ -215,6 +220,7 @@ impl Mutex {
                 (Some(mine), Some(h)) if h.key == self.key && mine.lease == self.session.lease_id() => {
                     let rev = mine.create_revision;
                     let local = pending.keep();
+                    crate::metrics::conflicts("mutex", conflicts);
                     let hold = Holding::new(self.session.clone(), self.key.clone(), rev, local);
                     return Ok(Some(MutexGuard { hold: hold.contended(conflicts > 0) }));
                 }
@@ -278,6 +284,23 @@ impl MutexGuard {
     /// Applies several writes atomically, only while this guard still holds the lock.
     pub async fn fenced_write(&self, writes: Vec<Write>) -> Result<()> {
         self.hold.fenced("mutex", writes).await
+    }
+
+    /// Applies `writes` only while this guard still holds the lock, and releases it in the
+    /// same transaction: a fenced write and an unlock in one round trip. Fails with
+    /// [`Error::NotHeld`] (writing nothing) if the lock is no longer held.
+    pub async fn unlock_with(mut self, writes: Vec<Write>) -> Result<()> {
+        if self.hold.write_and_release(&[], writes).await? {
+            return Ok(());
+        }
+        Err(Error::NotHeld { what: "mutex", reason: format!("{} no longer exists with this token", self.key()) })
+    }
+
+    /// Like [`unlock_with`](Self::unlock_with), with extra conditions (e.g. that a value was
+    /// not changed since it was read). `Ok(false)`: a condition failed, nothing was written,
+    /// and the lock is still held if it was.
+    pub(crate) async fn write_and_release(&mut self, conditions: &[Condition], writes: Vec<Write>) -> Result<bool> {
+        self.hold.write_and_release(conditions, writes).await
     }
 
     /// Releases the lock, deleting the key only if it is still this acquisition's.

@@ -164,6 +164,7 @@ impl Register {
             let expected = current.as_ref().map(|kv| kv.mod_revision);
             let cas = backend.compare_and_swap(&self.key, expected, new, None).await?;
             if cas.swapped {
+                crate::metrics::conflicts("register", conflicts);
                 return Ok(Updated { written: true, previous, conflicts, token: None });
             }
             conflicts += 1;
@@ -172,36 +173,38 @@ impl Register {
         }
     }
 
-    /// Under the lock: returns the outcome and whether the lock had to be waited for.
+    /// Under the lock: returns the outcome and whether it met contention (waited for the
+    /// lock, or conflicted with an optimistic writer inside it).
     async fn queued<F, Fut>(&self, f: &mut F) -> Result<(Updated, bool)>
     where
         F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
         Fut: Future<Output = Option<Vec<u8>>> + Send,
     {
         let backend = self.session.client().backend();
-        let guard = self.mutex.lock().await?;
+        let mut guard = self.mutex.lock().await?;
         let waited = guard.was_contended();
         let token = guard.fencing_token();
-        let held = Condition::Created { key: guard.key().to_owned(), revision: token as i64 };
         let mut conflicts = 0;
-        let outcome = loop {
+        loop {
             let current = backend.get(&self.key).await?;
             let previous = current.as_ref().map(|kv| kv.value.clone());
             let Some(new) = f(previous.clone(), Some(token)).await else {
-                break Updated { written: false, previous, conflicts, token: Some(token) };
+                guard.unlock().await?;
+                let updated = Updated { written: false, previous, conflicts, token: Some(token) };
+                return Ok((updated, waited || conflicts > 0));
             };
+            // Write, check that nobody changed the value, and release: one transaction.
             let unchanged = Condition::Modified { key: self.key.clone(), revision: current.map(|kv| kv.mod_revision) };
             let put = Write::Put { key: self.key.clone(), value: new, lease: None };
-            if backend.write_if(&[held.clone(), unchanged], vec![put]).await? {
-                break Updated { written: true, previous, conflicts, token: Some(token) };
+            if guard.write_and_release(&[unchanged], vec![put]).await? {
+                let updated = Updated { written: true, previous, conflicts, token: Some(token) };
+                return Ok((updated, waited || conflicts > 0));
             }
             if !guard.is_valid() || backend.get(guard.key()).await?.is_none_or(|kv| kv.create_revision != token as i64)
             {
                 return Err(Error::NotHeld { what: "register", reason: "the lock was lost during the update".into() });
             }
             conflicts += 1; // an optimistic writer got in between
-        };
-        guard.unlock().await?;
-        Ok((outcome, waited))
+        }
     }
 }

@@ -130,9 +130,10 @@ impl RwLock {
     }
 
     async fn acquire(&self, mode: Mode, wait: Wait) -> Result<Option<Holding>> {
+        let timer = crate::metrics::Acquire::start("rwlock");
         self.session.check()?;
         let span = tracing::debug_span!("rwlock.acquire", name = %self.name, ?mode);
-        async {
+        let acquired = async {
             for _ in 0..KEY_ATTEMPTS {
                 let key = format!(
                     "{}{}{:x}-{}",
@@ -178,7 +179,11 @@ impl RwLock {
             )))
         }
         .instrument(span)
-        .await
+        .await;
+        if let Ok(Some(g)) = &acquired {
+            timer.done(g.was_contended());
+        }
+        acquired
     }
 }
 

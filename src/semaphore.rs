@@ -146,6 +146,7 @@ impl Semaphore {
     }
 
     async fn acquire_with(&self, wait: Wait) -> Result<Option<Permit>> {
+        let timer = crate::metrics::Acquire::start("semaphore");
         self.session.check()?;
         let span = tracing::debug_span!(
             "semaphore.acquire",
@@ -153,7 +154,7 @@ impl Semaphore {
             permits = self.permits,
             strategy = ?self.strategy
         );
-        async {
+        let acquired = async {
             let limit = self.stored_count().await? as usize;
             match self.strategy {
                 Strategy::Pessimistic | Strategy::Adaptive => self.acquire_queued(wait, limit).await,
@@ -161,7 +162,11 @@ impl Semaphore {
             }
         }
         .instrument(span)
-        .await
+        .await;
+        if let Ok(Some(g)) = &acquired {
+            timer.done(g.hold.was_contended());
+        }
+        acquired
     }
 
     /// The stored count, creating it if this is the first user. Only a count equal to

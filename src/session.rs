@@ -310,6 +310,7 @@ async fn keep_alive(client: Client, lease: LeaseId, ttl: Duration, shared: Arc<S
     let mut next = Instant::now() + interval;
     let lost = |why: &str| {
         if shared.lost.fire() {
+            crate::metrics::session_lost();
             tracing::warn!(lease = format_args!("{lease:x}"), why, "session lost");
         }
     };
@@ -340,6 +341,7 @@ async fn keep_alive(client: Client, lease: LeaseId, ttl: Duration, shared: Arc<S
         };
         match outcome {
             Some(Ok(granted)) if !granted.is_zero() => {
+                crate::metrics::renewal(true);
                 if !shared.state.renewed(sent.into_std(), granted) {
                     return; // closed or lost meanwhile
                 }
@@ -352,6 +354,7 @@ async fn keep_alive(client: Client, lease: LeaseId, ttl: Duration, shared: Arc<S
                 return;
             }
             Some(Err(e)) => {
+                crate::metrics::renewal(false);
                 tracing::debug!(error = %e, "renewal failed; retrying");
                 keeper = None;
                 next = Instant::now() + retry;
