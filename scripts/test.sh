@@ -8,15 +8,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-etcd_line=$(bash scripts/install-deps.sh | tail -n1)
+deps=$(bash scripts/install-deps.sh)
+etcd_line=$(echo "$deps" | grep '^ETCD_BIN_DIR=' | tail -n1)
+etcd34_line=$(echo "$deps" | grep '^ETCD34_BIN_DIR=' | tail -n1 || true)
 export LEASEHOLD_ETCD_BIN_DIR="${etcd_line#ETCD_BIN_DIR=}"
-echo "test: etcd from $LEASEHOLD_ETCD_BIN_DIR"
+echo "test: etcd from $LEASEHOLD_ETCD_BIN_DIR ($("$LEASEHOLD_ETCD_BIN_DIR/etcd" --version | head -n1))"
 
 # Tests start their own etcd processes on free 127.0.0.1 ports; 2 test threads keep the
 # 2-core machine from starving etcd's fsyncs.
 cargo test --workspace --all-targets -- --test-threads=2
 cargo test --workspace --doc
 cargo test --features metrics --test metrics
+
+# The conformance suite again, against Debian's etcd 3.4.
+if [ -n "$etcd34_line" ]; then
+  echo "test: conformance against etcd 3.4 from ${etcd34_line#ETCD34_BIN_DIR=}"
+  LEASEHOLD_ETCD_BIN_DIR="${etcd34_line#ETCD34_BIN_DIR=}" cargo test --test etcd -- --test-threads=2
+elif [ "${CI:-}" = true ]; then
+  echo "test: etcd 3.4 missing in CI" >&2
+  exit 1
+fi
 
 if [ "${1:-}" != "--no-loom" ] && [ -x scripts/loom.sh ]; then
   scripts/loom.sh
