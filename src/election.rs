@@ -2,10 +2,9 @@
 
 use crate::backend::{CreateRequest, KeyValue, LeaseId, Precondition, Write};
 use crate::error::Result;
-use crate::guard::Holding;
+use crate::guard::{held_accessors, Holding};
 use crate::queue::{enqueue, local_slot, Admission, Subscription, Ticket, View, Wait};
 use crate::{Client, Session};
-use std::future::Future;
 use tracing::Instrument;
 
 /// A leader election.
@@ -220,30 +219,10 @@ pub struct Leadership {
 }
 
 impl Leadership {
-    /// The fencing token: strictly greater than every earlier leader's token of this election.
-    pub fn fencing_token(&self) -> u64 {
-        self.hold.token()
-    }
-
-    /// The leader key (`<prefix><lease hex>`).
-    pub fn key(&self) -> &str {
-        self.hold.key()
-    }
-
-    /// True while leading and the session is before its validity deadline.
-    pub fn is_valid(&self) -> bool {
-        self.hold.is_valid()
-    }
-
-    /// Completes when the session is lost (leadership must be treated as gone).
-    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.hold.lost()
-    }
-
-    /// The session the leadership is held through.
-    pub fn session(&self) -> &Session {
-        self.hold.session()
-    }
+    held_accessors!(
+        token: "The fencing token: strictly greater than every earlier leader's token of this election.",
+        key: "The leader key (`<prefix><lease hex>`)."
+    );
 
     /// Announces a new value without a new election: a fenced write of the leader key that
     /// keeps its lease. Fails with [`Error::NotHeld`](crate::Error::NotHeld) if this is no longer the leader (its key

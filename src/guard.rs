@@ -8,6 +8,38 @@ use crate::queue::release_retry;
 use crate::Session;
 use std::future::Future;
 
+/// The accessors every guard type has (the guard stores its [`Holding`] in a field `hold`);
+/// the two docs that differ per guard are arguments.
+macro_rules! held_accessors {
+    (token: $token_doc:literal, key: $key_doc:literal) => {
+        #[doc = $token_doc]
+        pub fn fencing_token(&self) -> u64 {
+            self.hold.token()
+        }
+
+        #[doc = $key_doc]
+        pub fn key(&self) -> &str {
+            self.hold.key()
+        }
+
+        /// True while it is held and the session is before its validity deadline.
+        pub fn is_valid(&self) -> bool {
+            self.hold.is_valid()
+        }
+
+        /// Completes when the session is lost (what was held must be treated as gone).
+        pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+            self.hold.lost()
+        }
+
+        /// The session it is held through.
+        pub fn session(&self) -> &crate::Session {
+            self.hold.session()
+        }
+    };
+}
+pub(crate) use held_accessors;
+
 /// A held key. Releasing deletes it only if it still has the create revision this
 /// acquisition got, so a late or repeated release never deletes a newer acquisition.
 #[derive(Debug)]

@@ -4,10 +4,9 @@ use crate::adaptive::Adaptive;
 use crate::backend::{Condition, CreateRequest, Precondition, Write};
 use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
-use crate::guard::Holding;
+use crate::guard::{held_accessors, Holding};
 use crate::queue::{enqueue, gone, local_slot, Admission, Pending, Retry, Ticket, View, Wait};
 use crate::Session;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
@@ -248,30 +247,10 @@ impl MutexGuard {
         self.hold.was_contended()
     }
 
-    /// The fencing token: strictly greater than every earlier holder's token of this name.
-    pub fn fencing_token(&self) -> u64 {
-        self.hold.token()
-    }
-
-    /// The key this acquisition holds (`<prefix>/<lease hex>`).
-    pub fn key(&self) -> &str {
-        self.hold.key()
-    }
-
-    /// True while the lock is held and the session is before its validity deadline.
-    pub fn is_valid(&self) -> bool {
-        self.hold.is_valid()
-    }
-
-    /// Completes when the session is lost (the lock must be treated as gone).
-    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.hold.lost()
-    }
-
-    /// The session the lock is held through.
-    pub fn session(&self) -> &Session {
-        self.hold.session()
-    }
+    held_accessors!(
+        token: "The fencing token: strictly greater than every earlier holder's token of this name.",
+        key: "The key this acquisition holds (`<prefix>/<lease hex>`)."
+    );
 
     /// Puts `value` at `key` in the store only while this guard still holds the lock (one
     /// transaction comparing the guard key's create revision). Fails with

@@ -2,10 +2,9 @@
 
 use crate::backend::{CreateRequest, Precondition, Write};
 use crate::error::{Error, Result};
-use crate::guard::Holding;
+use crate::guard::{held_accessors, Holding};
 use crate::queue::{enqueue, Admission, Ticket, View, Wait};
 use crate::Session;
-use std::future::Future;
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -194,31 +193,10 @@ pub struct ReadGuard {
 }
 
 impl ReadGuard {
-    /// The fencing token: greater than the token of every writer admitted before this
-    /// reader (see [`RwLock`](RwLock#fencing-tokens)).
-    pub fn fencing_token(&self) -> u64 {
-        self.hold.token()
-    }
-
-    /// The key this read lock holds (`<prefix>read/<lease hex>-<n>`).
-    pub fn key(&self) -> &str {
-        self.hold.key()
-    }
-
-    /// True while the lock is held and the session is before its validity deadline.
-    pub fn is_valid(&self) -> bool {
-        self.hold.is_valid()
-    }
-
-    /// Completes when the session is lost (the lock must be treated as gone).
-    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.hold.lost()
-    }
-
-    /// The session the lock is held through.
-    pub fn session(&self) -> &Session {
-        self.hold.session()
-    }
+    held_accessors!(
+        token: "The fencing token: greater than the token of every writer admitted before this reader (see [`RwLock`](RwLock#fencing-tokens)).",
+        key: "The key this read lock holds (`<prefix>read/<lease hex>-<n>`)."
+    );
 
     /// Releases the read lock, deleting the key only if it is still this acquisition's.
     pub async fn unlock(self) -> Result<()> {
@@ -234,31 +212,10 @@ pub struct WriteGuard {
 }
 
 impl WriteGuard {
-    /// The fencing token: strictly greater than the token of every reader and writer
-    /// admitted before this writer.
-    pub fn fencing_token(&self) -> u64 {
-        self.hold.token()
-    }
-
-    /// The key this write lock holds (`<prefix>write/<lease hex>-<n>`).
-    pub fn key(&self) -> &str {
-        self.hold.key()
-    }
-
-    /// True while the lock is held and the session is before its validity deadline.
-    pub fn is_valid(&self) -> bool {
-        self.hold.is_valid()
-    }
-
-    /// Completes when the session is lost (the lock must be treated as gone).
-    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.hold.lost()
-    }
-
-    /// The session the lock is held through.
-    pub fn session(&self) -> &Session {
-        self.hold.session()
-    }
+    held_accessors!(
+        token: "The fencing token: strictly greater than the token of every reader and writer admitted before this writer.",
+        key: "The key this write lock holds (`<prefix>write/<lease hex>-<n>`)."
+    );
 
     /// Puts `value` at `key` in the store only while this guard still holds the write lock
     /// (one transaction comparing the guard key's create revision). Fails with

@@ -3,11 +3,10 @@
 use crate::backend::{CreateRequest, Precondition};
 use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
-use crate::guard::Holding;
+use crate::guard::{held_accessors, Holding};
 use crate::mutex::Strategy;
 use crate::queue::{enqueue, Admission, Pending, Retry, Ticket, View, Wait};
 use crate::Session;
-use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tracing::Instrument;
@@ -273,32 +272,10 @@ pub struct Permit {
 }
 
 impl Permit {
-    /// The fencing token: strictly greater than every earlier permit's token of this
-    /// semaphore. (Up to N permits are held at once, so a token orders permits; it does not
-    /// make one exclusive.)
-    pub fn fencing_token(&self) -> u64 {
-        self.hold.token()
-    }
-
-    /// The key this permit holds (`<prefix><lease hex>-<n>`).
-    pub fn key(&self) -> &str {
-        self.hold.key()
-    }
-
-    /// True while the permit is held and the session is before its validity deadline.
-    pub fn is_valid(&self) -> bool {
-        self.hold.is_valid()
-    }
-
-    /// Completes when the session is lost (the permit must be treated as gone).
-    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.hold.lost()
-    }
-
-    /// The session the permit is held through.
-    pub fn session(&self) -> &Session {
-        self.hold.session()
-    }
+    held_accessors!(
+        token: "The fencing token: strictly greater than every earlier permit's token of this semaphore. (Up to N permits are held at once, so a token orders permits; it does not make one exclusive.)",
+        key: "The key this permit holds (`<prefix><lease hex>-<n>`)."
+    );
 
     /// Returns the permit, deleting the key only if it is still this acquisition's.
     pub async fn release(self) -> Result<()> {
