@@ -1,13 +1,11 @@
 //! The conformance suite on a real etcd started by the harness, plus etcd-only tests:
 //! a 3-member cluster losing a member, interop with `etcdctl lock`, several client
 //! processes, and unreachable endpoints.
+#[macro_use]
 mod conformance;
 mod support;
 
-use conformance::mutex as mx;
-use conformance::recipes::{self as rc, Mix};
-use conformance::register as rg;
-use leasehold::{Client, Error, EtcdConfig, Mutex, Strategy::*};
+use leasehold::{Client, Error, EtcdConfig, Mutex};
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -24,51 +22,7 @@ macro_rules! on_etcd {
     )*};
 }
 
-on_etcd! {
-    mutual_exclusion_pessimistic => |c| mx::mutual_exclusion(c, Pessimistic, 8, 10);
-    mutual_exclusion_optimistic => |c| mx::mutual_exclusion(c, Optimistic, 8, 10);
-    try_lock_pessimistic => |c| mx::try_lock(c, Pessimistic);
-    try_lock_optimistic => |c| mx::try_lock(c, Optimistic);
-    timeout_pessimistic => |c| mx::timeout(c, Pessimistic);
-    timeout_optimistic => |c| mx::timeout(c, Optimistic);
-    cancellation_pessimistic => |c| mx::cancellation(c, Pessimistic, 150);
-    cancellation_optimistic => |c| mx::cancellation(c, Optimistic, 150);
-    ownership_safe_unlock => |c| mx::ownership_safe_unlock(c);
-    lost_session => |c| mx::lost_session(c);
-    waiter_loses_its_key_pessimistic => |c| mx::waiter_loses_its_key(c, Pessimistic);
-    waiter_loses_its_key_optimistic => |c| mx::waiter_loses_its_key(c, Optimistic);
-    reattach => |c| mx::reattach(c);
-    bad_input => |c| mx::bad_input(c);
-    close_releases => |c| mx::close_releases(c);
-}
-
-/// What a crashed process looks like to etcd: its lease is revoked (as expiry would).
-fn crash(client: &Client) -> impl Fn(i64) + Sync + '_ {
-    move |lease| {
-        tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(client.backend().revoke_lease(lease)).unwrap()
-        })
-    }
-}
-
-on_etcd! {
-    semaphore_limit_holds_under_contention => |c| rc::semaphore_limit_holds_under_contention(c, Mix::Queued);
-    semaphore_limit_holds_with_mixed_strategies => |c| rc::semaphore_limit_holds_under_contention(c, Mix::Mixed);
-    semaphore_admits_in_arrival_order => |c| rc::semaphore_admits_in_arrival_order(c);
-    semaphore_crashed_holder_permits_return => |c| rc::semaphore_crashed_holder_permits_return(c, &crash(c));
-    semaphore_permit_count_mismatch => |c| rc::semaphore_permit_count_mismatch(c);
-    semaphore_try_timeout_cancel_leave_nothing => |c| rc::semaphore_try_timeout_cancel_leave_nothing(c);
-    rwlock_readers_share_writer_excludes => |c| rc::rwlock_readers_share_writer_excludes(c);
-    rwlock_exclusion_under_contention => |c| rc::rwlock_exclusion_under_contention(c);
-    rwlock_writer_not_starved_by_later_readers => |c| rc::rwlock_writer_not_starved_by_later_readers(c);
-    rwlock_and_election_cancel_leave_nothing => |c| rc::rwlock_and_election_cancel_leave_nothing(c);
-    election_campaign_leader_proclaim_resign => |c| rc::election_campaign_leader_proclaim_resign(c);
-    election_failover_after_resign => |c| rc::election_failover_after_resign(c);
-    election_failover_after_lease_expiry => |c| rc::election_failover_after_lease_expiry(c, &crash(c));
-    election_observe_reports_every_change => |c| rc::election_observe_reports_every_change(c);
-    election_tokens_increase_across_terms => |c| rc::election_tokens_increase_across_terms(c);
-    election_one_campaign_per_session => |c| rc::election_one_campaign_per_session(c);
-}
+conformance_suite!(on_etcd);
 
 /// The observer resynchronises after etcd itself went away and came back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,10 +205,4 @@ async fn unreachable_endpoints_fail_fast() {
     }
     let r = Client::connect("zookeeper://127.0.0.1:2181").await;
     assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
-}
-
-on_etcd! {
-    register_mixed_strategies_lose_no_update => |c| rg::mixed_strategies_lose_no_update(c, 6, 10);
-    register_adaptive_follows_contention => |c| rg::adaptive_follows_contention(c, 8, 20);
-    register_declined_update_writes_nothing => |c| rg::declined_update_writes_nothing(c);
 }

@@ -1,9 +1,8 @@
 //! The conformance suite on the embedded backend, plus memory-only fault injection.
+#[macro_use]
 mod conformance;
 
-use conformance::mutex as mx;
-use conformance::register as rg;
-use leasehold::{Client, MemoryBackend, Mutex, Strategy::*};
+use leasehold::{Client, MemoryBackend, Mutex};
 use std::time::Duration;
 
 macro_rules! on_memory {
@@ -16,22 +15,45 @@ macro_rules! on_memory {
     )*};
 }
 
-on_memory! {
-    mutual_exclusion_pessimistic => |c| mx::mutual_exclusion(c, Pessimistic, 8, 25);
-    mutual_exclusion_optimistic => |c| mx::mutual_exclusion(c, Optimistic, 8, 25);
-    try_lock_pessimistic => |c| mx::try_lock(c, Pessimistic);
-    try_lock_optimistic => |c| mx::try_lock(c, Optimistic);
-    timeout_pessimistic => |c| mx::timeout(c, Pessimistic);
-    timeout_optimistic => |c| mx::timeout(c, Optimistic);
-    cancellation_pessimistic => |c| mx::cancellation(c, Pessimistic, 300);
-    cancellation_optimistic => |c| mx::cancellation(c, Optimistic, 300);
-    ownership_safe_unlock => |c| mx::ownership_safe_unlock(c);
-    lost_session => |c| mx::lost_session(c);
-    waiter_loses_its_key_pessimistic => |c| mx::waiter_loses_its_key(c, Pessimistic);
-    waiter_loses_its_key_optimistic => |c| mx::waiter_loses_its_key(c, Optimistic);
-    reattach => |c| mx::reattach(c);
-    bad_input => |c| mx::bad_input(c);
-    close_releases => |c| mx::close_releases(c);
+conformance_suite!(on_memory);
+
+/// An observer keeps working across a cut connection (every watch broken at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn election_observe_survives_a_broken_watch() {
+    let backend = MemoryBackend::new();
+    let client = Client::new(backend.clone());
+    rc::election_observe_survives_a_broken_watch(&client, &|cut| backend.set_unavailable(cut)).await;
+}
+
+/// Guards can move between tasks and threads, and the futures can be spawned.
+#[test]
+fn bounds() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>(_: &T) {}
+    send_sync::<leasehold::Mutex>();
+    send_sync::<leasehold::MutexGuard>();
+    send_sync::<leasehold::Semaphore>();
+    send_sync::<leasehold::Permit>();
+    send_sync::<leasehold::RwLock>();
+    send_sync::<leasehold::ReadGuard>();
+    send_sync::<leasehold::WriteGuard>();
+    send_sync::<leasehold::Election>();
+    send_sync::<leasehold::Leadership>();
+    send_sync::<leasehold::LeaderInfo>();
+    send_sync::<leasehold::Register>();
+    send_sync::<leasehold::Session>();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let session = Client::memory().session().await.unwrap();
+        let election = leasehold::Election::new(&session, "bounds").unwrap();
+        let mut observer = election.observe();
+        send(&observer);
+        send(&observer.changed());
+        send(&election.campaign("x"));
+        send(&leasehold::Semaphore::new(&session, "bounds-sem", 1).unwrap().acquire());
+        send(&Mutex::new(&session, "bounds-mx").unwrap().lock());
+        send(&leasehold::Register::new(&session, "bounds-reg").unwrap().update(|_| None));
+    });
 }
 
 /// A store that stops answering: renewals fail, and the session is declared lost at its
@@ -53,10 +75,4 @@ async fn unreachable_store_loses_the_session_at_its_deadline() {
     assert!(now >= deadline, "lost before the deadline");
     assert!(now <= deadline + Duration::from_millis(50), "lost late: {:?}", now - deadline);
     assert!(!guard.is_valid());
-}
-
-on_memory! {
-    register_mixed_strategies_lose_no_update => |c| rg::mixed_strategies_lose_no_update(c, 12, 20);
-    register_adaptive_follows_contention => |c| rg::adaptive_follows_contention(c, 8, 20);
-    register_declined_update_writes_nothing => |c| rg::declined_update_writes_nothing(c);
 }
