@@ -313,6 +313,9 @@ async fn follow(backend: Arc<dyn Backend>, prefix: String, state: Arc<Mutex<View
         };
         {
             let mut st = state.lock();
+            if st.synced {
+                delays = policy.delays(); // it had synced: a new break starts from the first delay
+            }
             st.synced = false;
             if !err.is_transient() {
                 tracing::warn!(prefix, error = %err, "prefix watch failed permanently");
