@@ -16,8 +16,12 @@ echo "test: etcd from $LEASEHOLD_ETCD_BIN_DIR ($("$LEASEHOLD_ETCD_BIN_DIR/etcd" 
 
 # Tests start their own etcd processes on free 127.0.0.1 ports; 2 test threads keep the
 # 2-core machine from starving etcd's fsyncs.
-cargo test --workspace --all-targets -- --test-threads=2
+cargo test --workspace --lib --bins --tests -- --test-threads=2
 cargo test --workspace --doc
+# Examples and benches: built, and benches smoke-run once (criterion's test mode; the
+# etcd benches only measure under `cargo bench`).
+cargo build --workspace --examples
+cargo test --workspace --benches
 cargo test --features metrics --test metrics
 
 # The conformance suite again, against Debian's etcd 3.4.
