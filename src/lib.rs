@@ -41,6 +41,7 @@ mod error;
 mod fencing;
 mod guard;
 mod local;
+mod lock_delay;
 mod mutex;
 mod name;
 mod queue;
