@@ -1,6 +1,6 @@
 //! A fair counting semaphore with fenced permits, under a session's lease.
 
-use crate::backend::{CreateRequest, Precondition};
+use crate::backend::{CreateRequest, Precondition, Write};
 use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
 use crate::guard::Holding;
@@ -293,6 +293,19 @@ impl Permit {
     /// The session the permit is held through.
     pub fn session(&self) -> &Session {
         self.hold.session()
+    }
+
+    /// Puts `value` at `key` in the store only while this permit is still held (one
+    /// transaction comparing the permit key's create revision). Fails with
+    /// [`Error::NotHeld`] otherwise, writing nothing.
+    pub async fn fenced_put(&self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> Result<()> {
+        let write = Write::Put { key: key.into(), value: value.into(), lease: None };
+        self.hold.fenced("semaphore", vec![write]).await
+    }
+
+    /// Applies several writes atomically, only while this permit is still held.
+    pub async fn fenced_write(&self, writes: Vec<Write>) -> Result<()> {
+        self.hold.fenced("semaphore", writes).await
     }
 
     /// Returns the permit, deleting the key only if it is still this acquisition's.
