@@ -14,7 +14,9 @@ echo "test: etcd from $LEASEHOLD_ETCD_BIN_DIR"
 
 # Tests start their own etcd processes on free 127.0.0.1 ports; 2 test threads keep the
 # 2-core machine from starving etcd's fsyncs.
-cargo test --workspace --all-targets -- --test-threads=2
+cargo test --workspace --all-targets -- --test-threads=2 --skip fault_suite
+# The fault-injection suite on its own, printing its figures (ops, faults, violations).
+cargo test --test faults -- --nocapture --test-threads=2
 cargo test --workspace --doc
 
 if [ "${1:-}" != "--no-loom" ] && [ -x scripts/loom.sh ]; then
