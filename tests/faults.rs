@@ -86,6 +86,10 @@ const PERMITS: u32 = 2;
 const HOLD_MS: std::ops::Range<u64> = 30..200;
 /// The workers' per-request timeout (a request to a dead or paused member fails in time).
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(1500);
+/// No queued (pessimistic) acquisition may wait longer (a paused holder's lease must expire
+/// first, and a member restart may pause the cluster): a liveness bound, far above what is
+/// expected.
+const LIVENESS: Duration = Duration::from_secs(30);
 /// Where the history entries live.
 const HIST: &str = "faults/hist/";
 /// Bound on any single worker operation that is not an acquisition (liveness, not speed).
@@ -113,10 +117,16 @@ struct Stats {
     transient: u64,
     unexpected: u64,
     finished: u64,
+    /// Waiting acquisitions still waiting when the run ended.
+    cut_at_end: u64,
+    /// The longest a waiting pessimistic (queued, fair) acquisition took to be admitted (ms).
+    max_wait_queued_ms: u64,
+    /// The same for the optimistic strategy, which keeps no place in a queue (ms).
+    max_wait_cas_ms: u64,
 }
 
 impl Stats {
-    const FIELDS: [&'static str; 11] = [
+    const FIELDS: [&'static str; 14] = [
         "sessions",
         "acquired",
         "cancelled",
@@ -128,9 +138,12 @@ impl Stats {
         "transient",
         "unexpected",
         "finished",
+        "cut_at_end",
+        "max_wait_queued_ms",
+        "max_wait_cas_ms",
     ];
 
-    fn values(&self) -> [u64; 11] {
+    fn values(&self) -> [u64; 14] {
         [
             self.sessions,
             self.acquired,
@@ -143,10 +156,13 @@ impl Stats {
             self.transient,
             self.unexpected,
             self.finished,
+            self.cut_at_end,
+            self.max_wait_queued_ms,
+            self.max_wait_cas_ms,
         ]
     }
 
-    fn values_mut(&mut self) -> [&mut u64; 11] {
+    fn values_mut(&mut self) -> [&mut u64; 14] {
         [
             &mut self.sessions,
             &mut self.acquired,
@@ -159,12 +175,15 @@ impl Stats {
             &mut self.transient,
             &mut self.unexpected,
             &mut self.finished,
+            &mut self.cut_at_end,
+            &mut self.max_wait_queued_ms,
+            &mut self.max_wait_cas_ms,
         ]
     }
 
     fn add(&mut self, other: &Stats) {
-        for (a, b) in self.values_mut().into_iter().zip(other.values()) {
-            *a += b;
+        for ((a, b), name) in self.values_mut().into_iter().zip(other.values()).zip(Self::FIELDS) {
+            *a = if name.starts_with("max_") { (*a).max(b) } else { *a + b };
         }
     }
 
@@ -343,8 +362,42 @@ impl ClientRun {
     async fn round(&mut self, s: &Session) -> bool {
         let target = self.target(s);
         let outcome = match self.rng.random_range(0..10) {
-            // Waits until admitted; cut off (like a cancellation) when the run is over.
-            0..=5 => tokio::time::timeout_at(self.end, target.lock()).await.ok(),
+            // Waits until admitted (how long is the suite's liveness figure); cut off when
+            // the run is over.
+            0..=5 => {
+                let started = tokio::time::Instant::now();
+                match tokio::time::timeout_at(self.end, target.lock()).await {
+                    Ok(r) => {
+                        let waited = started.elapsed().as_millis() as u64;
+                        let max = match self.strategy {
+                            Strategy::Optimistic => &mut self.st.max_wait_cas_ms,
+                            _ => &mut self.st.max_wait_queued_ms,
+                        };
+                        *max = (*max).max(waited);
+                        if waited > 10_000 {
+                            eprintln!(
+                                "worker {}: {} {:?} waited {waited} ms: {:?}",
+                                self.worker,
+                                self.resource.name(),
+                                self.strategy,
+                                r.as_ref().map(|h| h.token())
+                            );
+                        }
+                        Some(r)
+                    }
+                    Err(_) => {
+                        self.st.cut_at_end += 1;
+                        eprintln!(
+                            "worker {}: {} {:?} still waiting at the end, after {:?}",
+                            self.worker,
+                            self.resource.name(),
+                            self.strategy,
+                            started.elapsed()
+                        );
+                        return false;
+                    }
+                }
+            }
             6 | 7 => Some(target.lock_timeout(Duration::from_millis(self.rng.random_range(50..500))).await),
             8 => {
                 let polls = self.rng.random_range(0..40);
@@ -889,6 +942,15 @@ fn render(o: &Outcome, plan: &Plan, seed: u64) -> String {
         st.cancelled, st.timeouts, st.session_lost, st.transient, st.unexpected
     )
     .unwrap();
+    writeln!(
+        t,
+        "  liveness: longest wait to be admitted {:.1} s queued (fair), {:.1} s optimistic (not fair); \
+         {} waits still open when the run ended",
+        st.max_wait_queued_ms as f64 / 1000.0,
+        st.max_wait_cas_ms as f64 / 1000.0,
+        st.cut_at_end
+    )
+    .unwrap();
     let faults: Vec<String> = o.injected.iter().map(|(f, n)| format!("{f:?}={n}")).collect();
     writeln!(t, "  faults injected: {}", faults.join(" ")).unwrap();
     for (name, r) in &o.reports {
@@ -946,15 +1008,22 @@ fn fault_suite_on_three_members() {
     }
     let sem = &o.reports.iter().find(|(n, _)| *n == SEMAPHORE).unwrap().1;
     assert!(sem.max_at_once >= 2, "the semaphore never had two holders: the check saw nothing\n{}", o.text);
+    // The fair queue bounds every wait; the optimistic strategy keeps no place, and under
+    // this much contention from queued waiters it can starve (documented, reported only).
+    assert!(
+        Duration::from_millis(st.max_wait_queued_ms) < LIVENESS,
+        "a queued acquisition waited longer than {LIVENESS:?} (a stuck waiter?)\n{}",
+        o.text
+    );
 }
 
 /// The control: the same workers, writing **without** the fence, and a worker paused while
-/// it holds a mutex. Its late writes land after the next holder's, and the checker must
+/// it holds a mutex (twice). Its late writes land after the next holder's, and the checker must
 /// say so. (If this passes with 0 violations, the checker is blind.)
 #[test]
 fn fault_suite_control_unfenced_writes_are_caught() {
     const FAULTS: &[Fault] = &[Fault::StopWorkerHolding];
-    let o = run_plan(Plan { members: 1, workers: 2, run: Duration::from_secs(20), fenced: false, faults: FAULTS });
+    let o = run_plan(Plan { members: 1, workers: 2, run: Duration::from_secs(30), fenced: false, faults: FAULTS });
     publish("fault-suite-control", &o.text);
     assert!(o.injected.get(&Fault::StopWorkerHolding).is_some_and(|&n| n > 0), "{}", o.text);
     let stale: usize = o.reports.iter().map(|(_, r)| r.stale.len()).sum();
