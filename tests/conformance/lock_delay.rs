@@ -99,7 +99,8 @@ pub async fn expiry_delays_the_waiter(
 }
 
 /// A newcomer after an expiry (nobody was waiting): a try is refused during the delay
-/// leaving no key, a timeout shorter than the delay fails at once leaving no key, and
+/// leaving no key, a timeout shorter than the delay fails at once leaving no key, a
+/// `lock()` dropped during the delay leaves no key, and
 /// `lock` gets it no earlier than the delay after the newcomer first saw the expiry.
 /// Returns how long after its first try the newcomer got the lock.
 pub async fn expiry_delays_a_newcomer(
@@ -122,6 +123,10 @@ pub async fn expiry_delays_a_newcomer(
     assert!(first_try.elapsed() < delay, "a timeout shorter than the delay did not fail at once");
     c.settle().await;
     assert_eq!(keys(client, &name).await, 0, "a timed-out acquisition left its key");
+    // Dropping lock() while it waits out the delay leaves nothing behind either.
+    assert!(tokio::time::timeout(delay / 4, mc.lock()).await.is_err(), "got the lock within the delay");
+    c.settle().await;
+    assert_eq!(keys(client, &name).await, 0, "a cancelled acquisition left its key");
     let guard = mc.lock().await.unwrap();
     let waited = first_try.elapsed();
     assert!(waited >= delay, "got the lock {waited:?} after the expiry was seen (delay {delay:?})");
