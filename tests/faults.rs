@@ -697,21 +697,24 @@ impl Workers {
         self.children[w].id().to_string()
     }
 
-    /// A worker that holds something `wanted` accepts, if one is seen within `within`.
-    fn holder(&self, wanted: impl Fn(&str) -> bool, within: Duration) -> Option<usize> {
+    /// A worker (picked at random) that holds something `wanted` accepts, if one is seen
+    /// within `within` (looked at least once).
+    fn holder(&self, wanted: impl Fn(&str) -> bool, within: Duration, rng: &mut StdRng) -> Option<usize> {
         let started = Instant::now();
-        while started.elapsed() < within {
+        loop {
             let holding = self.holding.lock().unwrap();
             let mut found: Vec<usize> =
                 holding.iter().filter(|(_, h)| h.iter().any(|(n, on)| *on && wanted(n))).map(|(w, _)| *w).collect();
             drop(holding);
-            found.sort_unstable();
-            if let Some(w) = found.first() {
-                return Some(*w);
+            if !found.is_empty() {
+                found.sort_unstable();
+                return Some(found[rng.random_range(0..found.len())]);
+            }
+            if started.elapsed() >= within {
+                return None;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        None
     }
 
     fn signal(&self, w: usize, sig: &str) {
@@ -827,8 +830,8 @@ fn run_plan(plan: Plan) -> Outcome {
             Fault::StopWorkerHolding | Fault::StopWorkerIdle => {
                 // Prefer a mutex holder: its lock will be taken by another worker meanwhile.
                 let w = workers
-                    .holder(|n| n.starts_with("fault-mx"), FIND_HOLDER)
-                    .or_else(|| workers.holder(|_| true, Duration::ZERO));
+                    .holder(|n| n.starts_with("fault-mx"), FIND_HOLDER, &mut rng)
+                    .or_else(|| workers.holder(|_| true, Duration::ZERO, &mut rng));
                 let (w, kind) = match w {
                     Some(w) => (w, Fault::StopWorkerHolding),
                     None => (rng.random_range(0..plan.workers), Fault::StopWorkerIdle),
