@@ -3,7 +3,7 @@
 use crate::backend::memory::MemoryBackend;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::name::validate_name;
+use crate::name::{reserved_key, validate_name};
 use crate::queue::PrefixView;
 use crate::session::SessionBuilder;
 use crate::Session;
@@ -116,6 +116,12 @@ impl Client {
     /// The key prefix of a recipe name: `<namespace><name>/`. Fails for invalid names.
     pub fn prefix_of(&self, name: &str) -> Result<String> {
         Ok(format!("{}{}/", self.inner.namespace, validate_name(name)?))
+    }
+
+    /// A key leasehold keeps for itself about the (valid) recipe name `name`, in this
+    /// client's namespace: `<namespace>~leasehold/<area>/<name>` (see `name.rs`).
+    pub(crate) fn reserved_key(&self, area: &str, name: &str) -> String {
+        reserved_key(&self.inner.namespace, area, name)
     }
 
     /// The shared live view of `prefix`, opening it (one watch) if it is not open yet.

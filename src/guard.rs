@@ -2,6 +2,7 @@
 //! under the session's lease, and the exactly-once release of it.
 
 use crate::backend::{Condition, Revision, Write};
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::local::release::ReleaseOnce;
 use crate::queue::release_retry;
@@ -144,6 +145,35 @@ impl Holding {
                 Ok(())
             }
             // A lost session has no keys left to delete.
+            Err(_) if !self.session.is_valid() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Holding {
+    /// Releases now like [`release`](Self::release), and applies `extra` in the same
+    /// transaction as the delete, only if this acquisition still holds the key (a lock-delay
+    /// marker is cleared this way). Retried on transient errors; a retry after an attempt
+    /// that did apply finds the key gone and writes nothing.
+    pub(crate) async fn release_writing(mut self, extra: Vec<Write>) -> Result<()> {
+        if !self.release.begin() {
+            return Ok(());
+        }
+        let backend = self.session.client().backend().clone();
+        let mut writes = vec![Write::Delete { key: self.key.clone() }];
+        writes.extend(extra);
+        let held = [Condition::Created { key: self.key.clone(), revision: self.revision }];
+        let result = Backoff::default().retry(|| backend.write_if(&held, writes.clone())).await;
+        self.release.finish();
+        self.local.take();
+        match result {
+            Ok(applied) => {
+                if !applied {
+                    tracing::debug!(key = self.key, "release: key already gone (lease expired?)");
+                }
+                Ok(())
+            }
             Err(_) if !self.session.is_valid() => Ok(()),
             Err(e) => Err(e),
         }

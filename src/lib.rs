@@ -42,6 +42,7 @@ mod error;
 mod fencing;
 mod guard;
 mod local;
+mod lock_delay;
 mod metrics;
 mod mutex;
 mod name;

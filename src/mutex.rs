@@ -5,6 +5,7 @@ use crate::backend::{Condition, CreateRequest, Precondition, Write};
 use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
 use crate::guard::{held_accessors, Holding};
+use crate::lock_delay::{self, Admit, LockDelay};
 use crate::queue::{enqueue, gone, local_slot, Admission, Pending, Retry, Ticket, View, Wait};
 use crate::Session;
 use std::sync::Arc;
@@ -79,6 +80,7 @@ pub struct Mutex {
     strategy: Strategy,
     backoff: Backoff,
     adaptive: Arc<Adaptive>,
+    lock_delay: Option<LockDelay>,
 }
 
 /// Default retry policy of the optimistic strategy after it saw the holder go.
@@ -99,6 +101,7 @@ impl Mutex {
             strategy: Strategy::Pessimistic,
             backoff: optimistic_backoff(),
             adaptive: Arc::default(),
+            lock_delay: None,
         })
     }
 
@@ -113,6 +116,55 @@ impl Mutex {
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
+    }
+
+    /// Enables **lock-delay** (Chubby, Consul): after a holder loses the lock without a
+    /// clean [`unlock`](MutexGuard::unlock) (its lease expired because it crashed, paused or
+    /// was cut off; its session was closed; or its guard was dropped), the next acquirer
+    /// waits `delay` before it returns the guard, counted from the moment it was admitted
+    /// (after the old key was gone), keeping its place in the queue meanwhile. A clean
+    /// `unlock` hands over with no delay. `Duration::ZERO` turns it off (the default).
+    ///
+    /// Writes the old holder sent to resources that check no token get `delay` to arrive
+    /// before the next holder starts: choose it longer than such a write can be in flight.
+    /// Fenced writes need no delay.
+    ///
+    /// Every user of the name should enable it: an acquirer waits only for holders that
+    /// recorded themselves (each admitted holder writes its token to a marker key,
+    /// `<namespace>~leasehold/lock-delay/<name>`, which stays after the name is last used).
+    /// Costs two more round trips per acquisition. While the delay runs,
+    /// [`try_lock`](Mutex::try_lock) returns `Ok(None)` and [`lock_timeout`](Mutex::lock_timeout)
+    /// fails at once if the delay outlasts its timeout; the handle (and its clones) remembers
+    /// when it first saw the failed holder, so retrying does not restart the delay.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() -> leasehold::Result<()> {
+    /// use leasehold::{Client, Mutex};
+    /// use std::time::Duration;
+    /// let client = Client::memory();
+    /// let (a, b) = (client.session().await?, client.session().await?);
+    /// let delay = Duration::from_secs(15);
+    /// let guard = Mutex::new(&a, "jobs")?.with_lock_delay(delay).lock().await?;
+    /// guard.unlock().await?; // clean: no delay for the next holder
+    /// let mutex = Mutex::new(&b, "jobs")?.with_lock_delay(delay);
+    /// let guard = mutex.try_lock().await?.expect("free at once");
+    /// drop(guard); // not a clean unlock (a panic may have dropped it mid-write)
+    /// # b.settle().await;
+    /// assert!(mutex.try_lock().await?.is_none()); // within the delay
+    /// let started = tokio::time::Instant::now();
+    /// mutex.lock().await?.unlock().await?;
+    /// assert!(started.elapsed() <= delay);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_lock_delay(mut self, delay: Duration) -> Self {
+        self.lock_delay = (!delay.is_zero())
+            .then(|| LockDelay::new(delay, self.session.client().reserved_key(lock_delay::AREA, &self.name)));
+        self
+    }
+
+    /// The lock-delay, if enabled (see [`with_lock_delay`](Mutex::with_lock_delay)).
+    pub fn lock_delay(&self) -> Option<Duration> {
+        self.lock_delay.as_ref().map(LockDelay::delay)
     }
 
     /// The name.
@@ -157,7 +209,7 @@ impl Mutex {
         let span = tracing::debug_span!("mutex.acquire", name = %self.name, strategy = ?self.strategy);
         let acquired = async {
             let Some(local) = local_slot(&self.session, &self.key, wait).await else { return Ok(None) };
-            match self.strategy {
+            let guard = match self.strategy {
                 Strategy::Pessimistic => self.acquire_queued(wait, local).await,
                 Strategy::Optimistic => self.acquire_cas(wait, local).await,
                 Strategy::Adaptive if self.adaptive.queue_next() => {
@@ -174,6 +226,10 @@ impl Mutex {
                     }
                     Ok(got)
                 }
+            }?;
+            match (guard, &self.lock_delay) {
+                (Some(guard), Some(delay)) => Self::after_delay(guard, delay, wait).await,
+                (guard, _) => Ok(guard),
             }
         }
         .instrument(span)
@@ -182,6 +238,20 @@ impl Mutex {
             timer.done(g.was_contended());
         }
         acquired
+    }
+
+    /// Lock-delay, once admitted: see [`crate::lock_delay`].
+    async fn after_delay(mut guard: MutexGuard, delay: &LockDelay, wait: Wait) -> Result<Option<MutexGuard>> {
+        match delay.admit(&guard.hold, wait).await? {
+            Admit::Hold => {
+                guard.marker = Some(delay.marker().to_owned());
+                Ok(Some(guard))
+            }
+            Admit::GiveUp => {
+                guard.hold.release().await?;
+                Ok(None)
+            }
+        }
     }
 
     fn request(&self, precondition: Precondition) -> CreateRequest {
@@ -200,7 +270,7 @@ impl Mutex {
             Ticket { what: "mutex", req: self.request(Precondition::KeyAbsent), local: Some(local), adopt: true };
         let first = |v: &View, rev| v.entries().next().is_some_and(|kv| kv.create_revision == rev);
         match enqueue(&self.session, ticket, wait, first).await? {
-            Admission::Held(hold, _) => Ok(Some(MutexGuard { hold })),
+            Admission::Held(hold, _) => Ok(Some(MutexGuard { hold, marker: None })),
             Admission::NotAdmitted => Ok(None),
             Admission::KeyTaken => unreachable!("adopt is set"),
         }
@@ -221,7 +291,7 @@ impl Mutex {
                     let local = pending.keep();
                     crate::metrics::conflicts("mutex", conflicts);
                     let hold = Holding::new(self.session.clone(), self.key.clone(), rev, local);
-                    return Ok(Some(MutexGuard { hold: hold.contended(conflicts > 0) }));
+                    return Ok(Some(MutexGuard { hold: hold.contended(conflicts > 0), marker: None }));
                 }
                 _ => {}
             }
@@ -239,6 +309,8 @@ impl Mutex {
 #[derive(Debug)]
 pub struct MutexGuard {
     hold: Holding,
+    /// With lock-delay: the marker a clean unlock clears.
+    marker: Option<String>,
 }
 
 impl MutexGuard {
@@ -268,7 +340,8 @@ impl MutexGuard {
     /// Applies `writes` only while this guard still holds the lock, and releases it in the
     /// same transaction: a fenced write and an unlock in one round trip. Fails with
     /// [`Error::NotHeld`] (writing nothing) if the lock is no longer held.
-    pub async fn unlock_with(mut self, writes: Vec<Write>) -> Result<()> {
+    pub async fn unlock_with(mut self, mut writes: Vec<Write>) -> Result<()> {
+        writes.extend(self.marker.take().map(|key| Write::Delete { key }));
         if self.hold.write_and_release(&[], writes).await? {
             return Ok(());
         }
@@ -278,12 +351,18 @@ impl MutexGuard {
     /// Like [`unlock_with`](Self::unlock_with), with extra conditions (e.g. that a value was
     /// not changed since it was read). `Ok(false)`: a condition failed, nothing was written,
     /// and the lock is still held if it was.
-    pub(crate) async fn write_and_release(&mut self, conditions: &[Condition], writes: Vec<Write>) -> Result<bool> {
+    pub(crate) async fn write_and_release(&mut self, conditions: &[Condition], mut writes: Vec<Write>) -> Result<bool> {
+        writes.extend(self.marker.clone().map(|key| Write::Delete { key }));
         self.hold.write_and_release(conditions, writes).await
     }
 
-    /// Releases the lock, deleting the key only if it is still this acquisition's.
+    /// Releases the lock, deleting the key only if it is still this acquisition's. With
+    /// [lock-delay](Mutex::with_lock_delay), this is the clean release: the next holder does
+    /// not wait (dropping the guard is not).
     pub async fn unlock(self) -> Result<()> {
-        self.hold.release().await
+        match self.marker {
+            Some(marker) => self.hold.release_writing(vec![Write::Delete { key: marker }]).await,
+            None => self.hold.release().await,
+        }
     }
 }

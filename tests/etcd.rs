@@ -5,6 +5,7 @@
 mod conformance;
 mod support;
 
+use conformance::lock_delay as ld;
 use leasehold::{Client, Error, EtcdConfig, Mutex};
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -23,6 +24,19 @@ macro_rules! on_etcd {
 }
 
 conformance_suite!(on_etcd);
+
+/// Lock-delay on etcd: lower bounds only ("not acquired before the delay"). The clean
+/// hand-off uses a long delay so that "no delay" cannot be confused with a slow store.
+const LOCK_DELAY: Duration = Duration::from_millis(1500);
+on_etcd! {
+    lock_delay_clean_unlock_pessimistic => |c| ld::clean_unlock_has_no_delay(c, Pessimistic, Duration::from_secs(20));
+    lock_delay_clean_unlock_optimistic => |c| ld::clean_unlock_has_no_delay(c, Optimistic, Duration::from_secs(20));
+    lock_delay_expiry_delays_the_waiter_pessimistic => |c| ld::expiry_delays_the_waiter(c, &conformance::crash(c), Pessimistic, LOCK_DELAY);
+    lock_delay_expiry_delays_the_waiter_optimistic => |c| ld::expiry_delays_the_waiter(c, &conformance::crash(c), Optimistic, LOCK_DELAY);
+    lock_delay_expiry_delays_a_newcomer => |c| ld::expiry_delays_a_newcomer(c, &conformance::crash(c), Pessimistic, LOCK_DELAY);
+    lock_delay_dropped_guard_is_not_clean => |c| ld::dropped_guard_is_not_clean(c, LOCK_DELAY);
+    lock_delay_session_lost_during_the_delay => |c| ld::session_lost_during_the_delay(c, &conformance::crash(c), LOCK_DELAY);
+}
 
 /// The observer resynchronises after etcd itself went away and came back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

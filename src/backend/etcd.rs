@@ -189,6 +189,7 @@ impl EtcdBackend {
             options = options.with_user(user.clone(), password.clone());
         }
         if let Some(tls) = &config.tls {
+            check_pem(tls)?;
             let mut t = TlsOptions::new();
             if let Some(ca) = &tls.ca_pem {
                 t = t.ca_certificate(Certificate::from_pem(ca));
@@ -206,20 +207,30 @@ impl EtcdBackend {
             |reason: String| Error::Connect { endpoints: joined.clone(), timeout: config.connect_timeout, reason };
         let attempt = async {
             let mut client = etcd_client::Client::connect(&endpoints, Some(options)).await.map_err(map_err)?;
-            // The channel connects lazily: make one real round trip now.
-            client.get("\0leasehold-probe", None).await.map_err(map_err)?;
+            // The channel connects lazily: make one real round trip now. A user who may not
+            // read the probe key (etcd auth with permissions on a prefix only) is refused,
+            // which is an authenticated answer all the same (`etcdctl endpoint health`
+            // counts it as healthy too).
+            match client.get("\0leasehold-probe", None).await.map_err(map_err) {
+                Ok(_) => {}
+                Err(Error::Auth(msg)) if msg.to_lowercase().contains("permission denied") => {}
+                Err(e) => return Err(e),
+            }
             Ok::<_, Error>(client)
         };
         let client = match tokio::time::timeout(config.connect_timeout, attempt).await {
             Ok(Ok(client)) => client,
             Ok(Err(Error::Auth(msg))) => return Err(Error::Auth(msg)),
             Ok(Err(e)) => {
-                let reason = e.to_string();
+                let reason = match e {
+                    Error::Unavailable(m) | Error::Store(m) => m,
+                    other => other.to_string(),
+                };
                 let lower = reason.to_lowercase();
                 if config.tls.is_some()
                     && (lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake"))
                 {
-                    return Err(Error::Tls(format!("{joined}: {reason}")));
+                    return Err(Error::Tls(format!("{joined}: {reason}{}", tls_hint(&lower))));
                 }
                 return Err(connect_error(reason));
             }
@@ -240,6 +251,37 @@ impl EtcdBackend {
             async move { kv.txn(txn).await }
         })
         .await
+    }
+}
+
+/// Refuses TLS material that holds no PEM block of the expected kind, before connecting
+/// (rustls would otherwise just trust nothing and report an unknown issuer).
+fn check_pem(tls: &TlsConfig) -> Result<()> {
+    let has = |pem: &[u8], what: &str| String::from_utf8_lossy(pem).contains(&format!("-----BEGIN {what}"));
+    if let Some(ca) = &tls.ca_pem {
+        if !has(ca, "CERTIFICATE-----") {
+            return Err(Error::Tls("CA certificate: no PEM \"CERTIFICATE\" block found".into()));
+        }
+    }
+    if let Some((cert, key)) = &tls.identity_pem {
+        if !has(cert, "CERTIFICATE-----") {
+            return Err(Error::Tls("client certificate: no PEM \"CERTIFICATE\" block found".into()));
+        }
+        if !String::from_utf8_lossy(key).contains("PRIVATE KEY-----") {
+            return Err(Error::Tls("client key: no PEM private key block found".into()));
+        }
+    }
+    Ok(())
+}
+
+/// A short explanation of a TLS failure rustls reports tersely (`lower` is lowercase).
+fn tls_hint(lower: &str) -> &'static str {
+    if lower.contains("unknownissuer") {
+        " (the server's certificate is not signed by the configured CA)"
+    } else if lower.contains("badcertificate") || lower.contains("certificaterequired") {
+        " (the server refused the client certificate: none was given, or it is not signed by a CA the server trusts)"
+    } else {
+        ""
     }
 }
 

