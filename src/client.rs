@@ -83,7 +83,9 @@ impl Client {
         }
         Err(Error::invalid(
             "connect",
-            format!("unsupported endpoint URL {url:?} (expected memory://, etcd://host:port,… or tikv://pd-host:port,…)"),
+            format!(
+                "unsupported endpoint URL {url:?} (expected memory://, etcd://host:port,… or tikv://pd-host:port,…)"
+            ),
         ))
     }
 

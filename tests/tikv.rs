@@ -197,7 +197,8 @@ async fn watch_delivers_every_revision_in_order() {
         let r = other.compare_and_swap(&key, current, i.to_string().into_bytes(), Some(lease)).await.unwrap();
         assert!(r.swapped);
         revisions.push(r.revision);
-        other.compare_and_swap("elsewhere", None, Vec::new(), None).await.unwrap(); // not under w/
+        other.compare_and_swap("elsewhere", None, Vec::new(), None).await.unwrap();
+        // not under w/
     }
     let mut seen = Vec::new();
     while seen.len() < 20 {

@@ -105,7 +105,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use tikv_client::transaction::HeartbeatOption;
-use tikv_client::{CheckLevel, Transaction, TransactionClient, TransactionOptions};
+use tikv_client::{CheckLevel, RetryOptions, Transaction, TransactionClient, TransactionOptions};
 use tokio::sync::{mpsc, Notify};
 
 /// How to reach TiKV, and the knobs of the emulation.
@@ -208,6 +208,8 @@ struct Inner {
     /// Reap now: a read met an expired lease.
     reap_now: Arc<Notify>,
     tasks_started: Mutex<bool>,
+    /// Held by the one writing transaction of this backend in flight.
+    write_turn: tokio::sync::Mutex<()>,
 }
 
 /// One registered watch, as the poller sees it.
@@ -384,13 +386,7 @@ fn decode_events(rev: Revision, raw: &[u8]) -> Result<Vec<WatchEvent>> {
                 let (Some(c), Some(l), Some(value)) = (rd.u64(), rd.u64(), rd.bytes()) else {
                     return Err(corrupt("log"));
                 };
-                WatchEvent::Put(KeyValue {
-                    key,
-                    value,
-                    create_revision: c as i64,
-                    mod_revision: rev,
-                    lease: l as i64,
-                })
+                WatchEvent::Put(KeyValue { key, value, create_revision: c as i64, mod_revision: rev, lease: l as i64 })
             }
             1 => WatchEvent::Delete { key, revision: rev },
             _ => return Err(corrupt("log")),
@@ -462,15 +458,29 @@ fn map_err(e: tikv_client::Error) -> Error {
         | E::RegionForKeyNotFound { .. }
         | E::RegionNotFoundInResponse { .. }
         | E::JoinError(_) => Error::Unavailable(format!("tikv: {e}")),
-        E::StringError(s) if s.to_lowercase().contains("timeout") || s.to_lowercase().contains("connect") => {
+        E::StringError(s) | E::InternalError { message: s }
+            if ["timeout", "connect", "channel", "closed", "transport", "unavailable"]
+                .iter()
+                .any(|w| s.to_lowercase().contains(w)) =>
+        {
             Error::Unavailable(format!("tikv: {s}"))
         }
         other => Error::Store(format!("tikv: {other}")),
     }
 }
 
+/// Options of every backend transaction. A read or prewrite that meets another
+/// transaction's lock resolves it (cleaning it up if its TTL ran out) and otherwise retries
+/// after a short jittered pause, a dozen times at most; then the whole attempt starts over
+/// with a new snapshot (the default backoff, up to 500 ms per step, would stall every
+/// writer behind the hot revision key).
 fn optimistic() -> TransactionOptions {
-    TransactionOptions::new_optimistic().drop_check(CheckLevel::Warn).heartbeat_option(HeartbeatOption::NoHeartbeat)
+    let mut retry = RetryOptions::default_optimistic();
+    retry.lock_backoff = tikv_client::Backoff::full_jitter_backoff(1, 16, 12);
+    TransactionOptions::new_optimistic()
+        .drop_check(CheckLevel::Warn)
+        .heartbeat_option(HeartbeatOption::NoHeartbeat)
+        .retry_options(retry)
 }
 
 fn jittered(d: Duration) -> Duration {
@@ -725,10 +735,30 @@ const GC_EVERY: Revision = 256;
 
 /// Runs attempts of one transaction until one commits, a permanent error, or the bounded
 /// retries on conflicts run out.
-async fn attempts<T: Send + 'static>(inner: Arc<Inner>, reap_inline: bool, body: Body<T>) -> Result<(T, bool)> {
-    let give_up = tokio::time::Instant::now() + inner.cfg.request_timeout * 2;
+///
+/// No attempt starts after `stop_at` (the caller stops waiting a little later), so an
+/// operation whose caller got [`Error::Unavailable`] for a timeout does not commit long
+/// afterwards: only an attempt already running at `stop_at` can.
+async fn attempts<T: Send + 'static>(
+    inner: Arc<Inner>,
+    reap_inline: bool,
+    stop_at: tokio::time::Instant,
+    body: Body<T>,
+) -> Result<(T, bool)> {
+    let late = || Error::Unavailable("tikv: request timed out before it could run".into());
     let mut delays = Backoff::new(Duration::from_millis(1), Duration::from_millis(50)).max_attempts(200).delays();
     loop {
+        // Writers of this backend take turns: they would all conflict on the revision key,
+        // and under optimistic concurrency N concurrent writers waste O(N²) attempts.
+        // Writers in other processes still race, and the loser retries.
+        let _turn = if reap_inline {
+            Some(tokio::time::timeout_at(stop_at, inner.write_turn.lock()).await.map_err(|_| late())?)
+        } else {
+            None
+        };
+        if tokio::time::Instant::now() >= stop_at {
+            return Err(late());
+        }
         let fail = match Tx::begin(&inner, reap_inline).await {
             Err(f) => f,
             Ok(mut tx) => match body(&mut tx).await {
@@ -749,7 +779,8 @@ async fn attempts<T: Send + 'static>(inner: Arc<Inner>, reap_inline: bool, body:
             Fail::Lh(e) => return Err(e),
             Fail::Tikv(e) => e,
         };
-        let delay = if is_conflict(&e) && tokio::time::Instant::now() < give_up { delays.next() } else { None };
+        drop(_turn);
+        let delay = if is_conflict(&e) { delays.next() } else { None };
         match delay {
             Some(d) => tokio::time::sleep(d).await,
             None => return Err(map_err(e)),
@@ -798,6 +829,7 @@ impl TikvBackend {
                 poke: Arc::new(Notify::new()),
                 reap_now: Arc::new(Notify::new()),
                 tasks_started: Mutex::new(false),
+                write_turn: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -832,7 +864,8 @@ impl TikvBackend {
     async fn run_flagged<T: Send + 'static>(&self, reap_inline: bool, body: Body<T>) -> Result<(T, bool)> {
         self.start_tasks();
         let timeout = self.inner.cfg.request_timeout;
-        let task = tokio::spawn(attempts(self.inner.clone(), reap_inline, body));
+        let stop_at = tokio::time::Instant::now() + timeout * 3 / 4;
+        let task = tokio::spawn(attempts(self.inner.clone(), reap_inline, stop_at, body));
         match tokio::time::timeout(timeout, task).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => Err(Error::Store(format!("tikv: request task failed: {e}"))),
@@ -1181,7 +1214,10 @@ async fn poll_once(inner: &Arc<Inner>) -> bool {
     let mut delivered = false;
     slots.retain_mut(|slot| {
         if slot.cursor < compacted {
-            let msg = format!("tikv: watch at revision {} fell behind the change log (compacted to {compacted})", slot.cursor);
+            let msg = format!(
+                "tikv: watch at revision {} fell behind the change log (compacted to {compacted})",
+                slot.cursor
+            );
             let _ = slot.tx.send(Err(Error::Unavailable(msg)));
             return false;
         }
@@ -1403,9 +1439,15 @@ async fn lock_in_txn(
     deadline: Option<tokio::time::Instant>,
     timeout: Option<Duration>,
 ) -> Result<(Transaction, u64)> {
+    // One lock request waits in TiKV (1 s by default); a lock still held after that is
+    // checked once (and cleaned up if its holder is gone), then this loop asks again, so
+    // the deadline is looked at about once per TiKV lock wait.
+    let mut retry = RetryOptions::default_pessimistic();
+    retry.lock_backoff = tikv_client::Backoff::no_jitter_backoff(1, 1, 1);
     let options = TransactionOptions::new_pessimistic()
         .drop_check(CheckLevel::Warn)
-        .heartbeat_option(HeartbeatOption::FixedTime(heartbeat));
+        .heartbeat_option(HeartbeatOption::FixedTime(heartbeat))
+        .retry_options(retry);
     let mut txn = client.begin_with_options(options).await.map_err(map_err)?;
     let mut pause = Backoff::new(Duration::from_millis(1), Duration::from_millis(20)).delays();
     loop {
@@ -1474,7 +1516,8 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let kv = KeyValue { key: "a/b".into(), value: b"v\x00".to_vec(), create_revision: 7, mod_revision: 9, lease: 42 };
+        let kv =
+            KeyValue { key: "a/b".into(), value: b"v\x00".to_vec(), create_revision: 7, mod_revision: 9, lease: 42 };
         assert_eq!(decode_kv("a/b".into(), &encode_kv(&kv)).unwrap(), kv);
         let events = vec![WatchEvent::Put(kv.clone()), WatchEvent::Delete { key: "a/c".into(), revision: 9 }];
         assert_eq!(decode_events(9, &encode_events(&events)).unwrap(), events);
