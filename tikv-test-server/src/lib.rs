@@ -18,6 +18,10 @@
 //! [`TestServer::set_unavailable`] makes every RPC fail with `Unavailable`, as a cut-off
 //! cluster would, and [`TestServer::calls`] counts the RPCs received by method name.
 
+// The protocol's error messages (KeyError, LockInfo, Status) are large and are passed by
+// value from the store to the response, as the protocol does.
+#![allow(clippy::result_large_err)]
+
 pub mod mvcc;
 
 /// Generated protobuf types (`kvrpcpb`, `pdpb`, `metapb`, …).
