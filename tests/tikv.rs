@@ -324,3 +324,41 @@ async fn txn_lock_timeout_cancel_and_drop() {
     }
     assert!(clean, "{} TiKV locks left behind", server.lock_count());
 }
+
+/// The change log keeps a bounded number of revisions: a watch that fell behind the
+/// compacted part gets an error (the view resynchronises), and a new watch works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_watch_breaks_after_log_compaction() {
+    let server = TestServer::start().await;
+    // This backend polls rarely, and only its own writes wake its poller.
+    let slow = TikvBackend::connect(config(&server).poll_interval(Duration::from_secs(60), Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let busy = TikvBackend::connect(config(&server).log_retention(10)).await.unwrap();
+    let mut lagging = slow.watch_prefix("lag/").await.unwrap();
+    let mut rev = None;
+    for i in 0..300 {
+        let r = busy.compare_and_swap("lag-counter", rev, i.to_string().into_bytes(), None).await.unwrap();
+        assert!(r.swapped);
+        rev = Some(r.revision);
+    }
+    // Compaction runs in the background after revision 256; wake the slow poller with a
+    // write of its own until it notices.
+    let mut broke = false;
+    for i in 0..50 {
+        slow.compare_and_swap(&format!("poke-{i}"), None, Vec::new(), None).await.unwrap();
+        match tokio::time::timeout(Duration::from_millis(200), lagging.next()).await {
+            Ok(Err(Error::Unavailable(msg))) => {
+                assert!(msg.contains("compacted"), "{msg}");
+                broke = true;
+                break;
+            }
+            Ok(other) => panic!("a lagging watch must not deliver: {other:?}"),
+            Err(_) => {}
+        }
+    }
+    assert!(broke, "the lagging watch never broke");
+    let mut fresh = slow.watch_prefix("lag/").await.unwrap();
+    let made = slow.compare_and_swap("lag/a", None, b"x".to_vec(), None).await.unwrap();
+    assert_eq!(wait_event(&mut fresh).await, vec![WatchEvent::Put(made.current.unwrap())]);
+}

@@ -17,7 +17,10 @@
 //! Every other method (the raw API among them) answers gRPC `Unimplemented`.
 //! [`TestServer::set_unavailable`] makes every RPC fail with `Unavailable`, as a cut-off
 //! cluster would, and [`TestServer::calls`] counts the RPCs received by method name.
-
+//!
+//! Everything is behind the feature `server` (off by default): without it this crate is
+//! empty, so that depending on it costs nothing to builds that do not test TiKV.
+#![cfg(feature = "server")]
 // The protocol's error messages (KeyError, LockInfo, Status) are large and are passed by
 // value from the store to the response, as the protocol does.
 #![allow(clippy::result_large_err)]
