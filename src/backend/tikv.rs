@@ -86,6 +86,17 @@
 //! friends) do not use it: they get both their strategies (the fair queue and
 //! compare-and-swap) through the trait.
 //!
+//! # Contention and timeouts
+//!
+//! Since every writer writes `m/rev`, concurrent writers conflict by design. Writers of
+//! one backend (one [`Client`](crate::Client)) therefore take turns locally, so they never
+//! conflict with each other; writers in different processes race optimistically and the
+//! loser retries after a jittered pause. A transaction that meets another's lock retries
+//! the read after a few milliseconds (tikv-client's default lock backoff grows to 500 ms
+//! per step, which would stall every writer behind the hot key). A call waits at most
+//! [`TikvConfig::request_timeout`]; no new attempt starts after three quarters of it, so a
+//! call reported as timed out does not commit long afterwards.
+//!
 //! # Other choices
 //!
 //! - Only the transactional API is used, never raw keys (TiKV forbids mixing both on one
@@ -1363,9 +1374,10 @@ async fn compact(inner: Weak<Inner>, upto: Revision) {
 /// [`Mutex`](crate::Mutex) guards.
 ///
 /// Unlike the session-based recipes there is no lease and no loss notification: the
-/// holder learns it lost the lock only when a fenced write is refused. `lock_timeout`
-/// checks its deadline between lock attempts, so it may return up to about one TiKV lock
-/// wait (1 s by default) late.
+/// holder learns it lost the lock only when a fenced write is refused. There is no
+/// `try_lock`: tikv-client 0.4 always asks TiKV to wait (its default lock wait, 1 s), so
+/// `lock_timeout` checks its deadline between lock requests and may return up to about
+/// two TiKV lock waits late.
 ///
 /// ```no_run
 /// # async fn demo(backend: leasehold::backend::tikv::TikvBackend) -> leasehold::Result<()> {
