@@ -1,5 +1,7 @@
-//! The test server driven by the real `tikv-client`: the protocol and the semantics the
-//! leasehold backend relies on.
+//! The in-process PD + TiKV test server (crate `tikv-test-server`) driven by the real
+//! `tikv-client`: the protocol and the semantics the leasehold backend relies on. (Here
+//! rather than in the server's crate, whose dev-dependency on tikv-client would be built
+//! by every `cargo test --workspace`.)
 use std::time::{Duration, Instant};
 use tikv_client::{CheckLevel, Error, TransactionClient, TransactionOptions};
 use tikv_test_server::TestServer;
