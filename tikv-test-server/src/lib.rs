@@ -107,7 +107,9 @@ impl TestServer {
             .into_iter()
             .map(|listener| {
                 let node = Node { shared: shared.clone() };
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                // TCP_NODELAY: without it small gRPC replies wait for delayed ACKs (~40 ms).
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from_listener(listener, true, None).expect("listener");
                 tokio::spawn(async move {
                     let _ = tonic::transport::Server::builder()
                         .add_service(tikv_service::tikv_server::TikvServer::new(node.clone()))
