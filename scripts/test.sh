@@ -26,6 +26,13 @@ cargo build --workspace --examples
 cargo test --workspace --benches
 cargo test --features metrics --test metrics
 
+# TiKV: the backend through the real tikv-client against the in-process PD+TiKV test
+# server (tikv-test-server/), the server's own tests, and the opt-in real-cluster suite
+# (it says it is skipped unless LEASEHOLD_TIKV_PD is set).
+cargo test -p tikv-test-server --features server
+cargo test --features tikv --test tikv --test tikv_test_server --test tikv_cluster -- --test-threads=2
+cargo test --features tikv --bench tikv_handoff
+
 # The conformance suite again, against Debian's etcd 3.4.
 if [ -n "$etcd34_line" ]; then
   echo "test: conformance against etcd 3.4 from ${etcd34_line#ETCD34_BIN_DIR=}"

@@ -64,8 +64,9 @@ impl Client {
         Self::new(MemoryBackend::new())
     }
 
-    /// Connects by URL: `memory://`, or `etcd://host:port[,host:port…]`
-    /// (see [`EtcdConfig`](crate::EtcdConfig) for timeouts, TLS and auth).
+    /// Connects by URL: `memory://`, `etcd://host:port[,host:port…]` (feature `etcd`; see
+    /// `EtcdConfig` for timeouts, TLS and auth) or `tikv://pd-host:port[,pd-host:port…]`
+    /// (feature `tikv`; see `TikvConfig`).
     pub async fn connect(url: &str) -> Result<Self> {
         if url == "memory://" || url == "memory" {
             return Ok(Self::memory());
@@ -75,9 +76,16 @@ impl Client {
             let config = crate::EtcdConfig::new(rest.split(',').map(str::trim).filter(|s| !s.is_empty()));
             return Self::etcd(config).await;
         }
+        #[cfg(feature = "tikv")]
+        if let Some(rest) = url.strip_prefix("tikv://") {
+            let config = crate::TikvConfig::new(rest.split(',').map(str::trim).filter(|s| !s.is_empty()));
+            return Self::tikv(config).await;
+        }
         Err(Error::invalid(
             "connect",
-            format!("unsupported endpoint URL {url:?} (expected memory:// or etcd://host:port,…)"),
+            format!(
+                "unsupported endpoint URL {url:?} (expected memory://, etcd://host:port,… or tikv://pd-host:port,…)"
+            ),
         ))
     }
 
@@ -85,6 +93,12 @@ impl Client {
     #[cfg(feature = "etcd")]
     pub async fn etcd(config: crate::EtcdConfig) -> Result<Self> {
         Ok(Self::new(crate::backend::etcd::EtcdBackend::connect(config).await?))
+    }
+
+    /// Connects to TiKV through its PD endpoints.
+    #[cfg(feature = "tikv")]
+    pub async fn tikv(config: crate::TikvConfig) -> Result<Self> {
+        Ok(Self::new(crate::backend::tikv::TikvBackend::connect(config).await?))
     }
 
     /// The same store with every key under `namespace` (for example `"app1/locks/"`).

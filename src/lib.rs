@@ -10,8 +10,8 @@
 //! ordered by create revision, and a shared live view of the prefix (one watch per
 //! prefix) wakes a waiter only when its admission rule holds.
 //!
-//! Backends: the embedded [`MemoryBackend`] (single process, demos, fast tests) and etcd
-//! ([`EtcdConfig`], feature `etcd`, on by default). Recipes are written once against the
+//! Backends: the embedded [`MemoryBackend`] (single process, demos, fast tests), etcd
+//! (`EtcdConfig`, feature `etcd`, on by default) and TiKV (`TikvConfig`, feature `tikv`). Recipes are written once against the
 //! narrow [`Backend`] trait and never name a store.
 //!
 //! ```
@@ -55,6 +55,8 @@ mod session;
 #[cfg(feature = "etcd")]
 pub use backend::etcd::{EtcdConfig, TlsConfig};
 pub use backend::memory::MemoryBackend;
+#[cfg(feature = "tikv")]
+pub use backend::tikv::TikvConfig;
 pub use backend::{Backend, Write};
 pub use backoff::{Backoff, Delays, Jitter};
 pub use client::{Client, KEPT_VIEWS};

@@ -42,7 +42,7 @@ on_etcd! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn election_observe_survives_an_etcd_restart() {
     let etcd = std::sync::Mutex::new(EtcdCluster::single());
-    let endpoints = etcd.lock().unwrap().endpoints();
+    let endpoints = etcd.lock().unwrap().endpoints(); // no guard held across the connect
     let client = Client::etcd(EtcdConfig::new(endpoints)).await.unwrap();
     let cut = |down: bool| {
         let mut e = etcd.lock().unwrap();

@@ -37,6 +37,8 @@ use std::time::Duration;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod memory;
+#[cfg(feature = "tikv")]
+pub mod tikv;
 
 /// A lease id (etcd's int64 lease id).
 pub type LeaseId = i64;
@@ -200,7 +202,7 @@ pub trait KeepAlive: Send {
 /// A store that leasehold's recipes run on. See the [module docs](self) for the contract.
 #[async_trait]
 pub trait Backend: Send + Sync + Debug + 'static {
-    /// A short name for logs ("memory", "etcd").
+    /// A short name for logs ("memory", "etcd", "tikv").
     fn kind(&self) -> &'static str;
 
     /// Grants a lease with (at least) `ttl`.

@@ -22,6 +22,7 @@ pub fn crash(client: &Client) -> impl Fn(i64) + Sync + '_ {
 /// The whole suite, one test per check: `conformance_suite!(runner)` expands to
 /// `runner! { test_name => |client| check; … }`, and each backend's runner macro turns an
 /// entry into a `#[tokio::test]` that builds a client on its store.
+#[allow(unused_macros)] // not every test file runs the whole suite
 macro_rules! conformance_suite {
     ($runner:ident) => {
         use conformance::mutex as mx;
