@@ -25,6 +25,8 @@ cargo test --workspace --doc
 cargo build --workspace --examples
 cargo test --workspace --benches
 cargo test --features metrics --test metrics
+# The fault-injection suite on its own, printing its figures (ops, faults, violations).
+cargo test --test faults -- --nocapture --test-threads=2
 
 # TiKV: the backend through the real tikv-client against the in-process PD+TiKV test
 # server (tikv-test-server/), the server's own tests, and the opt-in real-cluster suite
