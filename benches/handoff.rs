@@ -41,7 +41,11 @@ struct Args {
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Peer {
     Leasehold(Strategy),
+    /// Pessimistic, all tasks of the process sharing one Client (one watch stream).
+    SharedClient,
     LockRpc,
+    /// The same two transactions as the pessimistic cycle, sent raw (no leasehold code).
+    RawTxns,
 }
 
 impl Peer {
@@ -50,17 +54,26 @@ impl Peer {
             Peer::Leasehold(Strategy::Pessimistic) => "leasehold pessimistic",
             Peer::Leasehold(Strategy::Optimistic) => "leasehold optimistic",
             Peer::Leasehold(Strategy::Adaptive) => "leasehold adaptive",
+            Peer::SharedClient => "leasehold pessimistic, one shared client",
             Peer::LockRpc => "etcd Lock RPC (etcd-client)",
+            Peer::RawTxns => "raw: leasehold's two Txns via etcd-client (floor)",
         }
     }
 }
 
 /// One task's loop: `cycles` lock/unlock cycles on `name`, returning each cycle's time.
-async fn cycles(endpoints: Vec<String>, peer: Peer, name: String, cycles: usize) -> Vec<Duration> {
+async fn cycles(endpoints: Vec<String>, peer: Peer, name: String, cycles: usize, shared: Option<Client>) -> Vec<Duration> {
     let mut times = Vec::with_capacity(cycles);
     match peer {
-        Peer::Leasehold(strategy) => {
-            let client = Client::etcd(EtcdConfig::new(endpoints)).await.unwrap();
+        Peer::Leasehold(_) | Peer::SharedClient => {
+            let strategy = match peer {
+                Peer::Leasehold(s) => s,
+                _ => Strategy::Pessimistic,
+            };
+            let client = match shared {
+                Some(c) => c,
+                None => Client::etcd(EtcdConfig::new(endpoints)).await.unwrap(),
+            };
             let session = client.session().await.unwrap();
             let mutex = Mutex::new(&session, &name).unwrap().with_strategy(strategy);
             for _ in 0..cycles {
@@ -70,6 +83,32 @@ async fn cycles(endpoints: Vec<String>, peer: Peer, name: String, cycles: usize)
                 times.push(t.elapsed());
             }
             session.close().await.unwrap();
+        }
+        Peer::RawTxns => {
+            use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp};
+            let mut client = etcd_client::Client::connect(endpoints, None).await.unwrap();
+            let lease = client.lease_grant(10, None).await.unwrap().id();
+            let prefix = format!("{name}/");
+            let key = format!("{prefix}{lease:x}");
+            for _ in 0..cycles {
+                let t = Instant::now();
+                let head = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
+                let txn = Txn::new()
+                    .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                    .and_then([
+                        TxnOp::put(key.as_str(), "", Some(PutOptions::new().with_lease(lease))),
+                        TxnOp::get(key.as_str(), None),
+                        TxnOp::get(prefix.as_str(), Some(head.clone())),
+                    ])
+                    .or_else([TxnOp::get(key.as_str(), None), TxnOp::get(prefix.as_str(), Some(head))]);
+                let rev = client.txn(txn).await.unwrap().header().unwrap().revision();
+                let del = Txn::new()
+                    .when([Compare::create_revision(key.as_str(), CompareOp::Equal, rev)])
+                    .and_then([TxnOp::delete(key.as_str(), None)]);
+                client.txn(del).await.unwrap();
+                times.push(t.elapsed());
+            }
+            client.lease_revoke(lease).await.unwrap();
         }
         Peer::LockRpc => {
             let mut client = etcd_client::Client::connect(endpoints, None).await.unwrap();
@@ -116,40 +155,61 @@ async fn main() {
             (Some(c), e)
         }
     };
-    let peers = [Peer::Leasehold(Strategy::Pessimistic), Peer::Leasehold(Strategy::Optimistic), Peer::LockRpc];
+    let peers = [Peer::Leasehold(Strategy::Pessimistic), Peer::Leasehold(Strategy::Optimistic), Peer::RawTxns, Peer::LockRpc];
+    let contended = [
+        Peer::Leasehold(Strategy::Pessimistic),
+        Peer::Leasehold(Strategy::Optimistic),
+        Peer::SharedClient,
+        Peer::LockRpc,
+    ];
 
-    println!("## Uncontended lock+unlock cycle ({} cycles, one task)\n", args.uncontended);
+    println!("## Uncontended lock+unlock cycle ({} cycles each, one task, interleaved in 10 rounds)\n", args.uncontended);
     println!("| implementation | median ms | p99 ms | median vs Lock RPC |");
     println!("|---|---:|---:|---:|");
     // Warm up connections and etcd itself, so the first row does not pay for it.
     for (i, peer) in peers.iter().enumerate() {
-        cycles(endpoints.clone(), *peer, format!("bench-w{i}"), 50).await;
+        cycles(endpoints.clone(), *peer, format!("bench-w{i}"), 50, None).await;
     }
-    let mut medians = Vec::new();
-    for (i, peer) in peers.iter().enumerate() {
-        let mut t = cycles(endpoints.clone(), *peer, format!("bench-u{i}"), args.uncontended).await;
-        t.sort();
-        medians.push((pct(&t, 0.5), pct(&t, 0.99)));
+    // Interleaved: 10 rounds, each implementation in turn, so drift on a shared machine
+    // hits all of them alike.
+    let mut all: Vec<Vec<Duration>> = vec![Vec::new(); peers.len()];
+    for round in 0..10 {
+        for (i, peer) in peers.iter().enumerate() {
+            let n = args.uncontended / 10;
+            all[i].extend(cycles(endpoints.clone(), *peer, format!("bench-u{i}-{round}"), n, None).await);
+        }
     }
-    let rpc = medians[2].0;
+    let medians: Vec<(f64, f64)> = all
+        .into_iter()
+        .map(|mut t| {
+            t.sort();
+            (pct(&t, 0.5), pct(&t, 0.99))
+        })
+        .collect();
+    let rpc = medians[3].0;
     for (peer, (p50, p99)) in peers.iter().zip(&medians) {
         println!("| {} | {p50:.3} | {p99:.3} | {:.2}× |", peer.name(), p50 / rpc);
     }
 
     println!(
-        "\n## Contended hand-offs/s ({} tasks × {} cycles, each task its own client and lease; median of {} runs)\n",
+        "\n## Contended hand-offs/s ({} tasks × {} cycles, each task its own lease; median of {} runs)\n",
         args.tasks, args.cycles, args.runs
     );
+    println!("(\"one shared client\": the 16 tasks share one Client, as tasks of one process would: one watch stream.)\n");
     println!("| implementation | hand-offs/s | cycle p50 ms | cycle p99 ms | vs Lock RPC |");
     println!("|---|---:|---:|---:|---:|");
     let mut rows = Vec::new();
-    for (i, peer) in peers.iter().enumerate() {
+    for (i, peer) in contended.iter().enumerate() {
         let mut runs = Vec::new();
         for run in 0..args.runs {
             let name = format!("bench-c{i}-{run}");
+            let shared = match peer {
+                Peer::SharedClient => Some(Client::etcd(EtcdConfig::new(endpoints.clone())).await.unwrap()),
+                _ => None,
+            };
             let started = Instant::now();
             let handles: Vec<_> = (0..args.tasks)
-                .map(|_| tokio::spawn(cycles(endpoints.clone(), *peer, name.clone(), args.cycles)))
+                .map(|_| tokio::spawn(cycles(endpoints.clone(), *peer, name.clone(), args.cycles, shared.clone())))
                 .collect();
             let mut all = Vec::new();
             for h in handles {
@@ -162,8 +222,8 @@ async fn main() {
         runs.sort_by(|a, b| a.0.total_cmp(&b.0));
         rows.push(runs[runs.len() / 2]);
     }
-    let rpc = rows[2].0;
-    for (peer, (rate, p50, p99)) in peers.iter().zip(&rows) {
+    let rpc = rows[3].0;
+    for (peer, (rate, p50, p99)) in contended.iter().zip(&rows) {
         println!("| {} | {rate:.0} | {p50:.2} | {p99:.2} | {:.2}× |", peer.name(), rate / rpc);
     }
 }
