@@ -62,7 +62,13 @@ impl Peer {
 }
 
 /// One task's loop: `cycles` lock/unlock cycles on `name`, returning each cycle's time.
-async fn cycles(endpoints: Vec<String>, peer: Peer, name: String, cycles: usize, shared: Option<Client>) -> Vec<Duration> {
+async fn cycles(
+    endpoints: Vec<String>,
+    peer: Peer,
+    name: String,
+    cycles: usize,
+    shared: Option<Client>,
+) -> Vec<Duration> {
     let mut times = Vec::with_capacity(cycles);
     match peer {
         Peer::Leasehold(_) | Peer::SharedClient => {
@@ -92,7 +98,8 @@ async fn cycles(endpoints: Vec<String>, peer: Peer, name: String, cycles: usize,
             let key = format!("{prefix}{lease:x}");
             for _ in 0..cycles {
                 let t = Instant::now();
-                let head = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
+                let head =
+                    GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
                 let txn = Txn::new()
                     .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
                     .and_then([
@@ -155,7 +162,8 @@ async fn main() {
             (Some(c), e)
         }
     };
-    let peers = [Peer::Leasehold(Strategy::Pessimistic), Peer::Leasehold(Strategy::Optimistic), Peer::RawTxns, Peer::LockRpc];
+    let peers =
+        [Peer::Leasehold(Strategy::Pessimistic), Peer::Leasehold(Strategy::Optimistic), Peer::RawTxns, Peer::LockRpc];
     let contended = [
         Peer::Leasehold(Strategy::Pessimistic),
         Peer::Leasehold(Strategy::Optimistic),
@@ -163,7 +171,10 @@ async fn main() {
         Peer::LockRpc,
     ];
 
-    println!("## Uncontended lock+unlock cycle ({} cycles each, one task, interleaved in 10 rounds)\n", args.uncontended);
+    println!(
+        "## Uncontended lock+unlock cycle ({} cycles each, one task, interleaved in 10 rounds)\n",
+        args.uncontended
+    );
     println!("| implementation | median ms | p99 ms | median vs Lock RPC |");
     println!("|---|---:|---:|---:|");
     // Warm up connections and etcd itself, so the first row does not pay for it.
@@ -195,7 +206,9 @@ async fn main() {
         "\n## Contended hand-offs/s ({} tasks × {} cycles, each task its own lease; median of {} runs)\n",
         args.tasks, args.cycles, args.runs
     );
-    println!("(\"one shared client\": the 16 tasks share one Client, as tasks of one process would: one watch stream.)\n");
+    println!(
+        "(\"one shared client\": the 16 tasks share one Client, as tasks of one process would: one watch stream.)\n"
+    );
     println!("| implementation | hand-offs/s | cycle p50 ms | cycle p99 ms | vs Lock RPC |");
     println!("|---|---:|---:|---:|---:|");
     let mut rows = Vec::new();

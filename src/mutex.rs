@@ -220,9 +220,13 @@ impl Mutex {
                     Ok(got)
                 }
                 Strategy::Adaptive => {
+                    // For a mutex the queue costs what a compare-and-swap costs when alone, and
+                    // is fair under contention: the first conflict switches to it.
                     let got = self.acquire_cas(wait, local).await?;
-                    if let Some(g) = &got {
-                        self.adaptive.optimistic(g.hold.was_contended() as u32);
+                    match &got {
+                        Some(g) if g.hold.was_contended() => self.adaptive.force_queue(),
+                        Some(_) => self.adaptive.optimistic(0),
+                        None => {}
                     }
                     Ok(got)
                 }

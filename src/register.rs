@@ -23,6 +23,15 @@ pub struct Updated {
     pub token: Option<u64>,
 }
 
+/// How an optimistic update ended.
+enum Optimistic {
+    Done(Updated),
+    /// Gave up because someone holds or waits for the lock (adaptive only).
+    Yield {
+        conflicts: u32,
+    },
+}
+
 /// A value at one key that many clients update with a read-modify-write, so that no update
 /// is lost — the flash-sale stock, a counter, a configuration document.
 ///
@@ -62,6 +71,7 @@ pub struct Updated {
 pub struct Register {
     session: Session,
     key: String,
+    lock_prefix: String,
     mutex: Mutex,
     strategy: Strategy,
     backoff: Backoff,
@@ -76,6 +86,7 @@ impl Register {
         Ok(Self {
             session: session.clone(),
             key: prefix.trim_end_matches('/').to_owned(),
+            lock_prefix: prefix.clone(),
             mutex,
             strategy: Strategy::Optimistic,
             backoff: Backoff::new(Duration::from_micros(500), Duration::from_millis(50)).jitter(Jitter::Full),
@@ -132,22 +143,38 @@ impl Register {
     {
         let f = &mut f;
         match self.strategy {
-            Strategy::Optimistic => self.optimistic(f).await,
+            Strategy::Optimistic => self.optimistic(f, false).await.map(|o| match o {
+                Optimistic::Done(u) => u,
+                Optimistic::Yield { .. } => unreachable!("only adaptive yields"),
+            }),
             Strategy::Pessimistic => self.queued(f).await.map(|(u, _)| u),
             Strategy::Adaptive if self.adaptive.queue_next() => {
                 let (updated, waited) = self.queued(f).await?;
                 self.adaptive.queued(waited);
                 Ok(updated)
             }
-            Strategy::Adaptive => {
-                let updated = self.optimistic(f).await?;
-                self.adaptive.optimistic(updated.conflicts);
-                Ok(updated)
-            }
+            Strategy::Adaptive => match self.optimistic(f, true).await? {
+                Optimistic::Done(updated) => {
+                    self.adaptive.optimistic(updated.conflicts);
+                    Ok(updated)
+                }
+                // Someone is queued: join the queue rather than fight it.
+                Optimistic::Yield { conflicts } => {
+                    self.adaptive.force_queue();
+                    let (mut updated, waited) = self.queued(f).await?;
+                    self.adaptive.queued(waited);
+                    updated.conflicts += conflicts;
+                    Ok(updated)
+                }
+            },
         }
     }
 
-    async fn optimistic<F, Fut>(&self, f: &mut F) -> Result<Updated>
+    /// Read, compare-and-swap, retry. With `yield_to_queue` (the adaptive strategy) a write
+    /// also requires that nobody holds or waits for the register's lock, and the update
+    /// gives up with [`Optimistic::Yield`] once it finds someone queued: a mix of optimistic
+    /// writers and queued ones would make both lose.
+    async fn optimistic<F, Fut>(&self, f: &mut F, yield_to_queue: bool) -> Result<Optimistic>
     where
         F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
         Fut: Future<Output = Option<Vec<u8>>> + Send,
@@ -159,16 +186,34 @@ impl Register {
         loop {
             let previous = current.as_ref().map(|kv| kv.value.clone());
             let Some(new) = f(previous.clone(), None).await else {
-                return Ok(Updated { written: false, previous, conflicts, token: None });
+                return Ok(Optimistic::Done(Updated { written: false, previous, conflicts, token: None }));
             };
             let expected = current.as_ref().map(|kv| kv.mod_revision);
-            let cas = backend.compare_and_swap(&self.key, expected, new, None).await?;
-            if cas.swapped {
+            let written = if yield_to_queue {
+                let conditions = [
+                    Condition::Modified { key: self.key.clone(), revision: expected },
+                    Condition::PrefixEmpty { prefix: self.lock_prefix.clone() },
+                ];
+                let put = Write::Put { key: self.key.clone(), value: new, lease: None };
+                let written = backend.write_if(&conditions, vec![put]).await?;
+                if !written {
+                    current = backend.get(&self.key).await?;
+                    if current.as_ref().map(|kv| kv.mod_revision) == expected {
+                        return Ok(Optimistic::Yield { conflicts: conflicts + 1 });
+                        // the queue is not empty
+                    }
+                }
+                written
+            } else {
+                let cas = backend.compare_and_swap(&self.key, expected, new, None).await?;
+                current = cas.current;
+                cas.swapped
+            };
+            if written {
                 crate::metrics::conflicts("register", conflicts);
-                return Ok(Updated { written: true, previous, conflicts, token: None });
+                return Ok(Optimistic::Done(Updated { written: true, previous, conflicts, token: None }));
             }
             conflicts += 1;
-            current = cas.current;
             tokio::time::sleep(delays.next().unwrap_or(self.backoff.cap)).await;
         }
     }

@@ -523,6 +523,10 @@ impl Backend for EtcdBackend {
                 Condition::Modified { key, revision: None } => {
                     Compare::create_revision(key.clone(), CompareOp::Equal, 0)
                 }
+                // Over a range the comparison must hold for every key; an empty range passes.
+                Condition::PrefixEmpty { prefix } => {
+                    Compare::create_revision(prefix.clone(), CompareOp::Equal, 0).with_prefix()
+                }
             })
             .collect();
         let ops: Vec<TxnOp> = writes

@@ -370,6 +370,7 @@ impl Backend for MemoryBackend {
         let holds = conditions.iter().all(|c| match c {
             Condition::Created { key, revision } => st.kvs.get(key).is_some_and(|kv| kv.create_revision == *revision),
             Condition::Modified { key, revision } => st.kvs.get(key).map(|kv| kv.mod_revision) == *revision,
+            Condition::PrefixEmpty { prefix } => st.prefix(prefix, 1).is_empty(),
         });
         if holds {
             st.apply(writes)?;

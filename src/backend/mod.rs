@@ -127,6 +127,11 @@ pub enum Condition {
         /// Its expected mod revision; `None` for "absent".
         revision: Option<Revision>,
     },
+    /// No key exists under `prefix` (nobody holds or waits for a lock there).
+    PrefixEmpty {
+        /// The prefix.
+        prefix: String,
+    },
 }
 
 /// One write of [`Backend::write_if`].

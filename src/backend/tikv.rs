@@ -1105,6 +1105,7 @@ impl Backend for TikvBackend {
                             Condition::Modified { key, revision } => {
                                 tx.get(key).await?.map(|kv| kv.mod_revision) == *revision
                             }
+                            Condition::PrefixEmpty { prefix } => tx.scan(prefix).await?.is_empty(),
                         };
                         if !holds {
                             return Ok(false);
