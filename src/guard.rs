@@ -41,6 +41,25 @@ macro_rules! held_accessors {
 }
 pub(crate) use held_accessors;
 
+/// `fenced_put` and `fenced_write` for guards whose holder may write under it.
+macro_rules! fenced_writes {
+    ($what:literal, $held:literal) => {
+        #[doc = concat!("Puts `value` at `key` in the store only while this ", $held, " (one transaction")]
+        #[doc = "comparing the guard key's create revision). Fails with [`Error::NotHeld`](crate::Error::NotHeld)"]
+        #[doc = "otherwise, writing nothing."]
+        pub async fn fenced_put(&self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> crate::Result<()> {
+            let write = crate::Write::Put { key: key.into(), value: value.into(), lease: None };
+            self.hold.fenced($what, vec![write]).await
+        }
+
+        #[doc = concat!("Applies several writes atomically, only while this ", $held, ".")]
+        pub async fn fenced_write(&self, writes: Vec<crate::Write>) -> crate::Result<()> {
+            self.hold.fenced($what, writes).await
+        }
+    };
+}
+pub(crate) use fenced_writes;
+
 /// A held key. Releasing deletes it only if it still has the create revision this
 /// acquisition got, so a late or repeated release never deletes a newer acquisition.
 #[derive(Debug)]
@@ -129,32 +148,15 @@ impl Holding {
     }
 
     /// Releases now. Idempotent: only the first release (explicit or by drop) deletes.
-    pub(crate) async fn release(mut self) -> Result<()> {
-        if !self.release.begin() {
-            return Ok(());
-        }
-        let backend = self.session.client().backend().clone();
-        let result = release_retry(&*backend, &self.key, self.revision).await;
-        self.release.finish();
-        self.local.take();
-        match result {
-            Ok(deleted) => {
-                if !deleted {
-                    tracing::debug!(key = self.key, "release: key already gone (lease expired?)");
-                }
-                Ok(())
-            }
-            // A lost session has no keys left to delete.
-            Err(_) if !self.session.is_valid() => Ok(()),
-            Err(e) => Err(e),
-        }
+    pub(crate) async fn release(self) -> Result<()> {
+        self.release_writing(Vec::new()).await
     }
 }
 
 impl Holding {
-    /// Releases now like [`release`](Self::release), and applies `extra` in the same
-    /// transaction as the delete, only if this acquisition still holds the key (a lock-delay
-    /// marker is cleared this way). Retried on transient errors; a retry after an attempt
+    /// Releases now, deleting the key only if it still has this acquisition's create
+    /// revision, and applies `extra` in the same transaction (a lock-delay marker is cleared
+    /// this way). Retried on transient errors; a retry after an attempt
     /// that did apply finds the key gone and writes nothing.
     pub(crate) async fn release_writing(mut self, extra: Vec<Write>) -> Result<()> {
         if !self.release.begin() {

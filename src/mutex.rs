@@ -4,7 +4,7 @@ use crate::adaptive::Adaptive;
 use crate::backend::{Condition, CreateRequest, Precondition, Write};
 use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
-use crate::guard::{held_accessors, Holding};
+use crate::guard::{fenced_writes, held_accessors, Holding};
 use crate::lock_delay::{self, Admit, LockDelay};
 use crate::queue::{enqueue, gone, local_slot, Admission, Pending, Retry, Ticket, View, Wait};
 use crate::Session;
@@ -328,18 +328,7 @@ impl MutexGuard {
         key: "The key this acquisition holds (`<prefix>/<lease hex>`)."
     );
 
-    /// Puts `value` at `key` in the store only while this guard still holds the lock (one
-    /// transaction comparing the guard key's create revision). Fails with
-    /// [`Error::NotHeld`] otherwise, writing nothing.
-    pub async fn fenced_put(&self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> Result<()> {
-        let write = Write::Put { key: key.into(), value: value.into(), lease: None };
-        self.hold.fenced("mutex", vec![write]).await
-    }
-
-    /// Applies several writes atomically, only while this guard still holds the lock.
-    pub async fn fenced_write(&self, writes: Vec<Write>) -> Result<()> {
-        self.hold.fenced("mutex", writes).await
-    }
+    fenced_writes!("mutex", "guard still holds the lock");
 
     /// Applies `writes` only while this guard still holds the lock, and releases it in the
     /// same transaction: a fenced write and an unlock in one round trip. Fails with

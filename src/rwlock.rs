@@ -1,8 +1,8 @@
 //! A fair distributed read-write lock with fencing tokens, under a session's lease.
 
-use crate::backend::{CreateRequest, Precondition, Write};
+use crate::backend::{CreateRequest, Precondition};
 use crate::error::{Error, Result};
-use crate::guard::{held_accessors, Holding};
+use crate::guard::{fenced_writes, held_accessors, Holding};
 use crate::queue::{enqueue, Admission, Ticket, View, Wait};
 use crate::Session;
 use std::time::Duration;
@@ -217,18 +217,7 @@ impl WriteGuard {
         key: "The key this write lock holds (`<prefix>write/<lease hex>-<n>`)."
     );
 
-    /// Puts `value` at `key` in the store only while this guard still holds the write lock
-    /// (one transaction comparing the guard key's create revision). Fails with
-    /// [`Error::NotHeld`] otherwise, writing nothing.
-    pub async fn fenced_put(&self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> Result<()> {
-        let write = Write::Put { key: key.into(), value: value.into(), lease: None };
-        self.hold.fenced("rwlock", vec![write]).await
-    }
-
-    /// Applies several writes atomically, only while this guard still holds the write lock.
-    pub async fn fenced_write(&self, writes: Vec<Write>) -> Result<()> {
-        self.hold.fenced("rwlock", writes).await
-    }
+    fenced_writes!("rwlock", "guard still holds the write lock");
 
     /// Releases the write lock, deleting the key only if it is still this acquisition's.
     pub async fn unlock(self) -> Result<()> {

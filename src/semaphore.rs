@@ -1,9 +1,9 @@
 //! A fair counting semaphore with fenced permits, under a session's lease.
 
-use crate::backend::{CreateRequest, Precondition, Write};
+use crate::backend::{CreateRequest, Precondition};
 use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
-use crate::guard::{held_accessors, Holding};
+use crate::guard::{fenced_writes, held_accessors, Holding};
 use crate::mutex::Strategy;
 use crate::queue::{enqueue, Admission, Pending, Retry, Ticket, View, Wait};
 use crate::Session;
@@ -277,18 +277,7 @@ impl Permit {
         key: "The key this permit holds (`<prefix><lease hex>-<n>`)."
     );
 
-    /// Puts `value` at `key` in the store only while this permit is still held (one
-    /// transaction comparing the permit key's create revision). Fails with
-    /// [`Error::NotHeld`] otherwise, writing nothing.
-    pub async fn fenced_put(&self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> Result<()> {
-        let write = Write::Put { key: key.into(), value: value.into(), lease: None };
-        self.hold.fenced("semaphore", vec![write]).await
-    }
-
-    /// Applies several writes atomically, only while this permit is still held.
-    pub async fn fenced_write(&self, writes: Vec<Write>) -> Result<()> {
-        self.hold.fenced("semaphore", writes).await
-    }
+    fenced_writes!("semaphore", "permit is still held");
 
     /// Returns the permit, deleting the key only if it is still this acquisition's.
     pub async fn release(self) -> Result<()> {
