@@ -14,7 +14,12 @@
 //!   fenced write (`Strategy::Pessimistic`);
 //! - `adaptive`: optimistic until conflicts rise, then queued (`Strategy::Adaptive`);
 //! - `semaphore-gated`: at most `--permits` buyers at a time (a [`Semaphore`]), each doing
-//!   an optimistic decrement.
+//!   an optimistic decrement;
+//! - `tikv-txn-lock` (only on TiKV, built with `--features tikv`): a TiKV pessimistic
+//!   transaction lock (`TxnLock`, TiKV's own blocking lock queue) around the decrement.
+//!
+//! `--backend tikv-test://` (with `--features tikv`) runs against the in-process PD+TiKV
+//! *test server* of the test suite — a demo of the TiKV code paths, not TiKV performance.
 //!
 //! The stock is stored as `"<units> <token>"`: a write made under the lock records its
 //! fencing token, and every accepted write's token is compared with the one stored before
@@ -56,6 +61,8 @@ struct Args {
 enum Way {
     Plain(Strategy),
     SemaphoreGated,
+    /// TiKV's pessimistic-transaction lock around an optimistic decrement.
+    TxnLock,
 }
 
 impl Way {
@@ -65,6 +72,7 @@ impl Way {
             Way::Plain(Strategy::Pessimistic) => "pessimistic",
             Way::Plain(Strategy::Adaptive) => "adaptive",
             Way::SemaphoreGated => "semaphore-gated",
+            Way::TxnLock => "tikv-txn-lock",
         }
     }
 }
@@ -95,12 +103,17 @@ async fn buyer(
     let session = client.session().await?;
     let strategy = match way {
         Way::Plain(s) => s,
-        Way::SemaphoreGated => Strategy::Optimistic,
+        Way::SemaphoreGated | Way::TxnLock => Strategy::Optimistic,
     };
     let stock = Register::new(&session, &name)?.with_strategy(strategy);
     let gate = match way {
         Way::SemaphoreGated => Some(Semaphore::new(&session, &format!("{name}-gate"), permits)?),
-        Way::Plain(_) => None,
+        Way::Plain(_) | Way::TxnLock => None,
+    };
+    #[cfg(feature = "tikv")]
+    let txn_lock = match (way, tikv::backend()) {
+        (Way::TxnLock, Some(b)) => Some(leasehold::backend::tikv::TxnLock::new(&b, &format!("{name}-txn"))?),
+        _ => None,
     };
     let mut latencies = Vec::new();
     loop {
@@ -109,11 +122,21 @@ async fn buyer(
             Some(g) => Some(g.acquire().await?),
             None => None,
         };
+        #[cfg(feature = "tikv")]
+        let txn_guard = match &txn_lock {
+            Some(l) => Some(l.lock().await?),
+            None => None,
+        };
+        #[cfg(feature = "tikv")]
+        let txn_token = txn_guard.as_ref().map(|g| g.fencing_token());
+        #[cfg(not(feature = "tikv"))]
+        let txn_token: Option<u64> = None;
         // A write under the lock stores its token with the stock; it must exceed the last
         // one stored (an optimistic write carries the last token forward).
         let mut stale = false;
         let updated = stock
             .update_with_token(|v, token| {
+                let token = token.or(txn_token);
                 let (units, last) = parse(v);
                 if units == 0 {
                     return None;
@@ -125,12 +148,16 @@ async fn buyer(
         if let Some(p) = permit {
             p.release().await?;
         }
+        #[cfg(feature = "tikv")]
+        if let Some(g) = txn_guard {
+            g.unlock().await?;
+        }
         tally.conflicts.fetch_add(u64::from(updated.conflicts), Ordering::Relaxed);
         if !updated.written {
             break;
         }
         tally.stale.fetch_add(u64::from(stale), Ordering::Relaxed);
-        tally.queued.fetch_add(u64::from(updated.token.is_some()), Ordering::Relaxed);
+        tally.queued.fetch_add(u64::from(updated.token.or(txn_token).is_some()), Ordering::Relaxed);
         tally.sold.fetch_add(1, Ordering::Relaxed);
         latencies.push(started.elapsed());
     }
@@ -145,19 +172,57 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// TiKV: the in-process test server for `tikv-test://`, and the concrete backend TxnLock needs.
+#[cfg(feature = "tikv")]
+mod tikv {
+    use leasehold::backend::tikv::TikvBackend;
+    use std::sync::OnceLock;
+
+    static BACKEND: OnceLock<TikvBackend> = OnceLock::new();
+
+    /// Resolves `tikv-test://` (starting the test server, kept for the process's life) and
+    /// connects the concrete backend for `tikv://` URLs.
+    pub async fn prepare(url: &str) -> leasehold::Result<String> {
+        let url = if url == "tikv-test://" {
+            let server = tikv_test_server::TestServer::start().await;
+            let url = format!("tikv://{}", server.pd_endpoints().join(","));
+            Box::leak(Box::new(server));
+            url
+        } else {
+            url.to_owned()
+        };
+        if let Some(eps) = url.strip_prefix("tikv://") {
+            let config = leasehold::TikvConfig::new(eps.split(',').map(str::to_owned));
+            let _ = BACKEND.set(TikvBackend::connect(config).await?);
+        }
+        Ok(url)
+    }
+
+    pub fn backend() -> Option<TikvBackend> {
+        BACKEND.get().cloned()
+    }
+}
+
 #[tokio::main]
 async fn main() -> leasehold::Result<()> {
     let args = Args::parse();
-    let base = Client::connect(&args.backend).await?;
+    #[cfg(feature = "tikv")]
+    let url = tikv::prepare(&args.backend).await?;
+    #[cfg(not(feature = "tikv"))]
+    let url = args.backend.clone();
+    let base = Client::connect(&url).await?;
     let counts = Arc::new(Counts::default());
     let client = Client::new(Counting { inner: base.backend().clone(), counts: counts.clone() })
         .with_namespace(format!("flash-{}/", std::process::id()));
-    let ways = [
+    let mut ways = vec![
         Way::Plain(Strategy::Optimistic),
         Way::Plain(Strategy::Pessimistic),
         Way::Plain(Strategy::Adaptive),
         Way::SemaphoreGated,
     ];
+    if url.starts_with("tikv://") {
+        ways.push(Way::TxnLock);
+    }
     println!("flash sale on {}: {} buyers, {} units\n", args.backend, args.buyers, args.units);
     println!(
         "| way | orders/s | p50 ms | p99 ms | conflicts/order | queued orders | writes/order | sold | left | check |"
