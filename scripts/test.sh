@@ -23,6 +23,8 @@ cargo test --workspace --doc
 # Examples and benches: built, and benches smoke-run once (criterion's test mode; the
 # etcd benches only measure under `cargo bench`).
 cargo build --workspace --examples
+# The README's first command (the main job on the embedded backend), in a debug build.
+cargo run --no-default-features --example flash_sale -- --units 100
 cargo test --workspace --benches
 cargo test --features metrics --test metrics
 # The fault-injection suite on its own, printing its figures (ops, faults, violations).
