@@ -208,22 +208,34 @@ fn strategy(s: StrategyArg) -> Strategy {
     }
 }
 
-/// Acquires as `hold` says: `try` (exit 123 when taken), `timeout` (exit 124), or wait
-/// (until Ctrl-C).
-async fn acquire<F, T>(hold: &Hold, what: &str, name: &str, try_once: F, wait: T) -> Result<Guard, Fail>
-where
-    F: std::future::Future<Output = leasehold::Result<Option<Guard>>>,
-    T: FnOnce(
-        Option<Duration>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = leasehold::Result<Guard>> + Send>>,
-{
-    if hold.try_ {
-        return try_once.await?.ok_or_else(|| Fail(EXIT_BUSY, format!("{what} {name:?} is taken")));
+/// How to wait, from `--try` and `--timeout`.
+enum How {
+    Try,
+    Within(Duration),
+    Forever,
+}
+
+impl Hold {
+    fn how(&self) -> How {
+        match (self.try_, self.timeout) {
+            (true, _) => How::Try,
+            (false, Some(t)) => How::Within(t),
+            (false, None) => How::Forever,
+        }
     }
+}
+
+/// Waits for `fut` unless Ctrl-C comes first (exit 130).
+async fn interruptible<T>(fut: impl std::future::Future<Output = leasehold::Result<T>>) -> Result<T, Fail> {
     tokio::select! {
-        g = wait(hold.timeout) => Ok(g?),
+        r = fut => Ok(r?),
         _ = tokio::signal::ctrl_c() => Err(Fail(130, "interrupted while waiting".into())),
     }
+}
+
+/// A `--try` that found the name taken: exit 123.
+fn taken<T>(got: Option<T>, what: &str, name: &str) -> Result<T, Fail> {
+    got.ok_or_else(|| Fail(EXIT_BUSY, format!("{what} {name:?} is taken")))
 }
 
 fn json_str(s: &str) -> String {
@@ -374,32 +386,21 @@ async fn run(cli: Cli) -> Result<u8, Fail> {
         Cmd::Lock { name, strategy: st, hold, cmd } => {
             let session = client.session_builder().ttl(hold.ttl).open().await?;
             let mutex = Mutex::new(&session, &name)?.with_strategy(strategy(st));
-            let m2 = mutex.clone();
-            let guard = acquire(&hold, "lock", &name, async { Ok(mutex.try_lock().await?.map(Guard::Mutex)) }, |t| {
-                Box::pin(async move {
-                    Ok(Guard::Mutex(match t {
-                        Some(t) => m2.lock_timeout(t).await?,
-                        None => m2.lock().await?,
-                    }))
-                })
-            })
-            .await?;
+            let guard = Guard::Mutex(match hold.how() {
+                How::Try => taken(mutex.try_lock().await?, "lock", &name)?,
+                How::Within(t) => interruptible(mutex.lock_timeout(t)).await?,
+                How::Forever => interruptible(mutex.lock()).await?,
+            });
             run_guarded(&name, session, guard, &cmd, hold.grace).await
         }
         Cmd::Semaphore { name, permits, strategy: st, hold, cmd } => {
             let session = client.session_builder().ttl(hold.ttl).open().await?;
             let sem = Semaphore::new(&session, &name, permits)?.with_strategy(strategy(st));
-            let s2 = sem.clone();
-            let guard =
-                acquire(&hold, "semaphore", &name, async { Ok(sem.try_acquire().await?.map(Guard::Permit)) }, |t| {
-                    Box::pin(async move {
-                        Ok(Guard::Permit(match t {
-                            Some(t) => s2.acquire_timeout(t).await?,
-                            None => s2.acquire().await?,
-                        }))
-                    })
-                })
-                .await?;
+            let guard = Guard::Permit(match hold.how() {
+                How::Try => taken(sem.try_acquire().await?, "semaphore", &name)?,
+                How::Within(t) => interruptible(sem.acquire_timeout(t)).await?,
+                How::Forever => interruptible(sem.acquire()).await?,
+            });
             run_guarded(&name, session, guard, &cmd, hold.grace).await
         }
         Cmd::Elect { name, observe: true, json, .. } => {
@@ -416,17 +417,11 @@ async fn run(cli: Cli) -> Result<u8, Fail> {
             let session = client.session_builder().ttl(hold.ttl).open().await?;
             let election = Election::new(&session, &name)?;
             let value = value.unwrap_or_else(|| format!("pid-{}", std::process::id()));
-            let (e2, v2) = (election.clone(), value.clone());
-            let try_once = async { Ok(election.try_campaign(value).await?.map(Guard::Leader)) };
-            let guard = acquire(&hold, "election", &name, try_once, |t| {
-                Box::pin(async move {
-                    Ok(Guard::Leader(match t {
-                        Some(t) => e2.campaign_timeout(v2, t).await?,
-                        None => e2.campaign(v2).await?,
-                    }))
-                })
-            })
-            .await?;
+            let guard = Guard::Leader(match hold.how() {
+                How::Try => taken(election.try_campaign(value).await?, "election", &name)?,
+                How::Within(t) => interruptible(election.campaign_timeout(value, t)).await?,
+                How::Forever => interruptible(election.campaign(value)).await?,
+            });
             run_guarded(&name, session, guard, &cmd, hold.grace).await
         }
         Cmd::Leader { name, json } => {
