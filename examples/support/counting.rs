@@ -90,4 +90,7 @@ impl Backend for Counting {
     async fn watch_prefix(&self, prefix: &str) -> Result<Box<dyn WatchStream>> {
         self.inner.watch_prefix(prefix).await
     }
+    async fn watch_prefix_deletes(&self, prefix: &str) -> Result<Box<dyn WatchStream>> {
+        self.inner.watch_prefix_deletes(prefix).await
+    }
 }

@@ -10,7 +10,7 @@ use super::*;
 use crate::error::Error;
 use etcd_client::{
     Certificate, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, PutOptions, SortOrder,
-    SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
+    SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchFilterType, WatchOptions,
 };
 
 /// How to reach etcd.
@@ -461,21 +461,21 @@ impl Backend for EtcdBackend {
                 Compare::create_revision(req.prefix.clone(), CompareOp::Equal, 0).with_prefix()
             }
         };
-        let reads =
-            || [TxnOp::get(req.key.clone(), None), TxnOp::get(req.prefix.clone(), Some(head_options(req.head_limit)))];
+        let head = || TxnOp::get(req.prefix.clone(), Some(head_options(req.head_limit)));
         let put = TxnOp::put(req.key.clone(), req.value.clone(), Some(PutOptions::new().with_lease(req.lease)));
-        let mut then = vec![put];
-        then.extend(reads());
-        let txn = Txn::new().when([cond]).and_then(then).or_else(reads());
+        // On success the key is exactly what was put, at the Txn's revision: no need to read it.
+        let txn = Txn::new().when([cond]).and_then([put, head()]).or_else([TxnOp::get(req.key.clone(), None), head()]);
         let resp = self.txn(txn).await?;
         let created = resp.succeeded();
-        let offset = usize::from(created);
-        Ok(CreateResponse {
-            created,
-            mine: range_at(&resp, offset).into_iter().next(),
-            head: range_at(&resp, offset + 1),
-            revision: revision(&resp),
-        })
+        let at = revision(&resp);
+        let (mine, head) = if created {
+            let kv =
+                KeyValue { key: req.key, value: req.value, create_revision: at, mod_revision: at, lease: req.lease };
+            (Some(kv), range_at(&resp, 1))
+        } else {
+            (range_at(&resp, 0).into_iter().next(), range_at(&resp, 1))
+        };
+        Ok(CreateResponse { created, mine, head, revision: at })
     }
 
     async fn delete_if_created(&self, key: &str, create_revision: Revision) -> Result<bool> {
@@ -542,13 +542,20 @@ impl Backend for EtcdBackend {
     }
 
     async fn watch_prefix(&self, prefix: &str) -> Result<Box<dyn WatchStream>> {
+        self.watch(prefix, WatchOptions::new().with_prefix()).await
+    }
+
+    async fn watch_prefix_deletes(&self, prefix: &str) -> Result<Box<dyn WatchStream>> {
+        // NOPUT: etcd filters at the server, so a waiter's stream carries no puts at all.
+        self.watch(prefix, WatchOptions::new().with_prefix().with_filters([WatchFilterType::NoPut])).await
+    }
+}
+
+impl EtcdBackend {
+    /// Opens a watch and waits for etcd to confirm it (only then is it registered).
+    async fn watch(&self, prefix: &str, options: WatchOptions) -> Result<Box<dyn WatchStream>> {
         let open = async {
-            let mut stream = self
-                .client
-                .watch_client()
-                .watch(prefix, Some(WatchOptions::new().with_prefix()))
-                .await
-                .map_err(map_err)?;
+            let mut stream = self.client.watch_client().watch(prefix, Some(options)).await.map_err(map_err)?;
             // Wait for etcd to confirm the watch: only then is it registered (and synced).
             loop {
                 match stream.message().await.map_err(map_err)? {

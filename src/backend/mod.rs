@@ -23,6 +23,8 @@
 //!    watch's `start_revision`, in revision order, each revision complete in one batch. When
 //!    it cannot keep that promise (compaction, cancellation, a broken connection) the next
 //!    call to [`WatchStream::next`] returns an error, and the caller resynchronises.
+//!    [`Backend::watch_prefix_deletes`] keeps the same promise for deletions only (a queue
+//!    waiter needs nothing else; a store that filters at the server sends half the events)).
 //! 6. **Errors.** Transport failures and unavailable members are [`Error::Unavailable`](crate::Error::Unavailable)
 //!    (retried); everything else is permanent. A call never waits longer than the backend's
 //!    request timeout.
@@ -245,4 +247,31 @@ pub trait Backend: Send + Sync + Debug + 'static {
 
     /// Opens a watch on every key under `prefix`; returns once it is registered.
     async fn watch_prefix(&self, prefix: &str) -> Result<Box<dyn WatchStream>>;
+
+    /// Like [`watch_prefix`](Backend::watch_prefix), but reports deletions only (batches
+    /// without one are skipped). The default filters `watch_prefix` locally; a backend whose
+    /// store can filter at the server (etcd's `NOPUT`) should, so puts cost no traffic.
+    async fn watch_prefix_deletes(&self, prefix: &str) -> Result<Box<dyn WatchStream>> {
+        Ok(Box::new(DeletesOnly(self.watch_prefix(prefix).await?)))
+    }
+}
+
+/// A watch with its puts dropped: the default [`Backend::watch_prefix_deletes`].
+struct DeletesOnly(Box<dyn WatchStream>);
+
+#[async_trait]
+impl WatchStream for DeletesOnly {
+    fn start_revision(&self) -> Revision {
+        self.0.start_revision()
+    }
+
+    async fn next(&mut self) -> Result<Vec<WatchEvent>> {
+        loop {
+            let mut batch = self.0.next().await?;
+            batch.retain(|e| matches!(e, WatchEvent::Delete { .. }));
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+        }
+    }
 }
