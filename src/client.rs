@@ -4,7 +4,7 @@ use crate::backend::memory::MemoryBackend;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::name::{reserved_key, validate_name};
-use crate::queue::PrefixView;
+use crate::queue::{DeleteFeed, PrefixView};
 use crate::session::SessionBuilder;
 use crate::Session;
 use parking_lot::Mutex;
@@ -36,16 +36,57 @@ struct ClientInner {
     views: Mutex<Views>,
 }
 
-/// How many prefix views a client keeps open after their waiters are gone. A view is
-/// opened the first time something waits on a prefix and then kept, so the next wait
-/// costs no watch creation (the point of the engine); past this many prefixes the least
-/// recently used idle view is closed.
+/// How many prefix watches of each kind (queue feeds, views) a client keeps open after
+/// their waiters are gone. A watch is opened the first time something waits on a prefix
+/// and then kept, so the next wait costs no watch creation (the point of the engine); past
+/// this many prefixes the least recently used idle one is closed.
 pub const KEPT_VIEWS: usize = 256;
 
 #[derive(Debug, Default)]
 struct Views {
-    open: HashMap<String, (Arc<PrefixView>, u64)>,
+    views: Kept<PrefixView>,
+    feeds: Kept<DeleteFeed>,
+}
+
+/// Open watches of one kind by prefix, the least recently used idle one closed past
+/// [`KEPT_VIEWS`].
+#[derive(Debug)]
+struct Kept<T> {
+    open: HashMap<String, (Arc<T>, u64)>,
     tick: u64,
+}
+
+impl<T> Default for Kept<T> {
+    fn default() -> Self {
+        Self { open: HashMap::new(), tick: 0 }
+    }
+}
+
+impl<T> Kept<T> {
+    fn get_or_open(&mut self, prefix: &str, failed: impl Fn(&T) -> bool, open: impl FnOnce() -> Arc<T>) -> Arc<T> {
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some((v, used)) = self.open.get_mut(prefix) {
+            if !failed(v) {
+                *used = tick;
+                return v.clone();
+            }
+        }
+        if self.open.len() >= KEPT_VIEWS {
+            let idle = self
+                .open
+                .iter()
+                .filter(|(_, (v, _))| Arc::strong_count(v) == 1)
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = idle {
+                self.open.remove(&k);
+            }
+        }
+        let v = open();
+        self.open.insert(prefix.to_owned(), (v.clone(), tick));
+        v
+    }
 }
 
 impl Client {
@@ -141,27 +182,15 @@ impl Client {
     /// The shared live view of `prefix`, opening it (one watch) if it is not open yet.
     pub(crate) fn view(&self, prefix: &str) -> Arc<PrefixView> {
         let mut views = self.inner.views.lock();
-        views.tick += 1;
-        let tick = views.tick;
-        if let Some((v, used)) = views.open.get_mut(prefix) {
-            if !v.is_failed() {
-                *used = tick;
-                return v.clone();
-            }
-        }
-        if views.open.len() >= KEPT_VIEWS {
-            let idle = views
-                .open
-                .iter()
-                .filter(|(_, (v, _))| Arc::strong_count(v) == 1)
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(k, _)| k.clone());
-            if let Some(k) = idle {
-                views.open.remove(&k);
-            }
-        }
-        let v = PrefixView::open(self.inner.backend.clone(), prefix.to_owned());
-        views.open.insert(prefix.to_owned(), (v.clone(), tick));
-        v
+        let backend = &self.inner.backend;
+        views.views.get_or_open(prefix, PrefixView::is_failed, || PrefixView::open(backend.clone(), prefix.to_owned()))
+    }
+
+    /// The shared deletes-only feed of `prefix` for queue waiters, opening it (one watch)
+    /// if it is not open yet.
+    pub(crate) fn delete_feed(&self, prefix: &str) -> Arc<DeleteFeed> {
+        let mut views = self.inner.views.lock();
+        let backend = &self.inner.backend;
+        views.feeds.get_or_open(prefix, DeleteFeed::is_failed, || DeleteFeed::open(backend.clone(), prefix.to_owned()))
     }
 }

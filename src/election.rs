@@ -3,7 +3,7 @@
 use crate::backend::{CreateRequest, KeyValue, LeaseId, Precondition, Write};
 use crate::error::Result;
 use crate::guard::{held_accessors, Holding};
-use crate::queue::{enqueue, local_slot, Admission, Subscription, Ticket, View, Wait};
+use crate::queue::{enqueue, local_slot, Admission, Rule, Subscription, Ticket, Wait};
 use crate::{Client, Session};
 use tracing::Instrument;
 
@@ -132,8 +132,7 @@ impl Election {
                 head_limit: 1,
             };
             let ticket = Ticket { what: "election", req, local: Some(local), adopt: true };
-            let first = |v: &View, rev| v.entries().next().is_some_and(|kv| kv.create_revision == rev);
-            let (hold, kv) = match enqueue(&self.session, ticket, wait, first).await? {
+            let (hold, kv) = match enqueue(&self.session, ticket, wait, Rule::First).await? {
                 Admission::Held(hold, kv) => (hold, kv),
                 Admission::NotAdmitted => return Ok(None),
                 Admission::KeyTaken => unreachable!("adopt is set"),

@@ -6,7 +6,7 @@ use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
 use crate::guard::{fenced_writes, held_accessors, Holding};
 use crate::lock_delay::{self, Admit, LockDelay};
-use crate::queue::{enqueue, gone, local_slot, Admission, Pending, Retry, Ticket, View, Wait};
+use crate::queue::{enqueue, gone, local_slot, Admission, Pending, Retry, Rule, Ticket, Wait};
 use crate::Session;
 use std::sync::Arc;
 use std::time::Duration;
@@ -272,8 +272,7 @@ impl Mutex {
     async fn acquire_queued(&self, wait: Wait, local: tokio::sync::OwnedMutexGuard<()>) -> Result<Option<MutexGuard>> {
         let ticket =
             Ticket { what: "mutex", req: self.request(Precondition::KeyAbsent), local: Some(local), adopt: true };
-        let first = |v: &View, rev| v.entries().next().is_some_and(|kv| kv.create_revision == rev);
-        match enqueue(&self.session, ticket, wait, first).await? {
+        match enqueue(&self.session, ticket, wait, Rule::First).await? {
             Admission::Held(hold, _) => Ok(Some(MutexGuard { hold, marker: None })),
             Admission::NotAdmitted => Ok(None),
             Admission::KeyTaken => unreachable!("adopt is set"),

@@ -1,20 +1,29 @@
 //! The one wait engine every recipe uses.
 //!
+//! Every wait follows **one long-lived watch** per prefix per [`Client`](crate::Client),
+//! opened the first time something waits there and shared by all local waiters. Why not a
+//! watch per wait, as etcd's own recipe does: etcd puts a watch whose start revision is at
+//! or below the current revision into its "unsynced" group, which is caught up every
+//! 100 ms; under contention almost every hand-off pays that (see `docs/performance.md`). A
+//! watch opened once, before it is needed, never does. There are two kinds:
+//!
+//! # Queue waiters: the delete feed
+//!
+//! A queued key is admitted by a [`Rule`] over the keys created before it, all of which
+//! the create call read in the same transaction; from then on that set only shrinks. So a
+//! queue waiter keeps its own snapshot and needs only deletions: the [`DeleteFeed`]
+//! (module `deletes`) is a deletes-only watch (on etcd, filtered at the server), and a
+//! release costs one event per waiting client and no extra round trip.
+//!
 //! # Prefix views
 //!
 //! A [`PrefixView`] is a live, exact copy of the keys under one prefix, ordered by create
-//! revision, kept by **one long-lived watch** per prefix per [`Client`](crate::Client) and
-//! shared by all local waiters. It is opened in the order that loses no event: register
-//! the watch (it reports everything after its start revision), read the prefix at some
-//! revision `S`, then apply only events newer than `S`. Waiters register a predicate; the
-//! view re-evaluates predicates after each applied revision and wakes only the waiters
-//! whose predicate now holds, so a release wakes the one waiter it lets in and costs no
-//! extra round trip.
-//!
-//! Why not a watch per wait, as etcd's own recipe does: etcd puts a watch whose start
-//! revision is at or below the current revision into its "unsynced" group, which is caught
-//! up every 100 ms; under contention almost every hand-off pays that (see
-//! `docs/performance.md`). A watch opened once, before it is needed, never does.
+//! revision, for the waits that need puts too: the optimistic [`Retry`] ("the holder is
+//! gone") and the election observer. It is opened in the order that loses no event:
+//! register the watch (it reports everything after its start revision), read the prefix at
+//! some revision `S`, then apply only events newer than `S`. Waiters register a predicate;
+//! the view re-evaluates predicates after each applied revision and wakes only the waiters
+//! whose predicate now holds.
 //!
 //! A view proves a fact "at revision V" only once it has applied every event up to V.
 //! Predicates therefore see [`View::revision`] and must not decide about a key created at
@@ -38,7 +47,7 @@
 //! | `RwLock` | `<prefix>read/…`, `<prefix>write/…` | reader: no older write key; writer: oldest |
 //!
 //! - [`enqueue`] is the pessimistic (fair) acquisition: create the key, let the head read
-//!   in the same call decide, else wait in the view for the rule.
+//!   in the same call decide, else wait on the delete feed for the rule.
 //! - [`Retry`] is the optimistic acquisition's wait: until a view predicate says the
 //!   resource may be free, then a jittered pause.
 //! - [`PrefixView::subscribe`] reports every distinct value of a function of the view (the
@@ -56,6 +65,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+
+mod deletes;
+pub(crate) use deletes::DeleteFeed;
 
 /// The keys under a prefix as of [`revision`](View::revision).
 #[derive(Debug, Default)]
@@ -342,13 +354,39 @@ pub(crate) enum Turn {
 }
 
 /// Evaluates `rule` for the key `(key, rev)` once the view has reached `rev`.
-pub(crate) fn turn(view: &View, key: &str, rev: Revision, rule: &dyn Fn(&View, Revision) -> bool) -> Option<Turn> {
+pub(crate) fn turn(view: &View, key: &str, rev: Revision, rule: &Rule) -> Option<Turn> {
     if view.revision() < rev {
         return None; // the view has not seen our key yet: decide nothing
     }
     match view.get(key) {
-        Some(kv) if kv.create_revision == rev => Some(if rule(view, rev) { Turn::Ready } else { Turn::Wait }),
+        Some(kv) if kv.create_revision == rev => Some(if rule.admits(view, rev) { Turn::Ready } else { Turn::Wait }),
         _ => Some(Turn::Gone),
+    }
+}
+
+/// A queue recipe's admission rule. Every rule depends only on the keys created before the
+/// waiter's own (so the head its create call read decides it whenever that head contains
+/// the key, with no further read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Rule {
+    /// The oldest key: `Mutex`, `Election`, an `RwLock` writer.
+    First,
+    /// Among the `n` oldest keys: `Semaphore`.
+    AmongFirst(usize),
+    /// No older key starts with this prefix: an `RwLock` reader (no writer ahead).
+    NoOlderUnder(String),
+}
+
+impl Rule {
+    /// Whether the key created at `rev` is admitted in `view`.
+    pub(crate) fn admits(&self, view: &View, rev: Revision) -> bool {
+        match self {
+            Rule::First => view.entries().next().is_some_and(|kv| kv.create_revision == rev),
+            Rule::AmongFirst(n) => view.entries().take(*n).any(|kv| kv.create_revision == rev),
+            Rule::NoOlderUnder(p) => {
+                !view.entries().take_while(|kv| kv.create_revision < rev).any(|kv| kv.key.starts_with(p))
+            }
+        }
     }
 }
 
@@ -529,21 +567,29 @@ pub(crate) async fn wait_view<R: Send + 'static>(
     }
 }
 
-/// Waits for the key `(key, rev)` to be admitted by `rule` in the live view of `prefix`.
-/// Fails with `SessionLost` if the key disappears or the session is lost meanwhile.
+/// Waits for the key `(key, rev)` to be admitted by `rule`, starting from `head` (a read of
+/// the whole prefix at or after `rev`) and following the prefix's [`DeleteFeed`]. Fails
+/// with `SessionLost` if the key disappears or the session is lost meanwhile.
+///
+/// Why not wait herd-free for the one key ahead, as ZooKeeper's lock recipe does: on etcd
+/// that needs a new watch per wait, and a watch created while writes are in flight can land
+/// in etcd's "unsynced" group and wait up to 100 ms (measured: the hand-off rate halved and
+/// p99 went to ~100 ms). One long-lived feed per prefix per client never does; its cost is
+/// one event per deletion per client that waits on the prefix.
 pub(crate) async fn wait_turn(
     session: &Session,
     prefix: &str,
     key: &str,
     rev: Revision,
-    rule: impl Fn(&View, Revision) -> bool + Send + 'static,
+    head: View,
+    rule: Rule,
 ) -> Result<()> {
-    let k = key.to_owned();
-    let t = wait_view(session, prefix, move |v| match turn(v, &k, rev, &rule)? {
-        Turn::Wait => None,
-        t => Some(t),
-    })
-    .await?;
+    let feed = session.client().delete_feed(prefix);
+    let lost = session.lost();
+    let t = tokio::select! {
+        r = feed.wait_turn(head, key, rev, Arc::new(rule)) => r?,
+        _ = lost => return Err(Error::SessionLost { lease: session.lease_id() }),
+    };
     match t {
         Turn::Ready => Ok(()),
         _ => Err(Error::SessionLost { lease: session.lease_id() }),
@@ -554,7 +600,7 @@ pub(crate) async fn wait_turn(
 /// another revision). The optimistic strategy's "the holder went".
 pub(crate) fn gone(key: &str, rev: Revision) -> impl FnMut(&View) -> bool + Send + 'static {
     let key = key.to_owned();
-    move |v| turn(v, &key, rev, &|_, _| false) == Some(Turn::Gone)
+    move |v| v.revision() >= rev && v.get(&key).is_none_or(|kv| kv.create_revision != rev)
 }
 
 /// One key to enqueue with [`enqueue`].
@@ -587,20 +633,18 @@ pub(crate) enum Admission {
 
 /// The pessimistic (queued, fair) acquisition every queue recipe runs: create the key under
 /// the session's lease through [`Pending`] (cancellation-safe), and unless `rule` admits it
-/// at once, wait in the live view until it does. A try (`Wait::No`) or a deadline that
-/// passes deletes the key again and returns [`Admission::NotAdmitted`].
+/// at once, wait on the prefix's delete feed until it does. A try (`Wait::No`) or a deadline
+/// that passes deletes the key again and returns [`Admission::NotAdmitted`].
 ///
-/// `rule(view, rev)` says whether the key created at `rev` is admitted. It must depend only
-/// on the keys created before `rev` (true of every rule in the crate: "first", "among the
-/// first N", "no writer ahead"): then the head the create call read decides it whenever
-/// the head contains the key, with no further read.
-pub(crate) async fn enqueue(
-    session: &Session,
-    ticket: Ticket,
-    wait: Wait,
-    rule: impl Fn(&View, Revision) -> bool + Send + 'static,
-) -> Result<Admission> {
-    let Ticket { what, req, local, adopt } = ticket;
+/// A [`Rule`] depends only on the keys created before the waiter's: the head the create call
+/// read (the whole prefix, when the caller may wait) decides it at once, and deletions are
+/// all that can change it afterwards.
+pub(crate) async fn enqueue(session: &Session, ticket: Ticket, wait: Wait, rule: Rule) -> Result<Admission> {
+    let Ticket { what, mut req, local, adopt } = ticket;
+    if wait != Wait::No {
+        // A waiter follows only deletions from here on, so it needs every key ahead of it.
+        req.head_limit = 0;
+    }
     let (key, prefix) = (req.key.clone(), req.prefix.clone());
     let mut pending = Pending::start(session, req, local);
     let resp = pending.response().await?;
@@ -619,7 +663,7 @@ pub(crate) async fn enqueue(
             pending.abandon().await?;
             return Ok(Admission::NotAdmitted);
         }
-        match with_deadline(wait, wait_turn(session, &prefix, &key, rev, rule)).await {
+        match with_deadline(wait, wait_turn(session, &prefix, &key, rev, head, rule)).await {
             Some(r) => r?,
             None => {
                 pending.abandon().await?;

@@ -3,7 +3,7 @@
 use crate::backend::{CreateRequest, Precondition};
 use crate::error::{Error, Result};
 use crate::guard::{fenced_writes, held_accessors, Holding};
-use crate::queue::{enqueue, Admission, Ticket, View, Wait};
+use crate::queue::{enqueue, Admission, Rule, Ticket, Wait};
 use crate::Session;
 use std::time::Duration;
 use tracing::Instrument;
@@ -154,17 +154,9 @@ impl RwLock {
                 let admission = match mode {
                     Mode::Read => {
                         let writers = format!("{}{}", self.prefix, Mode::Write.segment());
-                        let no_writer_ahead = move |v: &View, rev| {
-                            !v.entries()
-                                .take_while(|kv| kv.create_revision < rev)
-                                .any(|kv| kv.key.starts_with(&writers))
-                        };
-                        enqueue(&self.session, ticket, wait, no_writer_ahead).await?
+                        enqueue(&self.session, ticket, wait, Rule::NoOlderUnder(writers)).await?
                     }
-                    Mode::Write => {
-                        let first = |v: &View, rev| v.entries().next().is_some_and(|kv| kv.create_revision == rev);
-                        enqueue(&self.session, ticket, wait, first).await?
-                    }
+                    Mode::Write => enqueue(&self.session, ticket, wait, Rule::First).await?,
                 };
                 match admission {
                     Admission::Held(hold, _) => return Ok(Some(hold)),

@@ -5,7 +5,7 @@ use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
 use crate::guard::{fenced_writes, held_accessors, Holding};
 use crate::mutex::Strategy;
-use crate::queue::{enqueue, Admission, Pending, Retry, Ticket, View, Wait};
+use crate::queue::{enqueue, Admission, Pending, Retry, Rule, Ticket, View, Wait};
 use crate::Session;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -215,8 +215,7 @@ impl Semaphore {
         for _ in 0..KEY_ATTEMPTS {
             let ticket =
                 Ticket { what: "semaphore", req: self.request(self.next_key(), limit), local: None, adopt: false };
-            let among_first = move |v: &View, rev| v.entries().take(limit).any(|kv| kv.create_revision == rev);
-            match enqueue(&self.session, ticket, wait, among_first).await? {
+            match enqueue(&self.session, ticket, wait, Rule::AmongFirst(limit)).await? {
                 Admission::Held(hold, _) => return Ok(Some(Permit { hold })),
                 Admission::NotAdmitted => return Ok(None),
                 Admission::KeyTaken => continue,

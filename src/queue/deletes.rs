@@ -1,0 +1,319 @@
+//! The queue waiters' feed: one long-lived **deletes-only** watch per prefix per client.
+//!
+//! A queued key is admitted by a rule over the keys created before it (see
+//! [`enqueue`](super::enqueue)). Those keys are all known the moment the key is created:
+//! the create call reads the whole prefix in the same transaction. From then on the set
+//! can only shrink, so a waiter needs nothing but the deletions after its own create
+//! revision. Each waiter therefore keeps its **own** snapshot (the create call's head) and
+//! the feed only delivers deletions to it. On etcd the watch is opened with `NOPUT`, so
+//! the server sends nothing for the keys other contenders create: one event per hand-off
+//! per watching client instead of two, and less work for etcd, which is the bottleneck of a
+//! contended queue (`docs/performance.md`).
+//!
+//! A waiter whose snapshot is older than what the feed can replay (the feed was opened
+//! after the snapshot was read, the watch broke, or the replay log was trimmed) reads the
+//! prefix again and starts from that read. Reads happen only then, never per hand-off.
+
+use super::{turn, Rule, Turn, View};
+use crate::backend::{Backend, Revision, WatchEvent};
+use crate::backoff::Backoff;
+use crate::error::{Error, Result};
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+
+/// How many recent deletions the feed keeps for waiters whose snapshot is a little older
+/// than the feed's last event (they raced the watch). Older snapshots read the prefix again.
+const REPLAY: usize = 1024;
+
+/// One long-lived deletes-only watch of a prefix; see the [module docs](self).
+pub(crate) struct DeleteFeed {
+    prefix: String,
+    backend: Arc<dyn Backend>,
+    state: Arc<Mutex<FeedState>>,
+    synced: watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for DeleteFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeleteFeed").field("prefix", &self.prefix).finish()
+    }
+}
+
+impl Drop for DeleteFeed {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Default)]
+struct FeedState {
+    /// While synced: every deletion after this revision is in `log` or still to come.
+    covers_after: Option<Revision>,
+    failed: Option<String>,
+    log: VecDeque<(Revision, String)>,
+    waiters: Vec<Waiter>,
+}
+
+struct Waiter {
+    view: View,
+    key: String,
+    rev: Revision,
+    rule: Arc<Rule>,
+    tx: oneshot::Sender<Turn>,
+}
+
+impl Waiter {
+    /// Applies one deletion to the waiter's snapshot.
+    fn apply(&mut self, rev: Revision, key: &str) {
+        self.view.apply(WatchEvent::Delete { key: key.to_owned(), revision: rev });
+    }
+
+    /// The waiter's turn, if decided.
+    fn decided(&self) -> Option<Turn> {
+        match turn(&self.view, &self.key, self.rev, &self.rule)? {
+            Turn::Wait => None,
+            t => Some(t),
+        }
+    }
+}
+
+impl FeedState {
+    /// Applies one revision's deletions: to the log and to every waiter; wakes those decided.
+    fn apply(&mut self, rev: Revision, keys: &[String]) {
+        for key in keys {
+            self.log.push_back((rev, key.clone()));
+        }
+        while self.log.len() > REPLAY {
+            let (dropped, _) = self.log.pop_front().expect("non-empty");
+            // Everything after `dropped` is still in the log (entries of one revision are
+            // contiguous, and a waiter at `dropped` needs none of them).
+            self.covers_after = self.covers_after.map(|c| c.max(dropped));
+        }
+        self.waiters.retain_mut(|w| {
+            if w.tx.is_closed() {
+                return false; // the waiter was cancelled
+            }
+            for key in keys {
+                w.apply(rev, key);
+            }
+            match w.decided() {
+                Some(t) => {
+                    let w = std::mem::replace(&mut w.tx, oneshot::channel().0);
+                    let _ = w.send(t);
+                    false
+                }
+                None => true,
+            }
+        });
+    }
+}
+
+impl DeleteFeed {
+    /// Opens the feed: starts the task that watches and keeps it in sync.
+    pub(crate) fn open(backend: Arc<dyn Backend>, prefix: String) -> Arc<Self> {
+        let state = Arc::new(Mutex::new(FeedState::default()));
+        let (synced_tx, synced) = watch::channel(false);
+        let task = tokio::spawn(follow(backend.clone(), prefix.clone(), state.clone(), synced_tx));
+        Arc::new(Self { prefix, backend, state, synced, task })
+    }
+
+    /// Whether the feed gave up (a permanent error); the client then opens a new one.
+    pub(crate) fn is_failed(&self) -> bool {
+        self.state.lock().failed.is_some()
+    }
+
+    /// Waits until the key `(key, rev)` is decided by `rule`, starting from `view` (a read of
+    /// the prefix at or after `rev`). Cancel-safe: a dropped waiter is removed at the next
+    /// deletion.
+    pub(crate) async fn wait_turn(&self, mut view: View, key: &str, rev: Revision, rule: Arc<Rule>) -> Result<Turn> {
+        loop {
+            let rx = {
+                let mut st = self.state.lock();
+                if let Some(why) = &st.failed {
+                    return Err(Error::Store(format!("watch on {:?} failed: {why}", self.prefix)));
+                }
+                match st.covers_after {
+                    Some(after) if view.revision() >= after => {
+                        let from = view.revision();
+                        for (r, k) in st.log.iter().filter(|(r, _)| *r > from) {
+                            view.apply(WatchEvent::Delete { key: k.clone(), revision: *r });
+                        }
+                        let (tx, rx) = oneshot::channel();
+                        let waiter = Waiter { view, key: key.to_owned(), rev, rule: rule.clone(), tx };
+                        if let Some(t) = waiter.decided() {
+                            return Ok(t);
+                        }
+                        st.waiters.push(waiter);
+                        Some(rx)
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(rx) = rx {
+                if let Ok(t) = rx.await {
+                    return Ok(t);
+                }
+                // The watch broke (the waiter was dropped with it): read again below.
+            }
+            // The feed cannot replay from `view`: once it is synced, read the prefix again.
+            let mut synced = self.synced.clone();
+            let _ = synced.wait_for(|s| *s).await;
+            let policy = Backoff::default();
+            let (kvs, at) = policy.retry(|| self.backend.range_prefix(&self.prefix, 0)).await?;
+            view = View::snapshot(kvs, at);
+        }
+    }
+}
+
+/// Keeps the feed going: watch, apply deletions; on a broken watch, start over.
+async fn follow(backend: Arc<dyn Backend>, prefix: String, state: Arc<Mutex<FeedState>>, synced: watch::Sender<bool>) {
+    let policy = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
+    let mut delays = policy.delays();
+    loop {
+        let run = async {
+            let mut watch = backend.watch_prefix_deletes(&prefix).await?;
+            state.lock().covers_after = Some(watch.start_revision());
+            synced.send_replace(true);
+            delays = policy.delays(); // it synced: a new break starts from the first delay
+            loop {
+                let batch = watch.next().await?;
+                let mut st = state.lock();
+                let mut events = batch.into_iter().peekable();
+                while let Some(event) = events.next() {
+                    let rev = event.revision();
+                    let mut keys = Vec::with_capacity(1);
+                    for e in
+                        std::iter::once(event).chain(std::iter::from_fn(|| events.next_if(|e| e.revision() == rev)))
+                    {
+                        if let WatchEvent::Delete { key, .. } = e {
+                            keys.push(key);
+                        }
+                    }
+                    st.apply(rev, &keys);
+                }
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), Error>(())
+        };
+        let err = match run.await {
+            Ok(()) => continue,
+            Err(e) => e,
+        };
+        synced.send_replace(false);
+        {
+            let mut st = state.lock();
+            st.covers_after = None;
+            st.log.clear();
+            // Dropping the senders sends every waiter back to read the prefix again.
+            st.waiters.clear();
+            if !err.is_transient() {
+                tracing::warn!(prefix, error = %err, "prefix delete watch failed permanently");
+                st.failed = Some(err.to_string());
+                drop(st);
+                synced.send_replace(true); // wake readers: they will see `failed`
+                return;
+            }
+        }
+        let delay = delays.next().unwrap_or(policy.cap);
+        tracing::debug!(prefix, error = %err, ?delay, "prefix delete watch broken; resynchronising");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::memory::MemoryBackend;
+    use crate::backend::{CreateRequest, Precondition};
+
+    async fn create(backend: &MemoryBackend, key: &str, lease: i64) -> Revision {
+        let req = CreateRequest {
+            key: key.into(),
+            value: Vec::new(),
+            lease,
+            precondition: Precondition::KeyAbsent,
+            prefix: "p/".into(),
+            head_limit: 0,
+        };
+        backend.create(req).await.unwrap().mine.unwrap().create_revision
+    }
+
+    async fn head(backend: &MemoryBackend) -> View {
+        let (kvs, at) = backend.range_prefix("p/", 0).await.unwrap();
+        View::snapshot(kvs, at)
+    }
+
+    async fn decided(feed: &DeleteFeed, view: View, key: &str, rev: Revision) -> Turn {
+        let wait = feed.wait_turn(view, key, rev, Arc::new(Rule::First));
+        tokio::time::timeout(Duration::from_secs(5), wait).await.expect("decided in time").unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_deletion_before_the_feed_opened_is_not_missed() {
+        let backend = MemoryBackend::new();
+        let lease = backend.grant_lease(Duration::from_secs(60)).await.unwrap().id;
+        let a = create(&backend, "p/a", lease).await;
+        let b = create(&backend, "p/b", lease).await;
+        let snapshot = head(&backend).await; // b waits behind a
+        backend.delete_if_created("p/a", a).await.unwrap(); // ... and a goes before any watch
+        let feed = DeleteFeed::open(Arc::new(backend.clone()), "p/".into());
+        feed.synced.clone().wait_for(|s| *s).await.unwrap(); // the feed covers only later deletions
+        assert_eq!(decided(&feed, snapshot, "p/b", b).await, Turn::Ready, "the waiter reads again");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_is_woken_by_the_deletion_ahead_and_only_then() {
+        let backend = MemoryBackend::new();
+        let lease = backend.grant_lease(Duration::from_secs(60)).await.unwrap().id;
+        let a = create(&backend, "p/a", lease).await;
+        let b = create(&backend, "p/b", lease).await;
+        let feed = DeleteFeed::open(Arc::new(backend.clone()), "p/".into());
+        let snapshot = head(&backend).await;
+        let waiting = {
+            let feed = feed.clone();
+            tokio::spawn(async move { decided(&feed, snapshot, "p/b", b).await })
+        };
+        // Keys created behind the waiter, and their deletion, change nothing for it.
+        let c = create(&backend, "p/c", lease).await;
+        backend.delete_if_created("p/c", c).await.unwrap();
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        backend.delete_if_created("p/a", a).await.unwrap();
+        assert_eq!(waiting.await.unwrap(), Turn::Ready);
+        // A waiter whose own key goes (its lease expired) is told so.
+        let d = create(&backend, "p/d", lease).await;
+        let snapshot = head(&backend).await; // d waits behind b
+        let waiting = {
+            let feed = feed.clone();
+            tokio::spawn(async move { decided(&feed, snapshot, "p/d", d).await })
+        };
+        backend.delete_if_created("p/d", d).await.unwrap();
+        assert_eq!(waiting.await.unwrap(), Turn::Gone);
+    }
+
+    #[tokio::test]
+    async fn a_broken_watch_sends_waiters_back_to_read() {
+        let backend = MemoryBackend::new();
+        let lease = backend.grant_lease(Duration::from_secs(60)).await.unwrap().id;
+        let a = create(&backend, "p/a", lease).await;
+        let b = create(&backend, "p/b", lease).await;
+        let feed = DeleteFeed::open(Arc::new(backend.clone()), "p/".into());
+        let snapshot = head(&backend).await;
+        let waiting = {
+            let feed = feed.clone();
+            tokio::spawn(async move { decided(&feed, snapshot, "p/b", b).await })
+        };
+        tokio::task::yield_now().await;
+        // Break the watch, and delete while no watch may be registered: only a fresh read
+        // can tell the waiter.
+        backend.set_unavailable(true);
+        backend.set_unavailable(false);
+        backend.delete_if_created("p/a", a).await.unwrap();
+        assert_eq!(waiting.await.unwrap(), Turn::Ready);
+        assert!(!feed.is_failed(), "a transient break is not a failure");
+    }
+}
