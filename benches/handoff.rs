@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Measures: the uncontended lock+unlock cycle (median, p99) and contended hand-offs per
-//! second with N tasks, each with its own client connection and lease.
+//! second with N tasks, each with its own client connection and lease (the clock starts
+//! once every task is connected).
 
 #[path = "../tests/support/etcd.rs"]
 #[allow(dead_code)]
@@ -18,7 +19,9 @@ mod etcd;
 use clap::Parser;
 use etcd_client::LockOptions;
 use leasehold::{Client, EtcdConfig, Mutex, Strategy};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Barrier;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -68,6 +71,7 @@ async fn cycles(
     name: String,
     cycles: usize,
     shared: Option<Client>,
+    start: Arc<Barrier>,
 ) -> Vec<Duration> {
     let mut times = Vec::with_capacity(cycles);
     match peer {
@@ -82,6 +86,7 @@ async fn cycles(
             };
             let session = client.session().await.unwrap();
             let mutex = Mutex::new(&session, &name).unwrap().with_strategy(strategy);
+            start.wait().await;
             for _ in 0..cycles {
                 let t = Instant::now();
                 let g = mutex.lock().await.unwrap();
@@ -96,6 +101,7 @@ async fn cycles(
             let lease = client.lease_grant(10, None).await.unwrap().id();
             let prefix = format!("{name}/");
             let key = format!("{prefix}{lease:x}");
+            start.wait().await;
             for _ in 0..cycles {
                 let t = Instant::now();
                 let head =
@@ -129,6 +135,7 @@ async fn cycles(
                     }
                 }
             });
+            start.wait().await;
             for _ in 0..cycles {
                 let t = Instant::now();
                 let resp = client.lock(name.as_str(), Some(LockOptions::new().with_lease(lease))).await.unwrap();
@@ -179,7 +186,7 @@ async fn main() {
     println!("|---|---:|---:|---:|");
     // Warm up connections and etcd itself, so the first row does not pay for it.
     for (i, peer) in peers.iter().enumerate() {
-        cycles(endpoints.clone(), *peer, format!("bench-w{i}"), 50, None).await;
+        cycles(endpoints.clone(), *peer, format!("bench-w{i}"), 50, None, Arc::new(Barrier::new(1))).await;
     }
     // Interleaved: 10 rounds, each implementation in turn, so drift on a shared machine
     // hits all of them alike.
@@ -187,7 +194,8 @@ async fn main() {
     for round in 0..10 {
         for (i, peer) in peers.iter().enumerate() {
             let n = args.uncontended / 10;
-            all[i].extend(cycles(endpoints.clone(), *peer, format!("bench-u{i}-{round}"), n, None).await);
+            let alone = Arc::new(Barrier::new(1));
+            all[i].extend(cycles(endpoints.clone(), *peer, format!("bench-u{i}-{round}"), n, None, alone).await);
         }
     }
     let medians: Vec<(f64, f64)> = all
@@ -220,10 +228,18 @@ async fn main() {
                 Peer::SharedClient => Some(Client::etcd(EtcdConfig::new(endpoints.clone())).await.unwrap()),
                 _ => None,
             };
-            let started = Instant::now();
+            // Every task connects and opens its session first; the clock starts when all
+            // are ready, so the rate counts hand-offs, not connection setup.
+            let start = Arc::new(Barrier::new(args.tasks + 1));
             let handles: Vec<_> = (0..args.tasks)
-                .map(|_| tokio::spawn(cycles(endpoints.clone(), *peer, name.clone(), args.cycles, shared.clone())))
+                .map(|_| {
+                    let task =
+                        cycles(endpoints.clone(), *peer, name.clone(), args.cycles, shared.clone(), start.clone());
+                    tokio::spawn(task)
+                })
                 .collect();
+            start.wait().await;
+            let started = Instant::now();
             let mut all = Vec::new();
             for h in handles {
                 all.extend(h.await.unwrap());
