@@ -32,7 +32,7 @@ pub struct Client {
 struct ClientInner {
     backend: Arc<dyn Backend>,
     namespace: String,
-    /// Live prefix views (one watch each), shared by every waiter of this client.
+    /// Delete feeds and live prefix views (one watch each), shared by every waiter of this client.
     views: Mutex<Views>,
 }
 

@@ -7,8 +7,8 @@
 //! reported.
 //!
 //! All of them run on one wait engine: every waiter owns a key under the session's lease,
-//! ordered by create revision, and a shared live view of the prefix (one watch per
-//! prefix) wakes a waiter only when its admission rule holds.
+//! ordered by create revision, and one shared deletes-only watch per prefix per client
+//! wakes a waiter only when its admission rule holds.
 //!
 //! Backends: the embedded [`MemoryBackend`] (single process, demos, fast tests), etcd
 //! (`EtcdConfig`, feature `etcd`, on by default) and TiKV (`TikvConfig`, feature `tikv`). Recipes are written once against the

@@ -24,7 +24,8 @@ const KEY_ATTEMPTS: usize = 64;
 /// `InterProcessReadWriteLock` rule): a **reader** is admitted once no write key is older
 /// than its own; a **writer** once its key is the oldest of all. So readers that arrive
 /// after a queued writer wait behind it, and a stream of readers never starves a writer.
-/// Waiters are woken by the live prefix view only when their rule becomes true.
+/// Waiters are woken by the client's delete feed for the prefix only when their rule
+/// becomes true.
 ///
 /// # Fencing tokens
 /// A guard's token is its key's create revision. A writer's token is greater than that of

@@ -27,8 +27,8 @@ const KEY_ATTEMPTS: usize = 64;
 /// # Admission
 /// With [`Strategy::Pessimistic`] (the default) the semaphore is **fair**: keys queue in
 /// create-revision order and a key holds a permit while it is among the first N. A waiter
-/// is woken only when that becomes true (the live prefix view evaluates it; no extra round
-/// trip per change). A holder that crashes frees its permit when its lease expires.
+/// is woken only when that becomes true (the client's delete feed for the prefix evaluates
+/// it; no extra round trip per change). A holder that crashes frees its permit when its lease expires.
 ///
 /// With [`Strategy::Optimistic`] an acquisition creates its key, reads the first N keys in
 /// the same call, and deletes the key at once if it is not among them; it then waits until
