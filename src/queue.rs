@@ -60,6 +60,7 @@ use crate::guard::Holding;
 use crate::Session;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -163,7 +164,7 @@ impl ViewState {
 pub(crate) struct PrefixView {
     prefix: String,
     state: Arc<Mutex<ViewState>>,
-    task: tokio::task::JoinHandle<()>,
+    _task: WatchTask,
 }
 
 impl std::fmt::Debug for PrefixView {
@@ -172,18 +173,28 @@ impl std::fmt::Debug for PrefixView {
     }
 }
 
-impl Drop for PrefixView {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 impl PrefixView {
     /// Opens the view: starts the task that watches and keeps it in sync.
     pub(crate) fn open(backend: Arc<dyn Backend>, prefix: String) -> Arc<Self> {
         let state = Arc::new(Mutex::new(ViewState::default()));
-        let task = tokio::spawn(follow(backend, prefix.clone(), state.clone()));
-        Arc::new(Self { prefix, state, task })
+        let session = {
+            let (prefix, state) = (prefix.clone(), state.clone());
+            move || view_session(backend.clone(), prefix.clone(), state.clone())
+        };
+        let broken = {
+            let state = state.clone();
+            move |err: &Error| {
+                let mut st = state.lock();
+                let had_synced = std::mem::replace(&mut st.synced, false);
+                if !err.is_transient() {
+                    st.failed = Some(err.to_string());
+                    st.waiters.clear(); // dropping the senders fails every waiter
+                }
+                had_synced
+            }
+        };
+        let task = WatchTask::keep("prefix watch", prefix.clone(), session, broken);
+        Arc::new(Self { prefix, state, _task: task })
     }
 
     /// Whether the view gave up (a permanent error); the client then opens a new one.
@@ -287,58 +298,88 @@ impl<T> Subscription<T> {
     }
 }
 
-/// Keeps a view in sync: watch, then read, then apply; on a broken watch, start over.
-async fn follow(backend: Arc<dyn Backend>, prefix: String, state: Arc<Mutex<ViewState>>) {
-    let policy = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
-    let mut delays = policy.delays();
+/// One watch session of a view: watch, then read, then apply, until the watch breaks.
+async fn view_session(backend: Arc<dyn Backend>, prefix: String, state: Arc<Mutex<ViewState>>) -> Result<Infallible> {
+    let mut watch = backend.watch_prefix(&prefix).await?;
+    let (kvs, revision) = backend.range_prefix(&prefix, 0).await?;
+    {
+        let mut st = state.lock();
+        st.view.reset(kvs, revision.max(watch.start_revision()));
+        st.synced = true;
+        st.evaluate();
+    }
     loop {
-        let synced = async {
-            let mut watch = backend.watch_prefix(&prefix).await?;
-            let (kvs, revision) = backend.range_prefix(&prefix, 0).await?;
-            {
-                let mut st = state.lock();
-                st.view.reset(kvs, revision.max(watch.start_revision()));
-                st.synced = true;
-                st.evaluate();
+        let batch = watch.next().await?;
+        let mut st = state.lock();
+        // Evaluate after each revision, not each batch (a batch may hold several): a
+        // subscriber sees every state the prefix went through.
+        for (_, events) in revisions(batch) {
+            for event in events {
+                st.view.apply(event);
             }
-            loop {
-                let batch = watch.next().await?;
-                let mut st = state.lock();
-                // Evaluate after each revision, not each batch (a batch may hold several): a
-                // subscriber sees every state the prefix went through.
-                let mut events = batch.into_iter().peekable();
-                while let Some(event) = events.next() {
-                    let rev = event.revision();
-                    st.view.apply(event);
-                    while let Some(e) = events.next_if(|e| e.revision() == rev) {
-                        st.view.apply(e);
-                    }
-                    st.evaluate();
-                }
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), Error>(())
-        };
-        let err = match synced.await {
-            Ok(()) => continue,
-            Err(e) => e,
-        };
-        {
-            let mut st = state.lock();
-            if st.synced {
-                delays = policy.delays(); // it had synced: a new break starts from the first delay
-            }
-            st.synced = false;
-            if !err.is_transient() {
-                tracing::warn!(prefix, error = %err, "prefix watch failed permanently");
-                st.failed = Some(err.to_string());
-                st.waiters.clear(); // dropping the senders fails every waiter
-                return;
-            }
+            st.evaluate();
         }
-        let delay = delays.next().unwrap_or(policy.cap);
-        tracing::debug!(prefix, error = %err, ?delay, "prefix watch broken; resynchronising");
-        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Splits a watch batch into its revisions, in order.
+pub(crate) fn revisions(batch: Vec<WatchEvent>) -> impl Iterator<Item = (Revision, Vec<WatchEvent>)> {
+    let mut events = batch.into_iter().peekable();
+    std::iter::from_fn(move || {
+        let first = events.next()?;
+        let rev = first.revision();
+        let mut group = vec![first];
+        while let Some(e) = events.next_if(|e| e.revision() == rev) {
+            group.push(e);
+        }
+        Some((rev, group))
+    })
+}
+
+/// The task that keeps one long-lived watch going; aborted when its owner is dropped.
+#[derive(Debug)]
+pub(crate) struct WatchTask(tokio::task::JoinHandle<()>);
+
+impl Drop for WatchTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl WatchTask {
+    /// Runs `session` (one watch, until it breaks) again and again, with a growing pause
+    /// between. After each break `broken(err)` resets the owner's state and says whether the
+    /// session had synced (then the pauses start over); a permanent error ends the task.
+    pub(crate) fn keep<S, F>(
+        what: &'static str,
+        prefix: String,
+        mut session: S,
+        mut broken: impl FnMut(&Error) -> bool + Send + 'static,
+    ) -> Self
+    where
+        S: FnMut() -> F + Send + 'static,
+        F: Future<Output = Result<Infallible>> + Send,
+    {
+        Self(tokio::spawn(async move {
+            let policy = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
+            let mut delays = policy.delays();
+            loop {
+                let err = match session().await {
+                    Err(e) => e,
+                    Ok(never) => match never {},
+                };
+                if broken(&err) {
+                    delays = policy.delays();
+                }
+                if !err.is_transient() {
+                    tracing::warn!(prefix, error = %err, "{what} failed permanently");
+                    return;
+                }
+                let delay = delays.next().unwrap_or(policy.cap);
+                tracing::debug!(prefix, error = %err, ?delay, "{what} broken; resynchronising");
+                tokio::time::sleep(delay).await;
+            }
+        }))
     }
 }
 
@@ -722,7 +763,8 @@ mod tests {
     use crate::backend::{Precondition, Write};
     use crate::Client;
 
-    fn put(key: &str, lease: i64) -> CreateRequest {
+    /// A create request under `p/` (also used by the delete feed's tests).
+    pub(super) fn put(key: &str, lease: i64) -> CreateRequest {
         CreateRequest {
             key: key.into(),
             value: Vec::new(),

@@ -14,14 +14,14 @@
 //! after the snapshot was read, the watch broke, or the replay log was trimmed) reads the
 //! prefix again and starts from that read. Reads happen only then, never per hand-off.
 
-use super::{turn, Rule, Turn, View};
+use super::{revisions, turn, Rule, Turn, View, WatchTask};
 use crate::backend::{Backend, Revision, WatchEvent};
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
 /// How many recent deletions the feed keeps for waiters whose snapshot is a little older
@@ -34,18 +34,12 @@ pub(crate) struct DeleteFeed {
     backend: Arc<dyn Backend>,
     state: Arc<Mutex<FeedState>>,
     synced: watch::Receiver<bool>,
-    task: tokio::task::JoinHandle<()>,
+    _task: WatchTask,
 }
 
 impl std::fmt::Debug for DeleteFeed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeleteFeed").field("prefix", &self.prefix).finish()
-    }
-}
-
-impl Drop for DeleteFeed {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -117,8 +111,30 @@ impl DeleteFeed {
     pub(crate) fn open(backend: Arc<dyn Backend>, prefix: String) -> Arc<Self> {
         let state = Arc::new(Mutex::new(FeedState::default()));
         let (synced_tx, synced) = watch::channel(false);
-        let task = tokio::spawn(follow(backend.clone(), prefix.clone(), state.clone(), synced_tx));
-        Arc::new(Self { prefix, backend, state, synced, task })
+        let synced_tx = Arc::new(synced_tx);
+        let session = {
+            let (backend, prefix, state, synced) = (backend.clone(), prefix.clone(), state.clone(), synced_tx.clone());
+            move || feed_session(backend.clone(), prefix.clone(), state.clone(), synced.clone())
+        };
+        let broken = {
+            let state = state.clone();
+            move |err: &Error| {
+                let had_synced = synced_tx.send_replace(false);
+                let mut st = state.lock();
+                st.covers_after = None;
+                st.log.clear();
+                // Dropping the senders sends every waiter back to read the prefix again.
+                st.waiters.clear();
+                if !err.is_transient() {
+                    st.failed = Some(err.to_string());
+                    drop(st);
+                    synced_tx.send_replace(true); // wake readers: they will see `failed`
+                }
+                had_synced
+            }
+        };
+        let task = WatchTask::keep("prefix delete watch", prefix.clone(), session, broken);
+        Arc::new(Self { prefix, backend, state, synced, _task: task })
     }
 
     /// Whether the feed gave up (a permanent error); the client then opens a new one.
@@ -169,58 +185,29 @@ impl DeleteFeed {
     }
 }
 
-/// Keeps the feed going: watch, apply deletions; on a broken watch, start over.
-async fn follow(backend: Arc<dyn Backend>, prefix: String, state: Arc<Mutex<FeedState>>, synced: watch::Sender<bool>) {
-    let policy = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
-    let mut delays = policy.delays();
+/// One watch session of the feed: watch, then apply deletions, until the watch breaks.
+async fn feed_session(
+    backend: Arc<dyn Backend>,
+    prefix: String,
+    state: Arc<Mutex<FeedState>>,
+    synced: Arc<watch::Sender<bool>>,
+) -> Result<Infallible> {
+    let mut watch = backend.watch_prefix_deletes(&prefix).await?;
+    state.lock().covers_after = Some(watch.start_revision());
+    synced.send_replace(true);
     loop {
-        let run = async {
-            let mut watch = backend.watch_prefix_deletes(&prefix).await?;
-            state.lock().covers_after = Some(watch.start_revision());
-            synced.send_replace(true);
-            delays = policy.delays(); // it synced: a new break starts from the first delay
-            loop {
-                let batch = watch.next().await?;
-                let mut st = state.lock();
-                let mut events = batch.into_iter().peekable();
-                while let Some(event) = events.next() {
-                    let rev = event.revision();
-                    let mut keys = Vec::with_capacity(1);
-                    for e in
-                        std::iter::once(event).chain(std::iter::from_fn(|| events.next_if(|e| e.revision() == rev)))
-                    {
-                        if let WatchEvent::Delete { key, .. } = e {
-                            keys.push(key);
-                        }
-                    }
-                    st.apply(rev, &keys);
-                }
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), Error>(())
-        };
-        let err = match run.await {
-            Ok(()) => continue,
-            Err(e) => e,
-        };
-        synced.send_replace(false);
-        {
-            let mut st = state.lock();
-            st.covers_after = None;
-            st.log.clear();
-            // Dropping the senders sends every waiter back to read the prefix again.
-            st.waiters.clear();
-            if !err.is_transient() {
-                tracing::warn!(prefix, error = %err, "prefix delete watch failed permanently");
-                st.failed = Some(err.to_string());
-                drop(st);
-                synced.send_replace(true); // wake readers: they will see `failed`
-                return;
-            }
+        let batch = watch.next().await?;
+        let mut st = state.lock();
+        for (rev, events) in revisions(batch) {
+            let keys: Vec<String> = events
+                .into_iter()
+                .filter_map(|e| match e {
+                    WatchEvent::Delete { key, .. } => Some(key),
+                    WatchEvent::Put(_) => None,
+                })
+                .collect();
+            st.apply(rev, &keys);
         }
-        let delay = delays.next().unwrap_or(policy.cap);
-        tracing::debug!(prefix, error = %err, ?delay, "prefix delete watch broken; resynchronising");
-        tokio::time::sleep(delay).await;
     }
 }
 
@@ -228,18 +215,20 @@ async fn follow(backend: Arc<dyn Backend>, prefix: String, state: Arc<Mutex<Feed
 mod tests {
     use super::*;
     use crate::backend::memory::MemoryBackend;
-    use crate::backend::{CreateRequest, Precondition};
+    use std::time::Duration;
+    use tokio::task::JoinHandle;
 
     async fn create(backend: &MemoryBackend, key: &str, lease: i64) -> Revision {
-        let req = CreateRequest {
-            key: key.into(),
-            value: Vec::new(),
-            lease,
-            precondition: Precondition::KeyAbsent,
-            prefix: "p/".into(),
-            head_limit: 0,
-        };
-        backend.create(req).await.unwrap().mine.unwrap().create_revision
+        backend.create(crate::queue::tests::put(key, lease)).await.unwrap().mine.unwrap().create_revision
+    }
+
+    /// A store with `p/a` holding and `p/b` queued behind it, and their revisions.
+    async fn a_then_b() -> (MemoryBackend, i64, Revision, Revision) {
+        let backend = MemoryBackend::new();
+        let lease = backend.grant_lease(Duration::from_secs(60)).await.unwrap().id;
+        let a = create(&backend, "p/a", lease).await;
+        let b = create(&backend, "p/b", lease).await;
+        (backend, lease, a, b)
     }
 
     async fn head(backend: &MemoryBackend) -> View {
@@ -252,12 +241,14 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), wait).await.expect("decided in time").unwrap()
     }
 
+    fn spawn_wait(feed: &Arc<DeleteFeed>, view: View, key: &'static str, rev: Revision) -> JoinHandle<Turn> {
+        let feed = feed.clone();
+        tokio::spawn(async move { decided(&feed, view, key, rev).await })
+    }
+
     #[tokio::test]
     async fn a_deletion_before_the_feed_opened_is_not_missed() {
-        let backend = MemoryBackend::new();
-        let lease = backend.grant_lease(Duration::from_secs(60)).await.unwrap().id;
-        let a = create(&backend, "p/a", lease).await;
-        let b = create(&backend, "p/b", lease).await;
+        let (backend, _, a, b) = a_then_b().await;
         let snapshot = head(&backend).await; // b waits behind a
         backend.delete_if_created("p/a", a).await.unwrap(); // ... and a goes before any watch
         let feed = DeleteFeed::open(Arc::new(backend.clone()), "p/".into());
@@ -267,16 +258,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiter_is_woken_by_the_deletion_ahead_and_only_then() {
-        let backend = MemoryBackend::new();
-        let lease = backend.grant_lease(Duration::from_secs(60)).await.unwrap().id;
-        let a = create(&backend, "p/a", lease).await;
-        let b = create(&backend, "p/b", lease).await;
+        let (backend, lease, a, b) = a_then_b().await;
         let feed = DeleteFeed::open(Arc::new(backend.clone()), "p/".into());
         let snapshot = head(&backend).await;
-        let waiting = {
-            let feed = feed.clone();
-            tokio::spawn(async move { decided(&feed, snapshot, "p/b", b).await })
-        };
+        let waiting = spawn_wait(&feed, snapshot, "p/b", b);
         // Keys created behind the waiter, and their deletion, change nothing for it.
         let c = create(&backend, "p/c", lease).await;
         backend.delete_if_created("p/c", c).await.unwrap();
@@ -287,26 +272,17 @@ mod tests {
         // A waiter whose own key goes (its lease expired) is told so.
         let d = create(&backend, "p/d", lease).await;
         let snapshot = head(&backend).await; // d waits behind b
-        let waiting = {
-            let feed = feed.clone();
-            tokio::spawn(async move { decided(&feed, snapshot, "p/d", d).await })
-        };
+        let waiting = spawn_wait(&feed, snapshot, "p/d", d);
         backend.delete_if_created("p/d", d).await.unwrap();
         assert_eq!(waiting.await.unwrap(), Turn::Gone);
     }
 
     #[tokio::test]
     async fn a_broken_watch_sends_waiters_back_to_read() {
-        let backend = MemoryBackend::new();
-        let lease = backend.grant_lease(Duration::from_secs(60)).await.unwrap().id;
-        let a = create(&backend, "p/a", lease).await;
-        let b = create(&backend, "p/b", lease).await;
+        let (backend, _, a, b) = a_then_b().await;
         let feed = DeleteFeed::open(Arc::new(backend.clone()), "p/".into());
         let snapshot = head(&backend).await;
-        let waiting = {
-            let feed = feed.clone();
-            tokio::spawn(async move { decided(&feed, snapshot, "p/b", b).await })
-        };
+        let waiting = spawn_wait(&feed, snapshot, "p/b", b);
         tokio::task::yield_now().await;
         // Break the watch, and delete while no watch may be registered: only a fresh read
         // can tell the waiter.
