@@ -5,7 +5,12 @@
 //! cargo run --release --example flash_sale                       # embedded backend
 //! cargo run --release --example flash_sale -- --backend etcd://127.0.0.1:2379
 //! cargo run --release --example flash_sale -- --buyers 64 --units 500 --only adaptive
+//! cargo run --release --example flash_sale -- --backend etcd://127.0.0.1:2379 --processes 4
 //! ```
+//!
+//! With `--processes P` the buyers are spread over P OS processes (this example run again
+//! as buyer processes): each connects and opens its sessions, the clock starts when all are
+//! ready, and the parent adds up what they report and checks the store as before.
 //!
 //! Ways to sell (one table row each):
 //! - `optimistic`: read the stock and compare-and-swap the decrement, retrying with
@@ -37,6 +42,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The example's errors: the library's, or a buyer process that went wrong.
+type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+
 #[derive(Parser, Debug)]
 #[command(about = "Flash-sale contention demo: no oversell, whatever the strategy")]
 struct Args {
@@ -55,6 +63,12 @@ struct Args {
     /// Only these ways (comma-separated): optimistic, pessimistic, adaptive, semaphore-gated.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Spread the buyers over this many OS processes (needs a shared store: etcd:// or tikv://).
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
+    /// Internal: run as one of the buyer processes of a sale (way, stock name, namespace).
+    #[arg(long, hide = true, num_args = 3, value_names = ["WAY", "STOCK", "NAMESPACE"])]
+    worker: Option<Vec<String>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -66,6 +80,18 @@ enum Way {
 }
 
 impl Way {
+    const ALL: [Way; 5] = [
+        Way::Plain(Strategy::Optimistic),
+        Way::Plain(Strategy::Pessimistic),
+        Way::Plain(Strategy::Adaptive),
+        Way::SemaphoreGated,
+        Way::TxnLock,
+    ];
+
+    fn named(name: &str) -> Option<Way> {
+        Self::ALL.into_iter().find(|w| w.name() == name)
+    }
+
     fn name(self) -> &'static str {
         match self {
             Way::Plain(Strategy::Optimistic) => "optimistic",
@@ -203,17 +229,166 @@ mod tikv {
     }
 }
 
+/// What the buyers of one way did (in this process, or summed over the buyer processes).
+#[derive(Default)]
+struct Outcome {
+    sold: u64,
+    conflicts: u64,
+    queued: u64,
+    stale: u64,
+    writes: u64,
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+impl Outcome {
+    fn of(tally: &Tally, writes: u64, latencies: Vec<Duration>, elapsed: Duration) -> Self {
+        Self {
+            sold: tally.sold.load(Ordering::Relaxed),
+            conflicts: tally.conflicts.load(Ordering::Relaxed),
+            queued: tally.queued.load(Ordering::Relaxed),
+            stale: tally.stale.load(Ordering::Relaxed),
+            writes,
+            latencies,
+            elapsed,
+        }
+    }
+
+    /// One line a buyer process prints for its parent.
+    fn to_line(&self) -> String {
+        let lat: Vec<String> = self.latencies.iter().map(|d| d.as_micros().to_string()).collect();
+        format!(
+            "OUTCOME {} {} {} {} {} {}",
+            self.sold,
+            self.conflicts,
+            self.queued,
+            self.stale,
+            self.writes,
+            lat.join(",")
+        )
+    }
+
+    fn add_line(&mut self, line: &str) -> Option<()> {
+        let mut f = line.strip_prefix("OUTCOME ")?.split(' ');
+        let mut num = || f.next()?.parse::<u64>().ok();
+        let (sold, conflicts, queued, stale, writes) = (num()?, num()?, num()?, num()?, num()?);
+        self.sold += sold;
+        self.conflicts += conflicts;
+        self.queued += queued;
+        self.stale += stale;
+        self.writes += writes;
+        let lat = line.rsplit(' ').next()?;
+        self.latencies.extend(
+            lat.split(',').filter(|s| !s.is_empty()).filter_map(|us| us.parse().ok()).map(Duration::from_micros),
+        );
+        Some(())
+    }
+}
+
+/// Runs `buyers` buyer tasks of one way in this process.
+async fn sell_here(
+    client: &Client,
+    counts: &Counts,
+    way: Way,
+    name: &str,
+    buyers: usize,
+    permits: u32,
+) -> leasehold::Result<Outcome> {
+    let tally = Arc::new(Tally::default());
+    let writes_before = counts.writes();
+    let started = Instant::now();
+    let handles: Vec<_> = (0..buyers)
+        .map(|_| tokio::spawn(buyer(client.clone(), way, name.to_owned(), permits, tally.clone())))
+        .collect();
+    let mut latencies = Vec::new();
+    for h in handles {
+        latencies.extend(h.await.expect("buyer panicked")?);
+    }
+    Ok(Outcome::of(&tally, counts.writes() - writes_before, latencies, started.elapsed()))
+}
+
+/// Runs the buyers of one way in `args.processes` child processes of this example, all
+/// started before the clock: each connects, says READY, and buys once it reads a line.
+async fn sell_in_processes(args: &Args, url: &str, namespace: &str, way: Way, name: &str) -> AnyResult<Outcome> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let exe = std::env::current_exe().map_err(|e| format!("flash sale: {e}"))?;
+    let mut children = Vec::new();
+    for i in 0..args.processes {
+        // Spread the buyers as evenly as possible.
+        let buyers = args.buyers / args.processes + usize::from(i < args.buyers % args.processes);
+        let mut child = tokio::process::Command::new(&exe)
+            .args(["--backend", url, "--buyers", &buyers.to_string(), "--permits", &args.permits.to_string()])
+            .args(["--worker", way.name(), name, namespace])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("flash sale: starting a buyer process: {e}"))?;
+        let stdin = child.stdin.take().expect("piped");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        match lines.next_line().await {
+            Ok(Some(l)) if l == "READY" => {}
+            other => return Err(format!("flash sale: a buyer process did not start: {other:?}").into()),
+        }
+        children.push((child, stdin, lines));
+    }
+    let started = Instant::now();
+    for (_, stdin, _) in &mut children {
+        let _ = stdin.write_all(b"go\n").await;
+    }
+    let mut outcome = Outcome::default();
+    for (mut child, _, mut lines) in children {
+        let mut reported = false;
+        while let Ok(Some(line)) = lines.next_line().await {
+            reported |= outcome.add_line(&line).is_some();
+        }
+        let status = child.wait().await.map_err(|e| format!("flash sale: {e}"))?;
+        if !status.success() || !reported {
+            return Err(format!("flash sale: a buyer process failed ({status})").into());
+        }
+    }
+    outcome.elapsed = started.elapsed();
+    Ok(outcome)
+}
+
+/// A buyer process: connect, say READY, wait for the go line, buy, print the outcome.
+async fn worker(args: &Args, url: &str, spec: &[String]) -> AnyResult<()> {
+    use tokio::io::AsyncBufReadExt;
+    let way = Way::named(&spec[0]).ok_or_else(|| format!("flash sale: no way {:?}", spec[0]))?;
+    let base = Client::connect(url).await?;
+    let counts = Arc::new(Counts::default());
+    let client =
+        Client::new(Counting { inner: base.backend().clone(), counts: counts.clone() }).with_namespace(spec[2].clone());
+    println!("READY");
+    let _ = tokio::io::BufReader::new(tokio::io::stdin()).lines().next_line().await;
+    let outcome = sell_here(&client, &counts, way, &spec[1], args.buyers, args.permits).await?;
+    println!("{}", outcome.to_line());
+    Ok(())
+}
+
 #[tokio::main]
-async fn main() -> leasehold::Result<()> {
+async fn main() -> AnyResult<()> {
     let args = Args::parse();
     #[cfg(feature = "tikv")]
     let url = tikv::prepare(&args.backend).await?;
     #[cfg(not(feature = "tikv"))]
     let url = args.backend.clone();
+    if let Some(spec) = &args.worker {
+        return worker(&args, &url, spec).await;
+    }
+    if args.processes == 0 || args.buyers < args.processes {
+        return Err("flash sale: --processes must be between 1 and --buyers".into());
+    }
+    if args.processes > 1 && !(url.starts_with("etcd://") || url.starts_with("tikv://")) {
+        let why =
+            format!("--processes {} needs a store the processes share (etcd:// or tikv://), not {url}", args.processes);
+        return Err(format!("flash sale: {why}").into());
+    }
     let base = Client::connect(&url).await?;
     let counts = Arc::new(Counts::default());
+    let namespace = format!("flash-{}/", std::process::id());
     let client = Client::new(Counting { inner: base.backend().clone(), counts: counts.clone() })
-        .with_namespace(format!("flash-{}/", std::process::id()));
+        .with_namespace(namespace.clone());
     let mut ways = vec![
         Way::Plain(Strategy::Optimistic),
         Way::Plain(Strategy::Pessimistic),
@@ -223,7 +398,8 @@ async fn main() -> leasehold::Result<()> {
     if url.starts_with("tikv://") {
         ways.push(Way::TxnLock);
     }
-    println!("flash sale on {}: {} buyers, {} units\n", args.backend, args.buyers, args.units);
+    let spread = if args.processes > 1 { format!(" in {} processes", args.processes) } else { String::new() };
+    println!("flash sale on {}: {} buyers{spread}, {} units\n", args.backend, args.buyers, args.units);
     println!(
         "| way | orders/s | p50 ms | p99 ms | conflicts/order | queued orders | writes/order | sold | left | check |"
     );
@@ -236,33 +412,25 @@ async fn main() -> leasehold::Result<()> {
         let name = format!("stock-{}", way.name());
         let setup = client.session().await?;
         Register::new(&setup, &name)?.update(|_| Some(format!("{} 0", args.units).into_bytes())).await?;
-        let tally = Arc::new(Tally::default());
-        let writes_before = counts.writes();
-        let started = Instant::now();
-        let handles: Vec<_> = (0..args.buyers)
-            .map(|_| tokio::spawn(buyer(client.clone(), way, name.clone(), args.permits, tally.clone())))
-            .collect();
-        let mut latencies = Vec::new();
-        for h in handles {
-            latencies.extend(h.await.expect("buyer panicked")?);
-        }
-        let elapsed = started.elapsed();
-        let writes = counts.writes() - writes_before;
-        latencies.sort();
-        let sold = tally.sold.load(Ordering::Relaxed);
+        let mut outcome = if args.processes > 1 {
+            sell_in_processes(&args, &url, &namespace, way, &name).await?
+        } else {
+            sell_here(&client, &counts, way, &name, args.buyers, args.permits).await?
+        };
+        outcome.latencies.sort();
+        let sold = outcome.sold;
         let (left, _) = parse(Register::new(&setup, &name)?.get().await?.as_deref());
-        let stale = tally.stale.load(Ordering::Relaxed);
-        let ok = sold == args.units && left == 0 && stale == 0;
+        let ok = sold == args.units && left == 0 && outcome.stale == 0;
         all_ok &= ok;
         println!(
             "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {} | {} | {} |",
             way.name(),
-            sold as f64 / elapsed.as_secs_f64(),
-            percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-            percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-            tally.conflicts.load(Ordering::Relaxed) as f64 / sold.max(1) as f64,
-            tally.queued.load(Ordering::Relaxed),
-            writes as f64 / sold.max(1) as f64,
+            sold as f64 / outcome.elapsed.as_secs_f64(),
+            percentile(&outcome.latencies, 0.5).as_secs_f64() * 1e3,
+            percentile(&outcome.latencies, 0.99).as_secs_f64() * 1e3,
+            outcome.conflicts as f64 / sold.max(1) as f64,
+            outcome.queued,
+            outcome.writes as f64 / sold.max(1) as f64,
             sold,
             left,
             if ok { "ok" } else { "VIOLATION" },

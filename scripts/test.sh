@@ -25,6 +25,19 @@ cargo test --workspace --doc
 cargo build --workspace --examples
 # The README's first command (the main job on the embedded backend), in a debug build.
 cargo run --no-default-features --example flash_sale -- --units 100
+# The main job across OS processes: 3 buyer processes on one etcd that this script starts
+# on free 127.0.0.1 ports and stops again.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+client_port=$(free_port); peer_port=$(free_port); etcd_dir=$(mktemp -d)
+"$LEASEHOLD_ETCD_BIN_DIR/etcd" --name sale --data-dir "$etcd_dir/data" \
+  --listen-client-urls "http://127.0.0.1:$client_port" --advertise-client-urls "http://127.0.0.1:$client_port" \
+  --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+  --initial-cluster "sale=http://127.0.0.1:$peer_port" >"$etcd_dir/log" 2>&1 &
+etcd_pid=$!
+trap 'kill "$etcd_pid" 2>/dev/null || true; rm -rf "$etcd_dir"' EXIT
+for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$client_port") 2>/dev/null && break; sleep 0.1; done
+cargo run --example flash_sale -- --backend "etcd://127.0.0.1:$client_port" --processes 3 --buyers 6 --units 60
+kill "$etcd_pid"; wait "$etcd_pid" 2>/dev/null || true; rm -rf "$etcd_dir"; trap - EXIT
 cargo test --workspace --benches
 cargo test --features metrics --test metrics
 # The fault-injection suite on its own, printing its figures (ops, faults, violations).
