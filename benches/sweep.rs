@@ -8,8 +8,9 @@
 //!     --out docs/sweep.md --plot docs/sweep.svg
 //! cargo bench --bench sweep -- --backend memory://            # no server
 //! ```
-//! Each contender has its own client connection and session (like separate processes).
-//! A cell runs for `--seconds`; its throughput is completed updates per second, its
+//! Each contender has its own client connection and session (like separate processes), or
+//! with `--shared-client` all share one client (tasks of one process; each its own session).
+//! The clock of a cell starts once every contender is connected. A cell runs for `--seconds`; its throughput is completed updates per second, its
 //! latency the time of one update (acquire, read, critical section, write, release). After
 //! each cell the register must equal the number of completed updates (no lost update).
 
@@ -25,6 +26,7 @@ use plotters::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Barrier;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -45,6 +47,9 @@ struct Args {
     /// Write the SVG plot here.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
+    /// All contenders share one client (tasks of one process) instead of one each (processes).
+    #[arg(long)]
+    shared_client: bool,
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -91,7 +96,14 @@ fn incr(v: Option<Vec<u8>>) -> Vec<u8> {
 }
 
 /// One contender until `stop`: returns (latencies, conflicts).
-async fn contend(target: Target, way: Way, name: String, cs: Duration, stop: Arc<AtomicBool>) -> (Vec<Duration>, u64) {
+async fn contend(
+    target: Target,
+    way: Way,
+    name: String,
+    cs: Duration,
+    start: Arc<Barrier>,
+    stop: Arc<AtomicBool>,
+) -> (Vec<Duration>, u64) {
     let mut latencies = Vec::new();
     let mut conflicts = 0;
     match way {
@@ -99,6 +111,7 @@ async fn contend(target: Target, way: Way, name: String, cs: Duration, stop: Arc
             let client = target.client().await;
             let session = client.session().await.unwrap();
             let reg = Register::new(&session, &name).unwrap().with_strategy(strategy);
+            start.wait().await;
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
                 let u = reg
@@ -116,8 +129,11 @@ async fn contend(target: Target, way: Way, name: String, cs: Duration, stop: Arc
             session.close().await.unwrap();
         }
         Way::LockRpc => {
-            let Target::Etcd(endpoints) = target else { unreachable!("Lock RPC needs etcd") };
-            let mut c = etcd_client::Client::connect(endpoints, None).await.unwrap();
+            let mut c = match target {
+                Target::Etcd(endpoints) => etcd_client::Client::connect(endpoints, None).await.unwrap(),
+                Target::SharedEtcd(_, raw) => *raw,
+                Target::Memory(_) => unreachable!("Lock RPC needs etcd"),
+            };
             let lease = c.lease_grant(10, None).await.unwrap().id();
             let (mut keeper, mut stream) = c.lease_keep_alive(lease).await.unwrap();
             let keep = tokio::spawn(async move {
@@ -129,6 +145,7 @@ async fn contend(target: Target, way: Way, name: String, cs: Duration, stop: Arc
                 }
             });
             let key = format!("{name}.value");
+            start.wait().await;
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
                 let lock =
@@ -151,13 +168,16 @@ async fn contend(target: Target, way: Way, name: String, cs: Duration, stop: Arc
 #[derive(Clone)]
 enum Target {
     Memory(Client),
+    /// A client per contender.
     Etcd(Vec<String>),
+    /// One client for all (and one etcd-client connection for the Lock RPC peer).
+    SharedEtcd(Client, Box<etcd_client::Client>),
 }
 
 impl Target {
     async fn client(&self) -> Client {
         match self {
-            Target::Memory(c) => c.clone(),
+            Target::Memory(c) | Target::SharedEtcd(c, _) => c.clone(),
             Target::Etcd(e) => Client::etcd(EtcdConfig::new(e.clone())).await.unwrap(),
         }
     }
@@ -176,9 +196,12 @@ async fn run_cell(target: &Target, way: Way, contenders: usize, cs_ms: u64, seco
     let name = format!("sweep-{id}");
     let stop = Arc::new(AtomicBool::new(false));
     let cs = Duration::from_millis(cs_ms);
+    let start = Arc::new(Barrier::new(contenders + 1));
+    let tasks: Vec<_> = (0..contenders)
+        .map(|_| tokio::spawn(contend(target.clone(), way, name.clone(), cs, start.clone(), stop.clone())))
+        .collect();
+    start.wait().await;
     let started = Instant::now();
-    let tasks: Vec<_> =
-        (0..contenders).map(|_| tokio::spawn(contend(target.clone(), way, name.clone(), cs, stop.clone()))).collect();
     tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
@@ -205,9 +228,14 @@ async fn run_cell(target: &Target, way: Way, contenders: usize, cs_ms: u64, seco
 }
 
 fn table(cells: &[Cell], ways: &[Way], args: &Args, backend: &str) -> String {
+    let who = if args.shared_client {
+        "All contenders share one client (tasks of one process), each with its own session"
+    } else {
+        "Each contender has its own connection and session (like separate processes)"
+    };
     let mut out = format!(
-        "Contention sweep on {backend}: a Register increment per operation, {} s per cell.\n\
-         Each contender has its own connection and session. `adaptive / best` compares adaptive with the\n\
+        "Contention sweep on {backend}: a Register increment per operation, {} s per cell (the clock starts\n\
+         once every contender is connected). {who}. `adaptive / best` compares adaptive with the\n\
          better of optimistic and pessimistic in the same row.\n",
         args.seconds
     );
@@ -316,12 +344,19 @@ async fn main() {
             (t, "a single-node etcd 3.5 on 127.0.0.1 (started by the bench)".to_owned())
         }
     };
+    let target = match target {
+        Target::Etcd(eps) if args.shared_client => {
+            let client = Client::etcd(EtcdConfig::new(eps.clone())).await.unwrap();
+            Target::SharedEtcd(client, Box::new(etcd_client::Client::connect(eps, None).await.unwrap()))
+        }
+        t => t,
+    };
     let mut ways = vec![
         Way::Register(Strategy::Optimistic),
         Way::Register(Strategy::Pessimistic),
         Way::Register(Strategy::Adaptive),
     ];
-    if matches!(target, Target::Etcd(_)) {
+    if !matches!(target, Target::Memory(_)) {
         ways.push(Way::LockRpc);
     }
     let total = (ways.len() * args.contenders.len() * args.cs_ms.len()) as u64;

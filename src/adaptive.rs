@@ -1,23 +1,29 @@
 //! The adaptive contention policy: start optimistic, queue when conflicts rise, go back to
-//! optimistic when queueing finds nobody to wait for.
+//! optimistic when contention is quiet.
 //!
 //! Each handle (a [`Mutex`](crate::Mutex) or [`Register`](crate::Register) with
-//! [`Strategy::Adaptive`](crate::Strategy::Adaptive)) keeps two exponentially weighted
-//! averages of its own recent operations (weight [`ALPHA`] for the newest):
+//! [`Strategy::Adaptive`](crate::Strategy::Adaptive)) keeps exponentially weighted averages
+//! of its own recent operations (weight [`ALPHA`] for the newest):
 //!
-//! | mode | average | switch when |
+//! | mode | signal | switch when |
 //! |---|---|---|
-//! | optimistic | conflicts per operation (failed compare-and-swaps) | above [`TO_QUEUE`], or at once when a [`Register`](crate::Register) update finds others queued |
-//! | queued | share of operations that had to wait behind another holder | below [`TO_OPTIMISTIC`], after at least [`MIN_RUN`] queued operations |
+//! | optimistic | conflicts per operation (failed compare-and-swaps) | above [`TO_QUEUE`], or at once when a [`Register`](crate::Register) write fails while others are queued |
+//! | queued (mutex) | share of operations that had to wait behind another holder | below [`TO_OPTIMISTIC`], after at least [`MIN_RUN`] queued operations |
+//! | queued (register) | probes: one optimistic attempt every [`PROBE_EVERY`] updates | [`PROBES_TO_LEAVE`] probes in a row write at once |
 //!
 //! Optimistic costs nothing extra when alone but wastes work and time on retries under
 //! contention; the queue costs a lock's round trips but turns contention into an orderly
 //! hand-off. The thresholds give hysteresis so a handle does not flap between the two.
 //! [`TO_QUEUE`] is where the contention sweep (`docs/sweep.md`) shows optimistic updates
 //! start to starve (p99 in seconds) on etcd; below it optimistic has the higher throughput.
-//! An adaptive register's optimistic write also requires the lock's queue to be empty, so
-//! that once one client queues the others follow instead of fighting it (a mix of the two
-//! modes is slower than either).
+//!
+//! An adaptive register's optimistic write also requires the lock's queue to be empty, and
+//! a write that fails while anyone holds or waits for the lock joins the queue — whether or
+//! not the value changed meanwhile (a busy queue keeps changing it, so an update that only
+//! yielded on an unchanged value kept retrying and starved for seconds at 64 contenders).
+//! A queued register cannot judge quiet by its own waits (in a mix of modes its queue may
+//! be short while optimistic writers keep yielding to it), hence the probes; a probe's
+//! write also needs the queue empty, so while others queue it fails and the handle stays.
 
 use parking_lot::Mutex;
 
@@ -29,6 +35,22 @@ pub const TO_QUEUE: f64 = 1.0;
 pub const TO_OPTIMISTIC: f64 = 0.2;
 /// Queued operations before the handle may go back.
 pub const MIN_RUN: u32 = 8;
+/// A queued [`Register`](crate::Register) handle probes with one optimistic attempt every
+/// this many updates.
+pub const PROBE_EVERY: u32 = 8;
+/// Successful probes in a row after which a queued register handle goes back to optimistic.
+pub const PROBES_TO_LEAVE: u32 = 3;
+
+/// What a [`Register`](crate::Register) handle's next update does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Compare-and-swap, retried.
+    Optimistic,
+    /// Take a place in the lock's queue.
+    Queue,
+    /// One optimistic attempt; on failure, the queue.
+    Probe,
+}
 
 #[derive(Debug, Default)]
 struct State {
@@ -36,6 +58,7 @@ struct State {
     conflicts: f64,
     waited: f64,
     run: u32,
+    probes_won: u32,
 }
 
 /// One handle's policy state (shared by its clones).
@@ -56,7 +79,37 @@ impl Adaptive {
         s.conflicts = (1.0 - ALPHA) * s.conflicts + ALPHA * f64::from(conflicts);
         if !s.queued && s.conflicts > TO_QUEUE {
             tracing::debug!(conflicts = s.conflicts, "adaptive: switching to the queue");
-            *s = State { queued: true, conflicts: 0.0, waited: 1.0, run: 0 };
+            *s = State { queued: true, waited: 1.0, ..State::default() };
+        }
+    }
+
+    /// What a register's next update does. Queued handles probe every [`PROBE_EVERY`]
+    /// updates: when no one else is queued and the value is not contended a single
+    /// optimistic attempt succeeds and the handle goes back to optimistic ([`Adaptive::probed`]).
+    /// (A queued register cannot judge quiet by its own waits: in a mix of modes its queue
+    /// may be short while optimistic writers keep yielding to it.)
+    pub(crate) fn next(&self) -> Next {
+        let mut s = self.state.lock();
+        if !s.queued {
+            return Next::Optimistic;
+        }
+        s.run = s.run.saturating_add(1);
+        if s.run % PROBE_EVERY == 0 {
+            Next::Probe
+        } else {
+            Next::Queue
+        }
+    }
+
+    /// Records a probe's outcome: `wrote` if its single optimistic attempt succeeded. After
+    /// [`PROBES_TO_LEAVE`] successes in a row the handle is optimistic again (one success
+    /// can be luck: under heavy contention a single attempt still wins now and then).
+    pub(crate) fn probed(&self, wrote: bool) {
+        let mut s = self.state.lock();
+        s.probes_won = if wrote { s.probes_won + 1 } else { 0 };
+        if s.probes_won >= PROBES_TO_LEAVE {
+            tracing::debug!("adaptive: probes succeed; optimistic again");
+            *s = State::default();
         }
     }
 
@@ -64,7 +117,7 @@ impl Adaptive {
     pub(crate) fn force_queue(&self) {
         let mut s = self.state.lock();
         if !s.queued {
-            *s = State { queued: true, conflicts: 0.0, waited: 1.0, run: 0 };
+            *s = State { queued: true, waited: 1.0, ..State::default() };
         }
     }
 
@@ -107,5 +160,28 @@ mod tests {
             a.queued(true);
         }
         assert!(a.queue_next(), "a busy queue stays a queue");
+    }
+
+    #[test]
+    fn a_queued_register_probes_and_leaves_only_after_wins_in_a_row() {
+        let a = Adaptive::default();
+        assert_eq!(a.next(), Next::Optimistic);
+        a.force_queue();
+        let mut probes = 0;
+        for _ in 0..(PROBE_EVERY * 4) {
+            if a.next() == Next::Probe {
+                probes += 1;
+                // Two wins, then a loss: not quiet yet.
+                a.probed(probes % 3 != 0);
+            }
+        }
+        assert_eq!(probes, 4, "one probe every PROBE_EVERY updates");
+        assert!(a.queue_next(), "a lost probe starts the count again");
+        for _ in 0..(PROBE_EVERY * PROBES_TO_LEAVE) {
+            if a.next() == Next::Probe {
+                a.probed(true);
+            }
+        }
+        assert_eq!(a.next(), Next::Optimistic, "PROBES_TO_LEAVE wins in a row: optimistic again");
     }
 }

@@ -1,6 +1,6 @@
 //! A register: one value that many clients read-modify-write, with a contention strategy.
 
-use crate::adaptive::Adaptive;
+use crate::adaptive::{Adaptive, Next};
 use crate::backend::{Condition, Write};
 use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
@@ -26,7 +26,7 @@ pub struct Updated {
 /// How an optimistic update ended.
 enum Optimistic {
     Done(Updated),
-    /// Gave up because someone holds or waits for the lock (adaptive only).
+    /// Gave up (adaptive only): someone holds or waits for the lock, or a probe lost.
     Yield {
         conflicts: u32,
     },
@@ -43,8 +43,10 @@ enum Optimistic {
 /// - [`Strategy::Pessimistic`]: take the [`Mutex`] of the same name, then read and write;
 ///   the write is also fenced (applied only while the lock is held). Contention becomes an
 ///   orderly hand-off, at the cost of the lock's two round trips.
-/// - [`Strategy::Adaptive`]: optimistic until conflicts rise, then queued until the queue
-///   is quiet (see `src/adaptive.rs`).
+/// - [`Strategy::Adaptive`]: optimistic until conflicts rise, then queued until probes (a
+///   single optimistic attempt now and then) keep succeeding (see `src/adaptive.rs`). Its
+///   optimistic writes yield to the queue: a write that fails while anyone holds or waits
+///   for the lock joins the queue instead of retrying against it.
 ///
 /// Clients may use different strategies on the same register at once: no update is lost.
 /// The value lives at the key `<namespace><name>` (no lease), and the lock under
@@ -143,29 +145,38 @@ impl Register {
     {
         let f = &mut f;
         match self.strategy {
-            Strategy::Optimistic => self.optimistic(f, false).await.map(|o| match o {
+            Strategy::Optimistic => self.optimistic(f, false, None).await.map(|o| match o {
                 Optimistic::Done(u) => u,
                 Optimistic::Yield { .. } => unreachable!("only adaptive yields"),
             }),
-            Strategy::Pessimistic => self.queued(f).await.map(|(u, _)| u),
-            Strategy::Adaptive if self.adaptive.queue_next() => {
-                let (updated, waited) = self.queued(f).await?;
-                self.adaptive.queued(waited);
-                Ok(updated)
-            }
-            Strategy::Adaptive => match self.optimistic(f, true).await? {
-                Optimistic::Done(updated) => {
-                    self.adaptive.optimistic(updated.conflicts);
-                    Ok(updated)
-                }
-                // Someone is queued: join the queue rather than fight it.
-                Optimistic::Yield { conflicts } => {
-                    self.adaptive.force_queue();
-                    let (mut updated, waited) = self.queued(f).await?;
-                    self.adaptive.queued(waited);
-                    updated.conflicts += conflicts;
-                    Ok(updated)
-                }
+            Strategy::Pessimistic => self.queued(f).await,
+            Strategy::Adaptive => match self.adaptive.next() {
+                Next::Queue => self.queued(f).await,
+                Next::Probe => match self.optimistic(f, true, Some(1)).await? {
+                    Optimistic::Done(updated) => {
+                        self.adaptive.probed(true);
+                        Ok(updated)
+                    }
+                    Optimistic::Yield { conflicts } => {
+                        self.adaptive.probed(false);
+                        let mut updated = self.queued(f).await?;
+                        updated.conflicts += conflicts;
+                        Ok(updated)
+                    }
+                },
+                Next::Optimistic => match self.optimistic(f, true, None).await? {
+                    Optimistic::Done(updated) => {
+                        self.adaptive.optimistic(updated.conflicts);
+                        Ok(updated)
+                    }
+                    // Someone is queued: join the queue rather than fight it.
+                    Optimistic::Yield { conflicts } => {
+                        self.adaptive.force_queue();
+                        let mut updated = self.queued(f).await?;
+                        updated.conflicts += conflicts;
+                        Ok(updated)
+                    }
+                },
             },
         }
     }
@@ -174,7 +185,7 @@ impl Register {
     /// also requires that nobody holds or waits for the register's lock, and the update
     /// gives up with [`Optimistic::Yield`] once it finds someone queued: a mix of optimistic
     /// writers and queued ones would make both lose.
-    async fn optimistic<F, Fut>(&self, f: &mut F, yield_to_queue: bool) -> Result<Optimistic>
+    async fn optimistic<F, Fut>(&self, f: &mut F, yield_to_queue: bool, attempts: Option<u32>) -> Result<Optimistic>
     where
         F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
         Fut: Future<Output = Option<Vec<u8>>> + Send,
@@ -198,9 +209,12 @@ impl Register {
                 let written = backend.write_if(&conditions, vec![put]).await?;
                 if !written {
                     current = backend.get(&self.key).await?;
-                    if current.as_ref().map(|kv| kv.mod_revision) == expected {
+                    // Unchanged value: the queue was not empty. Changed: maybe by a queued
+                    // holder — then look, or this writer would fight a busy queue (and starve:
+                    // its value is always changed by the time it writes).
+                    let unchanged = current.as_ref().map(|kv| kv.mod_revision) == expected;
+                    if unchanged || !backend.range_prefix(&self.lock_prefix, 1).await?.0.is_empty() {
                         return Ok(Optimistic::Yield { conflicts: conflicts + 1 });
-                        // the queue is not empty
                     }
                 }
                 written
@@ -214,20 +228,22 @@ impl Register {
                 return Ok(Optimistic::Done(Updated { written: true, previous, conflicts, token: None }));
             }
             conflicts += 1;
+            if attempts.is_some_and(|n| conflicts >= n) {
+                return Ok(Optimistic::Yield { conflicts });
+            }
             tokio::time::sleep(delays.next().unwrap_or(self.backoff.cap)).await;
         }
     }
 
-    /// Under the lock: returns the outcome and whether it met contention (waited for the
-    /// lock, or conflicted with an optimistic writer inside it).
-    async fn queued<F, Fut>(&self, f: &mut F) -> Result<(Updated, bool)>
+    /// Under the lock: read, then write and release in one transaction (again if an
+    /// optimistic writer got in between).
+    async fn queued<F, Fut>(&self, f: &mut F) -> Result<Updated>
     where
         F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
         Fut: Future<Output = Option<Vec<u8>>> + Send,
     {
         let backend = self.session.client().backend();
         let mut guard = self.mutex.lock().await?;
-        let waited = guard.was_contended();
         let token = guard.fencing_token();
         let mut conflicts = 0;
         loop {
@@ -236,14 +252,14 @@ impl Register {
             let Some(new) = f(previous.clone(), Some(token)).await else {
                 guard.unlock().await?;
                 let updated = Updated { written: false, previous, conflicts, token: Some(token) };
-                return Ok((updated, waited || conflicts > 0));
+                return Ok(updated);
             };
             // Write, check that nobody changed the value, and release: one transaction.
             let unchanged = Condition::Modified { key: self.key.clone(), revision: current.map(|kv| kv.mod_revision) };
             let put = Write::Put { key: self.key.clone(), value: new, lease: None };
             if guard.write_and_release(&[unchanged], vec![put]).await? {
                 let updated = Updated { written: true, previous, conflicts, token: Some(token) };
-                return Ok((updated, waited || conflicts > 0));
+                return Ok(updated);
             }
             if !guard.is_valid() || backend.get(guard.key()).await?.is_none_or(|kv| kv.create_revision != token as i64)
             {

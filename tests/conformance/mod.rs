@@ -66,6 +66,7 @@ macro_rules! conformance_suite {
 
             register_mixed_strategies_lose_no_update => |c| rg::mixed_strategies_lose_no_update(c, 6, 10);
             register_adaptive_follows_contention => |c| rg::adaptive_follows_contention(c, 8, 20);
+            register_adaptive_yields_to_a_busy_queue => |c| rg::adaptive_yields_to_a_busy_queue(c);
             register_declined_update_writes_nothing => |c| rg::declined_update_writes_nothing(c);
         }
     };

@@ -1,6 +1,8 @@
 //! Register conformance checks.
 
-use leasehold::{Client, Register, Strategy};
+use leasehold::{Client, Mutex, Register, Strategy};
+use std::sync::Arc;
+use tokio::sync::Notify;
 
 fn incr(v: Option<&[u8]>) -> Option<Vec<u8>> {
     let n: u64 = v.map_or(0, |b| std::str::from_utf8(b).unwrap().parse().unwrap());
@@ -71,6 +73,61 @@ pub async fn adaptive_follows_contention(client: &Client, contenders: usize, rou
     assert!(queued > 0, "{contenders} contenders × {rounds} updates never switched to the queue");
     let v = Register::new(&s, "reg-busy").unwrap().get().await.unwrap().unwrap();
     assert_eq!(String::from_utf8(v).unwrap(), (contenders * rounds).to_string());
+}
+
+/// An adaptive update whose write fails while someone holds or waits for the register's
+/// lock joins the queue at once, even when the value changed meanwhile (a busy queue keeps
+/// changing it; retrying against it would starve the update).
+pub async fn adaptive_yields_to_a_busy_queue(client: &Client) {
+    let s = client.session().await.unwrap();
+    let name = "reg-yield";
+    Register::new(&s, name).unwrap().update(|_| Some(b"0".to_vec())).await.unwrap();
+    let (read, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let adaptive = {
+        let (client, read, go) = (client.clone(), read.clone(), go.clone());
+        tokio::spawn(async move {
+            let s = client.session().await.unwrap();
+            let r = Register::new(&s, name).unwrap().with_strategy(Strategy::Adaptive);
+            let mut first = true;
+            let u = r
+                .update_async(|v, _| {
+                    let wait = std::mem::take(&mut first);
+                    let (read, go) = (read.clone(), go.clone());
+                    async move {
+                        if wait {
+                            read.notify_one(); // it has read the value ...
+                            go.notified().await; // ... and writes only once the queue is busy
+                        }
+                        incr(v.as_deref())
+                    }
+                })
+                .await
+                .unwrap();
+            s.close().await.unwrap();
+            u
+        })
+    };
+    read.notified().await;
+    // The value changes under the adaptive update's feet, then the lock is held.
+    Register::new(&s, name).unwrap().with_strategy(Strategy::Pessimistic).update(incr).await.unwrap();
+    let holder = Mutex::new(&s, name).unwrap().lock().await.unwrap();
+    go.notify_one();
+    // The adaptive update must now queue behind the holder: its key appears in the lock's
+    // prefix, and it cannot finish while the holder holds.
+    let prefix = client.prefix_of(name).unwrap();
+    let queued = async {
+        while client.backend().range_prefix(&prefix, 0).await.unwrap().0.len() < 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), queued).await.expect("the adaptive update queued");
+    assert!(!adaptive.is_finished(), "the adaptive update finished while the lock was held");
+    holder.unlock().await.unwrap();
+    let u = adaptive.await.unwrap();
+    assert!(u.written && u.token.is_some(), "the update was made under the lock: {u:?}");
+    assert_eq!(u.conflicts, 1, "it joined the queue after its first failed write: {u:?}");
+    let v = Register::new(&s, name).unwrap().get().await.unwrap().unwrap();
+    assert_eq!(v, b"2", "no update lost");
 }
 
 /// An update function that declines writes nothing.
