@@ -351,14 +351,19 @@ async fn sell_in_processes(args: &Args, url: &str, namespace: &str, way: Way, na
     Ok(outcome)
 }
 
+/// A client on `url` in `namespace` whose calls to the store are counted.
+async fn counted_client(url: &str, namespace: &str) -> AnyResult<(Client, Arc<Counts>)> {
+    let base = Client::connect(url).await?;
+    let counts = Arc::new(Counts::default());
+    let client = Client::new(Counting { inner: base.backend().clone(), counts: counts.clone() });
+    Ok((client.with_namespace(namespace), counts))
+}
+
 /// A buyer process: connect, say READY, wait for the go line, buy, print the outcome.
 async fn worker(args: &Args, url: &str, spec: &[String]) -> AnyResult<()> {
     use tokio::io::AsyncBufReadExt;
     let way = Way::named(&spec[0]).ok_or_else(|| format!("flash sale: no way {:?}", spec[0]))?;
-    let base = Client::connect(url).await?;
-    let counts = Arc::new(Counts::default());
-    let client =
-        Client::new(Counting { inner: base.backend().clone(), counts: counts.clone() }).with_namespace(spec[2].clone());
+    let (client, counts) = counted_client(url, &spec[2]).await?;
     println!("READY");
     let _ = tokio::io::BufReader::new(tokio::io::stdin()).lines().next_line().await;
     let outcome = sell_here(&client, &counts, way, &spec[1], args.buyers, args.permits).await?;
@@ -384,20 +389,10 @@ async fn main() -> AnyResult<()> {
             format!("--processes {} needs a store the processes share (etcd:// or tikv://), not {url}", args.processes);
         return Err(format!("flash sale: {why}").into());
     }
-    let base = Client::connect(&url).await?;
-    let counts = Arc::new(Counts::default());
     let namespace = format!("flash-{}/", std::process::id());
-    let client = Client::new(Counting { inner: base.backend().clone(), counts: counts.clone() })
-        .with_namespace(namespace.clone());
-    let mut ways = vec![
-        Way::Plain(Strategy::Optimistic),
-        Way::Plain(Strategy::Pessimistic),
-        Way::Plain(Strategy::Adaptive),
-        Way::SemaphoreGated,
-    ];
-    if url.starts_with("tikv://") {
-        ways.push(Way::TxnLock);
-    }
+    let (client, counts) = counted_client(&url, &namespace).await?;
+    // The TiKV transaction lock only exists on TiKV.
+    let ways = Way::ALL.into_iter().filter(|&w| w != Way::TxnLock || url.starts_with("tikv://"));
     let spread = if args.processes > 1 { format!(" in {} processes", args.processes) } else { String::new() };
     println!("flash sale on {}: {} buyers{spread}, {} units\n", args.backend, args.buyers, args.units);
     println!(

@@ -61,6 +61,13 @@ struct State {
     probes_won: u32,
 }
 
+impl State {
+    /// Just switched to the queue (a mutex counts every recent operation as having waited).
+    fn queued() -> Self {
+        Self { queued: true, waited: 1.0, ..Self::default() }
+    }
+}
+
 /// One handle's policy state (shared by its clones).
 #[derive(Debug, Default)]
 pub(crate) struct Adaptive {
@@ -79,7 +86,7 @@ impl Adaptive {
         s.conflicts = (1.0 - ALPHA) * s.conflicts + ALPHA * f64::from(conflicts);
         if !s.queued && s.conflicts > TO_QUEUE {
             tracing::debug!(conflicts = s.conflicts, "adaptive: switching to the queue");
-            *s = State { queued: true, waited: 1.0, ..State::default() };
+            *s = State::queued();
         }
     }
 
@@ -117,7 +124,7 @@ impl Adaptive {
     pub(crate) fn force_queue(&self) {
         let mut s = self.state.lock();
         if !s.queued {
-            *s = State { queued: true, waited: 1.0, ..State::default() };
+            *s = State::queued();
         }
     }
 

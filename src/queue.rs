@@ -129,13 +129,23 @@ impl View {
         }
         match event {
             WatchEvent::Put(kv) => self.insert(kv),
-            WatchEvent::Delete { key, .. } => {
-                if let Some(r) = self.by_key.remove(&key) {
-                    self.by_create.remove(&r);
-                }
-            }
+            WatchEvent::Delete { key, .. } => self.remove(&key),
         }
         self.revision = rev;
+    }
+
+    /// Applies the deletion of `key` at `rev` (skipped if the snapshot already has it).
+    fn delete(&mut self, key: &str, rev: Revision) {
+        if rev > self.base {
+            self.remove(key);
+            self.revision = rev;
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(r) = self.by_key.remove(key) {
+            self.by_create.remove(&r);
+        }
     }
 }
 
@@ -628,7 +638,7 @@ pub(crate) async fn wait_turn(
     let feed = session.client().delete_feed(prefix);
     let lost = session.lost();
     let t = tokio::select! {
-        r = feed.wait_turn(head, key, rev, Arc::new(rule)) => r?,
+        r = feed.wait_turn(head, key, rev, rule) => r?,
         _ = lost => return Err(Error::SessionLost { lease: session.lease_id() }),
     };
     match t {

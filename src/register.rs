@@ -150,41 +150,42 @@ impl Register {
                 Optimistic::Yield { .. } => unreachable!("only adaptive yields"),
             }),
             Strategy::Pessimistic => self.queued(f).await,
-            Strategy::Adaptive => match self.adaptive.next() {
-                Next::Queue => self.queued(f).await,
-                Next::Probe => match self.optimistic(f, true, Some(1)).await? {
+            Strategy::Adaptive => {
+                let next = self.adaptive.next();
+                if next == Next::Queue {
+                    return self.queued(f).await;
+                }
+                let probe = next == Next::Probe;
+                match self.optimistic(f, true, probe.then_some(1)).await? {
                     Optimistic::Done(updated) => {
-                        self.adaptive.probed(true);
+                        if probe {
+                            self.adaptive.probed(true);
+                        } else {
+                            self.adaptive.optimistic(updated.conflicts);
+                        }
                         Ok(updated)
                     }
+                    // Someone is queued, or the probe lost: join the queue rather than fight it.
                     Optimistic::Yield { conflicts } => {
-                        self.adaptive.probed(false);
+                        if probe {
+                            self.adaptive.probed(false);
+                        } else {
+                            self.adaptive.force_queue();
+                        }
                         let mut updated = self.queued(f).await?;
                         updated.conflicts += conflicts;
                         Ok(updated)
                     }
-                },
-                Next::Optimistic => match self.optimistic(f, true, None).await? {
-                    Optimistic::Done(updated) => {
-                        self.adaptive.optimistic(updated.conflicts);
-                        Ok(updated)
-                    }
-                    // Someone is queued: join the queue rather than fight it.
-                    Optimistic::Yield { conflicts } => {
-                        self.adaptive.force_queue();
-                        let mut updated = self.queued(f).await?;
-                        updated.conflicts += conflicts;
-                        Ok(updated)
-                    }
-                },
-            },
+                }
+            }
         }
     }
 
     /// Read, compare-and-swap, retry. With `yield_to_queue` (the adaptive strategy) a write
     /// also requires that nobody holds or waits for the register's lock, and the update
     /// gives up with [`Optimistic::Yield`] once it finds someone queued: a mix of optimistic
-    /// writers and queued ones would make both lose.
+    /// writers and queued ones would make both lose. With `attempts` it also gives up after
+    /// that many conflicts (a probe).
     async fn optimistic<F, Fut>(&self, f: &mut F, yield_to_queue: bool, attempts: Option<u32>) -> Result<Optimistic>
     where
         F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,

@@ -468,14 +468,12 @@ impl Backend for EtcdBackend {
         let resp = self.txn(txn).await?;
         let created = resp.succeeded();
         let at = revision(&resp);
-        let (mine, head) = if created {
-            let kv =
-                KeyValue { key: req.key, value: req.value, create_revision: at, mod_revision: at, lease: req.lease };
-            (Some(kv), range_at(&resp, 1))
+        let mine = if created {
+            Some(KeyValue { key: req.key, value: req.value, create_revision: at, mod_revision: at, lease: req.lease })
         } else {
-            (range_at(&resp, 0).into_iter().next(), range_at(&resp, 1))
+            range_at(&resp, 0).into_iter().next()
         };
-        Ok(CreateResponse { created, mine, head, revision: at })
+        Ok(CreateResponse { created, mine, head: range_at(&resp, 1), revision: at })
     }
 
     async fn delete_if_created(&self, key: &str, create_revision: Revision) -> Result<bool> {

@@ -24,7 +24,7 @@
 //!    it cannot keep that promise (compaction, cancellation, a broken connection) the next
 //!    call to [`WatchStream::next`] returns an error, and the caller resynchronises.
 //!    [`Backend::watch_prefix_deletes`] keeps the same promise for deletions only (a queue
-//!    waiter needs nothing else; a store that filters at the server sends half the events)).
+//!    waiter needs nothing else; a store that filters at the server sends half the events).
 //! 6. **Errors.** Transport failures and unavailable members are [`Error::Unavailable`](crate::Error::Unavailable)
 //!    (retried); everything else is permanent. A call never waits longer than the backend's
 //!    request timeout.

@@ -56,16 +56,12 @@ struct Waiter {
     view: View,
     key: String,
     rev: Revision,
-    rule: Arc<Rule>,
-    tx: oneshot::Sender<Turn>,
+    rule: Rule,
+    /// Taken when the turn is sent.
+    tx: Option<oneshot::Sender<Turn>>,
 }
 
 impl Waiter {
-    /// Applies one deletion to the waiter's snapshot.
-    fn apply(&mut self, rev: Revision, key: &str) {
-        self.view.apply(WatchEvent::Delete { key: key.to_owned(), revision: rev });
-    }
-
     /// The waiter's turn, if decided.
     fn decided(&self) -> Option<Turn> {
         match turn(&self.view, &self.key, self.rev, &self.rule)? {
@@ -88,16 +84,15 @@ impl FeedState {
             self.covers_after = self.covers_after.map(|c| c.max(dropped));
         }
         self.waiters.retain_mut(|w| {
-            if w.tx.is_closed() {
+            if w.tx.as_ref().is_none_or(|tx| tx.is_closed()) {
                 return false; // the waiter was cancelled
             }
             for key in keys {
-                w.apply(rev, key);
+                w.view.delete(key, rev);
             }
             match w.decided() {
                 Some(t) => {
-                    let w = std::mem::replace(&mut w.tx, oneshot::channel().0);
-                    let _ = w.send(t);
+                    let _ = w.tx.take().expect("checked above").send(t);
                     false
                 }
                 None => true,
@@ -145,7 +140,7 @@ impl DeleteFeed {
     /// Waits until the key `(key, rev)` is decided by `rule`, starting from `view` (a read of
     /// the prefix at or after `rev`). Cancel-safe: a dropped waiter is removed at the next
     /// deletion.
-    pub(crate) async fn wait_turn(&self, mut view: View, key: &str, rev: Revision, rule: Arc<Rule>) -> Result<Turn> {
+    pub(crate) async fn wait_turn(&self, mut view: View, key: &str, rev: Revision, rule: Rule) -> Result<Turn> {
         loop {
             let rx = {
                 let mut st = self.state.lock();
@@ -156,10 +151,10 @@ impl DeleteFeed {
                     Some(after) if view.revision() >= after => {
                         let from = view.revision();
                         for (r, k) in st.log.iter().filter(|(r, _)| *r > from) {
-                            view.apply(WatchEvent::Delete { key: k.clone(), revision: *r });
+                            view.delete(k, *r);
                         }
                         let (tx, rx) = oneshot::channel();
-                        let waiter = Waiter { view, key: key.to_owned(), rev, rule: rule.clone(), tx };
+                        let waiter = Waiter { view, key: key.to_owned(), rev, rule: rule.clone(), tx: Some(tx) };
                         if let Some(t) = waiter.decided() {
                             return Ok(t);
                         }
@@ -237,7 +232,7 @@ mod tests {
     }
 
     async fn decided(feed: &DeleteFeed, view: View, key: &str, rev: Revision) -> Turn {
-        let wait = feed.wait_turn(view, key, rev, Arc::new(Rule::First));
+        let wait = feed.wait_turn(view, key, rev, Rule::First);
         tokio::time::timeout(Duration::from_secs(5), wait).await.expect("decided in time").unwrap()
     }
 
