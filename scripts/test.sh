@@ -12,7 +12,7 @@ deps=$(bash scripts/install-deps.sh)
 etcd_line=$(echo "$deps" | grep '^ETCD_BIN_DIR=' | tail -n1)
 etcd34_line=$(echo "$deps" | grep '^ETCD34_BIN_DIR=' | tail -n1 || true)
 export LEASEHOLD_ETCD_BIN_DIR="${etcd_line#ETCD_BIN_DIR=}"
-echo "test: etcd from $LEASEHOLD_ETCD_BIN_DIR ($("$LEASEHOLD_ETCD_BIN_DIR/etcd" --version | head -n1))"
+echo "test: etcd from $LEASEHOLD_ETCD_BIN_DIR ($("$LEASEHOLD_ETCD_BIN_DIR/etcd" --version | sed -n 1p))"
 
 # Tests start their own etcd processes on free 127.0.0.1 ports; 2 test threads keep the
 # 2-core machine from starving etcd's fsyncs.
