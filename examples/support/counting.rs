@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use leasehold::backend::{
     Backend, CasResponse, Condition, CreateRequest, CreateResponse, KeepAlive, KeyValue, Lease, LeaseId, Revision,
-    WatchStream, Write,
+    UnlockedCasResponse, WatchStream, Write,
 };
 use leasehold::Result;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,6 +82,16 @@ impl Backend for Counting {
     ) -> Result<CasResponse> {
         self.write();
         self.inner.compare_and_swap(key, expected, value, lease).await
+    }
+    async fn compare_and_swap_unlocked(
+        &self,
+        key: &str,
+        expected: Option<Revision>,
+        value: Vec<u8>,
+        lock_prefix: &str,
+    ) -> Result<UnlockedCasResponse> {
+        self.write();
+        self.inner.compare_and_swap_unlocked(key, expected, value, lock_prefix).await
     }
     async fn write_if(&self, conditions: &[Condition], writes: Vec<Write>) -> Result<bool> {
         self.write();

@@ -508,6 +508,30 @@ impl Backend for EtcdBackend {
         })
     }
 
+    async fn compare_and_swap_unlocked(
+        &self,
+        key: &str,
+        expected: Option<Revision>,
+        value: Vec<u8>,
+        lock_prefix: &str,
+    ) -> Result<UnlockedCasResponse> {
+        let cond = match expected {
+            None => Compare::create_revision(key, CompareOp::Equal, 0),
+            Some(r) => Compare::mod_revision(key, CompareOp::Equal, r),
+        };
+        // Over a range the comparison must hold for every key; an empty range passes.
+        let unlocked = Compare::create_revision(lock_prefix, CompareOp::Equal, 0).with_prefix();
+        let txn = Txn::new()
+            .when([cond, unlocked])
+            .and_then([TxnOp::put(key, value, None), TxnOp::get(key, None)])
+            .or_else([TxnOp::get(key, None), TxnOp::get(lock_prefix, Some(head_options(1).with_keys_only()))]);
+        let resp = self.txn(txn).await?;
+        let swapped = resp.succeeded();
+        let current = range_at(&resp, usize::from(swapped)).into_iter().next();
+        let locked = !swapped && !range_at(&resp, 1).is_empty();
+        Ok(UnlockedCasResponse { cas: CasResponse { swapped, current, revision: revision(&resp) }, locked })
+    }
+
     async fn write_if(&self, conditions: &[Condition], writes: Vec<Write>) -> Result<bool> {
         let compares: Vec<Compare> = conditions
             .iter()

@@ -112,6 +112,16 @@ pub struct CasResponse {
     pub revision: Revision,
 }
 
+/// The outcome of [`Backend::compare_and_swap_unlocked`].
+#[derive(Debug, Clone)]
+pub struct UnlockedCasResponse {
+    /// The compare-and-swap: whether it wrote, and the key as it is after the call.
+    pub cas: CasResponse,
+    /// Whether someone held or waited for the lock (a key existed under the lock prefix)
+    /// when the call was answered; false whenever the swap happened.
+    pub locked: bool,
+}
+
 /// A condition of [`Backend::write_if`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Condition {
@@ -244,6 +254,36 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// [`Condition::Created`] on a guard's key this is the fenced write: nothing is written
     /// once the guard's key is gone (released, or expired with its lease).
     async fn write_if(&self, conditions: &[Condition], writes: Vec<Write>) -> Result<bool>;
+
+    /// Like [`compare_and_swap`](Backend::compare_and_swap) (no lease), and only while no key
+    /// exists under `lock_prefix` (nobody holds or waits for that lock): the adaptive
+    /// register's optimistic write, which must yield to a queue. On failure the response
+    /// says whether the lock was taken, so the caller needs no further read. The default
+    /// sends the conditional write and, if it fails, two reads; a backend that can answer
+    /// in one round trip (etcd: one Txn whose failure branch reads both) should.
+    async fn compare_and_swap_unlocked(
+        &self,
+        key: &str,
+        expected: Option<Revision>,
+        value: Vec<u8>,
+        lock_prefix: &str,
+    ) -> Result<UnlockedCasResponse> {
+        let conditions = [
+            Condition::Modified { key: key.to_owned(), revision: expected },
+            Condition::PrefixEmpty { prefix: lock_prefix.to_owned() },
+        ];
+        let put = Write::Put { key: key.to_owned(), value, lease: None };
+        let swapped = self.write_if(&conditions, vec![put]).await?;
+        let current = self.get(key).await?;
+        let mut revision = current.as_ref().map_or(0, |kv| kv.mod_revision);
+        let mut locked = false;
+        if !swapped {
+            let (holders, at) = self.range_prefix(lock_prefix, 1).await?;
+            locked = !holders.is_empty();
+            revision = revision.max(at);
+        }
+        Ok(UnlockedCasResponse { cas: CasResponse { swapped, current, revision }, locked })
+    }
 
     /// Opens a watch on every key under `prefix`; returns once it is registered.
     async fn watch_prefix(&self, prefix: &str) -> Result<Box<dyn WatchStream>>;
