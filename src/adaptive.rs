@@ -3,11 +3,11 @@
 //!
 //! Each handle (a [`Mutex`](crate::Mutex) or [`Register`](crate::Register) with
 //! [`Strategy::Adaptive`](crate::Strategy::Adaptive)) keeps exponentially weighted averages
-//! of its own recent operations (weight [`ALPHA`] for the newest):
+//! of its own recent operations (weight [`CONFLICT_ALPHA`] or [`ALPHA`] for the newest):
 //!
 //! | mode | signal | switch when |
 //! |---|---|---|
-//! | optimistic | conflicts per operation (failed compare-and-swaps) | above [`TO_QUEUE`], or at once when a [`Register`](crate::Register) write fails while others are queued |
+//! | optimistic | conflicts per operation (failed compare-and-swaps) | above [`TO_QUEUE`]; a [`Mutex`](crate::Mutex) also at once when it had to wait for a holder |
 //! | queued (mutex) | share of operations that had to wait behind another holder | below [`TO_OPTIMISTIC`], after at least [`MIN_RUN`] queued operations |
 //! | queued (register) | probes: one optimistic attempt every [`PROBE_EVERY`] updates | [`PROBES_TO_LEAVE`] probes in a row write at once |
 //!
@@ -21,14 +21,23 @@
 //! a write that fails while anyone holds or waits for the lock joins the queue — whether or
 //! not the value changed meanwhile (a busy queue keeps changing it, so an update that only
 //! yielded on an unchanged value kept retrying and starved for seconds at 64 contenders).
+//! Such a yield sends that one update through the queue and counts as a conflict; it does
+//! not switch the handle. (It used to: then one unlucky handle switching pulled every
+//! other handle into the queue, and since a queue fed by all of them never empties, none
+//! could leave — at 8–32 contenders adaptive ran at the queue's speed even where
+//! optimistic was faster.) The conflict average is slow ([`CONFLICT_ALPHA`] = 0.1) for the
+//! same reason: with 0.25 a single update with five conflicts switched a handle, and at 8
+//! contenders (0.3 conflicts per update on average) that happened within seconds.
 //! A queued register cannot judge quiet by its own waits (in a mix of modes its queue may
 //! be short while optimistic writers keep yielding to it), hence the probes; a probe's
 //! write also needs the queue empty, so while others queue it fails and the handle stays.
 
 use parking_lot::Mutex;
 
-/// Weight of the newest observation.
+/// Weight of the newest observation of whether a queued operation waited.
 pub const ALPHA: f64 = 0.25;
+/// Weight of the newest operation's conflicts: about the last ten operations count.
+pub const CONFLICT_ALPHA: f64 = 0.1;
 /// Conflicts per optimistic operation above which the handle starts queueing.
 pub const TO_QUEUE: f64 = 1.0;
 /// Share of queued operations that waited, below which the handle goes optimistic again.
@@ -83,7 +92,7 @@ impl Adaptive {
     /// Records an optimistic operation that met `conflicts` failed attempts.
     pub(crate) fn optimistic(&self, conflicts: u32) {
         let mut s = self.state.lock();
-        s.conflicts = (1.0 - ALPHA) * s.conflicts + ALPHA * f64::from(conflicts);
+        s.conflicts = (1.0 - CONFLICT_ALPHA) * s.conflicts + CONFLICT_ALPHA * f64::from(conflicts);
         if !s.queued && s.conflicts > TO_QUEUE {
             tracing::debug!(conflicts = s.conflicts, "adaptive: switching to the queue");
             *s = State::queued();
@@ -120,7 +129,7 @@ impl Adaptive {
         }
     }
 
-    /// Switches to the queue now (an optimistic operation found others queued).
+    /// Switches to the queue now (an optimistic mutex acquisition had to wait for a holder).
     pub(crate) fn force_queue(&self) {
         let mut s = self.state.lock();
         if !s.queued {

@@ -45,8 +45,8 @@ enum Optimistic {
 ///   orderly hand-off, at the cost of the lock's two round trips.
 /// - [`Strategy::Adaptive`]: optimistic until conflicts rise, then queued until probes (a
 ///   single optimistic attempt now and then) keep succeeding (see `src/adaptive.rs`). Its
-///   optimistic writes yield to the queue: a write that fails while anyone holds or waits
-///   for the lock joins the queue instead of retrying against it.
+///   optimistic writes yield to the queue: an update whose write fails while anyone holds
+///   or waits for the lock joins the queue instead of retrying against it.
 ///
 /// Clients may use different strategies on the same register at once: no update is lost.
 /// The value lives at the key `<namespace><name>` (no lease), and the lock under
@@ -165,12 +165,13 @@ impl Register {
                         }
                         Ok(updated)
                     }
-                    // Someone is queued, or the probe lost: join the queue rather than fight it.
+                    // Someone is queued, or the probe lost: this update joins the queue rather
+                    // than fight it (a yield counts as conflicts; it does not switch the handle).
                     Optimistic::Yield { conflicts } => {
                         if probe {
                             self.adaptive.probed(false);
                         } else {
-                            self.adaptive.force_queue();
+                            self.adaptive.optimistic(conflicts);
                         }
                         let mut updated = self.queued(f).await?;
                         updated.conflicts += conflicts;
@@ -182,10 +183,11 @@ impl Register {
     }
 
     /// Read, compare-and-swap, retry. With `yield_to_queue` (the adaptive strategy) a write
-    /// also requires that nobody holds or waits for the register's lock, and the update
-    /// gives up with [`Optimistic::Yield`] once it finds someone queued: a mix of optimistic
-    /// writers and queued ones would make both lose. With `attempts` it also gives up after
-    /// that many conflicts (a probe).
+    /// also requires that nobody holds or waits for the register's lock
+    /// ([`Backend::compare_and_swap_unlocked`](crate::Backend::compare_and_swap_unlocked)),
+    /// and the update gives up with [`Optimistic::Yield`] once a write fails with someone
+    /// queued: a mix of optimistic writers and queued ones would make both lose. With
+    /// `attempts` it also gives up after that many conflicts (a probe).
     async fn optimistic<F, Fut>(&self, f: &mut F, yield_to_queue: bool, attempts: Option<u32>) -> Result<Optimistic>
     where
         F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
@@ -202,23 +204,14 @@ impl Register {
             };
             let expected = current.as_ref().map(|kv| kv.mod_revision);
             let written = if yield_to_queue {
-                let conditions = [
-                    Condition::Modified { key: self.key.clone(), revision: expected },
-                    Condition::PrefixEmpty { prefix: self.lock_prefix.clone() },
-                ];
-                let put = Write::Put { key: self.key.clone(), value: new, lease: None };
-                let written = backend.write_if(&conditions, vec![put]).await?;
-                if !written {
-                    current = backend.get(&self.key).await?;
-                    // Unchanged value: the queue was not empty. Changed: maybe by a queued
-                    // holder — then look, or this writer would fight a busy queue (and starve:
-                    // its value is always changed by the time it writes).
-                    let unchanged = current.as_ref().map(|kv| kv.mod_revision) == expected;
-                    if unchanged || !backend.range_prefix(&self.lock_prefix, 1).await?.0.is_empty() {
-                        return Ok(Optimistic::Yield { conflicts: conflicts + 1 });
-                    }
+                // One round trip: the write, or on failure the value and whether anyone
+                // holds or waits for the lock.
+                let r = backend.compare_and_swap_unlocked(&self.key, expected, new, &self.lock_prefix).await?;
+                current = r.cas.current;
+                if r.locked {
+                    return Ok(Optimistic::Yield { conflicts: conflicts + 1 });
                 }
-                written
+                r.cas.swapped
             } else {
                 let cas = backend.compare_and_swap(&self.key, expected, new, None).await?;
                 current = cas.current;

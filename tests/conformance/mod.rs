@@ -68,6 +68,7 @@ macro_rules! conformance_suite {
             register_adaptive_follows_contention => |c| rg::adaptive_follows_contention(c, 8, 20);
             register_adaptive_yields_to_a_busy_queue => |c| rg::adaptive_yields_to_a_busy_queue(c);
             register_declined_update_writes_nothing => |c| rg::declined_update_writes_nothing(c);
+            register_compare_and_swap_unlocked_contract => |c| rg::compare_and_swap_unlocked_contract(c);
         }
     };
 }

@@ -45,7 +45,10 @@ pub async fn mixed_strategies_lose_no_update(client: &Client, tasks: usize, roun
 }
 
 /// Alone, an adaptive register stays optimistic (no lock, no conflicts); under contention it
-/// switches to the queue (some updates are made under the lock).
+/// switches to the queue (some updates are made under the lock). Contention here: every
+/// update spends 1 ms between its read and its write, so concurrent updates conflict on
+/// most attempts (without it, in-process tasks on the memory backend conflict on ~0.2
+/// attempts per update, which is not contention worth a queue).
 pub async fn adaptive_follows_contention(client: &Client, contenders: usize, rounds: usize) {
     let s = client.session().await.unwrap();
     let alone = Register::new(&s, "reg-alone").unwrap().with_strategy(Strategy::Adaptive);
@@ -61,7 +64,11 @@ pub async fn adaptive_follows_contention(client: &Client, contenders: usize, rou
             let r = Register::new(&s, "reg-busy").unwrap().with_strategy(Strategy::Adaptive);
             let mut queued = 0;
             for _ in 0..rounds {
-                queued += usize::from(r.update(incr).await.unwrap().token.is_some());
+                let slow = |v: Option<Vec<u8>>, _| async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    incr(v.as_deref())
+                };
+                queued += usize::from(r.update_async(slow).await.unwrap().token.is_some());
             }
             queued
         }));
@@ -138,4 +145,33 @@ pub async fn declined_update_writes_nothing(client: &Client) {
     assert!(!u.written && u.previous.is_none());
     assert!(r.get().await.unwrap().is_none());
     assert!(client.backend().range_prefix(&client.prefix_of("reg-decline").unwrap(), 0).await.unwrap().0.is_empty());
+}
+
+/// The backend contract of `compare_and_swap_unlocked` (the adaptive register's write): it
+/// writes only when the revision matches and nobody holds or waits for the lock, and on
+/// failure reports the key as it is and whether the lock was taken.
+pub async fn compare_and_swap_unlocked_contract(client: &Client) {
+    let b = client.backend();
+    let key = "reg-unlocked";
+    let prefix = client.prefix_of(key).unwrap();
+    let full_key = prefix.trim_end_matches('/').to_owned();
+    let first = b.compare_and_swap_unlocked(&full_key, None, b"1".to_vec(), &prefix).await.unwrap();
+    assert!(first.cas.swapped && !first.locked, "absent key, no lock: written: {first:?}");
+    let v1 = first.cas.current.expect("the key as written");
+    assert_eq!(v1.value, b"1");
+    // A stale revision fails; the lock is free, so `locked` is false and the current value comes back.
+    let stale = b.compare_and_swap_unlocked(&full_key, None, b"x".to_vec(), &prefix).await.unwrap();
+    assert!(!stale.cas.swapped && !stale.locked, "stale revision: {stale:?}");
+    assert_eq!(stale.cas.current.as_ref().map(|kv| kv.mod_revision), Some(v1.mod_revision));
+    // With the lock held, even the right revision fails, and `locked` says why.
+    let s = client.session().await.unwrap();
+    let guard = Mutex::new(&s, key).unwrap().lock().await.unwrap();
+    let held = b.compare_and_swap_unlocked(&full_key, Some(v1.mod_revision), b"2".to_vec(), &prefix).await.unwrap();
+    assert!(!held.cas.swapped && held.locked, "lock held: {held:?}");
+    assert_eq!(held.cas.current.map(|kv| kv.value), Some(b"1".to_vec()), "nothing written while locked");
+    guard.unlock().await.unwrap();
+    let free = b.compare_and_swap_unlocked(&full_key, Some(v1.mod_revision), b"2".to_vec(), &prefix).await.unwrap();
+    assert!(free.cas.swapped && !free.locked, "lock released: {free:?}");
+    assert_eq!(b.get(&full_key).await.unwrap().map(|kv| kv.value), Some(b"2".to_vec()));
+    s.close().await.unwrap();
 }
