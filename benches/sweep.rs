@@ -7,12 +7,18 @@
 //! cargo bench --bench sweep -- --contenders 1,2,4,8,16,32,64 --cs-ms 0,2 --seconds 2 \
 //!     --out docs/sweep.md --plot docs/sweep.svg
 //! cargo bench --bench sweep -- --backend memory://            # no server
+//! cargo bench --bench sweep -- --cs-ms 0 --rounds 3           # each row 3×, interleaved
 //! ```
 //! Each contender has its own client connection and session (like separate processes), or
 //! with `--shared-client` all share one client (tasks of one process; each its own session).
 //! The clock of a cell starts once every contender is connected. A cell runs for `--seconds`; its throughput is completed updates per second, its
 //! latency the time of one update (acquire, read, critical section, write, release). After
 //! each cell the register must equal the number of completed updates (no lost update).
+//!
+//! With `--rounds R` every row is measured R times, the ways interleaved and their order
+//! rotated each round, so that drift on a shared machine hits every way alike; the table
+//! then shows each way's median over the rounds, and `adaptive / best` also the lowest and
+//! highest per-round ratio.
 
 #[path = "../tests/support/etcd.rs"]
 #[allow(dead_code)]
@@ -41,6 +47,9 @@ struct Args {
     /// Seconds per cell.
     #[arg(long, default_value_t = 2.0)]
     seconds: f64,
+    /// Measure each row this many times, the ways interleaved; report medians.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// Write the Markdown table here too.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -88,6 +97,38 @@ struct Cell {
     p50_ms: f64,
     p99_ms: f64,
     conflicts_per_op: f64,
+    /// Per round: adaptive / best of optimistic and pessimistic (adaptive's cells only).
+    round_ratios: Vec<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// One cell from the rounds of one way in one row: medians, and adaptive's per-round ratios.
+fn merge(rounds: &[Vec<Cell>], way: Way) -> Cell {
+    let of = |round: &Vec<Cell>, w: Way| round.iter().find(|c| c.way == w).cloned();
+    let mine: Vec<Cell> = rounds.iter().filter_map(|r| of(r, way)).collect();
+    let pick = |f: fn(&Cell) -> f64| median(mine.iter().map(f).collect());
+    let round_ratios = match way {
+        Way::Register(Strategy::Adaptive) => rounds
+            .iter()
+            .filter_map(|r| {
+                let rate = |s| of(r, Way::Register(s)).map(|c| c.ops_per_s);
+                Some(rate(Strategy::Adaptive)? / rate(Strategy::Optimistic)?.max(rate(Strategy::Pessimistic)?))
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Cell {
+        ops_per_s: pick(|c| c.ops_per_s),
+        p50_ms: pick(|c| c.p50_ms),
+        p99_ms: pick(|c| c.p99_ms),
+        conflicts_per_op: pick(|c| c.conflicts_per_op),
+        round_ratios,
+        ..mine[0].clone()
+    }
 }
 
 fn incr(v: Option<Vec<u8>>) -> Vec<u8> {
@@ -224,6 +265,7 @@ async fn run_cell(target: &Target, way: Way, contenders: usize, cs_ms: u64, seco
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
         conflicts_per_op: conflicts as f64 / all.len() as f64,
+        round_ratios: Vec::new(),
     }
 }
 
@@ -233,10 +275,19 @@ fn table(cells: &[Cell], ways: &[Way], args: &Args, backend: &str) -> String {
     } else {
         "Each contender has its own connection and session (like separate processes)"
     };
+    let rounds = if args.rounds > 1 {
+        format!(
+            " Each row was measured {} times with the ways interleaved; cells are medians, and\n\
+             `adaptive / best` shows in brackets the lowest and highest ratio of a single round.",
+            args.rounds
+        )
+    } else {
+        String::new()
+    };
     let mut out = format!(
         "Contention sweep on {backend}: a Register increment per operation, {} s per cell (the clock starts\n\
          once every contender is connected). {who}. `adaptive / best` compares adaptive with the\n\
-         better of optimistic and pessimistic in the same row.\n",
+         better of optimistic and pessimistic in the same row.{rounds}\n",
         args.seconds
     );
     for &cs in &args.cs_ms {
@@ -260,7 +311,14 @@ fn table(cells: &[Cell], ways: &[Way], args: &Args, backend: &str) -> String {
             }
             let rate = |s| get(Way::Register(s)).map_or(0.0, |c| c.ops_per_s);
             let best = rate(Strategy::Optimistic).max(rate(Strategy::Pessimistic));
-            out += &format!(" {:.2} |", rate(Strategy::Adaptive) / best);
+            out += &format!(" {:.2}", rate(Strategy::Adaptive) / best);
+            match get(Way::Register(Strategy::Adaptive)).map(|c| &c.round_ratios) {
+                Some(r) if r.len() > 1 => {
+                    let (lo, hi) = r.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+                    out += &format!(" ({lo:.2}–{hi:.2}) |");
+                }
+                _ => out += " |",
+            }
             match get(Way::LockRpc) {
                 Some(l) => out += &format!(" {:.2} |\n", rate(Strategy::Pessimistic) / l.ops_per_s),
                 None => out += " – |\n",
@@ -359,7 +417,7 @@ async fn main() {
     if !matches!(target, Target::Memory(_)) {
         ways.push(Way::LockRpc);
     }
-    let total = (ways.len() * args.contenders.len() * args.cs_ms.len()) as u64;
+    let total = (ways.len() * args.contenders.len() * args.cs_ms.len()) as u64 * u64::from(args.rounds);
     let bar = ProgressBar::new(total).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} cells, {elapsed} elapsed, ~{eta} left  {msg}").unwrap(),
     );
@@ -367,12 +425,20 @@ async fn main() {
     let mut id = 0;
     for &cs in &args.cs_ms {
         for &n in &args.contenders {
-            for &w in &ways {
-                bar.set_message(format!("{} × {n}, cs {cs} ms", w.name()));
-                id += 1;
-                cells.push(run_cell(&target, w, n, cs, args.seconds, id).await);
-                bar.inc(1);
+            let mut rounds = Vec::new();
+            for r in 0..args.rounds as usize {
+                let mut round = Vec::new();
+                for i in 0..ways.len() {
+                    // Rotate the order each round, so no way always runs first or last.
+                    let w = ways[(i + r) % ways.len()];
+                    bar.set_message(format!("{} × {n}, cs {cs} ms, round {}", w.name(), r + 1));
+                    id += 1;
+                    round.push(run_cell(&target, w, n, cs, args.seconds, id).await);
+                    bar.inc(1);
+                }
+                rounds.push(round);
             }
+            cells.extend(ways.iter().map(|&w| merge(&rounds, w)));
         }
     }
     bar.finish_and_clear();
