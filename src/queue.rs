@@ -625,8 +625,11 @@ pub(crate) async fn wait_view<R: Send + 'static>(
 /// Why not wait herd-free for the one key ahead, as ZooKeeper's lock recipe does: on etcd
 /// that needs a new watch per wait, and a watch created while writes are in flight can land
 /// in etcd's "unsynced" group and wait up to 100 ms (measured: the hand-off rate halved and
-/// p99 went to ~100 ms). One long-lived feed per prefix per client never does; its cost is
-/// one event per deletion per client that waits on the prefix.
+/// p99 went to ~100 ms). Registering those watches without a start revision on one
+/// long-lived multiplexed stream did not help: their delete events still came 87–98 ms
+/// late in bursts (625–766 hand-offs/s at 16 clients against the feed's 1,113; see
+/// `docs/performance.md`). One long-lived feed per prefix per client never waits so; its
+/// cost is one event per deletion per client that waits on the prefix.
 pub(crate) async fn wait_turn(
     session: &Session,
     prefix: &str,
