@@ -151,6 +151,19 @@ fn revision(resp: &TxnResponse) -> Revision {
     resp.header().map_or(0, |h| h.revision())
 }
 
+/// A [`Condition`] as an etcd comparison.
+fn compare(c: &Condition) -> Compare {
+    match c {
+        Condition::Created { key, revision } => Compare::create_revision(key.clone(), CompareOp::Equal, *revision),
+        Condition::Modified { key, revision: Some(r) } => Compare::mod_revision(key.clone(), CompareOp::Equal, *r),
+        Condition::Modified { key, revision: None } => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+        // Over a range the comparison must hold for every key; an empty range passes.
+        Condition::PrefixEmpty { prefix } => {
+            Compare::create_revision(prefix.clone(), CompareOp::Equal, 0).with_prefix()
+        }
+    }
+}
+
 fn head_options(limit: usize) -> GetOptions {
     let opts = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend);
     if limit > 0 {
@@ -454,13 +467,10 @@ impl Backend for EtcdBackend {
     }
 
     async fn create(&self, req: CreateRequest) -> Result<CreateResponse> {
-        let cond = match req.precondition {
-            Precondition::KeyAbsent => Compare::create_revision(req.key.clone(), CompareOp::Equal, 0),
-            // Over a range, the comparison must hold for every key; an empty range passes.
-            Precondition::PrefixEmpty => {
-                Compare::create_revision(req.prefix.clone(), CompareOp::Equal, 0).with_prefix()
-            }
-        };
+        let cond = compare(&match req.precondition {
+            Precondition::KeyAbsent => Condition::Modified { key: req.key.clone(), revision: None },
+            Precondition::PrefixEmpty => Condition::PrefixEmpty { prefix: req.prefix.clone() },
+        });
         let head = || TxnOp::get(req.prefix.clone(), Some(head_options(req.head_limit)));
         let put = TxnOp::put(req.key.clone(), req.value.clone(), Some(PutOptions::new().with_lease(req.lease)));
         // On success the key is exactly what was put, at the Txn's revision: no need to read it.
@@ -490,13 +500,10 @@ impl Backend for EtcdBackend {
         value: Vec<u8>,
         lease: Option<LeaseId>,
     ) -> Result<CasResponse> {
-        let cond = match expected {
-            None => Compare::create_revision(key, CompareOp::Equal, 0),
-            Some(r) => Compare::mod_revision(key, CompareOp::Equal, r),
-        };
+        let unchanged = compare(&Condition::Modified { key: key.to_owned(), revision: expected });
         let opts = lease.map(|l| PutOptions::new().with_lease(l));
         let txn = Txn::new()
-            .when([cond])
+            .when([unchanged])
             .and_then([TxnOp::put(key, value, opts), TxnOp::get(key, None)])
             .or_else([TxnOp::get(key, None)]);
         let resp = self.txn(txn).await?;
@@ -515,14 +522,10 @@ impl Backend for EtcdBackend {
         value: Vec<u8>,
         lock_prefix: &str,
     ) -> Result<UnlockedCasResponse> {
-        let cond = match expected {
-            None => Compare::create_revision(key, CompareOp::Equal, 0),
-            Some(r) => Compare::mod_revision(key, CompareOp::Equal, r),
-        };
-        // Over a range the comparison must hold for every key; an empty range passes.
-        let unlocked = Compare::create_revision(lock_prefix, CompareOp::Equal, 0).with_prefix();
+        let unchanged = compare(&Condition::Modified { key: key.to_owned(), revision: expected });
+        let unlocked = compare(&Condition::PrefixEmpty { prefix: lock_prefix.to_owned() });
         let txn = Txn::new()
-            .when([cond, unlocked])
+            .when([unchanged, unlocked])
             .and_then([TxnOp::put(key, value, None), TxnOp::get(key, None)])
             .or_else([TxnOp::get(key, None), TxnOp::get(lock_prefix, Some(head_options(1).with_keys_only()))]);
         let resp = self.txn(txn).await?;
@@ -533,24 +536,7 @@ impl Backend for EtcdBackend {
     }
 
     async fn write_if(&self, conditions: &[Condition], writes: Vec<Write>) -> Result<bool> {
-        let compares: Vec<Compare> = conditions
-            .iter()
-            .map(|c| match c {
-                Condition::Created { key, revision } => {
-                    Compare::create_revision(key.clone(), CompareOp::Equal, *revision)
-                }
-                Condition::Modified { key, revision: Some(r) } => {
-                    Compare::mod_revision(key.clone(), CompareOp::Equal, *r)
-                }
-                Condition::Modified { key, revision: None } => {
-                    Compare::create_revision(key.clone(), CompareOp::Equal, 0)
-                }
-                // Over a range the comparison must hold for every key; an empty range passes.
-                Condition::PrefixEmpty { prefix } => {
-                    Compare::create_revision(prefix.clone(), CompareOp::Equal, 0).with_prefix()
-                }
-            })
-            .collect();
+        let compares: Vec<Compare> = conditions.iter().map(compare).collect();
         let ops: Vec<TxnOp> = writes
             .into_iter()
             .map(|w| match w {
