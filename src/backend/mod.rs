@@ -18,6 +18,10 @@
 //! 4. **Conditional writes are atomic**: [`Backend::create`], [`Backend::delete_if_created`],
 //!    [`Backend::compare_and_swap`] and [`Backend::write_if`] check and write in one step.
 //!    A write whose condition fails changes nothing and does not advance the revision.
+//!    [`Backend::compare_and_swap_unlocked`]'s check and write are atomic too; what it
+//!    reports after a failure (the key, whether the lock was taken) may be read a moment
+//!    later by the default implementation, so it is advice for the caller's next step,
+//!    never a basis for a write without a condition.
 //! 5. **Watches.** [`Backend::watch_prefix`] returns only once the watch is registered; it
 //!    then delivers every change under the prefix with a revision greater than the
 //!    watch's `start_revision`, in revision order, each revision complete in one batch. When
