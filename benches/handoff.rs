@@ -10,7 +10,8 @@
 //!
 //! Measures: the uncontended lock+unlock cycle (median, p99) and contended hand-offs per
 //! second with N tasks, each with its own client connection and lease (the clock starts
-//! once every task is connected).
+//! once every task is connected). The relock rows time `Mutex::relock`, which releases and
+//! queues again in one transaction: the cycle of a worker that keeps taking the lock.
 
 #[path = "../tests/support/etcd.rs"]
 #[allow(dead_code)]
@@ -47,6 +48,9 @@ enum Peer {
     /// Pessimistic, all tasks of the process sharing one Client (one watch stream).
     SharedClient,
     LockRpc,
+    /// Pessimistic, each cycle one `Mutex::relock` (release and re-queue in one Txn);
+    /// `true`: all tasks sharing one Client.
+    Relock(bool),
     /// The same two transactions as the pessimistic cycle, sent raw (no leasehold code).
     RawTxns,
 }
@@ -59,6 +63,8 @@ impl Peer {
             Peer::Leasehold(Strategy::Adaptive) => "leasehold adaptive",
             Peer::SharedClient => "leasehold pessimistic, one shared client",
             Peer::LockRpc => "etcd Lock RPC (etcd-client)",
+            Peer::Relock(false) => "leasehold pessimistic, relock (release + re-queue in one Txn)",
+            Peer::Relock(true) => "leasehold pessimistic, relock, one shared client",
             Peer::RawTxns => "raw: leasehold's two Txns via etcd-client (floor)",
         }
     }
@@ -75,7 +81,7 @@ async fn cycles(
 ) -> Vec<Duration> {
     let mut times = Vec::with_capacity(cycles);
     match peer {
-        Peer::Leasehold(_) | Peer::SharedClient => {
+        Peer::Leasehold(_) | Peer::SharedClient | Peer::Relock(_) => {
             let strategy = match peer {
                 Peer::Leasehold(s) => s,
                 _ => Strategy::Pessimistic,
@@ -86,12 +92,25 @@ async fn cycles(
             };
             let session = client.session().await.unwrap();
             let mutex = Mutex::new(&session, &name).unwrap().with_strategy(strategy);
-            start.wait().await;
-            for _ in 0..cycles {
-                let t = Instant::now();
-                let g = mutex.lock().await.unwrap();
+            if let Peer::Relock(_) = peer {
+                // Every cycle releases and queues again in one transaction; the first lock
+                // and the last unlock are outside the clock, as a looping worker's would be.
+                let mut g = mutex.lock().await.unwrap();
+                start.wait().await;
+                for _ in 0..cycles {
+                    let t = Instant::now();
+                    mutex.relock(&mut g).await.unwrap();
+                    times.push(t.elapsed());
+                }
                 g.unlock().await.unwrap();
-                times.push(t.elapsed());
+            } else {
+                start.wait().await;
+                for _ in 0..cycles {
+                    let t = Instant::now();
+                    let g = mutex.lock().await.unwrap();
+                    g.unlock().await.unwrap();
+                    times.push(t.elapsed());
+                }
             }
             session.close().await.unwrap();
         }
@@ -169,14 +188,22 @@ async fn main() {
             (Some(c), e)
         }
     };
-    let peers =
-        [Peer::Leasehold(Strategy::Pessimistic), Peer::Leasehold(Strategy::Optimistic), Peer::RawTxns, Peer::LockRpc];
+    let peers = [
+        Peer::Leasehold(Strategy::Pessimistic),
+        Peer::Leasehold(Strategy::Optimistic),
+        Peer::Relock(false),
+        Peer::RawTxns,
+        Peer::LockRpc,
+    ];
     let contended = [
         Peer::Leasehold(Strategy::Pessimistic),
         Peer::Leasehold(Strategy::Optimistic),
         Peer::SharedClient,
+        Peer::Relock(false),
+        Peer::Relock(true),
         Peer::LockRpc,
     ];
+    let rpc_at = |list: &[Peer]| list.iter().position(|p| *p == Peer::LockRpc).unwrap();
 
     println!(
         "## Uncontended lock+unlock cycle ({} cycles each, one task, interleaved in 10 rounds)\n",
@@ -205,7 +232,7 @@ async fn main() {
             (pct(&t, 0.5), pct(&t, 0.99))
         })
         .collect();
-    let rpc = medians[3].0;
+    let rpc = medians[rpc_at(&peers)].0;
     for (peer, (p50, p99)) in peers.iter().zip(&medians) {
         println!("| {} | {p50:.3} | {p99:.3} | {:.2}× |", peer.name(), p50 / rpc);
     }
@@ -225,7 +252,9 @@ async fn main() {
         for run in 0..args.runs {
             let name = format!("bench-c{i}-{run}");
             let shared = match peer {
-                Peer::SharedClient => Some(Client::etcd(EtcdConfig::new(endpoints.clone())).await.unwrap()),
+                Peer::SharedClient | Peer::Relock(true) => {
+                    Some(Client::etcd(EtcdConfig::new(endpoints.clone())).await.unwrap())
+                }
                 _ => None,
             };
             // Every task connects and opens its session first; the clock starts when all
@@ -251,7 +280,7 @@ async fn main() {
         runs.sort_by(|a, b| a.0.total_cmp(&b.0));
         rows.push(runs[runs.len() / 2]);
     }
-    let rpc = rows[3].0;
+    let rpc = rows[rpc_at(&contended)].0;
     for (peer, (rate, p50, p99)) in contended.iter().zip(&rows) {
         println!("| {} | {rate:.0} | {p50:.2} | {p99:.2} | {:.2}× |", peer.name(), rate / rpc);
     }

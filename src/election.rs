@@ -130,8 +130,9 @@ impl Election {
                 precondition: Precondition::KeyAbsent,
                 prefix: self.prefix.clone(),
                 head_limit: 1,
+                replaces: None,
             };
-            let ticket = Ticket { what: "election", req, local: Some(local), adopt: true };
+            let ticket = Ticket { what: "election", req, local: Some(local), adopt: true, replaces: None };
             let (hold, kv) = match enqueue(&self.session, ticket, wait, Rule::First).await? {
                 Admission::Held(hold, kv) => (hold, kv),
                 Admission::NotAdmitted => return Ok(None),

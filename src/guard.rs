@@ -151,6 +151,43 @@ impl Holding {
     pub(crate) async fn release(self) -> Result<()> {
         self.release_writing(Vec::new()).await
     }
+
+    /// The acquisition's create revision (its fencing token as a revision).
+    pub(crate) fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// Hands the session's local queue slot to whoever takes it (a relock's next
+    /// acquisition). A background release on drop then runs without it, which is safe: the
+    /// delete only removes this acquisition's revision of the key.
+    pub(crate) fn take_local(&mut self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.local.take()
+    }
+
+    /// A copy that is already released (its drop deletes nothing): what a guard holds
+    /// while its key moves to a new acquisition, and keeps if that fails.
+    pub(crate) fn released_copy(&self) -> Holding {
+        let release = ReleaseOnce::new();
+        release.begin();
+        release.finish();
+        Holding {
+            session: self.session.clone(),
+            key: self.key.clone(),
+            revision: self.revision,
+            release,
+            local: None,
+            contended: self.contended,
+        }
+    }
+
+    /// Marks the key released without deleting it: a transaction that also queued the next
+    /// acquisition (a relock) deleted it.
+    pub(crate) fn released_elsewhere(mut self) {
+        if self.release.begin() {
+            self.release.finish();
+        }
+        self.local.take();
+    }
 }
 
 impl Holding {

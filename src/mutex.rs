@@ -1,7 +1,7 @@
 //! A distributed mutex with a fencing token, under a session's lease.
 
 use crate::adaptive::Adaptive;
-use crate::backend::{Condition, CreateRequest, Precondition, Write};
+use crate::backend::{Condition, CreateRequest, Precondition, Replaced, Write};
 use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
 use crate::guard::{fenced_writes, held_accessors, Holding};
@@ -172,9 +172,17 @@ impl Mutex {
         &self.name
     }
 
-    /// The key this session uses for the name.
+    /// The key this session uses for the name (a [relock](Self::relock) alternates between
+    /// it and [`relock_key`](Self::relock_key)).
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// The session's second key for the name, `<key>-r`: a relock queues with the key the
+    /// guard does not hold, because etcd cannot delete and create one key in one
+    /// transaction. (Lease ids are hex, so no other session's key can look like it.)
+    pub fn relock_key(&self) -> String {
+        format!("{}-r", self.key)
     }
 
     /// Waits until the lock is held.
@@ -195,6 +203,83 @@ impl Mutex {
             Some(g) => Ok(g),
             None => Err(Error::Timeout { what: "mutex", after: timeout }),
         }
+    }
+
+    /// Releases `guard` and queues for the lock again **in one transaction**, so a loop
+    /// that locks, works, unlocks and locks again pays one commit per round instead of two.
+    /// Fair: whoever was queued when the guard is released goes first, and the lock comes
+    /// back after them, with a new (greater) fencing token; when nobody waits it comes back
+    /// at once. The new acquisition uses the session's other key for the name
+    /// ([`relock_key`](Self::relock_key) and [`key`](Self::key) alternate).
+    ///
+    /// Queued relocks need the pessimistic strategy (or adaptive while it queues) and no
+    /// lock-delay; otherwise this is [`unlock`](MutexGuard::unlock) followed by
+    /// [`lock`](Self::lock).
+    ///
+    /// Errors: [`Error::InvalidArgument`] if `guard` is not this mutex's (another name or
+    /// session) and [`Error::NotHeld`] if it no longer holds; both leave `guard` as it was.
+    /// Any later error, or dropping the future, leaves `guard` released (the old key is
+    /// deleted in the background if the transaction did not delete it) and no new key
+    /// behind, as for a cancelled [`lock`](Self::lock).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
+    /// use leasehold::{Client, Mutex};
+    /// let session = Client::memory().session().await?;
+    /// let mutex = Mutex::new(&session, "batch")?;
+    /// let mut guard = mutex.lock().await?;
+    /// for _ in 0..3 {
+    ///     let before = guard.fencing_token();
+    ///     // ... one unit of work under the lock, then let any waiter go first ...
+    ///     mutex.relock(&mut guard).await?;
+    ///     assert!(guard.fencing_token() > before);
+    /// }
+    /// guard.unlock().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn relock(&self, guard: &mut MutexGuard) -> Result<()> {
+        let ours = guard.session().lease_id() == self.session.lease_id()
+            && (guard.key() == self.key || guard.key() == self.relock_key());
+        if !ours {
+            return Err(Error::InvalidArgument {
+                what: "mutex",
+                reason: format!("relock: {} is not this session's key for {:?}", guard.key(), self.name),
+            });
+        }
+        if !guard.hold.is_valid() {
+            return Err(Error::NotHeld {
+                what: "mutex",
+                reason: format!("relock: {} is released or lost", guard.key()),
+            });
+        }
+        let queued = match self.strategy {
+            Strategy::Pessimistic => true,
+            Strategy::Optimistic => false,
+            Strategy::Adaptive => self.adaptive.queue_next(),
+        };
+        let placeholder = guard.hold.released_copy();
+        let mut hold = std::mem::replace(&mut guard.hold, placeholder);
+        let marker = guard.marker.take();
+        if !queued || self.lock_delay.is_some() || marker.is_some() {
+            MutexGuard { hold, marker }.unlock().await?;
+            *guard = self.lock().await?;
+            return Ok(());
+        }
+        let timer = crate::metrics::Acquire::start("mutex");
+        let key = if hold.key() == self.key { self.relock_key() } else { self.key.clone() };
+        let req = CreateRequest { key, replaces: None, ..self.request(Precondition::KeyAbsent) };
+        let ticket = Ticket { what: "mutex", req, local: hold.take_local(), adopt: true, replaces: Some(hold) };
+        let span = tracing::debug_span!("mutex.relock", name = %self.name);
+        let hold = match enqueue(&self.session, ticket, Wait::Forever, Rule::First).instrument(span).await? {
+            Admission::Held(hold, _) => hold,
+            Admission::NotAdmitted | Admission::KeyTaken => unreachable!("waits forever, and adopt is set"),
+        };
+        if self.strategy == Strategy::Adaptive {
+            self.adaptive.queued(hold.was_contended());
+        }
+        timer.done(hold.was_contended());
+        guard.hold = hold;
+        Ok(())
     }
 
     /// The current holder, if any (a snapshot: it may change at once).
@@ -266,12 +351,21 @@ impl Mutex {
             precondition,
             prefix: self.prefix.clone(),
             head_limit: 1,
+            // No acquisition of this session holds the name while this one has the local
+            // slot, so a relock key of the session's lease is a leftover (a release that
+            // failed, or a process that re-attached the lease): it goes in the same step.
+            replaces: Some(Replaced { key: self.relock_key(), revision: None }),
         }
     }
 
     async fn acquire_queued(&self, wait: Wait, local: tokio::sync::OwnedMutexGuard<()>) -> Result<Option<MutexGuard>> {
-        let ticket =
-            Ticket { what: "mutex", req: self.request(Precondition::KeyAbsent), local: Some(local), adopt: true };
+        let ticket = Ticket {
+            what: "mutex",
+            req: self.request(Precondition::KeyAbsent),
+            local: Some(local),
+            adopt: true,
+            replaces: None,
+        };
         match enqueue(&self.session, ticket, wait, Rule::First).await? {
             Admission::Held(hold, _) => Ok(Some(MutexGuard { hold, marker: None })),
             Admission::NotAdmitted => Ok(None),
@@ -324,7 +418,7 @@ impl MutexGuard {
 
     held_accessors!(
         token: "The fencing token: strictly greater than every earlier holder's token of this name.",
-        key: "The key this acquisition holds (`<prefix>/<lease hex>`)."
+        key: "The key this acquisition holds (`<prefix>/<lease hex>`, or its [relock key](Mutex::relock_key))."
     );
 
     fenced_writes!("mutex", "guard still holds the lock");

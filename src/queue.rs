@@ -53,7 +53,7 @@
 //! - [`PrefixView::subscribe`] reports every distinct value of a function of the view (the
 //!   election observer).
 
-use crate::backend::{Backend, CreateRequest, CreateResponse, KeyValue, Revision, WatchEvent};
+use crate::backend::{Backend, CreateRequest, CreateResponse, KeyValue, Replaced, Revision, WatchEvent};
 use crate::backoff::{Backoff, Delays};
 use crate::error::{Error, Result};
 use crate::guard::Holding;
@@ -671,6 +671,10 @@ pub(crate) struct Ticket {
     /// re-attached session reclaims its mutex), or leave it alone and return
     /// [`Admission::KeyTaken`] (recipes with one key per acquisition pick another key).
     pub(crate) adopt: bool,
+    /// A guard this acquisition replaces (a mutex relock): its key is deleted in the create
+    /// call's transaction. If that call fails, or the acquisition is cancelled before its
+    /// answer, the guard is dropped and so released in the background as usual.
+    pub(crate) replaces: Option<Holding>,
 }
 
 /// The outcome of [`enqueue`].
@@ -694,14 +698,20 @@ pub(crate) enum Admission {
 /// read (the whole prefix, when the caller may wait) decides it at once, and deletions are
 /// all that can change it afterwards.
 pub(crate) async fn enqueue(session: &Session, ticket: Ticket, wait: Wait, rule: Rule) -> Result<Admission> {
-    let Ticket { what, mut req, local, adopt } = ticket;
+    let Ticket { what, mut req, local, adopt, replaces } = ticket;
     if wait != Wait::No {
         // A waiter follows only deletions from here on, so it needs every key ahead of it.
         req.head_limit = 0;
     }
+    if let Some(old) = &replaces {
+        req.replaces = Some(Replaced { key: old.key().to_owned(), revision: Some(old.revision()) });
+    }
     let (key, prefix) = (req.key.clone(), req.prefix.clone());
     let mut pending = Pending::start(session, req, local);
     let resp = pending.response().await?;
+    if let Some(old) = replaces {
+        old.released_elsewhere();
+    }
     let Some(mine) = resp.mine.clone().filter(|kv| kv.lease == session.lease_id()) else {
         return Err(Error::Store(format!("{what}: {key} exists under another lease")));
     };
@@ -785,6 +795,7 @@ mod tests {
             precondition: Precondition::KeyAbsent,
             prefix: "p/".into(),
             head_limit: 0,
+            replaces: None,
         }
     }
 

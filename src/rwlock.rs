@@ -150,8 +150,9 @@ impl RwLock {
                     prefix: self.prefix.clone(),
                     // A writer needs only the oldest key; a reader every key older than its own.
                     head_limit: if mode == Mode::Write { 1 } else { 0 },
+                    replaces: None,
                 };
-                let ticket = Ticket { what: "rwlock", req, local: None, adopt: false };
+                let ticket = Ticket { what: "rwlock", req, local: None, adopt: false, replaces: None };
                 let admission = match mode {
                     Mode::Read => {
                         let writers = format!("{}{}", self.prefix, Mode::Write.segment());

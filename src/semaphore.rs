@@ -200,6 +200,7 @@ impl Semaphore {
             precondition: Precondition::KeyAbsent,
             prefix: self.prefix.clone(),
             head_limit: limit,
+            replaces: None,
         }
     }
 
@@ -213,8 +214,13 @@ impl Semaphore {
 
     async fn acquire_queued(&self, wait: Wait, limit: usize) -> Result<Option<Permit>> {
         for _ in 0..KEY_ATTEMPTS {
-            let ticket =
-                Ticket { what: "semaphore", req: self.request(self.next_key(), limit), local: None, adopt: false };
+            let ticket = Ticket {
+                what: "semaphore",
+                req: self.request(self.next_key(), limit),
+                local: None,
+                adopt: false,
+                replaces: None,
+            };
             match enqueue(&self.session, ticket, wait, Rule::AmongFirst(limit)).await? {
                 Admission::Held(hold, _) => return Ok(Some(Permit { hold })),
                 Admission::NotAdmitted => return Ok(None),

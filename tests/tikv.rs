@@ -65,6 +65,7 @@ async fn unrenewed_lease_expires_and_watchers_see_the_delete() {
         precondition: Precondition::KeyAbsent,
         prefix: "exp/".into(),
         head_limit: 0,
+        replaces: None,
     };
     let created = backend.create(req("exp/a", lease.id)).await.unwrap();
     assert!(created.created);
@@ -100,6 +101,7 @@ async fn expired_keys_are_absent_before_the_reaper_runs() {
         precondition: Precondition::KeyAbsent,
         prefix: "lazy/".into(),
         head_limit: 0,
+        replaces: None,
     };
     let first = backend.create(req(short.id)).await.unwrap();
     assert!(first.created);

@@ -473,17 +473,31 @@ impl Backend for EtcdBackend {
         });
         let head = || TxnOp::get(req.prefix.clone(), Some(head_options(req.head_limit)));
         let put = TxnOp::put(req.key.clone(), req.value.clone(), Some(PutOptions::new().with_lease(req.lease)));
+        // The replaced key is deleted first in both branches (a nested Txn when the delete
+        // has its own condition), so the head read after it no longer lists it.
+        let replace: Vec<TxnOp> = match &req.replaces {
+            None => Vec::new(),
+            Some(Replaced { key, revision: None }) => vec![TxnOp::delete(key.clone(), None)],
+            Some(Replaced { key, revision: Some(r) }) => vec![TxnOp::txn(
+                Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, *r)])
+                    .and_then([TxnOp::delete(key.clone(), None)]),
+            )],
+        };
+        let skip = replace.len();
+        let then: Vec<TxnOp> = replace.iter().cloned().chain([put, head()]).collect();
+        let otherwise: Vec<TxnOp> = replace.into_iter().chain([TxnOp::get(req.key.clone(), None), head()]).collect();
         // On success the key is exactly what was put, at the Txn's revision: no need to read it.
-        let txn = Txn::new().when([cond]).and_then([put, head()]).or_else([TxnOp::get(req.key.clone(), None), head()]);
+        let txn = Txn::new().when([cond]).and_then(then).or_else(otherwise);
         let resp = self.txn(txn).await?;
         let created = resp.succeeded();
         let at = revision(&resp);
         let mine = if created {
             Some(KeyValue { key: req.key, value: req.value, create_revision: at, mod_revision: at, lease: req.lease })
         } else {
-            range_at(&resp, 0).into_iter().next()
+            range_at(&resp, skip).into_iter().next()
         };
-        Ok(CreateResponse { created, mine, head: range_at(&resp, 1), revision: at })
+        Ok(CreateResponse { created, mine, head: range_at(&resp, skip + 1), revision: at })
     }
 
     async fn delete_if_created(&self, key: &str, create_revision: Revision) -> Result<bool> {

@@ -329,8 +329,18 @@ impl Backend for MemoryBackend {
             Precondition::KeyAbsent => !st.kvs.contains_key(&req.key),
             Precondition::PrefixEmpty => st.prefix(&req.prefix, 1).is_empty(),
         };
+        let mut writes = Vec::new();
+        if let Some(Replaced { key, revision }) = req.replaces {
+            let current = st.kvs.get(&key).map(|kv| kv.create_revision);
+            if current.is_some() && (revision.is_none() || current == revision) {
+                writes.push(Write::Delete { key });
+            }
+        }
         if ok {
-            st.apply(vec![Write::Put { key: req.key.clone(), value: req.value, lease: Some(req.lease) }])?;
+            writes.push(Write::Put { key: req.key.clone(), value: req.value, lease: Some(req.lease) });
+        }
+        if !writes.is_empty() {
+            st.apply(writes)?;
         }
         Ok(CreateResponse {
             created: ok,

@@ -90,6 +90,21 @@ pub struct CreateRequest {
     pub prefix: String,
     /// How many keys of the head to return (oldest first); 0 for all.
     pub head_limit: usize,
+    /// A key of the same session to delete in the same step, before the precondition's
+    /// effect is read back: a mutex [relock](crate::Mutex::relock) releases its old key and
+    /// queues its new one in one transaction. Applied whether or not the create writes.
+    pub replaces: Option<Replaced>,
+}
+
+/// The key a [`CreateRequest`] deletes in the same step (see [`CreateRequest::replaces`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replaced {
+    /// The key. It must differ from the request's key (etcd refuses a transaction that
+    /// deletes and puts one key).
+    pub key: String,
+    /// Delete it only if it has this create revision (a guard's release); `None`: whatever
+    /// it has (a key named after the session's own lease that no acquisition holds).
+    pub revision: Option<Revision>,
 }
 
 /// The outcome of [`Backend::create`].
@@ -241,7 +256,9 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// with the revision they were read at.
     async fn range_prefix(&self, prefix: &str, limit: usize) -> Result<(Vec<KeyValue>, Revision)>;
 
-    /// Creates `req.key` if `req.precondition` holds, and reads the prefix head, atomically.
+    /// Deletes `req.replaces` (if given), then creates `req.key` if `req.precondition` holds,
+    /// and reads the prefix head, atomically: the precondition is checked before the
+    /// delete, the head and `mine` are read after it.
     async fn create(&self, req: CreateRequest) -> Result<CreateResponse>;
     /// Deletes `key` only if its `create_revision` is `create_revision`. True if deleted.
     async fn delete_if_created(&self, key: &str, create_revision: Revision) -> Result<bool>;

@@ -1033,6 +1033,12 @@ impl Backend for TikvBackend {
                         Precondition::KeyAbsent => tx.get(&req.key).await?.is_none(),
                         Precondition::PrefixEmpty => tx.scan(&req.prefix).await?.is_empty(),
                     };
+                    if let Some(Replaced { key, revision }) = &req.replaces {
+                        let current = tx.get(key).await?.map(|kv| kv.create_revision);
+                        if current.is_some() && (revision.is_none() || current == *revision) {
+                            tx.delete(key).await?;
+                        }
+                    }
                     if ok {
                         tx.put(&req.key, req.value.clone(), req.lease).await?;
                     }

@@ -46,6 +46,9 @@ macro_rules! conformance_suite {
             reattach => |c| mx::reattach(c);
             bad_input => |c| mx::bad_input(c);
             close_releases => |c| mx::close_releases(c);
+            relock => |c| mx::relock(c);
+            relock_cancellation => |c| mx::relock_cancellation(c, 60);
+            relock_leftover_is_reclaimed => |c| mx::relock_leftover_is_reclaimed(c);
 
             semaphore_limit_holds_under_contention => |c| rc::semaphore_limit_holds_under_contention(c, Mix::Queued);
             semaphore_limit_holds_with_mixed_strategies => |c| rc::semaphore_limit_holds_under_contention(c, Mix::Mixed);

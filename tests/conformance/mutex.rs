@@ -1,5 +1,6 @@
 //! Mutex conformance checks.
 
+use leasehold::backend::WatchEvent;
 use leasehold::{Client, Error, FencedResource, Mutex, Strategy};
 use rand::Rng;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -241,4 +242,148 @@ pub async fn close_releases(client: &Client) {
     a.close().await.unwrap();
     let b = client.session().await.unwrap();
     Mutex::new(&b, "close").unwrap().try_lock().await.unwrap().expect("free after close");
+}
+
+/// Waits (bounded by [`SOON`]) until `name` has `n` keys.
+async fn until_keys(client: &Client, name: &str, n: usize) {
+    let deadline = tokio::time::Instant::now() + SOON;
+    while keys(client, name).await.len() != n {
+        assert!(tokio::time::Instant::now() < deadline, "{name}: never {n} keys");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A relock releases and queues again in one transaction: alone, it gets the lock back at
+/// once with a greater token, on the session's other key, and the old key's delete and the
+/// new key's put share one revision. A waiter queued before the relock goes first. Misuse
+/// (another name's or session's mutex) is a typed error that leaves the guard held.
+pub async fn relock(client: &Client) {
+    let name = "relock";
+    let prefix = client.prefix_of(name).unwrap();
+    let a = client.session().await.unwrap();
+    let ma = Mutex::new(&a, name).unwrap();
+    let mut guard = ma.lock().await.unwrap();
+    for round in 0..4 {
+        let mut watch = client.backend().watch_prefix(&prefix).await.unwrap();
+        let (old_key, old_token) = (guard.key().to_owned(), guard.fencing_token());
+        ma.relock(&mut guard).await.unwrap();
+        assert!(guard.is_valid());
+        assert!(guard.fencing_token() > old_token);
+        let expected = if round % 2 == 0 { ma.relock_key() } else { ma.key().to_owned() };
+        assert_eq!(guard.key(), expected, "relock alternates the session's two keys");
+        assert_eq!(keys(client, name).await, vec![expected.clone()], "old key left behind");
+        let batch = tokio::time::timeout(SOON, watch.next()).await.expect("no watch event").unwrap();
+        let deleted = batch.iter().any(|e| matches!(e, WatchEvent::Delete { key, .. } if *key == old_key));
+        let put = batch.iter().any(|e| matches!(e, WatchEvent::Put(kv) if kv.key == expected));
+        assert!(deleted && put, "the delete and the put are not one revision: {batch:?}");
+    }
+
+    // Misuse: nothing happens to the guard.
+    let other_name = Mutex::new(&a, "relock-other").unwrap();
+    let r = other_name.relock(&mut guard).await;
+    assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+    let b = client.session().await.unwrap();
+    let other_session = Mutex::new(&b, name).unwrap();
+    let r = other_session.relock(&mut guard).await;
+    assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+    assert!(guard.is_valid());
+    assert_eq!(keys(client, name).await, vec![guard.key().to_owned()]);
+
+    // Fairness: a waiter queued before the relock gets the lock before it comes back.
+    let (got_tx, got_rx) = tokio::sync::oneshot::channel();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let waiter = tokio::spawn(async move {
+        let g = other_session.lock().await.unwrap();
+        got_tx.send(g.fencing_token()).unwrap();
+        go_rx.await.unwrap();
+        g.unlock().await.unwrap();
+    });
+    until_keys(client, name, 2).await;
+    let before = guard.fencing_token();
+    let relocking = tokio::spawn(async move {
+        ma.relock(&mut guard).await.unwrap();
+        guard
+    });
+    let waiter_token = tokio::time::timeout(SOON, got_rx).await.expect("the waiter was passed over").unwrap();
+    assert!(waiter_token > before);
+    assert!(!relocking.is_finished(), "relock returned while the waiter held the lock");
+    go_tx.send(()).unwrap();
+    let guard = tokio::time::timeout(SOON, relocking).await.expect("relock never came back").unwrap();
+    assert!(guard.fencing_token() > waiter_token, "the relock must come after the waiter");
+    waiter.await.unwrap();
+    guard.unlock().await.unwrap();
+    assert!(keys(client, name).await.is_empty());
+
+    // The optimistic strategy relocks as unlock + lock.
+    let mo = Mutex::new(&a, name).unwrap().with_strategy(Strategy::Optimistic);
+    let mut g = mo.lock().await.unwrap();
+    let t = g.fencing_token();
+    mo.relock(&mut g).await.unwrap();
+    assert!(g.fencing_token() > t && g.is_valid());
+    g.unlock().await.unwrap();
+    assert!(keys(client, name).await.is_empty());
+}
+
+/// Dropping a relock future at random points (half the time with a waiter queued) leaves
+/// the guard either relocked or released, and no key behind once the session settled.
+pub async fn relock_cancellation(client: &Client, attempts: usize) {
+    let name = "relock-cancel";
+    let a = client.session().await.unwrap();
+    let b = client.session().await.unwrap();
+    let ma = Mutex::new(&a, name).unwrap();
+    let mb = Mutex::new(&b, name).unwrap();
+    let (mut relocked, mut released) = (0, 0);
+    for i in 0..attempts {
+        let mut guard = ma.lock().await.unwrap();
+        let waiter = (i % 2 == 0).then(|| {
+            let mb = mb.clone();
+            tokio::spawn(async move { mb.lock().await.unwrap().unlock().await.unwrap() })
+        });
+        if waiter.is_some() {
+            until_keys(client, name, 2).await;
+        }
+        let polls = rand::rng().random_range(0..40);
+        let done = {
+            let fut = ma.relock(&mut guard);
+            tokio::select! {
+                biased;
+                r = fut => { r.unwrap(); true }
+                _ = yield_times(polls) => false,
+            }
+        };
+        if guard.is_valid() {
+            relocked += 1;
+            guard.unlock().await.unwrap();
+        } else {
+            assert!(!done, "a relock that returned Ok must hold");
+            released += 1;
+            drop(guard);
+        }
+        if let Some(w) = waiter {
+            tokio::time::timeout(SOON, w).await.expect("the waiter never got the lock").unwrap();
+        }
+    }
+    a.settle().await;
+    assert!(a.is_valid() && b.is_valid());
+    assert!(keys(client, name).await.is_empty(), "keys left after {attempts} cancelled relocks");
+    assert!(released > 0, "no relock was cancelled ({relocked} completed)");
+    ma.lock_timeout(SOON).await.unwrap().unlock().await.unwrap();
+}
+
+/// A relock key left behind by a crashed holder whose lease a new process re-attached does
+/// not block that session: its next lock deletes the leftover in the same step.
+pub async fn relock_leftover_is_reclaimed(client: &Client) {
+    let name = "relock-leftover";
+    let a = client.session().await.unwrap();
+    let ma = Mutex::new(&a, name).unwrap();
+    let mut guard = ma.lock().await.unwrap();
+    ma.relock(&mut guard).await.unwrap();
+    assert_eq!(guard.key(), ma.relock_key());
+    std::mem::forget(guard); // a "crashed" process: no release
+    let again = client.session_builder().attach(a.lease_id()).open().await.unwrap();
+    let m = Mutex::new(&again, name).unwrap();
+    let g = m.lock_timeout(SOON).await.expect("blocked by its own leftover relock key");
+    assert_eq!(keys(client, name).await, vec![m.key().to_owned()]);
+    g.unlock().await.unwrap();
+    assert!(keys(client, name).await.is_empty());
 }
