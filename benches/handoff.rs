@@ -94,9 +94,10 @@ async fn cycles(
             let mutex = Mutex::new(&session, &name).unwrap().with_strategy(strategy);
             if let Peer::Relock(_) = peer {
                 // Every cycle releases and queues again in one transaction; the first lock
-                // and the last unlock are outside the clock, as a looping worker's would be.
-                let mut g = mutex.lock().await.unwrap();
+                // and the last unlock are outside the per-cycle times, as a looping worker's
+                // would be (after the barrier: the other tasks must reach it).
                 start.wait().await;
+                let mut g = mutex.lock().await.unwrap();
                 for _ in 0..cycles {
                     let t = Instant::now();
                     mutex.relock(&mut g).await.unwrap();

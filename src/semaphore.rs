@@ -144,6 +144,78 @@ impl Semaphore {
         }
     }
 
+    /// Returns `permit` and queues for a permit again **in one transaction**: a worker
+    /// that takes a permit per job pays one commit per job instead of two. Fair: whoever
+    /// was queued when the permit is returned is admitted first; when a permit is free the
+    /// new one is held at once, with a new (greater) fencing token and a new key.
+    ///
+    /// With [`Strategy::Optimistic`] this is [`release`](Permit::release) followed by
+    /// [`acquire`](Self::acquire).
+    ///
+    /// Errors: [`Error::InvalidArgument`] if `permit` is not this semaphore's (another name
+    /// or session), [`Error::NotHeld`] if it no longer holds, and the errors of
+    /// [`acquire`](Self::acquire) while it checks the stored count: all leave `permit` as
+    /// it was. Any later error, or dropping the future, leaves `permit` released and no new
+    /// key behind.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
+    /// use leasehold::{Client, Semaphore};
+    /// let session = Client::memory().session().await?;
+    /// let workers = Semaphore::new(&session, "render-farm", 2)?;
+    /// let mut permit = workers.acquire().await?;
+    /// for _ in 0..3 {
+    ///     let before = permit.fencing_token();
+    ///     // ... one job under the permit, then let any waiter go first ...
+    ///     workers.reacquire(&mut permit).await?;
+    ///     assert!(permit.fencing_token() > before);
+    /// }
+    /// permit.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn reacquire(&self, permit: &mut Permit) -> Result<()> {
+        let own = format!("{}{:x}-", self.prefix, self.session.lease_id());
+        if permit.session().lease_id() != self.session.lease_id() || !permit.key().starts_with(&own) {
+            return Err(Error::InvalidArgument {
+                what: "semaphore",
+                reason: format!("reacquire: {} is not this session's permit of {:?}", permit.key(), self.name),
+            });
+        }
+        if !permit.hold.is_valid() {
+            return Err(Error::NotHeld {
+                what: "semaphore",
+                reason: format!("reacquire: {} is released or lost", permit.key()),
+            });
+        }
+        let limit = self.stored_count().await? as usize;
+        let placeholder = permit.hold.released_copy();
+        let hold = std::mem::replace(&mut permit.hold, placeholder);
+        if self.strategy == Strategy::Optimistic {
+            hold.release().await?;
+            *permit = self.acquire().await?;
+            return Ok(());
+        }
+        let timer = crate::metrics::Acquire::start("semaphore");
+        let span = tracing::debug_span!("semaphore.reacquire", name = %self.name, permits = self.permits);
+        let ticket = Ticket {
+            what: "semaphore",
+            req: self.request(self.next_key(), limit),
+            local: None,
+            adopt: false,
+            replaces: Some(hold),
+        };
+        let hold = match enqueue(&self.session, ticket, Wait::Forever, Rule::AmongFirst(limit)).instrument(span).await?
+        {
+            Admission::Held(hold, _) => hold,
+            // The old permit went in that transaction; queue with a fresh key.
+            Admission::KeyTaken => self.acquire_queued(Wait::Forever, limit).await?.expect("waits until held").hold,
+            Admission::NotAdmitted => unreachable!("waits until held"),
+        };
+        timer.done(hold.was_contended());
+        permit.hold = hold;
+        Ok(())
+    }
+
     async fn acquire_with(&self, wait: Wait) -> Result<Option<Permit>> {
         let timer = crate::metrics::Acquire::start("semaphore");
         self.session.check()?;

@@ -244,13 +244,16 @@ pub async fn close_releases(client: &Client) {
     Mutex::new(&b, "close").unwrap().try_lock().await.unwrap().expect("free after close");
 }
 
-/// Waits (bounded by [`SOON`]) until `name` has `n` keys.
+/// Waits (on a watch, bounded by [`SOON`]) until `name` has `n` keys.
 async fn until_keys(client: &Client, name: &str, n: usize) {
-    let deadline = tokio::time::Instant::now() + SOON;
-    while keys(client, name).await.len() != n {
-        assert!(tokio::time::Instant::now() < deadline, "{name}: never {n} keys");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let prefix = client.prefix_of(name).unwrap();
+    let mut watch = client.backend().watch_prefix(&prefix).await.unwrap();
+    let reached = async {
+        while keys(client, name).await.len() != n {
+            watch.next().await.unwrap();
+        }
+    };
+    tokio::time::timeout(SOON, reached).await.unwrap_or_else(|_| panic!("{name}: never {n} keys"));
 }
 
 /// A relock releases and queues again in one transaction: alone, it gets the lock back at

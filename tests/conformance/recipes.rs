@@ -608,3 +608,73 @@ pub async fn election_one_campaign_per_session(client: &Client) {
     assert!(next.fencing_token() > first_token);
     assert_eq!(election.leader().await.unwrap().unwrap().value, b"second");
 }
+
+/// Reacquire returns a permit and queues again in one transaction: with a permit free it
+/// holds again at once (a new key, a greater token; the old key's delete and the new key's
+/// put share one revision); with every permit taken and a waiter queued, the waiter goes
+/// first. Misuse is a typed error that leaves the permit held.
+pub async fn semaphore_reacquire(client: &Client) {
+    let name = fresh("sem-reacquire");
+    let prefix = client.prefix_of(&name).unwrap();
+    let s = sessions(client, 3).await;
+    let sem: Vec<Semaphore> = s.iter().map(|s| Semaphore::new(s, &name, 2).unwrap()).collect();
+    let mut permit = sem[0].acquire().await.unwrap();
+    for _ in 0..3 {
+        let mut watch = client.backend().watch_prefix(&prefix).await.unwrap();
+        let (old_key, old_token) = (permit.key().to_owned(), permit.fencing_token());
+        sem[0].reacquire(&mut permit).await.unwrap();
+        assert!(permit.is_valid() && permit.fencing_token() > old_token);
+        assert_ne!(permit.key(), old_key);
+        assert_eq!(keys(client, &prefix).await, vec![permit.key().to_owned()], "old key left behind");
+        let batch = within("the reacquire's events", watch.next()).await.unwrap();
+        let deleted =
+            batch.iter().any(|e| matches!(e, leasehold::backend::WatchEvent::Delete { key, .. } if *key == old_key));
+        let put = batch.iter().any(|e| matches!(e, leasehold::backend::WatchEvent::Put(kv) if kv.key == permit.key()));
+        assert!(deleted && put, "the delete and the put are not one revision: {batch:?}");
+    }
+
+    // Misuse leaves the permit held.
+    let other = Semaphore::new(&s[0], &fresh("sem-reacquire-other"), 2).unwrap();
+    let r = other.reacquire(&mut permit).await;
+    assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+    let r = sem[1].reacquire(&mut permit).await;
+    assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+    assert!(permit.is_valid());
+
+    // Both permits taken, a waiter queued: the waiter is admitted before the reacquire.
+    let second = sem[1].acquire().await.unwrap();
+    let (got_tx, got_rx) = tokio::sync::oneshot::channel();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let third = sem[2].clone();
+    let waiter = tokio::spawn(async move {
+        let p = third.acquire().await.unwrap();
+        got_tx.send(p.fencing_token()).unwrap();
+        go_rx.await.unwrap();
+        p.release().await.unwrap();
+    });
+    until_keys(client, &prefix, 3).await;
+    let before = permit.fencing_token();
+    let first = sem[0].clone();
+    let reacquiring = tokio::spawn(async move {
+        first.reacquire(&mut permit).await.unwrap();
+        permit
+    });
+    let waiter_token = within("the waiter's admission", got_rx).await.unwrap();
+    assert!(waiter_token > before);
+    assert!(!reacquiring.is_finished(), "reacquired while both permits were held by others");
+    second.release().await.unwrap();
+    let permit = within("the reacquire", reacquiring).await.unwrap();
+    assert!(permit.fencing_token() > waiter_token);
+    go_tx.send(()).unwrap();
+    waiter.await.unwrap();
+    permit.release().await.unwrap();
+
+    // Optimistic: release + acquire.
+    let opt = Semaphore::new(&s[0], &name, 2).unwrap().with_strategy(Strategy::Optimistic);
+    let mut p = opt.acquire().await.unwrap();
+    let t = p.fencing_token();
+    opt.reacquire(&mut p).await.unwrap();
+    assert!(p.is_valid() && p.fencing_token() > t);
+    p.release().await.unwrap();
+    assert!(keys(client, &prefix).await.is_empty());
+}
