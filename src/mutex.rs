@@ -217,7 +217,8 @@ impl Mutex {
     /// [`lock`](Self::lock).
     ///
     /// Errors: [`Error::InvalidArgument`] if `guard` is not this mutex's (another name or
-    /// session) and [`Error::NotHeld`] if it no longer holds; both leave `guard` as it was.
+    /// session), [`Error::SessionLost`] if the session is lost and [`Error::NotHeld`] if the
+    /// guard was released: these leave `guard` as it was.
     /// Any later error, or dropping the future, leaves `guard` released (the old key is
     /// deleted in the background if the transaction did not delete it) and no new key
     /// behind, as for a cancelled [`lock`](Self::lock).
@@ -246,6 +247,7 @@ impl Mutex {
                 reason: format!("relock: {} is not this session's key for {:?}", guard.key(), self.name),
             });
         }
+        self.session.check()?;
         if !guard.hold.is_valid() {
             return Err(Error::NotHeld {
                 what: "mutex",

@@ -153,7 +153,8 @@ impl Semaphore {
     /// [`acquire`](Self::acquire).
     ///
     /// Errors: [`Error::InvalidArgument`] if `permit` is not this semaphore's (another name
-    /// or session), [`Error::NotHeld`] if it no longer holds, and the errors of
+    /// or session), [`Error::SessionLost`] if the session is lost, [`Error::NotHeld`] if the
+    /// permit was released, and the errors of
     /// [`acquire`](Self::acquire) while it checks the stored count: all leave `permit` as
     /// it was. Any later error, or dropping the future, leaves `permit` released and no new
     /// key behind.
@@ -181,6 +182,7 @@ impl Semaphore {
                 reason: format!("reacquire: {} is not this session's permit of {:?}", permit.key(), self.name),
             });
         }
+        self.session.check()?;
         if !permit.hold.is_valid() {
             return Err(Error::NotHeld {
                 what: "semaphore",

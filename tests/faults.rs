@@ -7,7 +7,8 @@
 //! strategies mixed, the second mutex with lock-delay) and one on the semaphore
 //! [`SEMAPHORE`] of [`PERMITS`] permits. A client loops: acquire (waiting, with a timeout, or
 //! cancelled at a random point by dropping the future), write an `enter` entry, hold for a
-//! moment, write an `exit` entry, release. It never checks `is_valid()` before writing: a
+//! moment, write an `exit` entry, and (a third of the time) relock or reacquire — release
+//! and queue again in one transaction — and hold once more, then release. It never checks `is_valid()` before writing: a
 //! pause can always fall between such a check and the write, so the suite makes that worst
 //! case the normal one.
 //!
@@ -108,6 +109,8 @@ const ENV_SEED: &str = "LEASEHOLD_FAULTS_SEED";
 struct Stats {
     sessions: u64,
     acquired: u64,
+    /// Acquisitions made by `Mutex::relock` / `Semaphore::reacquire` (counted in `acquired` too).
+    relocked: u64,
     cancelled: u64,
     timeouts: u64,
     accepted: u64,
@@ -126,9 +129,10 @@ struct Stats {
 }
 
 impl Stats {
-    const FIELDS: [&'static str; 14] = [
+    const FIELDS: [&'static str; 15] = [
         "sessions",
         "acquired",
+        "relocked",
         "cancelled",
         "timeouts",
         "accepted",
@@ -143,10 +147,11 @@ impl Stats {
         "max_wait_cas_ms",
     ];
 
-    fn values(&self) -> [u64; 14] {
+    fn values(&self) -> [u64; 15] {
         [
             self.sessions,
             self.acquired,
+            self.relocked,
             self.cancelled,
             self.timeouts,
             self.accepted,
@@ -162,10 +167,11 @@ impl Stats {
         ]
     }
 
-    fn values_mut(&mut self) -> [&mut u64; 14] {
+    fn values_mut(&mut self) -> [&mut u64; 15] {
         [
             &mut self.sessions,
             &mut self.acquired,
+            &mut self.relocked,
             &mut self.cancelled,
             &mut self.timeouts,
             &mut self.accepted,
@@ -273,6 +279,15 @@ impl Target {
 }
 
 impl Held {
+    /// Releases and queues again in one transaction (`Mutex::relock`, `Semaphore::reacquire`).
+    async fn again(&mut self, target: &Target) -> leasehold::Result<()> {
+        match (self, target) {
+            (Held::Mutex(g), Target::Mutex(m)) => m.relock(g).await,
+            (Held::Permit(p), Target::Semaphore(s)) => s.reacquire(p).await,
+            _ => unreachable!("a guard comes from its own target"),
+        }
+    }
+
     fn token(&self) -> u64 {
         match self {
             Held::Mutex(g) => g.fencing_token(),
@@ -416,7 +431,7 @@ impl ClientRun {
                 }
             }
         };
-        let held = match outcome {
+        let mut held = match outcome {
             None => {
                 self.st.cancelled += 1;
                 return false;
@@ -428,10 +443,33 @@ impl ClientRun {
         let name = self.resource.name();
         println!("HOLD {} {name} 1", self.worker);
         let mut replace = false;
-        if self.write(&held, "enter").await {
-            let hold = Duration::from_millis(self.rng.random_range(HOLD_MS));
-            tokio::time::sleep(hold).await; // a SIGSTOP here is the pause fencing must survive
-            self.write(&held, "exit").await;
+        let mut rounds = 1 + u32::from(self.rng.random_range(0..3) == 0); // a third relock once
+        while rounds > 0 {
+            rounds -= 1;
+            if self.write(&held, "enter").await {
+                let hold = Duration::from_millis(self.rng.random_range(HOLD_MS));
+                tokio::time::sleep(hold).await; // a SIGSTOP here is the pause fencing must survive
+                self.write(&held, "exit").await;
+            }
+            if rounds == 0 {
+                break;
+            }
+            // Release and queue again in one transaction; a relock cut off by the end of the
+            // run (or failing) leaves the guard released, and the release below does nothing.
+            match tokio::time::timeout_at(self.end, held.again(&target)).await {
+                Ok(Ok(())) => {
+                    self.st.acquired += 1;
+                    self.st.relocked += 1;
+                }
+                Ok(Err(e)) => {
+                    replace = self.st.error(&e);
+                    break;
+                }
+                Err(_) => {
+                    self.st.cut_at_end += 1;
+                    break;
+                }
+            }
         }
         match tokio::time::timeout(OP_LIMIT, held.release()).await {
             Ok(Ok(())) => {}
@@ -935,8 +973,9 @@ fn render(o: &Outcome, plan: &Plan, seed: u64) -> String {
     let st = &o.totals;
     writeln!(
         t,
-        "  operations: {} acquisitions, {} writes accepted, {} refused (stale), {} unknown outcome, {} sessions",
-        st.acquired, st.accepted, st.refused, st.unknown, st.sessions
+        "  operations: {} acquisitions ({} by relock/reacquire), {} writes accepted, {} refused (stale), \
+         {} unknown outcome, {} sessions",
+        st.acquired, st.relocked, st.accepted, st.refused, st.unknown, st.sessions
     )
     .unwrap();
     writeln!(
@@ -1006,6 +1045,7 @@ fn fault_suite_on_three_members() {
     assert!(o.injected.get(&Fault::StopWorkerHolding).is_some_and(|&n| n > 0), "no holder was paused\n{}", o.text);
     assert!(st.refused > 0, "no stale write was attempted, so the fence was never tested\n{}", o.text);
     assert!(st.cancelled > 0 && st.session_lost > 0, "{}", o.text);
+    assert!(st.relocked > 0, "no relock or reacquire happened\n{}", o.text);
     for (name, r) in &o.reports {
         assert!(r.holders >= 10, "{name}: too little happened\n{}", o.text);
     }
