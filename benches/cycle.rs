@@ -23,10 +23,25 @@ fn cycles(c: &mut Criterion, rt: &Runtime, backend: &str, session: &Session) {
             b.to_async(rt).iter(|| async { m.lock().await.unwrap().unlock().await.unwrap() })
         });
     }
+    // A worker that keeps the lock: each iteration one relock (release and queue again in
+    // one transaction) instead of an unlock and a lock.
+    let m = Mutex::new(session, "mutex-relock").unwrap();
+    let guard = rt.block_on(m.lock()).unwrap();
+    let held = tokio::sync::Mutex::new(guard);
+    group.bench_function("mutex/relock", |b| {
+        b.to_async(rt).iter(|| async { m.relock(&mut *held.lock().await).await.unwrap() })
+    });
+    rt.block_on(held.into_inner().unlock()).unwrap();
     let sem = Semaphore::new(session, "sem", 4).unwrap();
     group.bench_function("semaphore", |b| {
         b.to_async(rt).iter(|| async { sem.acquire().await.unwrap().release().await.unwrap() })
     });
+    let permit = rt.block_on(sem.acquire()).unwrap();
+    let held = tokio::sync::Mutex::new(permit);
+    group.bench_function("semaphore/reacquire", |b| {
+        b.to_async(rt).iter(|| async { sem.reacquire(&mut *held.lock().await).await.unwrap() })
+    });
+    rt.block_on(held.into_inner().release()).unwrap();
     let e = Election::new(session, "election").unwrap();
     group.bench_function("election", |b| {
         b.to_async(rt).iter(|| async { e.campaign("v").await.unwrap().resign().await.unwrap() })
