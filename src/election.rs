@@ -3,6 +3,7 @@
 use crate::backend::{CreateRequest, KeyValue, LeaseId, Precondition, Write};
 use crate::error::Result;
 use crate::guard::{held_accessors, Holding};
+use crate::lock_delay::{self, Admit, LockDelay};
 use crate::queue::{enqueue, local_slot, Admission, Rule, Subscription, Ticket, Wait};
 use crate::{Client, Session};
 use tracing::Instrument;
@@ -48,6 +49,7 @@ pub struct Election {
     name: String,
     prefix: String,
     key: String,
+    lock_delay: Option<LockDelay>,
 }
 
 /// The leader of an election, as read from the store.
@@ -74,7 +76,28 @@ impl Election {
     pub fn new(session: &Session, name: &str) -> Result<Self> {
         let prefix = session.client().prefix_of(name)?;
         let key = format!("{prefix}{:x}", session.lease_id());
-        Ok(Self { session: session.clone(), name: name.to_owned(), prefix, key })
+        Ok(Self { session: session.clone(), name: name.to_owned(), prefix, key, lock_delay: None })
+    }
+
+    /// Enables **lock-delay** (Chubby, Consul): after a leader loses leadership without a
+    /// clean [`resign`](Leadership::resign) (its lease expired because it crashed, paused or
+    /// was cut off; its session was closed; or its `Leadership` was dropped), the next
+    /// leader waits `delay` before its campaign returns, counted from the moment it was
+    /// elected (after the old key was gone), keeping its place meanwhile. A clean `resign`
+    /// hands over with no delay. `Duration::ZERO` turns it off (the default).
+    ///
+    /// For leaders that act on resources which check no fencing token: choose `delay`
+    /// longer than the old leader's actions can be in flight. The marker is the same one a
+    /// [`Mutex`](crate::Mutex) of this name with lock-delay uses (`docs/guarantees.md`).
+    pub fn with_lock_delay(mut self, delay: std::time::Duration) -> Self {
+        self.lock_delay = (!delay.is_zero())
+            .then(|| LockDelay::new(delay, self.session.client().reserved_key(lock_delay::AREA, &self.name)));
+        self
+    }
+
+    /// The lock-delay, if enabled.
+    pub fn lock_delay(&self) -> Option<std::time::Duration> {
+        self.lock_delay.as_ref().map(LockDelay::delay)
     }
 
     /// The name.
@@ -138,7 +161,16 @@ impl Election {
                 Admission::NotAdmitted => return Ok(None),
                 Admission::KeyTaken => unreachable!("adopt is set"),
             };
-            let leadership = Leadership { hold };
+            let mut leadership = Leadership { hold, marker: None };
+            if let Some(delay) = &self.lock_delay {
+                match delay.admit("election", &leadership.hold, wait).await? {
+                    Admit::Hold => leadership.marker = Some(delay.marker().to_owned()),
+                    Admit::GiveUp => {
+                        leadership.hold.release().await?;
+                        return Ok(None);
+                    }
+                }
+            }
             if kv.value != value {
                 leadership.proclaim(value).await?;
             }
@@ -216,6 +248,8 @@ impl Observer {
 #[derive(Debug)]
 pub struct Leadership {
     hold: Holding,
+    /// With lock-delay: the marker a clean resign clears.
+    marker: Option<String>,
 }
 
 impl Leadership {
@@ -234,8 +268,12 @@ impl Leadership {
     }
 
     /// Gives leadership up (deleting the key only if it is still this term's), so that the
-    /// next candidate is elected.
+    /// next candidate is elected. With [lock-delay](Election::with_lock_delay), this is the
+    /// clean hand-over: the next leader does not wait (dropping the leadership is not).
     pub async fn resign(self) -> Result<()> {
-        self.hold.release().await
+        match self.marker {
+            Some(marker) => self.hold.release_writing(vec![Write::Delete { key: marker }]).await,
+            None => self.hold.release().await,
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! Lock-delay, in the style of Chubby and Consul: after a holder's lease *expires* (rather
+//! Lock-delay, in the style of Chubby and Consul, for a [`Mutex`](crate::Mutex) and an
+//! [`Election`](crate::Election): after a holder's lease *expires* (rather
 //! than the holder releasing cleanly), nobody gets the name for a configured delay, so that
 //! writes the old holder sent just before it lost the lock, to resources that check no
 //! token, have time to land (or die) before the next holder starts.
@@ -9,8 +10,8 @@
 //!
 //! - An acquirer that has been **admitted** writes its token to the marker (a fenced write:
 //!   applied only while its key still exists) **before** it returns the guard.
-//! - A clean [`unlock`](crate::MutexGuard::unlock) deletes its key **and** the marker in one
-//!   fenced transaction.
+//! - A clean [`unlock`](crate::MutexGuard::unlock) (or [`resign`](crate::Leadership::resign))
+//!   deletes its key **and** the marker in one fenced transaction.
 //! - So an admitted acquirer that finds the marker holding another (older) token knows that
 //!   holder got its guard and did not unlock: its lease expired (a crash, a pause, a
 //!   partition), its session was closed, or its guard was dropped (perhaps by a panic in the
@@ -75,7 +76,7 @@ impl LockDelay {
     /// Runs once `hold` has been admitted: waits out the delay if the previous holder did
     /// not release cleanly (see the [module docs](self)), then records `hold` as the holder.
     /// Fails with [`Error::SessionLost`] if the key or the session is lost meanwhile.
-    pub(crate) async fn admit(&self, hold: &Holding, wait: Wait) -> Result<Admit> {
+    pub(crate) async fn admit(&self, what: &'static str, hold: &Holding, wait: Wait) -> Result<Admit> {
         let admitted = Instant::now();
         let backend = hold.session().client().backend().clone();
         let token = hold.token();
@@ -119,7 +120,7 @@ impl LockDelay {
             }
         }
         let record = || Write::Put { key: self.marker.clone(), value: token.to_string().into_bytes(), lease: None };
-        match Backoff::default().retry(|| hold.fenced("mutex", vec![record()])).await {
+        match Backoff::default().retry(|| hold.fenced(what, vec![record()])).await {
             Ok(()) => Ok(Admit::Hold),
             // Our key is gone: the lease expired while we waited.
             Err(Error::NotHeld { .. }) => Err(Error::SessionLost { lease: hold.session().lease_id() }),

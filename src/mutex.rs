@@ -333,7 +333,7 @@ impl Mutex {
 
     /// Lock-delay, once admitted: see [`crate::lock_delay`].
     async fn after_delay(mut guard: MutexGuard, delay: &LockDelay, wait: Wait) -> Result<Option<MutexGuard>> {
-        match delay.admit(&guard.hold, wait).await? {
+        match delay.admit("mutex", &guard.hold, wait).await? {
             Admit::Hold => {
                 guard.marker = Some(delay.marker().to_owned());
                 Ok(Some(guard))

@@ -356,3 +356,39 @@ fn observe_prints_every_change() {
     observer.kill().unwrap();
     observer.wait().unwrap();
 }
+
+/// `--lock-delay`: after a holder is SIGKILLed (no clean release), the next `lock` / `elect`
+/// runs its command no sooner than the delay after the old lease could have expired; after
+/// a clean exit the next one runs at once.
+#[test]
+fn lock_delay_after_sigkill_but_not_after_a_clean_exit() {
+    let etcd = EtcdCluster::single();
+    let delay = Duration::from_secs(3);
+    for args in [&["lock", "cli-ld"][..], &["elect", "cli-ld-elect"][..]] {
+        let delayed = |extra: &[&str]| {
+            let mut c = leasehold(&etcd);
+            c.args(args).args(["--lock-delay", "3s", "--ttl", "2s"]).args(extra);
+            c
+        };
+        // A clean exit clears the marker: the next holder runs at once.
+        let out = delayed(&["--", "true"]).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let started = Instant::now();
+        let out = delayed(&["--try", "--", "true"]).output().unwrap();
+        assert!(out.status.success(), "{args:?}: a clean exit left a delay: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(started.elapsed() < delay);
+
+        let mut holder =
+            delayed(&["--", "sh", "-c", "echo started $$; exec sleep 60"]).stdout(Stdio::piped()).spawn().unwrap();
+        let child = wait_started(&mut holder);
+        holder.kill().unwrap(); // SIGKILL: no release, no revoke
+        holder.wait().unwrap();
+        let _ = Command::new("kill").args(["-KILL", &child.to_string()]).status();
+        let killed = Instant::now();
+        let out = delayed(&["--timeout", "30s", "--", "true"]).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let waited = killed.elapsed();
+        assert!(waited >= delay, "{args:?}: ran {waited:?} after the SIGKILL (delay {delay:?})");
+        assert!(waited < Duration::from_secs(20), "{args:?}: came back only after {waited:?}");
+    }
+}

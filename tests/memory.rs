@@ -119,6 +119,13 @@ mod lock_delay {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn election_expiry_delays_the_next_leader() {
+        let (backend, client) = memory();
+        let waited = ld::election_expiry_delays_the_next_leader(&client, &|l| backend.expire_lease(l), DELAY).await;
+        assert!(waited <= DELAY + EXACT, "waited {waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn dropped_guard_is_not_clean() {
         ld::dropped_guard_is_not_clean(&memory().1, DELAY).await;
     }

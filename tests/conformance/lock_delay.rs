@@ -1,10 +1,11 @@
-//! Lock-delay checks (`Mutex::with_lock_delay`), run by every backend's test file.
+//! Lock-delay checks (`Mutex::with_lock_delay`, `Election::with_lock_delay`), run by every
+//! backend's test file.
 //!
 //! Times are lower bounds: "not acquired before the delay", a correctness property. The
 //! memory backend runs them with paused time and also checks the upper bounds the checks
 //! return. `crash(lease)` makes a lease vanish on the server as if its holder had died.
 
-use leasehold::{Client, Error, Mutex, Strategy};
+use leasehold::{Client, Election, Error, Mutex, Strategy};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -169,4 +170,43 @@ pub async fn session_lost_during_the_delay(client: &Client, crash: Crash<'_>, de
     let r = tokio::time::timeout(LIMIT + delay, waiting).await.expect("returned").unwrap();
     assert!(matches!(r, Err(Error::SessionLost { .. })), "{r:?}");
     assert_eq!(keys(client, &name).await, 0);
+}
+
+/// `Election::with_lock_delay`: a clean resign hands leadership over without the delay; a
+/// leader whose lease expires delays the next leader by the delay, nobody else leads
+/// meanwhile, and the next leader's clean resign ends it. Returns how long after the
+/// expiry the next leader was elected.
+pub async fn election_expiry_delays_the_next_leader(client: &Client, crash: Crash<'_>, delay: Duration) -> Duration {
+    let name = fresh("ld-elect");
+    let (a, b, c) = (client.session().await.unwrap(), client.session().await.unwrap(), client.session().await.unwrap());
+    let ea = Election::new(&a, &name).unwrap().with_lock_delay(delay);
+    assert_eq!(ea.lock_delay(), Some(delay));
+    let first = ea.campaign("a").await.unwrap();
+    let eb = Election::new(&b, &name).unwrap().with_lock_delay(delay);
+    let waiting = tokio::spawn(async move { eb.campaign("b").await.map(|l| (Instant::now(), l)) });
+    until_keys(client, &name, 2).await;
+    let resigned = Instant::now();
+    first.resign().await.unwrap();
+    let (got, second) = tokio::time::timeout(LIMIT, waiting).await.expect("b was elected").unwrap().unwrap();
+    assert!(got - resigned < delay, "a clean resign delayed the next leader by {:?}", got - resigned);
+
+    let ec = Election::new(&c, &name).unwrap().with_lock_delay(delay);
+    let waiting = tokio::spawn(async move { ec.campaign("c").await.map(|l| (Instant::now(), l)) });
+    until_keys(client, &name, 2).await;
+    let crashed = Instant::now();
+    crash(b.lease_id());
+    let again = Election::new(&a, &name).unwrap().with_lock_delay(delay);
+    assert!(again.try_campaign("a").await.unwrap().is_none(), "a third candidate led during the delay");
+    let (got, third) = tokio::time::timeout(LIMIT + delay, waiting).await.expect("c was elected").unwrap().unwrap();
+    let waited = got - crashed;
+    assert!(waited >= delay, "the next leader was elected {waited:?} after the expiry (delay {delay:?})");
+    assert!(third.fencing_token() > second.fencing_token());
+    assert_eq!(again.leader().await.unwrap().map(|l| l.value), Some(b"c".to_vec()));
+    let r = second.proclaim("stale").await;
+    assert!(matches!(r, Err(Error::NotHeld { .. })), "{r:?}");
+    third.resign().await.unwrap();
+    let fourth = again.try_campaign("a").await.unwrap().expect("free at once after a clean resign");
+    fourth.resign().await.unwrap();
+    assert_eq!(keys(client, &name).await, 0);
+    waited
 }

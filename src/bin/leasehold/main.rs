@@ -116,6 +116,10 @@ enum Cmd {
         name: String,
         #[arg(long, value_enum, default_value = "pessimistic")]
         strategy: StrategyArg,
+        /// After a holder that did not release cleanly (killed, or paused past its TTL),
+        /// wait this long before running CMD (Chubby's lock-delay; off by default).
+        #[arg(long, value_parser = parse_duration)]
+        lock_delay: Option<Duration>,
         #[command(flatten)]
         hold: Hold,
         /// The command and its arguments (after --).
@@ -151,6 +155,10 @@ enum Cmd {
         /// With --observe: one JSON object per line.
         #[arg(long, requires = "observe")]
         json: bool,
+        /// After a leader that did not release cleanly (killed, or paused past its TTL),
+        /// the next leader waits this long before running CMD (Chubby's lock-delay; off by default).
+        #[arg(long, value_parser = parse_duration, conflicts_with = "observe")]
+        lock_delay: Option<Duration>,
         #[command(flatten)]
         hold: Hold,
         /// The command and its arguments (after --).
@@ -383,9 +391,11 @@ async fn finish(
 async fn run(cli: Cli) -> Result<u8, Fail> {
     let client = connect(&cli.conn).await?;
     match cli.command {
-        Cmd::Lock { name, strategy: st, hold, cmd } => {
+        Cmd::Lock { name, strategy: st, lock_delay, hold, cmd } => {
             let session = client.session_builder().ttl(hold.ttl).open().await?;
-            let mutex = Mutex::new(&session, &name)?.with_strategy(strategy(st));
+            let mutex = Mutex::new(&session, &name)?
+                .with_strategy(strategy(st))
+                .with_lock_delay(lock_delay.unwrap_or(Duration::ZERO));
             let guard = Guard::Mutex(match hold.how() {
                 How::Try => taken(mutex.try_lock().await?, "lock", &name)?,
                 How::Within(t) => interruptible(mutex.lock_timeout(t)).await?,
@@ -413,9 +423,9 @@ async fn run(cli: Cli) -> Result<u8, Fail> {
                 }
             }
         }
-        Cmd::Elect { name, value, hold, cmd, .. } => {
+        Cmd::Elect { name, value, lock_delay, hold, cmd, .. } => {
             let session = client.session_builder().ttl(hold.ttl).open().await?;
-            let election = Election::new(&session, &name)?;
+            let election = Election::new(&session, &name)?.with_lock_delay(lock_delay.unwrap_or(Duration::ZERO));
             let value = value.unwrap_or_else(|| format!("pid-{}", std::process::id()));
             let guard = Guard::Leader(match hold.how() {
                 How::Try => taken(election.try_campaign(value).await?, "election", &name)?,
