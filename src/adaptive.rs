@@ -40,6 +40,9 @@ pub const ALPHA: f64 = 0.25;
 pub const CONFLICT_ALPHA: f64 = 0.1;
 /// Conflicts per optimistic operation above which the handle starts queueing.
 pub const TO_QUEUE: f64 = 1.0;
+/// Conflicts per optimistic operation from which a register handle's update yields to a
+/// busy queue before writing, rather than after a write that fails.
+pub const CONTENDED: f64 = 0.5;
 /// Share of queued operations that waited, below which the handle goes optimistic again.
 pub const TO_OPTIMISTIC: f64 = 0.2;
 /// Queued operations before the handle may go back.
@@ -87,6 +90,12 @@ impl Adaptive {
     /// Whether the next operation should queue.
     pub(crate) fn queue_next(&self) -> bool {
         self.state.lock().queued
+    }
+
+    /// Whether an optimistic handle already meets contention (its conflict average is at
+    /// least [`CONTENDED`]): its register updates yield to a busy queue before writing.
+    pub(crate) fn contended(&self) -> bool {
+        self.state.lock().conflicts >= CONTENDED
     }
 
     /// Records an optimistic operation that met `conflicts` failed attempts.

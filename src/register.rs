@@ -194,7 +194,20 @@ impl Register {
         Fut: Future<Output = Option<Vec<u8>>> + Send,
     {
         let backend = self.session.client().backend();
-        let mut current = backend.get(&self.key).await?;
+        let mut current = if yield_to_queue && (attempts.is_some() || self.adaptive.contended()) {
+            // While anyone holds or waits for the lock the write below would fail: a probe,
+            // or an update of a handle that already meets contention, yields now without
+            // that doomed transaction (it counts as the one conflict it was). A handle that
+            // meets little contention still tries: a short queue often drains before its
+            // write, and yielding at every glimpse of one would keep the queue fed.
+            let (kv, locked) = backend.get_checking_lock(&self.key, &self.lock_prefix).await?;
+            if locked {
+                return Ok(Optimistic::Yield { conflicts: 1 });
+            }
+            kv
+        } else {
+            backend.get(&self.key).await?
+        };
         let mut delays = self.backoff.delays();
         let mut conflicts = 0;
         loop {

@@ -93,6 +93,9 @@ impl Backend for Counting {
         self.write();
         self.inner.compare_and_swap_unlocked(key, expected, value, lock_prefix).await
     }
+    async fn get_checking_lock(&self, key: &str, lock_prefix: &str) -> Result<(Option<KeyValue>, bool)> {
+        self.inner.get_checking_lock(key, lock_prefix).await
+    }
     async fn write_if(&self, conditions: &[Condition], writes: Vec<Write>) -> Result<bool> {
         self.write();
         self.inner.write_if(conditions, writes).await

@@ -500,6 +500,19 @@ impl Backend for EtcdBackend {
         Ok(CreateResponse { created, mine, head: range_at(&resp, skip + 1), revision: at })
     }
 
+    async fn get_checking_lock(&self, key: &str, lock_prefix: &str) -> Result<(Option<KeyValue>, bool)> {
+        // Read-only: etcd answers it without a raft entry. The lock is counted, not read.
+        let count = GetOptions::new().with_prefix().with_count_only();
+        let txn = Txn::new().and_then([TxnOp::get(key, None), TxnOp::get(lock_prefix, Some(count))]);
+        let resp = self.txn(txn).await?;
+        let kv = range_at(&resp, 0).into_iter().next();
+        let locked = match resp.op_responses().into_iter().nth(1) {
+            Some(TxnOpResponse::Get(g)) => g.count() > 0,
+            _ => return Err(Error::Store("etcd: lock count missing from the response".into())),
+        };
+        Ok((kv, locked))
+    }
+
     async fn delete_if_created(&self, key: &str, create_revision: Revision) -> Result<bool> {
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, create_revision)])

@@ -306,6 +306,18 @@ pub trait Backend: Send + Sync + Debug + 'static {
         Ok(UnlockedCasResponse { cas: CasResponse { swapped, current, revision }, locked })
     }
 
+    /// Reads `key` and whether any key exists under `lock_prefix` (someone holds or waits
+    /// for that lock): the adaptive register's first read, so that an update which would
+    /// have to yield to the queue does so without a doomed write. Like
+    /// [`compare_and_swap_unlocked`](Backend::compare_and_swap_unlocked)'s failure report,
+    /// `locked` is advice. The default sends the two reads; a backend that can answer in
+    /// one round trip (etcd: one read-only Txn, the lock counted, not read) should.
+    async fn get_checking_lock(&self, key: &str, lock_prefix: &str) -> Result<(Option<KeyValue>, bool)> {
+        let kv = self.get(key).await?;
+        let (holders, _) = self.range_prefix(lock_prefix, 1).await?;
+        Ok((kv, !holders.is_empty()))
+    }
+
     /// Opens a watch on every key under `prefix`; returns once it is registered.
     async fn watch_prefix(&self, prefix: &str) -> Result<Box<dyn WatchStream>>;
 

@@ -166,6 +166,9 @@ pub async fn compare_and_swap_unlocked_contract(client: &Client) {
     // With the lock held, even the right revision fails, and `locked` says why.
     let s = client.session().await.unwrap();
     let guard = Mutex::new(&s, key).unwrap().lock().await.unwrap();
+    let (read, locked) = b.get_checking_lock(&full_key, &prefix).await.unwrap();
+    assert!(locked, "get_checking_lock: the lock is held");
+    assert_eq!(read.map(|kv| kv.mod_revision), Some(v1.mod_revision));
     let held = b.compare_and_swap_unlocked(&full_key, Some(v1.mod_revision), b"2".to_vec(), &prefix).await.unwrap();
     assert!(!held.cas.swapped && held.locked, "lock held: {held:?}");
     assert_eq!(held.cas.current.map(|kv| kv.value), Some(b"1".to_vec()), "nothing written while locked");
@@ -173,5 +176,10 @@ pub async fn compare_and_swap_unlocked_contract(client: &Client) {
     let free = b.compare_and_swap_unlocked(&full_key, Some(v1.mod_revision), b"2".to_vec(), &prefix).await.unwrap();
     assert!(free.cas.swapped && !free.locked, "lock released: {free:?}");
     assert_eq!(b.get(&full_key).await.unwrap().map(|kv| kv.value), Some(b"2".to_vec()));
+    let (read, locked) = b.get_checking_lock(&full_key, &prefix).await.unwrap();
+    assert!(!locked, "get_checking_lock: the lock is free");
+    assert_eq!(read.map(|kv| kv.value), Some(b"2".to_vec()));
+    let (absent, _) = b.get_checking_lock(&format!("{full_key}-absent"), &prefix).await.unwrap();
+    assert!(absent.is_none());
     s.close().await.unwrap();
 }
