@@ -164,6 +164,21 @@ impl Holding {
         self.local.take()
     }
 
+    /// The checks before a relock or reacquire, each failing with the guard left as it was:
+    /// the guard belongs to the caller's recipe and session (`ours`), the session is alive,
+    /// and the guard still holds.
+    pub(crate) fn check_requeue(&self, what: &'static str, op: &str, ours: bool, name: &str) -> Result<()> {
+        if !ours {
+            let reason = format!("{op}: {} is not this session's key for {name:?}", self.key);
+            return Err(Error::InvalidArgument { what, reason });
+        }
+        self.session.check()?;
+        if !self.is_valid() {
+            return Err(Error::NotHeld { what, reason: format!("{op}: {} is released or lost", self.key) });
+        }
+        Ok(())
+    }
+
     /// A copy that is already released (its drop deletes nothing): what a guard holds
     /// while its key moves to a new acquisition, and keeps if that fails.
     pub(crate) fn released_copy(&self) -> Holding {

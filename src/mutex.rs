@@ -241,19 +241,7 @@ impl Mutex {
     pub async fn relock(&self, guard: &mut MutexGuard) -> Result<()> {
         let ours = guard.session().lease_id() == self.session.lease_id()
             && (guard.key() == self.key || guard.key() == self.relock_key());
-        if !ours {
-            return Err(Error::InvalidArgument {
-                what: "mutex",
-                reason: format!("relock: {} is not this session's key for {:?}", guard.key(), self.name),
-            });
-        }
-        self.session.check()?;
-        if !guard.hold.is_valid() {
-            return Err(Error::NotHeld {
-                what: "mutex",
-                reason: format!("relock: {} is released or lost", guard.key()),
-            });
-        }
+        guard.hold.check_requeue("mutex", "relock", ours, &self.name)?;
         let queued = match self.strategy {
             Strategy::Pessimistic => true,
             Strategy::Optimistic => false,

@@ -176,19 +176,8 @@ impl Semaphore {
     /// ```
     pub async fn reacquire(&self, permit: &mut Permit) -> Result<()> {
         let own = format!("{}{:x}-", self.prefix, self.session.lease_id());
-        if permit.session().lease_id() != self.session.lease_id() || !permit.key().starts_with(&own) {
-            return Err(Error::InvalidArgument {
-                what: "semaphore",
-                reason: format!("reacquire: {} is not this session's permit of {:?}", permit.key(), self.name),
-            });
-        }
-        self.session.check()?;
-        if !permit.hold.is_valid() {
-            return Err(Error::NotHeld {
-                what: "semaphore",
-                reason: format!("reacquire: {} is released or lost", permit.key()),
-            });
-        }
+        let ours = permit.session().lease_id() == self.session.lease_id() && permit.key().starts_with(&own);
+        permit.hold.check_requeue("semaphore", "reacquire", ours, &self.name)?;
         let limit = self.stored_count().await? as usize;
         let placeholder = permit.hold.released_copy();
         let hold = std::mem::replace(&mut permit.hold, placeholder);
