@@ -256,6 +256,7 @@ impl Mutex {
             return Ok(());
         }
         let timer = crate::metrics::Acquire::start("mutex");
+        self.session.note_relock();
         let key = if hold.key() == self.key { self.relock_key() } else { self.key.clone() };
         let req = CreateRequest { key, replaces: None, ..self.request(Precondition::KeyAbsent) };
         let ticket = Ticket { what: "mutex", req, local: hold.take_local(), adopt: true, replaces: Some(hold) };
@@ -344,7 +345,8 @@ impl Mutex {
             // No acquisition of this session holds the name while this one has the local
             // slot, so a relock key of the session's lease is a leftover (a release that
             // failed, or a process that re-attached the lease): it goes in the same step.
-            replaces: Some(Replaced { key: self.relock_key(), revision: None }),
+            // Sessions that never relocked and did not re-attach have none to clean.
+            replaces: self.session.may_have_relock_keys().then(|| Replaced { key: self.relock_key(), revision: None }),
         }
     }
 

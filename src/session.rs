@@ -9,7 +9,7 @@ use crate::Client;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -86,6 +86,7 @@ impl SessionBuilder {
             shared: shared.clone(),
             locals: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
+            relock_keys: AtomicBool::new(self.attach.is_some()),
             keepalive: Mutex::new(None),
         });
         let span = tracing::info_span!("session", lease = format_args!("{lease:x}"));
@@ -136,6 +137,9 @@ struct SessionInner {
     /// Numbers the keys of recipes that take one key per acquisition (semaphore permits,
     /// read/write locks): `<lease hex>-<n>`.
     seq: AtomicU64,
+    /// Whether a mutex relock key (`<key>-r`) of this lease may exist: this session relocked,
+    /// or it re-attached a lease whose earlier process may have.
+    relock_keys: AtomicBool,
     keepalive: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -244,6 +248,18 @@ impl Session {
         // Closed locally, so dropping the last handle does not revoke.
         self.inner.shared.state.close();
         self.inner.lease
+    }
+
+    /// Whether a mutex relock key of this lease may exist (see [`Session::note_relock`]):
+    /// only then does a plain lock delete the name's leftover relock key in its create step.
+    pub(crate) fn may_have_relock_keys(&self) -> bool {
+        self.inner.relock_keys.load(Ordering::Acquire)
+    }
+
+    /// Records that this session relocks: from now on its relock keys may be left behind (a
+    /// release that failed), so its plain locks clean them up.
+    pub(crate) fn note_relock(&self) {
+        self.inner.relock_keys.store(true, Ordering::Release);
     }
 
     /// Runs `fut` in the background, counted by [`settle`](Session::settle). Without a tokio
