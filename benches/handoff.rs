@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench --bench handoff                      # starts its own etcd on 127.0.0.1
 //! cargo bench --bench handoff -- --tasks 16 --cycles 100 --uncontended 500
+//! cargo bench --bench handoff -- --uncontended 0 --only pessimistic,shared   # some rows
 //! LEASEHOLD_BENCH_ETCD=127.0.0.1:2379 cargo bench --bench handoff   # an etcd you run
 //! ```
 //!
@@ -38,6 +39,11 @@ struct Args {
     /// Runs of each contended measurement (the median is reported).
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Only these contended rows (short names: pessimistic, optimistic, shared, relock,
+    /// relock-shared), e.g. to profile etcd during one of them; the Lock RPC row, the
+    /// baseline, is always measured.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -66,6 +72,20 @@ impl Peer {
             Peer::Relock(false) => "leasehold pessimistic, relock (release + re-queue in one Txn)",
             Peer::Relock(true) => "leasehold pessimistic, relock, one shared client",
             Peer::RawTxns => "raw: leasehold's two Txns via etcd-client (floor)",
+        }
+    }
+
+    /// The name `--only` selects the row by.
+    fn short(self) -> &'static str {
+        match self {
+            Peer::Leasehold(Strategy::Pessimistic) => "pessimistic",
+            Peer::Leasehold(Strategy::Optimistic) => "optimistic",
+            Peer::Leasehold(Strategy::Adaptive) => "adaptive",
+            Peer::SharedClient => "shared",
+            Peer::LockRpc => "lock-rpc",
+            Peer::Relock(false) => "relock",
+            Peer::Relock(true) => "relock-shared",
+            Peer::RawTxns => "raw",
         }
     }
 }
@@ -196,46 +216,52 @@ async fn main() {
         Peer::RawTxns,
         Peer::LockRpc,
     ];
-    let contended = [
+    let contended: Vec<Peer> = [
         Peer::Leasehold(Strategy::Pessimistic),
         Peer::Leasehold(Strategy::Optimistic),
         Peer::SharedClient,
         Peer::Relock(false),
         Peer::Relock(true),
         Peer::LockRpc,
-    ];
+    ]
+    .into_iter()
+    .filter(|p| args.only.is_empty() || *p == Peer::LockRpc || args.only.iter().any(|o| o == p.short()))
+    .collect();
     let rpc_at = |list: &[Peer]| list.iter().position(|p| *p == Peer::LockRpc).unwrap();
 
-    println!(
-        "## Uncontended lock+unlock cycle ({} cycles each, one task, interleaved in 10 rounds)\n",
-        args.uncontended
-    );
-    println!("| implementation | median ms | p99 ms | median vs Lock RPC |");
-    println!("|---|---:|---:|---:|");
-    // Warm up connections and etcd itself, so the first row does not pay for it.
-    for (i, peer) in peers.iter().enumerate() {
-        cycles(endpoints.clone(), *peer, format!("bench-w{i}"), 50, None, Arc::new(Barrier::new(1))).await;
-    }
-    // Interleaved: 10 rounds, each implementation in turn, so drift on a shared machine
-    // hits all of them alike.
-    let mut all: Vec<Vec<Duration>> = vec![Vec::new(); peers.len()];
-    for round in 0..10 {
+    // `--uncontended 0` skips this part (e.g. to profile one contended row).
+    if args.uncontended > 0 {
+        println!(
+            "## Uncontended lock+unlock cycle ({} cycles each, one task, interleaved in 10 rounds)\n",
+            args.uncontended
+        );
+        println!("| implementation | median ms | p99 ms | median vs Lock RPC |");
+        println!("|---|---:|---:|---:|");
+        // Warm up connections and etcd itself, so the first row does not pay for it.
         for (i, peer) in peers.iter().enumerate() {
-            let n = args.uncontended / 10;
-            let alone = Arc::new(Barrier::new(1));
-            all[i].extend(cycles(endpoints.clone(), *peer, format!("bench-u{i}-{round}"), n, None, alone).await);
+            cycles(endpoints.clone(), *peer, format!("bench-w{i}"), 50, None, Arc::new(Barrier::new(1))).await;
         }
-    }
-    let medians: Vec<(f64, f64)> = all
-        .into_iter()
-        .map(|mut t| {
-            t.sort();
-            (pct(&t, 0.5), pct(&t, 0.99))
-        })
-        .collect();
-    let rpc = medians[rpc_at(&peers)].0;
-    for (peer, (p50, p99)) in peers.iter().zip(&medians) {
-        println!("| {} | {p50:.3} | {p99:.3} | {:.2}× |", peer.name(), p50 / rpc);
+        // Interleaved: 10 rounds, each implementation in turn, so drift on a shared machine
+        // hits all of them alike.
+        let mut all: Vec<Vec<Duration>> = vec![Vec::new(); peers.len()];
+        for round in 0..10 {
+            for (i, peer) in peers.iter().enumerate() {
+                let n = args.uncontended / 10;
+                let alone = Arc::new(Barrier::new(1));
+                all[i].extend(cycles(endpoints.clone(), *peer, format!("bench-u{i}-{round}"), n, None, alone).await);
+            }
+        }
+        let medians: Vec<(f64, f64)> = all
+            .into_iter()
+            .map(|mut t| {
+                t.sort();
+                (pct(&t, 0.5), pct(&t, 0.99))
+            })
+            .collect();
+        let rpc = medians[rpc_at(&peers)].0;
+        for (peer, (p50, p99)) in peers.iter().zip(&medians) {
+            println!("| {} | {p50:.3} | {p99:.3} | {:.2}× |", peer.name(), p50 / rpc);
+        }
     }
 
     println!(
