@@ -146,6 +146,7 @@ impl Election {
         let span = tracing::debug_span!("election.campaign", name = %self.name);
         let acquired = async {
             let Some(local) = local_slot(&self.session, &self.key, wait).await else { return Ok(None) };
+            self.session.claim_leftovers(|| [self.key.clone()]); // a re-attached lease's is adopted
             let req = CreateRequest {
                 key: self.key.clone(),
                 value: value.clone(),

@@ -285,6 +285,8 @@ impl Mutex {
         let span = tracing::debug_span!("mutex.acquire", name = %self.name, strategy = ?self.strategy);
         let acquired = async {
             let Some(local) = local_slot(&self.session, &self.key, wait).await else { return Ok(None) };
+            // A re-attached lease's key for this name is adopted (its relock key deleted).
+            self.session.claim_leftovers(|| [self.key.clone(), self.relock_key()]);
             let guard = match self.strategy {
                 Strategy::Pessimistic => self.acquire_queued(wait, local).await,
                 Strategy::Optimistic => self.acquire_cas(wait, local).await,

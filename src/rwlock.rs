@@ -135,13 +135,12 @@ impl RwLock {
         let span = tracing::debug_span!("rwlock.acquire", name = %self.name, ?mode);
         let acquired = async {
             for _ in 0..KEY_ATTEMPTS {
-                let key = format!(
-                    "{}{}{:x}-{}",
-                    self.prefix,
-                    mode.segment(),
-                    self.session.lease_id(),
-                    self.session.next_seq()
-                );
+                // A re-attached lease's leftover key of this mode is taken over first.
+                let own = format!("{}{}{:x}-", self.prefix, mode.segment(), self.session.lease_id());
+                let (key, leftover) = match self.session.take_leftover(&own) {
+                    Some(key) => (key, true),
+                    None => (format!("{own}{}", self.session.next_seq()), false),
+                };
                 let req = CreateRequest {
                     key,
                     value: Vec::new(),
@@ -152,7 +151,7 @@ impl RwLock {
                     head_limit: if mode == Mode::Write { 1 } else { 0 },
                     replaces: None,
                 };
-                let ticket = Ticket { what: "rwlock", req, local: None, adopt: false, replaces: None };
+                let ticket = Ticket { what: "rwlock", req, local: None, adopt: leftover, replaces: None };
                 let admission = match mode {
                     Mode::Read => {
                         let writers = format!("{}{}", self.prefix, Mode::Write.segment());

@@ -271,17 +271,27 @@ impl Semaphore {
         format!("{}{:x}-{}", self.prefix, self.session.lease_id(), self.session.next_seq())
     }
 
+    /// The key for an acquisition: a leftover permit key of a re-attached lease (`true`:
+    /// taken over, see [`SessionBuilder::attach`](crate::SessionBuilder::attach)), else a new one.
+    fn acquisition_key(&self) -> (String, bool) {
+        match self.session.take_leftover(&format!("{}{:x}-", self.prefix, self.session.lease_id())) {
+            Some(key) => (key, true),
+            None => (self.next_key(), false),
+        }
+    }
+
     fn keys_taken(&self) -> Error {
         Error::Store(format!("semaphore: {KEY_ATTEMPTS} keys of lease {:x} were all taken", self.session.lease_id()))
     }
 
     async fn acquire_queued(&self, wait: Wait, limit: usize) -> Result<Option<Permit>> {
         for _ in 0..KEY_ATTEMPTS {
+            let (key, leftover) = self.acquisition_key();
             let ticket = Ticket {
                 what: "semaphore",
-                req: self.request(self.next_key(), limit),
+                req: self.request(key, limit),
                 local: None,
-                adopt: false,
+                adopt: leftover,
                 replaces: None,
             };
             match enqueue(&self.session, ticket, wait, Rule::AmongFirst(limit)).await? {
@@ -295,7 +305,7 @@ impl Semaphore {
 
     async fn acquire_cas(&self, wait: Wait, limit: usize) -> Result<Option<Permit>> {
         let mut retry = Retry::new(wait, &self.backoff);
-        let mut key = self.next_key();
+        let (mut key, mut leftover) = self.acquisition_key();
         let mut taken = 0;
         loop {
             let mut pending = Pending::start(&self.session, self.request(key.clone(), limit), None);
@@ -303,13 +313,13 @@ impl Semaphore {
             let Some(mine) = resp.mine.filter(|kv| kv.lease == self.session.lease_id()) else {
                 return Err(Error::Store(format!("semaphore: {key} exists under another lease")));
             };
-            if !resp.created {
+            if !resp.created && !leftover {
                 drop(pending.keep()); // an earlier process's key on a re-attached lease
                 taken += 1;
                 if taken == KEY_ATTEMPTS {
                     return Err(self.keys_taken());
                 }
-                key = self.next_key();
+                (key, leftover) = self.acquisition_key();
                 continue;
             }
             let rev = mine.create_revision;

@@ -45,6 +45,14 @@ impl SessionBuilder {
 
     /// Re-attach to an existing lease instead of granting a new one: a restarted process
     /// reclaims the keys it held. Fails with [`Error::LeaseNotFound`] if the lease expired.
+    ///
+    /// The keys the lease holds when the session opens are its
+    /// [leftovers](Session::leftover_keys): each acquisition takes one over where it would
+    /// otherwise create a key of that kind (a mutex or a leadership of the same name; a
+    /// semaphore permit, or a read or write lock, of the same name and mode, oldest first),
+    /// keeping its place in the queue and its fencing token. Leftovers nobody takes over
+    /// keep what they hold (a permit, a place) until
+    /// [`release_leftovers`](Session::release_leftovers) or the end of the session.
     pub fn attach(mut self, lease: LeaseId) -> Self {
         self.attach = Some(lease);
         self
@@ -56,6 +64,7 @@ impl SessionBuilder {
             return Err(Error::TtlOutOfRange { ttl: self.ttl, min: MIN_TTL, max: MAX_TTL });
         }
         let backend = self.client.backend().clone();
+        let mut leftovers = Vec::new();
         let (lease, ttl, sent) = match self.attach {
             None => {
                 let sent = Instant::now();
@@ -71,9 +80,16 @@ impl SessionBuilder {
                     Err(Error::LeaseNotFound { .. }) => return Err(Error::LeaseNotFound { lease: id }),
                     other => other?,
                 };
+                leftovers = Backoff::default().retry(|| backend.lease_keys(id)).await?;
                 (id, ttl, sent)
             }
         };
+        // Keys numbered by an earlier process on this lease (`…<lease hex>-<n>`): new ones
+        // start above them. Oldest first within a name, so takeovers go in that order.
+        let numbered = format!("{lease:x}-");
+        let number = |key: &str| -> Option<u64> { key.rsplit_once(&numbered)?.1.parse().ok() };
+        let next_seq = leftovers.iter().filter_map(|k| number(k)).max().map_or(0, |n| n + 1);
+        leftovers.sort_by(|a, b| (number(a), a).cmp(&(number(b), b)));
         let shared = Arc::new(Shared {
             state: SessionState::new((sent + ttl).into_std()),
             lost: Signal::new(),
@@ -85,7 +101,8 @@ impl SessionBuilder {
             ttl,
             shared: shared.clone(),
             locals: Mutex::new(HashMap::new()),
-            seq: AtomicU64::new(0),
+            seq: AtomicU64::new(next_seq),
+            leftovers: Mutex::new(leftovers),
             relock_keys: AtomicBool::new(self.attach.is_some()),
             keepalive: Mutex::new(None),
         });
@@ -137,6 +154,8 @@ struct SessionInner {
     /// Numbers the keys of recipes that take one key per acquisition (semaphore permits,
     /// read/write locks): `<lease hex>-<n>`.
     seq: AtomicU64,
+    /// Keys of a re-attached lease that no acquisition has taken over yet.
+    leftovers: Mutex<Vec<String>>,
     /// Whether a mutex relock key (`<key>-r`) of this lease may exist: this session relocked,
     /// or it re-attached a lease whose earlier process may have.
     relock_keys: AtomicBool,
@@ -248,6 +267,73 @@ impl Session {
         // Closed locally, so dropping the last handle does not revoke.
         self.inner.shared.state.close();
         self.inner.lease
+    }
+
+    /// The keys of a [re-attached](SessionBuilder::attach) lease that no acquisition of this
+    /// session has taken over yet (none for a session on a new lease). Each still holds
+    /// what it held for the earlier process: a lock, a permit, or a place in a queue.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
+    /// use leasehold::{Client, Semaphore};
+    /// let client = Client::memory();
+    /// let before = client.session().await?;
+    /// std::mem::forget(Semaphore::new(&before, "slots", 2)?.acquire().await?); // "crash"
+    /// let lease = before.detach();
+    /// let after = client.session_builder().attach(lease).open().await?;
+    /// assert_eq!(after.leftover_keys().len(), 1);
+    /// let permit = Semaphore::new(&after, "slots", 2)?.acquire().await?; // takes it over
+    /// assert!(after.leftover_keys().is_empty());
+    /// # permit.release().await?; Ok(()) }
+    /// ```
+    pub fn leftover_keys(&self) -> Vec<String> {
+        self.inner.leftovers.lock().clone()
+    }
+
+    /// Deletes the [leftover keys](Session::leftover_keys) no acquisition has taken over,
+    /// freeing what they held, and returns how many it deleted. A key is deleted only while
+    /// it is still this lease's (with the create revision it was read with).
+    pub async fn release_leftovers(&self) -> Result<usize> {
+        let keys = std::mem::take(&mut *self.inner.leftovers.lock());
+        let backend = self.inner.client.backend();
+        let mut deleted = 0;
+        for (i, key) in keys.iter().enumerate() {
+            let gone = async {
+                let Some(kv) = Backoff::default().retry(|| backend.get(key)).await? else { return Ok(false) };
+                if kv.lease != self.inner.lease {
+                    return Ok(false);
+                }
+                Backoff::default().retry(|| backend.delete_if_created(key, kv.create_revision)).await
+            };
+            match gone.await {
+                Ok(true) => deleted += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    // Keep what is left listed, so a later call can finish the job.
+                    self.inner.leftovers.lock().extend(keys[i..].iter().cloned());
+                    return Err(e);
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Takes over the oldest leftover key starting with `prefix`, if any: the caller
+    /// acquires with it instead of a new key.
+    pub(crate) fn take_leftover(&self, prefix: &str) -> Option<String> {
+        let mut left = self.inner.leftovers.lock();
+        let at = left.iter().position(|k| k.starts_with(prefix))?;
+        Some(left.remove(at))
+    }
+
+    /// Marks the keys `keys()` names as taken over (recipes whose key is fixed per session
+    /// adopt it). `keys` runs only while leftovers remain.
+    pub(crate) fn claim_leftovers<const N: usize>(&self, keys: impl FnOnce() -> [String; N]) {
+        let mut left = self.inner.leftovers.lock();
+        if !left.is_empty() {
+            let keys = keys();
+            left.retain(|k| !keys.contains(k));
+        }
     }
 
     /// Whether a mutex relock key of this lease may exist (see [`Session::note_relock`]):

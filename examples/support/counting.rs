@@ -57,6 +57,10 @@ impl Backend for Counting {
     async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<Duration>> {
         self.inner.lease_ttl(lease).await
     }
+    async fn lease_keys(&self, lease: LeaseId) -> Result<Vec<String>> {
+        self.read();
+        self.inner.lease_keys(lease).await
+    }
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         self.read();
         self.inner.get(key).await

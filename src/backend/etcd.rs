@@ -9,8 +9,9 @@
 use super::*;
 use crate::error::Error;
 use etcd_client::{
-    Certificate, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, PutOptions, SortOrder,
-    SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchFilterType, WatchOptions,
+    Certificate, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, LeaseTimeToLiveOptions,
+    PutOptions, SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchFilterType,
+    WatchOptions,
 };
 
 /// How to reach etcd.
@@ -443,6 +444,18 @@ impl Backend for EtcdBackend {
         match ttl.await {
             Ok(r) if r.ttl() > 0 => Ok(Some(Duration::from_secs(r.ttl() as u64))),
             Ok(_) | Err(Error::LeaseNotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn lease_keys(&self, lease: LeaseId) -> Result<Vec<String>> {
+        let ttl = unsent_retry(|| {
+            let mut c = self.client.lease_client();
+            async move { c.time_to_live(lease, Some(LeaseTimeToLiveOptions::new().with_keys())).await }
+        });
+        match ttl.await {
+            Ok(r) if r.ttl() > 0 => Ok(r.keys().iter().map(|k| String::from_utf8_lossy(k).into_owned()).collect()),
+            Ok(_) | Err(Error::LeaseNotFound { .. }) => Ok(Vec::new()),
             Err(e) => Err(e),
         }
     }

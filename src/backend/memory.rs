@@ -314,6 +314,11 @@ impl Backend for MemoryBackend {
         Ok(st.leases.get(&lease).map(|l| l.expires.saturating_duration_since(Instant::now())))
     }
 
+    async fn lease_keys(&self, lease: LeaseId) -> Result<Vec<String>> {
+        let st = self.call().await?;
+        Ok(st.kvs.values().filter(|kv| kv.lease == lease).map(|kv| kv.key.clone()).collect())
+    }
+
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         Ok(self.call().await?.kvs.get(key).cloned())
     }

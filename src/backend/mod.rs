@@ -249,6 +249,9 @@ pub trait Backend: Send + Sync + Debug + 'static {
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()>;
     /// The remaining TTL of `lease`, or `None` if it does not exist.
     async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<Duration>>;
+    /// The keys attached to `lease` now, in no particular order (none if the lease does not
+    /// exist). A session that re-attaches a lease reads them to take over what it held.
+    async fn lease_keys(&self, lease: LeaseId) -> Result<Vec<String>>;
 
     /// Reads one key.
     async fn get(&self, key: &str) -> Result<Option<KeyValue>>;

@@ -999,6 +999,30 @@ impl Backend for TikvBackend {
         .await
     }
 
+    async fn lease_keys(&self, lease: LeaseId) -> Result<Vec<String>> {
+        self.read(Box::new(move |tx| {
+            Box::pin(async move {
+                if !tx.alive(lease).await? {
+                    return Ok(Vec::new());
+                }
+                let start = tx.keys().with("x/", format!("{}/", hex16(lease as u64)).as_bytes());
+                let end = prefix_end(&start);
+                let skip = start.len();
+                let indexed: Vec<Vec<u8>> = tx.txn.scan_keys(start..end, u32::MAX).await?.map(Into::into).collect();
+                let mut keys = Vec::new();
+                for raw in indexed {
+                    let key = String::from_utf8(raw[skip..].to_vec()).map_err(|_| corrupt("lease index"))?;
+                    // The index may name a key since deleted or moved to another lease.
+                    if tx.raw_kv(&key).await?.is_some_and(|kv| kv.lease == lease) {
+                        keys.push(key);
+                    }
+                }
+                Ok(keys)
+            })
+        }))
+        .await
+    }
+
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         let key = key.to_owned();
         self.read(Box::new(move |tx| {

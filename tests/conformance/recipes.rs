@@ -678,3 +678,73 @@ pub async fn semaphore_reacquire(client: &Client) {
     p.release().await.unwrap();
     assert!(keys(client, &prefix).await.is_empty());
 }
+
+// ---------------------------------------------------------------------------------------
+// Re-attached leases
+
+/// A session re-attached to a lease takes over what the earlier process held through it:
+/// an acquisition adopts a leftover key of its kind (same key, same fencing token, same
+/// place), the rest stays held until `release_leftovers`, and new keys do not collide with
+/// the old ones.
+pub async fn reattach_takes_over_leftovers(client: &Client) {
+    let (sem, rw, el) = (fresh("reattach-sem"), fresh("reattach-rw"), fresh("reattach-el"));
+    let sem_prefix = client.prefix_of(&sem).unwrap();
+    let rw_prefix = client.prefix_of(&rw).unwrap();
+    let before = client.session().await.unwrap();
+    let p0 = Semaphore::new(&before, &sem, 2).unwrap().acquire().await.unwrap();
+    let p1 = Semaphore::new(&before, &sem, 2).unwrap().acquire().await.unwrap();
+    let read = RwLock::new(&before, &rw).unwrap().read().await.unwrap();
+    let lead = Election::new(&before, &el).unwrap().campaign("v1").await.unwrap();
+    let old = [
+        (p0.key().to_owned(), p0.fencing_token()),
+        (p1.key().to_owned(), p1.fencing_token()),
+        (read.key().to_owned(), read.fencing_token()),
+        (lead.key().to_owned(), lead.fencing_token()),
+    ];
+    // The earlier process "crashes": nothing released, the lease kept by its successor.
+    std::mem::forget((p0, p1, read, lead));
+    let lease = before.detach();
+
+    // Someone else waits for a permit: both are held by the leftovers.
+    let other = client.session().await.unwrap();
+    let theirs = Semaphore::new(&other, &sem, 2).unwrap();
+    let waiting = tokio::spawn(async move { theirs.acquire().await });
+    until_keys(client, &sem_prefix, 3).await;
+
+    let after = client.session_builder().attach(lease).open().await.unwrap();
+    let mut left = after.leftover_keys();
+    left.sort();
+    let mut expected: Vec<String> = old.iter().map(|(k, _)| k.clone()).collect();
+    expected.sort();
+    assert_eq!(left, expected);
+
+    let permit = Semaphore::new(&after, &sem, 2).unwrap().try_acquire().await.unwrap().expect("took over a permit");
+    assert_eq!((permit.key(), permit.fencing_token()), (old[0].0.as_str(), old[0].1), "not the oldest leftover");
+    let read = RwLock::new(&after, &rw).unwrap().try_read().await.unwrap().expect("took over the read lock");
+    assert_eq!((read.key(), read.fencing_token()), (old[2].0.as_str(), old[2].1));
+    let lead = Election::new(&after, &el).unwrap().try_campaign("v2").await.unwrap().expect("took over leadership");
+    assert_eq!(lead.fencing_token(), old[3].1);
+    assert_eq!(after.leftover_keys(), vec![old[1].0.clone()]);
+    assert_eq!(keys(client, &sem_prefix).await.len(), 3, "a takeover made a new key");
+    assert!(!waiting.is_finished(), "admitted while both permits were held");
+
+    // The leftover nobody took over is released on request: the waiter gets its permit.
+    assert_eq!(after.release_leftovers().await.unwrap(), 1);
+    assert!(after.leftover_keys().is_empty());
+    let theirs = within("the waiter's permit", waiting).await.unwrap().unwrap();
+    assert!(theirs.fencing_token() > old[1].1);
+
+    // New acquisitions of the re-attached session number their keys past the old ones.
+    permit.release().await.unwrap();
+    let fresh_permit = Semaphore::new(&after, &sem, 2).unwrap().try_acquire().await.unwrap().expect("a free permit");
+    assert!(old.iter().all(|(k, _)| k != fresh_permit.key()), "{} reuses an old key", fresh_permit.key());
+    fresh_permit.release().await.unwrap();
+    theirs.release().await.unwrap();
+    read.unlock().await.unwrap();
+    lead.resign().await.unwrap();
+    for prefix in [&sem_prefix, &rw_prefix, &client.prefix_of(&el).unwrap()] {
+        assert!(keys(client, prefix).await.is_empty(), "left behind under {prefix}");
+    }
+    after.close().await.unwrap();
+    other.close().await.unwrap();
+}
