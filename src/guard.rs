@@ -5,6 +5,7 @@ use crate::backend::{Condition, Revision, Write};
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::local::release::ReleaseOnce;
+use crate::local::waiter_queue::Slot;
 use crate::queue::release_retry;
 use crate::Session;
 use std::future::Future;
@@ -68,18 +69,13 @@ pub(crate) struct Holding {
     key: String,
     revision: Revision,
     release: ReleaseOnce,
-    local: Option<tokio::sync::OwnedMutexGuard<()>>,
+    local: Option<Slot>,
     /// Whether the acquisition had to wait for another holder (feeds the adaptive policy).
     contended: bool,
 }
 
 impl Holding {
-    pub(crate) fn new(
-        session: Session,
-        key: String,
-        revision: Revision,
-        local: Option<tokio::sync::OwnedMutexGuard<()>>,
-    ) -> Self {
+    pub(crate) fn new(session: Session, key: String, revision: Revision, local: Option<Slot>) -> Self {
         Self { session, key, revision, release: ReleaseOnce::new(), local, contended: false }
     }
 
@@ -160,7 +156,7 @@ impl Holding {
     /// Hands the session's local queue slot to whoever takes it (a relock's next
     /// acquisition). A background release on drop then runs without it, which is safe: the
     /// delete only removes this acquisition's revision of the key.
-    pub(crate) fn take_local(&mut self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+    pub(crate) fn take_local(&mut self) -> Option<Slot> {
         self.local.take()
     }
 

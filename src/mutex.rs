@@ -5,6 +5,7 @@ use crate::backend::{Condition, CreateRequest, Precondition, Replaced, Write};
 use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
 use crate::guard::{fenced_writes, held_accessors, Holding};
+use crate::local::waiter_queue::Slot;
 use crate::lock_delay::{self, Admit, LockDelay};
 use crate::queue::{enqueue, gone, local_slot, Admission, Pending, Retry, Rule, Ticket, Wait};
 use crate::Session;
@@ -352,7 +353,7 @@ impl Mutex {
         }
     }
 
-    async fn acquire_queued(&self, wait: Wait, local: tokio::sync::OwnedMutexGuard<()>) -> Result<Option<MutexGuard>> {
+    async fn acquire_queued(&self, wait: Wait, local: Slot) -> Result<Option<MutexGuard>> {
         let ticket = Ticket {
             what: "mutex",
             req: self.request(Precondition::KeyAbsent),
@@ -367,7 +368,7 @@ impl Mutex {
         }
     }
 
-    async fn acquire_cas(&self, wait: Wait, local: tokio::sync::OwnedMutexGuard<()>) -> Result<Option<MutexGuard>> {
+    async fn acquire_cas(&self, wait: Wait, local: Slot) -> Result<Option<MutexGuard>> {
         let mut local = Some(local);
         let mut retry = Retry::new(wait, &self.backoff);
         let mut conflicts = 0u32;

@@ -57,6 +57,7 @@ use crate::backend::{Backend, CreateRequest, CreateResponse, KeyValue, Replaced,
 use crate::backoff::{Backoff, Delays};
 use crate::error::{Error, Result};
 use crate::guard::Holding;
+use crate::local::waiter_queue::{Slot, WaiterQueue};
 use crate::Session;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -444,11 +445,11 @@ impl Rule {
 /// Takes this session's local queue slot for `key` (one acquisition per key per session at
 /// a time), waiting as `wait` allows. `None` if another task of the session holds it and
 /// `wait` ran out (at once for `Wait::No`).
-pub(crate) async fn local_slot(session: &Session, key: &str, wait: Wait) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+pub(crate) async fn local_slot(session: &Session, key: &str, wait: Wait) -> Option<Slot> {
     let queue = session.local_queue(key);
     match wait {
-        Wait::No => queue.try_lock_owned().ok(),
-        _ => with_deadline(wait, queue.lock_owned()).await,
+        Wait::No => WaiterQueue::try_acquire(&queue),
+        _ => with_deadline(wait, WaiterQueue::acquire(&queue)).await,
     }
 }
 
@@ -458,7 +459,7 @@ pub(crate) struct Pending {
     session: Session,
     key: String,
     stage: Stage,
-    local: Option<tokio::sync::OwnedMutexGuard<()>>,
+    local: Option<Slot>,
 }
 
 #[derive(Debug)]
@@ -471,11 +472,7 @@ enum Stage {
 impl Pending {
     /// Sends `req` (in its own task). `local` is the session's local queue slot for the key;
     /// it is released only after the key is gone or handed to a guard.
-    pub(crate) fn start(
-        session: &Session,
-        req: CreateRequest,
-        local: Option<tokio::sync::OwnedMutexGuard<()>>,
-    ) -> Self {
+    pub(crate) fn start(session: &Session, req: CreateRequest, local: Option<Slot>) -> Self {
         let backend = session.client().backend().clone();
         let key = req.key.clone();
         // Retrying is safe: the key is this session's own, so a retry after an attempt
@@ -509,7 +506,7 @@ impl Pending {
     }
 
     /// Keeps the key: the caller now owns it (as a guard) and must release it.
-    pub(crate) fn keep(mut self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+    pub(crate) fn keep(mut self) -> Option<Slot> {
         self.stage = Stage::Done;
         self.local.take()
     }
@@ -666,7 +663,7 @@ pub(crate) struct Ticket {
     pub(crate) req: CreateRequest,
     /// The session's local queue slot, for recipes whose key is one per session; released
     /// only once the key is gone or handed to the guard.
-    pub(crate) local: Option<tokio::sync::OwnedMutexGuard<()>>,
+    pub(crate) local: Option<Slot>,
     /// What to do if the key already exists under this session's lease: take it over (a
     /// re-attached session reclaims its mutex), or leave it alone and return
     /// [`Admission::KeyTaken`] (recipes with one key per acquisition pick another key).

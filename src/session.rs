@@ -5,6 +5,7 @@ use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::local::session_state::{SessionState, SessionStatus};
 use crate::local::signal::Signal;
+use crate::local::waiter_queue::WaiterQueue;
 use crate::Client;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -150,7 +151,7 @@ struct SessionInner {
     shared: Arc<Shared>,
     /// Local FIFO queues, one per key this session acquires: two tasks of one session
     /// never race for the same key (they would share `<prefix>/<lease>`).
-    locals: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+    locals: Mutex<HashMap<String, Weak<WaiterQueue>>>,
     /// Numbers the keys of recipes that take one key per acquisition (semaphore permits,
     /// read/write locks): `<lease hex>-<n>`.
     seq: AtomicU64,
@@ -372,13 +373,13 @@ impl Session {
     }
 
     /// The local FIFO queue for `key` (shared by every handle of this session on it).
-    pub(crate) fn local_queue(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn local_queue(&self, key: &str) -> Arc<WaiterQueue> {
         let mut locals = self.inner.locals.lock();
         if let Some(q) = locals.get(key).and_then(Weak::upgrade) {
             return q;
         }
         locals.retain(|_, w| w.strong_count() > 0);
-        let q = Arc::new(tokio::sync::Mutex::new(()));
+        let q = Arc::new(WaiterQueue::new());
         locals.insert(key.to_owned(), Arc::downgrade(&q));
         q
     }

@@ -11,7 +11,7 @@
 //! is more than every bug we know of in this kind of code needs: the fence and deadline
 //! mutations below are found with a bound of 1 and the release one with 0 (its second
 //! caller's plain load may read the older `HELD`), and studies of real concurrency bugs
-//! find nearly all of them within two or three preemptions. At 3, all six models together
+//! find nearly all of them within two or three preemptions. At 3, all eight models together
 //! take about 5 s in release mode on two cores. Without a bound,
 //! `lost_session_never_revives` alone needs over a million executions and
 //! `lost_signal_reaches_every_waiter_once` did not finish in 6 minutes.
@@ -29,11 +29,13 @@
 //! | `leasehold_loom_mutation_release` | `ReleaseOnce::begin` loads the state and, if it is `HELD`, stores `RELEASING`: check-then-set in two steps instead of one compare-exchange, so two callers can both see `HELD` and both win | [`release_happens_exactly_once`] |
 //! | `leasehold_loom_mutation_fence` | `HighWater::apply` checks the token under the lock, releases it, and writes under a second acquisition, so a writer with a lower token that passed its check can write after a higher one | [`fence_never_accepts_lower_after_higher`] |
 //! | `leasehold_loom_mutation_deadline` | `SessionState::renewed` stores the renewal's deadline even when it is earlier than the current one, so a renewal sent earlier but finishing later moves the deadline back | [`session_deadline_never_moves_back`] |
+//! | `leasehold_loom_mutation_queue` | a dropped `WaiterQueue::acquire` future that had been granted the slot leaves the queue without passing the slot on | [`cancelled_local_waiter_passes_the_slot_on`] |
 
 use crate::local::fence::HighWater;
 use crate::local::release::ReleaseOnce;
 use crate::local::session_state::{SessionState, SessionStatus};
 use crate::local::signal::Signal;
+use crate::local::waiter_queue::{Slot, WaiterQueue};
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
@@ -375,5 +377,88 @@ fn cancelled_signal_waiter_leaves_nothing() {
         assert_eq!(kept.wakes(), 1, "the kept waiter was not woken exactly once");
         assert_eq!(std::sync::Arc::strong_count(&kept), 1, "fire kept a waker");
         assert!(poll_with(wait.as_mut(), &kept), "woken but not complete");
+    });
+}
+
+/// Property: the local waiter queue (the tasks of one session that want one key) lets one
+/// task hold the slot at a time, serves waiters in arrival order, and never loses a
+/// wake-up. Waiter `a` queues first (polled once, then handed to its thread, whose
+/// `block_on` polls it again with a new waker while the holder gives the slot back);
+/// waiter `b` arrives later from its own thread. Every waiter completes (a lost wake-up
+/// would be a loom deadlock), never two inside at once, `a` before `b`, and the slot ends
+/// free.
+///
+/// Preemption bound: 3 (module docs). Three threads (the holder and two waiters), two to
+/// four lock acquisitions each.
+#[test]
+fn local_waiters_served_in_arrival_order() {
+    check("local_waiters_served_in_arrival_order", || {
+        let queue = Arc::new(WaiterQueue::new());
+        let held = WaiterQueue::try_acquire(&queue).expect("a new queue's slot is free");
+        let inside = Arc::new(AtomicUsize::new(0));
+        let order = Arc::new(loom::sync::Mutex::new(Vec::new()));
+        let hold = |slot: Slot, who: &'static str, inside: &AtomicUsize, order: &loom::sync::Mutex<Vec<&str>>| {
+            assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two tasks held the slot at once");
+            order.lock().unwrap().push(who);
+            inside.fetch_sub(1, Ordering::SeqCst);
+            drop(slot);
+        };
+        let mut first = Box::pin(WaiterQueue::acquire(&queue));
+        let early = std::sync::Arc::<CountingWaker>::default();
+        let polled = first.as_mut().poll(&mut Context::from_waker(&Waker::from(early)));
+        assert!(polled.is_pending(), "the slot is held: the first waiter must queue");
+        let a = {
+            let (inside, order) = (inside.clone(), order.clone());
+            thread::spawn(move || hold(loom::future::block_on(first), "a", &inside, &order))
+        };
+        let b = {
+            let (queue, inside, order) = (queue.clone(), inside.clone(), order.clone());
+            thread::spawn(move || hold(loom::future::block_on(WaiterQueue::acquire(&queue)), "b", &inside, &order))
+        };
+        drop(held);
+        a.join().unwrap();
+        b.join().unwrap();
+        assert_eq!(*order.lock().unwrap(), ["a", "b"], "waiters served out of arrival order");
+        assert!(!queue.is_out() && queue.waiting() == 0, "the slot did not end free");
+    });
+}
+
+/// Property: a waiter cancelled (its future dropped) while the holder gives the slot back
+/// never strands the queue: whichever comes first, the slot ends with the next waiter,
+/// which is woken, and a `try_acquire` racing them never gets the slot while anyone
+/// waits. Waiters `a` and `b` queue in that order; then the holder's release, `a`'s
+/// cancellation and a try run on three threads.
+///
+/// Preemption bound: 3 (module docs). Three threads, one to two lock acquisitions each.
+#[test]
+// Mutation `leasehold_loom_mutation_queue`: a granted waiter's drop forgets the slot; loom
+// must find the release landing before the cancellation.
+#[cfg_attr(leasehold_loom_mutation_queue, should_panic(expected = "the slot was stranded"))]
+fn cancelled_local_waiter_passes_the_slot_on() {
+    check("cancelled_local_waiter_passes_the_slot_on", || {
+        let queue = Arc::new(WaiterQueue::new());
+        let held = WaiterQueue::try_acquire(&queue).expect("a new queue's slot is free");
+        let (wa, wb) = (std::sync::Arc::<CountingWaker>::default(), std::sync::Arc::<CountingWaker>::default());
+        let mut a = Box::pin(WaiterQueue::acquire(&queue));
+        let mut b = Box::pin(WaiterQueue::acquire(&queue));
+        assert!(a.as_mut().poll(&mut Context::from_waker(&Waker::from(wa.clone()))).is_pending());
+        assert!(b.as_mut().poll(&mut Context::from_waker(&Waker::from(wb.clone()))).is_pending());
+
+        let release = thread::spawn(move || drop(held));
+        let cancel = thread::spawn(move || drop(a));
+        let barger = {
+            let queue = queue.clone();
+            thread::spawn(move || WaiterQueue::try_acquire(&queue).is_some())
+        };
+        release.join().unwrap();
+        cancel.join().unwrap();
+        assert!(!barger.join().unwrap(), "a try passed a waiter");
+
+        assert!(wb.wakes() >= 1, "the slot was stranded: the next waiter was never woken");
+        let slot = b.as_mut().poll(&mut Context::from_waker(&Waker::from(wb.clone())));
+        let std::task::Poll::Ready(slot) = slot else { panic!("the slot was stranded: woken, but not granted") };
+        assert_eq!(queue.waiting(), 0);
+        drop(slot);
+        assert!(!queue.is_out(), "the slot did not end free");
     });
 }

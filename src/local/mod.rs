@@ -11,9 +11,11 @@
 //! | [`release`] | a guard's held/releasing/released word | exactly one of unlock, drop and session loss sends the release |
 //! | [`fence`] | a fenced resource's high-water mark | no lower token is applied after a higher one |
 //! | [`signal`] | the one-shot lost() signal | every waiter sees it, once |
+//! | [`waiter_queue`] | a session's local waiters for one key | one slot, served in arrival order; a cancelled waiter never strands the queue |
 
 pub(crate) mod fence;
 pub(crate) mod release;
 pub(crate) mod session_state;
 pub(crate) mod signal;
 pub(crate) mod sync;
+pub(crate) mod waiter_queue;
