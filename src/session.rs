@@ -3,6 +3,7 @@
 use crate::backend::LeaseId;
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
+use crate::local::cleanups::Cleanups;
 use crate::local::session_state::{SessionState, SessionStatus};
 use crate::local::signal::Signal;
 use crate::local::waiter_queue::WaiterQueue;
@@ -10,10 +11,9 @@ use crate::Client;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -94,7 +94,7 @@ impl SessionBuilder {
         let shared = Arc::new(Shared {
             state: SessionState::new((sent + ttl).into_std()),
             lost: Signal::new(),
-            background: Background::default(),
+            cleanups: Arc::new(Cleanups::new()),
         });
         let inner = Arc::new(SessionInner {
             client: self.client.clone(),
@@ -168,14 +168,8 @@ struct SessionInner {
 struct Shared {
     state: SessionState,
     lost: Signal,
-    background: Background,
-}
-
-/// Counts background cleanups (releases on drop, cancelled acquisitions).
-#[derive(Debug, Default)]
-struct Background {
-    pending: AtomicUsize,
-    idle: Notify,
+    /// Background cleanups (releases on drop, cancelled acquisitions).
+    cleanups: Arc<Cleanups>,
 }
 
 impl Session {
@@ -236,14 +230,7 @@ impl Session {
     /// Waits until every background cleanup (a release on drop, a cancelled acquisition)
     /// has finished.
     pub async fn settle(&self) {
-        let bg = &self.inner.shared.background;
-        loop {
-            let idle = bg.idle.notified();
-            if bg.pending.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            idle.await;
-        }
+        Cleanups::idle(&self.inner.shared.cleanups).await
     }
 
     /// Stops renewing, waits for background releases, and revokes the lease (deleting every
@@ -356,13 +343,11 @@ impl Session {
             tracing::warn!("no tokio runtime: cleanup left to lease expiry");
             return;
         };
-        let shared = self.inner.shared.clone();
-        shared.background.pending.fetch_add(1, Ordering::AcqRel);
+        // Counted until the task ends or is dropped (a runtime shutting down).
+        let running = Cleanups::start(&self.inner.shared.cleanups);
         handle.spawn(async move {
             fut.await;
-            if shared.background.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-                shared.background.idle.notify_waiters();
-            }
+            drop(running);
         });
     }
 

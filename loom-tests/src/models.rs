@@ -11,7 +11,7 @@
 //! is more than every bug we know of in this kind of code needs: the fence and deadline
 //! mutations below are found with a bound of 1 and the release one with 0 (its second
 //! caller's plain load may read the older `HELD`), and studies of real concurrency bugs
-//! find nearly all of them within two or three preemptions. At 3, all eight models together
+//! find nearly all of them within two or three preemptions. At 3, all nine models together
 //! take about 5 s in release mode on two cores. Without a bound,
 //! `lost_session_never_revives` alone needs over a million executions and
 //! `lost_signal_reaches_every_waiter_once` did not finish in 6 minutes.
@@ -29,8 +29,10 @@
 //! | `leasehold_loom_mutation_release` | `ReleaseOnce::begin` loads the state and, if it is `HELD`, stores `RELEASING`: check-then-set in two steps instead of one compare-exchange, so two callers can both see `HELD` and both win | [`release_happens_exactly_once`] |
 //! | `leasehold_loom_mutation_fence` | `HighWater::apply` checks the token under the lock, releases it, and writes under a second acquisition, so a writer with a lower token that passed its check can write after a higher one | [`fence_never_accepts_lower_after_higher`] |
 //! | `leasehold_loom_mutation_deadline` | `SessionState::renewed` stores the renewal's deadline even when it is earlier than the current one, so a renewal sent earlier but finishing later moves the deadline back | [`session_deadline_never_moves_back`] |
+//! | `leasehold_loom_mutation_cleanups` | `Idle::poll` reads the running count under one acquisition of the lock and registers its waker under another, so the last cleanup can end in between and wake nobody | [`settle_waits_for_every_cleanup`] |
 //! | `leasehold_loom_mutation_queue` | a dropped `WaiterQueue::acquire` future that had been granted the slot leaves the queue without passing the slot on | [`cancelled_local_waiter_passes_the_slot_on`] |
 
+use crate::local::cleanups::Cleanups;
 use crate::local::fence::HighWater;
 use crate::local::release::ReleaseOnce;
 use crate::local::session_state::{SessionState, SessionStatus};
@@ -460,5 +462,55 @@ fn cancelled_local_waiter_passes_the_slot_on() {
         assert_eq!(queue.waiting(), 0);
         drop(slot);
         assert!(!queue.is_out(), "the slot did not end free");
+    });
+}
+
+/// Property: `Session::settle` (a `Cleanups::idle` future) completes only once every
+/// background cleanup started before it has ended, and is always woken when the last one
+/// ends. Two cleanups end on two threads (each sets its flag first) while a third thread
+/// polls the idle future once; after both ended, a future that was pending must have been
+/// woken and must then complete, and one that completed at once must have seen both
+/// flags. Polled by hand with a counting waker (not `block_on`) so that a lost wake-up is
+/// this model's assertion rather than a loom deadlock.
+///
+/// Preemption bound: 3 (module docs). Three threads, one to two lock acquisitions each.
+#[test]
+// Mutation `leasehold_loom_mutation_cleanups`: check and registration in two steps; loom
+// must find the last cleanup ending in between.
+#[cfg_attr(leasehold_loom_mutation_cleanups, should_panic(expected = "settle was never woken"))]
+fn settle_waits_for_every_cleanup() {
+    check("settle_waits_for_every_cleanup", || {
+        let cleanups = Arc::new(Cleanups::new());
+        let ended = Arc::new([loom::sync::atomic::AtomicBool::new(false), loom::sync::atomic::AtomicBool::new(false)]);
+        let ending = |i: usize| {
+            let (running, ended) = (Cleanups::start(&cleanups), ended.clone());
+            move || {
+                ended[i].store(true, Ordering::SeqCst);
+                drop(running);
+            }
+        };
+        let (first, second) = (ending(0), ending(1));
+        let waker = std::sync::Arc::<CountingWaker>::default();
+        let settler = {
+            let (cleanups, ended, waker) = (cleanups.clone(), ended.clone(), waker.clone());
+            thread::spawn(move || {
+                let mut idle = Box::pin(Cleanups::idle(&cleanups));
+                let done = poll_with(idle.as_mut(), &waker);
+                if done {
+                    let both = ended.iter().all(|e| e.load(Ordering::SeqCst));
+                    assert!(both, "settle returned while a cleanup was running");
+                }
+                (done, idle)
+            })
+        };
+        let cleaner = thread::spawn(first);
+        second();
+        cleaner.join().unwrap();
+        let (done, mut idle) = settler.join().unwrap();
+        assert_eq!(cleanups.running(), 0);
+        if !done {
+            assert_eq!(waker.wakes(), 1, "settle was never woken after the last cleanup ended");
+            assert!(poll_with(idle.as_mut(), &waker), "woken but not complete");
+        }
     });
 }

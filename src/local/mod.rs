@@ -8,11 +8,13 @@
 //! | module | state | property |
 //! |---|---|---|
 //! | [`session_state`] | session status and validity deadline | the deadline never moves back; a lost or closed session never becomes valid again |
+//! | [`cleanups`] | a session's running background cleanups | `settle()` completes only when none runs, and is never left waiting |
 //! | [`release`] | a guard's held/releasing/released word | exactly one of unlock, drop and session loss sends the release |
 //! | [`fence`] | a fenced resource's high-water mark | no lower token is applied after a higher one |
 //! | [`signal`] | the one-shot lost() signal | every waiter sees it, once |
 //! | [`waiter_queue`] | a session's local waiters for one key | one slot, served in arrival order; a cancelled waiter never strands the queue |
 
+pub(crate) mod cleanups;
 pub(crate) mod fence;
 pub(crate) mod release;
 pub(crate) mod session_state;
