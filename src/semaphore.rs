@@ -4,7 +4,7 @@ use crate::backend::{CreateRequest, Precondition};
 use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
 use crate::guard::{fenced_writes, held_accessors, Holding};
-use crate::mutex::Strategy;
+use crate::mutex::{Holder, Strategy};
 use crate::queue::{enqueue, Admission, Pending, Retry, Rule, Ticket, View, Wait};
 use crate::Session;
 use std::sync::{Arc, OnceLock};
@@ -121,6 +121,37 @@ impl Semaphore {
     /// The permit count this handle asked for.
     pub fn permits(&self) -> u32 {
         self.permits
+    }
+
+    /// Who holds the permits and how many acquisitions wait: a snapshot, which may change
+    /// at once. `permits` is the stored count (this handle's, if nobody has used the name
+    /// yet). Writes nothing.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
+    /// use leasehold::{Client, Semaphore};
+    /// let session = Client::memory().session().await?;
+    /// let encoders = Semaphore::new(&session, "encoders", 3)?;
+    /// let permit = encoders.acquire().await?;
+    /// let usage = encoders.usage().await?;
+    /// assert_eq!((usage.holders.len(), usage.available(), usage.waiting), (1, 2, 0));
+    /// assert_eq!(usage.holders[0].token, permit.fencing_token());
+    /// # permit.release().await?; Ok(()) }
+    /// ```
+    pub async fn usage(&self) -> Result<Usage> {
+        let backend = self.session.client().backend();
+        let permits = match backend.get(&self.count_key).await? {
+            Some(kv) => self.parse_count(&kv.value)?,
+            None => self.permits,
+        };
+        let (kvs, _) = backend.range_prefix(&self.prefix, 0).await?;
+        let waiting = kvs.len().saturating_sub(permits as usize);
+        let holders = kvs
+            .into_iter()
+            .take(permits as usize)
+            .map(|kv| Holder { key: kv.key, token: kv.create_revision as u64, lease: kv.lease })
+            .collect();
+        Ok(Usage { permits, holders, waiting })
     }
 
     /// Waits until a permit is held.
@@ -243,16 +274,20 @@ impl Semaphore {
         let Some(kv) = resp.current else {
             return Err(Error::Store(format!("semaphore: {} was deleted while being read", self.count_key)));
         };
-        let stored = std::str::from_utf8(&kv.value).ok().and_then(|s| s.parse::<u32>().ok()).filter(|&n| n > 0);
-        let Some(stored) = stored else {
-            let text = String::from_utf8_lossy(&kv.value);
-            return Err(Error::Store(format!("semaphore: {} holds {text:?}, not a permit count", self.count_key)));
-        };
+        let stored = self.parse_count(&kv.value)?;
         if stored != self.permits {
             return Err(Error::PermitMismatch { name: self.name.clone(), stored, requested: self.permits });
         }
         let _ = self.stored.set(stored);
         Ok(stored)
+    }
+
+    fn parse_count(&self, value: &[u8]) -> Result<u32> {
+        let stored = std::str::from_utf8(value).ok().and_then(|s| s.parse::<u32>().ok()).filter(|&n| n > 0);
+        stored.ok_or_else(|| {
+            let text = String::from_utf8_lossy(value);
+            Error::Store(format!("semaphore: {} holds {text:?}, not a permit count", self.count_key))
+        })
     }
 
     fn request(&self, key: String, limit: usize) -> CreateRequest {
@@ -340,6 +375,24 @@ impl Semaphore {
                 return Ok(None);
             }
         }
+    }
+}
+
+/// A [`Semaphore`]'s permits in use, from [`Semaphore::usage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    /// The permit count.
+    pub permits: u32,
+    /// The holders, in the order they were admitted (oldest token first).
+    pub holders: Vec<Holder>,
+    /// How many acquisitions wait for a permit.
+    pub waiting: usize,
+}
+
+impl Usage {
+    /// Permits nobody holds.
+    pub fn available(&self) -> u32 {
+        self.permits - self.holders.len() as u32
     }
 }
 

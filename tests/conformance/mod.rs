@@ -56,6 +56,7 @@ macro_rules! conformance_suite {
             semaphore_admits_in_arrival_order => |c| rc::semaphore_admits_in_arrival_order(c);
             semaphore_crashed_holder_permits_return => |c| rc::semaphore_crashed_holder_permits_return(c, &conformance::crash(c));
             semaphore_reacquire => |c| rc::semaphore_reacquire(c);
+            semaphore_usage => |c| rc::semaphore_usage(c);
             semaphore_permit_count_mismatch => |c| rc::semaphore_permit_count_mismatch(c);
             semaphore_try_timeout_cancel_leave_nothing => |c| rc::semaphore_try_timeout_cancel_leave_nothing(c);
             rwlock_readers_share_writer_excludes => |c| rc::rwlock_readers_share_writer_excludes(c);

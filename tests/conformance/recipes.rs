@@ -205,6 +205,40 @@ pub async fn semaphore_crashed_holder_permits_return(client: &Client, crash: Cra
     assert_eq!(kv.value, b"fresh");
 }
 
+/// `usage` reports the stored count, the holders (oldest first, with tokens and leases) and
+/// how many wait, and writes nothing.
+pub async fn semaphore_usage(client: &Client) {
+    let name = fresh("sem-usage");
+    let prefix = client.prefix_of(&name).unwrap();
+    let s = sessions(client, 2).await;
+    let sem = Semaphore::new(&s[0], &name, 2).unwrap();
+    let unused = sem.usage().await.unwrap();
+    assert_eq!((unused.permits, unused.holders.len(), unused.waiting, unused.available()), (2, 0, 0, 2));
+    let count_key = prefix.trim_end_matches('/');
+    assert!(client.backend().get(count_key).await.unwrap().is_none(), "usage wrote the count");
+
+    let a = sem.acquire().await.unwrap();
+    let b = Semaphore::new(&s[1], &name, 2).unwrap().acquire().await.unwrap();
+    let third = Semaphore::new(&s[1], &name, 2).unwrap();
+    let waiter = tokio::spawn(async move { third.acquire().await.unwrap() });
+    until_keys(client, &prefix, 3).await;
+    // Even a handle that asks for another count reads the stored one.
+    let full = Semaphore::new(&s[1], &name, 5).unwrap().usage().await.unwrap();
+    assert_eq!((full.permits, full.waiting, full.available()), (2, 1, 0));
+    let seen: Vec<(u64, i64)> = full.holders.iter().map(|h| (h.token, h.lease)).collect();
+    assert_eq!(seen, [(a.fencing_token(), s[0].lease_id()), (b.fencing_token(), s[1].lease_id())]);
+    assert_eq!(full.holders[0].key, a.key());
+
+    a.release().await.unwrap();
+    let c = within("the waiter's permit", waiter).await.unwrap();
+    let after = sem.usage().await.unwrap();
+    let tokens: Vec<u64> = after.holders.iter().map(|h| h.token).collect();
+    assert_eq!((tokens, after.waiting), (vec![b.fencing_token(), c.fencing_token()], 0));
+    b.release().await.unwrap();
+    c.release().await.unwrap();
+    assert_eq!(sem.usage().await.unwrap().available(), 2);
+}
+
 /// Zero permits is refused; the first user's count is stored at `<ns><name>`; a client
 /// that asks for another count (more or fewer) gets `PermitMismatch` from every kind of
 /// acquire and leaves no key.
