@@ -8,15 +8,15 @@
 //! completes only once it *sees* the count at zero, never merely because it was woken.
 
 use super::sync::{Arc, Mutex};
+use super::wakers::Wakers;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 #[derive(Debug, Default)]
 struct Inner {
     running: usize,
-    next_id: u64,
-    idle_waiters: Vec<(u64, Waker)>,
+    idle_waiters: Wakers,
 }
 
 /// The count of running cleanups, shared by a session's handles.
@@ -63,9 +63,9 @@ impl Drop for Running {
             if inner.running > 0 {
                 return;
             }
-            std::mem::take(&mut inner.idle_waiters)
+            inner.idle_waiters.take_all()
         };
-        for (_, waker) in waiters {
+        for waker in waiters {
             waker.wake();
         }
     }
@@ -94,36 +94,19 @@ impl Future for Idle {
         let mut inner = this.cleanups.inner.lock();
         #[cfg(not(leasehold_loom_mutation_cleanups))]
         if inner.running == 0 {
-            if let Some(id) = this.id.take() {
-                inner.idle_waiters.retain(|(i, _)| *i != id);
-            }
+            inner.idle_waiters.remove(this.id.take());
             return Poll::Ready(());
         }
-        match this.id {
-            Some(id) => {
-                if let Some(slot) = inner.idle_waiters.iter_mut().find(|(i, _)| *i == id) {
-                    slot.1.clone_from(cx.waker());
-                } else {
-                    // Woken (and so removed) by a cleanup that ended, but another started
-                    // since: wait again.
-                    inner.idle_waiters.push((id, cx.waker().clone()));
-                }
-            }
-            None => {
-                let id = inner.next_id;
-                inner.next_id += 1;
-                inner.idle_waiters.push((id, cx.waker().clone()));
-                this.id = Some(id);
-            }
-        }
+        // Also after a wake-up whose cleanup was followed by another: wait again.
+        inner.idle_waiters.register(&mut this.id, cx.waker());
         Poll::Pending
     }
 }
 
 impl Drop for Idle {
     fn drop(&mut self) {
-        if let Some(id) = self.id {
-            self.cleanups.inner.lock().idle_waiters.retain(|(i, _)| *i != id);
+        if self.id.is_some() {
+            self.cleanups.inner.lock().idle_waiters.remove(self.id);
         }
     }
 }
@@ -131,40 +114,28 @@ impl Drop for Idle {
 #[cfg(all(test, not(leasehold_loom)))]
 mod tests {
     use super::*;
-    use std::task::Wake;
-
-    #[derive(Default)]
-    struct Count(std::sync::atomic::AtomicUsize);
-    impl Wake for Count {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
-    fn poll(fut: Pin<&mut Idle>, waker: &std::sync::Arc<Count>) -> bool {
-        fut.poll(&mut Context::from_waker(&Waker::from(waker.clone()))).is_ready()
-    }
+    use crate::local::CountingWaker;
 
     #[test]
     fn idle_only_once_every_cleanup_ended() {
         let c = Arc::new(Cleanups::new());
-        assert!(poll(Box::pin(Cleanups::idle(&c)).as_mut(), &Default::default()), "idle with none running");
+        let waker = CountingWaker::new();
+        assert!(waker.poll(Box::pin(Cleanups::idle(&c)).as_mut()).is_ready(), "idle with none running");
         let (one, two) = (Cleanups::start(&c), Cleanups::start(&c));
-        let waker = std::sync::Arc::<Count>::default();
         let mut idle = Box::pin(Cleanups::idle(&c));
-        assert!(!poll(idle.as_mut(), &waker));
+        assert!(waker.poll(idle.as_mut()).is_pending());
         drop(one);
-        assert_eq!(waker.0.load(std::sync::atomic::Ordering::Relaxed), 0, "woken with one still running");
-        assert!(!poll(idle.as_mut(), &waker));
+        assert_eq!(waker.wakes(), 0, "woken with one still running");
+        assert!(waker.poll(idle.as_mut()).is_pending());
         drop(two);
-        assert_eq!(waker.0.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(waker.wakes(), 1);
         // Woken, but a new cleanup started before the waiter looked: it waits again.
         let three = Cleanups::start(&c);
-        assert!(!poll(idle.as_mut(), &waker));
+        assert!(waker.poll(idle.as_mut()).is_pending());
         drop(three);
-        assert_eq!(waker.0.load(std::sync::atomic::Ordering::Relaxed), 2);
-        assert!(poll(idle.as_mut(), &waker));
+        assert_eq!(waker.wakes(), 2);
+        assert!(waker.poll(idle.as_mut()).is_ready());
         assert_eq!(c.running(), 0);
-        assert!(c.inner.lock().idle_waiters.is_empty(), "a finished waiter left its waker");
+        assert_eq!(c.inner.lock().idle_waiters.len(), 0, "a finished waiter left its waker");
     }
 }

@@ -21,3 +21,37 @@ pub(crate) mod session_state;
 pub(crate) mod signal;
 pub(crate) mod sync;
 pub(crate) mod waiter_queue;
+pub(crate) mod wakers;
+
+/// A waker that counts its wake-ups, for the unit tests of the futures here.
+#[cfg(all(test, not(leasehold_loom)))]
+#[derive(Default)]
+pub(crate) struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+#[cfg(all(test, not(leasehold_loom)))]
+impl std::task::Wake for CountingWaker {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(all(test, not(leasehold_loom)))]
+impl CountingWaker {
+    /// A new one, shared.
+    pub(crate) fn new() -> std::sync::Arc<Self> {
+        std::sync::Arc::default()
+    }
+
+    /// How many times it was woken.
+    pub(crate) fn wakes(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Polls `fut` once with this waker.
+    pub(crate) fn poll<F: std::future::Future + ?Sized>(
+        self: &std::sync::Arc<Self>,
+        fut: std::pin::Pin<&mut F>,
+    ) -> std::task::Poll<F::Output> {
+        fut.poll(&mut std::task::Context::from_waker(&std::task::Waker::from(self.clone())))
+    }
+}

@@ -6,15 +6,15 @@
 //! cancellation leak nothing.
 
 use super::sync::{Arc, Mutex};
+use super::wakers::Wakers;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 #[derive(Debug, Default)]
 struct Inner {
     fired: bool,
-    next_id: u64,
-    waiters: Vec<(u64, Waker)>,
+    waiters: Wakers,
 }
 
 /// A one-shot signal shared by clones.
@@ -37,9 +37,9 @@ impl Signal {
                 return false;
             }
             inner.fired = true;
-            std::mem::take(&mut inner.waiters)
+            inner.waiters.take_all()
         };
-        for (_, waker) in waiters {
+        for waker in waiters {
             waker.wake();
         }
         true
@@ -70,30 +70,18 @@ impl Future for SignalWait {
         let this = &mut *self;
         let mut inner = this.signal.inner.lock();
         if inner.fired {
-            this.id = None;
+            this.id = None; // `fire` took every waker
             return Poll::Ready(());
         }
-        match this.id {
-            Some(id) => {
-                if let Some(slot) = inner.waiters.iter_mut().find(|(i, _)| *i == id) {
-                    slot.1.clone_from(cx.waker());
-                }
-            }
-            None => {
-                let id = inner.next_id;
-                inner.next_id += 1;
-                inner.waiters.push((id, cx.waker().clone()));
-                this.id = Some(id);
-            }
-        }
+        inner.waiters.register(&mut this.id, cx.waker());
         Poll::Pending
     }
 }
 
 impl Drop for SignalWait {
     fn drop(&mut self) {
-        if let Some(id) = self.id {
-            self.signal.inner.lock().waiters.retain(|(i, _)| *i != id);
+        if self.id.is_some() {
+            self.signal.inner.lock().waiters.remove(self.id);
         }
     }
 }

@@ -173,41 +173,35 @@ impl Drop for Acquire {
 #[cfg(all(test, not(leasehold_loom)))]
 mod tests {
     use super::*;
-    use std::task::Wake;
+    use crate::local::CountingWaker;
 
-    #[derive(Default)]
-    struct Count(std::sync::atomic::AtomicUsize);
-    impl Wake for Count {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    /// A queue whose slot is held, with waiters `a` and `b` queued in that order.
+    #[allow(clippy::type_complexity)]
+    fn two_waiters() -> (Arc<WaiterQueue>, Slot, [(Pin<Box<Acquire>>, std::sync::Arc<CountingWaker>); 2]) {
+        let q = Arc::new(WaiterQueue::new());
+        let held = WaiterQueue::try_acquire(&q).expect("free");
+        let mut waiters = [
+            (Box::pin(WaiterQueue::acquire(&q)), CountingWaker::new()),
+            (Box::pin(WaiterQueue::acquire(&q)), CountingWaker::new()),
+        ];
+        for (fut, waker) in &mut waiters {
+            assert!(waker.poll(fut.as_mut()).is_pending(), "the slot is held");
         }
-    }
-
-    fn poll(fut: Pin<&mut Acquire>, waker: &std::sync::Arc<Count>) -> Option<Slot> {
-        match fut.poll(&mut Context::from_waker(&Waker::from(waker.clone()))) {
-            Poll::Ready(slot) => Some(slot),
-            Poll::Pending => None,
-        }
+        assert_eq!(q.waiting(), 2);
+        (q, held, waiters)
     }
 
     #[test]
     fn served_in_arrival_order_and_try_never_passes_a_waiter() {
-        let q = Arc::new(WaiterQueue::new());
-        let held = WaiterQueue::try_acquire(&q).expect("free");
-        let (wa, wb) = (std::sync::Arc::<Count>::default(), std::sync::Arc::<Count>::default());
-        let mut a = Box::pin(WaiterQueue::acquire(&q));
-        let mut b = Box::pin(WaiterQueue::acquire(&q));
-        assert!(poll(a.as_mut(), &wa).is_none());
-        assert!(poll(b.as_mut(), &wb).is_none());
-        assert_eq!(q.waiting(), 2);
+        let (q, held, [(mut a, wa), (mut b, wb)]) = two_waiters();
         drop(held);
         // Granted to `a`: nobody else can take it, not even a try.
         assert!(WaiterQueue::try_acquire(&q).is_none());
-        assert!(poll(b.as_mut(), &wb).is_none());
-        assert_eq!(wa.0.load(std::sync::atomic::Ordering::Relaxed), 1);
-        let slot_a = poll(a.as_mut(), &wa).expect("a is first");
+        assert!(wb.poll(b.as_mut()).is_pending());
+        assert_eq!(wa.wakes(), 1);
+        let Poll::Ready(slot_a) = wa.poll(a.as_mut()) else { panic!("a is first") };
         drop(slot_a);
-        let slot_b = poll(b.as_mut(), &wb).expect("then b");
+        let Poll::Ready(slot_b) = wb.poll(b.as_mut()) else { panic!("then b") };
         drop(slot_b);
         assert!(!q.is_out() && q.waiting() == 0);
         assert!(WaiterQueue::try_acquire(&q).is_some());
@@ -215,24 +209,18 @@ mod tests {
 
     #[test]
     fn a_cancelled_waiter_passes_a_granted_slot_on() {
-        let q = Arc::new(WaiterQueue::new());
-        let held = WaiterQueue::try_acquire(&q).expect("free");
-        let (wa, wb) = (std::sync::Arc::<Count>::default(), std::sync::Arc::<Count>::default());
-        let mut a = Box::pin(WaiterQueue::acquire(&q));
-        let mut b = Box::pin(WaiterQueue::acquire(&q));
-        assert!(poll(a.as_mut(), &wa).is_none());
-        assert!(poll(b.as_mut(), &wb).is_none());
+        let (q, held, [(a, _), (mut b, wb)]) = two_waiters();
         drop(held); // granted to a
         drop(a); // which is cancelled before it claims it
-        assert_eq!(wb.0.load(std::sync::atomic::Ordering::Relaxed), 1, "b was not woken");
-        let slot = poll(b.as_mut(), &wb).expect("the slot passed to b");
+        assert_eq!(wb.wakes(), 1, "b was not woken");
+        let Poll::Ready(slot) = wb.poll(b.as_mut()) else { panic!("the slot passed to b") };
         assert_eq!(q.waiting(), 0);
         drop(slot);
         assert!(!q.is_out());
         // A waiter cancelled before its grant just leaves.
         let held = WaiterQueue::try_acquire(&q).expect("free");
         let mut c = Box::pin(WaiterQueue::acquire(&q));
-        assert!(poll(c.as_mut(), &wa).is_none());
+        assert!(wb.poll(c.as_mut()).is_pending());
         drop(c);
         assert_eq!(q.waiting(), 0);
         drop(held);
