@@ -17,8 +17,9 @@
 //!
 //! With `--rounds R` every row is measured R times, the ways interleaved and their order
 //! rotated each round, so that drift on a shared machine hits every way alike; the table
-//! then shows each way's median over the rounds, and `adaptive / best` also the lowest and
-//! highest per-round ratio.
+//! then shows each way's median over the rounds, and `adaptive / best` also the median,
+//! lowest and highest of the per-round ratios (adaptive against the better mode *of the
+//! same round*; the ratio of medians can pair cells from different rounds).
 
 #[path = "../tests/support/etcd.rs"]
 #[allow(dead_code)]
@@ -277,8 +278,9 @@ fn table(cells: &[Cell], ways: &[Way], args: &Args, backend: &str) -> String {
     };
     let rounds = if args.rounds > 1 {
         format!(
-            " Each row was measured {} times with the ways interleaved; cells are medians, and\n\
-             `adaptive / best` shows in brackets the lowest and highest ratio of a single round.",
+            " Each row was measured {} times with the ways interleaved; cells are medians. `adaptive / best`\n\
+             is the ratio of those medians, and in brackets the median, lowest and highest of the ratios\n\
+             within one round (adaptive against the better mode of the same round).",
             args.rounds
         )
     } else {
@@ -315,7 +317,7 @@ fn table(cells: &[Cell], ways: &[Way], args: &Args, backend: &str) -> String {
             match get(Way::Register(Strategy::Adaptive)).map(|c| &c.round_ratios) {
                 Some(r) if r.len() > 1 => {
                     let (lo, hi) = r.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-                    out += &format!(" ({lo:.2}–{hi:.2}) |");
+                    out += &format!(" ({:.2}; {lo:.2}–{hi:.2}) |", median(r.clone()));
                 }
                 _ => out += " |",
             }
