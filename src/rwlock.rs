@@ -137,10 +137,7 @@ impl RwLock {
             for _ in 0..KEY_ATTEMPTS {
                 // A re-attached lease's leftover key of this mode is taken over first.
                 let own = format!("{}{}{:x}-", self.prefix, mode.segment(), self.session.lease_id());
-                let (key, leftover) = match self.session.take_leftover(&own) {
-                    Some(key) => (key, true),
-                    None => (format!("{own}{}", self.session.next_seq()), false),
-                };
+                let (key, leftover) = self.session.numbered_key(&own);
                 let req = CreateRequest {
                     key,
                     value: Vec::new(),

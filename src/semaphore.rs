@@ -309,10 +309,7 @@ impl Semaphore {
     /// The key for an acquisition: a leftover permit key of a re-attached lease (`true`:
     /// taken over, see [`SessionBuilder::attach`](crate::SessionBuilder::attach)), else a new one.
     fn acquisition_key(&self) -> (String, bool) {
-        match self.session.take_leftover(&format!("{}{:x}-", self.prefix, self.session.lease_id())) {
-            Some(key) => (key, true),
-            None => (self.next_key(), false),
-        }
+        self.session.numbered_key(&format!("{}{:x}-", self.prefix, self.session.lease_id()))
     }
 
     fn keys_taken(&self) -> Error {

@@ -314,6 +314,16 @@ impl Session {
         Some(left.remove(at))
     }
 
+    /// The key for an acquisition that takes one numbered key (`<own><n>`, `own` ending in
+    /// `<lease hex>-`): the oldest leftover of a re-attached lease with that start (`true`:
+    /// take it over), else a number this session has not used.
+    pub(crate) fn numbered_key(&self, own: &str) -> (String, bool) {
+        match self.take_leftover(own) {
+            Some(key) => (key, true),
+            None => (format!("{own}{}", self.next_seq()), false),
+        }
+    }
+
     /// Marks the keys `keys()` names as taken over (recipes whose key is fixed per session
     /// adopt it). `keys` runs only while leftovers remain.
     pub(crate) fn claim_leftovers<const N: usize>(&self, keys: impl FnOnce() -> [String; N]) {
