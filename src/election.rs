@@ -3,7 +3,7 @@
 use crate::backend::{CreateRequest, KeyValue, LeaseId, Precondition, Write};
 use crate::error::Result;
 use crate::guard::{held_accessors, Holding};
-use crate::lock_delay::{self, Admit, LockDelay};
+use crate::lock_delay::{self, LockDelay};
 use crate::queue::{enqueue, local_slot, Admission, Rule, Subscription, Ticket, Wait};
 use crate::{Client, Session};
 use tracing::Instrument;
@@ -162,16 +162,13 @@ impl Election {
                 Admission::NotAdmitted => return Ok(None),
                 Admission::KeyTaken => unreachable!("adopt is set"),
             };
-            let mut leadership = Leadership { hold, marker: None };
-            if let Some(delay) = &self.lock_delay {
-                match delay.admit("election", &leadership.hold, wait).await? {
-                    Admit::Hold => leadership.marker = Some(delay.marker().to_owned()),
-                    Admit::GiveUp => {
-                        leadership.hold.release().await?;
-                        return Ok(None);
-                    }
-                }
-            }
+            let leadership = match &self.lock_delay {
+                Some(delay) => match delay.hold("election", hold, wait).await? {
+                    Some((hold, marker)) => Leadership { hold, marker: Some(marker) },
+                    None => return Ok(None),
+                },
+                None => Leadership { hold, marker: None },
+            };
             if kv.value != value {
                 leadership.proclaim(value).await?;
             }

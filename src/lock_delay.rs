@@ -49,7 +49,7 @@ pub(crate) struct LockDelay {
 
 /// What [`LockDelay::admit`] decided.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Admit {
+enum Admit {
     /// The guard may be returned: no delay was due, or it has passed. The marker now holds
     /// this acquisition's token.
     Hold,
@@ -68,15 +68,28 @@ impl LockDelay {
         self.delay
     }
 
-    /// The marker key, cleared by a clean release.
-    pub(crate) fn marker(&self) -> &str {
-        &self.marker
+    /// Lock-delay for a recipe's fresh acquisition: `hold` and the marker key its clean
+    /// release must clear, or `None` (the key released again) if the caller's wait ran out
+    /// before the delay did.
+    pub(crate) async fn hold(
+        &self,
+        what: &'static str,
+        hold: Holding,
+        wait: Wait,
+    ) -> Result<Option<(Holding, String)>> {
+        match self.admit(what, &hold, wait).await? {
+            Admit::Hold => Ok(Some((hold, self.marker.clone()))),
+            Admit::GiveUp => {
+                hold.release().await?;
+                Ok(None)
+            }
+        }
     }
 
     /// Runs once `hold` has been admitted: waits out the delay if the previous holder did
     /// not release cleanly (see the [module docs](self)), then records `hold` as the holder.
     /// Fails with [`Error::SessionLost`] if the key or the session is lost meanwhile.
-    pub(crate) async fn admit(&self, what: &'static str, hold: &Holding, wait: Wait) -> Result<Admit> {
+    async fn admit(&self, what: &'static str, hold: &Holding, wait: Wait) -> Result<Admit> {
         let admitted = Instant::now();
         let backend = hold.session().client().backend().clone();
         let token = hold.token();

@@ -1,12 +1,12 @@
 //! A distributed mutex with a fencing token, under a session's lease.
 
 use crate::adaptive::Adaptive;
-use crate::backend::{Condition, CreateRequest, Precondition, Replaced, Write};
+use crate::backend::{Condition, CreateRequest, KeyValue, Precondition, Replaced, Write};
 use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
 use crate::guard::{fenced_writes, held_accessors, Holding};
 use crate::local::waiter_queue::Slot;
-use crate::lock_delay::{self, Admit, LockDelay};
+use crate::lock_delay::{self, LockDelay};
 use crate::queue::{enqueue, gone, local_slot, Admission, Pending, Retry, Rule, Ticket, Wait};
 use crate::Session;
 use std::sync::Arc;
@@ -40,6 +40,13 @@ pub struct Holder {
     pub token: u64,
     /// Its lease.
     pub lease: i64,
+}
+
+impl Holder {
+    /// The holder whose key is `kv` (its token is the key's create revision).
+    pub(crate) fn of(kv: KeyValue) -> Self {
+        Self { key: kv.key, token: kv.create_revision as u64, lease: kv.lease }
+    }
 }
 
 /// A distributed mutex.
@@ -277,7 +284,7 @@ impl Mutex {
     /// The current holder, if any (a snapshot: it may change at once).
     pub async fn holder(&self) -> Result<Option<Holder>> {
         let (kvs, _) = self.session.client().backend().range_prefix(&self.prefix, 1).await?;
-        Ok(kvs.into_iter().next().map(|kv| Holder { key: kv.key, token: kv.create_revision as u64, lease: kv.lease }))
+        Ok(kvs.into_iter().next().map(Holder::of))
     }
 
     async fn acquire(&self, wait: Wait) -> Result<Option<MutexGuard>> {
@@ -324,17 +331,9 @@ impl Mutex {
     }
 
     /// Lock-delay, once admitted: see [`crate::lock_delay`].
-    async fn after_delay(mut guard: MutexGuard, delay: &LockDelay, wait: Wait) -> Result<Option<MutexGuard>> {
-        match delay.admit("mutex", &guard.hold, wait).await? {
-            Admit::Hold => {
-                guard.marker = Some(delay.marker().to_owned());
-                Ok(Some(guard))
-            }
-            Admit::GiveUp => {
-                guard.hold.release().await?;
-                Ok(None)
-            }
-        }
+    async fn after_delay(guard: MutexGuard, delay: &LockDelay, wait: Wait) -> Result<Option<MutexGuard>> {
+        let held = delay.hold("mutex", guard.hold, wait).await?;
+        Ok(held.map(|(hold, marker)| MutexGuard { hold, marker: Some(marker) }))
     }
 
     fn request(&self, precondition: Precondition) -> CreateRequest {

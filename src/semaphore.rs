@@ -146,11 +146,7 @@ impl Semaphore {
         };
         let (kvs, _) = backend.range_prefix(&self.prefix, 0).await?;
         let waiting = kvs.len().saturating_sub(permits as usize);
-        let holders = kvs
-            .into_iter()
-            .take(permits as usize)
-            .map(|kv| Holder { key: kv.key, token: kv.create_revision as u64, lease: kv.lease })
-            .collect();
+        let holders = kvs.into_iter().take(permits as usize).map(Holder::of).collect();
         Ok(Usage { permits, holders, waiting })
     }
 

@@ -10,8 +10,8 @@ use super::*;
 use crate::error::Error;
 use etcd_client::{
     Certificate, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, LeaseTimeToLiveOptions,
-    PutOptions, SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchFilterType,
-    WatchOptions,
+    LeaseTimeToLiveResponse, PutOptions, SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
+    WatchFilterType, WatchOptions,
 };
 
 /// How to reach etcd.
@@ -437,27 +437,12 @@ impl Backend for EtcdBackend {
     }
 
     async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<Duration>> {
-        let ttl = unsent_retry(|| {
-            let mut c = self.client.lease_client();
-            async move { c.time_to_live(lease, None).await }
-        });
-        match ttl.await {
-            Ok(r) if r.ttl() > 0 => Ok(Some(Duration::from_secs(r.ttl() as u64))),
-            Ok(_) | Err(Error::LeaseNotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(self.time_to_live(lease, false).await?.map(|r| Duration::from_secs(r.ttl() as u64)))
     }
 
     async fn lease_keys(&self, lease: LeaseId) -> Result<Vec<String>> {
-        let ttl = unsent_retry(|| {
-            let mut c = self.client.lease_client();
-            async move { c.time_to_live(lease, Some(LeaseTimeToLiveOptions::new().with_keys())).await }
-        });
-        match ttl.await {
-            Ok(r) if r.ttl() > 0 => Ok(r.keys().iter().map(|k| String::from_utf8_lossy(k).into_owned()).collect()),
-            Ok(_) | Err(Error::LeaseNotFound { .. }) => Ok(Vec::new()),
-            Err(e) => Err(e),
-        }
+        let Some(r) = self.time_to_live(lease, true).await? else { return Ok(Vec::new()) };
+        Ok(r.keys().iter().map(|k| String::from_utf8_lossy(k).into_owned()).collect())
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
@@ -600,6 +585,20 @@ impl Backend for EtcdBackend {
 }
 
 impl EtcdBackend {
+    /// The lease's TimeToLive answer (with its keys if `keys`), or `None` if it is gone.
+    async fn time_to_live(&self, lease: LeaseId, keys: bool) -> Result<Option<LeaseTimeToLiveResponse>> {
+        let ttl = unsent_retry(|| {
+            let mut c = self.client.lease_client();
+            let options = keys.then(|| LeaseTimeToLiveOptions::new().with_keys());
+            async move { c.time_to_live(lease, options).await }
+        });
+        match ttl.await {
+            Ok(r) if r.ttl() > 0 => Ok(Some(r)),
+            Ok(_) | Err(Error::LeaseNotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Opens a watch and waits for etcd to confirm it (only then is it registered).
     async fn watch(&self, prefix: &str, options: WatchOptions) -> Result<Box<dyn WatchStream>> {
         let open = async {
