@@ -3,6 +3,7 @@
 use crate::backend::memory::MemoryBackend;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::local::value_hints::ValueHints;
 use crate::name::{reserved_key, validate_name};
 use crate::queue::{DeleteFeed, PrefixView};
 use crate::session::SessionBuilder;
@@ -34,6 +35,8 @@ struct ClientInner {
     namespace: String,
     /// Delete feeds and live prefix views (one watch each), shared by every waiter of this client.
     views: Mutex<Views>,
+    /// What this client's queued register updates wrote (saves the next one's read).
+    value_hints: ValueHints,
 }
 
 /// How many prefix watches of each kind (queue feeds, views) a client keeps open after
@@ -97,7 +100,12 @@ impl Client {
 
     /// A client over a shared backend.
     pub fn from_arc(backend: Arc<dyn Backend>) -> Self {
-        Self { inner: Arc::new(ClientInner { backend, namespace: String::new(), views: Mutex::new(Views::default()) }) }
+        Self::with_backend(backend, String::new())
+    }
+
+    fn with_backend(backend: Arc<dyn Backend>, namespace: String) -> Self {
+        let views = Mutex::new(Views::default());
+        Self { inner: Arc::new(ClientInner { backend, namespace, views, value_hints: ValueHints::default() }) }
     }
 
     /// A client over a fresh embedded in-memory store (single process).
@@ -144,13 +152,7 @@ impl Client {
 
     /// The same store with every key under `namespace` (for example `"app1/locks/"`).
     pub fn with_namespace(&self, namespace: impl Into<String>) -> Self {
-        Self {
-            inner: Arc::new(ClientInner {
-                backend: self.inner.backend.clone(),
-                namespace: namespace.into(),
-                views: Mutex::new(Views::default()),
-            }),
-        }
+        Self::with_backend(self.inner.backend.clone(), namespace.into())
     }
 
     /// Opens a session with the default TTL; see [`SessionBuilder`] for options.
@@ -177,6 +179,11 @@ impl Client {
     /// client's namespace: `<namespace>~leasehold/<area>/<name>` (see `name.rs`).
     pub(crate) fn reserved_key(&self, area: &str, name: &str) -> String {
         reserved_key(&self.inner.namespace, area, name)
+    }
+
+    /// What this client's queued register updates wrote (see [`ValueHints`]).
+    pub(crate) fn value_hints(&self) -> &ValueHints {
+        &self.inner.value_hints
     }
 
     /// The shared live view of `prefix`, opening it (one watch) if it is not open yet.

@@ -155,10 +155,11 @@ impl Election {
                 prefix: self.prefix.clone(),
                 head_limit: 1,
                 replaces: None,
+                read: None,
             };
             let ticket = Ticket { what: "election", req, local: Some(local), adopt: true, replaces: None };
             let (hold, kv) = match enqueue(&self.session, ticket, wait, Rule::First).await? {
-                Admission::Held(hold, kv) => (hold, kv),
+                Admission::Held(hold, kv, _) => (hold, kv),
                 Admission::NotAdmitted => return Ok(None),
                 Admission::KeyTaken => unreachable!("adopt is set"),
             };

@@ -117,7 +117,7 @@ impl Holding {
         }
         let backend = self.session.client().backend();
         let held = [Condition::Created { key: self.key.clone(), revision: self.revision }];
-        if backend.write_if(&held, writes).await? {
+        if backend.write_if(&held, writes).await?.is_some() {
             Ok(())
         } else {
             Err(Error::NotHeld { what, reason: format!("{} no longer exists with token {}", self.key, self.revision) })
@@ -126,9 +126,13 @@ impl Holding {
 
     /// Applies `writes` only if this key is still held and `conditions` hold, and releases the
     /// key in the same transaction ("commit and release": one round trip less than a fenced
-    /// write followed by a release). `Ok(false)` if a condition failed: nothing was written
-    /// and the key is still held if it was.
-    pub(crate) async fn write_and_release(&mut self, conditions: &[Condition], mut writes: Vec<Write>) -> Result<bool> {
+    /// write followed by a release): the revision they were applied at, or `Ok(None)` if a
+    /// condition failed: nothing was written and the key is still held if it was.
+    pub(crate) async fn write_and_release(
+        &mut self,
+        conditions: &[Condition],
+        mut writes: Vec<Write>,
+    ) -> Result<Option<Revision>> {
         if !self.release.is_held() {
             return Err(Error::NotHeld { what: "guard", reason: "already released".into() });
         }
@@ -136,7 +140,7 @@ impl Holding {
         all.extend_from_slice(conditions);
         writes.push(Write::Delete { key: self.key.clone() });
         let applied = self.session.client().backend().write_if(&all, writes).await?;
-        if applied && self.release.begin() {
+        if applied.is_some() && self.release.begin() {
             self.release.finish();
             self.local.take();
         }
@@ -219,7 +223,7 @@ impl Holding {
         self.local.take();
         match result {
             Ok(applied) => {
-                if !applied {
+                if applied.is_none() {
                     tracing::debug!(key = self.key, "release: key already gone (lease expired?)");
                 }
                 Ok(())

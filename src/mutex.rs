@@ -1,13 +1,13 @@
 //! A distributed mutex with a fencing token, under a session's lease.
 
 use crate::adaptive::Adaptive;
-use crate::backend::{Condition, CreateRequest, KeyValue, Precondition, Replaced, Write};
+use crate::backend::{Condition, CreateRequest, KeyValue, Precondition, Replaced, Revision, Write};
 use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
 use crate::guard::{fenced_writes, held_accessors, Holding};
 use crate::local::waiter_queue::Slot;
 use crate::lock_delay::{self, LockDelay};
-use crate::queue::{enqueue, gone, local_slot, Admission, Pending, Retry, Rule, Ticket, Wait};
+use crate::queue::{enqueue, gone, local_slot, Admission, Admitted, Pending, Retry, Rule, Ticket, Wait};
 use crate::Session;
 use std::sync::Arc;
 use std::time::Duration;
@@ -270,7 +270,7 @@ impl Mutex {
         let ticket = Ticket { what: "mutex", req, local: hold.take_local(), adopt: true, replaces: Some(hold) };
         let span = tracing::debug_span!("mutex.relock", name = %self.name);
         let hold = match enqueue(&self.session, ticket, Wait::Forever, Rule::First).instrument(span).await? {
-            Admission::Held(hold, _) => hold,
+            Admission::Held(hold, ..) => hold,
             Admission::NotAdmitted | Admission::KeyTaken => unreachable!("waits forever, and adopt is set"),
         };
         if self.strategy == Strategy::Adaptive {
@@ -288,6 +288,19 @@ impl Mutex {
     }
 
     async fn acquire(&self, wait: Wait) -> Result<Option<MutexGuard>> {
+        Ok(self.acquire_reading(wait, None).await?.map(|(guard, _)| guard))
+    }
+
+    /// Waits until the lock is held, like [`lock`](Self::lock), and reads `read` while
+    /// queueing: for a queued [`Register`](crate::Register) update. Says when the lock was
+    /// admitted and, if at once, what the read found (`None` when it took the optimistic
+    /// path or a lock-delay).
+    pub(crate) async fn lock_reading(&self, read: &str) -> Result<(MutexGuard, Option<Admitted>)> {
+        let held = self.acquire_reading(Wait::Forever, Some(read)).await?;
+        Ok(held.expect("waits until held"))
+    }
+
+    async fn acquire_reading(&self, wait: Wait, read: Option<&str>) -> Result<Option<(MutexGuard, Option<Admitted>)>> {
         let timer = crate::metrics::Acquire::start("mutex");
         self.session.check()?;
         let span = tracing::debug_span!("mutex.acquire", name = %self.name, strategy = ?self.strategy);
@@ -295,12 +308,13 @@ impl Mutex {
             let Some(local) = local_slot(&self.session, &self.key, wait).await else { return Ok(None) };
             // A re-attached lease's key for this name is adopted (its relock key deleted).
             self.session.claim_leftovers(|| [self.key.clone(), self.relock_key()]);
+            let cas = |got: Option<MutexGuard>| got.map(|g| (g, None));
             let guard = match self.strategy {
-                Strategy::Pessimistic => self.acquire_queued(wait, local).await,
-                Strategy::Optimistic => self.acquire_cas(wait, local).await,
+                Strategy::Pessimistic => self.acquire_queued(wait, local, read).await,
+                Strategy::Optimistic => self.acquire_cas(wait, local).await.map(cas),
                 Strategy::Adaptive if self.adaptive.queue_next() => {
-                    let got = self.acquire_queued(wait, local).await?;
-                    if let Some(g) = &got {
+                    let got = self.acquire_queued(wait, local, read).await?;
+                    if let Some((g, _)) = &got {
                         self.adaptive.queued(g.hold.was_contended());
                     }
                     Ok(got)
@@ -314,17 +328,17 @@ impl Mutex {
                         Some(_) => self.adaptive.optimistic(0),
                         None => {}
                     }
-                    Ok(got)
+                    Ok(cas(got))
                 }
             }?;
             match (guard, &self.lock_delay) {
-                (Some(guard), Some(delay)) => Self::after_delay(guard, delay, wait).await,
+                (Some((guard, _)), Some(delay)) => Ok(Self::after_delay(guard, delay, wait).await?.map(|g| (g, None))),
                 (guard, _) => Ok(guard),
             }
         }
         .instrument(span)
         .await;
-        if let Ok(Some(g)) = &acquired {
+        if let Ok(Some((g, _))) = &acquired {
             timer.done(g.was_contended());
         }
         acquired
@@ -349,19 +363,25 @@ impl Mutex {
             // failed, or a process that re-attached the lease): it goes in the same step.
             // Sessions that never relocked and did not re-attach have none to clean.
             replaces: self.session.may_have_relock_keys().then(|| Replaced { key: self.relock_key(), revision: None }),
+            read: None,
         }
     }
 
-    async fn acquire_queued(&self, wait: Wait, local: Slot) -> Result<Option<MutexGuard>> {
+    async fn acquire_queued(
+        &self,
+        wait: Wait,
+        local: Slot,
+        read: Option<&str>,
+    ) -> Result<Option<(MutexGuard, Option<Admitted>)>> {
         let ticket = Ticket {
             what: "mutex",
-            req: self.request(Precondition::KeyAbsent),
+            req: CreateRequest { read: read.map(str::to_owned), ..self.request(Precondition::KeyAbsent) },
             local: Some(local),
             adopt: true,
             replaces: None,
         };
         match enqueue(&self.session, ticket, wait, Rule::First).await? {
-            Admission::Held(hold, _) => Ok(Some(MutexGuard { hold, marker: None })),
+            Admission::Held(hold, _, admitted) => Ok(Some((MutexGuard { hold, marker: None }, Some(admitted)))),
             Admission::NotAdmitted => Ok(None),
             Admission::KeyTaken => unreachable!("adopt is set"),
         }
@@ -422,16 +442,20 @@ impl MutexGuard {
     /// [`Error::NotHeld`] (writing nothing) if the lock is no longer held.
     pub async fn unlock_with(mut self, mut writes: Vec<Write>) -> Result<()> {
         writes.extend(self.marker.take().map(|key| Write::Delete { key }));
-        if self.hold.write_and_release(&[], writes).await? {
+        if self.hold.write_and_release(&[], writes).await?.is_some() {
             return Ok(());
         }
         Err(Error::NotHeld { what: "mutex", reason: format!("{} no longer exists with this token", self.key()) })
     }
 
     /// Like [`unlock_with`](Self::unlock_with), with extra conditions (e.g. that a value was
-    /// not changed since it was read). `Ok(false)`: a condition failed, nothing was written,
-    /// and the lock is still held if it was.
-    pub(crate) async fn write_and_release(&mut self, conditions: &[Condition], mut writes: Vec<Write>) -> Result<bool> {
+    /// not changed since it was read): the revision of the write, or `Ok(None)`: a condition
+    /// failed, nothing was written, and the lock is still held if it was.
+    pub(crate) async fn write_and_release(
+        &mut self,
+        conditions: &[Condition],
+        mut writes: Vec<Write>,
+    ) -> Result<Option<Revision>> {
         writes.extend(self.marker.clone().map(|key| Write::Delete { key }));
         self.hold.write_and_release(conditions, writes).await
     }

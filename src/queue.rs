@@ -617,7 +617,8 @@ pub(crate) async fn wait_view<R: Send + 'static>(
 
 /// Waits for the key `(key, rev)` to be admitted by `rule`, starting from `head` (a read of
 /// the whole prefix at or after `rev`) and following the prefix's [`DeleteFeed`]. Fails
-/// with `SessionLost` if the key disappears or the session is lost meanwhile.
+/// with `SessionLost` if the key disappears or the session is lost meanwhile. Returns the
+/// revision of the deletion that admitted it.
 ///
 /// Why not wait herd-free for the one key ahead, as ZooKeeper's lock recipe does: on etcd
 /// that needs a new watch per wait, and a watch created while writes are in flight can land
@@ -634,7 +635,7 @@ pub(crate) async fn wait_turn(
     rev: Revision,
     head: View,
     rule: Rule,
-) -> Result<()> {
+) -> Result<Revision> {
     let feed = session.client().delete_feed(prefix);
     let lost = session.lost();
     let t = tokio::select! {
@@ -642,7 +643,7 @@ pub(crate) async fn wait_turn(
         _ = lost => return Err(Error::SessionLost { lease: session.lease_id() }),
     };
     match t {
-        Turn::Ready => Ok(()),
+        (Turn::Ready, at) => Ok(at),
         _ => Err(Error::SessionLost { lease: session.lease_id() }),
     }
 }
@@ -676,14 +677,27 @@ pub(crate) struct Ticket {
 
 /// The outcome of [`enqueue`].
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // returned once per acquisition and taken apart at once
 pub(crate) enum Admission {
-    /// Admitted. The key as the create call saw it (an adopted key keeps its old value).
-    Held(Holding, KeyValue),
+    /// Admitted. The key as the create call saw it (an adopted key keeps its old value),
+    /// and when it was admitted.
+    Held(Holding, KeyValue, Admitted),
     /// A try that was not admitted at once, or a deadline that passed; the key is gone.
     NotAdmitted,
     /// The key already existed under this session's lease and `adopt` was false; nothing
     /// was written or deleted.
     KeyTaken,
+}
+
+/// When an [`enqueue`] was admitted, and what its create call read besides.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    /// The revision from which the key holds: the create call's when admitted at once,
+    /// otherwise that of the deletion that admitted it.
+    pub(crate) at: Revision,
+    /// [`CreateRequest::read`] as of `at`, when the key was admitted at once (`None` if it
+    /// waited: the create call's read is older than its admission).
+    pub(crate) read: Option<Option<KeyValue>>,
 }
 
 /// The pessimistic (queued, fair) acquisition every queue recipe runs: create the key under
@@ -719,21 +733,23 @@ pub(crate) async fn enqueue(session: &Session, ticket: Ticket, wait: Wait, rule:
     let rev = mine.create_revision;
     let head = View::snapshot(resp.head, resp.revision);
     let waited = turn(&head, &key, rev, &rule) != Some(Turn::Ready);
-    if waited {
+    let admitted = if waited {
         if wait == Wait::No {
             pending.abandon().await?;
             return Ok(Admission::NotAdmitted);
         }
         match with_deadline(wait, wait_turn(session, &prefix, &key, rev, head, rule)).await {
-            Some(r) => r?,
+            Some(at) => Admitted { at: at?, read: None },
             None => {
                 pending.abandon().await?;
                 return Ok(Admission::NotAdmitted);
             }
         }
-    }
+    } else {
+        Admitted { at: resp.revision, read: Some(resp.read) }
+    };
     let local = pending.keep();
-    Ok(Admission::Held(Holding::new(session.clone(), key, rev, local).contended(waited), mine))
+    Ok(Admission::Held(Holding::new(session.clone(), key, rev, local).contended(waited), mine, admitted))
 }
 
 /// The waiting half of an optimistic (compare-and-swap) acquisition. After an attempt that
@@ -793,6 +809,7 @@ mod tests {
             prefix: "p/".into(),
             head_limit: 0,
             replaces: None,
+            read: None,
         }
     }
 
@@ -830,7 +847,7 @@ mod tests {
         let rewrite = Write::Put { key: "p/a".into(), value: b"x".to_vec(), lease: Some(lease) };
         let created = backend.get("p/a").await.unwrap().unwrap().create_revision;
         let held = [crate::backend::Condition::Created { key: "p/a".into(), revision: created }];
-        assert!(backend.write_if(&held, vec![rewrite]).await.unwrap());
+        assert!(backend.write_if(&held, vec![rewrite]).await.unwrap().is_some());
         backend.delete_if_created("p/b", backend.get("p/b").await.unwrap().unwrap().create_revision).await.unwrap();
         // Read only now: every state was queued meanwhile.
         let mut seen = Vec::new();

@@ -5,6 +5,7 @@ use crate::backend::{Condition, Write};
 use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
 use crate::mutex::{Mutex, Strategy};
+use crate::queue::Admitted;
 use crate::Session;
 use std::future::Future;
 use std::sync::Arc;
@@ -244,27 +245,47 @@ impl Register {
 
     /// Under the lock: read, then write and release in one transaction (again if an
     /// optimistic writer got in between).
+    ///
+    /// The read is skipped when the value at the lock's admission is already known: read by
+    /// the queueing call itself when the lock was free at once, or (one client's tasks
+    /// handing the lock to each other) left by the previous holder's write, which released
+    /// the lock in the same transaction ([`ValueHints`](crate::local::value_hints)). The
+    /// write stays conditional on the value's revision either way.
     async fn queued<F, Fut>(&self, f: &mut F) -> Result<Updated>
     where
         F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
         Fut: Future<Output = Option<Vec<u8>>> + Send,
     {
-        let backend = self.session.client().backend();
-        let mut guard = self.mutex.lock().await?;
+        let client = self.session.client();
+        let backend = client.backend();
+        let (mut guard, admitted) = self.mutex.lock_reading(&self.key).await?;
         let token = guard.fencing_token();
+        let mut known = match admitted {
+            Some(Admitted { read: Some(read), .. }) => Some(read.map(|kv| (kv.value, kv.mod_revision))),
+            Some(Admitted { at, read: None }) => client.value_hints().take(&self.key, at).await.map(|v| Some((v, at))),
+            None => None,
+        };
         let mut conflicts = 0;
         loop {
-            let current = backend.get(&self.key).await?;
-            let previous = current.as_ref().map(|kv| kv.value.clone());
+            let current = match known.take() {
+                Some(current) => current,
+                None => backend.get(&self.key).await?.map(|kv| (kv.value, kv.mod_revision)),
+            };
+            let (previous, revision) = current.map_or((None, None), |(v, r)| (Some(v), Some(r)));
             let Some(new) = f(previous.clone(), Some(token)).await else {
                 guard.unlock().await?;
                 let updated = Updated { written: false, previous, conflicts, token: Some(token) };
                 return Ok(updated);
             };
-            // Write, check that nobody changed the value, and release: one transaction.
-            let unchanged = Condition::Modified { key: self.key.clone(), revision: current.map(|kv| kv.mod_revision) };
+            // Write, check that nobody changed the value, and release: one transaction. The
+            // value is announced to this client's next queued update, which that release
+            // may admit before this call has its answer.
+            let unchanged = Condition::Modified { key: self.key.clone(), revision };
+            let announced = client.value_hints().announce(&self.key, new.clone());
             let put = Write::Put { key: self.key.clone(), value: new, lease: None };
-            if guard.write_and_release(&[unchanged], vec![put]).await? {
+            let written = guard.write_and_release(&[unchanged], vec![put]).await?;
+            announced.finish(written);
+            if written.is_some() {
                 let updated = Updated { written: true, previous, conflicts, token: Some(token) };
                 return Ok(updated);
             }

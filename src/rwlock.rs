@@ -147,6 +147,7 @@ impl RwLock {
                     // A writer needs only the oldest key; a reader every key older than its own.
                     head_limit: if mode == Mode::Write { 1 } else { 0 },
                     replaces: None,
+                    read: None,
                 };
                 let ticket = Ticket { what: "rwlock", req, local: None, adopt: leftover, replaces: None };
                 let admission = match mode {
@@ -157,7 +158,7 @@ impl RwLock {
                     Mode::Write => enqueue(&self.session, ticket, wait, Rule::First).await?,
                 };
                 match admission {
-                    Admission::Held(hold, _) => return Ok(Some(hold)),
+                    Admission::Held(hold, ..) => return Ok(Some(hold)),
                     Admission::NotAdmitted => return Ok(None),
                     Admission::KeyTaken => continue,
                 }

@@ -224,7 +224,7 @@ impl Semaphore {
         };
         let hold = match enqueue(&self.session, ticket, Wait::Forever, Rule::AmongFirst(limit)).instrument(span).await?
         {
-            Admission::Held(hold, _) => hold,
+            Admission::Held(hold, ..) => hold,
             // The old permit went in that transaction; queue with a fresh key.
             Admission::KeyTaken => self.acquire_queued(Wait::Forever, limit).await?.expect("waits until held").hold,
             Admission::NotAdmitted => unreachable!("waits until held"),
@@ -295,6 +295,7 @@ impl Semaphore {
             prefix: self.prefix.clone(),
             head_limit: limit,
             replaces: None,
+            read: None,
         }
     }
 
@@ -323,7 +324,7 @@ impl Semaphore {
                 replaces: None,
             };
             match enqueue(&self.session, ticket, wait, Rule::AmongFirst(limit)).await? {
-                Admission::Held(hold, _) => return Ok(Some(Permit { hold })),
+                Admission::Held(hold, ..) => return Ok(Some(Permit { hold })),
                 Admission::NotAdmitted => return Ok(None),
                 Admission::KeyTaken => continue,
             }

@@ -66,6 +66,7 @@ async fn unrenewed_lease_expires_and_watchers_see_the_delete() {
         prefix: "exp/".into(),
         head_limit: 0,
         replaces: None,
+        read: None,
     };
     let created = backend.create(req("exp/a", lease.id)).await.unwrap();
     assert!(created.created);
@@ -102,6 +103,7 @@ async fn expired_keys_are_absent_before_the_reaper_runs() {
         prefix: "lazy/".into(),
         head_limit: 0,
         replaces: None,
+        read: None,
     };
     let first = backend.create(req(short.id)).await.unwrap();
     assert!(first.created);

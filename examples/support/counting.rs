@@ -16,11 +16,17 @@ use std::time::Duration;
 pub struct Counts {
     pub writes: AtomicU64,
     pub reads: AtomicU64,
+    /// Reads of one key (`get`), a subset of `reads`.
+    pub gets: AtomicU64,
 }
 
 impl Counts {
     pub fn writes(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
+    }
+    #[allow(dead_code)] // the conformance suite's check of queued register reads uses it
+    pub fn gets(&self) -> u64 {
+        self.gets.load(Ordering::Relaxed)
     }
 }
 
@@ -63,6 +69,7 @@ impl Backend for Counting {
     }
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         self.read();
+        self.counts.gets.fetch_add(1, Ordering::Relaxed);
         self.inner.get(key).await
     }
     async fn range_prefix(&self, prefix: &str, limit: usize) -> Result<(Vec<KeyValue>, Revision)> {
@@ -100,7 +107,7 @@ impl Backend for Counting {
     async fn get_checking_lock(&self, key: &str, lock_prefix: &str) -> Result<(Option<KeyValue>, bool)> {
         self.inner.get_checking_lock(key, lock_prefix).await
     }
-    async fn write_if(&self, conditions: &[Condition], writes: Vec<Write>) -> Result<bool> {
+    async fn write_if(&self, conditions: &[Condition], writes: Vec<Write>) -> Result<Option<Revision>> {
         self.write();
         self.inner.write_if(conditions, writes).await
     }

@@ -483,8 +483,10 @@ impl Backend for EtcdBackend {
             )],
         };
         let skip = replace.len();
-        let then: Vec<TxnOp> = replace.iter().cloned().chain([put, head()]).collect();
-        let otherwise: Vec<TxnOp> = replace.into_iter().chain([TxnOp::get(req.key.clone(), None), head()]).collect();
+        let read = || req.read.iter().map(|k| TxnOp::get(k.clone(), None));
+        let then: Vec<TxnOp> = replace.iter().cloned().chain([put, head()]).chain(read()).collect();
+        let otherwise: Vec<TxnOp> =
+            replace.into_iter().chain([TxnOp::get(req.key.clone(), None), head()]).chain(read()).collect();
         // On success the key is exactly what was put, at the Txn's revision: no need to read it.
         let txn = Txn::new().when([cond]).and_then(then).or_else(otherwise);
         let resp = self.txn(txn).await?;
@@ -495,7 +497,8 @@ impl Backend for EtcdBackend {
         } else {
             range_at(&resp, skip).into_iter().next()
         };
-        Ok(CreateResponse { created, mine, head: range_at(&resp, skip + 1), revision: at })
+        let read = if req.read.is_some() { range_at(&resp, skip + 2).into_iter().next() } else { None };
+        Ok(CreateResponse { created, mine, head: range_at(&resp, skip + 1), revision: at, read })
     }
 
     async fn get_checking_lock(&self, key: &str, lock_prefix: &str) -> Result<(Option<KeyValue>, bool)> {
@@ -560,7 +563,7 @@ impl Backend for EtcdBackend {
         Ok(UnlockedCasResponse { cas: CasResponse { swapped, current, revision: revision(&resp) }, locked })
     }
 
-    async fn write_if(&self, conditions: &[Condition], writes: Vec<Write>) -> Result<bool> {
+    async fn write_if(&self, conditions: &[Condition], writes: Vec<Write>) -> Result<Option<Revision>> {
         let compares: Vec<Compare> = conditions.iter().map(compare).collect();
         let ops: Vec<TxnOp> = writes
             .into_iter()
@@ -571,7 +574,8 @@ impl Backend for EtcdBackend {
                 Write::Delete { key } => TxnOp::delete(key, None),
             })
             .collect();
-        Ok(self.txn(Txn::new().when(compares).and_then(ops)).await?.succeeded())
+        let resp = self.txn(Txn::new().when(compares).and_then(ops)).await?;
+        Ok(resp.succeeded().then(|| revision(&resp)))
     }
 
     async fn watch_prefix(&self, prefix: &str) -> Result<Box<dyn WatchStream>> {

@@ -352,6 +352,7 @@ impl Backend for MemoryBackend {
             mine: st.kvs.get(&req.key).cloned(),
             head: st.prefix(&req.prefix, req.head_limit),
             revision: st.revision,
+            read: req.read.and_then(|k| st.kvs.get(&k).cloned()),
         })
     }
 
@@ -380,17 +381,18 @@ impl Backend for MemoryBackend {
         Ok(CasResponse { swapped, current: st.kvs.get(key).cloned(), revision: st.revision })
     }
 
-    async fn write_if(&self, conditions: &[Condition], writes: Vec<Write>) -> Result<bool> {
+    async fn write_if(&self, conditions: &[Condition], writes: Vec<Write>) -> Result<Option<Revision>> {
         let mut st = self.call().await?;
         let holds = conditions.iter().all(|c| match c {
             Condition::Created { key, revision } => st.kvs.get(key).is_some_and(|kv| kv.create_revision == *revision),
             Condition::Modified { key, revision } => st.kvs.get(key).map(|kv| kv.mod_revision) == *revision,
             Condition::PrefixEmpty { prefix } => st.prefix(prefix, 1).is_empty(),
         });
-        if holds {
-            st.apply(writes)?;
+        if !holds {
+            return Ok(None);
         }
-        Ok(holds)
+        st.apply(writes)?;
+        Ok(Some(st.revision))
     }
 
     async fn watch_prefix(&self, prefix: &str) -> Result<Box<dyn WatchStream>> {

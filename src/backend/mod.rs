@@ -94,6 +94,10 @@ pub struct CreateRequest {
     /// effect is read back: a mutex [relock](crate::Mutex::relock) releases its old key and
     /// queues its new one in one transaction. Applied whether or not the create writes.
     pub replaces: Option<Replaced>,
+    /// Another key to read in the same step, returned as [`CreateResponse::read`]: a
+    /// queued [`Register`](crate::Register) update reads its value while it queues, so
+    /// when it is admitted at once it needs no read of its own.
+    pub read: Option<String>,
 }
 
 /// The key a [`CreateRequest`] deletes in the same step (see [`CreateRequest::replaces`]).
@@ -118,6 +122,8 @@ pub struct CreateResponse {
     pub head: Vec<KeyValue>,
     /// The store revision the response reflects.
     pub revision: Revision,
+    /// [`CreateRequest::read`] as of `revision` (`None` if not asked for or absent).
+    pub read: Option<KeyValue>,
 }
 
 /// The outcome of [`Backend::compare_and_swap`].
@@ -260,8 +266,8 @@ pub trait Backend: Send + Sync + Debug + 'static {
     async fn range_prefix(&self, prefix: &str, limit: usize) -> Result<(Vec<KeyValue>, Revision)>;
 
     /// Deletes `req.replaces` (if given), then creates `req.key` if `req.precondition` holds,
-    /// and reads the prefix head, atomically: the precondition is checked before the
-    /// delete, the head and `mine` are read after it.
+    /// and reads the prefix head (and `req.read`), atomically: the precondition is checked
+    /// before the delete, the head, `mine` and `read` are read after it.
     async fn create(&self, req: CreateRequest) -> Result<CreateResponse>;
     /// Deletes `key` only if its `create_revision` is `create_revision`. True if deleted.
     async fn delete_if_created(&self, key: &str, create_revision: Revision) -> Result<bool>;
@@ -274,10 +280,12 @@ pub trait Backend: Send + Sync + Debug + 'static {
         value: Vec<u8>,
         lease: Option<LeaseId>,
     ) -> Result<CasResponse>;
-    /// Applies `writes` only if every condition holds, atomically. True if applied. With a
-    /// [`Condition::Created`] on a guard's key this is the fenced write: nothing is written
-    /// once the guard's key is gone (released, or expired with its lease).
-    async fn write_if(&self, conditions: &[Condition], writes: Vec<Write>) -> Result<bool>;
+    /// Applies `writes` only if every condition holds, atomically: `Some(revision)` of the
+    /// step that applied them (every key it put has that `mod_revision`), `None` if a
+    /// condition failed and nothing was written. With a [`Condition::Created`] on a guard's
+    /// key this is the fenced write: nothing is written once the guard's key is gone
+    /// (released, or expired with its lease).
+    async fn write_if(&self, conditions: &[Condition], writes: Vec<Write>) -> Result<Option<Revision>>;
 
     /// Like [`compare_and_swap`](Backend::compare_and_swap) (no lease), and only while no key
     /// exists under `lock_prefix` (nobody holds or waits for that lock): the adaptive
@@ -297,7 +305,7 @@ pub trait Backend: Send + Sync + Debug + 'static {
             Condition::PrefixEmpty { prefix: lock_prefix.to_owned() },
         ];
         let put = Write::Put { key: key.to_owned(), value, lease: None };
-        let swapped = self.write_if(&conditions, vec![put]).await?;
+        let swapped = self.write_if(&conditions, vec![put]).await?.is_some();
         let current = self.get(key).await?;
         let mut revision = current.as_ref().map_or(0, |kv| kv.mod_revision);
         let mut locked = false;

@@ -1071,7 +1071,11 @@ impl Backend for TikvBackend {
                     if req.head_limit > 0 {
                         head.truncate(req.head_limit);
                     }
-                    Ok(CreateResponse { created: ok, mine, head, revision: tx.rev })
+                    let read = match &req.read {
+                        Some(k) => tx.get(k).await?,
+                        None => None,
+                    };
+                    Ok(CreateResponse { created: ok, mine, head, revision: tx.rev, read })
                 })
             }),
         )
@@ -1120,7 +1124,7 @@ impl Backend for TikvBackend {
         .await
     }
 
-    async fn write_if(&self, conditions: &[Condition], writes: Vec<Write>) -> Result<bool> {
+    async fn write_if(&self, conditions: &[Condition], writes: Vec<Write>) -> Result<Option<Revision>> {
         let conditions = conditions.to_vec();
         self.run(
             true,
@@ -1138,24 +1142,30 @@ impl Backend for TikvBackend {
                             Condition::PrefixEmpty { prefix } => tx.scan(prefix).await?.is_empty(),
                         };
                         if !holds {
-                            return Ok(false);
+                            return Ok(None);
                         }
                     }
-                    for w in writes {
+                    // A key under an expired lease is gone: reap first (a reap is a revision
+                    // of its own), so that every write below shares one revision.
+                    let mut present = Vec::with_capacity(writes.len());
+                    for w in &writes {
+                        let key = match w {
+                            Write::Put { key, .. } | Write::Delete { key } => key,
+                        };
+                        present.push(tx.get(key).await?.is_some());
+                    }
+                    for (w, present) in writes.into_iter().zip(present) {
                         match w {
                             Write::Put { key, value, lease } => {
-                                // A key under an expired lease is gone: reap it before the write.
-                                tx.get(&key).await?;
                                 tx.put(&key, value, lease.unwrap_or(0)).await?;
                             }
-                            Write::Delete { key } => {
-                                if tx.get(&key).await?.is_some() {
-                                    tx.delete(&key).await?;
-                                }
+                            Write::Delete { key } if present => {
+                                tx.delete(&key).await?;
                             }
+                            Write::Delete { .. } => {}
                         }
                     }
-                    Ok(true)
+                    Ok(Some(tx.rev))
                 })
             }),
         )

@@ -1,4 +1,5 @@
-//! In-process shared state that leasehold's safety rests on.
+//! In-process shared state that leasehold's safety rests on (and one hint that only saves
+//! a read).
 //!
 //! Everything here is free of tokio and of any backend, and takes its primitives from
 //! [`sync`], a shim that is `parking_lot`/`std` in normal builds and `loom` when built with
@@ -13,6 +14,7 @@
 //! | [`fence`] | a fenced resource's high-water mark | no lower token is applied after a higher one |
 //! | [`signal`] | the one-shot lost() signal | every waiter sees it, once |
 //! | [`waiter_queue`] | a session's local waiters for one key | one slot, served in arrival order; a cancelled waiter never strands the queue |
+//! | [`value_hints`] | the value a client's queued register update wrote, by key | a waiter takes it only if written at its admission revision, and waits at most once for a write in flight (a dropped write wakes it) |
 
 pub(crate) mod cleanups;
 pub(crate) mod fence;
@@ -20,6 +22,7 @@ pub(crate) mod release;
 pub(crate) mod session_state;
 pub(crate) mod signal;
 pub(crate) mod sync;
+pub(crate) mod value_hints;
 pub(crate) mod waiter_queue;
 pub(crate) mod wakers;
 

@@ -58,15 +58,15 @@ struct Waiter {
     rev: Revision,
     rule: Rule,
     /// Taken when the turn is sent.
-    tx: Option<oneshot::Sender<Turn>>,
+    tx: Option<oneshot::Sender<(Turn, Revision)>>,
 }
 
 impl Waiter {
-    /// The waiter's turn, if decided.
-    fn decided(&self) -> Option<Turn> {
+    /// The waiter's turn, if decided, and the revision it was decided at.
+    fn decided(&self) -> Option<(Turn, Revision)> {
         match turn(&self.view, &self.key, self.rev, &self.rule)? {
             Turn::Wait => None,
-            t => Some(t),
+            t => Some((t, self.view.revision())),
         }
     }
 }
@@ -138,9 +138,16 @@ impl DeleteFeed {
     }
 
     /// Waits until the key `(key, rev)` is decided by `rule`, starting from `view` (a read of
-    /// the prefix at or after `rev`). Cancel-safe: a dropped waiter is removed at the next
-    /// deletion.
-    pub(crate) async fn wait_turn(&self, mut view: View, key: &str, rev: Revision, rule: Rule) -> Result<Turn> {
+    /// the prefix at or after `rev`), and returns the decision with the revision it was made
+    /// at (the deletion that admitted the key). Cancel-safe: a dropped waiter is removed at
+    /// the next deletion.
+    pub(crate) async fn wait_turn(
+        &self,
+        mut view: View,
+        key: &str,
+        rev: Revision,
+        rule: Rule,
+    ) -> Result<(Turn, Revision)> {
         loop {
             let rx = {
                 let mut st = self.state.lock();
@@ -231,12 +238,17 @@ mod tests {
         View::snapshot(kvs, at)
     }
 
-    async fn decided(feed: &DeleteFeed, view: View, key: &str, rev: Revision) -> Turn {
+    async fn decided(feed: &DeleteFeed, view: View, key: &str, rev: Revision) -> (Turn, Revision) {
         let wait = feed.wait_turn(view, key, rev, Rule::First);
         tokio::time::timeout(Duration::from_secs(5), wait).await.expect("decided in time").unwrap()
     }
 
-    fn spawn_wait(feed: &Arc<DeleteFeed>, view: View, key: &'static str, rev: Revision) -> JoinHandle<Turn> {
+    fn spawn_wait(
+        feed: &Arc<DeleteFeed>,
+        view: View,
+        key: &'static str,
+        rev: Revision,
+    ) -> JoinHandle<(Turn, Revision)> {
         let feed = feed.clone();
         tokio::spawn(async move { decided(&feed, view, key, rev).await })
     }
@@ -248,7 +260,7 @@ mod tests {
         backend.delete_if_created("p/a", a).await.unwrap(); // ... and a goes before any watch
         let feed = DeleteFeed::open(Arc::new(backend.clone()), "p/".into());
         feed.synced.clone().wait_for(|s| *s).await.unwrap(); // the feed covers only later deletions
-        assert_eq!(decided(&feed, snapshot, "p/b", b).await, Turn::Ready, "the waiter reads again");
+        assert_eq!(decided(&feed, snapshot, "p/b", b).await.0, Turn::Ready, "the waiter reads again");
     }
 
     #[tokio::test]
@@ -263,13 +275,14 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
         backend.delete_if_created("p/a", a).await.unwrap();
-        assert_eq!(waiting.await.unwrap(), Turn::Ready);
+        let deleted_at = backend.range_prefix("p/", 0).await.unwrap().1;
+        assert_eq!(waiting.await.unwrap(), (Turn::Ready, deleted_at), "admitted at the deletion's revision");
         // A waiter whose own key goes (its lease expired) is told so.
         let d = create(&backend, "p/d", lease).await;
         let snapshot = head(&backend).await; // d waits behind b
         let waiting = spawn_wait(&feed, snapshot, "p/d", d);
         backend.delete_if_created("p/d", d).await.unwrap();
-        assert_eq!(waiting.await.unwrap(), Turn::Gone);
+        assert_eq!(waiting.await.unwrap().0, Turn::Gone);
     }
 
     #[tokio::test]
@@ -284,7 +297,7 @@ mod tests {
         backend.set_unavailable(true);
         backend.set_unavailable(false);
         backend.delete_if_created("p/a", a).await.unwrap();
-        assert_eq!(waiting.await.unwrap(), Turn::Ready);
+        assert_eq!(waiting.await.unwrap().0, Turn::Ready);
         assert!(!feed.is_failed(), "a transient break is not a failure");
     }
 }

@@ -75,6 +75,7 @@ macro_rules! conformance_suite {
             register_adaptive_yields_to_a_busy_queue => |c| rg::adaptive_yields_to_a_busy_queue(c);
             register_declined_update_writes_nothing => |c| rg::declined_update_writes_nothing(c);
             register_compare_and_swap_unlocked_contract => |c| rg::compare_and_swap_unlocked_contract(c);
+            register_queued_update_reads_only_when_needed => |c| rg::queued_update_reads_only_when_needed(c);
         }
     };
 }

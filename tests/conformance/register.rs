@@ -2,7 +2,12 @@
 
 use leasehold::{Client, Mutex, Register, Strategy};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Notify;
+
+#[path = "../../examples/support/counting.rs"]
+#[allow(dead_code)]
+mod counting;
 
 fn incr(v: Option<&[u8]>) -> Option<Vec<u8>> {
     let n: u64 = v.map_or(0, |b| std::str::from_utf8(b).unwrap().parse().unwrap());
@@ -182,4 +187,57 @@ pub async fn compare_and_swap_unlocked_contract(client: &Client) {
     let (absent, _) = b.get_checking_lock(&format!("{full_key}-absent"), &prefix).await.unwrap();
     assert!(absent.is_none());
     s.close().await.unwrap();
+}
+
+/// A queued update reads the value itself only when it cannot know it: the call that
+/// queues reads it when the lock is free at once, and a holder's write (which releases the
+/// lock in the same transaction) hands it to the next queued update of the same client.
+/// Each of the updates below makes no read of its own, and none is lost.
+pub async fn queued_update_reads_only_when_needed(client: &Client) {
+    let counts = Arc::new(counting::Counts::default());
+    let counting = Client::new(counting::Counting { inner: client.backend().clone(), counts: counts.clone() });
+    let name = "reg-reads";
+    let (a, b) = (counting.session().await.unwrap(), counting.session().await.unwrap());
+    let first = Register::new(&a, name).unwrap().with_strategy(Strategy::Pessimistic);
+    let second = Register::new(&b, name).unwrap().with_strategy(Strategy::Pessimistic);
+    let before = counts.gets();
+    assert!(first.update(incr).await.unwrap().token.is_some(), "queued");
+    assert_eq!(counts.gets() - before, 0, "the lock was free: the queueing call read the value");
+    // `first` holds the lock in its update while `second` queues behind it.
+    let (inside, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let holder = {
+        let (inside, go) = (inside.clone(), go.clone());
+        tokio::spawn(async move {
+            let slow = |v: Option<Vec<u8>>, _| {
+                let (inside, go) = (inside.clone(), go.clone());
+                async move {
+                    inside.notify_one();
+                    go.notified().await;
+                    incr(v.as_deref())
+                }
+            };
+            first.update_async(slow).await.unwrap()
+        })
+    };
+    inside.notified().await;
+    let waiter = tokio::spawn(async move { second.update(incr).await.unwrap() });
+    let prefix = client.prefix_of(name).unwrap();
+    let queued = async {
+        while client.backend().range_prefix(&prefix, 0).await.unwrap().0.len() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), queued).await.expect("the second update queued");
+    let before = counts.gets();
+    go.notify_one();
+    let (held, waited) = (holder.await.unwrap(), waiter.await.unwrap());
+    assert_eq!(held.previous.as_deref(), Some(&b"1"[..]));
+    assert_eq!(waited.previous.as_deref(), Some(&b"2"[..]), "the waiter saw the holder's write");
+    assert_eq!((held.conflicts, waited.conflicts), (0, 0));
+    assert!(waited.token > held.token);
+    assert_eq!(counts.gets() - before, 0, "the hand-off within one client made no read");
+    let v = Register::new(&a, name).unwrap().get().await.unwrap().unwrap();
+    assert_eq!(v, b"3", "no update lost");
+    a.close().await.unwrap();
+    b.close().await.unwrap();
 }
