@@ -2,7 +2,7 @@
 # Runs the loom models of src/local (crate loom-tests; see docs/guarantees.md, section
 # "Model-checked local state"):
 #   1. every model against the library's code, under --cfg leasehold_loom;
-#   2. once per mutation cfg (--cfg leasehold_loom_mutation_{release,fence,deadline,queue,cleanups}),
+#   2. once per mutation cfg (--cfg leasehold_loom_mutation_{release,fence,deadline,queue,cleanups,hints}),
 #      where the matching model is #[should_panic] and must catch the planted bug, and
 #      the other models must still pass.
 # Prints one summary line per run and exits non-zero if any run fails. Builds in
@@ -75,6 +75,7 @@ run mutation-fence fence_never_accepts_lower_after_higher "--cfg leasehold_loom 
 run mutation-deadline session_deadline_never_moves_back "--cfg leasehold_loom --cfg leasehold_loom_mutation_deadline"
 run mutation-queue cancelled_local_waiter_passes_the_slot_on "--cfg leasehold_loom --cfg leasehold_loom_mutation_queue"
 run mutation-cleanups settle_waits_for_every_cleanup "--cfg leasehold_loom --cfg leasehold_loom_mutation_cleanups"
+run mutation-hints value_hint_reaches_the_next_holder "--cfg leasehold_loom --cfg leasehold_loom_mutation_hints"
 
 total_s=$(( $(date +%s) - start_all ))
 if [ "$failed" = 0 ]; then

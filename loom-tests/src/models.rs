@@ -11,8 +11,8 @@
 //! is more than every bug we know of in this kind of code needs: the fence and deadline
 //! mutations below are found with a bound of 1 and the release one with 0 (its second
 //! caller's plain load may read the older `HELD`), and studies of real concurrency bugs
-//! find nearly all of them within two or three preemptions. At 3, all nine models together
-//! take about 5 s in release mode on two cores. Without a bound,
+//! find nearly all of them within two or three preemptions. At 3, all eleven models together
+//! take about 8 s in release mode on two cores. Without a bound,
 //! `lost_session_never_revives` alone needs over a million executions and
 //! `lost_signal_reaches_every_waiter_once` did not finish in 6 minutes.
 //!
@@ -31,12 +31,14 @@
 //! | `leasehold_loom_mutation_deadline` | `SessionState::renewed` stores the renewal's deadline even when it is earlier than the current one, so a renewal sent earlier but finishing later moves the deadline back | [`session_deadline_never_moves_back`] |
 //! | `leasehold_loom_mutation_cleanups` | `Idle::poll` reads the running count under one acquisition of the lock and registers its waker under another, so the last cleanup can end in between and wake nobody | [`settle_waits_for_every_cleanup`] |
 //! | `leasehold_loom_mutation_queue` | a dropped `WaiterQueue::acquire` future that had been granted the slot leaves the queue without passing the slot on | [`cancelled_local_waiter_passes_the_slot_on`] |
+//! | `leasehold_loom_mutation_hints` | `Announced::finish` wakes the waiters before it records the write, so a waiter can look again, still find the write in flight and give up | [`value_hint_reaches_the_next_holder`] |
 
 use crate::local::cleanups::Cleanups;
 use crate::local::fence::HighWater;
 use crate::local::release::ReleaseOnce;
 use crate::local::session_state::{SessionState, SessionStatus};
 use crate::local::signal::Signal;
+use crate::local::value_hints::ValueHints;
 use crate::local::waiter_queue::{Slot, WaiterQueue};
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::Arc;
@@ -513,4 +515,67 @@ fn settle_waits_for_every_cleanup() {
             assert!(poll_with(idle.as_mut(), &waker), "woken but not complete");
         }
     });
+}
+
+/// How a writer's announced value ends in [`value_hint_model`].
+#[derive(Clone, Copy)]
+enum HintOutcome {
+    Written,
+    Failed,
+    Dropped,
+}
+
+/// The writer announces before the waiter exists, as in the library (the waiter is
+/// admitted by the write it announced), then settles `outcome` while the waiter takes;
+/// `block_on` makes a lost wake-up a loom deadlock. Returns what the waiter took.
+fn value_hint_model(name: &str, outcome: HintOutcome) {
+    check(name, move || {
+        let hints = Arc::new(ValueHints::default());
+        let writer = {
+            let hints = hints.clone();
+            thread::spawn(move || {
+                let announced = hints.announce("k", b"v".to_vec());
+                let waiter = {
+                    let hints = hints.clone();
+                    thread::spawn(move || loom::future::block_on(hints.take("k", 5)))
+                };
+                match outcome {
+                    HintOutcome::Written => announced.finish(Some(5)),
+                    HintOutcome::Failed => announced.finish(None),
+                    HintOutcome::Dropped => drop(announced),
+                }
+                waiter.join().unwrap()
+            })
+        };
+        let taken = writer.join().unwrap();
+        match outcome {
+            HintOutcome::Written => assert_eq!(taken.as_deref(), Some(&b"v"[..]), "the write was not handed over"),
+            _ => assert_eq!(taken, None, "a write that did not land was handed over"),
+        }
+        assert_eq!(loom::future::block_on(hints.take("k", 5)), None, "a hint is taken once");
+    });
+}
+
+/// Property: a queued register update admitted by its own client's write (the hint's
+/// revision is its admission revision) is handed that write's value whether it looks before
+/// or after the writer has its answer (`ValueHints`, `value_hints.rs`).
+///
+/// Preemption bound: 3 (module docs). Two threads, two to three lock acquisitions each.
+#[test]
+// Mutation `leasehold_loom_mutation_hints`: finish wakes before it records; loom must find
+// a waiter that looks in between and gives up.
+#[cfg_attr(leasehold_loom_mutation_hints, should_panic(expected = "the write was not handed over"))]
+fn value_hint_reaches_the_next_holder() {
+    value_hint_model("value_hint_reaches_the_next_holder", HintOutcome::Written);
+}
+
+/// Property: a waiter is never left waiting for a write that does not land: one that
+/// failed, or whose announcement was dropped unfinished (a cancelled update), wakes it with
+/// nothing to take.
+///
+/// Preemption bound: 3 (module docs). Checked once per outcome.
+#[test]
+fn unlanded_write_wakes_the_waiter_with_nothing() {
+    value_hint_model("unlanded_write_wakes_the_waiter_failed", HintOutcome::Failed);
+    value_hint_model("unlanded_write_wakes_the_waiter_dropped", HintOutcome::Dropped);
 }

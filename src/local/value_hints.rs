@@ -108,6 +108,9 @@ impl ValueHints {
 impl Announced<'_> {
     /// Records the outcome: `Some(revision)` the write was applied at, `None` if it was not.
     pub(crate) fn finish(self, at: Option<Revision>) {
+        // Mutation for the loom suite: wake the waiters before recording the outcome.
+        #[cfg(leasehold_loom_mutation_hints)]
+        self.done.fire();
         self.hints.settle(&self.key, self.id, at);
         // Drop fires the signal.
     }
