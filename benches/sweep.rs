@@ -12,8 +12,9 @@
 //! Each contender has its own client connection and session (like separate processes), or
 //! with `--shared-client` all share one client (tasks of one process; each its own session).
 //! The clock of a cell starts once every contender is connected. A cell runs for `--seconds`; its throughput is completed updates per second, its
-//! latency the time of one update (acquire, read, critical section, write, release). After
-//! each cell the register must equal the number of completed updates (no lost update).
+//! latency the time of one update (acquire, read, critical section, write, release), its
+//! fairness the fewest updates one contender completed against the mean. After each cell
+//! the register must equal the number of completed updates (no lost update).
 //!
 //! With `--rounds R` every row is measured R times, the ways interleaved and their order
 //! rotated each round, so that drift on a shared machine hits every way alike; the table
@@ -98,6 +99,10 @@ struct Cell {
     p50_ms: f64,
     p99_ms: f64,
     conflicts_per_op: f64,
+    /// Fewest updates one contender completed, as a share of the mean per contender (1.0:
+    /// all alike; near 0: someone starved, which a p99 over all updates can hide when the
+    /// starved contenders complete few updates).
+    fairness: f64,
     /// Per round: adaptive / best of optimistic and pessimistic (adaptive's cells only).
     round_ratios: Vec<f64>,
 }
@@ -127,6 +132,7 @@ fn merge(rounds: &[Vec<Cell>], way: Way) -> Cell {
         p50_ms: pick(|c| c.p50_ms),
         p99_ms: pick(|c| c.p99_ms),
         conflicts_per_op: pick(|c| c.conflicts_per_op),
+        fairness: pick(|c| c.fairness),
         round_ratios,
         ..mine[0].clone()
     }
@@ -248,8 +254,10 @@ async fn run_cell(target: &Target, way: Way, contenders: usize, cs_ms: u64, seco
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
     let mut conflicts = 0;
+    let mut fewest = usize::MAX;
     for t in tasks {
         let (l, c) = t.await.unwrap();
+        fewest = fewest.min(l.len());
         all.extend(l);
         conflicts += c;
     }
@@ -266,6 +274,7 @@ async fn run_cell(target: &Target, way: Way, contenders: usize, cs_ms: u64, seco
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
         conflicts_per_op: conflicts as f64 / all.len() as f64,
+        fairness: fewest as f64 * contenders as f64 / all.len() as f64,
         round_ratios: Vec::new(),
     }
 }
@@ -289,7 +298,9 @@ fn table(cells: &[Cell], ways: &[Way], args: &Args, backend: &str) -> String {
     let mut out = format!(
         "Contention sweep on {backend}: a Register increment per operation, {} s per cell (the clock starts\n\
          once every contender is connected). {who}. `adaptive / best` compares adaptive with the\n\
-         better of optimistic and pessimistic in the same row.{rounds}\n",
+         better of optimistic and pessimistic in the same row.{rounds} In the last table, `fewest per\n\
+         contender / mean` is the fewest updates one contender completed against the mean (1: all\n\
+         alike; near 0: a contender starved, which the p99 over all updates can hide).\n",
         args.seconds
     );
     for &cs in &args.cs_ms {
@@ -327,17 +338,18 @@ fn table(cells: &[Cell], ways: &[Way], args: &Args, backend: &str) -> String {
             }
         }
     }
-    out += "\n### Every cell\n\n| critical section ms | contenders | way | ops/s | p50 ms | p99 ms | conflicts/op |\n|---:|---:|---|---:|---:|---:|---:|\n";
+    out += "\n### Every cell\n\n| critical section ms | contenders | way | ops/s | p50 ms | p99 ms | conflicts/op | fewest per contender / mean |\n|---:|---:|---|---:|---:|---:|---:|---:|\n";
     for c in cells {
         out += &format!(
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} |\n",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
             c.cs_ms,
             c.contenders,
             c.way.name(),
             c.ops_per_s,
             c.p50_ms,
             c.p99_ms,
-            c.conflicts_per_op
+            c.conflicts_per_op,
+            c.fairness
         );
     }
     out

@@ -4,13 +4,14 @@ use crate::backend::memory::MemoryBackend;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::local::value_hints::ValueHints;
+use crate::local::waiter_queue::WaiterQueue;
 use crate::name::{reserved_key, validate_name};
 use crate::queue::{DeleteFeed, PrefixView};
 use crate::session::SessionBuilder;
 use crate::Session;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 /// A handle on one store. Cheap to clone; clones share the connection and the watches.
 ///
@@ -35,8 +36,10 @@ struct ClientInner {
     namespace: String,
     /// Delete feeds and live prefix views (one watch each), shared by every waiter of this client.
     views: Mutex<Views>,
-    /// What this client's queued register updates wrote (saves the next one's read).
+    /// What this client's register updates wrote (saves the next one's read).
     value_hints: ValueHints,
+    /// Where this client's tasks take turns on one register key (adaptive updates).
+    register_turns: Mutex<HashMap<String, Weak<WaiterQueue>>>,
 }
 
 /// How many prefix watches of each kind (queue feeds, views) a client keeps open after
@@ -105,7 +108,8 @@ impl Client {
 
     fn with_backend(backend: Arc<dyn Backend>, namespace: String) -> Self {
         let views = Mutex::new(Views::default());
-        Self { inner: Arc::new(ClientInner { backend, namespace, views, value_hints: ValueHints::default() }) }
+        let (value_hints, register_turns) = (ValueHints::default(), Mutex::default());
+        Self { inner: Arc::new(ClientInner { backend, namespace, views, value_hints, register_turns }) }
     }
 
     /// A client over a fresh embedded in-memory store (single process).
@@ -181,9 +185,22 @@ impl Client {
         reserved_key(&self.inner.namespace, area, name)
     }
 
-    /// What this client's queued register updates wrote (see [`ValueHints`]).
+    /// What this client's register updates wrote (see [`ValueHints`]).
     pub(crate) fn value_hints(&self) -> &ValueHints {
         &self.inner.value_hints
+    }
+
+    /// The local queue where this client's adaptive updates of the register at `key` take
+    /// turns (one at a time per client; see `Register`).
+    pub(crate) fn register_turns(&self, key: &str) -> Arc<WaiterQueue> {
+        let mut turns = self.inner.register_turns.lock();
+        if let Some(q) = turns.get(key).and_then(Weak::upgrade) {
+            return q;
+        }
+        turns.retain(|_, w| w.strong_count() > 0);
+        let q = Arc::new(WaiterQueue::new());
+        turns.insert(key.to_owned(), Arc::downgrade(&q));
+        q
     }
 
     /// The shared live view of `prefix`, opening it (one watch) if it is not open yet.

@@ -21,9 +21,11 @@ use std::collections::HashMap;
 
 type Revision = i64;
 
-/// Past this many keys, the written hints nobody took are dropped (a client that writes
-/// many registers keeps no value per register).
+/// Past this many keys, or [`KEPT_BYTES`] of values, the written hints nobody took are
+/// dropped (a client that writes many or large registers keeps no value per register).
 const KEPT: usize = 256;
+/// See [`KEPT`].
+const KEPT_BYTES: usize = 1 << 20;
 
 #[derive(Debug)]
 enum Entry {
@@ -31,6 +33,14 @@ enum Entry {
     InFlight { id: u64, value: Vec<u8>, done: Signal },
     /// Written at this revision.
     Written { value: Vec<u8>, at: Revision },
+}
+
+impl Entry {
+    fn len(&self) -> usize {
+        match self {
+            Entry::InFlight { value, .. } | Entry::Written { value, .. } => value.len(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -59,7 +69,8 @@ impl ValueHints {
     /// Announces a write of `value` to `key` (replacing what was known of the key).
     pub(crate) fn announce(&self, key: &str, value: Vec<u8>) -> Announced<'_> {
         let mut inner = self.inner.lock();
-        if inner.by_key.len() >= KEPT {
+        let bytes: usize = inner.by_key.values().map(Entry::len).sum();
+        if inner.by_key.len() >= KEPT || bytes >= KEPT_BYTES {
             // Hints of keys nobody of this client took: forget them (at most a read each).
             inner.by_key.retain(|_, e| matches!(e, Entry::InFlight { .. }));
         }
@@ -177,5 +188,11 @@ mod tests {
         assert!(hints.inner.lock().by_key.len() <= KEPT);
         let last = 3 * KEPT as i64 - 1;
         assert!(hints.take(&format!("k{last}"), last).await.is_some(), "the newest is kept");
+        let big = vec![0; KEPT_BYTES / 4];
+        for i in 0..8 {
+            hints.announce(&format!("big{i}"), big.clone()).finish(Some(i));
+        }
+        let bytes: usize = hints.inner.lock().by_key.values().map(Entry::len).sum();
+        assert!(bytes <= KEPT_BYTES + big.len(), "{bytes} bytes kept");
     }
 }

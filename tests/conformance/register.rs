@@ -53,7 +53,9 @@ pub async fn mixed_strategies_lose_no_update(client: &Client, tasks: usize, roun
 /// switches to the queue (some updates are made under the lock). Contention here: every
 /// update spends 1 ms between its read and its write, so concurrent updates conflict on
 /// most attempts (without it, in-process tasks on the memory backend conflict on ~0.2
-/// attempts per update, which is not contention worth a queue).
+/// attempts per update, which is not contention worth a queue). Each contender has a
+/// client of its own on the same store, like separate processes: the tasks of one client
+/// take turns and never conflict (see `adaptive_tasks_of_one_client_take_turns`).
 pub async fn adaptive_follows_contention(client: &Client, contenders: usize, rounds: usize) {
     let s = client.session().await.unwrap();
     let alone = Register::new(&s, "reg-alone").unwrap().with_strategy(Strategy::Adaptive);
@@ -63,7 +65,7 @@ pub async fn adaptive_follows_contention(client: &Client, contenders: usize, rou
     }
     let mut handles = Vec::new();
     for _ in 0..contenders {
-        let client = client.clone();
+        let client = Client::from_arc(client.backend().clone());
         handles.push(tokio::spawn(async move {
             let s = client.session().await.unwrap();
             let r = Register::new(&s, "reg-busy").unwrap().with_strategy(Strategy::Adaptive);
@@ -240,4 +242,39 @@ pub async fn queued_update_reads_only_when_needed(client: &Client) {
     assert_eq!(v, b"3", "no update lost");
     a.close().await.unwrap();
     b.close().await.unwrap();
+}
+
+/// The adaptive updates of one client's tasks take turns: however many tasks of one process
+/// update a register at once, and however long each spends between read and write, they
+/// never make each other's writes fail (so none is pushed into the queue either).
+pub async fn adaptive_tasks_of_one_client_take_turns(client: &Client, tasks: usize, rounds: usize) {
+    let name = "reg-turns";
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let client = client.clone();
+        handles.push(tokio::spawn(async move {
+            let s = client.session().await.unwrap();
+            let r = Register::new(&s, name).unwrap().with_strategy(Strategy::Adaptive);
+            let mut conflicts = 0;
+            for _ in 0..rounds {
+                let slow = |v: Option<Vec<u8>>, _| async move {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    incr(v.as_deref())
+                };
+                let u = r.update_async(slow).await.unwrap();
+                assert!(u.written && u.token.is_none(), "optimistic, written: {u:?}");
+                conflicts += u.conflicts;
+            }
+            s.close().await.unwrap();
+            conflicts
+        }));
+    }
+    let mut conflicts = 0;
+    for h in handles {
+        conflicts += h.await.unwrap();
+    }
+    assert_eq!(conflicts, 0, "tasks of one client made each other's writes fail");
+    let s = client.session().await.unwrap();
+    let v = Register::new(&s, name).unwrap().get().await.unwrap().unwrap();
+    assert_eq!(String::from_utf8(v).unwrap(), (tasks * rounds).to_string(), "lost update");
 }
