@@ -4,14 +4,13 @@ use crate::backend::memory::MemoryBackend;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::local::value_hints::ValueHints;
-use crate::local::waiter_queue::WaiterQueue;
 use crate::name::{reserved_key, validate_name};
 use crate::queue::{DeleteFeed, PrefixView};
 use crate::session::SessionBuilder;
 use crate::Session;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 /// A handle on one store. Cheap to clone; clones share the connection and the watches.
 ///
@@ -38,8 +37,8 @@ struct ClientInner {
     views: Mutex<Views>,
     /// What this client's register updates wrote (saves the next one's read).
     value_hints: ValueHints,
-    /// Where this client's tasks take turns on one register key (adaptive updates).
-    register_turns: Mutex<HashMap<String, Weak<WaiterQueue>>>,
+    /// How many of this client's adaptive updates of each register key are running.
+    register_updates: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 /// How many prefix watches of each kind (queue feeds, views) a client keeps open after
@@ -108,8 +107,8 @@ impl Client {
 
     fn with_backend(backend: Arc<dyn Backend>, namespace: String) -> Self {
         let views = Mutex::new(Views::default());
-        let (value_hints, register_turns) = (ValueHints::default(), Mutex::default());
-        Self { inner: Arc::new(ClientInner { backend, namespace, views, value_hints, register_turns }) }
+        let (value_hints, register_updates) = (ValueHints::default(), Arc::default());
+        Self { inner: Arc::new(ClientInner { backend, namespace, views, value_hints, register_updates }) }
     }
 
     /// A client over a fresh embedded in-memory store (single process).
@@ -190,17 +189,17 @@ impl Client {
         &self.inner.value_hints
     }
 
-    /// The local queue where this client's adaptive updates of the register at `key` take
-    /// turns (one at a time per client; see `Register`).
-    pub(crate) fn register_turns(&self, key: &str) -> Arc<WaiterQueue> {
-        let mut turns = self.inner.register_turns.lock();
-        if let Some(q) = turns.get(key).and_then(Weak::upgrade) {
-            return q;
-        }
-        turns.retain(|_, w| w.strong_count() > 0);
-        let q = Arc::new(WaiterQueue::new());
-        turns.insert(key.to_owned(), Arc::downgrade(&q));
-        q
+    /// Counts an adaptive update of the register at `key` as running until the returned
+    /// guard is dropped; the guard says how many others of this client were running when
+    /// it started (see `Register`).
+    pub(crate) fn register_update(&self, key: &str) -> RunningUpdate {
+        let others = {
+            let mut running = self.inner.register_updates.lock();
+            let n = running.entry(key.to_owned()).or_insert(0);
+            *n += 1;
+            *n - 1
+        };
+        RunningUpdate { running: self.inner.register_updates.clone(), key: key.to_owned(), others }
     }
 
     /// The shared live view of `prefix`, opening it (one watch) if it is not open yet.
@@ -216,5 +215,26 @@ impl Client {
         let mut views = self.inner.views.lock();
         let backend = &self.inner.backend;
         views.feeds.get_or_open(prefix, DeleteFeed::is_failed, || DeleteFeed::open(backend.clone(), prefix.to_owned()))
+    }
+}
+
+/// One running adaptive register update of a client (see [`Client::register_update`]).
+#[derive(Debug)]
+pub(crate) struct RunningUpdate {
+    running: Arc<Mutex<HashMap<String, usize>>>,
+    key: String,
+    /// Updates of the same key by this client that were running when this one started.
+    pub(crate) others: usize,
+}
+
+impl Drop for RunningUpdate {
+    fn drop(&mut self) {
+        let mut running = self.running.lock();
+        if let Some(n) = running.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                running.remove(&self.key);
+            }
+        }
     }
 }

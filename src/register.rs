@@ -4,7 +4,6 @@ use crate::adaptive::{Adaptive, Next};
 use crate::backend::{Condition, KeyValue, Write};
 use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
-use crate::local::waiter_queue::WaiterQueue;
 use crate::mutex::{Mutex, Strategy};
 use crate::queue::Admitted;
 use crate::Session;
@@ -52,8 +51,9 @@ enum Optimistic {
 /// - [`Strategy::Adaptive`]: optimistic until conflicts rise, then queued until probes (a
 ///   single optimistic attempt now and then) keep succeeding (see `src/adaptive.rs`). Its
 ///   optimistic writes yield to the queue: an update whose write fails while anyone holds
-///   or waits for the lock joins the queue instead of retrying against it. The tasks of one
-///   client take turns (FIFO) before all that, so they never make each other's writes fail.
+///   or waits for the lock joins the queue instead of retrying against it. An update that
+///   starts while another update of the register by the same client runs queues at once:
+///   tasks of one process never make each other's writes fail.
 ///
 /// Clients may use different strategies on the same register at once: no update is lost.
 /// The value lives at the key `<namespace><name>` (no lease), and the lock under
@@ -160,11 +160,14 @@ impl Register {
             }),
             Strategy::Pessimistic => self.queued(f).await,
             Strategy::Adaptive => {
-                // Tasks of this client updating this register take turns (FIFO): they would
-                // only make each other's compare-and-swaps fail. Against other processes the
-                // client then contends like one task.
-                let turns = self.session.client().register_turns(&self.key);
-                let _turn = WaiterQueue::acquire(&turns).await;
+                // Contention between tasks of this client needs no measuring: while another
+                // update of this register by this client runs, this one queues. A
+                // compare-and-swap would only make theirs fail, and the queue hands the lock
+                // on inside the process without a read (`queued`).
+                let running = self.session.client().register_update(&self.key);
+                if running.others > 0 {
+                    return self.queued(f).await;
+                }
                 let next = self.adaptive.next();
                 if next == Next::Queue {
                     return self.queued(f).await;

@@ -76,7 +76,7 @@ macro_rules! conformance_suite {
             register_declined_update_writes_nothing => |c| rg::declined_update_writes_nothing(c);
             register_compare_and_swap_unlocked_contract => |c| rg::compare_and_swap_unlocked_contract(c);
             register_queued_update_reads_only_when_needed => |c| rg::queued_update_reads_only_when_needed(c);
-            register_adaptive_tasks_of_one_client_take_turns => |c| rg::adaptive_tasks_of_one_client_take_turns(c, 6, 8);
+            register_adaptive_tasks_of_one_client_queue_for_each_other => |c| rg::adaptive_tasks_of_one_client_queue_for_each_other(c, 6, 8);
         }
     };
 }
