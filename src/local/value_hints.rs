@@ -139,55 +139,69 @@ impl Drop for Announced<'_> {
 #[cfg(all(test, not(leasehold_loom)))]
 mod tests {
     use super::*;
+    use crate::local::CountingWaker;
+    use std::task::Poll;
 
-    #[tokio::test]
-    async fn a_write_at_the_admission_revision_is_taken_once() {
+    /// What `take` answers without waiting (it must not wait here).
+    fn now(hints: &ValueHints, key: &str, at: Revision) -> Option<Vec<u8>> {
+        let waker = CountingWaker::new();
+        match waker.poll(std::pin::pin!(hints.take(key, at))) {
+            Poll::Ready(v) => v,
+            Poll::Pending => panic!("take waited with no write in flight"),
+        }
+    }
+
+    #[test]
+    fn a_write_at_the_admission_revision_is_taken_once() {
         let hints = ValueHints::default();
         hints.announce("k", b"1".to_vec()).finish(Some(7));
-        assert_eq!(hints.take("k", 6).await, None, "another revision: read instead");
-        assert_eq!(hints.take("k", 7).await.as_deref(), Some(&b"1"[..]));
-        assert_eq!(hints.take("k", 7).await, None, "taken");
-        assert_eq!(hints.take("other", 7).await, None);
+        assert_eq!(now(&hints, "k", 6), None, "another revision: read instead");
+        assert_eq!(now(&hints, "k", 7).as_deref(), Some(&b"1"[..]));
+        assert_eq!(now(&hints, "k", 7), None, "taken");
+        assert_eq!(now(&hints, "other", 7), None);
     }
 
-    #[tokio::test]
-    async fn a_waiter_waits_for_the_write_in_flight() {
-        let hints = std::sync::Arc::new(ValueHints::default());
+    #[test]
+    fn a_waiter_waits_for_the_write_in_flight() {
+        let hints = ValueHints::default();
         let announced = hints.announce("k", b"2".to_vec());
-        let waiter = {
-            let hints = hints.clone();
-            tokio::spawn(async move { hints.take("k", 9).await })
-        };
-        tokio::task::yield_now().await;
-        assert!(!waiter.is_finished(), "the outcome is not known yet");
+        let waker = CountingWaker::new();
+        let mut take = std::pin::pin!(hints.take("k", 9));
+        assert!(waker.poll(take.as_mut()).is_pending(), "the outcome is not known yet");
         announced.finish(Some(9));
-        assert_eq!(waiter.await.unwrap().as_deref(), Some(&b"2"[..]));
+        assert_eq!(waker.wakes(), 1, "the outcome wakes the waiter");
+        assert_eq!(waker.poll(take.as_mut()), Poll::Ready(Some(b"2".to_vec())));
     }
 
-    #[tokio::test]
-    async fn a_failed_or_dropped_write_is_no_hint() {
+    #[test]
+    fn a_failed_or_dropped_write_is_no_hint() {
         let hints = ValueHints::default();
         hints.announce("k", b"3".to_vec()).finish(None);
-        assert_eq!(hints.take("k", 1).await, None);
-        drop(hints.announce("k", b"4".to_vec()));
-        assert_eq!(hints.take("k", 1).await, None, "a dropped announcement wakes and leaves nothing");
+        assert_eq!(now(&hints, "k", 1), None);
+        let dropped = hints.announce("k", b"4".to_vec());
+        let waker = CountingWaker::new();
+        let mut take = std::pin::pin!(hints.take("k", 1));
+        assert!(waker.poll(take.as_mut()).is_pending());
+        drop(dropped);
+        assert_eq!(waker.wakes(), 1, "a dropped announcement wakes the waiter");
+        assert_eq!(waker.poll(take.as_mut()), Poll::Ready(None), "and leaves nothing");
         // An older announcement settling late does not overwrite a newer one.
         let old = hints.announce("k", b"5".to_vec());
         hints.announce("k", b"6".to_vec()).finish(Some(3));
         old.finish(Some(2));
-        assert_eq!(hints.take("k", 2).await, None);
-        assert_eq!(hints.take("k", 3).await.as_deref(), Some(&b"6"[..]));
+        assert_eq!(now(&hints, "k", 2), None);
+        assert_eq!(now(&hints, "k", 3).as_deref(), Some(&b"6"[..]));
     }
 
-    #[tokio::test]
-    async fn hints_nobody_takes_are_bounded() {
+    #[test]
+    fn hints_nobody_takes_are_bounded() {
         let hints = ValueHints::default();
         for i in 0..(3 * KEPT as i64) {
             hints.announce(&format!("k{i}"), vec![1]).finish(Some(i));
         }
         assert!(hints.inner.lock().by_key.len() <= KEPT);
         let last = 3 * KEPT as i64 - 1;
-        assert!(hints.take(&format!("k{last}"), last).await.is_some(), "the newest is kept");
+        assert!(now(&hints, &format!("k{last}"), last).is_some(), "the newest is kept");
         let big = vec![0; KEPT_BYTES / 4];
         for i in 0..8 {
             hints.announce(&format!("big{i}"), big.clone()).finish(Some(i));
