@@ -50,12 +50,19 @@ pub struct Backoff {
 }
 
 impl Default for Backoff {
-    /// 50 ms base, 2 s cap, full jitter, at most 8 attempts within 10 s.
+    /// 50 ms base, 1 s cap, full jitter, retrying for up to 10 s (no attempt limit).
+    ///
+    /// The budget is time, not a count of attempts: an outage lasts a time (a raft leader
+    /// election in a default etcd takes one to two election timeouts of 1 s), while the
+    /// total of a fixed number of fully jittered delays is random and can be far shorter.
+    /// With this policy a transient failure that ends within 9 s is always ridden out: the
+    /// policy gives up only when the next try would start after 10 s, and no delay exceeds
+    /// the 1 s cap, so the last try starts after 9 s.
     fn default() -> Self {
         Self {
             base: Duration::from_millis(50),
-            cap: Duration::from_secs(2),
-            max_attempts: Some(8),
+            cap: Duration::from_secs(1),
+            max_attempts: None,
             max_elapsed: Some(Duration::from_secs(10)),
             jitter: Jitter::Full,
         }
@@ -252,6 +259,40 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((v, calls.load(Ordering::SeqCst)), (7, 3));
+    }
+
+    /// The default policy rides out any outage shorter than 9 s, whatever the jitter draws
+    /// (a policy bounded by a count of fully jittered attempts gave up after ~1 s in some
+    /// draws and lost a lock acquisition to an etcd leader election).
+    #[tokio::test(start_paused = true)]
+    async fn default_policy_rides_out_an_outage_by_time() {
+        let outage = Duration::from_millis(8900);
+        for _ in 0..100 {
+            let started = tokio::time::Instant::now();
+            let calls = AtomicU32::new(0);
+            let r = Backoff::default()
+                .retry(|| async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    if started.elapsed() < outage {
+                        Err(Error::Unavailable("etcdserver: no leader".into()))
+                    } else {
+                        Ok(())
+                    }
+                })
+                .await;
+            assert!(r.is_ok(), "gave up after {:?} and {} calls", started.elapsed(), calls.load(Ordering::SeqCst));
+            assert!(
+                started.elapsed() < outage + Duration::from_secs(1),
+                "noticed the end late: {:?}",
+                started.elapsed()
+            );
+        }
+        // And it does give up: a store that stays down fails the call within the budget.
+        let started = tokio::time::Instant::now();
+        let r: Result<()> = Backoff::default().retry(|| async { Err(Error::Unavailable("down".into())) }).await;
+        assert!(r.is_err());
+        assert!(started.elapsed() <= Duration::from_secs(10), "{:?}", started.elapsed());
+        assert!(started.elapsed() > Duration::from_secs(9), "{:?}", started.elapsed());
     }
 
     #[tokio::test(start_paused = true)]
