@@ -33,8 +33,26 @@ pub fn bin_dir() -> PathBuf {
     })
 }
 
-/// A free TCP port on 127.0.0.1 (bound once and released).
+/// A free TCP port on 127.0.0.1 (bound once and released), below the kernel's ephemeral
+/// range when there is room: outgoing connections (clients, `etcdctl`) take their local
+/// ports from that range, so a port found free there could be taken again before etcd
+/// binds it (a sweep failed so: "bind: address already in use").
 pub fn free_port() -> u16 {
+    use rand::Rng;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    const LOW: u16 = 10_000;
+    if ephemeral_low > LOW + 1000 {
+        let mut rng = rand::rng();
+        for _ in 0..1000 {
+            let port = rng.random_range(LOW..ephemeral_low);
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -107,30 +125,44 @@ impl EtcdCluster {
     }
 
     /// A cluster as `options` say; waits until every member answers.
+    ///
+    /// A member that exits at once because its port was taken meanwhile (the ports are
+    /// found free, then released for etcd to bind) is not waited for: the cluster starts
+    /// again on fresh ports, at most 5 times.
     pub fn start_with(options: Options) -> Self {
         let n = options.members.max(1);
-        let dir = tempfile::tempdir().unwrap();
-        let members: Vec<Member> = (0..n)
-            .map(|i| Member {
-                name: format!("n{i}"),
-                client_port: free_port(),
-                peer_port: free_port(),
-                data_dir: dir.path().join(format!("n{i}")),
-                child: None,
-            })
-            .collect();
-        let mut c = Self {
-            members,
-            token: format!("leasehold-test-{}", std::process::id()),
-            extra_args: options.extra,
-            tls: options.tls,
-            _dir: dir,
-        };
-        for i in 0..n {
-            c.spawn(i);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let dir = tempfile::tempdir().unwrap();
+            let members: Vec<Member> = (0..n)
+                .map(|i| Member {
+                    name: format!("n{i}"),
+                    client_port: free_port(),
+                    peer_port: free_port(),
+                    data_dir: dir.path().join(format!("n{i}")),
+                    child: None,
+                })
+                .collect();
+            let mut c = Self {
+                members,
+                token: format!("leasehold-test-{}", std::process::id()),
+                extra_args: options.extra.clone(),
+                tls: options.tls.clone(),
+                _dir: dir,
+            };
+            for i in 0..n {
+                c.spawn(i);
+            }
+            match c.health(Duration::from_secs(30)) {
+                Ok(()) => return c,
+                Err(log) if attempt < 5 && log.contains("address already in use") => {
+                    eprintln!("etcd harness: a port was taken before etcd bound it; starting again on new ports");
+                    drop(c); // kills the members that did start
+                }
+                Err(log) => panic!("{log}"),
+            }
         }
-        c.wait_healthy(Duration::from_secs(30));
-        c
     }
 
     fn spawn(&mut self, i: usize) {
@@ -163,10 +195,18 @@ impl EtcdCluster {
     }
 
     /// Waits until every running member answers `etcdctl endpoint health`.
-    pub fn wait_healthy(&self, limit: Duration) {
+    pub fn wait_healthy(&mut self, limit: Duration) {
+        if let Err(log) = self.health(limit) {
+            panic!("{log}");
+        }
+    }
+
+    /// Waits until every running member answers, or says which did not (with its log):
+    /// after `limit`, or at once when a member has exited.
+    fn health(&mut self, limit: Duration) -> Result<(), String> {
         let start = Instant::now();
-        for (i, m) in self.members.iter().enumerate() {
-            if m.child.is_none() {
+        for i in 0..self.members.len() {
+            if self.members[i].child.is_none() {
                 continue;
             }
             loop {
@@ -181,13 +221,20 @@ impl EtcdCluster {
                 if ok {
                     break;
                 }
-                if start.elapsed() > limit {
+                let m = &mut self.members[i];
+                let exited = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                if exited.is_some() || start.elapsed() > limit {
                     let log = std::fs::read_to_string(m.data_dir.with_extension("log")).unwrap_or_default();
-                    panic!("etcd member {} not healthy after {limit:?}; log:\n{log}", m.name);
+                    let why = match exited {
+                        Some(status) => format!("exited ({status})"),
+                        None => format!("not healthy after {limit:?}"),
+                    };
+                    return Err(format!("etcd member {} {why}; log:\n{log}", m.name));
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+        Ok(())
     }
 
     /// `http` or `https`, the scheme of the client URLs.
