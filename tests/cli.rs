@@ -392,3 +392,56 @@ fn lock_delay_after_sigkill_but_not_after_a_clean_exit() {
         assert!(waited < Duration::from_secs(20), "{args:?}: came back only after {waited:?}");
     }
 }
+
+/// `status` shows the holder (with the token its command got) and the waiters, oldest
+/// first, in text and JSON; a free name says so; a semaphore's first N entries hold.
+#[test]
+fn status_shows_holder_and_waiters() {
+    let etcd = EtcdCluster::single();
+    let status = |args: &[&str]| {
+        let out = leasehold(&etcd).arg("status").args(args).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(status(&["cli-status"]).trim(), "cli-status: free");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("go");
+    let hold = format!(
+        "echo started $LEASEHOLD_FENCING_TOKEN; i=0; while [ ! -f '{}' ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
+        marker.display()
+    );
+    let mut holder =
+        leasehold(&etcd).args(["lock", "cli-status", "--", "sh", "-c", &hold]).stdout(Stdio::piped()).spawn().unwrap();
+    let token = wait_started(&mut holder);
+    let mut waiter = leasehold(&etcd).args(["lock", "cli-status", "--", "true"]).spawn().unwrap();
+    // The waiter queues in its own time: poll (bounded) until it shows.
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = status(&["cli-status"]);
+        if text.starts_with("cli-status: 1 holding, 1 waiting") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[0], "cli-status: 1 holding, 1 waiting", "{text}");
+    assert!(lines[1].starts_with(&format!("holding token={token} lease=")), "{text}");
+    assert!(lines[2].starts_with("waiting token="), "{text}");
+    let waiting_token: u64 = lines[2]["waiting token=".len()..].split(' ').next().unwrap().parse().unwrap();
+    assert!(waiting_token > token as u64, "{text}");
+
+    let json = status(&["cli-status", "--json"]);
+    assert!(
+        json.trim().starts_with(&format!(r#"{{"name":"cli-status","holding":[{{"token":{token},"lease":""#)),
+        "{json}"
+    );
+    assert!(json.contains(&format!(r#""waiting":[{{"token":{waiting_token},"#)), "{json}");
+    // Read as a semaphore of 2 permits, both entries hold.
+    assert!(status(&["cli-status", "--permits", "2"]).starts_with("cli-status: 2 holding, 0 waiting"));
+
+    std::fs::write(&marker, "").unwrap();
+    assert!(holder.wait().unwrap().success());
+    assert!(waiter.wait().unwrap().success());
+    assert_eq!(status(&["cli-status"]).trim(), "cli-status: free");
+}

@@ -32,6 +32,7 @@ Examples:
   leasehold elect scheduler --value \"$(hostname)\" -- ./run-scheduler
   leasehold elect scheduler --observe --json
   leasehold leader scheduler
+  leasehold status nightly-report
   leasehold --endpoints etcd://10.0.0.1:2379,10.0.0.2:2379 lock --timeout 30s db-migrate -- ./migrate
   leasehold lock --try cron -- ./job.sh || echo \"another node runs it\"
   LEASEHOLD_ENDPOINTS=memory:// leasehold lock demo -- sh -c 'echo token=$LEASEHOLD_FENCING_TOKEN'
@@ -165,6 +166,18 @@ enum Cmd {
         #[arg(last = true, required_unless_present = "observe")]
         cmd: Vec<String>,
     },
+    /// Print who holds a name and who waits for it, oldest first (any recipe's name,
+    /// and `etcdctl lock`'s).
+    Status {
+        /// Lock, semaphore, election or read-write lock name.
+        name: String,
+        /// For a semaphore: its permit count (the first N entries hold).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        permits: Option<u32>,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the current leader of an election and its fencing token.
     Leader {
         /// Election name.
@@ -277,6 +290,57 @@ fn describe(leader: &Option<LeaderInfo>, json: bool) -> String {
             l.lease
         ),
     }
+}
+
+/// How many of a name's entries (oldest first) hold it: the first `permits` for a
+/// semaphore; for a read-write lock (keys under `read/` and `write/`) the readers at the
+/// head, or the one writer there; otherwise the first (a lock's holder, an election's
+/// leader).
+fn holding(entries: &[leasehold::backend::KeyValue], prefix: &str, permits: Option<u32>) -> usize {
+    let rest = |kv: &leasehold::backend::KeyValue| kv.key[prefix.len()..].to_owned();
+    if let Some(n) = permits {
+        return entries.len().min(n as usize);
+    }
+    if entries.iter().any(|kv| rest(kv).starts_with("read/") || rest(kv).starts_with("write/")) {
+        return match entries.first() {
+            Some(kv) if rest(kv).starts_with("write/") => 1,
+            _ => entries.iter().take_while(|kv| rest(kv).starts_with("read/")).count(),
+        };
+    }
+    entries.len().min(1)
+}
+
+/// `leasehold status`: a summary line and one line per entry, or one JSON object.
+fn status(name: &str, entries: &[leasehold::backend::KeyValue], holding: usize, json: bool) -> String {
+    let (held, waiting) = entries.split_at(holding);
+    if json {
+        let list = |kvs: &[leasehold::backend::KeyValue]| {
+            let items: Vec<String> = kvs
+                .iter()
+                .map(|kv| {
+                    format!(
+                        r#"{{"token":{},"lease":"{:x}","key":{}}}"#,
+                        kv.create_revision,
+                        kv.lease,
+                        json_str(&kv.key)
+                    )
+                })
+                .collect();
+            format!("[{}]", items.join(","))
+        };
+        return format!(r#"{{"name":{},"holding":{},"waiting":{}}}"#, json_str(name), list(held), list(waiting));
+    }
+    let mut out = if entries.is_empty() {
+        format!("{name}: free")
+    } else {
+        format!("{name}: {} holding, {} waiting", held.len(), waiting.len())
+    };
+    for (role, kvs) in [("holding", held), ("waiting", waiting)] {
+        for kv in kvs {
+            out.push_str(&format!("\n{role} token={} lease={:x} key={}", kv.create_revision, kv.lease, kv.key));
+        }
+    }
+    out
 }
 
 /// "500ms", "10s", "2m", "1h", or plain seconds ("1.5").
@@ -434,6 +498,13 @@ async fn run(cli: Cli) -> Result<u8, Fail> {
             });
             run_guarded(&name, session, guard, &cmd, hold.grace).await
         }
+        Cmd::Status { name, permits, json } => {
+            let prefix = client.prefix_of(&name)?;
+            let (entries, _) = client.backend().range_prefix(&prefix, 0).await?;
+            let holding = holding(&entries, &prefix, permits);
+            println!("{}", status(&name, &entries, holding, json));
+            Ok(0)
+        }
         Cmd::Leader { name, json } => {
             let session = client.session().await?;
             let leader = Election::new(&session, &name)?.leader().await?;
@@ -479,5 +550,40 @@ fn main() -> ExitCode {
             eprintln!("leasehold: {msg}");
             ExitCode::from(code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leasehold::backend::KeyValue;
+
+    fn entries(suffixes: &[&str]) -> Vec<KeyValue> {
+        suffixes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| KeyValue {
+                key: format!("ns/x/{s}"),
+                value: Vec::new(),
+                create_revision: 10 + i as i64,
+                mod_revision: 10 + i as i64,
+                lease: 0x1f,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn holding_follows_each_recipes_rule() {
+        let p = "ns/x/";
+        assert_eq!(holding(&entries(&[]), p, None), 0);
+        assert_eq!(holding(&entries(&["a", "b", "c"]), p, None), 1, "a lock or an election: the first");
+        assert_eq!(holding(&entries(&["a", "b", "c"]), p, Some(2)), 2, "a semaphore: the first N");
+        assert_eq!(holding(&entries(&["a"]), p, Some(3)), 1);
+        let rw = entries(&["read/a-0", "read/b-0", "write/c-0", "read/d-0"]);
+        assert_eq!(holding(&rw, p, None), 2, "readers at the head share; a reader behind a writer waits");
+        assert_eq!(holding(&entries(&["write/a-0", "read/b-0"]), p, None), 1, "a writer at the head holds alone");
+        let text = status("x", &rw, 2, false);
+        assert_eq!(text.lines().next(), Some("x: 2 holding, 2 waiting"));
+        assert_eq!(text.lines().nth(3), Some("waiting token=12 lease=1f key=ns/x/write/c-0"));
     }
 }
