@@ -173,6 +173,11 @@ impl Client {
         &self.inner.backend
     }
 
+    /// This client's key namespace (`""` for none).
+    pub(crate) fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
     /// The key prefix of a recipe name: `<namespace><name>/`. Fails for invalid names.
     pub fn prefix_of(&self, name: &str) -> Result<String> {
         Ok(format!("{}{}/", self.inner.namespace, validate_name(name)?))

@@ -47,8 +47,9 @@ impl SessionBuilder {
     /// Re-attach to an existing lease instead of granting a new one: a restarted process
     /// reclaims the keys it held. Fails with [`Error::LeaseNotFound`] if the lease expired.
     ///
-    /// The keys the lease holds when the session opens are its
-    /// [leftovers](Session::leftover_keys): each acquisition takes one over where it would
+    /// The keys a recipe made under the lease (in this client's namespace) that it still
+    /// holds when the session opens are its [leftovers](Session::leftover_keys); keys the
+    /// application attached to the lease itself are not. Each acquisition takes one over where it would
     /// otherwise create a key of that kind (a mutex or a leadership of the same name; a
     /// semaphore permit, or a read or write lock, of the same name and mode, oldest first),
     /// keeping its place in the queue and its fencing token. Leftovers nobody takes over
@@ -82,6 +83,10 @@ impl SessionBuilder {
                     other => other?,
                 };
                 leftovers = Backoff::default().retry(|| backend.lease_keys(id)).await?;
+                // Only keys leasehold makes: keys the application attached to the lease
+                // itself are not its to take over or release.
+                let namespace = self.client.namespace();
+                leftovers.retain(|key| is_recipe_key(namespace, id, key));
                 (id, ttl, sent)
             }
         };
@@ -112,6 +117,22 @@ impl SessionBuilder {
         *inner.keepalive.lock() = Some(task);
         tracing::debug!(lease = format_args!("{lease:x}"), ?ttl, "session opened");
         Ok(Session { inner })
+    }
+}
+
+/// Whether `key` has the shape of a key a recipe of a client in `namespace` makes under
+/// `lease`: `<namespace><name>/[read/|write/]<lease hex>[-<n>|-r]` for a valid name.
+fn is_recipe_key(namespace: &str, lease: LeaseId, key: &str) -> bool {
+    let Some(rest) = key.strip_prefix(namespace) else { return false };
+    let Some((name, below)) = rest.split_once('/') else { return false };
+    if crate::name::validate_name(name).is_err() {
+        return false;
+    }
+    let last = below.strip_prefix("read/").or_else(|| below.strip_prefix("write/")).unwrap_or(below);
+    let Some(tail) = last.strip_prefix(&format!("{lease:x}")) else { return false };
+    match tail.strip_prefix('-') {
+        None => tail.is_empty(),
+        Some(n) => n == "r" || (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
     }
 }
 
@@ -280,7 +301,8 @@ impl Session {
 
     /// Deletes the [leftover keys](Session::leftover_keys) no acquisition has taken over,
     /// freeing what they held, and returns how many it deleted. A key is deleted only while
-    /// it is still this lease's (with the create revision it was read with).
+    /// it is still this lease's (with the create revision it was read with). Keys the
+    /// application attached to the lease itself are never among them.
     pub async fn release_leftovers(&self) -> Result<usize> {
         let keys = std::mem::take(&mut *self.inner.leftovers.lock());
         let backend = self.inner.client.backend();
@@ -459,5 +481,39 @@ async fn keep_alive(client: Client, lease: LeaseId, ttl: Duration, shared: Arc<S
             }
             None => continue, // the deadline branch above decides
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_recipe_key;
+
+    #[test]
+    fn recipe_keys_are_told_from_the_applications_own() {
+        let lease = 0x694d_1f2a;
+        for ours in [
+            "app/jobs/694d1f2a",
+            "app/jobs/694d1f2a-r",
+            "app/slots/694d1f2a-0",
+            "app/slots/694d1f2a-17",
+            "app/cfg/read/694d1f2a-3",
+            "app/cfg/write/694d1f2a-4",
+        ] {
+            assert!(is_recipe_key("app/", lease, ours), "{ours}");
+        }
+        for theirs in [
+            "app/registration",          // no name segment
+            "app/svc/instance-1",        // not the lease
+            "app/jobs/694d1f2a-x",       // not a number
+            "app/jobs/694d1f2a-",        // empty number
+            "app/jobs/694d1f2ab",        // another lease's prefix
+            "app/jobs/x/694d1f2a",       // deeper than a recipe's key
+            "other/jobs/694d1f2a",       // another namespace
+            "app/~leasehold/x/694d1f2a", // the reserved area
+            "app/a b/694d1f2a",          // not a valid name
+        ] {
+            assert!(!is_recipe_key("app/", lease, theirs), "{theirs}");
+        }
+        assert!(is_recipe_key("", lease, "jobs/694d1f2a"));
     }
 }

@@ -735,6 +735,10 @@ pub async fn reattach_takes_over_leftovers(client: &Client) {
         (read.key().to_owned(), read.fencing_token()),
         (lead.key().to_owned(), lead.fencing_token()),
     ];
+    // The application attached a key of its own to the same lease (a registration).
+    let own = format!("{}-registration", client.prefix_of(&el).unwrap().trim_end_matches('/'));
+    let put = client.backend().compare_and_swap(&own, None, b"svc-1".to_vec(), Some(before.lease_id())).await;
+    assert!(put.unwrap().swapped);
     // The earlier process "crashes": nothing released, the lease kept by its successor.
     std::mem::forget((p0, p1, read, lead));
     let lease = before.detach();
@@ -765,6 +769,8 @@ pub async fn reattach_takes_over_leftovers(client: &Client) {
     // The leftover nobody took over is released on request: the waiter gets its permit.
     assert_eq!(after.release_leftovers().await.unwrap(), 1);
     assert!(after.leftover_keys().is_empty());
+    let kept = client.backend().get(&own).await.unwrap().expect("the application's own key was released");
+    assert_eq!((kept.value.as_slice(), kept.lease), (b"svc-1".as_slice(), lease));
     let theirs = within("the waiter's permit", waiting).await.unwrap().unwrap();
     assert!(theirs.fencing_token() > old[1].1);
 
