@@ -67,6 +67,15 @@ fn wait_started(child: &mut std::process::Child) -> u32 {
     line.trim().strip_prefix("started ").expect("child announces itself").parse().unwrap()
 }
 
+/// A shell script that prints `started <what>` (e.g. `$$`), then holds until `marker`
+/// exists (at most 30 s).
+fn hold_until(marker: &std::path::Path, what: &str) -> String {
+    format!(
+        "echo started {what}; i=0; while [ ! -f '{}' ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
+        marker.display()
+    )
+}
+
 fn alive(pid: u32) -> bool {
     // A zombie still has /proc/<pid>; only its state says it is dead.
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
@@ -126,10 +135,7 @@ fn interop_with_etcdctl_lock() {
     let etcd = EtcdCluster::single();
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("go");
-    let hold = format!(
-        "echo started $$; i=0; while [ ! -f '{}' ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
-        marker.display()
-    );
+    let hold = hold_until(&marker, "$$");
 
     // etcdctl holds.
     let mut ctl =
@@ -311,10 +317,7 @@ fn interop_with_etcdctl_elect() {
     // leasehold leads (after etcdctl's lease is gone); etcdctl's observer sees our value.
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("go");
-    let hold = format!(
-        "echo started $$; i=0; while [ ! -f '{}' ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
-        marker.display()
-    );
+    let hold = hold_until(&marker, "$$");
     let mut ours = leasehold(&etcd)
         .args(["elect", "cli-elect", "--value", "from-leasehold", "--timeout", "20s", "--", "sh", "-c", &hold])
         .stdout(Stdio::piped())
@@ -406,10 +409,7 @@ fn status_shows_holder_and_waiters() {
     assert_eq!(status(&["cli-status"]).trim(), "cli-status: free");
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("go");
-    let hold = format!(
-        "echo started $LEASEHOLD_FENCING_TOKEN; i=0; while [ ! -f '{}' ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
-        marker.display()
-    );
+    let hold = hold_until(&marker, "$LEASEHOLD_FENCING_TOKEN");
     let mut holder =
         leasehold(&etcd).args(["lock", "cli-status", "--", "sh", "-c", &hold]).stdout(Stdio::piped()).spawn().unwrap();
     let token = wait_started(&mut holder);
