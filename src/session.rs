@@ -49,8 +49,8 @@ impl SessionBuilder {
     ///
     /// The keys a recipe made under the lease (in this client's namespace) that it still
     /// holds when the session opens are its [leftovers](Session::leftover_keys); keys the
-    /// application attached to the lease itself are not. Each acquisition takes one over where it would
-    /// otherwise create a key of that kind (a mutex or a leadership of the same name; a
+    /// application attached to the lease itself are not. Each acquisition takes one over
+    /// where it would otherwise create a key of that kind (a mutex or a leadership of the same name; a
     /// semaphore permit, or a read or write lock, of the same name and mode, oldest first),
     /// keeping its place in the queue and its fencing token. Leftovers nobody takes over
     /// keep what they hold (a permit, a place) until
