@@ -200,6 +200,49 @@ impl Mutex {
         self.acquire(Wait::Forever).await.map(|g| g.expect("waits until held"))
     }
 
+    /// Runs `work` under the lock: waits for the lock, runs `work` with the guard, and
+    /// unlocks when it returns. The lock-lost notification is built in: if the session is
+    /// lost while `work` runs, `work` is dropped at once — it does not get past the await
+    /// it is at — and the call fails with [`Error::SessionLost`]. (With
+    /// [`lock`](Self::lock), watching [`MutexGuard::lost`] is the caller's job.)
+    ///
+    /// If the unlock after `work` fails (the store unreachable for the whole retry budget),
+    /// the result is still returned — the work did run under the lock — and the key is left
+    /// to the lease, with a warning in the log. If `work` panics, the panic unwinds through
+    /// this call and the guard's drop releases the lock in the background.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
+    /// use leasehold::{Client, Mutex};
+    /// let session = Client::memory().session().await?;
+    /// let report = Mutex::new(&session, "nightly-report")?;
+    /// let token = report
+    ///     .with_lock(async |guard| {
+    ///         guard.fenced_put("reports/last-run", "2026-12-01").await?; // refused once lost
+    ///         Ok::<_, leasehold::Error>(guard.fencing_token())
+    ///     })
+    ///     .await??;
+    /// assert!(token > 0);
+    /// assert!(report.holder().await?.is_none(), "released after the work");
+    /// # Ok(()) }
+    /// ```
+    pub async fn with_lock<T>(&self, work: impl AsyncFnOnce(&MutexGuard) -> T) -> Result<T> {
+        let guard = self.lock().await?;
+        let lost = guard.lost();
+        let out = tokio::select! {
+            biased;
+            _ = lost => {
+                tracing::warn!(name = %self.name, "session lost while running work under the lock; work stopped");
+                return Err(Error::SessionLost { lease: self.session.lease_id() });
+            }
+            out = work(&guard) => out,
+        };
+        if let Err(e) = guard.unlock().await {
+            tracing::warn!(name = %self.name, error = %e, "unlock after with_lock failed; the lease will free the key");
+        }
+        Ok(out)
+    }
+
     /// Takes the lock if it is free, without waiting: `Ok(None)` if someone else holds it.
     pub async fn try_lock(&self) -> Result<Option<MutexGuard>> {
         self.acquire(Wait::No).await

@@ -181,6 +181,35 @@ pub async fn lost_session(client: &Client) {
     next.unlock().await.unwrap();
 }
 
+/// `with_lock` runs the work under the lock and releases after it; when the session is
+/// lost while the work runs, the work is dropped at its await (it never reaches its end)
+/// and the call fails with SessionLost.
+pub async fn with_lock(client: &Client) {
+    let s = client.session_builder().ttl(Duration::from_secs(2)).open().await.unwrap();
+    let m = Mutex::new(&s, "with-lock").unwrap();
+    let (token, holder) = m.with_lock(async |g| (g.fencing_token(), m.holder().await.unwrap())).await.unwrap();
+    assert_eq!(holder.map(|h| h.token), Some(token), "the work ran without the lock");
+    assert!(m.holder().await.unwrap().is_none(), "not released after the work");
+    // Its future is Send: it can run on another task.
+    let m2 = m.clone();
+    let spawned = tokio::spawn(async move { m2.with_lock(async |g| g.fencing_token()).await.unwrap() });
+    assert!(spawned.await.unwrap() > token);
+
+    let reached_end = std::sync::atomic::AtomicBool::new(false);
+    let work = m.with_lock(async |g| {
+        client.backend().revoke_lease(g.session().lease_id()).await.unwrap(); // what expiry does
+        std::future::pending::<()>().await; // work that would never end by itself
+        reached_end.store(true, Ordering::SeqCst);
+    });
+    let r = tokio::time::timeout(SOON, work).await.expect("the work was not stopped when the lock was lost");
+    assert!(matches!(r, Err(Error::SessionLost { lease }) if lease == s.lease_id()), "{r:?}");
+    assert!(!reached_end.load(Ordering::SeqCst));
+    let other = client.session().await.unwrap();
+    let next = Mutex::new(&other, "with-lock").unwrap().lock_timeout(SOON).await.unwrap();
+    assert!(next.fencing_token() > token);
+    next.unlock().await.unwrap();
+}
+
 /// A waiter whose own key vanishes (its lease expired) fails with SessionLost instead of
 /// believing it got the lock.
 pub async fn waiter_loses_its_key(client: &Client, strategy: Strategy) {
