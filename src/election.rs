@@ -2,7 +2,7 @@
 
 use crate::backend::{CreateRequest, KeyValue, LeaseId, Precondition, Write};
 use crate::error::Result;
-use crate::guard::{held_accessors, Holding};
+use crate::guard::{fenced_writes, held_accessors, Holding};
 use crate::lock_delay::{self, LockDelay};
 use crate::queue::{enqueue, local_slot, Admission, Rule, Subscription, Ticket, Wait};
 use crate::{Client, Session};
@@ -122,6 +122,37 @@ impl Election {
     /// [`Session::settle`]).
     pub async fn campaign(&self, value: impl Into<Vec<u8>>) -> Result<Leadership> {
         Ok(self.campaign_with(value.into(), Wait::Forever).await?.expect("waits until elected"))
+    }
+
+    /// Campaigns, runs `work` while leading, and resigns when it returns: a singleton job in
+    /// one call. If the session is lost while `work` runs, `work` is dropped at the await it
+    /// is at — a deposed leader stops — and the call fails with
+    /// [`Error::SessionLost`](crate::Error::SessionLost) (as
+    /// [`Mutex::with_lock`](crate::Mutex::with_lock)).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
+    /// use leasehold::{Client, Election};
+    /// let session = Client::memory().session().await?;
+    /// let scheduler = Election::new(&session, "scheduler")?;
+    /// let led = scheduler
+    ///     .with_leadership("node-a", async |leader| {
+    ///         leader.fenced_put("jobs/last-run", "2026-12-01").await?; // refused once deposed
+    ///         Ok::<_, leasehold::Error>(leader.fencing_token())
+    ///     })
+    ///     .await??;
+    /// assert!(led > 0);
+    /// assert_eq!(scheduler.leader().await?, None, "resigned after the work");
+    /// # Ok(()) }
+    /// ```
+    pub async fn with_leadership<T>(
+        &self,
+        value: impl Into<Vec<u8>>,
+        work: impl AsyncFnOnce(&Leadership) -> T,
+    ) -> Result<T> {
+        let leadership = self.campaign(value).await?;
+        let lost = (leadership.lost(), self.session.lease_id());
+        crate::guard::run_held("election", leadership, lost, work, async |l: Leadership| l.resign().await).await
     }
 
     /// Becomes the leader only if nobody leads now: `Ok(None)` otherwise, leaving no key.
@@ -256,6 +287,7 @@ impl Leadership {
         token: "The fencing token: strictly greater than every earlier leader's token of this election.",
         key: "The leader key (`<prefix><lease hex>`)."
     );
+    fenced_writes!("election", "candidate still leads");
 
     /// Announces a new value without a new election: a fenced write of the leader key that
     /// keeps its lease. Fails with [`Error::NotHeld`](crate::Error::NotHeld) if this is no longer the leader (its key

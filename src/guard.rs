@@ -256,3 +256,29 @@ impl Drop for Holding {
         self.release.finish();
     }
 }
+
+/// The body of `Mutex::with_lock`, `Semaphore::with_permit` and
+/// `Election::with_leadership`: runs `work` with `guard` unless the session is lost first
+/// (then `work` is dropped at its await: [`Error::SessionLost`]), then releases the guard
+/// with `release`; a release that fails is left to the lease (logged), since the work did
+/// run while it was held.
+pub(crate) async fn run_held<G, T>(
+    what: &'static str,
+    guard: G,
+    (lost, lease): (impl Future<Output = ()>, crate::backend::LeaseId),
+    work: impl AsyncFnOnce(&G) -> T,
+    release: impl AsyncFnOnce(G) -> Result<()>,
+) -> Result<T> {
+    let out = tokio::select! {
+        biased;
+        _ = lost => {
+            tracing::warn!(what, "session lost while running work under it; work stopped");
+            return Err(Error::SessionLost { lease });
+        }
+        out = work(&guard) => out,
+    };
+    if let Err(e) = release(guard).await {
+        tracing::warn!(what, error = %e, "release after the work failed; the lease will free the key");
+    }
+    Ok(out)
+}

@@ -228,19 +228,8 @@ impl Mutex {
     /// ```
     pub async fn with_lock<T>(&self, work: impl AsyncFnOnce(&MutexGuard) -> T) -> Result<T> {
         let guard = self.lock().await?;
-        let lost = guard.lost();
-        let out = tokio::select! {
-            biased;
-            _ = lost => {
-                tracing::warn!(name = %self.name, "session lost while running work under the lock; work stopped");
-                return Err(Error::SessionLost { lease: self.session.lease_id() });
-            }
-            out = work(&guard) => out,
-        };
-        if let Err(e) = guard.unlock().await {
-            tracing::warn!(name = %self.name, error = %e, "unlock after with_lock failed; the lease will free the key");
-        }
-        Ok(out)
+        let lost = (guard.lost(), self.session.lease_id());
+        crate::guard::run_held("mutex", guard, lost, work, async |g: MutexGuard| g.unlock().await).await
     }
 
     /// Takes the lock if it is free, without waiting: `Ok(None)` if someone else holds it.

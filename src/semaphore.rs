@@ -158,6 +158,27 @@ impl Semaphore {
         self.acquire_with(Wait::Forever).await.map(|p| p.expect("waits until held"))
     }
 
+    /// Runs `work` holding a permit: waits for one, runs `work` with it, and releases it
+    /// when `work` returns. If the session is lost while `work` runs, `work` is dropped at
+    /// the await it is at and the call fails with [`Error::SessionLost`] (as
+    /// [`Mutex::with_lock`](crate::Mutex::with_lock)).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
+    /// use leasehold::{Client, Semaphore};
+    /// let session = Client::memory().session().await?;
+    /// let encoders = Semaphore::new(&session, "encoders", 3)?;
+    /// let in_use = encoders.with_permit(async |_permit| encoders.usage().await).await??;
+    /// assert_eq!(in_use.holders.len(), 1);
+    /// assert_eq!(encoders.usage().await?.available(), 3, "released after the work");
+    /// # Ok(()) }
+    /// ```
+    pub async fn with_permit<T>(&self, work: impl AsyncFnOnce(&Permit) -> T) -> Result<T> {
+        let permit = self.acquire().await?;
+        let lost = (permit.lost(), self.session.lease_id());
+        crate::guard::run_held("semaphore", permit, lost, work, async |p: Permit| p.release().await).await
+    }
+
     /// Takes a permit if one is free for this caller now: `Ok(None)` otherwise.
     pub async fn try_acquire(&self) -> Result<Option<Permit>> {
         self.acquire_with(Wait::No).await

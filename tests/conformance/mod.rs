@@ -42,6 +42,7 @@ macro_rules! conformance_suite {
             ownership_safe_unlock => |c| mx::ownership_safe_unlock(c);
             lost_session => |c| mx::lost_session(c);
             with_lock_runs_under_the_lock_and_stops_when_lost => |c| mx::with_lock(c);
+            with_permit_and_with_leadership => |c| rc::with_permit_and_with_leadership(c);
             waiter_loses_its_key_pessimistic => |c| mx::waiter_loses_its_key(c, Pessimistic);
             waiter_loses_its_key_optimistic => |c| mx::waiter_loses_its_key(c, Optimistic);
             reattach => |c| mx::reattach(c);

@@ -788,3 +788,34 @@ pub async fn reattach_takes_over_leftovers(client: &Client) {
     after.close().await.unwrap();
     other.close().await.unwrap();
 }
+
+/// `Semaphore::with_permit` runs the work holding a permit and releases it after;
+/// `Election::with_leadership` runs it while leading, resigns after, and stops a deposed
+/// leader's work at its await (SessionLost), after which another candidate leads with a
+/// higher token.
+pub async fn with_permit_and_with_leadership(client: &Client) {
+    let (sem, el) = (fresh("with-permit"), fresh("with-leadership"));
+    let s = client.session_builder().ttl(Duration::from_secs(2)).open().await.unwrap();
+    let slots = Semaphore::new(&s, &sem, 2).unwrap();
+    let usage = slots.with_permit(async |p| (p.fencing_token(), slots.usage().await.unwrap())).await.unwrap();
+    assert_eq!(usage.1.holders.iter().map(|h| h.token).collect::<Vec<_>>(), vec![usage.0], "ran without the permit");
+    assert!(keys(client, &client.prefix_of(&sem).unwrap()).await.is_empty(), "permit not released");
+
+    let election = Election::new(&s, &el).unwrap();
+    let led = election.with_leadership("a", async |l| l.fencing_token()).await.unwrap();
+    assert_eq!(election.leader().await.unwrap(), None, "did not resign after the work");
+
+    let deposed_went_on = AtomicBool::new(false);
+    let work = election.with_leadership("a", async |l| {
+        client.backend().revoke_lease(l.session().lease_id()).await.unwrap(); // what expiry does
+        std::future::pending::<()>().await;
+        deposed_went_on.store(true, Ordering::SeqCst);
+    });
+    let r = within("the deposed leader's work to stop", work).await;
+    assert!(matches!(r, Err(Error::SessionLost { .. })), "{r:?}");
+    assert!(!deposed_went_on.load(Ordering::SeqCst));
+    let other = client.session().await.unwrap();
+    let next = within("a new leader", Election::new(&other, &el).unwrap().campaign("b")).await.unwrap();
+    assert!(next.fencing_token() > led);
+    next.resign().await.unwrap();
+}
