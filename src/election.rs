@@ -151,8 +151,11 @@ impl Election {
         work: impl AsyncFnOnce(&Leadership) -> T,
     ) -> Result<T> {
         let leadership = self.campaign(value).await?;
-        let lost = (leadership.lost(), self.session.lease_id());
-        crate::guard::run_held("election", leadership, lost, work, async |l: Leadership| l.resign().await).await
+        let lost = leadership.lost();
+        crate::guard::run_held("election", leadership, lost, self.session.lease_id(), work, async |l: Leadership| {
+            l.resign().await
+        })
+        .await
     }
 
     /// Becomes the leader only if nobody leads now: `Ok(None)` otherwise, leaving no key.

@@ -265,7 +265,8 @@ impl Drop for Holding {
 pub(crate) async fn run_held<G, T>(
     what: &'static str,
     guard: G,
-    (lost, lease): (impl Future<Output = ()>, crate::backend::LeaseId),
+    lost: impl Future<Output = ()>,
+    lease: crate::backend::LeaseId,
     work: impl AsyncFnOnce(&G) -> T,
     release: impl AsyncFnOnce(G) -> Result<()>,
 ) -> Result<T> {

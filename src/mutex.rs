@@ -228,8 +228,11 @@ impl Mutex {
     /// ```
     pub async fn with_lock<T>(&self, work: impl AsyncFnOnce(&MutexGuard) -> T) -> Result<T> {
         let guard = self.lock().await?;
-        let lost = (guard.lost(), self.session.lease_id());
-        crate::guard::run_held("mutex", guard, lost, work, async |g: MutexGuard| g.unlock().await).await
+        let lost = guard.lost();
+        crate::guard::run_held("mutex", guard, lost, self.session.lease_id(), work, async |g: MutexGuard| {
+            g.unlock().await
+        })
+        .await
     }
 
     /// Takes the lock if it is free, without waiting: `Ok(None)` if someone else holds it.

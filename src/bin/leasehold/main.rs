@@ -297,7 +297,10 @@ fn describe(leader: &Option<LeaderInfo>, json: bool) -> String {
 /// head, or the one writer there; otherwise the first (a lock's holder, an election's
 /// leader).
 fn holding(entries: &[leasehold::backend::KeyValue], prefix: &str, permits: Option<u32>) -> usize {
-    let rest = |kv: &leasehold::backend::KeyValue| kv.key[prefix.len()..].to_owned();
+    fn rest<'k>(kv: &'k leasehold::backend::KeyValue, prefix: &str) -> &'k str {
+        &kv.key[prefix.len()..]
+    }
+    let rest = |kv| rest(kv, prefix);
     if let Some(n) = permits {
         return entries.len().min(n as usize);
     }
