@@ -61,9 +61,16 @@ struct Args {
     /// All contenders share one client (tasks of one process) instead of one each (processes).
     #[arg(long)]
     shared_client: bool,
+    /// The registers' requeue window in milliseconds (`Register::with_requeue_window`;
+    /// 0 turns keeping a place off), for A/B runs. Default: the library's.
+    #[arg(long)]
+    requeue_window_ms: Option<f64>,
     #[arg(long, hide = true)]
     bench: bool,
 }
+
+/// `--requeue-window-ms`, once parsed.
+static REQUEUE_WINDOW: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Way {
@@ -158,7 +165,8 @@ async fn contend(
         Way::Register(strategy) => {
             let client = target.client().await;
             let session = client.session().await.unwrap();
-            let reg = Register::new(&session, &name).unwrap().with_strategy(strategy);
+            let window = REQUEUE_WINDOW.get().copied().unwrap_or(leasehold::DEFAULT_REQUEUE_WINDOW);
+            let reg = Register::new(&session, &name).unwrap().with_strategy(strategy).with_requeue_window(window);
             start.wait().await;
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
@@ -398,6 +406,9 @@ fn plot(cells: &[Cell], ways: &[Way], args: &Args, path: &std::path::Path) -> Re
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    if let Some(ms) = args.requeue_window_ms {
+        REQUEUE_WINDOW.set(Duration::from_secs_f64(ms / 1000.0)).expect("set once");
+    }
     if !args.bench {
         println!("sweep: a benchmark; run it with `cargo bench --bench sweep`");
         return;

@@ -36,8 +36,8 @@ struct ClientInner {
     /// Delete feeds and live prefix views (one watch each), shared by every waiter of this client.
     views: Mutex<Views>,
     /// What this client's register updates wrote (saves the next one's read).
-    value_hints: ValueHints,
-    /// How many of this client's adaptive updates of each register key are running.
+    value_hints: Arc<ValueHints>,
+    /// How many of this client's queued or adaptive updates of each register key are running.
     register_updates: Arc<Mutex<HashMap<String, usize>>>,
 }
 
@@ -51,6 +51,8 @@ pub const KEPT_VIEWS: usize = 256;
 struct Views {
     views: Kept<PrefixView>,
     feeds: Kept<DeleteFeed>,
+    /// Register queues' feeds, by register key (see [`Client::register_feed`]).
+    register_feeds: Kept<DeleteFeed>,
 }
 
 /// Open watches of one kind by prefix, the least recently used idle one closed past
@@ -107,7 +109,7 @@ impl Client {
 
     fn with_backend(backend: Arc<dyn Backend>, namespace: String) -> Self {
         let views = Mutex::new(Views::default());
-        let (value_hints, register_updates) = (ValueHints::default(), Arc::default());
+        let (value_hints, register_updates) = (Arc::default(), Arc::default());
         Self { inner: Arc::new(ClientInner { backend, namespace, views, value_hints, register_updates }) }
     }
 
@@ -194,7 +196,7 @@ impl Client {
         &self.inner.value_hints
     }
 
-    /// Counts an adaptive update of the register at `key` as running until the returned
+    /// Counts a queued or adaptive update of the register at `key` as running until the returned
     /// guard is dropped; the guard says how many others of this client were running when
     /// it started (see `Register`).
     pub(crate) fn register_update(&self, key: &str) -> RunningUpdate {
@@ -221,15 +223,34 @@ impl Client {
         let backend = &self.inner.backend;
         views.feeds.get_or_open(prefix, DeleteFeed::is_failed, || DeleteFeed::open(backend.clone(), prefix.to_owned()))
     }
+
+    /// The feed of the register at `key`, whose lock's queue is `prefix`: the queue's
+    /// deletions and the register's values, which it leaves in this client's value hints,
+    /// so a queued update admitted by a write and release needs no read (one watch; see
+    /// [`DeleteFeed::open_register`]).
+    pub(crate) fn register_feed(&self, prefix: &str, key: &str) -> Arc<DeleteFeed> {
+        let mut views = self.inner.views.lock();
+        let (backend, hints) = (&self.inner.backend, &self.inner.value_hints);
+        views.register_feeds.get_or_open(key, DeleteFeed::is_failed, || {
+            DeleteFeed::open_register(backend.clone(), prefix.to_owned(), key.to_owned(), hints.clone())
+        })
+    }
 }
 
-/// One running adaptive register update of a client (see [`Client::register_update`]).
+/// One running queued or adaptive register update of a client (see [`Client::register_update`]).
 #[derive(Debug)]
 pub(crate) struct RunningUpdate {
     running: Arc<Mutex<HashMap<String, usize>>>,
     key: String,
     /// Updates of the same key by this client that were running when this one started.
     pub(crate) others: usize,
+}
+
+impl RunningUpdate {
+    /// Updates of the same key by this client running now, besides this one.
+    pub(crate) fn others_now(&self) -> usize {
+        self.running.lock().get(&self.key).map_or(0, |n| n.saturating_sub(1))
+    }
 }
 
 impl Drop for RunningUpdate {

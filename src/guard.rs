@@ -164,6 +164,14 @@ impl Holding {
         self.local.take()
     }
 
+    /// Gives the local queue slot back after a [`take_local`](Self::take_local) whose
+    /// relock wrote nothing (the guard still holds).
+    pub(crate) fn restore_local(&mut self, local: Option<Slot>) {
+        if self.local.is_none() {
+            self.local = local;
+        }
+    }
+
     /// The checks before a relock or reacquire, each failing with the guard left as it was:
     /// the guard belongs to the caller's recipe and session (`ours`), the session is alive,
     /// and the guard still holds.

@@ -65,7 +65,7 @@ pub use error::{Error, Result};
 pub use fencing::FencedResource;
 pub use mutex::{Holder, Mutex, MutexGuard, Strategy};
 pub use name::{validate_name, MAX_NAME_LEN};
-pub use register::{Register, Updated};
+pub use register::{Register, Updated, DEFAULT_REQUEUE_WINDOW};
 pub use rwlock::{ReadGuard, RwLock, WriteGuard};
 pub use semaphore::{Permit, Semaphore, Usage};
 pub use session::{Session, SessionBuilder, DEFAULT_TTL, MAX_TTL, MIN_TTL};

@@ -316,6 +316,49 @@ impl Mutex {
         Ok(())
     }
 
+    /// Writes like [`MutexGuard::write_and_release`] and, in the same transaction, queues
+    /// this session for the lock again with its other key (as [`relock`](Self::relock)
+    /// does): a [`Register`](crate::Register) update that keeps its handle's place for the
+    /// next one ([`parked`](crate::queue::parked)). `Ok(None)`: a condition failed, nothing
+    /// was written, and `guard` still holds if it did. `Ok(Some(..))`: the guard is
+    /// released and the new key (pending until someone keeps it) exists at the returned
+    /// revision. An error leaves the outcome unknown: `guard` releases on drop and the
+    /// new key, if it was created, is deleted in the background.
+    pub(crate) async fn write_and_requeue(
+        &self,
+        guard: &mut MutexGuard,
+        conditions: &[Condition],
+        mut writes: Vec<Write>,
+    ) -> Result<Option<(Pending, String, Revision)>> {
+        debug_assert!(guard.marker.is_none(), "registers use no lock-delay");
+        if !guard.hold.is_valid() {
+            return Err(Error::NotHeld { what: "mutex", reason: "already released".into() });
+        }
+        let (old, rev) = (guard.key().to_owned(), guard.hold.revision());
+        let key = if old == self.key { self.relock_key() } else { self.key.clone() };
+        let mut all = vec![
+            Condition::Created { key: old.clone(), revision: rev },
+            Condition::Modified { key: key.clone(), revision: None },
+        ];
+        all.extend_from_slice(conditions);
+        writes.push(Write::Delete { key: old });
+        writes.push(Write::Put { key: key.clone(), value: Vec::new(), lease: Some(self.session.lease_id()) });
+        self.session.note_relock();
+        let mut pending = Pending::write(&self.session, key.clone(), all, writes, guard.hold.take_local());
+        let resp = pending.response().await?;
+        match resp.mine {
+            Some(kv) if resp.created => {
+                let placeholder = guard.hold.released_copy();
+                std::mem::replace(&mut guard.hold, placeholder).released_elsewhere();
+                Ok(Some((pending, key, kv.create_revision)))
+            }
+            _ => {
+                guard.hold.restore_local(pending.keep());
+                Ok(None)
+            }
+        }
+    }
+
     /// The current holder, if any (a snapshot: it may change at once).
     pub async fn holder(&self) -> Result<Option<Holder>> {
         let (kvs, _) = self.session.client().backend().range_prefix(&self.prefix, 1).await?;
@@ -460,6 +503,11 @@ pub struct MutexGuard {
 }
 
 impl MutexGuard {
+    /// A guard for a key held by other means (a register's parked queue place).
+    pub(crate) fn from_hold(hold: Holding) -> Self {
+        Self { hold, marker: None }
+    }
+
     /// Whether this acquisition had to wait for another holder.
     pub(crate) fn was_contended(&self) -> bool {
         self.hold.was_contended()

@@ -53,7 +53,9 @@
 //! - [`PrefixView::subscribe`] reports every distinct value of a function of the view (the
 //!   election observer).
 
-use crate::backend::{Backend, CreateRequest, CreateResponse, KeyValue, Replaced, Revision, WatchEvent};
+use crate::backend::{
+    Backend, Condition, CreateRequest, CreateResponse, KeyValue, Replaced, Revision, WatchEvent, Write,
+};
 use crate::backoff::{Backoff, Delays};
 use crate::error::{Error, Result};
 use crate::guard::Holding;
@@ -69,6 +71,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 mod deletes;
+pub(crate) mod parked;
 pub(crate) use deletes::DeleteFeed;
 
 /// The keys under a prefix as of [`revision`](View::revision).
@@ -481,6 +484,42 @@ impl Pending {
         Self { session: session.clone(), key, stage: Stage::InFlight(task), local }
     }
 
+    /// Like [`start`](Self::start) for a key created by a conditional write instead
+    /// (`key` absent must be among `conditions`, and a put of `key` under the session's
+    /// lease among `writes`): a register update that writes its value, releases its lock
+    /// and queues again in one transaction ([`parked`]). Not retried — the write is not
+    /// idempotent — so a transport error leaves the outcome unknown and the key is cleaned
+    /// up like any other whose create failed. The response says `created` when the
+    /// conditions held; it carries no head.
+    pub(crate) fn write(
+        session: &Session,
+        key: String,
+        conditions: Vec<Condition>,
+        writes: Vec<Write>,
+        local: Option<Slot>,
+    ) -> Self {
+        let backend = session.client().backend().clone();
+        let (lease, created_key) = (session.lease_id(), key.clone());
+        let task = tokio::spawn(async move {
+            let applied = backend.write_if(&conditions, writes).await?;
+            let mine = applied.map(|rev| KeyValue {
+                key: created_key,
+                value: Vec::new(),
+                create_revision: rev,
+                mod_revision: rev,
+                lease,
+            });
+            Ok(CreateResponse {
+                created: mine.is_some(),
+                mine,
+                head: Vec::new(),
+                revision: applied.unwrap_or(0),
+                read: None,
+            })
+        });
+        Self { session: session.clone(), key, stage: Stage::InFlight(task), local }
+    }
+
     /// Waits for the create RPC's outcome.
     pub(crate) async fn response(&mut self) -> Result<CreateResponse> {
         let Stage::InFlight(task) = &mut self.stage else {
@@ -628,6 +667,9 @@ pub(crate) async fn wait_view<R: Send + 'static>(
 /// late in bursts (625–766 hand-offs/s at 16 clients against the feed's 1,113; see
 /// `docs/performance.md`). One long-lived feed per prefix per client never waits so; its
 /// cost is one event per deletion per client that waits on the prefix.
+///
+/// `register`: the key of the register whose lock this is, to follow the register's feed
+/// (which also brings its values; see [`DeleteFeed::open_register`]).
 pub(crate) async fn wait_turn(
     session: &Session,
     prefix: &str,
@@ -635,8 +677,12 @@ pub(crate) async fn wait_turn(
     rev: Revision,
     head: View,
     rule: Rule,
+    register: Option<&str>,
 ) -> Result<Revision> {
-    let feed = session.client().delete_feed(prefix);
+    let feed = match register {
+        Some(register) => session.client().register_feed(prefix, register),
+        None => session.client().delete_feed(prefix),
+    };
     let lost = session.lost();
     let t = tokio::select! {
         r = feed.wait_turn(head, key, rev, rule) => r?,
@@ -717,7 +763,7 @@ pub(crate) async fn enqueue(session: &Session, ticket: Ticket, wait: Wait, rule:
     if let Some(old) = &replaces {
         req.replaces = Some(Replaced { key: old.key().to_owned(), revision: Some(old.revision()) });
     }
-    let (key, prefix) = (req.key.clone(), req.prefix.clone());
+    let (key, prefix, register) = (req.key.clone(), req.prefix.clone(), req.read.clone());
     let mut pending = Pending::start(session, req, local);
     let resp = pending.response().await?;
     if let Some(old) = replaces {
@@ -738,7 +784,7 @@ pub(crate) async fn enqueue(session: &Session, ticket: Ticket, wait: Wait, rule:
             pending.abandon().await?;
             return Ok(Admission::NotAdmitted);
         }
-        match with_deadline(wait, wait_turn(session, &prefix, &key, rev, head, rule)).await {
+        match with_deadline(wait, wait_turn(session, &prefix, &key, rev, head, rule, register.as_deref())).await {
             Some(at) => Admitted { at: at?, read: None },
             None => {
                 pending.abandon().await?;

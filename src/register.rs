@@ -3,8 +3,11 @@
 use crate::adaptive::{Adaptive, Next};
 use crate::backend::{Condition, KeyValue, Write};
 use crate::backoff::{Backoff, Jitter};
+use crate::client::RunningUpdate;
 use crate::error::{Error, Result};
+use crate::mutex::MutexGuard;
 use crate::mutex::{Mutex, Strategy};
+use crate::queue::parked::Parking;
 use crate::queue::Admitted;
 use crate::Session;
 use std::future::Future;
@@ -85,7 +88,11 @@ pub struct Register {
     strategy: Strategy,
     backoff: Backoff,
     adaptive: Arc<Adaptive>,
+    parking: Arc<Parking>,
 }
+
+/// The default of [`Register::with_requeue_window`].
+pub const DEFAULT_REQUEUE_WINDOW: Duration = Duration::from_millis(1);
 
 impl Register {
     /// An optimistic register `name`. Fails for an invalid name.
@@ -100,6 +107,7 @@ impl Register {
             strategy: Strategy::Optimistic,
             backoff: Backoff::new(Duration::from_micros(500), Duration::from_millis(50)).jitter(Jitter::Full),
             adaptive: Arc::default(),
+            parking: Arc::new(Parking::new(DEFAULT_REQUEUE_WINDOW)),
         })
     }
 
@@ -112,6 +120,23 @@ impl Register {
     /// The delays between optimistic retries.
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    /// How soon the next update must follow for a queued update to keep the handle's place
+    /// in the queue (default [`DEFAULT_REQUEUE_WINDOW`]; `Duration::ZERO` turns it off).
+    ///
+    /// A queued update costs two commits: one to queue, one to write and release. When it
+    /// had to wait for others, the update before it on this handle ended less than
+    /// `window` before it started, and no other update of this client is running on the
+    /// register, its write also queues the handle for the next update, at the back of the
+    /// queue, in the same transaction: an update loop under contention then costs one
+    /// commit per update, and everyone queued earlier still goes first. If no update
+    /// claims the place by the time it comes to the head, it is released `window` later,
+    /// so an idle handle delays the others by at most that once. Dropping the handle
+    /// releases it at once.
+    pub fn with_requeue_window(mut self, window: Duration) -> Self {
+        self.parking = Arc::new(Parking::new(window));
         self
     }
 
@@ -158,19 +183,23 @@ impl Register {
                 Optimistic::Done(u) => u,
                 Optimistic::Yield { .. } => unreachable!("only adaptive yields"),
             }),
-            Strategy::Pessimistic => self.queued(f).await,
+            Strategy::Pessimistic => {
+                let running = self.session.client().register_update(&self.key);
+                self.queued(f, &running).await
+            }
             Strategy::Adaptive => {
                 // Contention between tasks of this client needs no measuring: while another
                 // update of this register by this client runs, this one queues. A
                 // compare-and-swap would only make theirs fail, and the queue hands the lock
-                // on inside the process without a read (`queued`).
+                // on inside the process without a read (`queued`). So does an update whose
+                // handle kept its place in the queue.
                 let running = self.session.client().register_update(&self.key);
-                if running.others > 0 {
-                    return self.queued(f).await;
+                if running.others > 0 || self.parking.is_parked() {
+                    return self.queued(f, &running).await;
                 }
                 let next = self.adaptive.next();
                 if next == Next::Queue {
-                    return self.queued(f).await;
+                    return self.queued(f, &running).await;
                 }
                 let probe = next == Next::Probe;
                 match self.optimistic(f, true, probe.then_some(1)).await? {
@@ -190,7 +219,7 @@ impl Register {
                         } else {
                             self.adaptive.optimistic(conflicts);
                         }
-                        let mut updated = self.queued(f).await?;
+                        let mut updated = self.queued(f, &running).await?;
                         updated.conflicts += conflicts;
                         Ok(updated)
                     }
@@ -274,14 +303,43 @@ impl Register {
     /// handing the lock to each other) left by the previous holder's write, which released
     /// the lock in the same transaction ([`ValueHints`](crate::local::value_hints)). The
     /// write stays conditional on the value's revision either way.
-    async fn queued<F, Fut>(&self, f: &mut F) -> Result<Updated>
+    ///
+    /// The lock is the handle's parked place when it kept one; and the write keeps the next
+    /// one when the update had to wait, follows the previous update closely and runs alone
+    /// in this client ([`with_requeue_window`](Register::with_requeue_window)).
+    async fn queued<F, Fut>(&self, f: &mut F, running: &RunningUpdate) -> Result<Updated>
+    where
+        F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
+        Fut: Future<Output = Option<Vec<u8>>> + Send,
+    {
+        let follows_closely = self.parking.begin();
+        let updated = self.queued_update(f, running, follows_closely).await;
+        self.parking.end();
+        updated
+    }
+
+    async fn queued_update<F, Fut>(&self, f: &mut F, running: &RunningUpdate, follows_closely: bool) -> Result<Updated>
     where
         F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
         Fut: Future<Output = Option<Vec<u8>>> + Send,
     {
         let client = self.session.client();
         let backend = client.backend();
-        let (mut guard, admitted) = self.mutex.lock_reading(&self.key).await?;
+        let parked = match self.parking.claim() {
+            Some(parked) => match parked.admitted().await {
+                Ok((hold, at)) => Some((MutexGuard::from_hold(hold), Some(Admitted { at, read: None }))),
+                // Its key is deleted in the background; queue afresh (a lost session fails there).
+                Err(e) => {
+                    tracing::debug!(error = %e, "register: parked queue place failed");
+                    None
+                }
+            },
+            None => None,
+        };
+        let (mut guard, admitted) = match parked {
+            Some(held) => held,
+            None => self.mutex.lock_reading(&self.key).await?,
+        };
         let token = guard.fencing_token();
         let mut known = match admitted {
             Some(Admitted { read: Some(read), .. }) => Some(read.map(|kv| (kv.value, kv.mod_revision))),
@@ -306,7 +364,18 @@ impl Register {
             let unchanged = Condition::Modified { key: self.key.clone(), revision };
             let announced = client.value_hints().announce(&self.key, new.clone());
             let put = Write::Put { key: self.key.clone(), value: new, lease: None };
-            let written = guard.write_and_release(&[unchanged], vec![put]).await?;
+            let keep_place = follows_closely && guard.was_contended() && running.others_now() == 0;
+            let written = if keep_place {
+                // ... and queue again for this handle's next update.
+                let requeued = self.mutex.write_and_requeue(&mut guard, &[unchanged], vec![put]).await?;
+                requeued.map(|(pending, key, rev)| {
+                    let lock = (self.lock_prefix.clone(), self.key.clone());
+                    self.parking.park(&self.session, lock, pending, key, rev);
+                    rev
+                })
+            } else {
+                guard.write_and_release(&[unchanged], vec![put]).await?
+            };
             announced.finish(written);
             if written.is_some() {
                 let updated = Updated { written: true, previous, conflicts, token: Some(token) };

@@ -105,6 +105,23 @@ impl ValueHints {
         }
     }
 
+    /// Records that `key` had `value` at revision `at`, as a watch saw it (another client's
+    /// write, a register queue's feed): unless this client has a write of the key in flight
+    /// (its own outcome will say) or knows a later one.
+    pub(crate) fn seen(&self, key: &str, value: Vec<u8>, at: Revision) {
+        let mut inner = self.inner.lock();
+        match inner.by_key.get(key) {
+            Some(Entry::InFlight { .. }) => {}
+            Some(Entry::Written { at: known, .. }) if *known >= at => {}
+            known => {
+                if known.is_none() && inner.by_key.len() >= KEPT {
+                    return; // a key nobody of this client updates any more would crowd the others
+                }
+                inner.by_key.insert(key.to_owned(), Entry::Written { value, at });
+            }
+        }
+    }
+
     fn settle(&self, key: &str, id: u64, at: Option<Revision>) {
         let mut inner = self.inner.lock();
         if !matches!(inner.by_key.get(key), Some(Entry::InFlight { id: current, .. }) if *current == id) {
@@ -191,6 +208,21 @@ mod tests {
         old.finish(Some(2));
         assert_eq!(now(&hints, "k", 2), None);
         assert_eq!(now(&hints, "k", 3).as_deref(), Some(&b"6"[..]));
+    }
+
+    #[test]
+    fn a_value_seen_by_a_watch_is_a_hint_unless_this_client_knows_better() {
+        let hints = ValueHints::default();
+        hints.seen("k", b"1".to_vec(), 5);
+        hints.seen("k", b"0".to_vec(), 4); // an older event changes nothing
+        assert_eq!(now(&hints, "k", 5).as_deref(), Some(&b"1"[..]));
+        let own = hints.announce("k", b"2".to_vec());
+        hints.seen("k", b"2".to_vec(), 7); // this client's own write, seen before its answer
+        own.finish(Some(7));
+        assert_eq!(now(&hints, "k", 7).as_deref(), Some(&b"2"[..]));
+        hints.announce("k", b"3".to_vec()).finish(Some(9));
+        hints.seen("k", b"x".to_vec(), 8);
+        assert_eq!(now(&hints, "k", 9).as_deref(), Some(&b"3"[..]), "a later own write is kept");
     }
 
     #[test]

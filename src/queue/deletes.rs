@@ -10,6 +10,15 @@
 //! per watching client instead of two, and less work for etcd, which is the bottleneck of a
 //! contended queue (`docs/performance.md`).
 //!
+//! A register's queue has a feed of its own ([`DeleteFeed::open_register`]) that also
+//! carries the register's value: a queued update ends with one transaction that writes the
+//! value and deletes its lock key, so the event that admits the next waiter comes in the
+//! same message as the value it needs. The feed leaves the value in the client's
+//! [`ValueHints`], where the admitted update takes it instead of reading it (one round trip
+//! off every hand-off between processes). Its watch is the prefix `<key>` (which covers
+//! `<key>/`) without a filter; the puts of queue keys it also carries come, in a loop that
+//! keeps its place ([`parked`](super::parked)), in the same message as the write.
+//!
 //! A waiter whose snapshot is older than what the feed can replay (the feed was opened
 //! after the snapshot was read, the watch broke, or the replay log was trimmed) reads the
 //! prefix again and starts from that read. Reads happen only then, never per hand-off.
@@ -18,6 +27,7 @@ use super::{revisions, turn, Rule, Turn, View, WatchTask};
 use crate::backend::{Backend, Revision, WatchEvent};
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
+use crate::local::value_hints::ValueHints;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -104,12 +114,32 @@ impl FeedState {
 impl DeleteFeed {
     /// Opens the feed: starts the task that watches and keeps it in sync.
     pub(crate) fn open(backend: Arc<dyn Backend>, prefix: String) -> Arc<Self> {
+        Self::open_with(backend, prefix, None)
+    }
+
+    /// Opens the feed of a register's queue: also follows the register's value at `key`
+    /// and leaves it in `hints` (see the [module docs](self)).
+    pub(crate) fn open_register(
+        backend: Arc<dyn Backend>,
+        prefix: String,
+        key: String,
+        hints: Arc<ValueHints>,
+    ) -> Arc<Self> {
+        debug_assert!(prefix.starts_with(&key), "the register's key prefixes its lock's");
+        Self::open_with(backend, prefix, Some(Arc::new((key, hints))))
+    }
+
+    fn open_with(
+        backend: Arc<dyn Backend>,
+        prefix: String,
+        value: Option<Arc<(String, Arc<ValueHints>)>>,
+    ) -> Arc<Self> {
         let state = Arc::new(Mutex::new(FeedState::default()));
         let (synced_tx, synced) = watch::channel(false);
         let synced_tx = Arc::new(synced_tx);
         let session = {
             let (backend, prefix, state, synced) = (backend.clone(), prefix.clone(), state.clone(), synced_tx.clone());
-            move || feed_session(backend.clone(), prefix.clone(), state.clone(), synced.clone())
+            move || feed_session(backend.clone(), prefix.clone(), value.clone(), state.clone(), synced.clone())
         };
         let broken = {
             let state = state.clone();
@@ -187,27 +217,38 @@ impl DeleteFeed {
     }
 }
 
-/// One watch session of the feed: watch, then apply deletions, until the watch breaks.
+/// One watch session of the feed: watch, then apply deletions (and record values), until
+/// the watch breaks.
 async fn feed_session(
     backend: Arc<dyn Backend>,
     prefix: String,
+    value: Option<Arc<(String, Arc<ValueHints>)>>,
     state: Arc<Mutex<FeedState>>,
     synced: Arc<watch::Sender<bool>>,
 ) -> Result<Infallible> {
-    let mut watch = backend.watch_prefix_deletes(&prefix).await?;
+    let mut watch = match &value {
+        Some(value) => backend.watch_prefix(&value.0).await?,
+        None => backend.watch_prefix_deletes(&prefix).await?,
+    };
     state.lock().covers_after = Some(watch.start_revision());
     synced.send_replace(true);
     loop {
         let batch = watch.next().await?;
         let mut st = state.lock();
         for (rev, events) in revisions(batch) {
-            let keys: Vec<String> = events
-                .into_iter()
-                .filter_map(|e| match e {
-                    WatchEvent::Delete { key, .. } => Some(key),
-                    WatchEvent::Put(_) => None,
-                })
-                .collect();
+            let mut keys = Vec::new();
+            for event in events {
+                match event {
+                    // A register's watch also covers keys of other names that start with its key.
+                    WatchEvent::Delete { key, .. } if key.starts_with(&prefix) => keys.push(key),
+                    // Recorded before the deletion of the same revision wakes anyone.
+                    WatchEvent::Put(kv) if value.as_ref().is_some_and(|v| v.0 == kv.key) => {
+                        let (key, hints) = &**value.as_ref().expect("checked");
+                        hints.seen(key, kv.value, kv.mod_revision);
+                    }
+                    _ => {}
+                }
+            }
             st.apply(rev, &keys);
         }
     }

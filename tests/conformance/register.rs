@@ -281,3 +281,128 @@ pub async fn adaptive_tasks_of_one_client_queue_for_each_other(client: &Client, 
     let v = Register::new(&s, name).unwrap().get().await.unwrap().unwrap();
     assert_eq!(String::from_utf8(v).unwrap(), (tasks * rounds).to_string(), "lost update");
 }
+
+/// A queued update loop under contention keeps its place in the queue: the write that
+/// ends one update also queues the handle's next one, so the loop costs one store write per
+/// update instead of two (queue, then write and release), and fencing tokens still
+/// increase. The value comes with the admission (the register queue's feed), so the
+/// updates make no reads. An idle handle's unclaimed place is released (the lock comes free while the
+/// handles live), and dropping the handles leaves no key. Each contender has its own
+/// client, like separate processes; every update spends 1 ms under the lock, so the queue
+/// is never empty while the loops run.
+pub async fn queued_loop_keeps_its_place(client: &Client, contenders: usize, rounds: usize) {
+    let name = "reg-keep-place";
+    let counts = Arc::new(counting::Counts::default());
+    let mut handles = Vec::new();
+    for _ in 0..contenders {
+        let counting = Client::new(counting::Counting { inner: client.backend().clone(), counts: counts.clone() });
+        handles.push(tokio::spawn(async move {
+            let s = counting.session().await.unwrap();
+            let r = Register::new(&s, name)
+                .unwrap()
+                .with_strategy(Strategy::Pessimistic)
+                .with_requeue_window(Duration::from_millis(200));
+            let mut tokens = Vec::new();
+            for _ in 0..rounds {
+                let slow = |v: Option<Vec<u8>>, _| async move {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    incr(v.as_deref())
+                };
+                let u = r.update_async(slow).await.unwrap();
+                assert!(u.written && u.conflicts == 0, "{u:?}");
+                tokens.push(u.token.expect("queued"));
+            }
+            (s, r, tokens)
+        }));
+    }
+    let mut kept = Vec::new();
+    let mut all = Vec::new();
+    for h in handles {
+        let (s, r, tokens) = h.await.unwrap();
+        assert!(tokens.windows(2).all(|w| w[0] < w[1]), "one handle's tokens must increase: {tokens:?}");
+        all.extend(tokens);
+        kept.push((s, r));
+    }
+    let updates = (contenders * rounds) as u64;
+    let (writes, gets) = (counts.writes(), counts.gets());
+    assert!(
+        writes * 2 <= updates * 3,
+        "{writes} store writes for {updates} contended updates: the loops did not keep their places"
+    );
+    // Admitted by a write and release, an update takes the value from its queue's feed.
+    assert!(gets * 4 <= updates, "{gets} reads for {updates} queued updates: the feed brought no value");
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len() as u64, updates, "every update had a token of its own");
+    let s = client.session().await.unwrap();
+    let v = Register::new(&s, name).unwrap().get().await.unwrap().unwrap();
+    assert_eq!(String::from_utf8(v).unwrap(), updates.to_string(), "lost update");
+    // The handles are idle and alive: their parked places are released once they come to
+    // the head unclaimed, so another session gets the lock.
+    let other = Mutex::new(&s, name).unwrap();
+    let guard = other.lock_timeout(Duration::from_secs(20)).await.expect("idle parked places are released");
+    guard.unlock().await.unwrap();
+    for (session, register) in kept {
+        drop(register);
+        session.settle().await;
+    }
+    let prefix = client.prefix_of(name).unwrap();
+    assert_eq!(client.backend().range_prefix(&prefix, 0).await.unwrap().0, Vec::new(), "a key was left behind");
+    s.close().await.unwrap();
+}
+
+/// A parked place is the handle's own key in the queue; an update that claims it and is
+/// cancelled while it waits leaves nothing behind, and the update is not applied.
+pub async fn parked_place_cancelled_leaves_nothing(client: &Client) {
+    let name = "reg-park-cancel";
+    let prefix = client.prefix_of(name).unwrap();
+    let keys = || async { client.backend().range_prefix(&prefix, 0).await.unwrap().0 };
+    let (a, b, c) = (client.session().await.unwrap(), client.session().await.unwrap(), client.session().await.unwrap());
+    let r = Register::new(&a, name)
+        .unwrap()
+        .with_strategy(Strategy::Pessimistic)
+        .with_requeue_window(Duration::from_secs(30));
+    r.update(incr).await.unwrap(); // alone: keeps no place
+    assert_eq!(keys().await, Vec::new());
+    // B holds the lock; A's next update queues behind it, then C behind A.
+    let held = Mutex::new(&b, name).unwrap().lock().await.unwrap();
+    let update = {
+        let r = r.clone();
+        tokio::spawn(async move { r.update(incr).await.unwrap() })
+    };
+    let until = |n: usize| async move {
+        let wait = async {
+            while keys().await.len() < n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait).await.expect("queued");
+    };
+    until(2).await;
+    let third = {
+        let c = c.clone();
+        tokio::spawn(async move { Mutex::new(&c, name).unwrap().lock().await.unwrap() })
+    };
+    until(3).await;
+    held.unlock().await.unwrap();
+    let u = update.await.unwrap();
+    assert!(u.written && u.token.is_some());
+    // A waited and its next update followed closely: the write queued A again behind C.
+    let queue = keys().await;
+    assert_eq!(queue.len(), 2, "C's key and A's parked place: {queue:?}");
+    assert_eq!(queue[1].lease, a.lease_id(), "A's place is at the back");
+    // The next update claims the place and waits behind C; cancelled, it leaves nothing.
+    let cancelled = tokio::time::timeout(Duration::from_millis(100), r.update(incr)).await;
+    assert!(cancelled.is_err(), "C holds the lock: the update waited");
+    a.settle().await;
+    let queue = keys().await;
+    assert_eq!(queue.len(), 1, "only C's key is left: {queue:?}");
+    assert_eq!(queue[0].lease, c.lease_id());
+    third.await.unwrap().unlock().await.unwrap();
+    let v = r.get().await.unwrap().unwrap();
+    assert_eq!(v, b"2", "the cancelled update wrote nothing");
+    assert_eq!(keys().await, Vec::new());
+    for s in [a, b, c] {
+        s.close().await.unwrap();
+    }
+}

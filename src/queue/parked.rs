@@ -1,0 +1,179 @@
+//! A place in a queue kept between two acquisitions: the next one is already queued when
+//! the previous one releases.
+//!
+//! A queued [`Register`](crate::Register) update costs two commits: one to take a place in
+//! the lock's queue, one to write the value and release. When the same handle updates again
+//! at once (a worker draining a stock, a counter bumped in a loop) and others are queued,
+//! the write can also take the handle's next place, at the back of the queue, in the same
+//! transaction (as [`Mutex::relock`](crate::Mutex::relock) does for a mutex): one commit
+//! per update instead of two, with the queue's order unchanged — everyone queued before
+//! the write still goes first.
+//!
+//! The place is *parked* in the handle ([`Parking`]) until the next update claims it. A
+//! task follows it meanwhile (a read of the queue, then the client's delete feed, as any
+//! waiter does), so a place that comes to the head unclaimed is noticed: it is released
+//! after a grace of the handle's window
+//! ([`Register::with_requeue_window`](crate::Register::with_requeue_window)), and an unclaimed place never holds the lock longer
+//! than that. Dropping the handle, or the update that claimed the place while it waits,
+//! deletes the key in the background ([`Pending`]), like any cancelled acquisition.
+
+use super::{turn, wait_turn, Pending, Rule, Turn, View};
+use crate::backend::Revision;
+use crate::error::{Error, Result};
+use crate::guard::Holding;
+use crate::Session;
+use parking_lot::Mutex;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// Where a handle keeps its parked place, and when its last update ended.
+#[derive(Debug)]
+pub(crate) struct Parking {
+    place: Arc<Mutex<Option<Parked>>>,
+    /// When the handle's last update returned: the next one parks only if it started
+    /// within [`window`](Self::window) of it.
+    last_end: Mutex<Option<Instant>>,
+    window: Duration,
+    next_id: Mutex<u64>,
+}
+
+impl Parking {
+    /// Parking for a handle whose next update must follow within `window` for its place
+    /// to be kept (and a place admitted unclaimed is released after `window`).
+    /// `Duration::ZERO` never parks.
+    pub(crate) fn new(window: Duration) -> Self {
+        Self { place: Arc::default(), last_end: Mutex::new(None), window, next_id: Mutex::new(0) }
+    }
+
+    /// An update starts: whether it follows the previous one closely enough that the next
+    /// may keep a place.
+    pub(crate) fn begin(&self) -> bool {
+        !self.window.is_zero() && self.last_end.lock().is_some_and(|end| end.elapsed() < self.window)
+    }
+
+    /// An update ended (successfully or not).
+    pub(crate) fn end(&self) {
+        *self.last_end.lock() = Some(Instant::now());
+    }
+
+    /// Whether a place is parked.
+    pub(crate) fn is_parked(&self) -> bool {
+        self.place.lock().is_some()
+    }
+
+    /// Takes the parked place, if any (it may have been released meanwhile).
+    pub(crate) fn claim(&self) -> Option<Parked> {
+        self.place.lock().take()
+    }
+
+    /// Parks `pending`, a key of `session` created at `rev` under `prefix` (the lock of the
+    /// register at `register`), and starts following it. A place parked before is dropped
+    /// (and so deleted).
+    pub(crate) fn park(
+        &self,
+        session: &Session,
+        (prefix, register): (String, String),
+        pending: Pending,
+        key: String,
+        rev: Revision,
+    ) {
+        let id = {
+            let mut next = self.next_id.lock();
+            *next += 1;
+            *next
+        };
+        let (tx, admitted) = oneshot::channel();
+        let place = Arc::downgrade(&self.place);
+        let (follower, grace) = (session.clone(), self.window);
+        let follow_key = key.clone();
+        let task = tokio::spawn(async move {
+            let outcome = wait_for_place(&follower, (&prefix, &register), &follow_key, rev).await;
+            let ok = outcome.is_ok();
+            let _ = tx.send(outcome);
+            if ok {
+                tokio::time::sleep(grace).await;
+            }
+            expire(&place, id);
+        });
+        let parked = Parked { id, session: session.clone(), pending: Some(pending), key, rev, admitted, task };
+        let previous = self.place.lock().replace(parked);
+        drop(previous);
+    }
+}
+
+impl Drop for Parking {
+    fn drop(&mut self) {
+        drop(self.place.lock().take());
+    }
+}
+
+/// Releases the place `id` if it is still parked (nobody claimed it).
+fn expire(place: &Weak<Mutex<Option<Parked>>>, id: u64) {
+    let Some(place) = place.upgrade() else { return };
+    let unclaimed = {
+        let mut parked = place.lock();
+        if parked.as_ref().is_some_and(|p| p.id == id) {
+            parked.take()
+        } else {
+            None
+        }
+    };
+    if let Some(p) = unclaimed {
+        tracing::debug!(key = %p.key, "parked queue place unclaimed: released");
+        // Dropping it aborts this very task, which has nothing left to do, and deletes the
+        // key in the background.
+        drop(p);
+    }
+}
+
+/// Reads the queue, then follows the delete feed until the key `(key, rev)` is first:
+/// the revision from which it holds, and whether it had to wait for another holder.
+async fn wait_for_place(
+    session: &Session,
+    (prefix, register): (&str, &str),
+    key: &str,
+    rev: Revision,
+) -> Result<(Revision, bool)> {
+    let backend = session.client().backend().clone();
+    let (kvs, at) = crate::Backoff::default().retry(|| backend.range_prefix(prefix, 0)).await?;
+    let head = View::snapshot(kvs, at);
+    match turn(&head, key, rev, &Rule::First) {
+        Some(Turn::Ready) => Ok((at, false)),
+        Some(Turn::Gone) => Err(Error::SessionLost { lease: session.lease_id() }),
+        _ => Ok((wait_turn(session, prefix, key, rev, head, Rule::First, Some(register)).await?, true)),
+    }
+}
+
+/// A parked place (see the module docs). Dropped unclaimed, its key is deleted in the
+/// background.
+#[derive(Debug)]
+pub(crate) struct Parked {
+    id: u64,
+    session: Session,
+    pending: Option<Pending>,
+    key: String,
+    rev: Revision,
+    admitted: oneshot::Receiver<Result<(Revision, bool)>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Parked {
+    /// Waits until the place is first in the queue: the held key, the revision from
+    /// which it holds, and whether it waited for another holder.
+    pub(crate) async fn admitted(mut self) -> Result<(Holding, Revision)> {
+        let outcome = (&mut self.admitted).await;
+        let (at, waited) = outcome.map_err(|_| Error::Store("parked queue place: follower ended".into()))??;
+        let local = self.pending.take().and_then(Pending::keep);
+        let hold = Holding::new(self.session.clone(), self.key.clone(), self.rev, local).contended(waited);
+        Ok((hold, at))
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.task.abort();
+        // `pending`, if still here, deletes the key in the background.
+    }
+}
