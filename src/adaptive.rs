@@ -56,11 +56,11 @@ pub const ALPHA: f64 = 0.25;
 /// Weight of the newest operation's conflicts: about the last ten operations count.
 pub const CONFLICT_ALPHA: f64 = 0.1;
 /// Conflicts per optimistic operation above which the handle starts queueing.
-pub const TO_QUEUE: f64 = 1.0;
+pub const TO_QUEUE: f64 = 0.25;
 
 /// Conflicts per optimistic operation from which a register handle's update yields to a
 /// busy queue before writing, rather than after a write that fails.
-pub const CONTENDED: f64 = 0.5;
+pub const CONTENDED: f64 = TO_QUEUE / 2.0;
 /// Share of queued operations that waited, below which the handle goes optimistic again.
 pub const TO_OPTIMISTIC: f64 = 0.2;
 /// Queued operations before the handle may go back.
@@ -224,20 +224,18 @@ mod tests {
     #[test]
     fn looks_at_the_lock_first_only_when_contended_and_a_queue_was_seen() {
         let a = Adaptive::default();
-        for _ in 0..10 {
-            a.optimistic(1);
-        }
+        // Between CONTENDED and TO_QUEUE: contended, still optimistic.
+        let contended = |a: &Adaptive| a.state.lock().conflicts = (CONTENDED + TO_QUEUE) / 2.0;
+        contended(&a);
         assert!(!a.look_first(), "contended, but nobody was seen queueing: write at once");
         a.saw_lock_taken();
         assert!(a.look_first(), "contended and the lock was seen taken");
-        a.optimistic(1);
-        assert!(a.look_first(), "still contended: keeps looking first");
+        a.optimistic(0);
+        assert!(!a.queue_next() && a.look_first(), "still contended: keeps looking first");
         for _ in 0..20 {
             a.optimistic(0);
         }
-        for _ in 0..10 {
-            a.optimistic(1);
-        }
+        contended(&a);
         assert!(!a.look_first(), "a quiet spell in between forgets the queue");
     }
 

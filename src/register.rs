@@ -326,14 +326,22 @@ impl Register {
         let client = self.session.client();
         let backend = client.backend();
         let parked = match self.parking.claim() {
-            Some(parked) => match parked.admitted().await {
-                Ok((hold, at)) => Some((MutexGuard::from_hold(hold), Some(Admitted { at, read: None }))),
-                // Its key is deleted in the background; queue afresh (a lost session fails there).
-                Err(e) => {
-                    tracing::debug!(error = %e, "register: parked queue place failed");
-                    None
+            Some(parked) => {
+                // Timed from the claim: the wait before it overlapped the previous update.
+                let timer = crate::metrics::Acquire::start("mutex");
+                match parked.admitted().await {
+                    Ok((hold, at)) => {
+                        timer.done(hold.was_contended());
+                        Some((MutexGuard::from_hold(hold), Some(Admitted { at, read: None })))
+                    }
+                    // Its key is deleted in the background; queue afresh (a lost session
+                    // fails there).
+                    Err(e) => {
+                        tracing::debug!(error = %e, "register: parked queue place failed");
+                        None
+                    }
                 }
-            },
+            }
             None => None,
         };
         let (mut guard, admitted) = match parked {

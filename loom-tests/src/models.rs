@@ -31,6 +31,7 @@
 //! | `leasehold_loom_mutation_deadline` | `SessionState::renewed` stores the renewal's deadline even when it is earlier than the current one, so a renewal sent earlier but finishing later moves the deadline back | [`session_deadline_never_moves_back`] |
 //! | `leasehold_loom_mutation_cleanups` | `Idle::poll` reads the running count under one acquisition of the lock and registers its waker under another, so the last cleanup can end in between and wake nobody | [`settle_waits_for_every_cleanup`] |
 //! | `leasehold_loom_mutation_queue` | a dropped `WaiterQueue::acquire` future that had been granted the slot leaves the queue without passing the slot on | [`cancelled_local_waiter_passes_the_slot_on`] |
+//! | `leasehold_loom_mutation_seen` | `ValueHints::seen` (a value a register queue's feed saw) replaces a write of this client still in flight, whose outcome then finds another entry and is dropped | [`watched_value_never_replaces_own_write`] |
 //! | `leasehold_loom_mutation_hints` | `Announced::finish` wakes the waiters before it records the write, so a waiter can look again, still find the write in flight and give up | [`value_hint_reaches_the_next_holder`] |
 
 use crate::local::cleanups::Cleanups;
@@ -578,4 +579,28 @@ fn value_hint_reaches_the_next_holder() {
 fn unlanded_write_wakes_the_waiter_with_nothing() {
     value_hint_model("unlanded_write_wakes_the_waiter_failed", HintOutcome::Failed);
     value_hint_model("unlanded_write_wakes_the_waiter_dropped", HintOutcome::Dropped);
+}
+
+/// Property: a value the register queue's feed saw (another client's write, at an older
+/// revision) never replaces this client's own write, in flight or answered: the next
+/// queued update admitted at the own write's revision is handed that write's value
+/// (`ValueHints::seen`, `value_hints.rs`).
+///
+/// Preemption bound: 3 (module docs). Two threads, one to two lock acquisitions each.
+#[test]
+// Mutation `leasehold_loom_mutation_seen`: `seen` overwrites a write in flight; loom must
+// find the feed landing between the announcement and its outcome.
+#[cfg_attr(leasehold_loom_mutation_seen, should_panic(expected = "the client's own write was lost"))]
+fn watched_value_never_replaces_own_write() {
+    check("watched_value_never_replaces_own_write", || {
+        let hints = Arc::new(ValueHints::default());
+        let feed = {
+            let hints = hints.clone();
+            thread::spawn(move || hints.seen("k", b"theirs".to_vec(), 6))
+        };
+        hints.announce("k", b"own".to_vec()).finish(Some(7));
+        feed.join().unwrap();
+        let taken = loom::future::block_on(hints.take("k", 7));
+        assert_eq!(taken.as_deref(), Some(&b"own"[..]), "the client's own write was lost");
+    });
 }

@@ -111,6 +111,8 @@ impl ValueHints {
     pub(crate) fn seen(&self, key: &str, value: Vec<u8>, at: Revision) {
         let mut inner = self.inner.lock();
         match inner.by_key.get(key) {
+            // Mutation for the loom suite: a watched value replaces a write in flight.
+            #[cfg(not(leasehold_loom_mutation_seen))]
             Some(Entry::InFlight { .. }) => {}
             Some(Entry::Written { at: known, .. }) if *known >= at => {}
             known => {
