@@ -46,8 +46,10 @@ cargo test --test faults -- --nocapture --test-threads=2
 # TiKV: the backend through the real tikv-client against the in-process PD+TiKV test
 # server (tikv-test-server/), the server's own tests, and the opt-in real-cluster suite
 # (it says it is skipped unless LEASEHOLD_TIKV_PD is set).
-cargo test -p tikv-test-server --features server
+# The leasehold TiKV tests first: their build brings tikv-client into the cargo registry,
+# whose proto files the test server's own build then needs (it does not depend on it).
 cargo test --features tikv --test tikv --test tikv_test_server --test tikv_cluster -- --test-threads=2
+cargo test -p tikv-test-server --features server
 cargo test --features tikv --bench tikv_handoff
 
 # The conformance suite again, against Debian's etcd 3.4.
