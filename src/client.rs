@@ -246,13 +246,6 @@ pub(crate) struct RunningUpdate {
     pub(crate) others: usize,
 }
 
-impl RunningUpdate {
-    /// Updates of the same key by this client running now, besides this one.
-    pub(crate) fn others_now(&self) -> usize {
-        self.running.lock().get(&self.key).map_or(0, |n| n.saturating_sub(1))
-    }
-}
-
 impl Drop for RunningUpdate {
     fn drop(&mut self) {
         let mut running = self.running.lock();

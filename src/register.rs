@@ -3,7 +3,6 @@
 use crate::adaptive::{Adaptive, Next};
 use crate::backend::{Condition, KeyValue, Write};
 use crate::backoff::{Backoff, Jitter};
-use crate::client::RunningUpdate;
 use crate::error::{Error, Result};
 use crate::mutex::MutexGuard;
 use crate::mutex::{Mutex, Strategy};
@@ -128,7 +127,7 @@ impl Register {
     ///
     /// A queued update costs two commits: one to queue, one to write and release. When it
     /// had to wait for others, the update before it on this handle ended less than
-    /// `window` before it started, and no other update of this client is running on the
+    /// `window` before it started, and no other task of this session waits to update the
     /// register, its write also queues the handle for the next update, at the back of the
     /// queue, in the same transaction: an update loop under contention then costs one
     /// commit per update, and everyone queued earlier still goes first. If no update
@@ -184,8 +183,10 @@ impl Register {
                 Optimistic::Yield { .. } => unreachable!("only adaptive yields"),
             }),
             Strategy::Pessimistic => {
-                let running = self.session.client().register_update(&self.key);
-                self.queued(f, &running).await
+                // Counted for this client's adaptive updates of the register (they queue
+                // while others run).
+                let _running = self.session.client().register_update(&self.key);
+                self.queued(f).await
             }
             Strategy::Adaptive => {
                 // Contention between tasks of this client needs no measuring: while another
@@ -195,11 +196,11 @@ impl Register {
                 // handle kept its place in the queue.
                 let running = self.session.client().register_update(&self.key);
                 if running.others > 0 || self.parking.is_parked() {
-                    return self.queued(f, &running).await;
+                    return self.queued(f).await;
                 }
                 let next = self.adaptive.next();
                 if next == Next::Queue {
-                    return self.queued(f, &running).await;
+                    return self.queued(f).await;
                 }
                 let probe = next == Next::Probe;
                 match self.optimistic(f, true, probe.then_some(1)).await? {
@@ -219,7 +220,7 @@ impl Register {
                         } else {
                             self.adaptive.optimistic(conflicts);
                         }
-                        let mut updated = self.queued(f, &running).await?;
+                        let mut updated = self.queued(f).await?;
                         updated.conflicts += conflicts;
                         Ok(updated)
                     }
@@ -305,48 +306,55 @@ impl Register {
     /// write stays conditional on the value's revision either way.
     ///
     /// The lock is the handle's parked place when it kept one; and the write keeps the next
-    /// one when the update had to wait, follows the previous update closely and runs alone
-    /// in this client ([`with_requeue_window`](Register::with_requeue_window)).
-    async fn queued<F, Fut>(&self, f: &mut F, running: &RunningUpdate) -> Result<Updated>
+    /// one when the update had to wait, follows the previous update closely and no other
+    /// task of this session waits to update the register
+    /// ([`with_requeue_window`](Register::with_requeue_window)).
+    /// Tasks of this session waiting for its local slot for the register's lock (one
+    /// acquisition per key per session at a time).
+    fn local_waiters(&self) -> usize {
+        self.session.local_queue(self.mutex.key()).waiting()
+    }
+
+    async fn queued<F, Fut>(&self, f: &mut F) -> Result<Updated>
     where
         F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
         Fut: Future<Output = Option<Vec<u8>>> + Send,
     {
         let follows_closely = self.parking.begin();
-        let updated = self.queued_update(f, running, follows_closely).await;
+        let updated = self.queued_update(f, follows_closely).await;
         self.parking.end();
         updated
     }
 
-    async fn queued_update<F, Fut>(&self, f: &mut F, running: &RunningUpdate, follows_closely: bool) -> Result<Updated>
+    async fn queued_update<F, Fut>(&self, f: &mut F, follows_closely: bool) -> Result<Updated>
     where
         F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
         Fut: Future<Output = Option<Vec<u8>>> + Send,
     {
         let client = self.session.client();
         let backend = client.backend();
-        let parked = match self.parking.claim() {
-            Some(parked) => {
+        let (mut guard, admitted) = loop {
+            // A place this handle parked holds the session's local slot for the lock: a task
+            // waiting for that slot claims the place instead when one is parked meanwhile.
+            let parked = self.parking.parked();
+            if let Some(place) = self.parking.claim() {
                 // Timed from the claim: the wait before it overlapped the previous update.
                 let timer = crate::metrics::Acquire::start("mutex");
-                match parked.admitted().await {
+                match place.admitted().await {
                     Ok((hold, at)) => {
                         timer.done(hold.was_contended());
-                        Some((MutexGuard::from_hold(hold), Some(Admitted { at, read: None })))
+                        break (MutexGuard::from_hold(hold), Some(Admitted { at, read: None }));
                     }
                     // Its key is deleted in the background; queue afresh (a lost session
                     // fails there).
-                    Err(e) => {
-                        tracing::debug!(error = %e, "register: parked queue place failed");
-                        None
-                    }
+                    Err(e) => tracing::debug!(error = %e, "register: parked queue place failed"),
                 }
             }
-            None => None,
-        };
-        let (mut guard, admitted) = match parked {
-            Some(held) => held,
-            None => self.mutex.lock_reading(&self.key).await?,
+            tokio::select! {
+                biased;
+                held = self.mutex.lock_reading(&self.key) => break held?,
+                () = parked => {}
+            }
         };
         let token = guard.fencing_token();
         let mut known = match admitted {
@@ -372,13 +380,16 @@ impl Register {
             let unchanged = Condition::Modified { key: self.key.clone(), revision };
             let announced = client.value_hints().announce(&self.key, new.clone());
             let put = Write::Put { key: self.key.clone(), value: new, lease: None };
-            let keep_place = follows_closely && guard.was_contended() && running.others_now() == 0;
+            // A kept place holds the session's local slot for the lock: not while another
+            // task of this session waits for it.
+            let keep_place = follows_closely && guard.was_contended() && self.local_waiters() == 0;
             let written = if keep_place {
                 // ... and queue again for this handle's next update.
                 let requeued = self.mutex.write_and_requeue(&mut guard, &[unchanged], vec![put]).await?;
                 requeued.map(|(pending, key, rev)| {
                     let lock = (self.lock_prefix.clone(), self.key.clone());
-                    self.parking.park(&self.session, lock, pending, key, rev);
+                    let local = self.session.local_queue(self.mutex.key());
+                    self.parking.park(&self.session, lock, (pending, local), key, rev);
                     rev
                 })
             } else {

@@ -78,7 +78,6 @@ impl WaiterQueue {
     }
 
     /// How many waiters are queued (granted or not).
-    #[cfg(any(test, leasehold_loom))]
     pub(crate) fn waiting(&self) -> usize {
         self.inner.lock().waiters.len()
     }

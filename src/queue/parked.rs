@@ -10,9 +10,10 @@
 //! the write still goes first.
 //!
 //! The place is *parked* in the handle ([`Parking`]) until the next update claims it. A
-//! task follows it meanwhile (a read of the queue, then the client's delete feed, as any
+//! task follows it meanwhile (a read of the queue, then the register's feed, as any
 //! waiter does), so a place that comes to the head unclaimed is noticed: it is released
-//! after a grace of the handle's window
+//! at once if another task of the session waits for the session's local slot (which the
+//! place holds), otherwise after a grace of the handle's window
 //! ([`Register::with_requeue_window`](crate::Register::with_requeue_window)), and an unclaimed place never holds the lock longer
 //! than that. Dropping the handle, or the update that claimed the place while it waits,
 //! deletes the key in the background ([`Pending`]), like any cancelled acquisition.
@@ -21,11 +22,13 @@ use super::{turn, wait_turn, Pending, Rule, Turn, View};
 use crate::backend::Revision;
 use crate::error::{Error, Result};
 use crate::guard::Holding;
+use crate::local::waiter_queue::WaiterQueue;
 use crate::Session;
 use parking_lot::Mutex;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::futures::Notified;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 /// Where a handle keeps its parked place, and when its last update ended.
@@ -37,6 +40,9 @@ pub(crate) struct Parking {
     last_end: Mutex<Option<Instant>>,
     window: Duration,
     next_id: Mutex<u64>,
+    /// Woken when a place is parked: a task of the handle waiting for the session's local
+    /// slot (which the place holds) claims the place instead.
+    parked: Notify,
 }
 
 impl Parking {
@@ -44,7 +50,13 @@ impl Parking {
     /// to be kept (and a place admitted unclaimed is released after `window`).
     /// `Duration::ZERO` never parks.
     pub(crate) fn new(window: Duration) -> Self {
-        Self { place: Arc::default(), last_end: Mutex::new(None), window, next_id: Mutex::new(0) }
+        Self {
+            place: Arc::default(),
+            last_end: Mutex::new(None),
+            window,
+            next_id: Mutex::new(0),
+            parked: Notify::new(),
+        }
     }
 
     /// An update starts: whether it follows the previous one closely enough that the next
@@ -68,14 +80,23 @@ impl Parking {
         self.place.lock().take()
     }
 
+    /// Completes when a place is parked after this call (create it before looking with
+    /// [`claim`](Self::claim), so that none is missed in between: a `Notified` receives
+    /// `notify_waiters` from its creation on, polled or not).
+    pub(crate) fn parked(&self) -> Notified<'_> {
+        self.parked.notified()
+    }
+
     /// Parks `pending`, a key of `session` created at `rev` under `prefix` (the lock of the
-    /// register at `register`), and starts following it. A place parked before is dropped
-    /// (and so deleted).
+    /// register at `register`), and starts following it. `local` is the session's local
+    /// queue for the lock, whose slot the place holds: a place that comes to the head
+    /// unclaimed while a task waits there is released at once. A place parked before is
+    /// dropped (and so deleted).
     pub(crate) fn park(
         &self,
         session: &Session,
         (prefix, register): (String, String),
-        pending: Pending,
+        (pending, local): (Pending, Arc<WaiterQueue>),
         key: String,
         rev: Revision,
     ) {
@@ -92,7 +113,7 @@ impl Parking {
             let outcome = wait_for_place(&follower, (&prefix, &register), &follow_key, rev).await;
             let ok = outcome.is_ok();
             let _ = tx.send(outcome);
-            if ok {
+            if ok && local.waiting() == 0 {
                 tokio::time::sleep(grace).await;
             }
             expire(&place, id);
@@ -100,6 +121,7 @@ impl Parking {
         let parked = Parked { id, session: session.clone(), pending: Some(pending), key, rev, admitted, task };
         let previous = self.place.lock().replace(parked);
         drop(previous);
+        self.parked.notify_waiters();
     }
 }
 
