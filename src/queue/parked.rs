@@ -109,17 +109,22 @@ impl Parking {
         let place = Arc::downgrade(&self.place);
         let (follower, grace) = (session.clone(), self.window);
         let follow_key = key.clone();
-        let task = tokio::spawn(async move {
-            let outcome = wait_for_place(&follower, (&prefix, &register), &follow_key, rev).await;
-            let ok = outcome.is_ok();
-            let _ = tx.send(outcome);
-            if ok && local.waiting() == 0 {
-                tokio::time::sleep(grace).await;
-            }
-            expire(&place, id);
-        });
-        let parked = Parked { id, session: session.clone(), pending: Some(pending), key, rev, admitted, task };
-        let previous = self.place.lock().replace(parked);
+        let previous = {
+            // The follower is spawned under the lock, so its `expire` (which takes the lock)
+            // cannot run before the place is in: a place admitted at once, with a task of the
+            // session waiting, is released at once and not left parked for good.
+            let mut parked = self.place.lock();
+            let task = tokio::spawn(async move {
+                let outcome = wait_for_place(&follower, (&prefix, &register), &follow_key, rev).await;
+                let ok = outcome.is_ok();
+                let _ = tx.send(outcome);
+                if ok && local.waiting() == 0 {
+                    tokio::time::sleep(grace).await;
+                }
+                expire(&place, id);
+            });
+            parked.replace(Parked { id, session: session.clone(), pending: Some(pending), key, rev, admitted, task })
+        };
         drop(previous);
         self.parked.notify_waiters();
     }
