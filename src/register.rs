@@ -131,7 +131,8 @@ impl Register {
     /// register, its write also queues the handle for the next update, at the back of the
     /// queue, in the same transaction: an update loop under contention then costs one
     /// commit per update, and everyone queued earlier still goes first. If no update
-    /// claims the place by the time it comes to the head, it is released `window` later,
+    /// claims the place by the time it comes to the head, it is released `window` later
+    /// (at once if another task of the session waits for the register's lock),
     /// so an idle handle delays the others by at most that once. Dropping the handle
     /// releases it at once.
     pub fn with_requeue_window(mut self, window: Duration) -> Self {

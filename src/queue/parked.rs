@@ -25,6 +25,7 @@ use crate::guard::Holding;
 use crate::local::waiter_queue::WaiterQueue;
 use crate::Session;
 use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::futures::Notified;
@@ -39,7 +40,7 @@ pub(crate) struct Parking {
     /// within [`window`](Self::window) of it.
     last_end: Mutex<Option<Instant>>,
     window: Duration,
-    next_id: Mutex<u64>,
+    next_id: AtomicU64,
     /// Woken when a place is parked: a task of the handle waiting for the session's local
     /// slot (which the place holds) claims the place instead.
     parked: Notify,
@@ -54,7 +55,7 @@ impl Parking {
             place: Arc::default(),
             last_end: Mutex::new(None),
             window,
-            next_id: Mutex::new(0),
+            next_id: AtomicU64::new(0),
             parked: Notify::new(),
         }
     }
@@ -100,11 +101,7 @@ impl Parking {
         key: String,
         rev: Revision,
     ) {
-        let id = {
-            let mut next = self.next_id.lock();
-            *next += 1;
-            *next
-        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, admitted) = oneshot::channel();
         let place = Arc::downgrade(&self.place);
         let (follower, grace) = (session.clone(), self.window);
