@@ -1,0 +1,358 @@
+//! Regression tests of the safety bugs a code review found (issue 17), each on the embedded
+//! backend behind the fault-injecting decorator (`tests/support/faulty.rs`), on paused
+//! time: the interleavings are made by the faults, not by sleeps. Each test failed on the
+//! code before its fix (the commit that fixed it says how).
+//!
+//! A check that a second holder cannot coexist with a guard that believes it holds is
+//! written as: if `b` got the lock, the earlier guard must say `is_valid() == false`.
+#[path = "support/faulty.rs"]
+mod faulty;
+
+use faulty::{Fault, Faults, Faulty, Op};
+use leasehold::backend::Backend;
+use leasehold::{Client, Election, Error, MemoryBackend, Mutex, RwLock, Semaphore};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::timeout;
+
+/// No wait in these tests may take longer (paused time: it costs nothing).
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// A client whose calls go through a fault plan of its own.
+fn faulty(store: &MemoryBackend) -> (Client, Faults) {
+    let faults = Faults::new();
+    (Client::new(Faulty::new(Arc::new(store.clone()), faults.clone())), faults)
+}
+
+/// A second client on the same store, without faults.
+async fn other_session(store: &MemoryBackend) -> leasehold::Session {
+    Client::new(store.clone()).session().await.unwrap()
+}
+
+/// Yields until `done()` (other tasks run meanwhile; paused time does not move).
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if done() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("never: {what}");
+}
+
+async fn keys(store: &MemoryBackend, prefix: &str) -> Vec<String> {
+    store.range_prefix(prefix, 0).await.unwrap().0.into_iter().map(|kv| kv.key).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Bug 1: a late keep-alive answer credited to a later request.
+
+/// The process stops for 10 s right after it sent a renewal (the store renewed the lease
+/// then), so the lease expires meanwhile and another session takes the lock. When the
+/// process resumes, the old answer is waiting on the stream. It must not make the session
+/// valid again: the answer is the renewal's sent 10 s ago, not the one sent now.
+///
+/// Which branch a `select!` polls first was random in the old code, so each trial runs on
+/// a fresh runtime; the old code failed about one trial in eight.
+#[test]
+fn late_keepalive_answer_is_not_credited_to_a_later_request() {
+    for trial in 0..64 {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+        rt.block_on(async {
+            let store = MemoryBackend::new();
+            let (client, faults) = faulty(&store);
+            let ttl = Duration::from_secs(3);
+            let a = client.session_builder().ttl(ttl).open().await.unwrap();
+            let guard = Mutex::new(&a, "job").unwrap().lock().await.unwrap();
+            // The first renewal (at 1 s) is applied when sent; its answer takes 100 ms.
+            faults.inject(Op::Renew, None, Fault::DelayAnswer(Duration::from_millis(100)), Some(1));
+            tokio::time::sleep(Duration::from_millis(1001)).await;
+            assert_eq!(faults.calls(Op::Renew), 1, "the renewal is on its way");
+            // The whole process stops for 10 s: no task runs while the clock moves.
+            tokio::time::advance(Duration::from_secs(10)).await;
+            let b = other_session(&store).await;
+            let taken = timeout(LIMIT, Mutex::new(&b, "job").unwrap().lock()).await.unwrap().unwrap();
+            for _ in 0..100 {
+                assert!(
+                    !guard.is_valid(),
+                    "trial {trial}: A's guard (token {}) is valid while B holds (token {}): A's session deadline is {:?} after now",
+                    guard.fencing_token(),
+                    taken.fencing_token(),
+                    a.deadline().saturating_duration_since(tokio::time::Instant::now().into_std())
+                );
+                tokio::task::yield_now().await;
+            }
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Bug 2: a task adopts its own session's key while that key's delete is in flight.
+
+/// A relock whose create fails until it gives up leaves the old key to be deleted in the
+/// background (slowly, here). A task of the same session waiting in `lock()` must not adopt
+/// that key with its old token: the delete would take the lock away from under it.
+#[tokio::test(start_paused = true)]
+async fn relock_failure_does_not_let_another_task_adopt_the_dying_key() {
+    let store = MemoryBackend::new();
+    let (client, faults) = faulty(&store);
+    let s = client.session().await.unwrap();
+    let mutex = Mutex::new(&s, "job").unwrap();
+    let mut guard = mutex.lock().await.unwrap();
+    let old = guard.fencing_token();
+    let waiting = tokio::spawn({
+        let m = mutex.clone();
+        async move { m.lock().await }
+    });
+    tokio::task::yield_now().await; // the task waits for the session's local slot
+    faults.inject(Op::Create, Some(&mutex.relock_key()), Fault::FailBefore, None);
+    for op in [Op::DeleteIfCreated, Op::WriteIf] {
+        faults.inject(op, Some(mutex.key()), Fault::Delay(Duration::from_millis(400)), None);
+    }
+    assert!(mutex.relock(&mut guard).await.is_err(), "the relock's create never reaches the store");
+    faults.clear(Op::Create);
+    let task = timeout(LIMIT, waiting).await.unwrap().unwrap().unwrap();
+    let b = other_session(&store).await;
+    if let Ok(taken) = timeout(Duration::from_secs(5), Mutex::new(&b, "job").unwrap().lock()).await {
+        let taken = taken.unwrap();
+        assert!(
+            !task.is_valid(),
+            "two holders: the task (token {}, the relocked guard had {old}) and B (token {})",
+            task.fencing_token(),
+            taken.fencing_token()
+        );
+    }
+    assert!(task.fencing_token() > old, "the task adopted the old acquisition's key (token {old})");
+}
+
+/// `release_leftovers` racing a `lock()` of the same re-attached session: the lock must not
+/// adopt the leftover key that is being deleted.
+#[tokio::test(start_paused = true)]
+async fn release_leftovers_does_not_delete_a_key_a_lock_adopted() {
+    let store = MemoryBackend::new();
+    let (client, faults) = faulty(&store);
+    let before = client.session().await.unwrap();
+    std::mem::forget(Mutex::new(&before, "job").unwrap().lock().await.unwrap()); // "crash"
+    let lease = before.detach();
+    let s = client.session_builder().attach(lease).open().await.unwrap();
+    let mutex = Mutex::new(&s, "job").unwrap();
+    for op in [Op::DeleteIfCreated, Op::WriteIf] {
+        faults.inject(op, Some(mutex.key()), Fault::Delay(Duration::from_millis(400)), None);
+    }
+    let releasing = tokio::spawn({
+        let s = s.clone();
+        async move { s.release_leftovers().await }
+    });
+    let f = faults.clone();
+    until("the leftover's delete is on its way", || f.calls(Op::DeleteIfCreated) + f.calls(Op::WriteIf) > 0).await;
+    let guard = timeout(LIMIT, mutex.lock()).await.unwrap().unwrap();
+    timeout(LIMIT, releasing).await.unwrap().unwrap().unwrap();
+    let b = other_session(&store).await;
+    if let Ok(taken) = timeout(Duration::from_secs(5), Mutex::new(&b, "job").unwrap().lock()).await {
+        let taken = taken.unwrap();
+        assert!(
+            !guard.is_valid(),
+            "two holders: the re-attached session (token {}) and B (token {})",
+            guard.fencing_token(),
+            taken.fencing_token()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Bug 4: keys left behind under a live lease.
+
+/// (a) A create that the store applied but whose answer was lost is retried; the retry
+/// finds the session's own key. With one permit, the old code moved on to a fresh key and
+/// waited behind its own first one for good.
+#[tokio::test(start_paused = true)]
+async fn create_applied_but_answer_lost_does_not_strand_a_permit() {
+    let store = MemoryBackend::new();
+    let (client, faults) = faulty(&store);
+    let s = client.session().await.unwrap();
+    faults.inject(Op::Create, Some("slots/"), Fault::LoseAnswer, Some(1));
+    let permit = timeout(LIMIT, Semaphore::new(&s, "slots", 1).unwrap().acquire()).await.expect("acquired").unwrap();
+    permit.release().await.unwrap();
+    faults.inject(Op::Create, Some("rw/"), Fault::LoseAnswer, Some(1));
+    let write = timeout(LIMIT, RwLock::new(&s, "rw").unwrap().write()).await.expect("write-locked").unwrap();
+    write.unlock().await.unwrap();
+    s.settle().await;
+    assert_eq!(keys(&store, "slots/").await, Vec::<String>::new());
+    assert_eq!(keys(&store, "rw/").await, Vec::<String>::new());
+}
+
+/// (b) A create whose outcome is unknown (it applied; every retry failed) is cleaned up in
+/// the background, and the cleanup keeps trying through the outage that caused it.
+#[tokio::test(start_paused = true)]
+async fn unknown_create_is_cleaned_up_after_the_outage() {
+    let store = MemoryBackend::new();
+    let (client, faults) = faulty(&store);
+    let s = client.session().await.unwrap();
+    let slots = Semaphore::new(&s, "slots", 1).unwrap();
+    faults.inject(Op::Create, Some("slots/"), Fault::LoseAnswer, Some(1));
+    faults.inject(Op::Create, Some("slots/"), Fault::FailBefore, None);
+    faults.inject(Op::Get, Some("slots/"), Fault::FailBefore, Some(20));
+    faults.inject(Op::Range, Some("slots/"), Fault::FailBefore, Some(20));
+    assert!(timeout(LIMIT, slots.acquire()).await.unwrap().is_err(), "gives up after the retry budget");
+    faults.clear(Op::Create);
+    timeout(LIMIT, s.settle()).await.unwrap();
+    let b = other_session(&store).await;
+    let got = timeout(Duration::from_secs(30), Semaphore::new(&b, "slots", 1).unwrap().acquire()).await;
+    assert!(got.is_ok(), "the only permit is still held by A's lost create: {:?}", keys(&store, "slots/").await);
+}
+
+/// (c) An acquisition dropped while its create is in flight, when that create ends in an
+/// error after applying: the key must not stay.
+#[tokio::test(start_paused = true)]
+async fn dropped_acquire_with_unknown_create_leaves_nothing() {
+    let store = MemoryBackend::new();
+    let (client, faults) = faulty(&store);
+    let s = client.session().await.unwrap();
+    faults.inject(Op::Create, Some("slots/"), Fault::LoseAnswer, Some(1));
+    faults.inject(Op::Create, Some("slots/"), Fault::FailBefore, None);
+    let acquire = Semaphore::new(&s, "slots", 1).unwrap();
+    assert!(timeout(Duration::from_millis(100), acquire.acquire()).await.is_err(), "dropped while retrying");
+    tokio::time::sleep(Duration::from_secs(11)).await; // the create's retries run out
+    faults.clear(Op::Create);
+    timeout(LIMIT, s.settle()).await.unwrap();
+    assert_eq!(keys(&store, "slots/").await, Vec::<String>::new(), "a key of A's dropped acquisition stayed");
+}
+
+/// (d) A release that fails for the whole retry budget while the session lives: the key
+/// is deleted once the store answers again (and the caller is told the release failed).
+#[tokio::test(start_paused = true)]
+async fn failed_release_is_retried_until_the_key_is_gone() {
+    let store = MemoryBackend::new();
+    let (client, faults) = faulty(&store);
+    let s = client.session().await.unwrap();
+    let permit = Semaphore::new(&s, "slots", 1).unwrap().acquire().await.unwrap();
+    for op in [Op::DeleteIfCreated, Op::WriteIf] {
+        faults.inject(op, Some("slots/"), Fault::FailBefore, None);
+    }
+    assert!(timeout(LIMIT, permit.release()).await.unwrap().is_err(), "the release could not be done in time");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    faults.clear_all();
+    let b = other_session(&store).await;
+    let got = timeout(Duration::from_secs(30), Semaphore::new(&b, "slots", 1).unwrap().acquire()).await;
+    assert!(got.is_ok(), "A's permit was never returned: {:?}", keys(&store, "slots/").await);
+}
+
+// ---------------------------------------------------------------------------------------
+// Bug 5: a cancelled release.
+
+/// An `unlock()` (`release()`, `resign()`) dropped before its delete was sent hands the
+/// delete to the session's background cleanup.
+#[tokio::test(start_paused = true)]
+async fn cancelled_release_still_releases() {
+    let store = MemoryBackend::new();
+    let (client, faults) = faulty(&store);
+    let s = client.session().await.unwrap();
+    let b = other_session(&store).await;
+    let slow = || {
+        for op in [Op::DeleteIfCreated, Op::WriteIf] {
+            faults.inject(op, None, Fault::Delay(Duration::from_millis(100)), Some(1));
+        }
+    };
+    let short = Duration::from_millis(20);
+
+    let guard = Mutex::new(&s, "job").unwrap().lock().await.unwrap();
+    slow();
+    assert!(timeout(short, guard.unlock()).await.is_err(), "dropped before the delete was sent");
+    let got = timeout(Duration::from_secs(30), Mutex::new(&b, "job").unwrap().lock()).await;
+    assert!(got.is_ok(), "the mutex stayed held after a cancelled unlock");
+
+    faults.clear_all();
+    let permit = Semaphore::new(&s, "slots", 1).unwrap().acquire().await.unwrap();
+    slow();
+    assert!(timeout(short, permit.release()).await.is_err());
+    let got = timeout(Duration::from_secs(30), Semaphore::new(&b, "slots", 1).unwrap().acquire()).await;
+    assert!(got.is_ok(), "the permit stayed held after a cancelled release");
+
+    faults.clear_all();
+    let leader = Election::new(&s, "lead").unwrap().campaign("a").await.unwrap();
+    slow();
+    assert!(timeout(short, leader.resign()).await.is_err());
+    let got = timeout(Duration::from_secs(30), Election::new(&b, "lead").unwrap().campaign("b")).await;
+    assert!(got.is_ok(), "the leadership stayed after a cancelled resign");
+}
+
+// ---------------------------------------------------------------------------------------
+// Bug 6: the smaller ones.
+
+/// Durations as large as a caller can pass fail cleanly or wait "for ever", never panic.
+#[tokio::test(start_paused = true)]
+async fn huge_durations_do_not_panic() {
+    let s = Client::memory().session().await.unwrap();
+    let huge = Duration::MAX;
+    Mutex::new(&s, "m").unwrap().lock_timeout(huge).await.unwrap().unlock().await.unwrap();
+    let delayed = Mutex::new(&s, "d").unwrap().with_lock_delay(huge);
+    delayed.lock().await.unwrap().unlock().await.unwrap();
+    drop(delayed.lock().await.unwrap()); // not clean: the next one would wait `huge`
+    s.settle().await;
+    assert!(delayed.try_lock().await.unwrap().is_none(), "within the lock-delay");
+    Semaphore::new(&s, "s", 1).unwrap().acquire_timeout(huge).await.unwrap().release().await.unwrap();
+    RwLock::new(&s, "r").unwrap().read_timeout(huge).await.unwrap().unlock().await.unwrap();
+    RwLock::new(&s, "r").unwrap().write_timeout(huge).await.unwrap().unlock().await.unwrap();
+    Election::new(&s, "e").unwrap().campaign_timeout("x", huge).await.unwrap().resign().await.unwrap();
+    let backoff = leasehold::Backoff::new(huge, huge).max_elapsed(huge).max_attempts(3);
+    let r: leasehold::Result<()> =
+        backoff.retry(|| async { Err(Error::InvalidArgument { what: "t", reason: "x".into() }) }).await;
+    assert!(r.is_err());
+    let store = MemoryBackend::new();
+    assert!(store.grant_lease(huge).await.is_ok(), "a lease that never expires");
+}
+
+/// A key at the session's own key name but without a lease is the application's, not a
+/// leftover of the session: the lock fails and the key is left alone.
+#[tokio::test(start_paused = true)]
+async fn a_key_without_lease_is_not_taken_for_the_sessions_own() {
+    let client = Client::memory();
+    let s = client.session().await.unwrap();
+    let mutex = Mutex::new(&s, "job").unwrap();
+    client.backend().compare_and_swap(mutex.key(), None, b"app".to_vec(), None).await.unwrap();
+    assert!(mutex.lock().await.is_err());
+    s.settle().await;
+    let kv = client.backend().get(mutex.key()).await.unwrap();
+    assert_eq!(kv.map(|kv| kv.value), Some(b"app".to_vec()), "leasehold deleted a key it did not create");
+}
+
+/// A semaphore's stored count that is deleted and created again with another count is
+/// seen by a handle that checked the old one.
+#[tokio::test(start_paused = true)]
+async fn semaphore_sees_a_recreated_count() {
+    let client = Client::memory();
+    let s = client.session().await.unwrap();
+    let one = Semaphore::new(&s, "slots", 1).unwrap();
+    one.acquire().await.unwrap().release().await.unwrap();
+    let backend = client.backend();
+    let count = backend.get("slots").await.unwrap().expect("the count key");
+    assert!(backend.delete_if_created("slots", count.create_revision).await.unwrap());
+    backend.compare_and_swap("slots", None, b"2".to_vec(), None).await.unwrap();
+    match one.acquire().await {
+        Err(Error::PermitMismatch { stored: 2, requested: 1, .. }) => {}
+        Ok(permit) => panic!("admitted by the old count: {}", permit.key()),
+        Err(e) => panic!("expected a permit mismatch, got {e}"),
+    }
+    s.settle().await;
+    assert_eq!(
+        client.backend().range_prefix("slots/", 0).await.unwrap().0.len(),
+        0,
+        "the refused acquisition left its key"
+    );
+}
+
+/// A lock lost before `unlock()` (its key deleted behind the session's back) is reported.
+#[tokio::test(start_paused = true)]
+async fn unlock_of_a_lost_lock_is_an_error() {
+    let client = Client::memory();
+    let s = client.session().await.unwrap();
+    let guard = Mutex::new(&s, "job").unwrap().lock().await.unwrap();
+    assert!(client.backend().delete_if_created(guard.key(), guard.fencing_token() as i64).await.unwrap());
+    match guard.unlock().await {
+        Err(Error::NotHeld { .. }) => {}
+        other => panic!("unlock of a lost lock returned {other:?}"),
+    }
+    let permit = Semaphore::new(&s, "slots", 1).unwrap().acquire().await.unwrap();
+    assert!(client.backend().delete_if_created(permit.key(), permit.fencing_token() as i64).await.unwrap());
+    assert!(matches!(permit.release().await, Err(Error::NotHeld { .. })));
+}
