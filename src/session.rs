@@ -421,32 +421,44 @@ impl Drop for SessionInner {
 
 /// The renewal loop. Renews every TTL/3; after a failure it retries every TTL/10 (at least
 /// 100 ms) until the deadline. The deadline only moves with a renewal that succeeded, by
-/// the time that renewal was sent.
+/// the time **that** renewal was sent.
+///
+/// A keep-alive stream pairs answers with requests by order only (etcd's carries no request
+/// id). So a stream whose request was abandoned — the deadline came first — is dropped,
+/// never read again: its late answer would be credited to the next request, and a session
+/// whose lease expired while the process was paused would come back valid. Every `select!`
+/// here is biased towards the deadline: past it the session is lost, whatever else is ready,
+/// and no renewal is sent after it.
 async fn keep_alive(client: Client, lease: LeaseId, ttl: Duration, shared: Arc<Shared>) {
     let backend = client.backend().clone();
     let interval = ttl / 3;
     let retry = (ttl / 10).max(Duration::from_millis(100));
     let mut keeper = None;
     let mut next = Instant::now() + interval;
-    let lost = |why: &str| {
+    let expired = || {
+        if !shared.state.expire_if_due(Instant::now().into_std()) {
+            return false;
+        }
         if shared.lost.fire() {
             crate::metrics::session_lost();
-            tracing::warn!(lease = format_args!("{lease:x}"), why, "session lost");
+            tracing::warn!(lease = format_args!("{lease:x}"), "session lost: not renewed before the validity deadline");
         }
+        true
     };
     loop {
         let deadline = Instant::from_std(shared.state.deadline());
-        tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => {
-                if shared.state.expire_if_due(Instant::now().into_std()) {
-                    lost("not renewed before the validity deadline");
-                    // Best effort: if the server still has the lease, free its keys now.
-                    let _ = tokio::time::timeout(ttl, backend.revoke_lease(lease)).await;
-                    return;
-                }
-                continue;
+        if let Due::Deadline = first_due(deadline, next).await {
+            if expired() {
+                // Best effort: if the server still has the lease, free its keys now.
+                let _ = tokio::time::timeout(ttl, backend.revoke_lease(lease)).await;
+                return;
             }
-            _ = tokio::time::sleep_until(next) => {}
+            continue; // renewed meanwhile (or closed: `renewed` below tells)
+        }
+        #[cfg(not(leasehold_sim_mutation_keepalive))]
+        if expired() {
+            let _ = tokio::time::timeout(ttl, backend.revoke_lease(lease)).await;
+            return;
         }
         let sent = Instant::now();
         let attempt = async {
@@ -455,7 +467,18 @@ async fn keep_alive(client: Client, lease: LeaseId, ttl: Duration, shared: Arc<S
             }
             keeper.as_mut().expect("set above").renew().await
         };
+        #[cfg(not(leasehold_sim_mutation_keepalive))]
         let outcome = tokio::select! {
+            biased;
+            _ = tokio::time::sleep_until(deadline) => None,
+            r = attempt => Some(r),
+        };
+        // Mutation for the simulator (scripts/sim.sh), the bug of issue 17 (1) in one of the
+        // orders its unbiased selects could take: an answer is taken even past the deadline,
+        // a renewal is sent past it, and the stream of an abandoned request is kept (below).
+        #[cfg(leasehold_sim_mutation_keepalive)]
+        let outcome = tokio::select! {
+            biased;
             r = attempt => Some(r),
             _ = tokio::time::sleep_until(deadline) => None,
         };
@@ -468,8 +491,9 @@ async fn keep_alive(client: Client, lease: LeaseId, ttl: Duration, shared: Arc<S
                 next = sent + interval;
             }
             Some(Ok(_)) | Some(Err(Error::LeaseNotFound { .. })) => {
-                if shared.state.mark_lost() {
-                    lost("lease expired on the server");
+                if shared.state.mark_lost() && shared.lost.fire() {
+                    crate::metrics::session_lost();
+                    tracing::warn!(lease = format_args!("{lease:x}"), "session lost: lease expired on the server");
                 }
                 return;
             }
@@ -479,8 +503,38 @@ async fn keep_alive(client: Client, lease: LeaseId, ttl: Duration, shared: Arc<S
                 keeper = None;
                 next = Instant::now() + retry;
             }
-            None => continue, // the deadline branch above decides
+            None => {
+                // The request may still be answered on this stream: never read that answer.
+                #[cfg(not(leasehold_sim_mutation_keepalive))]
+                {
+                    keeper = None;
+                }
+                // The deadline branch at the top decides (it is due now).
+            }
         }
+    }
+}
+
+/// What the renewal loop waits for next.
+enum Due {
+    Deadline,
+    Renewal,
+}
+
+/// Waits for the validity deadline or the next renewal, whichever comes first; the
+/// deadline when both are due.
+async fn first_due(deadline: Instant, next: Instant) -> Due {
+    #[cfg(not(leasehold_sim_mutation_keepalive))]
+    tokio::select! {
+        biased;
+        _ = tokio::time::sleep_until(deadline) => Due::Deadline,
+        _ = tokio::time::sleep_until(next) => Due::Renewal,
+    }
+    #[cfg(leasehold_sim_mutation_keepalive)]
+    tokio::select! {
+        biased;
+        _ = tokio::time::sleep_until(next) => Due::Renewal,
+        _ = tokio::time::sleep_until(deadline) => Due::Deadline,
     }
 }
 

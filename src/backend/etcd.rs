@@ -335,14 +335,23 @@ struct EtcdKeepAlive {
     timeout: Duration,
     keeper: etcd_client::LeaseKeeper,
     stream: etcd_client::LeaseKeepAliveStream,
+    /// A request was sent whose answer was not read (its `renew` was dropped, or timed
+    /// out): the stream's next answer may be that one's, so the stream is not used again.
+    abandoned: bool,
 }
 
 #[async_trait]
 impl KeepAlive for EtcdKeepAlive {
     async fn renew(&mut self) -> Result<Duration> {
+        if self.abandoned {
+            return Err(Error::Unavailable("etcd: keep-alive stream has an unanswered request; open a new one".into()));
+        }
         let once = async {
+            self.abandoned = true;
             self.keeper.keep_alive().await.map_err(map_err)?;
-            match self.stream.message().await.map_err(map_err)? {
+            let answer = self.stream.message().await.map_err(map_err)?;
+            self.abandoned = false;
+            match answer {
                 Some(resp) if resp.ttl() > 0 => Ok(Duration::from_secs(resp.ttl() as u64)),
                 Some(_) => Err(Error::LeaseNotFound { lease: self.lease }),
                 None => Err(Error::Unavailable("etcd: keep-alive stream closed".into())),
@@ -422,7 +431,7 @@ impl Backend for EtcdBackend {
             .await
             .map_err(|_| Error::Unavailable("etcd: keep-alive open timed out".into()))?
             .map_err(map_err)?;
-        Ok(Box::new(EtcdKeepAlive { lease, timeout: self.request_timeout, keeper, stream }))
+        Ok(Box::new(EtcdKeepAlive { lease, timeout: self.request_timeout, keeper, stream, abandoned: false }))
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {

@@ -234,10 +234,20 @@ pub trait WatchStream: Send {
 }
 
 /// A stream of renewals for one lease (one keep-alive stream per session).
+///
+/// A renewal restarts the lease's TTL when it *arrives* at the server (rule 2 of the
+/// [contract](self)). Answers may be paired with requests by order only, as on etcd's
+/// stream; so a stream on which a `renew` was dropped before it returned must not be used
+/// again (its next answer may be the abandoned request's): the session drops it and opens a
+/// new one, and an implementation whose answers can be mistaken so refuses further calls
+/// with [`Error::Unavailable`](crate::Error::Unavailable).
 #[async_trait]
 pub trait KeepAlive: Send {
     /// Renews the lease once. Returns the TTL it now has, or
     /// [`Error::LeaseNotFound`](crate::Error::LeaseNotFound) if it expired.
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe: a dropped call may have sent its request; see the trait docs.
     async fn renew(&mut self) -> Result<Duration>;
 }
 
