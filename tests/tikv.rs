@@ -320,3 +320,68 @@ async fn lagging_watch_breaks_after_log_compaction() {
     let made = slow.compare_and_swap("lag/a", None, b"x".to_vec(), None).await.unwrap();
     assert_eq!(wait_event(&mut fresh).await, vec![WatchEvent::Put(made.current.unwrap())]);
 }
+
+/// Issue 17, bug 3: a renewal that started before its lease expired must not commit after
+/// a read that left the lease's keys out as expired. Two backends (two processes): A owns
+/// the lease and renews it; B reads. The test server holds A's renewal between its reads
+/// and its commit while the lease expires and B reads, then lets it go.
+///
+/// Before the fix B's read answered without the key and the renewal then committed (it
+/// started a second before the expiry, so it extended the lease past the read): the key
+/// was back, with no write that created it, after a reader had been told it was gone — a
+/// reader that could have admitted another holder on that. Now B's read reaps the lease
+/// first, so the two conflict and only one commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_cannot_revive_a_lease_a_read_saw_expire() {
+    const TTL: Duration = Duration::from_secs(3);
+    let server = TestServer::start().await;
+    let quiet = || config(&server).reap_interval(Duration::from_secs(600)); // no background reaps
+    let a = TikvBackend::connect(quiet()).await.unwrap();
+    let b = TikvBackend::connect(quiet()).await.unwrap();
+    let granted = Instant::now();
+    let lease = a.grant_lease(TTL).await.unwrap().id;
+    let req = CreateRequest {
+        key: "revive/a".into(),
+        value: Vec::new(),
+        lease,
+        precondition: Precondition::KeyAbsent,
+        prefix: "revive/".into(),
+        head_limit: 0,
+        replaces: None,
+        read: None,
+    };
+    assert!(a.create(req).await.unwrap().created);
+    // The lease record's key (see the module docs of the backend): `<root>l/<id, 16 hex>`.
+    let record = format!("l/{:016x}", lease as u64).into_bytes();
+    let renewal_held = server.hold_next_prewrite(&record);
+    let mut keeper = a.keep_alive(lease).await.unwrap();
+    // Renew a second before the expiry (the lease's clock is the test server's TSO, which
+    // is wall-clock milliseconds), so the renewal would extend it well past the read.
+    tokio::time::sleep(Duration::from_secs(2).saturating_sub(granted.elapsed())).await;
+    let renewal = tokio::spawn(async move { keeper.renew().await });
+    tokio::time::timeout(Duration::from_secs(5), renewal_held.reached()).await.expect("the renewal reached its commit");
+    assert!(granted.elapsed() < TTL, "the renewal started before the expiry ({:?})", granted.elapsed());
+    tokio::time::sleep((TTL + Duration::from_millis(200)).saturating_sub(granted.elapsed())).await;
+    // Whatever writes the lease record next (B's reap, by its read or its reaper) is held too.
+    let reap_held = server.hold_next_prewrite(&record);
+    let read = tokio::spawn({
+        let b = b.clone();
+        async move { b.range_prefix("revive/", 0).await }
+    });
+    tokio::time::timeout(Duration::from_secs(5), reap_held.reached()).await.expect("a reap of the lease started");
+    renewal_held.release();
+    let renewed = renewal.await.unwrap();
+    reap_held.release();
+    let seen: Vec<String> = read.await.unwrap().unwrap().0.into_iter().map(|kv| kv.key).collect();
+    let now = b.get("revive/a").await.unwrap();
+    let alive = b.lease_ttl(lease).await.unwrap();
+    assert!(granted.elapsed() < TTL * 5 / 3, "too slow to tell: the renewed lease may have expired again");
+    if seen.is_empty() {
+        assert!(
+            now.is_none() && alive.is_none(),
+            "B's read left the key out as expired, then A's renewal ({renewed:?}) brought it back (key {now:?}, lease {alive:?})"
+        );
+    } else {
+        assert!(renewed.is_ok(), "B's read saw the lease alive, so the renewal must have committed: {renewed:?}");
+    }
+}

@@ -45,14 +45,17 @@
 //! of an expired lease fails with [`Error::LeaseNotFound`]. The id is the grant's start
 //! timestamp (unique cluster-wide).
 //!
-//! A key whose lease has expired counts as deleted everywhere at once: reads
-//! ([`Backend::get`], [`Backend::range_prefix`]) leave it out, and every conditional write
+//! A key whose lease has expired counts as deleted everywhere at once: every operation
 //! that meets it first **reaps** the lease in the same transaction — deletes all of the
 //! lease's keys in one revision of their own, with delete events in the change log — and
-//! then decides on the state after the reap. A background reaper per backend (every
-//! [`TikvConfig::reap_interval`], and at once when a read met an expired key) reaps due
-//! leases found through the `e/` index, so watchers see the delete events without other
-//! traffic. Renewal and reaping both write `l/<id>`, so they cannot both commit.
+//! then decides on the state after the reap. A read ([`Backend::get`],
+//! [`Backend::range_prefix`]) runs read-only first and, only if it met an expired lease,
+//! again as a write that reaps it: a read must not leave keys out as expired unless the
+//! lease is reaped, since a renewal that started before the expiry could otherwise
+//! commit after it and bring them back. Renewal and reaping both write `l/<id>`, so they
+//! cannot both commit. A background reaper per backend (every
+//! [`TikvConfig::reap_interval`]) reaps due leases found through the `e/` index, so
+//! watchers see the delete events without other traffic.
 //!
 //! # Watches
 //!
@@ -496,7 +499,7 @@ fn optimistic() -> TransactionOptions {
 
 fn jittered(d: Duration) -> Duration {
     let ms = d.as_secs_f64() * 1000.0;
-    Duration::from_secs_f64(rand::rng().random_range(ms * 0.5..=ms.max(0.001)) / 1000.0)
+    crate::backoff::with_rng(|rng| Duration::from_secs_f64(rng.random_range(ms * 0.5..=ms.max(0.001)) / 1000.0))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -799,7 +802,7 @@ async fn attempts<T: Send + 'static>(
     }
 }
 
-type Body<T> = Box<dyn for<'a> Fn(&'a mut Tx) -> Pin<Box<dyn Future<Output = TxResult<T>> + Send + 'a>> + Send + Sync>;
+type Body<T> = Arc<dyn for<'a> Fn(&'a mut Tx) -> Pin<Box<dyn Future<Output = TxResult<T>> + Send + 'a>> + Send + Sync>;
 
 impl TikvBackend {
     /// Connects through the PD endpoints and checks that the cluster answers (a timestamp
@@ -875,7 +878,8 @@ impl TikvBackend {
     async fn run_flagged<T: Send + 'static>(&self, reap_inline: bool, body: Body<T>) -> Result<(T, bool)> {
         self.start_tasks();
         let timeout = self.inner.cfg.request_timeout;
-        let stop_at = tokio::time::Instant::now() + timeout * 3 / 4;
+        let now = tokio::time::Instant::now();
+        let stop_at = now.checked_add(timeout.saturating_mul(3) / 4).unwrap_or(now + timeout / 4 * 3);
         let task = tokio::spawn(attempts(self.inner.clone(), reap_inline, stop_at, body));
         match tokio::time::timeout(timeout, task).await {
             Ok(Ok(r)) => r,
@@ -884,9 +888,23 @@ impl TikvBackend {
         }
     }
 
-    /// A read-only body: expired leases' keys are left out and the reaper is told.
+    /// A read-only body. If it meets a key whose lease has expired, it runs again as a
+    /// write that reaps the lease first, and answers from that run.
+    ///
+    /// Leaving an expired lease's keys out without reaping would not be safe: a renewal
+    /// that started before the expiry (its start timestamp decides "alive") can commit
+    /// after the read, and the lease and its keys would be back after a reader was told
+    /// they were gone — and may have admitted another holder on it. A reap writes the
+    /// lease record, as every renewal does, so the two conflict and only one commits:
+    /// either the read sees the renewed lease, or the renewal fails.
     async fn read<T: Send + 'static>(&self, body: Body<T>) -> Result<T> {
-        let (v, met_expired) = self.run_flagged(false, body).await?;
+        let (v, met_expired) = self.run_flagged(false, body.clone()).await?;
+        #[cfg(not(leasehold_sim_mutation_tikv_read))]
+        if met_expired {
+            return self.run(true, body).await;
+        }
+        // Mutation (scripts/sim.sh): issue 17's bug 3, the read answers without reaping.
+        #[cfg(leasehold_sim_mutation_tikv_read)]
         if met_expired {
             self.inner.reap_now.notify_one();
         }
@@ -896,7 +914,7 @@ impl TikvBackend {
     async fn renew(&self, lease: LeaseId) -> Result<Duration> {
         self.run(
             true,
-            Box::new(move |tx| {
+            Arc::new(move |tx| {
                 Box::pin(async move {
                     let Some(rec) = tx.lease(lease).await? else {
                         return Err(Error::LeaseNotFound { lease }.into());
@@ -962,7 +980,7 @@ impl Backend for TikvBackend {
         let id = self
             .run(
                 true,
-                Box::new(move |tx| {
+                Arc::new(move |tx| {
                     Box::pin(async move {
                         let id = tx.txn.start_timestamp().version() as LeaseId;
                         let rec = LeaseRec { ttl_ms, expires_ms: tx.now_ms + ttl_ms };
@@ -982,11 +1000,11 @@ impl Backend for TikvBackend {
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
-        self.run(true, Box::new(move |tx| Box::pin(tx.reap(lease)))).await
+        self.run(true, Arc::new(move |tx| Box::pin(tx.reap(lease)))).await
     }
 
     async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<Duration>> {
-        self.read(Box::new(move |tx| {
+        self.read(Arc::new(move |tx| {
             Box::pin(async move {
                 let now = tx.now_ms;
                 Ok(tx
@@ -1000,7 +1018,7 @@ impl Backend for TikvBackend {
     }
 
     async fn lease_keys(&self, lease: LeaseId) -> Result<Vec<String>> {
-        self.read(Box::new(move |tx| {
+        self.read(Arc::new(move |tx| {
             Box::pin(async move {
                 if !tx.alive(lease).await? {
                     return Ok(Vec::new());
@@ -1025,7 +1043,7 @@ impl Backend for TikvBackend {
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         let key = key.to_owned();
-        self.read(Box::new(move |tx| {
+        self.read(Arc::new(move |tx| {
             let key = key.clone();
             Box::pin(async move { tx.get(&key).await })
         }))
@@ -1034,7 +1052,7 @@ impl Backend for TikvBackend {
 
     async fn range_prefix(&self, prefix: &str, limit: usize) -> Result<(Vec<KeyValue>, Revision)> {
         let prefix = prefix.to_owned();
-        self.read(Box::new(move |tx| {
+        self.read(Arc::new(move |tx| {
             let prefix = prefix.clone();
             Box::pin(async move {
                 let mut kvs = tx.scan(&prefix).await?;
@@ -1050,7 +1068,7 @@ impl Backend for TikvBackend {
     async fn create(&self, req: CreateRequest) -> Result<CreateResponse> {
         self.run(
             true,
-            Box::new(move |tx| {
+            Arc::new(move |tx| {
                 let req = req.clone();
                 Box::pin(async move {
                     let ok = match req.precondition {
@@ -1086,7 +1104,7 @@ impl Backend for TikvBackend {
         let key = key.to_owned();
         self.run(
             true,
-            Box::new(move |tx| {
+            Arc::new(move |tx| {
                 let key = key.clone();
                 Box::pin(async move {
                     if tx.get(&key).await?.is_some_and(|kv| kv.create_revision == create_revision) {
@@ -1109,7 +1127,7 @@ impl Backend for TikvBackend {
         let key = key.to_owned();
         self.run(
             true,
-            Box::new(move |tx| {
+            Arc::new(move |tx| {
                 let (key, value) = (key.clone(), value.clone());
                 Box::pin(async move {
                     let swapped = tx.get(&key).await?.map(|kv| kv.mod_revision) == expected;
@@ -1128,7 +1146,7 @@ impl Backend for TikvBackend {
         let conditions = conditions.to_vec();
         self.run(
             true,
-            Box::new(move |tx| {
+            Arc::new(move |tx| {
                 let (conditions, writes) = (conditions.clone(), writes.clone());
                 Box::pin(async move {
                     for c in &conditions {
@@ -1173,7 +1191,7 @@ impl Backend for TikvBackend {
     }
 
     async fn watch_prefix(&self, prefix: &str) -> Result<Box<dyn WatchStream>> {
-        let start = self.read(Box::new(|tx| Box::pin(async move { Ok(tx.base) }))).await?;
+        let start = self.read(Arc::new(|tx| Box::pin(async move { Ok(tx.base) }))).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         self.inner.watches.lock().push(Slot { prefix: prefix.to_owned(), cursor: start, tx });
         self.inner.poke.notify_one();
@@ -1232,7 +1250,7 @@ async fn poll_once(inner: &Arc<Inner>) -> bool {
     let read = backend
         .run(
             false,
-            Box::new(move |tx| {
+            Arc::new(move |tx| {
                 Box::pin(async move {
                     let compacted = decode_u64(tx.txn.get(tx.keys().compacted()).await?)? as Revision;
                     let upto = tx.base.min(from + POLL_BATCH);
@@ -1329,7 +1347,7 @@ async fn reap_due(inner: &Arc<Inner>) -> Result<()> {
     let due: Vec<LeaseId> = backend
         .run(
             false,
-            Box::new(|tx| {
+            Arc::new(|tx| {
                 Box::pin(async move {
                     let start = tx.keys().with("e/", b"");
                     let end = tx.keys().expiry_upto(tx.now_ms + 1);
@@ -1350,7 +1368,7 @@ async fn reap_due(inner: &Arc<Inner>) -> Result<()> {
         backend
             .run(
                 true,
-                Box::new(move |tx| {
+                Arc::new(move |tx| {
                     Box::pin(async move {
                         if !tx.alive(id).await? {
                             tx.reap(id).await?;
@@ -1377,7 +1395,7 @@ async fn compact(inner: Weak<Inner>, upto: Revision) {
     let r = backend
         .run(
             false,
-            Box::new(move |tx| {
+            Arc::new(move |tx| {
                 Box::pin(async move {
                     let done = decode_u64(tx.txn.get(tx.keys().compacted()).await?)? as Revision;
                     let upto = upto.min(done + 4096);
@@ -1461,11 +1479,18 @@ impl TxnLock {
     }
 
     /// Waits until the lock is held.
+    ///
+    /// # Cancel safety
+    /// The acquisition runs in a task of its own: if the future is dropped, a lock it got
+    /// is rolled back at once.
     pub async fn lock(&self) -> Result<TxnLockGuard> {
         self.acquire(None).await
     }
 
     /// Waits at most (about) `timeout`; [`Error::Timeout`] after it.
+    ///
+    /// # Cancel safety
+    /// As for [`lock`](Self::lock).
     pub async fn lock_timeout(&self, timeout: Duration) -> Result<TxnLockGuard> {
         self.acquire(Some(timeout)).await
     }
@@ -1477,7 +1502,7 @@ impl TxnLock {
         let key = self.backend.inner.keys.txn_lock(&self.name);
         let heartbeat = self.backend.inner.cfg.txn_lock_heartbeat;
         let name = self.name.clone();
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<TxnLockGuard>>();
         tokio::spawn(async move {
             let got = lock_in_txn(&client, key, heartbeat, deadline, timeout).await;
@@ -1543,11 +1568,13 @@ impl TxnLockGuard {
     }
 
     /// Releases the lock (rolls the pessimistic transaction back).
+    ///
+    /// # Cancel safety
+    /// The rollback runs in a task of its own: dropping the future does not stop it.
     pub async fn unlock(mut self) -> Result<()> {
-        match self.txn.take() {
-            Some(mut txn) => txn.rollback().await.map_err(map_err),
-            None => Ok(()),
-        }
+        let Some(mut txn) = self.txn.take() else { return Ok(()) };
+        let rollback = tokio::spawn(async move { txn.rollback().await.map_err(map_err) });
+        rollback.await.map_err(|e| Error::Store(format!("txn lock: rollback task failed: {e}")))?
     }
 }
 

@@ -77,7 +77,34 @@ struct Shared {
     unavailable: AtomicBool,
     calls: Mutex<HashMap<&'static str, u64>>,
     failing: Mutex<Vec<String>>,
+    /// Prewrites to hold (see [`TestServer::hold_next_prewrite`]), oldest first.
+    holds: Mutex<Vec<(Vec<u8>, Held)>>,
     store_addr: String,
+}
+
+/// A prewrite held by [`TestServer::hold_next_prewrite`]: it reaches the store only once
+/// [`release`](Held::release)d.
+#[derive(Debug, Clone)]
+pub struct Held {
+    reached: Arc<tokio::sync::watch::Sender<bool>>,
+    released: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Held {
+    /// Completes once a matching prewrite arrived (and is being held).
+    pub async fn reached(&self) {
+        let _ = self.reached.subscribe().wait_for(|r| *r).await;
+    }
+
+    /// Whether a matching prewrite arrived.
+    pub fn is_reached(&self) -> bool {
+        *self.reached.borrow()
+    }
+
+    /// Lets the held prewrite (and any later one it would have caught) through.
+    pub fn release(&self) {
+        self.released.send_replace(true);
+    }
 }
 
 impl TestServer {
@@ -101,6 +128,7 @@ impl TestServer {
             unavailable: AtomicBool::new(false),
             calls: Mutex::new(HashMap::new()),
             failing: Mutex::new(Vec::new()),
+            holds: Mutex::new(Vec::new()),
             store_addr: addrs[0].to_string(),
         });
         let tasks = listeners
@@ -139,6 +167,19 @@ impl TestServer {
         if fail {
             failing.push(method.to_owned());
         }
+    }
+
+    /// Holds the next `KvPrewrite` that writes a key containing `key_part` before it
+    /// reaches the store, until [`Held::release`]: a transaction caught between its reads
+    /// and its commit, to make a chosen interleaving of two transactions. Holds are taken
+    /// in the order they were made, one prewrite each.
+    pub fn hold_next_prewrite(&self, key_part: &[u8]) -> Held {
+        let held = Held {
+            reached: Arc::new(tokio::sync::watch::channel(false).0),
+            released: Arc::new(tokio::sync::watch::channel(false).0),
+        };
+        self.shared.holds.lock().expect("holds").push((key_part.to_vec(), held.clone()));
+        held
     }
 
     /// How many RPCs of `method` (e.g. `"KvCheckTxnStatus"`) the server has received.
@@ -368,6 +409,17 @@ impl tikv_service::tikv_server::Tikv for Node {
     async fn kv_prewrite(&self, request: Request<kvrpcpb::PrewriteRequest>) -> Reply<kvrpcpb::PrewriteResponse> {
         self.enter("KvPrewrite")?;
         let req = request.into_inner();
+        let held = {
+            let mut holds = self.shared.holds.lock().expect("holds");
+            let caught = holds.iter().position(|(part, _)| {
+                req.mutations.iter().any(|m| m.key.windows(part.len().max(1)).any(|w| w == part.as_slice()))
+            });
+            caught.map(|at| holds.remove(at).1)
+        };
+        if let Some(held) = held {
+            held.reached.send_replace(true);
+            let _ = held.released.subscribe().wait_for(|r| *r).await;
+        }
         let errors = self.mvcc().prewrite(&req);
         Ok(Response::new(kvrpcpb::PrewriteResponse { errors, ..Default::default() }))
     }
