@@ -121,6 +121,9 @@ impl Client {
     /// Connects by URL: `memory://`, `etcd://host:port[,host:port…]` (feature `etcd`; see
     /// `EtcdConfig` for timeouts, TLS and auth) or `tikv://pd-host:port[,pd-host:port…]`
     /// (feature `tikv`; see `TikvConfig`).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: nothing is left behind.
     pub async fn connect(url: &str) -> Result<Self> {
         if url == "memory://" || url == "memory" {
             return Ok(Self::memory());
@@ -144,12 +147,18 @@ impl Client {
     }
 
     /// Connects to etcd.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: nothing is left behind.
     #[cfg(feature = "etcd")]
     pub async fn etcd(config: crate::EtcdConfig) -> Result<Self> {
         Ok(Self::new(crate::backend::etcd::EtcdBackend::connect(config).await?))
     }
 
     /// Connects to TiKV through its PD endpoints.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: nothing is left behind.
     #[cfg(feature = "tikv")]
     pub async fn tikv(config: crate::TikvConfig) -> Result<Self> {
         Ok(Self::new(crate::backend::tikv::TikvBackend::connect(config).await?))
@@ -161,6 +170,10 @@ impl Client {
     }
 
     /// Opens a session with the default TTL; see [`SessionBuilder`] for options.
+    ///
+    /// # Cancel safety
+    /// A lease granted just before the future was dropped is left to expire after its TTL
+    /// (nothing is held under it).
     pub async fn session(&self) -> Result<Session> {
         self.session_builder().open().await
     }

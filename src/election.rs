@@ -8,6 +8,9 @@ use crate::queue::{enqueue, local_slot, Admission, Rule, Subscription, Ticket, W
 use crate::{Client, Session};
 use tracing::Instrument;
 
+/// The recipe's name in errors.
+const WHAT: &str = "election";
+
 /// A leader election.
 ///
 /// Keys follow etcd's Go `concurrency.Election`: every candidate owns the key
@@ -145,6 +148,10 @@ impl Election {
     /// assert_eq!(scheduler.leader().await?, None, "resigned after the work");
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Cancel safety
+    /// Dropping the future drops `work` at the await it is at; what was acquired is
+    /// released in the background, as for a dropped guard.
     pub async fn with_leadership<T>(
         &self,
         value: impl Into<Vec<u8>>,
@@ -159,19 +166,30 @@ impl Election {
     }
 
     /// Becomes the leader only if nobody leads now: `Ok(None)` otherwise, leaving no key.
+    ///
+    /// # Cancel safety
+    /// Dropping the future at any point leaves nothing held and no key behind: a key that
+    /// was (or may have been) created is deleted in the background, retried until it is
+    /// gone or the session ends ([`Session::settle`](crate::Session::settle) waits for it).
     pub async fn try_campaign(&self, value: impl Into<Vec<u8>>) -> Result<Option<Leadership>> {
         self.campaign_with(value.into(), Wait::No).await
     }
 
     /// Campaigns for at most `timeout`; fails with [`Error::Timeout`](crate::Error::Timeout),
     /// withdrawing the candidacy.
+    ///
+    /// # Cancel safety
+    /// Dropping the future at any point leaves nothing held and no key behind: a key that
+    /// was (or may have been) created is deleted in the background, retried until it is
+    /// gone or the session ends ([`Session::settle`](crate::Session::settle) waits for it).
     pub async fn campaign_timeout(
         &self,
         value: impl Into<Vec<u8>>,
         timeout: std::time::Duration,
     ) -> Result<Leadership> {
-        let until = Wait::Until(tokio::time::Instant::now() + timeout);
-        self.campaign_with(value.into(), until).await?.ok_or(crate::Error::Timeout { what: "election", after: timeout })
+        self.campaign_with(value.into(), Wait::at_most(timeout))
+            .await?
+            .ok_or(crate::Error::Timeout { what: "election", after: timeout })
     }
 
     async fn campaign_with(&self, value: Vec<u8>, wait: Wait) -> Result<Option<Leadership>> {
@@ -191,7 +209,7 @@ impl Election {
                 replaces: None,
                 read: None,
             };
-            let ticket = Ticket { what: "election", req, local: Some(local), adopt: true, replaces: None };
+            let ticket = Ticket { what: "election", req, local: Some(local), adopt: true, replaces: None, check: None };
             let (hold, kv) = match enqueue(&self.session, ticket, wait, Rule::First).await? {
                 Admission::Held(hold, kv, _) => (hold, kv),
                 Admission::NotAdmitted => return Ok(None),
@@ -219,6 +237,9 @@ impl Election {
     }
 
     /// The current leader, if any (a snapshot: it may change at once).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a read; dropping it changes nothing.
     pub async fn leader(&self) -> Result<Option<LeaderInfo>> {
         let (kvs, _) = self.session.client().backend().range_prefix(&self.prefix, 1).await?;
         Ok(kvs.first().map(LeaderInfo::from))
@@ -295,6 +316,10 @@ impl Leadership {
     /// Announces a new value without a new election: a fenced write of the leader key that
     /// keeps its lease. Fails with [`Error::NotHeld`](crate::Error::NotHeld) if this is no longer the leader (its key
     /// is gone, e.g. the lease expired), writing nothing.
+    ///
+    /// # Cancel safety
+    /// A write dropped while in flight may or may not have been applied; it is applied only
+    /// while this is still the leadership.
     pub async fn proclaim(&self, value: impl Into<Vec<u8>>) -> Result<()> {
         let key = self.hold.key().to_owned();
         let lease = Some(self.hold.session().lease_id());
@@ -304,10 +329,15 @@ impl Leadership {
     /// Gives leadership up (deleting the key only if it is still this term's), so that the
     /// next candidate is elected. With [lock-delay](Election::with_lock_delay), this is the
     /// clean hand-over: the next leader does not wait (dropping the leadership is not).
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not leave it held: the release goes on in the session's
+    /// background cleanup (as for a dropped guard), retried until the key is gone or the
+    /// session ends.
     pub async fn resign(self) -> Result<()> {
         match self.marker {
-            Some(marker) => self.hold.release_writing(vec![Write::Delete { key: marker }]).await,
-            None => self.hold.release().await,
+            Some(marker) => self.hold.release_writing(WHAT, vec![Write::Delete { key: marker }]).await,
+            None => self.hold.release(WHAT).await,
         }
     }
 }

@@ -6,7 +6,6 @@ use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::local::release::ReleaseOnce;
 use crate::local::waiter_queue::Slot;
-use crate::queue::release_retry;
 use crate::Session;
 use std::future::Future;
 
@@ -48,12 +47,19 @@ macro_rules! fenced_writes {
         #[doc = concat!("Puts `value` at `key` in the store only while this ", $held, " (one transaction")]
         #[doc = "comparing the guard key's create revision). Fails with [`Error::NotHeld`](crate::Error::NotHeld)"]
         #[doc = "otherwise, writing nothing."]
+        #[doc = ""]
+        #[doc = "# Cancel safety"]
+        #[doc = "A write dropped while in flight may or may not have been applied; it is applied only"]
+        #[doc = "while held."]
         pub async fn fenced_put(&self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> crate::Result<()> {
             let write = crate::Write::Put { key: key.into(), value: value.into(), lease: None };
             self.hold.fenced($what, vec![write]).await
         }
 
         #[doc = concat!("Applies several writes atomically, only while this ", $held, ".")]
+        #[doc = ""]
+        #[doc = "# Cancel safety"]
+        #[doc = "As for `fenced_put`: all of the writes or none, and only while held."]
         pub async fn fenced_write(&self, writes: Vec<crate::Write>) -> crate::Result<()> {
             self.hold.fenced($what, writes).await
         }
@@ -72,11 +78,14 @@ pub(crate) struct Holding {
     local: Option<Slot>,
     /// Whether the acquisition had to wait for another holder (feeds the adaptive policy).
     contended: bool,
+    /// The writes of a release in progress besides the delete: if its future is dropped,
+    /// the background release applies them too.
+    releasing: Vec<Write>,
 }
 
 impl Holding {
     pub(crate) fn new(session: Session, key: String, revision: Revision, local: Option<Slot>) -> Self {
-        Self { session, key, revision, release: ReleaseOnce::new(), local, contended: false }
+        Self { session, key, revision, release: ReleaseOnce::new(), local, contended: false, releasing: Vec::new() }
     }
 
     /// Marks the acquisition as one that waited for another holder.
@@ -147,9 +156,9 @@ impl Holding {
         Ok(applied)
     }
 
-    /// Releases now. Idempotent: only the first release (explicit or by drop) deletes.
-    pub(crate) async fn release(self) -> Result<()> {
-        self.release_writing(Vec::new()).await
+    /// Releases now (see [`release_writing`](Self::release_writing)).
+    pub(crate) async fn release(self, what: &'static str) -> Result<()> {
+        self.release_writing(what, Vec::new()).await
     }
 
     /// The acquisition's create revision (its fencing token as a revision).
@@ -200,6 +209,7 @@ impl Holding {
             release,
             local: None,
             contended: self.contended,
+            releasing: Vec::new(),
         }
     }
 
@@ -216,27 +226,54 @@ impl Holding {
 impl Holding {
     /// Releases now, deleting the key only if it still has this acquisition's create
     /// revision, and applies `extra` in the same transaction (a lock-delay marker is cleared
-    /// this way). Retried on transient errors; a retry after an attempt
-    /// that did apply finds the key gone and writes nothing.
-    pub(crate) async fn release_writing(mut self, extra: Vec<Write>) -> Result<()> {
-        if !self.release.begin() {
+    /// this way). Retried on transient errors for the default budget; a retry after an
+    /// attempt that did apply finds the key gone and writes nothing.
+    ///
+    /// Errors: [`Error::NotHeld`] if the key was already gone (the lock was lost before the
+    /// release: its lease expired, or someone deleted it), [`Error::SessionLost`] if the
+    /// store could not be reached and the session is lost (the lease frees the key), and the
+    /// store's error if it could not be reached in time while the session lives: the release
+    /// then goes on in the background until the key is gone or the session ends.
+    ///
+    /// # Cancel safety
+    /// Dropping the future hands the release (with `extra`) to the session's background
+    /// cleanup, as dropping the guard does.
+    pub(crate) async fn release_writing(mut self, what: &'static str, extra: Vec<Write>) -> Result<()> {
+        if !self.release.is_held() {
             return Ok(());
         }
         let backend = self.session.client().backend().clone();
         let mut writes = vec![Write::Delete { key: self.key.clone() }];
-        writes.extend(extra);
+        writes.extend(extra.iter().cloned());
+        // From here until the outcome is known, a drop of this future releases in the
+        // background (Drop sees the guard still held).
+        self.releasing = extra;
         let held = [Condition::Created { key: self.key.clone(), revision: self.revision }];
+        #[cfg(leasehold_sim_mutation_release)]
+        if !self.release.begin() {
+            return Ok(()); // mutation: the release is marked begun before it is sent
+        }
         let result = Backoff::default().retry(|| backend.write_if(&held, writes.clone())).await;
-        self.release.finish();
-        self.local.take();
+        let lost = || Error::SessionLost { lease: self.session.lease_id() };
         match result {
             Ok(applied) => {
-                if applied.is_none() {
-                    tracing::debug!(key = self.key, "release: key already gone (lease expired?)");
+                self.release.begin();
+                self.release.finish();
+                self.local.take();
+                match applied {
+                    Some(_) => Ok(()),
+                    None => Err(Error::NotHeld {
+                        what,
+                        reason: format!(
+                            "lost before the release: {} no longer existed with token {}",
+                            self.key, self.revision
+                        ),
+                    }),
                 }
-                Ok(())
             }
-            Err(_) if !self.session.is_valid() => Ok(()),
+            // The lease frees the key (Drop does nothing for a lost session).
+            Err(_) if !self.session.is_valid() => Err(lost()),
+            // Drop hands it to the background.
             Err(e) => Err(e),
         }
     }
@@ -247,21 +284,14 @@ impl Drop for Holding {
         if !self.release.begin() {
             return;
         }
+        self.release.finish();
         if self.session.check().is_err() {
             // Lost, closed or detached: the key went (or goes) with the lease; a detached
             // session must look crashed, so nothing is deleted on its behalf.
-            self.release.finish();
             return;
         }
-        let backend = self.session.client().backend().clone();
-        let key = std::mem::take(&mut self.key);
-        let revision = self.revision;
-        let local = self.local.take();
-        self.session.spawn_cleanup(async move {
-            let _ = release_retry(&*backend, &key, revision).await;
-            drop(local);
-        });
-        self.release.finish();
+        let (key, extra) = (std::mem::take(&mut self.key), std::mem::take(&mut self.releasing));
+        self.session.release_in_background(key, self.revision, extra, self.local.take());
     }
 }
 

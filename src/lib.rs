@@ -58,7 +58,7 @@ pub use backend::memory::MemoryBackend;
 #[cfg(feature = "tikv")]
 pub use backend::tikv::TikvConfig;
 pub use backend::{Backend, Write};
-pub use backoff::{Backoff, Delays, Jitter};
+pub use backoff::{deterministic_jitter, Backoff, Delays, Jitter};
 pub use client::{Client, KEPT_VIEWS};
 pub use election::{Election, LeaderInfo, Leadership, Observer};
 pub use error::{Error, Result};

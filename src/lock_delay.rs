@@ -80,7 +80,7 @@ impl LockDelay {
         match self.admit(what, &hold, wait).await? {
             Admit::Hold => Ok(Some((hold, self.marker.clone()))),
             Admit::GiveUp => {
-                hold.release().await?;
+                hold.release(what).await?;
                 Ok(None)
             }
         }
@@ -108,17 +108,18 @@ impl LockDelay {
                     }
                 }
             };
-            let until = since + self.delay;
-            if until > Instant::now() {
-                let gives_up = match wait {
-                    Wait::No => true,
-                    Wait::Until(deadline) => deadline < until,
-                    Wait::Forever => false,
+            // A delay past what the clock can count never ends.
+            let until = since.checked_add(self.delay);
+            if until.is_none_or(|until| until > Instant::now()) {
+                let gives_up = match (wait, until) {
+                    (Wait::No, _) => true,
+                    (Wait::Until(deadline), until) => until.is_none_or(|until| deadline < until),
+                    (Wait::Forever, _) => false,
                 };
                 tracing::debug!(
                     marker = self.marker,
                     previous = stale,
-                    remaining = ?until.saturating_duration_since(Instant::now()),
+                    remaining = ?until.map(|until| until.saturating_duration_since(Instant::now())),
                     gives_up,
                     "lock-delay: the previous holder did not release cleanly"
                 );
@@ -126,9 +127,16 @@ impl LockDelay {
                     return Ok(Admit::GiveUp);
                 }
                 let lost = hold.lost();
+                let delay = async {
+                    match until {
+                        Some(until) => tokio::time::sleep_until(until).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep_until(until) => {}
+                    biased;
                     _ = lost => return Err(Error::SessionLost { lease: hold.session().lease_id() }),
+                    _ = delay => {}
                 }
             }
         }

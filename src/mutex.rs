@@ -13,6 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
+/// The recipe's name in errors.
+const WHAT: &str = "mutex";
+
 /// How an acquisition contends (for a [`Mutex`] or a [`Semaphore`](crate::Semaphore)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Strategy {
@@ -196,6 +199,11 @@ impl Mutex {
     /// Waits until the lock is held.
     ///
     /// Fails with [`Error::SessionLost`] if the session is lost while waiting.
+    ///
+    /// # Cancel safety
+    /// Dropping the future at any point leaves nothing held and no key behind: a key that
+    /// was (or may have been) created is deleted in the background, retried until it is
+    /// gone or the session ends ([`Session::settle`](crate::Session::settle) waits for it).
     pub async fn lock(&self) -> Result<MutexGuard> {
         self.acquire(Wait::Forever).await.map(|g| g.expect("waits until held"))
     }
@@ -226,6 +234,10 @@ impl Mutex {
     /// assert!(report.holder().await?.is_none(), "released after the work");
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Cancel safety
+    /// Dropping the future drops `work` at the await it is at; what was acquired is
+    /// released in the background, as for a dropped guard.
     pub async fn with_lock<T>(&self, work: impl AsyncFnOnce(&MutexGuard) -> T) -> Result<T> {
         let guard = self.lock().await?;
         let lost = guard.lost();
@@ -236,11 +248,21 @@ impl Mutex {
     }
 
     /// Takes the lock if it is free, without waiting: `Ok(None)` if someone else holds it.
+    ///
+    /// # Cancel safety
+    /// Dropping the future at any point leaves nothing held and no key behind: a key that
+    /// was (or may have been) created is deleted in the background, retried until it is
+    /// gone or the session ends ([`Session::settle`](crate::Session::settle) waits for it).
     pub async fn try_lock(&self) -> Result<Option<MutexGuard>> {
         self.acquire(Wait::No).await
     }
 
     /// Waits at most `timeout`; fails with [`Error::Timeout`], leaving nothing behind.
+    ///
+    /// # Cancel safety
+    /// Dropping the future at any point leaves nothing held and no key behind: a key that
+    /// was (or may have been) created is deleted in the background, retried until it is
+    /// gone or the session ends ([`Session::settle`](crate::Session::settle) waits for it).
     pub async fn lock_timeout(&self, timeout: Duration) -> Result<MutexGuard> {
         match self.acquire(Wait::at_most(timeout)).await? {
             Some(g) => Ok(g),
@@ -281,6 +303,10 @@ impl Mutex {
     /// guard.unlock().await?;
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Cancel safety
+    /// Dropping the future leaves the old acquisition released and no new key behind (both
+    /// are deleted in the background if the transaction's outcome is not known).
     pub async fn relock(&self, guard: &mut MutexGuard) -> Result<()> {
         let ours = guard.session().lease_id() == self.session.lease_id()
             && (guard.key() == self.key || guard.key() == self.relock_key());
@@ -302,7 +328,8 @@ impl Mutex {
         self.session.note_relock();
         let key = if hold.key() == self.key { self.relock_key() } else { self.key.clone() };
         let req = CreateRequest { key, replaces: None, ..self.request(Precondition::KeyAbsent) };
-        let ticket = Ticket { what: "mutex", req, local: hold.take_local(), adopt: true, replaces: Some(hold) };
+        let local = hold.take_local();
+        let ticket = Ticket { what: "mutex", req, local, adopt: true, replaces: Some(hold), check: None };
         let span = tracing::debug_span!("mutex.relock", name = %self.name);
         let hold = match enqueue(&self.session, ticket, Wait::Forever, Rule::First).instrument(span).await? {
             Admission::Held(hold, ..) => hold,
@@ -322,8 +349,8 @@ impl Mutex {
     /// next one ([`parked`](crate::queue::parked)). `Ok(None)`: a condition failed, nothing
     /// was written, and `guard` still holds if it did. `Ok(Some(..))`: the guard is
     /// released and the new key (pending until someone keeps it) exists at the returned
-    /// revision. An error leaves the outcome unknown: `guard` releases on drop and the
-    /// new key, if it was created, is deleted in the background.
+    /// revision. An error leaves the outcome unknown: `guard` is left released, and both
+    /// its key and the new one, if they exist, are deleted in the background.
     pub(crate) async fn write_and_requeue(
         &self,
         guard: &mut MutexGuard,
@@ -344,22 +371,29 @@ impl Mutex {
         writes.push(Write::Delete { key: old });
         writes.push(Write::Put { key: key.clone(), value: Vec::new(), lease: Some(self.session.lease_id()) });
         self.session.note_relock();
-        let mut pending = Pending::write(&self.session, key.clone(), all, writes, guard.hold.take_local());
+        // The old hold goes with the transaction (see `Pending`); until its outcome is known
+        // the guard holds a released copy.
+        let local = guard.hold.take_local();
+        let placeholder = guard.hold.released_copy();
+        let old_hold = std::mem::replace(&mut guard.hold, placeholder);
+        let mut pending = Pending::write(&self.session, key.clone(), all, writes, local, Some(old_hold));
         let resp = pending.response().await?;
         match resp.mine {
-            Some(kv) if resp.created => {
-                let placeholder = guard.hold.released_copy();
-                std::mem::replace(&mut guard.hold, placeholder).released_elsewhere();
-                Ok(Some((pending, key, kv.create_revision)))
-            }
+            Some(kv) if resp.created => Ok(Some((pending, key, kv.create_revision))),
             _ => {
-                guard.hold.restore_local(pending.keep());
+                // A condition failed: nothing was written, and the guard holds as before.
+                let mut old = pending.take_replaced().expect("kept when nothing was written");
+                old.restore_local(pending.leave());
+                guard.hold = old;
                 Ok(None)
             }
         }
     }
 
     /// The current holder, if any (a snapshot: it may change at once).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a read; dropping it changes nothing.
     pub async fn holder(&self) -> Result<Option<Holder>> {
         let (kvs, _) = self.session.client().backend().range_prefix(&self.prefix, 1).await?;
         Ok(kvs.into_iter().next().map(Holder::of))
@@ -457,6 +491,7 @@ impl Mutex {
             local: Some(local),
             adopt: true,
             replaces: None,
+            check: None,
         };
         match enqueue(&self.session, ticket, wait, Rule::First).await? {
             Admission::Held(hold, _, admitted) => Ok(Some((MutexGuard { hold, marker: None }, Some(admitted)))),
@@ -470,7 +505,8 @@ impl Mutex {
         let mut retry = Retry::new(wait, &self.backoff);
         let mut conflicts = 0u32;
         loop {
-            let mut pending = Pending::start(&self.session, self.request(Precondition::PrefixEmpty), local.take());
+            let mut pending =
+                Pending::start(&self.session, self.request(Precondition::PrefixEmpty), local.take(), None);
             let resp = pending.response().await?;
             let holder = resp.head.into_iter().next();
             match (&resp.mine, &holder) {
@@ -523,6 +559,11 @@ impl MutexGuard {
     /// Applies `writes` only while this guard still holds the lock, and releases it in the
     /// same transaction: a fenced write and an unlock in one round trip. Fails with
     /// [`Error::NotHeld`] (writing nothing) if the lock is no longer held.
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not leave the lock held: the release goes on in the
+    /// background. The writes were applied only if the transaction reached the store
+    /// while the lock was held.
     pub async fn unlock_with(mut self, mut writes: Vec<Write>) -> Result<()> {
         writes.extend(self.marker.take().map(|key| Write::Delete { key }));
         if self.hold.write_and_release(&[], writes).await?.is_some() {
@@ -546,10 +587,15 @@ impl MutexGuard {
     /// Releases the lock, deleting the key only if it is still this acquisition's. With
     /// [lock-delay](Mutex::with_lock_delay), this is the clean release: the next holder does
     /// not wait (dropping the guard is not).
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not leave it held: the release goes on in the session's
+    /// background cleanup (as for a dropped guard), retried until the key is gone or the
+    /// session ends.
     pub async fn unlock(self) -> Result<()> {
         match self.marker {
-            Some(marker) => self.hold.release_writing(vec![Write::Delete { key: marker }]).await,
-            None => self.hold.release().await,
+            Some(marker) => self.hold.release_writing(WHAT, vec![Write::Delete { key: marker }]).await,
+            None => self.hold.release(WHAT).await,
         }
     }
 }

@@ -146,6 +146,9 @@ impl Register {
     }
 
     /// Reads the value.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a read; dropping it changes nothing.
     pub async fn get(&self) -> Result<Option<Vec<u8>>> {
         Ok(self.session.client().backend().get(&self.key).await?.map(|kv| kv.value))
     }
@@ -153,12 +156,24 @@ impl Register {
     /// Applies `f` to the current value (None if unset) and writes what it returns, unless
     /// it returns None. Retries on conflict with other writers, calling `f` again with the
     /// newer value; never loses an update.
+    ///
+    /// # Cancel safety
+    /// Dropping the future never applies an update twice, but one dropped while its write
+    /// was in flight may have been written (the write is conditional, so it was written as
+    /// `f` computed it, on the value `f` saw). A queued update's place in the queue is
+    /// deleted in the background, as for a dropped acquisition.
     pub async fn update(&self, mut f: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>> + Send) -> Result<Updated> {
         self.update_with_token(|v, _| f(v)).await
     }
 
     /// Like [`update`](Register::update), and `f` also gets the fencing token of the lock the
     /// update runs under (`None` for an optimistic update), so it can store it with the value.
+    ///
+    /// # Cancel safety
+    /// Dropping the future never applies an update twice, but one dropped while its write
+    /// was in flight may have been written (the write is conditional, so it was written as
+    /// `f` computed it, on the value `f` saw). A queued update's place in the queue is
+    /// deleted in the background, as for a dropped acquisition.
     pub async fn update_with_token(
         &self,
         mut f: impl FnMut(Option<&[u8]>, Option<u64>) -> Option<Vec<u8>> + Send,
@@ -172,6 +187,12 @@ impl Register {
     /// runs again on the newer value. Under the pessimistic and adaptive strategies other
     /// updates of the register from this client wait while `f` runs, so `f` must not itself
     /// update the same register through this client (it would wait for itself).
+    ///
+    /// # Cancel safety
+    /// Dropping the future never applies an update twice, but one dropped while its write
+    /// was in flight may have been written (the write is conditional, so it was written as
+    /// `f` computed it, on the value `f` saw). A queued update's place in the queue is
+    /// deleted in the background, as for a dropped acquisition.
     pub async fn update_async<F, Fut>(&self, mut f: F) -> Result<Updated>
     where
         F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,

@@ -8,6 +8,9 @@ use crate::Session;
 use std::time::Duration;
 use tracing::Instrument;
 
+/// The recipe's name in errors.
+const WHAT: &str = "rwlock";
+
 /// How many numbered keys an acquisition tries before giving up, when it finds them taken
 /// (only a re-attached session, whose counter starts again, can find one taken).
 const KEY_ATTEMPTS: usize = 64;
@@ -88,18 +91,33 @@ impl RwLock {
     /// Waits until the lock is held for reading.
     ///
     /// Fails with [`Error::SessionLost`] if the session is lost while waiting.
+    ///
+    /// # Cancel safety
+    /// Dropping the future at any point leaves nothing held and no key behind: a key that
+    /// was (or may have been) created is deleted in the background, retried until it is
+    /// gone or the session ends ([`Session::settle`](crate::Session::settle) waits for it).
     pub async fn read(&self) -> Result<ReadGuard> {
         let hold = self.acquire(Mode::Read, Wait::Forever).await?;
         Ok(ReadGuard { hold: hold.expect("waits until held") })
     }
 
     /// Takes a read lock if no writer holds or waits for the lock: `Ok(None)` otherwise.
+    ///
+    /// # Cancel safety
+    /// Dropping the future at any point leaves nothing held and no key behind: a key that
+    /// was (or may have been) created is deleted in the background, retried until it is
+    /// gone or the session ends ([`Session::settle`](crate::Session::settle) waits for it).
     pub async fn try_read(&self) -> Result<Option<ReadGuard>> {
         Ok(self.acquire(Mode::Read, Wait::No).await?.map(|hold| ReadGuard { hold }))
     }
 
     /// Waits at most `timeout` for a read lock; fails with [`Error::Timeout`], leaving
     /// nothing behind.
+    ///
+    /// # Cancel safety
+    /// Dropping the future at any point leaves nothing held and no key behind: a key that
+    /// was (or may have been) created is deleted in the background, retried until it is
+    /// gone or the session ends ([`Session::settle`](crate::Session::settle) waits for it).
     pub async fn read_timeout(&self, timeout: Duration) -> Result<ReadGuard> {
         match self.acquire(Mode::Read, Wait::at_most(timeout)).await? {
             Some(hold) => Ok(ReadGuard { hold }),
@@ -110,18 +128,33 @@ impl RwLock {
     /// Waits until the lock is held for writing.
     ///
     /// Fails with [`Error::SessionLost`] if the session is lost while waiting.
+    ///
+    /// # Cancel safety
+    /// Dropping the future at any point leaves nothing held and no key behind: a key that
+    /// was (or may have been) created is deleted in the background, retried until it is
+    /// gone or the session ends ([`Session::settle`](crate::Session::settle) waits for it).
     pub async fn write(&self) -> Result<WriteGuard> {
         let hold = self.acquire(Mode::Write, Wait::Forever).await?;
         Ok(WriteGuard { hold: hold.expect("waits until held") })
     }
 
     /// Takes the write lock if nobody holds or waits for the lock: `Ok(None)` otherwise.
+    ///
+    /// # Cancel safety
+    /// Dropping the future at any point leaves nothing held and no key behind: a key that
+    /// was (or may have been) created is deleted in the background, retried until it is
+    /// gone or the session ends ([`Session::settle`](crate::Session::settle) waits for it).
     pub async fn try_write(&self) -> Result<Option<WriteGuard>> {
         Ok(self.acquire(Mode::Write, Wait::No).await?.map(|hold| WriteGuard { hold }))
     }
 
     /// Waits at most `timeout` for the write lock; fails with [`Error::Timeout`], leaving
     /// nothing behind.
+    ///
+    /// # Cancel safety
+    /// Dropping the future at any point leaves nothing held and no key behind: a key that
+    /// was (or may have been) created is deleted in the background, retried until it is
+    /// gone or the session ends ([`Session::settle`](crate::Session::settle) waits for it).
     pub async fn write_timeout(&self, timeout: Duration) -> Result<WriteGuard> {
         match self.acquire(Mode::Write, Wait::at_most(timeout)).await? {
             Some(hold) => Ok(WriteGuard { hold }),
@@ -149,7 +182,7 @@ impl RwLock {
                     replaces: None,
                     read: None,
                 };
-                let ticket = Ticket { what: "rwlock", req, local: None, adopt: leftover, replaces: None };
+                let ticket = Ticket { what: "rwlock", req, local: None, adopt: leftover, replaces: None, check: None };
                 let admission = match mode {
                     Mode::Read => {
                         let writers = format!("{}{}", self.prefix, Mode::Write.segment());
@@ -190,8 +223,13 @@ impl ReadGuard {
     );
 
     /// Releases the read lock, deleting the key only if it is still this acquisition's.
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not leave it held: the release goes on in the session's
+    /// background cleanup (as for a dropped guard), retried until the key is gone or the
+    /// session ends.
     pub async fn unlock(self) -> Result<()> {
-        self.hold.release().await
+        self.hold.release(WHAT).await
     }
 }
 
@@ -211,7 +249,12 @@ impl WriteGuard {
     fenced_writes!("rwlock", "guard still holds the write lock");
 
     /// Releases the write lock, deleting the key only if it is still this acquisition's.
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not leave it held: the release goes on in the session's
+    /// background cleanup (as for a dropped guard), retried until the key is gone or the
+    /// session ends.
     pub async fn unlock(self) -> Result<()> {
-        self.hold.release().await
+        self.hold.release(WHAT).await
     }
 }

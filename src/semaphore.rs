@@ -1,15 +1,18 @@
 //! A fair counting semaphore with fenced permits, under a session's lease.
 
-use crate::backend::{CreateRequest, Precondition};
+use crate::backend::{CreateRequest, CreateResponse, Precondition, Revision};
 use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
 use crate::guard::{fenced_writes, held_accessors, Holding};
 use crate::mutex::{Holder, Strategy};
-use crate::queue::{enqueue, Admission, Pending, Retry, Rule, Ticket, View, Wait};
+use crate::queue::{enqueue, Admission, CreateCheck, Pending, Retry, Rule, Ticket, View, Wait};
 use crate::Session;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
+
+/// The recipe's name in errors.
+const WHAT: &str = "semaphore";
 
 /// How many numbered keys an acquisition tries before giving up, when it finds them taken
 /// (only a re-attached session, whose counter starts again, can find one taken).
@@ -75,8 +78,9 @@ pub struct Semaphore {
     permits: u32,
     strategy: Strategy,
     backoff: Backoff,
-    /// The stored count, once checked against `permits`.
-    stored: Arc<OnceLock<u32>>,
+    /// The stored count as this handle last saw it (equal to `permits`), with the create
+    /// revision of the count key; every acquisition checks it again in its create call.
+    stored: Arc<parking_lot::Mutex<Option<(u32, Revision)>>>,
 }
 
 impl Semaphore {
@@ -96,7 +100,7 @@ impl Semaphore {
             permits,
             strategy: Strategy::Pessimistic,
             backoff: Backoff::new(Duration::from_micros(500), Duration::from_millis(50)).jitter(Jitter::Full),
-            stored: Arc::new(OnceLock::new()),
+            stored: Arc::default(),
         })
     }
 
@@ -138,10 +142,13 @@ impl Semaphore {
     /// assert_eq!(usage.holders[0].token, permit.fencing_token());
     /// # permit.release().await?; Ok(()) }
     /// ```
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a read; dropping it changes nothing.
     pub async fn usage(&self) -> Result<Usage> {
         let backend = self.session.client().backend();
         let permits = match backend.get(&self.count_key).await? {
-            Some(kv) => self.parse_count(&kv.value)?,
+            Some(kv) => parse_count(&self.count_key, &kv.value)?,
             None => self.permits,
         };
         let (kvs, _) = backend.range_prefix(&self.prefix, 0).await?;
@@ -154,6 +161,11 @@ impl Semaphore {
     ///
     /// Fails with [`Error::PermitMismatch`] if the stored count differs, and with
     /// [`Error::SessionLost`] if the session is lost while waiting.
+    ///
+    /// # Cancel safety
+    /// Dropping the future at any point leaves nothing held and no key behind: a key that
+    /// was (or may have been) created is deleted in the background, retried until it is
+    /// gone or the session ends ([`Session::settle`](crate::Session::settle) waits for it).
     pub async fn acquire(&self) -> Result<Permit> {
         self.acquire_with(Wait::Forever).await.map(|p| p.expect("waits until held"))
     }
@@ -173,6 +185,10 @@ impl Semaphore {
     /// assert_eq!(encoders.usage().await?.available(), 3, "released after the work");
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Cancel safety
+    /// Dropping the future drops `work` at the await it is at; what was acquired is
+    /// released in the background, as for a dropped guard.
     pub async fn with_permit<T>(&self, work: impl AsyncFnOnce(&Permit) -> T) -> Result<T> {
         let permit = self.acquire().await?;
         let lost = permit.lost();
@@ -183,11 +199,21 @@ impl Semaphore {
     }
 
     /// Takes a permit if one is free for this caller now: `Ok(None)` otherwise.
+    ///
+    /// # Cancel safety
+    /// Dropping the future at any point leaves nothing held and no key behind: a key that
+    /// was (or may have been) created is deleted in the background, retried until it is
+    /// gone or the session ends ([`Session::settle`](crate::Session::settle) waits for it).
     pub async fn try_acquire(&self) -> Result<Option<Permit>> {
         self.acquire_with(Wait::No).await
     }
 
     /// Waits at most `timeout`; fails with [`Error::Timeout`], leaving nothing behind.
+    ///
+    /// # Cancel safety
+    /// Dropping the future at any point leaves nothing held and no key behind: a key that
+    /// was (or may have been) created is deleted in the background, retried until it is
+    /// gone or the session ends ([`Session::settle`](crate::Session::settle) waits for it).
     pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Permit> {
         match self.acquire_with(Wait::at_most(timeout)).await? {
             Some(p) => Ok(p),
@@ -225,6 +251,10 @@ impl Semaphore {
     /// permit.release().await?;
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Cancel safety
+    /// Dropping the future leaves the old acquisition released and no new key behind (both
+    /// are deleted in the background if the transaction's outcome is not known).
     pub async fn reacquire(&self, permit: &mut Permit) -> Result<()> {
         let own = format!("{}{:x}-", self.prefix, self.session.lease_id());
         let ours = permit.session().lease_id() == self.session.lease_id() && permit.key().starts_with(&own);
@@ -233,7 +263,7 @@ impl Semaphore {
         let placeholder = permit.hold.released_copy();
         let hold = std::mem::replace(&mut permit.hold, placeholder);
         if self.strategy == Strategy::Optimistic {
-            hold.release().await?;
+            hold.release("semaphore").await?;
             *permit = self.acquire().await?;
             return Ok(());
         }
@@ -245,6 +275,7 @@ impl Semaphore {
             local: None,
             adopt: false,
             replaces: Some(hold),
+            check: Some(self.count_check()),
         };
         let hold = match enqueue(&self.session, ticket, Wait::Forever, Rule::AmongFirst(limit)).instrument(span).await?
         {
@@ -268,10 +299,18 @@ impl Semaphore {
             strategy = ?self.strategy
         );
         let acquired = async {
-            let limit = self.stored_count().await? as usize;
-            match self.strategy {
-                Strategy::Pessimistic | Strategy::Adaptive => self.acquire_queued(wait, limit).await,
-                Strategy::Optimistic => self.acquire_cas(wait, limit).await,
+            let mut recreated = 0;
+            loop {
+                let limit = self.stored_count().await? as usize;
+                let acquired = match self.strategy {
+                    Strategy::Pessimistic | Strategy::Adaptive => self.acquire_queued(wait, limit).await,
+                    Strategy::Optimistic => self.acquire_cas(wait, limit).await,
+                };
+                match acquired {
+                    // The count key was deleted meanwhile: create it again and retry.
+                    Err(Error::Store(_)) if self.stored.lock().is_none() && recreated < 3 => recreated += 1,
+                    other => return other,
+                }
             }
         }
         .instrument(span)
@@ -283,9 +322,10 @@ impl Semaphore {
     }
 
     /// The stored count, creating it if this is the first user. Only a count equal to
-    /// `permits` is returned (and then cached).
+    /// `permits` is returned (and then remembered, until an acquisition's create call reads
+    /// another: see [`count_check`](Self::count_check)).
     async fn stored_count(&self) -> Result<u32> {
-        if let Some(&n) = self.stored.get() {
+        if let Some((n, _)) = *self.stored.lock() {
             return Ok(n);
         }
         let backend = self.session.client().backend();
@@ -294,19 +334,38 @@ impl Semaphore {
         let Some(kv) = resp.current else {
             return Err(Error::Store(format!("semaphore: {} was deleted while being read", self.count_key)));
         };
-        let stored = self.parse_count(&kv.value)?;
+        let stored = parse_count(&self.count_key, &kv.value)?;
         if stored != self.permits {
             return Err(Error::PermitMismatch { name: self.name.clone(), stored, requested: self.permits });
         }
-        let _ = self.stored.set(stored);
+        *self.stored.lock() = Some((stored, kv.create_revision));
         Ok(stored)
     }
 
-    fn parse_count(&self, value: &[u8]) -> Result<u32> {
-        let stored = std::str::from_utf8(value).ok().and_then(|s| s.parse::<u32>().ok()).filter(|&n| n > 0);
-        stored.ok_or_else(|| {
-            let text = String::from_utf8_lossy(value);
-            Error::Store(format!("semaphore: {} holds {text:?}, not a permit count", self.count_key))
+    /// Checks the count key as the create call read it, in the same transaction: the
+    /// count this handle admits by must still be the stored one (someone may have deleted
+    /// the count key and created it again with another count).
+    fn count_check(&self) -> CreateCheck {
+        let (stored, count_key, name, permits) =
+            (self.stored.clone(), self.count_key.clone(), self.name.clone(), self.permits);
+        Box::new(move |resp: &CreateResponse| {
+            let known = *stored.lock();
+            match &resp.read {
+                Some(kv) if known.is_some_and(|(_, rev)| rev == kv.create_revision) => Ok(()),
+                Some(kv) => {
+                    let now = parse_count(&count_key, &kv.value)?;
+                    if now != permits {
+                        *stored.lock() = None;
+                        return Err(Error::PermitMismatch { name: name.clone(), stored: now, requested: permits });
+                    }
+                    *stored.lock() = Some((now, kv.create_revision));
+                    Ok(())
+                }
+                None => {
+                    *stored.lock() = None;
+                    Err(Error::Store(format!("semaphore: the count key {count_key} was deleted")))
+                }
+            }
         })
     }
 
@@ -319,7 +378,8 @@ impl Semaphore {
             prefix: self.prefix.clone(),
             head_limit: limit,
             replaces: None,
-            read: None,
+            // The count as of this very step: checked by `count_check`.
+            read: Some(self.count_key.clone()),
         }
     }
 
@@ -346,6 +406,7 @@ impl Semaphore {
                 local: None,
                 adopt: leftover,
                 replaces: None,
+                check: Some(self.count_check()),
             };
             match enqueue(&self.session, ticket, wait, Rule::AmongFirst(limit)).await? {
                 Admission::Held(hold, ..) => return Ok(Some(Permit { hold })),
@@ -361,8 +422,12 @@ impl Semaphore {
         let (mut key, mut leftover) = self.acquisition_key();
         let mut taken = 0;
         loop {
-            let mut pending = Pending::start(&self.session, self.request(key.clone(), limit), None);
+            let mut pending = Pending::start(&self.session, self.request(key.clone(), limit), None, None);
             let resp = pending.response().await?;
+            if let Err(e) = (self.count_check())(&resp) {
+                pending.abandon().await?;
+                return Err(e);
+            }
             let Some(mine) = resp.mine.filter(|kv| kv.lease == self.session.lease_id()) else {
                 return Err(Error::Store(format!("semaphore: {key} exists under another lease")));
             };
@@ -394,6 +459,15 @@ impl Semaphore {
             }
         }
     }
+}
+
+/// The permit count stored at `count_key`, if `value` is one.
+fn parse_count(count_key: &str, value: &[u8]) -> Result<u32> {
+    let stored = std::str::from_utf8(value).ok().and_then(|s| s.parse::<u32>().ok()).filter(|&n| n > 0);
+    stored.ok_or_else(|| {
+        let text = String::from_utf8_lossy(value);
+        Error::Store(format!("semaphore: {count_key} holds {text:?}, not a permit count"))
+    })
 }
 
 /// A [`Semaphore`]'s permits in use, from [`Semaphore::usage`].
@@ -429,7 +503,12 @@ impl Permit {
     fenced_writes!("semaphore", "permit is still held");
 
     /// Returns the permit, deleting the key only if it is still this acquisition's.
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not leave it held: the release goes on in the session's
+    /// background cleanup (as for a dropped guard), retried until the key is gone or the
+    /// session ends.
     pub async fn release(self) -> Result<()> {
-        self.hold.release().await
+        self.hold.release(WHAT).await
     }
 }

@@ -3,7 +3,7 @@
 use crate::backend::LeaseId;
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
-use crate::local::cleanups::Cleanups;
+use crate::local::cleanups::{Cleanups, Running};
 use crate::local::session_state::{SessionState, SessionStatus};
 use crate::local::signal::Signal;
 use crate::local::waiter_queue::WaiterQueue;
@@ -16,6 +16,9 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
+
+mod cleanup;
+pub(crate) use cleanup::{delete_if_ours, Target};
 
 /// Default lease TTL: 10 s, renewed every TTL/3 (3.3 s), so two renewals can fail in a row
 /// before the session is lost.
@@ -61,6 +64,10 @@ impl SessionBuilder {
     }
 
     /// Grants (or attaches to) the lease and starts renewing it.
+    ///
+    /// # Cancel safety
+    /// A lease granted just before the future was dropped is left to expire after its TTL
+    /// (nothing is held under it).
     pub async fn open(self) -> Result<Session> {
         if !(MIN_TTL..=MAX_TTL).contains(&self.ttl) {
             return Err(Error::TtlOutOfRange { ttl: self.ttl, min: MIN_TTL, max: MAX_TTL });
@@ -248,16 +255,31 @@ impl Session {
         }
     }
 
-    /// Waits until every background cleanup (a release on drop, a cancelled acquisition)
-    /// has finished.
+    /// Waits until every background cleanup has finished: a release on drop (or of a
+    /// release whose future was dropped or that failed for the whole retry budget), a
+    /// cancelled acquisition's key, a create whose outcome was unknown. Each is retried
+    /// until it is done or the session ends, so this waits as long as the store fails them
+    /// and the session lives.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: dropping it stops the waiting, not the cleanups.
     pub async fn settle(&self) {
         Cleanups::idle(&self.inner.shared.cleanups).await
     }
 
     /// Stops renewing, waits for background releases, and revokes the lease (deleting every
     /// key held through it).
+    ///
+    /// Background releases are waited for at most one TTL: they retry until the store
+    /// answers, and if it keeps failing them the revoke deletes their keys all the same
+    /// (only the extra writes of a clean release — a lock-delay marker's removal — are then
+    /// not made).
+    ///
+    /// # Cancel safety
+    /// Dropping the future leaves the session as dropping the session does: once the last
+    /// handle is gone the lease is revoked in the background.
     pub async fn close(self) -> Result<()> {
-        self.settle().await;
+        let _ = tokio::time::timeout(self.inner.ttl, self.settle()).await;
         if let Some(task) = self.inner.keepalive.lock().take() {
             task.abort();
         }
@@ -303,29 +325,51 @@ impl Session {
     /// freeing what they held, and returns how many it deleted. A key is deleted only while
     /// it is still this lease's (with the create revision it was read with). Keys the
     /// application attached to the lease itself are never among them.
+    ///
+    /// A leftover whose delete fails for the whole retry budget (10 s of store failures) is
+    /// deleted in the background, retried until done or the session ends
+    /// ([`settle`](Session::settle) waits for it), and the call fails with the error. An
+    /// acquisition of this session never takes over a key being deleted.
+    ///
+    /// # Cancel safety
+    /// Dropping the future hands the deletes not yet done to the background: the keys are
+    /// no longer leftovers once the call starts.
     pub async fn release_leftovers(&self) -> Result<usize> {
-        let keys = std::mem::take(&mut *self.inner.leftovers.lock());
-        let backend = self.inner.client.backend();
-        let mut deleted = 0;
-        for (i, key) in keys.iter().enumerate() {
-            let gone = async {
-                let Some(kv) = Backoff::default().retry(|| backend.get(key)).await? else { return Ok(false) };
-                if kv.lease != self.inner.lease {
-                    return Ok(false);
-                }
-                Backoff::default().retry(|| backend.delete_if_created(key, kv.create_revision)).await
-            };
-            match gone.await {
-                Ok(true) => deleted += 1,
-                Ok(false) => {}
-                Err(e) => {
-                    // Keep what is left listed, so a later call can finish the job.
-                    self.inner.leftovers.lock().extend(keys[i..].iter().cloned());
-                    return Err(e);
+        // Doomed under the leftovers' lock: an acquisition that did not take a key over
+        // before this point finds it doomed and does not adopt it.
+        let doomed: Vec<(String, Running)> = {
+            let mut left = self.inner.leftovers.lock();
+            std::mem::take(&mut *left).into_iter().map(|key| (key.clone(), self.doom(&key))).collect()
+        };
+        // Whatever is still listed when this future ends (dropped) goes to the background.
+        struct Handover<'a>(&'a Session, Vec<(String, Running)>);
+        impl Drop for Handover<'_> {
+            fn drop(&mut self) {
+                for (key, doom) in self.1.drain(..) {
+                    self.0.delete_in_background(doom, Target::IfOurs(key), None);
                 }
             }
         }
-        Ok(deleted)
+        let mut rest = Handover(self, doomed);
+        let backend = self.inner.client.backend();
+        let (mut deleted, mut failed) = (0, None);
+        while let Some((key, _)) = rest.1.first() {
+            let key = key.clone();
+            let outcome = Backoff::default().retry(|| delete_if_ours(&**backend, &key, self.inner.lease)).await;
+            let (key, doom) = rest.1.remove(0);
+            match outcome {
+                Ok(gone) => deleted += usize::from(gone),
+                Err(e) => {
+                    // This one goes on in the background; the others are tried here.
+                    self.delete_in_background(doom, Target::IfOurs(key), None);
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(deleted),
+        }
     }
 
     /// Takes over the oldest leftover key starting with `prefix`, if any: the caller
@@ -366,21 +410,6 @@ impl Session {
     /// release that failed), so its plain locks clean them up.
     pub(crate) fn note_relock(&self) {
         self.inner.relock_keys.store(true, Ordering::Release);
-    }
-
-    /// Runs `fut` in the background, counted by [`settle`](Session::settle). Without a tokio
-    /// runtime (a guard dropped outside one) the work is skipped: the lease expiry cleans up.
-    pub(crate) fn spawn_cleanup(&self, fut: impl Future<Output = ()> + Send + 'static) {
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!("no tokio runtime: cleanup left to lease expiry");
-            return;
-        };
-        // Counted until the task ends or is dropped (a runtime shutting down).
-        let running = Cleanups::start(&self.inner.shared.cleanups);
-        handle.spawn(async move {
-            fut.await;
-            drop(running);
-        });
     }
 
     /// A number this session has not handed out before, for per-acquisition keys. A
@@ -473,14 +502,15 @@ async fn keep_alive(client: Client, lease: LeaseId, ttl: Duration, shared: Arc<S
             _ = tokio::time::sleep_until(deadline) => None,
             r = attempt => Some(r),
         };
-        // Mutation for the simulator (scripts/sim.sh), the bug of issue 17 (1) in one of the
-        // orders its unbiased selects could take: an answer is taken even past the deadline,
-        // a renewal is sent past it, and the stream of an abandoned request is kept (below).
+        // Mutation for the simulator (scripts/sim.sh): the code of issue 17's bug 1, whose
+        // unbiased selects took their branches at random (here from leasehold's RNG, so a
+        // seed replays it), with no expiry check before a send and the stream of an
+        // abandoned request kept (below).
         #[cfg(leasehold_sim_mutation_keepalive)]
-        let outcome = tokio::select! {
-            biased;
-            r = attempt => Some(r),
-            _ = tokio::time::sleep_until(deadline) => None,
+        let outcome = if crate::backoff::with_rng(|rng| rng.next_u32() % 2 == 0) {
+            tokio::select! { biased; r = attempt => Some(r), _ = tokio::time::sleep_until(deadline) => None }
+        } else {
+            tokio::select! { biased; _ = tokio::time::sleep_until(deadline) => None, r = attempt => Some(r) }
         };
         match outcome {
             Some(Ok(granted)) if !granted.is_zero() => {
@@ -531,10 +561,18 @@ async fn first_due(deadline: Instant, next: Instant) -> Due {
         _ = tokio::time::sleep_until(next) => Due::Renewal,
     }
     #[cfg(leasehold_sim_mutation_keepalive)]
-    tokio::select! {
-        biased;
-        _ = tokio::time::sleep_until(next) => Due::Renewal,
-        _ = tokio::time::sleep_until(deadline) => Due::Deadline,
+    if crate::backoff::with_rng(|rng| rng.next_u32() % 2 == 0) {
+        tokio::select! {
+            biased;
+            _ = tokio::time::sleep_until(next) => Due::Renewal,
+            _ = tokio::time::sleep_until(deadline) => Due::Deadline,
+        }
+    } else {
+        tokio::select! {
+            biased;
+            _ = tokio::time::sleep_until(deadline) => Due::Deadline,
+            _ = tokio::time::sleep_until(next) => Due::Renewal,
+        }
     }
 }
 

@@ -184,6 +184,9 @@ fn range_at(resp: &TxnResponse, index: usize) -> Vec<KeyValue> {
 
 impl EtcdBackend {
     /// Connects and checks that the cluster answers within the connect timeout.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: nothing is left behind.
     pub async fn connect(config: EtcdConfig) -> Result<Self> {
         if config.endpoints.is_empty() {
             return Err(Error::invalid("etcd", "no endpoints given"));

@@ -127,6 +127,13 @@ async fn reaper(inner: Weak<Inner>, lease_changed: Arc<Notify>) {
     }
 }
 
+/// When a lease granted or renewed now with `ttl` expires (a TTL past what the clock can
+/// count: in 30 years, tokio's own "never").
+fn expiry(ttl: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(ttl).unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
+}
+
 fn in_prefix(key: &str, prefix: &str) -> bool {
     key.starts_with(prefix)
 }
@@ -248,7 +255,7 @@ impl KeepAlive for MemoryKeepAlive {
         let Some(l) = st.leases.get_mut(&self.lease) else {
             return Err(Error::LeaseNotFound { lease: self.lease });
         };
-        l.expires = Instant::now() + l.ttl;
+        l.expires = expiry(l.ttl);
         let ttl = l.ttl;
         drop(st);
         self.backend.inner.lease_changed.notify_one();
@@ -293,7 +300,7 @@ impl Backend for MemoryBackend {
         st.next_lease += 1;
         // Ids look like etcd's: large, positive, not sequential-looking.
         let id = 0x694d_0000_0000 + st.next_lease;
-        st.leases.insert(id, LeaseEntry { ttl, expires: Instant::now() + ttl, keys: BTreeSet::new() });
+        st.leases.insert(id, LeaseEntry { ttl, expires: expiry(ttl), keys: BTreeSet::new() });
         drop(st);
         self.inner.lease_changed.notify_one();
         Ok(Lease { id, ttl })

@@ -6,6 +6,11 @@
 //! wakes every [`Idle`] waiter. A waiter checks the count and registers its waker in one
 //! step under the lock, so a cleanup that ends in between cannot be missed, and it
 //! completes only once it *sees* the count at zero, never merely because it was woken.
+//!
+//! A cleanup that deletes a key of the session names it ([`Cleanups::start_for`]): the key
+//! is **doomed** until the token drops. An acquisition of the same session must not take
+//! such a key over as its own (the delete would take it away from under it); it waits for
+//! [`Cleanups::key_idle`] and creates the key afresh. The same one-step rule holds there.
 
 use super::sync::{Arc, Mutex};
 use super::wakers::Wakers;
@@ -17,6 +22,9 @@ use std::task::{Context, Poll};
 struct Inner {
     running: usize,
     idle_waiters: Wakers,
+    /// The keys of running cleanups that delete one (a key may be in several).
+    doomed: Vec<String>,
+    key_waiters: Wakers,
 }
 
 /// The count of running cleanups, shared by a session's handles.
@@ -32,14 +40,34 @@ impl Cleanups {
     }
 
     /// Counts one more running cleanup until the token is dropped.
+    #[cfg(any(test, leasehold_loom))]
     pub(crate) fn start(cleanups: &Arc<Self>) -> Running {
         cleanups.inner.lock().running += 1;
-        Running { cleanups: cleanups.clone() }
+        Running { cleanups: cleanups.clone(), key: None }
+    }
+
+    /// Like [`start`](Self::start), for a cleanup that deletes `key`: the key is doomed
+    /// until the token is dropped.
+    pub(crate) fn start_for(cleanups: &Arc<Self>, key: &str) -> Running {
+        let mut inner = cleanups.inner.lock();
+        inner.running += 1;
+        inner.doomed.push(key.to_owned());
+        Running { cleanups: cleanups.clone(), key: Some(key.to_owned()) }
+    }
+
+    /// Whether a cleanup that deletes `key` is running.
+    pub(crate) fn is_doomed(&self, key: &str) -> bool {
+        self.inner.lock().doomed.iter().any(|k| k == key)
     }
 
     /// Completes once no cleanup is running.
     pub(crate) fn idle(cleanups: &Arc<Self>) -> Idle {
         Idle { cleanups: cleanups.clone(), id: None }
+    }
+
+    /// Completes once no cleanup that deletes `key` is running.
+    pub(crate) fn key_idle(cleanups: &Arc<Self>, key: &str) -> KeyIdle {
+        KeyIdle { cleanups: cleanups.clone(), key: key.to_owned(), id: None }
     }
 
     /// How many cleanups are running.
@@ -53,6 +81,7 @@ impl Cleanups {
 #[derive(Debug)]
 pub(crate) struct Running {
     cleanups: Arc<Cleanups>,
+    key: Option<String>,
 }
 
 impl Drop for Running {
@@ -60,13 +89,57 @@ impl Drop for Running {
         let waiters = {
             let mut inner = self.cleanups.inner.lock();
             inner.running -= 1;
-            if inner.running > 0 {
-                return;
+            let mut waiters = Vec::new();
+            if let Some(key) = &self.key {
+                #[cfg(not(leasehold_loom_mutation_doom))]
+                if let Some(at) = inner.doomed.iter().position(|k| k == key) {
+                    inner.doomed.remove(at);
+                }
+                // Mutation (loom-tests): every entry of the key goes with the first cleanup
+                // that ends, while another may still be deleting it.
+                #[cfg(leasehold_loom_mutation_doom)]
+                inner.doomed.retain(|k| k != key);
+                // Every key waiter looks again (each for its own key).
+                waiters = inner.key_waiters.take_all();
             }
-            inner.idle_waiters.take_all()
+            if inner.running == 0 {
+                waiters.extend(inner.idle_waiters.take_all());
+            }
+            waiters
         };
         for waker in waiters {
             waker.wake();
+        }
+    }
+}
+
+/// Future returned by [`Cleanups::key_idle`].
+#[derive(Debug)]
+pub(crate) struct KeyIdle {
+    cleanups: Arc<Cleanups>,
+    key: String,
+    id: Option<u64>,
+}
+
+impl Future for KeyIdle {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let mut inner = this.cleanups.inner.lock();
+        if !inner.doomed.contains(&this.key) {
+            inner.key_waiters.remove(this.id.take());
+            return Poll::Ready(());
+        }
+        inner.key_waiters.register(&mut this.id, cx.waker());
+        Poll::Pending
+    }
+}
+
+impl Drop for KeyIdle {
+    fn drop(&mut self) {
+        if self.id.is_some() {
+            self.cleanups.inner.lock().key_waiters.remove(self.id);
         }
     }
 }
@@ -137,5 +210,26 @@ mod tests {
         assert!(waker.poll(idle.as_mut()).is_ready());
         assert_eq!(c.running(), 0);
         assert_eq!(c.inner.lock().idle_waiters.len(), 0, "a finished waiter left its waker");
+    }
+
+    #[test]
+    fn a_key_is_doomed_while_any_cleanup_of_it_runs() {
+        let c = Arc::new(Cleanups::new());
+        let waker = CountingWaker::new();
+        assert!(waker.poll(Box::pin(Cleanups::key_idle(&c, "k")).as_mut()).is_ready());
+        let (one, two, other) = (Cleanups::start_for(&c, "k"), Cleanups::start_for(&c, "k"), Cleanups::start(&c));
+        assert!(c.is_doomed("k") && !c.is_doomed("j"));
+        let mut idle = Box::pin(Cleanups::key_idle(&c, "k"));
+        assert!(waker.poll(idle.as_mut()).is_pending());
+        drop(one);
+        assert!(c.is_doomed("k"), "another cleanup of the key still runs");
+        assert!(waker.poll(idle.as_mut()).is_pending());
+        drop(two);
+        assert!(!c.is_doomed("k"));
+        assert!(waker.wakes() >= 1);
+        assert!(waker.poll(idle.as_mut()).is_ready());
+        assert_eq!(c.running(), 1);
+        drop(other);
+        assert_eq!(c.inner.lock().key_waiters.len(), 0);
     }
 }

@@ -60,9 +60,12 @@ struct FeedState {
     failed: Option<String>,
     log: VecDeque<(Revision, String)>,
     waiters: Vec<Waiter>,
+    next_id: u64,
 }
 
 struct Waiter {
+    /// For [`Registered`].
+    id: u64,
     view: View,
     key: String,
     rev: Revision,
@@ -169,8 +172,7 @@ impl DeleteFeed {
 
     /// Waits until the key `(key, rev)` is decided by `rule`, starting from `view` (a read of
     /// the prefix at or after `rev`), and returns the decision with the revision it was made
-    /// at (the deletion that admitted the key). Cancel-safe: a dropped waiter is removed at
-    /// the next deletion.
+    /// at (the deletion that admitted the key). Cancel-safe: a dropped waiter is removed.
     pub(crate) async fn wait_turn(
         &self,
         mut view: View,
@@ -191,17 +193,19 @@ impl DeleteFeed {
                             view.delete(k, *r);
                         }
                         let (tx, rx) = oneshot::channel();
-                        let waiter = Waiter { view, key: key.to_owned(), rev, rule: rule.clone(), tx: Some(tx) };
+                        st.next_id += 1;
+                        let id = st.next_id;
+                        let waiter = Waiter { id, view, key: key.to_owned(), rev, rule: rule.clone(), tx: Some(tx) };
                         if let Some(t) = waiter.decided() {
                             return Ok(t);
                         }
                         st.waiters.push(waiter);
-                        Some(rx)
+                        Some((rx, Registered { state: self.state.clone(), id }))
                     }
                     _ => None,
                 }
             };
-            if let Some(rx) = rx {
+            if let Some((rx, _registered)) = rx {
                 if let Ok(t) = rx.await {
                     return Ok(t);
                 }
@@ -214,6 +218,19 @@ impl DeleteFeed {
             let (kvs, at) = policy.retry(|| self.backend.range_prefix(&self.prefix, 0)).await?;
             view = View::snapshot(kvs, at);
         }
+    }
+}
+
+/// Removes a waiter from the feed when it goes away, so waiters that give up on a quiet
+/// prefix do not pile up until its next deletion.
+struct Registered {
+    state: Arc<Mutex<FeedState>>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.state.lock().waiters.retain(|w| w.id != self.id);
     }
 }
 
@@ -324,6 +341,20 @@ mod tests {
         let waiting = spawn_wait(&feed, snapshot, "p/d", d);
         backend.delete_if_created("p/d", d).await.unwrap();
         assert_eq!(waiting.await.unwrap().0, Turn::Gone);
+    }
+
+    /// Waiters that give up on a quiet prefix do not pile up until its next deletion.
+    #[tokio::test]
+    async fn cancelled_waiters_of_a_quiet_feed_are_removed() {
+        let (backend, _, _, b) = a_then_b().await;
+        let feed = DeleteFeed::open(Arc::new(backend.clone()), "p/".into());
+        feed.synced.clone().wait_for(|s| *s).await.unwrap();
+        for _ in 0..100 {
+            let snapshot = head(&backend).await;
+            let wait = feed.wait_turn(snapshot, "p/b", b, Rule::First);
+            assert!(tokio::time::timeout(Duration::from_millis(1), wait).await.is_err());
+        }
+        assert_eq!(feed.state.lock().waiters.len(), 0, "cancelled waiters stay until the next deletion");
     }
 
     #[tokio::test]

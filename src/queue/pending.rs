@@ -5,8 +5,12 @@ use super::{with_deadline, Wait};
 use crate::backend::{Backend, Condition, CreateRequest, CreateResponse, KeyValue, Revision, Write};
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
+use crate::guard::Holding;
 use crate::local::waiter_queue::{Slot, WaiterQueue};
+use crate::session::Target;
 use crate::Session;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Takes this session's local queue slot for `key` (one acquisition per key per session at
 /// a time), waiting as `wait` allows. `None` if another task of the session holds it and
@@ -20,51 +24,96 @@ pub(crate) async fn local_slot(session: &Session, key: &str, wait: Wait) -> Opti
 }
 
 /// A key being created for an acquisition; deletes it in the background if dropped.
+///
+/// The create runs in a task of its own, so a caller that is cancelled never leaves an RPC
+/// whose outcome nobody knows. Whatever happens to the caller, a key this acquisition
+/// created (or may have created: an attempt failed after the store may have applied it) is
+/// either handed to the caller ([`keep`](Self::keep)) or deleted, in the background if
+/// need be, retried until done or the session ends (`session/cleanup.rs`).
+///
+/// A guard whose key the create's transaction also deletes (a relock's old key) is owned
+/// here until the outcome is known: released elsewhere if the transaction applied, given
+/// back if its conditions failed, and otherwise dropped (so released in the background)
+/// **before** this key's own cleanup lets go of the session's local slot. So by the time
+/// another task of the session can create the old key, its pending delete is registered
+/// and that task does not adopt it.
 #[derive(Debug)]
 pub(crate) struct Pending {
     session: Session,
     key: String,
     stage: Stage,
     local: Option<Slot>,
+    replaces: Option<Holding>,
+    /// Whether the replaced key goes only if the key is created (a conditional write), not
+    /// whatever the create decides (a create request's `replaces`).
+    replaced_with_create: bool,
 }
 
 #[derive(Debug)]
 enum Stage {
-    InFlight(tokio::task::JoinHandle<Result<CreateResponse>>),
+    /// The create task, and whether an attempt so far failed after the store may have
+    /// applied it.
+    InFlight(tokio::task::JoinHandle<Result<CreateResponse>>, Arc<AtomicBool>),
+    /// The key exists under the session's lease with this revision.
     Exists(Revision),
+    /// The create failed; an attempt may have created the key.
+    Unknown,
     Done,
 }
 
 impl Pending {
     /// Sends `req` (in its own task). `local` is the session's local queue slot for the key;
-    /// it is released only after the key is gone or handed to a guard.
-    pub(crate) fn start(session: &Session, req: CreateRequest, local: Option<Slot>) -> Self {
+    /// it is released only after the key is gone or handed to a guard. `replaces` is the
+    /// guard whose key `req.replaces` names.
+    pub(crate) fn start(session: &Session, req: CreateRequest, local: Option<Slot>, replaces: Option<Holding>) -> Self {
         let backend = session.client().backend().clone();
         let key = req.key.clone();
-        // Retrying is safe: the key is this session's own, so a retry after an attempt
-        // that did write finds the key already there (with this lease) and reports it.
-        let task = tokio::spawn(async move { Backoff::default().retry(|| backend.create(req.clone())).await });
-        Self { session: session.clone(), key, stage: Stage::InFlight(task), local }
+        let unknown = Arc::new(AtomicBool::new(false));
+        let flag = unknown.clone();
+        // Retrying is safe: the key is this session's own, so a retry after an attempt that
+        // did write finds the key already there (with this lease) and reports it.
+        let task = tokio::spawn(async move {
+            let attempt = || {
+                let (backend, req, flag) = (backend.clone(), req.clone(), flag.clone());
+                async move {
+                    let r = backend.create(req).await;
+                    if r.as_ref().is_err_and(Error::is_transient) {
+                        flag.store(true, Ordering::Release);
+                    }
+                    r
+                }
+            };
+            Backoff::default().retry(attempt).await
+        });
+        let stage = Stage::InFlight(task, unknown);
+        Self { session: session.clone(), key, stage, local, replaces, replaced_with_create: false }
     }
 
     /// Like [`start`](Self::start) for a key created by a conditional write instead
     /// (`key` absent must be among `conditions`, and a put of `key` under the session's
     /// lease among `writes`): a register update that writes its value, releases its lock
-    /// and queues again in one transaction ([`parked`]). Not retried — the write is not
-    /// idempotent — so a transport error leaves the outcome unknown and the key is cleaned
-    /// up like any other whose create failed. The response says `created` when the
-    /// conditions held; it carries no head.
+    /// and queues again in one transaction ([`parked`](super::parked)). Not retried — the
+    /// write is not idempotent — so a transport error leaves the outcome unknown and the key
+    /// is cleaned up like any other whose create failed. The response says `created` when
+    /// the conditions held; it carries no head.
     pub(crate) fn write(
         session: &Session,
         key: String,
         conditions: Vec<Condition>,
         writes: Vec<Write>,
         local: Option<Slot>,
+        replaces: Option<Holding>,
     ) -> Self {
         let backend = session.client().backend().clone();
         let (lease, created_key) = (session.lease_id(), key.clone());
+        let unknown = Arc::new(AtomicBool::new(false));
+        let flag = unknown.clone();
         let task = tokio::spawn(async move {
-            let applied = backend.write_if(&conditions, writes).await?;
+            let applied = backend.write_if(&conditions, writes).await.inspect_err(|e| {
+                if e.is_transient() {
+                    flag.store(true, Ordering::Release);
+                }
+            })?;
             let mine = applied.map(|rev| KeyValue {
                 key: created_key,
                 value: Vec::new(),
@@ -80,37 +129,68 @@ impl Pending {
                 read: None,
             })
         });
-        Self { session: session.clone(), key, stage: Stage::InFlight(task), local }
+        let stage = Stage::InFlight(task, unknown);
+        Self { session: session.clone(), key, stage, local, replaces, replaced_with_create: true }
     }
 
-    /// Waits for the create RPC's outcome.
+    /// Waits for the create's outcome.
+    ///
+    /// The response's `created` is also true when the key exists under this session's lease
+    /// and an earlier attempt of this create failed after the store may have applied it
+    /// (its answer was lost): the key is then this acquisition's own, created by that
+    /// attempt. (Keys of one session and name are taken one at a time through the local
+    /// slot, numbered keys are never reused, and a key with a pending delete is doomed.)
+    ///
+    /// On success the guard this create replaces is released (its key went in the same
+    /// transaction), unless the write's conditions failed; see
+    /// [`take_replaced`](Self::take_replaced).
     pub(crate) async fn response(&mut self) -> Result<CreateResponse> {
-        let Stage::InFlight(task) = &mut self.stage else {
+        let Stage::InFlight(task, unknown) = &mut self.stage else {
             return Err(Error::Store("pending: response already taken".into()));
         };
         let outcome = task.await.map_err(|e| Error::Store(format!("create task failed: {e}")));
-        let resp = match outcome {
+        let unknown = unknown.load(Ordering::Acquire);
+        let mut resp = match outcome {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) | Err(e) => {
                 // Not known to exist; a transient failure may still have written it.
-                self.stage = Stage::Done;
-                if e.is_transient() {
-                    self.cleanup_unknown();
-                }
+                self.stage = if unknown || e.is_transient() { Stage::Unknown } else { Stage::Done };
                 return Err(e);
             }
         };
-        self.stage = match &resp.mine {
-            Some(kv) if kv.lease == self.session.lease_id() || kv.lease == 0 => Stage::Exists(kv.create_revision),
-            _ => Stage::Done,
+        let lease = self.session.lease_id();
+        let ours = resp.mine.as_ref().filter(|kv| kv.lease == lease).map(|kv| kv.create_revision);
+        if unknown && ours.is_some() && !self.session.is_doomed(&self.key) {
+            resp.created = true;
+        }
+        self.stage = match ours {
+            Some(rev) => Stage::Exists(rev),
+            None => Stage::Done,
         };
+        if resp.created || !self.replaced_with_create {
+            if let Some(old) = self.replaces.take() {
+                old.released_elsewhere();
+            }
+        }
         Ok(resp)
+    }
+
+    /// The guard this create was to replace, if the transaction did not release it (a
+    /// conditional write whose conditions failed): it still holds if it did.
+    pub(crate) fn take_replaced(&mut self) -> Option<Holding> {
+        self.replaces.take()
     }
 
     /// Keeps the key: the caller now owns it (as a guard) and must release it.
     pub(crate) fn keep(mut self) -> Option<Slot> {
         self.stage = Stage::Done;
         self.local.take()
+    }
+
+    /// Leaves the key alone (it is not this acquisition's: a leftover, or a key being
+    /// deleted), and gives back the local slot.
+    pub(crate) fn leave(self) -> Option<Slot> {
+        self.keep()
     }
 
     /// Deletes the key now (a failed try, a timeout) and waits for it. If this future is
@@ -124,45 +204,37 @@ impl Pending {
         }
         Ok(())
     }
-
-    /// After a failed RPC whose effect is unknown: delete the key if it is ours.
-    fn cleanup_unknown(&mut self) {
-        let backend = self.session.client().backend().clone();
-        let key = self.key.clone();
-        let lease = self.session.lease_id();
-        let local = self.local.take();
-        self.session.spawn_cleanup(async move {
-            if let Ok(Some(kv)) = backend.get(&key).await {
-                if kv.lease == lease {
-                    let _ = release_retry(&*backend, &key, kv.create_revision).await;
-                }
-            }
-            drop(local);
-        });
-    }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let backend = self.session.client().backend().clone();
+        // First the replaced guard (its delete is registered now), then this key's cleanup,
+        // which lets go of the local slot when it is done.
+        drop(self.replaces.take());
         let key = std::mem::take(&mut self.key);
         let local = self.local.take();
         match std::mem::replace(&mut self.stage, Stage::Done) {
             Stage::Done => {}
-            Stage::Exists(rev) => self.session.spawn_cleanup(async move {
-                let _ = release_retry(&*backend, &key, rev).await;
-                drop(local);
-            }),
-            Stage::InFlight(task) => {
-                let lease = self.session.lease_id();
-                self.session.spawn_cleanup(async move {
-                    if let Ok(Ok(resp)) = task.await {
-                        if let Some(kv) = resp.mine.filter(|kv| kv.lease == lease) {
-                            let _ = release_retry(&*backend, &key, kv.create_revision).await;
-                        }
+            Stage::Exists(rev) => self.session.release_in_background(key, rev, Vec::new(), local),
+            Stage::Unknown => self.session.cleanup_unknown(key, local),
+            Stage::InFlight(task, unknown) => {
+                let (session, doom) = (self.session.clone(), self.session.doom(&key));
+                let lease = session.lease_id();
+                let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+                handle.spawn(async move {
+                    let target = match task.await {
+                        Ok(Ok(resp)) => match resp.mine.filter(|kv| kv.lease == lease) {
+                            Some(kv) => Some(Target::Created(key, kv.create_revision, Vec::new())),
+                            None => None,
+                        },
+                        Ok(Err(e)) if !unknown.load(Ordering::Acquire) && !e.is_transient() => None,
+                        _ => Some(Target::IfOurs(key)),
+                    };
+                    match target {
+                        Some(target) => session.delete_in_background(doom, target, local),
+                        None => drop((doom, local)),
                     }
-                    drop(local);
-                })
+                });
             }
         }
     }

@@ -99,7 +99,9 @@ struct ViewState {
     synced: bool,
     failed: Option<String>,
     view: View,
-    waiters: Vec<Check>,
+    /// Predicates by waiter id; a waiter that goes away removes its own.
+    waiters: Vec<(u64, Check)>,
+    next_id: u64,
 }
 
 impl ViewState {
@@ -109,7 +111,35 @@ impl ViewState {
             return;
         }
         let view = &self.view;
-        self.waiters.retain_mut(|check| !check(view));
+        self.waiters.retain_mut(|(_, check)| !check(view));
+    }
+
+    /// Adds a waiter (evaluated at once); its id, for [`Registered`].
+    fn register(&mut self, check: Check) -> u64 {
+        self.next_id += 1;
+        self.waiters.push((self.next_id, check));
+        self.evaluate();
+        self.next_id
+    }
+}
+
+/// Removes a waiter's predicate when the waiter goes away, so waiters that give up on a
+/// quiet prefix do not pile up until its next change.
+#[derive(Debug)]
+struct Registered {
+    state: Arc<Mutex<ViewState>>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.state.lock().waiters.retain(|(id, _)| *id != self.id);
+    }
+}
+
+impl std::fmt::Debug for ViewState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ViewState").field("synced", &self.synced).field("waiters", &self.waiters.len()).finish()
     }
 }
 
@@ -156,7 +186,7 @@ impl PrefixView {
     }
 
     /// Waits until `pred` returns `Some`, evaluated on the synced view after every change.
-    /// Cancel-safe: dropping the future removes the waiter at the next evaluation.
+    /// Cancel-safe: dropping the future removes the waiter.
     pub(crate) async fn wait_for<R: Send + 'static>(
         &self,
         mut pred: impl FnMut(&View) -> Option<R> + Send + 'static,
@@ -178,15 +208,14 @@ impl PrefixView {
                 None => false,
             }
         });
-        {
+        let _registered = {
             let mut st = self.state.lock();
             if st.failed.is_some() {
                 drop(st);
                 return Err(self.failure());
             }
-            st.waiters.push(check);
-            st.evaluate();
-        }
+            Registered { state: self.state.clone(), id: st.register(check) }
+        };
         rx.await.map_err(|_| self.failure())
     }
 
@@ -195,8 +224,7 @@ impl PrefixView {
     /// from `last`, if given). Values queue up until [`Subscription::next`] takes them, so
     /// none is missed however slowly the subscriber reads. After a broken watch the view
     /// resynchronises and the subscription reports the state it finds (changes made and
-    /// undone while the watch was down are not seen). Dropping the subscription removes it
-    /// at the next evaluation.
+    /// undone while the watch was down are not seen). Dropping the subscription removes it.
     pub(crate) fn subscribe<T>(
         self: &Arc<Self>,
         last: Option<T>,
@@ -219,11 +247,9 @@ impl PrefixView {
             false
         });
         let mut st = self.state.lock();
-        if st.failed.is_none() {
-            st.waiters.push(check); // else the sender is dropped: `next` fails at once
-            st.evaluate();
-        }
-        Subscription { view: self.clone(), rx }
+        // If the view failed the sender is dropped: `next` fails at once.
+        let registered = st.failed.is_none().then(|| Registered { state: self.state.clone(), id: st.register(check) });
+        Subscription { view: self.clone(), rx, _registered: registered }
     }
 
     /// The error a waiter gets once the view has failed.
@@ -238,6 +264,7 @@ impl PrefixView {
 pub(crate) struct Subscription<T> {
     view: Arc<PrefixView>,
     rx: mpsc::UnboundedReceiver<T>,
+    _registered: Option<Registered>,
 }
 
 impl<T> Subscription<T> {
@@ -400,5 +427,20 @@ mod tests {
         backend.create(put("p/a", lease)).await.unwrap();
         count_is(&view, 1).await; // an evaluation after the drop
         assert_eq!(view.state.lock().waiters.len(), 0);
+    }
+
+    /// Waiters that give up on a prefix where nothing happens do not pile up.
+    #[tokio::test]
+    async fn cancelled_waiters_of_a_quiet_view_are_removed() {
+        let client = Client::new(MemoryBackend::new());
+        let view = client.view("p/");
+        count_is(&view, 0).await;
+        for _ in 0..100 {
+            let never = view.wait_for(|v| (v.entries().count() > 0).then_some(()));
+            assert!(tokio::time::timeout(Duration::from_millis(1), never).await.is_err());
+        }
+        let sub = view.subscribe(None, |v| v.revision());
+        drop(sub);
+        assert_eq!(view.state.lock().waiters.len(), 0, "cancelled waiters stay until the next event");
     }
 }

@@ -176,7 +176,9 @@ pub async fn lost_session(client: &Client) {
     let other = client.session().await.unwrap();
     let next = Mutex::new(&other, "lost").unwrap().lock_timeout(SOON).await.unwrap();
     assert!(next.fencing_token() > guard.fencing_token());
-    guard.unlock().await.unwrap(); // unlocking a lost guard is harmless
+    // Unlocking a lost guard is harmless, and says the lock was lost.
+    let r = guard.unlock().await;
+    assert!(matches!(r, Err(Error::NotHeld { .. } | Error::SessionLost { .. })), "{r:?}");
     assert!(next.is_valid());
     next.unlock().await.unwrap();
 }

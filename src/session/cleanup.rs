@@ -1,0 +1,153 @@
+//! A session's background deletes: the keys it must not leave behind.
+//!
+//! A key of the session that no guard owns any more — a release that was dropped or could
+//! not be sent in time, an acquisition cancelled after its create, a create whose outcome
+//! is unknown (it may have applied before its answer was lost), a leftover being released —
+//! would otherwise stay as long as the lease, and the lease lives as long as the session: a
+//! lock held for good, a permit lost, a queue place nobody leaves. So each such delete runs
+//! in the background and is **retried until it is done or the session ends** (lost, closed
+//! or detached: then the lease takes the key, or, detached, the next owner of the lease
+//! does). [`Session::settle`] waits for them; `close` settles before it revokes.
+//!
+//! While a delete of a key is pending the key is **doomed** (see
+//! [`Cleanups`](crate::local::cleanups)): an acquisition of this session that finds the key
+//! under its own lease does not take it over, since the delete would take it away from
+//! under it; it waits for the delete and creates the key afresh.
+
+use super::{Session, Shared};
+use crate::backend::{Backend, Condition, LeaseId, Revision, Write};
+use crate::backoff::Backoff;
+use crate::error::Result;
+use crate::local::cleanups::{Cleanups, Running};
+use crate::local::session_state::SessionStatus;
+use crate::local::waiter_queue::Slot;
+use std::future::Future;
+use std::time::Duration;
+
+impl Session {
+    /// Deletes `key` if it still has `revision` — applying `extra` in the same transaction —
+    /// in the background, retrying until done or the session ends. `local` (the session's
+    /// local slot for the key, if the caller had it) is released after. The key is doomed
+    /// from this call on.
+    pub(crate) fn release_in_background(
+        &self,
+        key: String,
+        revision: Revision,
+        extra: Vec<Write>,
+        local: Option<Slot>,
+    ) {
+        let doom = self.doom(&key);
+        self.delete_in_background(doom, Target::Created(key, revision, extra), local);
+    }
+
+    /// After a create whose outcome is unknown: deletes `key` in the background if it
+    /// exists under this session's lease, retrying until done or the session ends.
+    pub(crate) fn cleanup_unknown(&self, key: String, local: Option<Slot>) {
+        let doom = self.doom(&key);
+        self.delete_in_background(doom, Target::IfOurs(key), local);
+    }
+
+    /// Marks `key` doomed until the token is dropped (see the [module docs](self)).
+    pub(crate) fn doom(&self, key: &str) -> Running {
+        Cleanups::start_for(&self.inner.shared.cleanups, key)
+    }
+
+    /// Whether a background delete of `key` is pending.
+    pub(crate) fn is_doomed(&self, key: &str) -> bool {
+        self.inner.shared.cleanups.is_doomed(key)
+    }
+
+    /// Completes once no background delete of `key` is pending.
+    pub(crate) fn undoomed(&self, key: &str) -> impl Future<Output = ()> + Send + 'static {
+        Cleanups::key_idle(&self.inner.shared.cleanups, key)
+    }
+
+    /// Runs the delete `target` (doomed by `doom`) in the background; see [`persist`].
+    pub(crate) fn delete_in_background(&self, doom: Running, target: Target, local: Option<Slot>) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(key = target.key(), "no tokio runtime: the key is left to the lease");
+            return;
+        };
+        let (backend, shared, lease) =
+            (self.inner.client.backend().clone(), self.inner.shared.clone(), self.lease_id());
+        handle.spawn(async move {
+            target.run(&*backend, &shared, lease).await;
+            drop(local);
+            drop(doom);
+        });
+    }
+}
+
+/// What a background delete deletes.
+#[derive(Debug)]
+pub(crate) enum Target {
+    /// The key, only while it has this create revision, with the extra writes.
+    Created(String, Revision, Vec<Write>),
+    /// The key, if it exists under the session's lease (its revision is not known).
+    IfOurs(String),
+}
+
+impl Target {
+    fn key(&self) -> &str {
+        match self {
+            Target::Created(key, ..) | Target::IfOurs(key) => key,
+        }
+    }
+
+    async fn run(self, backend: &dyn Backend, shared: &Shared, lease: LeaseId) {
+        match self {
+            Target::Created(key, revision, extra) => {
+                let held = [Condition::Created { key: key.clone(), revision }];
+                let mut writes = vec![Write::Delete { key: key.clone() }];
+                writes.extend(extra);
+                persist(shared, &key, || backend.write_if(&held, writes.clone())).await;
+            }
+            Target::IfOurs(key) => {
+                persist(shared, &key, || delete_if_ours(backend, &key, lease)).await;
+            }
+        }
+    }
+}
+
+/// Deletes `key` if it exists under `lease`, checked by its create revision: true if this
+/// call deleted it.
+pub(crate) async fn delete_if_ours(backend: &dyn Backend, key: &str, lease: LeaseId) -> Result<bool> {
+    match backend.get(key).await? {
+        Some(kv) if kv.lease == lease => backend.delete_if_created(key, kv.create_revision).await,
+        _ => Ok(false),
+    }
+}
+
+/// After this long of failures a background delete says so in the log (it keeps trying).
+const NOTE_AFTER: Duration = Duration::from_secs(10);
+
+/// Runs `op` until it succeeds, fails permanently, or the session is no longer alive;
+/// transient failures are retried with jittered delays of at most 2 s.
+async fn persist<T, F, Fut>(shared: &Shared, key: &str, mut op: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut delays = Backoff::new(Duration::from_millis(50), Duration::from_secs(2)).delays();
+    let mut noted = false;
+    loop {
+        if shared.state.status() != SessionStatus::Alive {
+            return None; // the lease takes the key (or, detached, its next owner)
+        }
+        match op().await {
+            Ok(v) => return Some(v),
+            Err(e) if e.is_transient() => {
+                if !noted && started.elapsed() >= NOTE_AFTER {
+                    noted = true;
+                    tracing::warn!(key, error = %e, "background delete still failing; retrying until the session ends");
+                }
+                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(2))).await;
+            }
+            Err(e) => {
+                tracing::warn!(key, error = %e, "background delete failed permanently; the key is left to the lease");
+                return None;
+            }
+        }
+    }
+}
