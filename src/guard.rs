@@ -4,6 +4,7 @@
 use crate::backend::{Condition, Revision, Write};
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
+use crate::local::cleanups::Owned;
 use crate::local::release::ReleaseOnce;
 use crate::local::waiter_queue::Slot;
 use crate::Session;
@@ -81,11 +82,22 @@ pub(crate) struct Holding {
     /// The writes of a release in progress besides the delete: if its future is dropped,
     /// the background release applies them too.
     releasing: Vec<Write>,
+    /// The session's claim on the key (see `local/cleanups.rs`): kept until the key is gone
+    /// or its delete is pending, so the session's audit never takes the key for an orphan.
+    /// (Fields drop after `Drop::drop`, which registers a pending delete first.)
+    _owned: Option<Owned>,
 }
 
 impl Holding {
-    pub(crate) fn new(session: Session, key: String, revision: Revision, local: Option<Slot>) -> Self {
-        Self { session, key, revision, release: ReleaseOnce::new(), local, contended: false, releasing: Vec::new() }
+    pub(crate) fn new(
+        session: Session,
+        key: String,
+        revision: Revision,
+        local: Option<Slot>,
+        owned: Option<Owned>,
+    ) -> Self {
+        let release = ReleaseOnce::new();
+        Self { session, key, revision, release, local, contended: false, releasing: Vec::new(), _owned: owned }
     }
 
     /// Marks the acquisition as one that waited for another holder.
@@ -210,6 +222,7 @@ impl Holding {
             local: None,
             contended: self.contended,
             releasing: Vec::new(),
+            _owned: None,
         }
     }
 
@@ -253,7 +266,19 @@ impl Holding {
         if !self.release.begin() {
             return Ok(()); // mutation: the release is marked begun before it is sent
         }
-        let result = Backoff::default().retry(|| backend.write_if(&held, writes.clone())).await;
+        // Whether an attempt failed after the store may have applied it (Send, unlike a Cell).
+        let unknown = std::sync::atomic::AtomicBool::new(false);
+        let attempt = || {
+            let attempt = backend.write_if(&held, writes.clone());
+            async {
+                let r = attempt.await;
+                if r.as_ref().is_err_and(Error::is_transient) {
+                    unknown.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                r
+            }
+        };
+        let result = Backoff::default().retry(attempt).await;
         let lost = || Error::SessionLost { lease: self.session.lease_id() };
         match result {
             Ok(applied) => {
@@ -262,6 +287,9 @@ impl Holding {
                 self.local.take();
                 match applied {
                     Some(_) => Ok(()),
+                    // An earlier attempt may have applied (its answer lost): while the session
+                    // lives, nothing else deletes this key, so that attempt did.
+                    None if unknown.load(std::sync::atomic::Ordering::Relaxed) && self.session.is_valid() => Ok(()),
                     None => Err(Error::NotHeld {
                         what,
                         reason: format!(
@@ -285,9 +313,11 @@ impl Drop for Holding {
             return;
         }
         self.release.finish();
-        if self.session.check().is_err() {
+        if self.session.is_ended() {
             // Lost, closed or detached: the key went (or goes) with the lease; a detached
-            // session must look crashed, so nothing is deleted on its behalf.
+            // session must look crashed, so nothing is deleted on its behalf. (Merely past
+            // its deadline, the session may still be renewed: the background delete tries,
+            // and stops if the session is lost.)
             return;
         }
         let (key, extra) = (std::mem::take(&mut self.key), std::mem::take(&mut self.releasing));

@@ -58,6 +58,13 @@ pub(crate) fn renewal(ok: bool) {
     let _ = ok;
 }
 
+/// A session's audit deleted a key under its lease that nothing owned (a request that
+/// landed after its caller gave up).
+pub(crate) fn orphan_deleted() {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("leasehold_orphan_keys_deleted_total").increment(1);
+}
+
 /// A session was lost.
 pub(crate) fn session_lost() {
     #[cfg(feature = "metrics")]

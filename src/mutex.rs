@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::guard::{fenced_writes, held_accessors, Holding};
 use crate::local::waiter_queue::Slot;
 use crate::lock_delay::{self, LockDelay};
-use crate::queue::{enqueue, gone, local_slot, Admission, Admitted, Pending, Retry, Rule, Ticket, Wait};
+use crate::queue::{claim, create, enqueue, gone, local_slot, Admission, Admitted, Pending, Retry, Rule, Ticket, Wait};
 use crate::Session;
 use std::sync::Arc;
 use std::time::Duration;
@@ -325,9 +325,8 @@ impl Mutex {
             return Ok(());
         }
         let timer = crate::metrics::Acquire::start("mutex");
-        self.session.note_relock();
         let key = if hold.key() == self.key { self.relock_key() } else { self.key.clone() };
-        let req = CreateRequest { key, replaces: None, ..self.request(Precondition::KeyAbsent) };
+        let req = CreateRequest { key, ..self.request(Precondition::KeyAbsent, None) };
         let local = hold.take_local();
         let ticket = Ticket { what: "mutex", req, local, adopt: true, replaces: Some(hold), check: None };
         let span = tracing::debug_span!("mutex.relock", name = %self.name);
@@ -347,22 +346,28 @@ impl Mutex {
     /// this session for the lock again with its other key (as [`relock`](Self::relock)
     /// does): a [`Register`](crate::Register) update that keeps its handle's place for the
     /// next one ([`parked`](crate::queue::parked)). `Ok(None)`: a condition failed, nothing
-    /// was written, and `guard` still holds if it did. `Ok(Some(..))`: the guard is
-    /// released and the new key (pending until someone keeps it) exists at the returned
-    /// revision. An error leaves the outcome unknown: `guard` is left released, and both
-    /// its key and the new one, if they exist, are deleted in the background.
+    /// was written, and `guard` still holds if it did. `Ok(Some((rev, place)))`: written at
+    /// `rev` and the guard released; `place` is the new key (pending until someone keeps
+    /// it), or `None` when the other key still had a delete pending, so only the write and
+    /// the release were made. An error leaves the outcome unknown: `guard` is left
+    /// released, and both its key and the new one, if they exist, are deleted in the
+    /// background.
     pub(crate) async fn write_and_requeue(
         &self,
         guard: &mut MutexGuard,
         conditions: &[Condition],
         mut writes: Vec<Write>,
-    ) -> Result<Option<(Pending, String, Revision)>> {
+    ) -> Result<Option<(Revision, Option<(Pending, String)>)>> {
         debug_assert!(guard.marker.is_none(), "registers use no lock-delay");
         if !guard.hold.is_valid() {
             return Err(Error::NotHeld { what: "mutex", reason: "already released".into() });
         }
         let (old, rev) = (guard.key().to_owned(), guard.hold.revision());
         let key = if old == self.key { self.relock_key() } else { self.key.clone() };
+        let Some(owned) = claim(&self.session, &key) else {
+            // The other key is being deleted: no place can be kept with it.
+            return Ok(guard.write_and_release(conditions, writes).await?.map(|rev| (rev, None)));
+        };
         let mut all = vec![
             Condition::Created { key: old.clone(), revision: rev },
             Condition::Modified { key: key.clone(), revision: None },
@@ -370,16 +375,15 @@ impl Mutex {
         all.extend_from_slice(conditions);
         writes.push(Write::Delete { key: old });
         writes.push(Write::Put { key: key.clone(), value: Vec::new(), lease: Some(self.session.lease_id()) });
-        self.session.note_relock();
         // The old hold goes with the transaction (see `Pending`); until its outcome is known
         // the guard holds a released copy.
         let local = guard.hold.take_local();
         let placeholder = guard.hold.released_copy();
         let old_hold = std::mem::replace(&mut guard.hold, placeholder);
-        let mut pending = Pending::write(&self.session, key.clone(), all, writes, local, Some(old_hold));
+        let mut pending = Pending::write(&self.session, key.clone(), all, writes, local, Some(old_hold), owned);
         let resp = pending.response().await?;
         match resp.mine {
-            Some(kv) if resp.created => Ok(Some((pending, key, kv.create_revision))),
+            Some(kv) if resp.created => Ok(Some((kv.create_revision, Some((pending, key))))),
             _ => {
                 // A condition failed: nothing was written, and the guard holds as before.
                 let mut old = pending.take_replaced().expect("kept when nothing was written");
@@ -418,14 +422,16 @@ impl Mutex {
         let span = tracing::debug_span!("mutex.acquire", name = %self.name, strategy = ?self.strategy);
         let acquired = async {
             let Some(local) = local_slot(&self.session, &self.key, wait).await else { return Ok(None) };
-            // A re-attached lease's key for this name is adopted (its relock key deleted).
-            self.session.claim_leftovers(|| [self.key.clone(), self.relock_key()]);
+            // A re-attached lease's key for this name is adopted, and its relock key deleted
+            // in the create step (by its revision: see `leftover_relock_key`).
+            let claimed = self.session.claim_leftovers(|| [self.key.clone(), self.relock_key()]);
+            let stale = self.leftover_relock_key(&claimed).await?;
             let cas = |got: Option<MutexGuard>| got.map(|g| (g, None));
             let guard = match self.strategy {
-                Strategy::Pessimistic => self.acquire_queued(wait, local, read).await,
-                Strategy::Optimistic => self.acquire_cas(wait, local).await.map(cas),
+                Strategy::Pessimistic => self.acquire_queued(wait, local, read, stale).await,
+                Strategy::Optimistic => self.acquire_cas(wait, local, stale).await.map(cas),
                 Strategy::Adaptive if self.adaptive.queue_next() => {
-                    let got = self.acquire_queued(wait, local, read).await?;
+                    let got = self.acquire_queued(wait, local, read, stale).await?;
                     if let Some((g, _)) = &got {
                         self.adaptive.queued(g.hold.was_contended());
                     }
@@ -434,7 +440,7 @@ impl Mutex {
                 Strategy::Adaptive => {
                     // For a mutex the queue costs what a compare-and-swap costs when alone, and
                     // is fair under contention: the first conflict switches to it.
-                    let got = self.acquire_cas(wait, local).await?;
+                    let got = self.acquire_cas(wait, local, stale).await?;
                     match &got {
                         Some(g) if g.hold.was_contended() => self.adaptive.force_queue(),
                         Some(_) => self.adaptive.optimistic(0),
@@ -462,7 +468,7 @@ impl Mutex {
         Ok(held.map(|(hold, marker)| MutexGuard { hold, marker: Some(marker) }))
     }
 
-    fn request(&self, precondition: Precondition) -> CreateRequest {
+    fn request(&self, precondition: Precondition, replaces: Option<Replaced>) -> CreateRequest {
         CreateRequest {
             key: self.key.clone(),
             value: Vec::new(),
@@ -470,13 +476,26 @@ impl Mutex {
             precondition,
             prefix: self.prefix.clone(),
             head_limit: 1,
-            // No acquisition of this session holds the name while this one has the local
-            // slot, so a relock key of the session's lease is a leftover (a release that
-            // failed, or a process that re-attached the lease): it goes in the same step.
-            // Sessions that never relocked and did not re-attach have none to clean.
-            replaces: self.session.may_have_relock_keys().then(|| Replaced { key: self.relock_key(), revision: None }),
+            replaces,
             read: None,
         }
+    }
+
+    /// The relock key of a re-attached lease that this acquisition just took over from the
+    /// leftovers, as a key its create deletes in the same step: its earlier process may
+    /// have held the lock with it, and the new key would otherwise queue behind it. By its
+    /// revision, read now: a delete of "whatever it is" could land late, after a relock
+    /// of this session made the key anew and holds with it.
+    async fn leftover_relock_key(&self, claimed: &[String]) -> Result<Option<Replaced>> {
+        let key = self.relock_key();
+        if !claimed.contains(&key) {
+            return Ok(None);
+        }
+        let backend = self.session.client().backend();
+        let kv = Backoff::default().retry(|| backend.get(&key)).await?;
+        Ok(kv
+            .filter(|kv| kv.lease == self.session.lease_id())
+            .map(|kv| Replaced { key, revision: Some(kv.create_revision) }))
     }
 
     async fn acquire_queued(
@@ -484,10 +503,11 @@ impl Mutex {
         wait: Wait,
         local: Slot,
         read: Option<&str>,
+        stale: Option<Replaced>,
     ) -> Result<Option<(MutexGuard, Option<Admitted>)>> {
         let ticket = Ticket {
             what: "mutex",
-            req: CreateRequest { read: read.map(str::to_owned), ..self.request(Precondition::KeyAbsent) },
+            req: CreateRequest { read: read.map(str::to_owned), ..self.request(Precondition::KeyAbsent, stale) },
             local: Some(local),
             adopt: true,
             replaces: None,
@@ -500,27 +520,27 @@ impl Mutex {
         }
     }
 
-    async fn acquire_cas(&self, wait: Wait, local: Slot) -> Result<Option<MutexGuard>> {
+    async fn acquire_cas(&self, wait: Wait, local: Slot, stale: Option<Replaced>) -> Result<Option<MutexGuard>> {
         let mut local = Some(local);
         let mut retry = Retry::new(wait, &self.backoff);
         let mut conflicts = 0u32;
         loop {
-            let mut pending =
-                Pending::start(&self.session, self.request(Precondition::PrefixEmpty), local.take(), None);
-            let resp = pending.response().await?;
+            let req = self.request(Precondition::PrefixEmpty, stale.clone());
+            let Some((pending, resp)) = create(&self.session, req, local.take(), None, wait).await? else {
+                return Ok(None); // our key was being deleted, and `wait` ran out
+            };
             let holder = resp.head.into_iter().next();
             match (&resp.mine, &holder) {
                 // Created, or this session already held it (a re-attached session).
                 (Some(mine), Some(h)) if h.key == self.key && mine.lease == self.session.lease_id() => {
                     let rev = mine.create_revision;
-                    let local = pending.keep();
                     crate::metrics::conflicts("mutex", conflicts);
-                    let hold = Holding::new(self.session.clone(), self.key.clone(), rev, local);
+                    let hold = pending.into_holding(rev);
                     return Ok(Some(MutexGuard { hold: hold.contended(conflicts > 0), marker: None }));
                 }
                 _ => {}
             }
-            local = pending.keep();
+            local = pending.leave();
             let Some(h) = holder else { continue }; // freed in between: try again at once
             conflicts += 1;
             if !retry.after(&self.session, &self.prefix, gone(&h.key, h.create_revision)).await? {

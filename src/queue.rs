@@ -68,7 +68,7 @@ pub(crate) mod parked;
 mod pending;
 mod view;
 pub(crate) use deletes::DeleteFeed;
-pub(crate) use pending::{local_slot, Pending};
+pub(crate) use pending::{claim, create, local_slot, Pending};
 pub(crate) use view::{revisions, PrefixView, Subscription, View, WatchTask};
 
 /// Where a queued key stands in a view.
@@ -157,9 +157,12 @@ pub(crate) async fn wait_view<R: Send + 'static>(
 ) -> Result<R> {
     let view = session.client().view(prefix);
     let lost = session.lost();
+    // Biased, here and in every `select!` of the library: the order never depends on a
+    // random draw, so a simulation replays exactly from its seed.
     tokio::select! {
-        r = view.wait_for(pred) => r,
+        biased;
         _ = lost => Err(Error::SessionLost { lease: session.lease_id() }),
+        r = view.wait_for(pred) => r,
     }
 }
 
@@ -194,8 +197,9 @@ pub(crate) async fn wait_turn(
     };
     let lost = session.lost();
     let t = tokio::select! {
-        r = feed.wait_turn(head, key, rev, rule) => r?,
+        biased;
         _ = lost => return Err(Error::SessionLost { lease: session.lease_id() }),
+        r = feed.wait_turn(head, key, rev, rule) => r?,
     };
     match t {
         (Turn::Ready, at) => Ok(at),
@@ -242,20 +246,6 @@ impl std::fmt::Debug for Ticket {
     }
 }
 
-/// Whether a background delete of `key` by this session is pending: such a key is never
-/// taken over (the delete would take it away from under the new holder).
-fn doomed(session: &Session, key: &str) -> bool {
-    #[cfg(not(leasehold_sim_mutation_adopt))]
-    return session.is_doomed(key);
-    // Mutation for the simulator (scripts/sim.sh): issue 17's bug 2, a key with a pending
-    // delete is adopted.
-    #[cfg(leasehold_sim_mutation_adopt)]
-    {
-        let _ = (session, key);
-        false
-    }
-}
-
 /// The outcome of [`enqueue`].
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // returned once per acquisition and taken apart at once
@@ -290,7 +280,7 @@ pub(crate) struct Admitted {
 /// read (the whole prefix, when the caller may wait) decides it at once, and deletions are
 /// all that can change it afterwards.
 pub(crate) async fn enqueue(session: &Session, ticket: Ticket, wait: Wait, rule: Rule) -> Result<Admission> {
-    let Ticket { what, mut req, mut local, adopt, mut replaces, check } = ticket;
+    let Ticket { what, mut req, local, adopt, replaces, check } = ticket;
     if wait != Wait::No {
         // A waiter follows only deletions from here on, so it needs every key ahead of it.
         req.head_limit = 0;
@@ -299,25 +289,11 @@ pub(crate) async fn enqueue(session: &Session, ticket: Ticket, wait: Wait, rule:
         req.replaces = Some(Replaced { key: old.key().to_owned(), revision: Some(old.revision()) });
     }
     let (key, prefix, register) = (req.key.clone(), req.prefix.clone(), req.read.clone());
-    let (pending, resp, mine) = loop {
-        // A key of this session whose delete is pending is not taken over: wait for the
-        // delete, then create the key afresh.
-        if doomed(session, &key) {
-            let undoomed = session.undoomed(&key);
-            if wait == Wait::No || with_deadline(wait, undoomed).await.is_none() {
-                return Ok(Admission::NotAdmitted);
-            }
-        }
-        let mut pending = Pending::start(session, req.clone(), local.take(), replaces.take());
-        let resp = pending.response().await?;
-        let Some(mine) = resp.mine.clone().filter(|kv| kv.lease == session.lease_id()) else {
-            return Err(Error::Store(format!("{what}: {key} exists under another lease")));
-        };
-        if !resp.created && doomed(session, &key) {
-            local = pending.leave(); // it is being deleted: not ours to take
-            continue;
-        }
-        break (pending, resp, mine);
+    let Some((pending, resp)) = create(session, req, local, replaces, wait).await? else {
+        return Ok(Admission::NotAdmitted); // its key was being deleted, and `wait` ran out
+    };
+    let Some(mine) = resp.mine.clone().filter(|kv| kv.lease == session.lease_id()) else {
+        return Err(Error::Store(format!("{what}: {key} exists under another lease")));
     };
     if !resp.created && !adopt {
         drop(pending.leave()); // not this acquisition's key: leave it
@@ -347,8 +323,7 @@ pub(crate) async fn enqueue(session: &Session, ticket: Ticket, wait: Wait, rule:
     } else {
         Admitted { at: resp.revision, read: Some(resp.read) }
     };
-    let local = pending.keep();
-    Ok(Admission::Held(Holding::new(session.clone(), key, rev, local).contended(waited), mine, admitted))
+    Ok(Admission::Held(pending.into_holding(rev).contended(waited), mine, admitted))
 }
 
 /// The waiting half of an optimistic (compare-and-swap) acquisition. After an attempt that

@@ -408,10 +408,12 @@ impl Register {
             let written = if keep_place {
                 // ... and queue again for this handle's next update.
                 let requeued = self.mutex.write_and_requeue(&mut guard, &[unchanged], vec![put]).await?;
-                requeued.map(|(pending, key, rev)| {
-                    let lock = (self.lock_prefix.clone(), self.key.clone());
-                    let local = self.session.local_queue(self.mutex.key());
-                    self.parking.park(&self.session, lock, (pending, local), key, rev);
+                requeued.map(|(rev, place)| {
+                    if let Some((pending, key)) = place {
+                        let lock = (self.lock_prefix.clone(), self.key.clone());
+                        let local = self.session.local_queue(self.mutex.key());
+                        self.parking.park(&self.session, lock, (pending, local), key, rev);
+                    }
                     rev
                 })
             } else {

@@ -5,7 +5,7 @@ use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
 use crate::guard::{fenced_writes, held_accessors, Holding};
 use crate::mutex::{Holder, Strategy};
-use crate::queue::{enqueue, Admission, CreateCheck, Pending, Retry, Rule, Ticket, View, Wait};
+use crate::queue::{create, enqueue, Admission, CreateCheck, Retry, Rule, Ticket, View, Wait};
 use crate::Session;
 use std::sync::Arc;
 use std::time::Duration;
@@ -422,8 +422,11 @@ impl Semaphore {
         let (mut key, mut leftover) = self.acquisition_key();
         let mut taken = 0;
         loop {
-            let mut pending = Pending::start(&self.session, self.request(key.clone(), limit), None, None);
-            let resp = pending.response().await?;
+            let Some((pending, resp)) =
+                create(&self.session, self.request(key.clone(), limit), None, None, wait).await?
+            else {
+                return Ok(None);
+            };
             if let Err(e) = (self.count_check())(&resp) {
                 pending.abandon().await?;
                 return Err(e);
@@ -432,7 +435,7 @@ impl Semaphore {
                 return Err(Error::Store(format!("semaphore: {key} exists under another lease")));
             };
             if !resp.created && !leftover {
-                drop(pending.keep()); // an earlier process's key on a re-attached lease
+                drop(pending.leave()); // an earlier process's key on a re-attached lease
                 taken += 1;
                 if taken == KEY_ATTEMPTS {
                     return Err(self.keys_taken());
@@ -442,8 +445,7 @@ impl Semaphore {
             }
             let rev = mine.create_revision;
             if resp.head.iter().any(|kv| kv.create_revision == rev) {
-                drop(pending.keep());
-                return Ok(Some(Permit { hold: Holding::new(self.session.clone(), key, rev, None) }));
+                return Ok(Some(Permit { hold: pending.into_holding(rev) }));
             }
             // Not among the first N: give the place up at once, wait for fewer than N keys
             // (with this deletion seen), then retry.

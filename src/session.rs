@@ -3,7 +3,7 @@
 use crate::backend::LeaseId;
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
-use crate::local::cleanups::{Cleanups, Running};
+use crate::local::cleanups::{Cleanups, Owned, Running};
 use crate::local::session_state::{SessionState, SessionStatus};
 use crate::local::signal::Signal;
 use crate::local::waiter_queue::WaiterQueue;
@@ -11,7 +11,7 @@ use crate::Client;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -103,10 +103,15 @@ impl SessionBuilder {
         let number = |key: &str| -> Option<u64> { key.rsplit_once(&numbered)?.1.parse().ok() };
         let next_seq = leftovers.iter().filter_map(|k| number(k)).max().map_or(0, |n| n + 1);
         leftovers.sort_by(|a, b| (number(a), a).cmp(&(number(b), b)));
+        let cleanups = Arc::new(Cleanups::new());
+        // The leftovers are owned until taken over or released: the audit leaves them alone.
+        let leftovers: Vec<(String, Owned)> =
+            leftovers.into_iter().map(|key| (key.clone(), Cleanups::own(&cleanups, &key))).collect();
         let shared = Arc::new(Shared {
             state: SessionState::new((sent + ttl).into_std()),
             lost: Signal::new(),
-            cleanups: Arc::new(Cleanups::new()),
+            cleanups,
+            audit: Mutex::new(cleanup::Audit::default()),
         });
         let inner = Arc::new(SessionInner {
             client: self.client.clone(),
@@ -116,14 +121,18 @@ impl SessionBuilder {
             locals: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(next_seq),
             leftovers: Mutex::new(leftovers),
-            relock_keys: AtomicBool::new(self.attach.is_some()),
             keepalive: Mutex::new(None),
         });
         let span = tracing::info_span!("session", lease = format_args!("{lease:x}"));
         let task = tokio::spawn(keep_alive(self.client.clone(), lease, ttl, shared).instrument(span));
         *inner.keepalive.lock() = Some(task);
         tracing::debug!(lease = format_args!("{lease:x}"), ?ttl, "session opened");
-        Ok(Session { inner })
+        let session = Session { inner };
+        if self.attach.is_some() {
+            // A request of the earlier process may still land under the lease: look again later.
+            session.schedule_audit();
+        }
+        Ok(session)
     }
 }
 
@@ -183,11 +192,8 @@ struct SessionInner {
     /// Numbers the keys of recipes that take one key per acquisition (semaphore permits,
     /// read/write locks): `<lease hex>-<n>`.
     seq: AtomicU64,
-    /// Keys of a re-attached lease that no acquisition has taken over yet.
-    leftovers: Mutex<Vec<String>>,
-    /// Whether a mutex relock key (`<key>-r`) of this lease may exist: this session relocked,
-    /// or it re-attached a lease whose earlier process may have.
-    relock_keys: AtomicBool,
+    /// Keys of a re-attached lease that no acquisition has taken over yet (owned meanwhile).
+    leftovers: Mutex<Vec<(String, Owned)>>,
     keepalive: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -196,8 +202,10 @@ struct SessionInner {
 struct Shared {
     state: SessionState,
     lost: Signal,
-    /// Background cleanups (releases on drop, cancelled acquisitions).
+    /// Background cleanups (releases on drop, cancelled acquisitions), doomed and owned keys.
     cleanups: Arc<Cleanups>,
+    /// When the audit of the lease's keys runs next (see `session/cleanup.rs`).
+    audit: Mutex<cleanup::Audit>,
 }
 
 impl Session {
@@ -318,7 +326,7 @@ impl Session {
     /// # permit.release().await?; Ok(()) }
     /// ```
     pub fn leftover_keys(&self) -> Vec<String> {
-        self.inner.leftovers.lock().clone()
+        self.inner.leftovers.lock().iter().map(|(key, _)| key.clone()).collect()
     }
 
     /// Deletes the [leftover keys](Session::leftover_keys) no acquisition has taken over,
@@ -339,7 +347,7 @@ impl Session {
         // before this point finds it doomed and does not adopt it.
         let doomed: Vec<(String, Running)> = {
             let mut left = self.inner.leftovers.lock();
-            std::mem::take(&mut *left).into_iter().map(|key| (key.clone(), self.doom(&key))).collect()
+            std::mem::take(&mut *left).into_iter().map(|(key, _owned)| (key.clone(), self.doom(&key))).collect()
         };
         // Whatever is still listed when this future ends (dropped) goes to the background.
         struct Handover<'a>(&'a Session, Vec<(String, Running)>);
@@ -376,8 +384,8 @@ impl Session {
     /// acquires with it instead of a new key.
     pub(crate) fn take_leftover(&self, prefix: &str) -> Option<String> {
         let mut left = self.inner.leftovers.lock();
-        let at = left.iter().position(|k| k.starts_with(prefix))?;
-        Some(left.remove(at))
+        let at = left.iter().position(|(k, _)| k.starts_with(prefix))?;
+        Some(left.remove(at).0)
     }
 
     /// The key for an acquisition that takes one numbered key (`<own><n>`, `own` ending in
@@ -391,25 +399,23 @@ impl Session {
     }
 
     /// Marks the keys `keys()` names as taken over (recipes whose key is fixed per session
-    /// adopt it). `keys` runs only while leftovers remain.
-    pub(crate) fn claim_leftovers<const N: usize>(&self, keys: impl FnOnce() -> [String; N]) {
+    /// adopt it) and returns those that were leftovers. `keys` runs only while leftovers
+    /// remain.
+    pub(crate) fn claim_leftovers<const N: usize>(&self, keys: impl FnOnce() -> [String; N]) -> Vec<String> {
         let mut left = self.inner.leftovers.lock();
-        if !left.is_empty() {
-            let keys = keys();
-            left.retain(|k| !keys.contains(k));
+        if left.is_empty() {
+            return Vec::new();
         }
-    }
-
-    /// Whether a mutex relock key of this lease may exist (see [`Session::note_relock`]):
-    /// only then does a plain lock delete the name's leftover relock key in its create step.
-    pub(crate) fn may_have_relock_keys(&self) -> bool {
-        self.inner.relock_keys.load(Ordering::Acquire)
-    }
-
-    /// Records that this session relocks: from now on its relock keys may be left behind (a
-    /// release that failed), so its plain locks clean them up.
-    pub(crate) fn note_relock(&self) {
-        self.inner.relock_keys.store(true, Ordering::Release);
+        let keys = keys();
+        let mut claimed = Vec::new();
+        left.retain(|(k, _)| {
+            let taken = keys.contains(k);
+            if taken {
+                claimed.push(k.clone());
+            }
+            !taken
+        });
+        claimed
     }
 
     /// A number this session has not handed out before, for per-acquisition keys. A

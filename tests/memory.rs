@@ -53,6 +53,10 @@ fn bounds() {
         send(&election.campaign("x"));
         send(&leasehold::Semaphore::new(&session, "bounds-sem", 1).unwrap().acquire());
         send(&Mutex::new(&session, "bounds-mx").unwrap().lock());
+        let guard = Mutex::new(&session, "bounds-unlock").unwrap().lock().await.unwrap();
+        send(&guard.unlock()); // a release can be spawned too
+        let permit = leasehold::Semaphore::new(&session, "bounds-sem2", 1).unwrap().acquire().await.unwrap();
+        send(&permit.release());
         send(&leasehold::Register::new(&session, "bounds-reg").unwrap().update(|_| None));
     });
 }

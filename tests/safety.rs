@@ -10,7 +10,7 @@ mod faulty;
 
 use faulty::{Fault, Faults, Faulty, Op};
 use leasehold::backend::Backend;
-use leasehold::{Client, Election, Error, MemoryBackend, Mutex, RwLock, Semaphore};
+use leasehold::{Client, Election, Error, MemoryBackend, Mutex, RwLock, Semaphore, Strategy};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::timeout;
@@ -126,16 +126,23 @@ async fn relock_failure_does_not_let_another_task_adopt_the_dying_key() {
 }
 
 /// `release_leftovers` racing a `lock()` of the same re-attached session: the lock must not
-/// adopt the leftover key that is being deleted.
+/// adopt the leftover key that is being deleted, whatever its strategy (the simulator found
+/// the optimistic one still did, seed 1998).
 #[tokio::test(start_paused = true)]
 async fn release_leftovers_does_not_delete_a_key_a_lock_adopted() {
+    for strategy in [Strategy::Pessimistic, Strategy::Optimistic, Strategy::Adaptive] {
+        release_leftovers_racing_a_lock(strategy).await;
+    }
+}
+
+async fn release_leftovers_racing_a_lock(strategy: Strategy) {
     let store = MemoryBackend::new();
     let (client, faults) = faulty(&store);
     let before = client.session().await.unwrap();
     std::mem::forget(Mutex::new(&before, "job").unwrap().lock().await.unwrap()); // "crash"
     let lease = before.detach();
     let s = client.session_builder().attach(lease).open().await.unwrap();
-    let mutex = Mutex::new(&s, "job").unwrap();
+    let mutex = Mutex::new(&s, "job").unwrap().with_strategy(strategy);
     for op in [Op::DeleteIfCreated, Op::WriteIf] {
         faults.inject(op, Some(mutex.key()), Fault::Delay(Duration::from_millis(400)), None);
     }
@@ -152,11 +159,42 @@ async fn release_leftovers_does_not_delete_a_key_a_lock_adopted() {
         let taken = taken.unwrap();
         assert!(
             !guard.is_valid(),
-            "two holders: the re-attached session (token {}) and B (token {})",
+            "{strategy:?}: two holders: the re-attached session (token {}) and B (token {})",
             guard.fencing_token(),
             taken.fencing_token()
         );
     }
+}
+
+/// A lock's create also deleted the session's relock key whatever its revision (taking it
+/// for a leftover). Sent as a first attempt that timed out and landed later, after a relock
+/// had made a new relock key and held the lock with it, it deleted that key from under its
+/// guard (found by the simulator, seed 921).
+#[tokio::test(start_paused = true)]
+async fn a_late_lock_request_does_not_delete_a_newer_relock_key() {
+    let store = MemoryBackend::new();
+    let (client, faults) = faulty(&store);
+    let s = client.session().await.unwrap();
+    let mutex = Mutex::new(&s, "job").unwrap();
+    let mut guard = mutex.lock().await.unwrap();
+    mutex.relock(&mut guard).await.unwrap(); // the session has relocked: it has a relock key
+    guard.unlock().await.unwrap();
+    faults.inject(Op::Create, Some(mutex.key()), Fault::Late(Duration::from_secs(1)), Some(1));
+    let mut guard = mutex.lock().await.unwrap(); // its first attempt is still on its way
+    mutex.relock(&mut guard).await.unwrap();
+    assert_eq!(guard.key(), mutex.relock_key());
+    tokio::time::sleep(Duration::from_secs(2)).await; // the late attempt lands
+    let held = store
+        .snapshot("job/")
+        .0
+        .into_iter()
+        .any(|kv| kv.key == guard.key() && kv.create_revision as u64 == guard.fencing_token());
+    assert!(
+        !guard.is_valid() || held,
+        "the guard says it holds {}@{} but the key is gone",
+        guard.key(),
+        guard.fencing_token()
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -235,6 +273,51 @@ async fn failed_release_is_retried_until_the_key_is_gone() {
     let b = other_session(&store).await;
     let got = timeout(Duration::from_secs(30), Semaphore::new(&b, "slots", 1).unwrap().acquire()).await;
     assert!(got.is_ok(), "A's permit was never returned: {:?}", keys(&store, "slots/").await);
+}
+
+/// A create that the store gets after its caller gave up (every attempt failed; the first
+/// timed out while still on its way, and lands after the cleanup that followed found
+/// nothing): the key belongs to nothing, so the session's audit deletes it (reviewer's
+/// finding on issue 17's fixes).
+#[tokio::test(start_paused = true)]
+async fn a_create_that_lands_after_its_cleanup_is_deleted() {
+    let store = MemoryBackend::new();
+    let (client, faults) = faulty(&store);
+    let s = client.session().await.unwrap();
+    faults.inject(Op::Create, Some("slots/"), Fault::Late(Duration::from_secs(15)), Some(1));
+    faults.inject(Op::Create, Some("slots/"), Fault::FailBefore, None);
+    assert!(Semaphore::new(&s, "slots", 1).unwrap().acquire().await.is_err(), "gives up after the retry budget");
+    faults.clear(Op::Create);
+    s.settle().await; // the cleanup found nothing: the create had not landed yet
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(keys(&store, "slots/").await.len(), 1, "the late create landed under A's live lease");
+    let b = other_session(&store).await;
+    let got = timeout(Duration::from_secs(60), Semaphore::new(&b, "slots", 1).unwrap().acquire()).await;
+    assert!(got.is_ok(), "the late key holds the only permit for good: {:?}", keys(&store, "slots/").await);
+}
+
+/// A request of a process that lands after its successor re-attached the lease (the
+/// simulator's seeds 754 and 1425): the successor's audit deletes the key nobody owns.
+#[tokio::test(start_paused = true)]
+async fn a_predecessors_late_create_is_deleted_after_the_takeover() {
+    let store = MemoryBackend::new();
+    let (client, faults) = faulty(&store);
+    let before = client.session().await.unwrap();
+    faults.inject(Op::Create, Some("slots/"), Fault::Late(Duration::from_secs(1)), Some(1));
+    faults.inject(Op::Create, Some("slots/"), Fault::FailBefore, None);
+    let acquiring = Semaphore::new(&before, "slots", 1).unwrap();
+    // The process is killed while its create is on its way; its successor takes the lease.
+    assert!(timeout(Duration::from_millis(100), acquiring.acquire()).await.is_err());
+    faults.clear(Op::Create);
+    let lease = before.detach();
+    let after = client.session_builder().attach(lease).open().await.unwrap();
+    assert_eq!(after.release_leftovers().await.unwrap(), 0, "nothing had landed yet");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(keys(&store, "slots/").await.len(), 1, "the late create landed under the lease");
+    let b = other_session(&store).await;
+    let got = timeout(Duration::from_secs(60), Semaphore::new(&b, "slots", 1).unwrap().acquire()).await;
+    assert!(got.is_ok(), "the late key holds the only permit for good: {:?}", keys(&store, "slots/").await);
+    drop(after);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -82,6 +82,16 @@ impl MemoryBackend {
         self.inner.state.lock().revision
     }
 
+    /// The keys under `prefix` now (leases due by now expired first), oldest create
+    /// revision first, and the revision: a read that does not yield, for checkers that
+    /// must see the store at the very moment a client believes something (a simulation's
+    /// history checker). Works while the store is marked unavailable.
+    pub fn snapshot(&self, prefix: &str) -> (Vec<KeyValue>, Revision) {
+        let mut st = self.inner.state.lock();
+        st.expire_due(Instant::now());
+        (st.prefix(prefix, 0), st.revision)
+    }
+
     /// Locks the state after expiring due leases and checking availability; starts the
     /// reaper that expires leases when nobody calls.
     /// Every call yields to the scheduler once before touching the state, as a call over
@@ -118,6 +128,7 @@ async fn reaper(inner: Weak<Inner>, lease_changed: Arc<Notify>) {
         match next {
             Some(at) => {
                 tokio::select! {
+                    biased;
                     _ = tokio::time::sleep_until(at) => {}
                     _ = changed => {}
                 }
@@ -140,7 +151,10 @@ fn in_prefix(key: &str, prefix: &str) -> bool {
 
 impl State {
     fn expire_due(&mut self, now: Instant) {
-        let due: Vec<LeaseId> = self.leases.iter().filter(|(_, l)| l.expires <= now).map(|(id, _)| *id).collect();
+        let mut due: Vec<LeaseId> = self.leases.iter().filter(|(_, l)| l.expires <= now).map(|(id, _)| *id).collect();
+        // In a fixed order (each expiry is a revision of its own): the same run gives the
+        // same history.
+        due.sort_unstable_by_key(|id| (self.leases[id].expires, *id));
         for id in due {
             self.revoke(id);
         }

@@ -569,13 +569,25 @@ impl Tx {
         Ok(rec)
     }
 
-    /// Whether `id` exists and has not expired at the snapshot's time (0: no lease).
+    /// Whether `id` exists and has not expired at the snapshot's time (0: no lease). An
+    /// expired lease is reaped first when writing, and noted (a read then runs again as a
+    /// write that reaps: see [`TikvBackend::read`]).
     async fn alive(&mut self, id: LeaseId) -> TxResult<bool> {
         if id == 0 {
             return Ok(true);
         }
         let now = self.now_ms;
-        Ok(self.lease(id).await?.is_some_and(|l| l.expires_ms > now))
+        match self.lease(id).await? {
+            Some(l) if l.expires_ms > now => Ok(true),
+            Some(_) => {
+                self.met_expired = true;
+                if self.reap_inline {
+                    self.reap(id).await?;
+                }
+                Ok(false)
+            }
+            None => Ok(false),
+        }
     }
 
     /// The stored record of `key`, ignoring lease expiry (sees this transaction's writes).
@@ -587,14 +599,7 @@ impl Tx {
     /// Deals with a record whose lease may have expired: `None` if it did (reaping the
     /// lease first when writing).
     async fn live(&mut self, kv: KeyValue) -> TxResult<Option<KeyValue>> {
-        if self.alive(kv.lease).await? {
-            return Ok(Some(kv));
-        }
-        self.met_expired = true;
-        if self.reap_inline {
-            self.reap(kv.lease).await?;
-        }
-        Ok(None)
+        Ok(self.alive(kv.lease).await?.then_some(kv))
     }
 
     /// `key` as the contract sees it: absent if its lease expired.
@@ -879,7 +884,9 @@ impl TikvBackend {
         self.start_tasks();
         let timeout = self.inner.cfg.request_timeout;
         let now = tokio::time::Instant::now();
-        let stop_at = now.checked_add(timeout.saturating_mul(3) / 4).unwrap_or(now + timeout / 4 * 3);
+        // A timeout past what the clock can count: no limit (30 years, tokio's "never").
+        let stop_at =
+            now.checked_add(timeout.saturating_mul(3) / 4).unwrap_or(now + Duration::from_secs(86_400 * 365 * 30));
         let task = tokio::spawn(attempts(self.inner.clone(), reap_inline, stop_at, body));
         match tokio::time::timeout(timeout, task).await {
             Ok(Ok(r)) => r,
@@ -1006,12 +1013,11 @@ impl Backend for TikvBackend {
     async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<Duration>> {
         self.read(Arc::new(move |tx| {
             Box::pin(async move {
+                if !tx.alive(lease).await? {
+                    return Ok(None);
+                }
                 let now = tx.now_ms;
-                Ok(tx
-                    .lease(lease)
-                    .await?
-                    .filter(|l| l.expires_ms > now)
-                    .map(|l| Duration::from_millis(l.expires_ms - now)))
+                Ok(tx.lease(lease).await?.map(|l| Duration::from_millis(l.expires_ms.saturating_sub(now))))
             })
         }))
         .await

@@ -11,6 +11,15 @@
 //! is **doomed** until the token drops. An acquisition of the same session must not take
 //! such a key over as its own (the delete would take it away from under it); it waits for
 //! [`Cleanups::key_idle`] and creates the key afresh. The same one-step rule holds there.
+//!
+//! The keys the session has a use for are **owned** ([`Owned`]): an acquisition claims its
+//! key before it creates it ([`Cleanups::claim`], refused while the key is doomed), and the
+//! guard keeps the claim until its key is gone or its delete is pending. The session's
+//! audit deletes keys under its lease that nothing owns (a create that landed after its
+//! caller gave up, a predecessor's request that landed after a takeover); it dooms such a
+//! key only if nobody owns it ([`Cleanups::doom_unowned`]). Claim and doom are decided
+//! under one lock, so an owned key is never doomed by the audit, and a key the audit
+//! doomed is not claimed until its delete is done.
 
 use super::sync::{Arc, Mutex};
 use super::wakers::Wakers;
@@ -25,6 +34,8 @@ struct Inner {
     /// The keys of running cleanups that delete one (a key may be in several).
     doomed: Vec<String>,
     key_waiters: Wakers,
+    /// The keys claimed by an acquisition, a guard or the leftovers (a key may be in several).
+    owned: Vec<String>,
 }
 
 /// The count of running cleanups, shared by a session's handles.
@@ -53,6 +64,37 @@ impl Cleanups {
         inner.running += 1;
         inner.doomed.push(key.to_owned());
         Running { cleanups: cleanups.clone(), key: Some(key.to_owned()) }
+    }
+
+    /// Claims `key` for an acquisition: `None` while it is doomed (wait for
+    /// [`key_idle`](Self::key_idle), then claim again).
+    pub(crate) fn claim(cleanups: &Arc<Self>, key: &str) -> Option<Owned> {
+        let mut inner = cleanups.inner.lock();
+        #[cfg(not(leasehold_loom_mutation_claim))]
+        if inner.doomed.iter().any(|k| k == key) {
+            return None;
+        }
+        inner.owned.push(key.to_owned());
+        Some(Owned { cleanups: cleanups.clone(), key: key.to_owned() })
+    }
+
+    /// Claims `key` whether or not it is doomed (a re-attached session's leftovers, which
+    /// nothing else of the session can have touched yet).
+    pub(crate) fn own(cleanups: &Arc<Self>, key: &str) -> Owned {
+        cleanups.inner.lock().owned.push(key.to_owned());
+        Owned { cleanups: cleanups.clone(), key: key.to_owned() }
+    }
+
+    /// Dooms `key` for a cleanup only if nothing owns it and no cleanup deletes it yet (the
+    /// audit's delete of a key nothing has a use for).
+    pub(crate) fn doom_unowned(cleanups: &Arc<Self>, key: &str) -> Option<Running> {
+        let mut inner = cleanups.inner.lock();
+        if inner.owned.iter().any(|k| k == key) || inner.doomed.iter().any(|k| k == key) {
+            return None;
+        }
+        inner.running += 1;
+        inner.doomed.push(key.to_owned());
+        Some(Running { cleanups: cleanups.clone(), key: Some(key.to_owned()) })
     }
 
     /// Whether a cleanup that deletes `key` is running.
@@ -109,6 +151,22 @@ impl Drop for Running {
         };
         for waker in waiters {
             waker.wake();
+        }
+    }
+}
+
+/// A claim on a key; see [`Cleanups::claim`].
+#[derive(Debug)]
+pub(crate) struct Owned {
+    cleanups: Arc<Cleanups>,
+    key: String,
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let mut inner = self.cleanups.inner.lock();
+        if let Some(at) = inner.owned.iter().position(|k| *k == self.key) {
+            inner.owned.remove(at);
         }
     }
 }
@@ -231,5 +289,21 @@ mod tests {
         assert_eq!(c.running(), 1);
         drop(other);
         assert_eq!(c.inner.lock().key_waiters.len(), 0);
+    }
+
+    #[test]
+    fn owned_keys_are_never_doomed_by_the_audit_and_doomed_ones_never_claimed() {
+        let c = Arc::new(Cleanups::new());
+        let owned = Cleanups::claim(&c, "k").expect("not doomed");
+        assert!(Cleanups::doom_unowned(&c, "k").is_none(), "doomed while owned");
+        let twice = Cleanups::claim(&c, "k").expect("two claims");
+        drop(owned);
+        assert!(Cleanups::doom_unowned(&c, "k").is_none(), "still owned once");
+        drop(twice);
+        let doom = Cleanups::doom_unowned(&c, "k").expect("nothing owns it");
+        assert!(Cleanups::doom_unowned(&c, "k").is_none(), "doomed twice by the audit");
+        assert!(Cleanups::claim(&c, "k").is_none(), "claimed while doomed");
+        drop(doom);
+        assert!(Cleanups::claim(&c, "k").is_some());
     }
 }

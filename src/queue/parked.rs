@@ -120,7 +120,7 @@ impl Parking {
                 }
                 expire(&place, id);
             });
-            parked.replace(Parked { id, session: session.clone(), pending: Some(pending), key, rev, admitted, task })
+            parked.replace(Parked { id, pending: Some(pending), key, rev, admitted, task })
         };
         drop(previous);
         self.parked.notify_waiters();
@@ -175,7 +175,6 @@ async fn wait_for_place(
 #[derive(Debug)]
 pub(crate) struct Parked {
     id: u64,
-    session: Session,
     pending: Option<Pending>,
     key: String,
     rev: Revision,
@@ -189,8 +188,8 @@ impl Parked {
     pub(crate) async fn admitted(mut self) -> Result<(Holding, Revision)> {
         let outcome = (&mut self.admitted).await;
         let (at, waited) = outcome.map_err(|_| Error::Store("parked queue place: follower ended".into()))??;
-        let local = self.pending.take().and_then(Pending::keep);
-        let hold = Holding::new(self.session.clone(), self.key.clone(), self.rev, local).contended(waited);
+        let pending = self.pending.take().ok_or_else(|| Error::Store("parked queue place: claimed twice".into()))?;
+        let hold = pending.into_holding(self.rev).contended(waited);
         Ok((hold, at))
     }
 }

@@ -6,6 +6,7 @@ use crate::backend::{Backend, Condition, CreateRequest, CreateResponse, KeyValue
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::guard::Holding;
+use crate::local::cleanups::Owned;
 use crate::local::waiter_queue::{Slot, WaiterQueue};
 use crate::session::Target;
 use crate::Session;
@@ -20,6 +21,59 @@ pub(crate) async fn local_slot(session: &Session, key: &str, wait: Wait) -> Opti
     match wait {
         Wait::No => WaiterQueue::try_acquire(&queue),
         _ => with_deadline(wait, WaiterQueue::acquire(&queue)).await,
+    }
+}
+
+/// Creates `req.key` for an acquisition through a [`Pending`] — every acquisition does, so
+/// that none takes over a key of this session whose background delete is pending (the
+/// delete would take it away from under the new holder, whose guard would still say it
+/// holds): it waits for the delete, as `wait` allows, and creates the key afresh. `None`:
+/// the wait ran out first (nothing was created). See [`Pending::start`] for the rest.
+pub(crate) async fn create(
+    session: &Session,
+    req: CreateRequest,
+    mut local: Option<Slot>,
+    mut replaces: Option<Holding>,
+    wait: Wait,
+) -> Result<Option<(Pending, CreateResponse)>> {
+    loop {
+        let Some(owned) = claim(session, &req.key) else {
+            let undoomed = session.undoomed(&req.key);
+            if wait == Wait::No || with_deadline(wait, undoomed).await.is_none() {
+                return Ok(None);
+            }
+            continue;
+        };
+        let mut pending = Pending::start(session, req.clone(), local.take(), replaces.take(), owned);
+        let resp = pending.response().await?;
+        let ours = resp.mine.as_ref().is_some_and(|kv| kv.lease == session.lease_id());
+        if !resp.created && ours && doomed(session, &req.key) {
+            local = pending.leave(); // it is being deleted: not ours to take
+            continue;
+        }
+        return Ok(Some((pending, resp)));
+    }
+}
+
+/// Claims `key` for an acquisition of this session: `None` while its delete is pending.
+pub(crate) fn claim(session: &Session, key: &str) -> Option<Owned> {
+    #[cfg(not(leasehold_sim_mutation_adopt))]
+    return session.claim(key);
+    // Mutation (scripts/sim.sh): issue 17's bug 2, a key with a pending delete is taken.
+    #[cfg(leasehold_sim_mutation_adopt)]
+    return Some(session.own(key));
+}
+
+/// Whether a background delete of `key` by this session is pending.
+fn doomed(session: &Session, key: &str) -> bool {
+    #[cfg(not(leasehold_sim_mutation_adopt))]
+    return session.is_doomed(key);
+    // Mutation for the simulator (scripts/sim.sh): issue 17's bug 2, a key with a pending
+    // delete is adopted.
+    #[cfg(leasehold_sim_mutation_adopt)]
+    {
+        let _ = (session, key);
+        false
     }
 }
 
@@ -43,6 +97,8 @@ pub(crate) struct Pending {
     key: String,
     stage: Stage,
     local: Option<Slot>,
+    /// The claim on the key, passed on to the guard.
+    owned: Option<Owned>,
     replaces: Option<Holding>,
     /// Whether the replaced key goes only if the key is created (a conditional write), not
     /// whatever the create decides (a create request's `replaces`).
@@ -65,7 +121,13 @@ impl Pending {
     /// Sends `req` (in its own task). `local` is the session's local queue slot for the key;
     /// it is released only after the key is gone or handed to a guard. `replaces` is the
     /// guard whose key `req.replaces` names.
-    pub(crate) fn start(session: &Session, req: CreateRequest, local: Option<Slot>, replaces: Option<Holding>) -> Self {
+    pub(crate) fn start(
+        session: &Session,
+        req: CreateRequest,
+        local: Option<Slot>,
+        replaces: Option<Holding>,
+        owned: Owned,
+    ) -> Self {
         let backend = session.client().backend().clone();
         let key = req.key.clone();
         let unknown = Arc::new(AtomicBool::new(false));
@@ -86,7 +148,8 @@ impl Pending {
             Backoff::default().retry(attempt).await
         });
         let stage = Stage::InFlight(task, unknown);
-        Self { session: session.clone(), key, stage, local, replaces, replaced_with_create: false }
+        let owned = Some(owned);
+        Self { session: session.clone(), key, stage, local, owned, replaces, replaced_with_create: false }
     }
 
     /// Like [`start`](Self::start) for a key created by a conditional write instead
@@ -103,6 +166,7 @@ impl Pending {
         writes: Vec<Write>,
         local: Option<Slot>,
         replaces: Option<Holding>,
+        owned: Owned,
     ) -> Self {
         let backend = session.client().backend().clone();
         let (lease, created_key) = (session.lease_id(), key.clone());
@@ -130,7 +194,8 @@ impl Pending {
             })
         });
         let stage = Stage::InFlight(task, unknown);
-        Self { session: session.clone(), key, stage, local, replaces, replaced_with_create: true }
+        let owned = Some(owned);
+        Self { session: session.clone(), key, stage, local, owned, replaces, replaced_with_create: true }
     }
 
     /// Waits for the create's outcome.
@@ -150,6 +215,10 @@ impl Pending {
         };
         let outcome = task.await.map_err(|e| Error::Store(format!("create task failed: {e}")));
         let unknown = unknown.load(Ordering::Acquire);
+        if unknown {
+            // An attempt may still land after this: look for keys nothing owns later.
+            self.session.schedule_audit();
+        }
         let mut resp = match outcome {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) | Err(e) => {
@@ -160,6 +229,9 @@ impl Pending {
         };
         let lease = self.session.lease_id();
         let ours = resp.mine.as_ref().filter(|kv| kv.lease == lease).map(|kv| kv.create_revision);
+        // (Mutation `leasehold_sim_mutation_cleanup`, issue 17's bug 4: the session's own key
+        // found after a lost answer is not taken as this acquisition's.)
+        #[cfg(not(leasehold_sim_mutation_cleanup))]
         if unknown && ours.is_some() && !self.session.is_doomed(&self.key) {
             resp.created = true;
         }
@@ -181,16 +253,18 @@ impl Pending {
         self.replaces.take()
     }
 
-    /// Keeps the key: the caller now owns it (as a guard) and must release it.
-    pub(crate) fn keep(mut self) -> Option<Slot> {
+    /// Keeps the key, created at `rev`, as a guard's: the guard now owns it (with the local
+    /// slot and the claim) and must release it.
+    pub(crate) fn into_holding(mut self, rev: Revision) -> Holding {
         self.stage = Stage::Done;
-        self.local.take()
+        Holding::new(self.session.clone(), self.key.clone(), rev, self.local.take(), self.owned.take())
     }
 
     /// Leaves the key alone (it is not this acquisition's: a leftover, or a key being
     /// deleted), and gives back the local slot.
-    pub(crate) fn leave(self) -> Option<Slot> {
-        self.keep()
+    pub(crate) fn leave(mut self) -> Option<Slot> {
+        self.stage = Stage::Done;
+        self.local.take()
     }
 
     /// Deletes the key now (a failed try, a timeout) and waits for it. If this future is
@@ -228,7 +302,10 @@ impl Drop for Pending {
                             None => None,
                         },
                         Ok(Err(e)) if !unknown.load(Ordering::Acquire) && !e.is_transient() => None,
-                        _ => Some(Target::IfOurs(key)),
+                        _ => {
+                            session.schedule_audit(); // an attempt may still land
+                            Some(Target::IfOurs(key))
+                        }
                     };
                     match target {
                         Some(target) => session.delete_in_background(doom, target, local),

@@ -13,16 +13,27 @@
 //! [`Cleanups`](crate::local::cleanups)): an acquisition of this session that finds the key
 //! under its own lease does not take it over, since the delete would take it away from
 //! under it; it waits for the delete and creates the key afresh.
+//!
+//! A request can also land after its caller gave up: a create whose every attempt failed,
+//! but one of which reaches the store later; or a request of the process that held the
+//! lease before a [re-attach](crate::SessionBuilder::attach). Its key belongs to nothing.
+//! So after each such event (an attempt with an unknown outcome, an attach) the session
+//! **audits** its lease one TTL later: every key of a recipe's shape under the lease that
+//! nothing of the session owns — no acquisition, guard, parked place or leftover — is
+//! deleted like the others. (A request that lands later still is not covered.)
 
-use super::{Session, Shared};
+use super::{is_recipe_key, Session, Shared};
 use crate::backend::{Backend, Condition, LeaseId, Revision, Write};
 use crate::backoff::Backoff;
 use crate::error::Result;
-use crate::local::cleanups::{Cleanups, Running};
+use crate::local::cleanups::{Cleanups, Owned, Running};
 use crate::local::session_state::SessionStatus;
 use crate::local::waiter_queue::Slot;
+use crate::Client;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
 impl Session {
     /// Deletes `key` if it still has `revision` — applying `extra` in the same transaction —
@@ -52,6 +63,39 @@ impl Session {
         Cleanups::start_for(&self.inner.shared.cleanups, key)
     }
 
+    /// Claims `key` for an acquisition, unless it is doomed (see [`Cleanups::claim`]).
+    pub(crate) fn claim(&self, key: &str) -> Option<Owned> {
+        Cleanups::claim(&self.inner.shared.cleanups, key)
+    }
+
+    /// Claims `key` whether or not it is doomed.
+    #[cfg_attr(not(leasehold_sim_mutation_adopt), allow(dead_code))]
+    pub(crate) fn own(&self, key: &str) -> Owned {
+        Cleanups::own(&self.inner.shared.cleanups, key)
+    }
+
+    /// Whether the session ended (lost or closed), not merely past its deadline: only then
+    /// is a key left to the lease.
+    pub(crate) fn is_ended(&self) -> bool {
+        self.inner.shared.state.status() != SessionStatus::Alive
+    }
+
+    /// Audits the lease one TTL from now (see the [module docs](self)); an audit already
+    /// due later covers this one.
+    pub(crate) fn schedule_audit(&self) {
+        let due = Instant::now() + self.inner.ttl;
+        let start = {
+            let mut audit = self.inner.shared.audit.lock();
+            audit.due = Some(audit.due.map_or(due, |d| d.max(due)));
+            !std::mem::replace(&mut audit.running, true)
+        };
+        if start {
+            let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+            let (client, shared, lease) = (self.inner.client.clone(), self.inner.shared.clone(), self.lease_id());
+            handle.spawn(audit(client, shared, lease));
+        }
+    }
+
     /// Whether a background delete of `key` is pending.
     pub(crate) fn is_doomed(&self, key: &str) -> bool {
         self.inner.shared.cleanups.is_doomed(key)
@@ -64,17 +108,82 @@ impl Session {
 
     /// Runs the delete `target` (doomed by `doom`) in the background; see [`persist`].
     pub(crate) fn delete_in_background(&self, doom: Running, target: Target, local: Option<Slot>) {
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(key = target.key(), "no tokio runtime: the key is left to the lease");
-            return;
+        let (backend, shared) = (self.inner.client.backend().clone(), self.inner.shared.clone());
+        spawn_delete(backend, shared, self.lease_id(), doom, target, local);
+    }
+}
+
+fn spawn_delete(
+    backend: Arc<dyn Backend>,
+    shared: Arc<Shared>,
+    lease: LeaseId,
+    doom: Running,
+    target: Target,
+    local: Option<Slot>,
+) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(key = target.key(), "no tokio runtime: the key is left to the lease");
+        return;
+    };
+    handle.spawn(async move {
+        target.run(&*backend, &shared, lease).await;
+        // The key is no longer doomed by the time the next task of the session gets the slot.
+        drop(doom);
+        drop(local);
+    });
+}
+
+/// When the next audit is due, and whether its task runs.
+#[derive(Debug, Default)]
+pub(crate) struct Audit {
+    due: Option<Instant>,
+    running: bool,
+}
+
+/// The audit task: waits until the audit is due (later events push it back), then deletes
+/// the keys of the lease that nothing owns, until no audit is due.
+async fn audit(client: Client, shared: Arc<Shared>, lease: LeaseId) {
+    loop {
+        let due = {
+            let mut audit = shared.audit.lock();
+            match audit.due {
+                Some(due) if due > Instant::now() => Some(due),
+                Some(_) => {
+                    audit.due = None;
+                    None
+                }
+                None => {
+                    audit.running = false;
+                    return;
+                }
+            }
         };
-        let (backend, shared, lease) =
-            (self.inner.client.backend().clone(), self.inner.shared.clone(), self.lease_id());
-        handle.spawn(async move {
-            target.run(&*backend, &shared, lease).await;
-            drop(local);
-            drop(doom);
-        });
+        if let Some(due) = due {
+            tokio::time::sleep_until(due).await;
+            continue; // it may have moved meanwhile
+        }
+        if shared.state.status() != SessionStatus::Alive {
+            shared.audit.lock().running = false;
+            return;
+        }
+        let backend = client.backend().clone();
+        match Backoff::default().retry(|| backend.lease_keys(lease)).await {
+            Ok(keys) => {
+                for key in keys.into_iter().filter(|k| is_recipe_key(client.namespace(), lease, k)) {
+                    if let Some(doom) = Cleanups::doom_unowned(&shared.cleanups, &key) {
+                        tracing::info!(key, "a key under the session's lease that nothing owns (a request that landed late): deleting it");
+                        crate::metrics::orphan_deleted();
+                        spawn_delete(backend.clone(), shared.clone(), lease, doom, Target::IfOurs(key), None);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "audit of the lease's keys failed; again later");
+                let mut audit = shared.audit.lock();
+                let again = Instant::now() + Duration::from_secs(1);
+                audit.due = Some(audit.due.map_or(again, |d| d.max(again)));
+            }
+        }
     }
 }
 
@@ -103,7 +212,12 @@ impl Target {
                 persist(shared, &key, || backend.write_if(&held, writes.clone())).await;
             }
             Target::IfOurs(key) => {
-                persist(shared, &key, || delete_if_ours(backend, &key, lease)).await;
+                // Read once, then delete that revision only: a retry after a delete whose
+                // answer was lost must not delete a newer key of the same name.
+                let Some(Some(kv)) = persist(shared, &key, || backend.get(&key)).await else { return };
+                if kv.lease == lease {
+                    persist(shared, &key, || backend.delete_if_created(&key, kv.create_revision)).await;
+                }
             }
         }
     }
@@ -137,6 +251,9 @@ where
         }
         match op().await {
             Ok(v) => return Some(v),
+            // Mutation (scripts/sim.sh): issue 17's bug 4, a background delete tried once.
+            #[cfg(leasehold_sim_mutation_cleanup)]
+            Err(_) => return None,
             Err(e) if e.is_transient() => {
                 if !noted && started.elapsed() >= NOTE_AFTER {
                     noted = true;

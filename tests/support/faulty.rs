@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | `Delay(d)` | gets the request `d` late; never, if the caller gave up first | waits `d` more |
 //! | `InFlight(d)` | gets the request `d` late, **even if the caller gave up** | waits `d` more |
+//! | `Late(d)` | gets the request `d` late | `Unavailable` at once (its timeout ran out first) |
 //! | `FailBefore` | never gets it | `Unavailable` |
 //! | `LoseAnswer` | applies it | `Unavailable` (the answer was lost) |
 //! | `DelayAnswer(d)` | applies it at once | gets the answer `d` late |
@@ -68,6 +69,7 @@ impl Op {
 pub enum Fault {
     Delay(Duration),
     InFlight(Duration),
+    Late(Duration),
     FailBefore,
     LoseAnswer,
     DelayAnswer(Duration),
@@ -79,6 +81,7 @@ impl Fault {
         match self {
             Fault::Delay(_) => "delay",
             Fault::InFlight(_) => "in-flight",
+            Fault::Late(_) => "late",
             Fault::FailBefore => "fail-before",
             Fault::LoseAnswer => "lose-answer",
             Fault::DelayAnswer(_) => "delay-answer",
@@ -104,6 +107,9 @@ pub struct Random {
     pub seed: u64,
     pub delay: f64,
     pub in_flight: f64,
+    /// A write's caller times out at once while the store gets it later (etcd's client
+    /// timeout, with the request still on its way).
+    pub late: f64,
     pub fail_before: f64,
     pub lose_answer: f64,
     pub delay_answer: f64,
@@ -147,6 +153,14 @@ impl Faults {
     /// Removes every targeted rule.
     pub fn clear_all(&self) {
         self.state.lock().unwrap().rules.clear();
+    }
+
+    /// Ends every fault: targeted rules, random faults and a stall.
+    pub fn heal(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.rules.clear();
+        st.random = None;
+        st.stalled_until = None;
     }
 
     /// Draws random faults from now on (`None`: stop).
@@ -242,6 +256,8 @@ fn draw(plan: &Random, rng: &mut StdRng, op: Op) -> Option<Fault> {
         Some(Fault::LoseAnswer)
     } else if op.writes() && hit(plan.in_flight) {
         Some(Fault::InFlight(delay(rng)))
+    } else if op.writes() && op != Op::Renew && hit(plan.late) {
+        Some(Fault::Late(delay(rng)))
     } else if hit(plan.delay_answer) {
         Some(Fault::DelayAnswer(delay(rng)))
     } else {
@@ -294,6 +310,15 @@ impl Faulty {
             Some(Fault::LoseAnswer) => {
                 let _ = apply.await;
                 return Err(unavailable("the store applied the request, the answer was lost"));
+            }
+            Some(Fault::Late(d)) => {
+                let faults = self.faults.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(d).await;
+                    faults.gate().await;
+                    let _ = apply.await;
+                });
+                return Err(unavailable("request timed out (it is still on its way)"));
             }
             Some(Fault::DelayAnswer(d)) => {
                 let r = apply.await;
@@ -452,7 +477,7 @@ impl FaultyKeepAlive {
                 faults.gate().await;
                 let answered = match fault {
                     Some(Fault::FailBefore) => Err(unavailable("renewal failed before the store")),
-                    Some(Fault::Delay(d) | Fault::InFlight(d)) => {
+                    Some(Fault::Delay(d) | Fault::InFlight(d) | Fault::Late(d)) => {
                         tokio::time::sleep(d).await;
                         faults.gate().await;
                         keeper.renew().await
@@ -516,7 +541,9 @@ impl WatchStream for FaultyWatch {
                 self.broken = true;
                 return Err(unavailable("watch broken"));
             }
-            Some(Fault::Delay(d) | Fault::InFlight(d) | Fault::DelayAnswer(d)) => tokio::time::sleep(d).await,
+            Some(Fault::Delay(d) | Fault::InFlight(d) | Fault::Late(d) | Fault::DelayAnswer(d)) => {
+                tokio::time::sleep(d).await
+            }
             None => {}
         }
         self.faults.gate().await;
