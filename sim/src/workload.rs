@@ -1,0 +1,347 @@
+//! The workload: each worker task of a client runs random operations of every recipe and
+//! strategy until the world says stop — acquire (wait, try, timeout, or a future dropped at a
+//! random moment), hold (belief checks and fenced writes), end (release, a release whose
+//! future is dropped, a dropped guard, relock/reacquire), and register updates.
+//!
+//! Everything random comes from the worker's own generator, seeded from the run's seed.
+
+use crate::check::{Checker, Kind, Name};
+use leasehold::{
+    Election, Leadership, Mutex, MutexGuard, Permit, ReadGuard, Register, RwLock, Semaphore, Session, Strategy,
+    WriteGuard,
+};
+use rand::rngs::StdRng;
+use rand::Rng;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The semaphore's permit count.
+pub const PERMITS: usize = 2;
+
+/// What the workers of a run count.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub ops: AtomicU64,
+    /// Register increments started (a worker aborted by a crash may have had one in flight).
+    pub started: AtomicU64,
+    /// Register increments acknowledged as written.
+    pub acked: AtomicU64,
+}
+
+/// One worker task's context.
+pub struct Worker {
+    pub who: String,
+    pub session: Session,
+    pub checker: Checker,
+    pub rng: StdRng,
+    pub stop: Arc<AtomicBool>,
+    pub stats: Arc<Stats>,
+    /// A register handle kept across updates (its queue place may be kept between them).
+    register: Option<Register>,
+}
+
+/// Something held, of any recipe.
+enum Held {
+    Mutex(MutexGuard),
+    Permit(Permit),
+    Read(ReadGuard),
+    Write(WriteGuard),
+    Leader(Leadership),
+}
+
+impl Held {
+    fn is_valid(&self) -> bool {
+        match self {
+            Held::Mutex(g) => g.is_valid(),
+            Held::Permit(g) => g.is_valid(),
+            Held::Read(g) => g.is_valid(),
+            Held::Write(g) => g.is_valid(),
+            Held::Leader(g) => g.is_valid(),
+        }
+    }
+
+    fn key(&self) -> &str {
+        match self {
+            Held::Mutex(g) => g.key(),
+            Held::Permit(g) => g.key(),
+            Held::Read(g) => g.key(),
+            Held::Write(g) => g.key(),
+            Held::Leader(g) => g.key(),
+        }
+    }
+
+    fn token(&self) -> u64 {
+        match self {
+            Held::Mutex(g) => g.fencing_token(),
+            Held::Permit(g) => g.fencing_token(),
+            Held::Read(g) => g.fencing_token(),
+            Held::Write(g) => g.fencing_token(),
+            Held::Leader(g) => g.fencing_token(),
+        }
+    }
+
+    /// The admission rule the store must show for this guard.
+    fn kind(&self) -> Kind {
+        match self {
+            Held::Mutex(_) | Held::Leader(_) => Kind::First,
+            Held::Permit(_) => Kind::AmongFirst(PERMITS),
+            Held::Read(_) => Kind::Reader,
+            Held::Write(_) => Kind::Writer,
+        }
+    }
+
+    async fn fenced_put(&self, key: &str) {
+        let value = self.token().to_string();
+        let _ = match self {
+            Held::Mutex(g) => g.fenced_put(key, value).await,
+            Held::Permit(g) => g.fenced_put(key, value).await,
+            Held::Write(g) => g.fenced_put(key, value).await,
+            Held::Leader(g) => g.fenced_put(key, value).await,
+            Held::Read(_) => Ok(()),
+        };
+    }
+
+    async fn release(self) {
+        let _ = match self {
+            Held::Mutex(g) => g.unlock().await,
+            Held::Permit(g) => g.release().await,
+            Held::Read(g) => g.unlock().await,
+            Held::Write(g) => g.unlock().await,
+            Held::Leader(g) => g.resign().await,
+        };
+    }
+}
+
+fn strategy(rng: &mut StdRng) -> Strategy {
+    [Strategy::Pessimistic, Strategy::Optimistic, Strategy::Adaptive][rng.random_range(0..3)]
+}
+
+fn ms(rng: &mut StdRng, max: u64) -> Duration {
+    Duration::from_millis(rng.random_range(0..=max))
+}
+
+impl Worker {
+    pub fn new(
+        who: String,
+        session: Session,
+        checker: Checker,
+        rng: StdRng,
+        stop: Arc<AtomicBool>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self { who, session, checker, rng, stop, stats, register: None }
+    }
+
+    /// Runs operations until told to stop.
+    pub async fn run(mut self) {
+        while !self.stop.load(Ordering::Relaxed) {
+            self.stats.ops.fetch_add(1, Ordering::Relaxed);
+            let op = self.rng.random_range(0..100);
+            if self.checker.trace {
+                println!(
+                    "{:>10.3} {} op {op} (session {:x} valid {})",
+                    crate::check::now(),
+                    self.who,
+                    self.session.lease_id(),
+                    self.session.is_valid()
+                );
+            }
+            match op {
+                0..30 => self.mutex().await,
+                30..45 => self.semaphore().await,
+                45..60 => self.rwlock().await,
+                60..72 => self.election().await,
+                72..95 => self.register().await,
+                _ => {}
+            }
+            tokio::time::sleep(ms(&mut self.rng, 50)).await;
+        }
+    }
+
+    /// Waits for `acquire` the way the dice say: in full, or dropped after a random time.
+    async fn acquire<T>(&mut self, acquire: impl Future<Output = leasehold::Result<T>>) -> Option<T> {
+        if self.rng.random_bool(0.2) {
+            let patience = ms(&mut self.rng, 300);
+            tokio::time::timeout(patience, acquire).await.ok()?.ok()
+        } else {
+            acquire.await.ok()
+        }
+    }
+
+    fn trace(&self, what: std::fmt::Arguments<'_>) {
+        if self.checker.trace {
+            println!("{:>10.3} {} {what}", crate::check::now(), self.who);
+        }
+    }
+
+    /// Checks with the store that `held` holds, if it says so.
+    fn check(&self, name: &Name, held: &Held) {
+        if held.is_valid() {
+            self.checker.believes(&self.who, name, held.kind(), held.key(), held.token());
+        }
+    }
+
+    /// Holds for a while: belief checks and fenced writes.
+    async fn hold(&mut self, name: &Name, held: &Held) {
+        self.trace(format_args!("holds {} with {}@{}", name.name, held.key(), held.token()));
+        for _ in 0..self.rng.random_range(1..=4) {
+            self.check(name, held);
+            if self.rng.random_bool(0.7) {
+                held.fenced_put(&name.data).await;
+            }
+            self.check(name, held);
+            tokio::time::sleep(ms(&mut self.rng, 400)).await;
+        }
+        self.check(name, held);
+    }
+
+    /// Ends a hold: a release, a release whose future is dropped early, or a dropped guard.
+    async fn end(&mut self, held: Held) {
+        self.trace(format_args!("ends {}@{}", held.key(), held.token()));
+        match self.rng.random_range(0..10) {
+            0..7 => held.release().await,
+            7 => {
+                let patience = ms(&mut self.rng, 20);
+                let _ = tokio::time::timeout(patience, held.release()).await;
+            }
+            _ => drop(held),
+        }
+    }
+
+    async fn mutex(&mut self) {
+        let name = self.checker.name(["m0", "m1"][self.rng.random_range(0..2)]).clone();
+        let Ok(mutex) = Mutex::new(&self.session, name.name) else { return };
+        let mutex = mutex.with_strategy(strategy(&mut self.rng));
+        if self.rng.random_bool(0.1) {
+            let (checker, who, data) = (self.checker.clone(), self.who.clone(), name.data.clone());
+            let _ = mutex
+                .with_lock(async |g| {
+                    if g.is_valid() {
+                        checker.believes(&who, &name, Kind::First, g.key(), g.fencing_token());
+                    }
+                    let _ = g.fenced_put(data, g.fencing_token().to_string()).await;
+                })
+                .await;
+            return;
+        }
+        let got = match self.rng.random_range(0..4) {
+            0 => mutex.try_lock().await.ok().flatten(),
+            1 => {
+                let t = ms(&mut self.rng, 3000);
+                mutex.lock_timeout(t).await.ok()
+            }
+            _ => self.acquire(mutex.lock()).await,
+        };
+        let Some(mut guard) = got else { return };
+        let relocks = if self.rng.random_bool(0.3) { self.rng.random_range(1..=3) } else { 0 };
+        for _ in 0..relocks {
+            let held = Held::Mutex(guard);
+            self.hold(&name, &held).await;
+            let Held::Mutex(g) = held else { unreachable!() };
+            guard = g;
+            let relocked = if self.rng.random_bool(0.2) {
+                let patience = ms(&mut self.rng, 100);
+                tokio::time::timeout(patience, mutex.relock(&mut guard)).await.ok().and_then(Result::ok)
+            } else {
+                mutex.relock(&mut guard).await.ok()
+            };
+            if relocked.is_none() {
+                return; // the guard is released (or was lost)
+            }
+        }
+        let held = Held::Mutex(guard);
+        self.hold(&name, &held).await;
+        self.end(held).await;
+    }
+
+    async fn semaphore(&mut self) {
+        let name = self.checker.name("s").clone();
+        let Ok(sem) = Semaphore::new(&self.session, name.name, PERMITS as u32) else { return };
+        let sem = sem.with_strategy(strategy(&mut self.rng));
+        let got = match self.rng.random_range(0..4) {
+            0 => sem.try_acquire().await.ok().flatten(),
+            1 => {
+                let t = ms(&mut self.rng, 3000);
+                sem.acquire_timeout(t).await.ok()
+            }
+            _ => self.acquire(sem.acquire()).await,
+        };
+        let Some(mut permit) = got else { return };
+        if self.rng.random_bool(0.3) {
+            let held = Held::Permit(permit);
+            self.hold(&name, &held).await;
+            let Held::Permit(p) = held else { unreachable!() };
+            permit = p;
+            if sem.reacquire(&mut permit).await.is_err() {
+                return;
+            }
+        }
+        let held = Held::Permit(permit);
+        self.hold(&name, &held).await;
+        self.end(held).await;
+    }
+
+    async fn rwlock(&mut self) {
+        let name = self.checker.name("rw").clone();
+        let Ok(lock) = RwLock::new(&self.session, name.name) else { return };
+        let write = self.rng.random_bool(0.4);
+        let held = match (write, self.rng.random_range(0..3)) {
+            (false, 0) => lock.try_read().await.ok().flatten().map(Held::Read),
+            (false, _) => self.acquire(lock.read()).await.map(Held::Read),
+            (true, 0) => lock.try_write().await.ok().flatten().map(Held::Write),
+            (true, _) => self.acquire(lock.write()).await.map(Held::Write),
+        };
+        let Some(held) = held else { return };
+        self.hold(&name, &held).await;
+        self.end(held).await;
+    }
+
+    async fn election(&mut self) {
+        let name = self.checker.name("e").clone();
+        let Ok(election) = Election::new(&self.session, name.name) else { return };
+        let value = self.who.clone();
+        let got = match self.rng.random_range(0..3) {
+            0 => election.try_campaign(value).await.ok().flatten(),
+            1 => {
+                let t = ms(&mut self.rng, 3000);
+                election.campaign_timeout(value, t).await.ok()
+            }
+            _ => self.acquire(election.campaign(value)).await,
+        };
+        let Some(leader) = got else { return };
+        if self.rng.random_bool(0.3) {
+            let _ = leader.proclaim(format!("{} again", self.who)).await;
+        }
+        let held = Held::Leader(leader);
+        self.hold(&name, &held).await;
+        self.end(held).await;
+    }
+
+    /// One increment of the counter register, with a random strategy; started and
+    /// acknowledged increments are counted for the world's final check.
+    async fn register(&mut self) {
+        if self.register.is_none() || self.rng.random_bool(0.1) {
+            let Ok(r) = Register::new(&self.session, "ctr") else { return };
+            self.register = Some(r.with_strategy(strategy(&mut self.rng)));
+        }
+        let register = self.register.clone().expect("set above");
+        let increment = |v: Option<&[u8]>| {
+            let n: u64 = v.and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()).unwrap_or(0);
+            Some((n + 1).to_string().into_bytes())
+        };
+        self.stats.started.fetch_add(1, Ordering::Relaxed);
+        let outcome = if self.rng.random_bool(0.15) {
+            let patience = ms(&mut self.rng, 200);
+            tokio::time::timeout(patience, register.update(increment)).await.ok()
+        } else {
+            Some(register.update(increment).await)
+        };
+        if let Some(Ok(updated)) = outcome {
+            if updated.written {
+                self.stats.acked.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
