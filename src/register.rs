@@ -355,6 +355,9 @@ impl Register {
     {
         let client = self.session.client();
         let backend = client.backend();
+        // Counted as waiting until it holds the lock: a task woken to claim a parked place has
+        // left the session's slot queue, and must still stop the holder from keeping a place.
+        let waiting = self.parking.wait();
         let (mut guard, admitted) = loop {
             // A place this handle parked holds the session's local slot for the lock: a task
             // waiting for that slot claims the place instead when one is parked meanwhile.
@@ -378,6 +381,7 @@ impl Register {
                 () = parked => {}
             }
         };
+        drop(waiting);
         let token = guard.fencing_token();
         let mut known = match admitted {
             Some(Admitted { read: Some(read), .. }) => Some(read.map(|kv| (kv.value, kv.mod_revision))),
@@ -403,8 +407,9 @@ impl Register {
             let announced = client.value_hints().announce(&self.key, new.clone());
             let put = Write::Put { key: self.key.clone(), value: new, lease: None };
             // A kept place holds the session's local slot for the lock: not while another
-            // task of this session waits for it.
-            let keep_place = follows_closely && guard.was_contended() && self.local_waiters() == 0;
+            // task of this session waits for it, at the slot or for this handle's place.
+            let keep_place =
+                follows_closely && guard.was_contended() && self.local_waiters() == 0 && self.parking.waiting() == 0;
             let written = if keep_place {
                 // ... and queue again for this handle's next update.
                 let requeued = self.mutex.write_and_requeue(&mut guard, &[unchanged], vec![put]).await?;

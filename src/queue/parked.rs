@@ -25,7 +25,7 @@ use crate::guard::Holding;
 use crate::local::waiter_queue::WaiterQueue;
 use crate::Session;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::futures::Notified;
@@ -44,6 +44,19 @@ pub(crate) struct Parking {
     /// Woken when a place is parked: a task of the handle waiting for the session's local
     /// slot (which the place holds) claims the place instead.
     parked: Notify,
+    /// Tasks of the handle waiting for the lock (at the session's slot or for a place): while
+    /// one waits, no place is kept, so the holder cannot claim the next one before it.
+    waiting: Arc<AtomicUsize>,
+}
+
+/// One task of the handle counted as waiting for the lock; see [`Parking::wait`].
+#[derive(Debug)]
+pub(crate) struct Waiting(Arc<AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Parking {
@@ -57,7 +70,19 @@ impl Parking {
             window,
             next_id: AtomicU64::new(0),
             parked: Notify::new(),
+            waiting: Arc::default(),
         }
+    }
+
+    /// Counts the caller as waiting for the lock until the token is dropped.
+    pub(crate) fn wait(&self) -> Waiting {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        Waiting(self.waiting.clone())
+    }
+
+    /// How many tasks of the handle wait for the lock.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
     }
 
     /// An update starts: whether it follows the previous one closely enough that the next
