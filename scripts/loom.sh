@@ -2,12 +2,12 @@
 # Runs the loom models of src/local (crate loom-tests; see docs/guarantees.md, section
 # "Model-checked local state"):
 #   1. every model against the library's code, under --cfg leasehold_loom;
-#   2. once per mutation cfg (--cfg leasehold_loom_mutation_{release,fence,deadline,queue,cleanups,hints,seen}),
+#   2. once per mutation cfg (--cfg leasehold_loom_mutation_{release,fence,deadline,queue,cleanups,hints,seen,doom,claim}),
 #      where the matching model is #[should_panic] and must catch the planted bug, and
 #      the other models must still pass.
 # Prints one summary line per run and exits non-zero if any run fails. Builds in
 # target/loom (override with LEASEHOLD_LOOM_TARGET_DIR) so the cfgs do not invalidate
-# the normal build cache. Each of the seven cfgs builds loom and its dependencies once:
+# the normal build cache. Each of the nine cfgs builds loom and its dependencies once:
 # from an empty target/loom the script took about 3 minutes on 2 busy cores, a warm run
 # about 25 s.
 #
@@ -42,7 +42,7 @@ run() {
     # The should_panic test passed only if it panicked with its own assertion's message;
     # check that it ran and that loom reported the violation.
     line=$(grep -E "^loom $caught: VIOLATION found in execution [0-9]+" "$log" | sed -n 1p)
-    if ! grep -q "^test models::$caught - should panic \.\.\. ok" "$log" || [ -z "$line" ]; then
+    if ! grep -qE "^test [a-z_]+::$caught - should panic \.\.\. ok" "$log" || [ -z "$line" ]; then
       rc=1
     fi
   fi
@@ -77,6 +77,8 @@ run mutation-queue cancelled_local_waiter_passes_the_slot_on "--cfg leasehold_lo
 run mutation-cleanups settle_waits_for_every_cleanup "--cfg leasehold_loom --cfg leasehold_loom_mutation_cleanups"
 run mutation-hints value_hint_reaches_the_next_holder "--cfg leasehold_loom --cfg leasehold_loom_mutation_hints"
 run mutation-seen watched_value_never_replaces_own_write "--cfg leasehold_loom --cfg leasehold_loom_mutation_seen"
+run mutation-doom a_key_stays_doomed_while_a_cleanup_of_it_runs "--cfg leasehold_loom --cfg leasehold_loom_mutation_doom"
+run mutation-claim a_claimed_key_is_never_doomed_by_the_audit "--cfg leasehold_loom --cfg leasehold_loom_mutation_claim"
 
 total_s=$(( $(date +%s) - start_all ))
 if [ "$failed" = 0 ]; then

@@ -16,4 +16,6 @@
 mod local;
 
 #[cfg(all(test, leasehold_loom))]
+mod keys;
+#[cfg(all(test, leasehold_loom))]
 mod models;

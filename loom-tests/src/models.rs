@@ -11,7 +11,7 @@
 //! is more than every bug we know of in this kind of code needs: the fence and deadline
 //! mutations below are found with a bound of 1 and the release one with 0 (its second
 //! caller's plain load may read the older `HELD`), and studies of real concurrency bugs
-//! find nearly all of them within two or three preemptions. At 3, all twelve models together
+//! find nearly all of them within two or three preemptions. At 3, all fourteen models together
 //! take about 8 s in release mode on two cores. Without a bound,
 //! `lost_session_never_revives` alone needs over a million executions and
 //! `lost_signal_reaches_every_waiter_once` did not finish in 6 minutes.
@@ -33,6 +33,8 @@
 //! | `leasehold_loom_mutation_queue` | a dropped `WaiterQueue::acquire` future that had been granted the slot leaves the queue without passing the slot on | [`cancelled_local_waiter_passes_the_slot_on`] |
 //! | `leasehold_loom_mutation_seen` | `ValueHints::seen` (a value a register queue's feed saw) replaces a write of this client still in flight, whose outcome then finds another entry and is dropped | [`watched_value_never_replaces_own_write`] |
 //! | `leasehold_loom_mutation_hints` | `Announced::finish` wakes the waiters before it records the write, so a waiter can look again, still find the write in flight and give up | [`value_hint_reaches_the_next_holder`] |
+//! | `leasehold_loom_mutation_doom` | a cleanup of a key that ends forgets every entry of the key, while another cleanup still deletes it | [`keys::a_key_stays_doomed_while_a_cleanup_of_it_runs`](crate::keys) |
+//! | `leasehold_loom_mutation_claim` | `Cleanups::claim` does not look whether the key is doomed | [`keys::a_claimed_key_is_never_doomed_by_the_audit`](crate::keys) |
 
 use crate::local::cleanups::Cleanups;
 use crate::local::fence::HighWater;
@@ -50,11 +52,11 @@ use std::task::{Context, Wake, Waker};
 use std::time::{Duration, Instant};
 
 /// Preemption bound used when `LOOM_MAX_PREEMPTIONS` is not set; see the module docs.
-const DEFAULT_PREEMPTIONS: usize = 3;
+pub(crate) const DEFAULT_PREEMPTIONS: usize = 3;
 
 /// Runs `f` under loom and prints how many executions were explored (or after how many
 /// a violation was found), with the preemption bound in force.
-fn check<F>(name: &str, f: F)
+pub(crate) fn check<F>(name: &str, f: F)
 where
     F: Fn() + Sync + Send + 'static,
 {
@@ -324,7 +326,7 @@ fn lost_signal_reaches_every_waiter_once() {
 /// A waker that counts its wake-ups. A plain `std` Arc, outside loom's view: the model
 /// checks through its strong count whether the signal still holds a clone of it.
 #[derive(Default)]
-struct CountingWaker(std::sync::atomic::AtomicUsize);
+pub(crate) struct CountingWaker(std::sync::atomic::AtomicUsize);
 
 impl Wake for CountingWaker {
     fn wake(self: std::sync::Arc<Self>) {
@@ -333,13 +335,13 @@ impl Wake for CountingWaker {
 }
 
 impl CountingWaker {
-    fn wakes(&self) -> usize {
+    pub(crate) fn wakes(&self) -> usize {
         self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
 /// Polls `wait` once with `waker`; true if it completed.
-fn poll_with(wait: std::pin::Pin<&mut impl Future<Output = ()>>, waker: &std::sync::Arc<CountingWaker>) -> bool {
+pub(crate) fn poll_with(wait: std::pin::Pin<&mut impl Future<Output = ()>>, waker: &std::sync::Arc<CountingWaker>) -> bool {
     wait.poll(&mut Context::from_waker(&Waker::from(waker.clone()))).is_ready()
 }
 
