@@ -1,0 +1,608 @@
+//! The parent side: the faults it injects ([`Fault`], with [`Signals`] and the `/proc`
+//! helpers), the worker processes it runs ([`Workers`]), and a run ([`run_plan`]) from its
+//! [`Plan`] to its [`Outcome`], rendered and published.
+
+use crate::checker;
+use crate::support::etcd::EtcdCluster;
+use crate::worker::{Plant, Stats};
+use crate::{
+    CALM, CONTROL_RUN, ENV_ENDPOINTS, ENV_FENCED, ENV_PLANT, ENV_RUN_MS, ENV_SEED, ENV_WORKER, FIND_HOLDER, HIST,
+    MEMBER_DOWN, MEMBER_PAUSE, MUTEXES, PERMITS, QUIET_TAIL, SEMAPHORE, SIGNAL_SEEN, STOP_FOR, TTL,
+};
+use leasehold::{Client, EtcdConfig};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+/// A fault the parent injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Fault {
+    /// SIGKILL of the raft leader, restart after [`MEMBER_DOWN`].
+    KillLeader,
+    /// SIGKILL of a follower, restart after [`MEMBER_DOWN`].
+    KillFollower,
+    /// SIGSTOP of the leader member for [`MEMBER_PAUSE`], then SIGCONT.
+    PauseLeader,
+    /// SIGSTOP of a worker process that holds something, for [`STOP_FOR`], then SIGCONT.
+    StopWorkerHolding,
+    /// The same, when no worker was seen holding within [`FIND_HOLDER`].
+    StopWorkerIdle,
+}
+
+/// The signals the parent sends, counted per kind. Each is sent with `libc::kill`, which
+/// must return 0, and must then show in `/proc/<pid>/stat` within [`SIGNAL_SEEN`]: state
+/// `T` (stopped) after SIGSTOP, any other state after SIGCONT, a zombie (or no process)
+/// after SIGKILL. A fault whose signal did not take effect fails the run rather than
+/// being counted.
+#[derive(Debug, Default)]
+pub(crate) struct Signals {
+    sent: BTreeMap<&'static str, usize>,
+}
+
+impl Signals {
+    fn send(&mut self, pid: u32, sig: libc::c_int) {
+        let name = match sig {
+            libc::SIGSTOP => "SIGSTOP",
+            libc::SIGCONT => "SIGCONT",
+            libc::SIGKILL => "SIGKILL",
+            other => panic!("the suite sends no signal {other}"),
+        };
+        // SAFETY: kill(2) has no memory effects; `pid` is a child of this process (a worker
+        // or an etcd member), not yet reaped.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {name}) failed: {}", std::io::Error::last_os_error());
+        let started = Instant::now();
+        loop {
+            let state = proc_state(pid);
+            if signal_took(sig, state) {
+                break;
+            }
+            assert!(started.elapsed() < SIGNAL_SEEN, "{name} to {pid}: state still {state:?} after {SIGNAL_SEEN:?}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        *self.sent.entry(name).or_default() += 1;
+    }
+}
+
+/// Whether a process in `state` (see [`proc_state`]) shows the effect of `sig`.
+fn signal_took(sig: libc::c_int, state: Option<char>) -> bool {
+    match sig {
+        libc::SIGSTOP => state == Some('T'),
+        libc::SIGCONT => state.is_some_and(|s| s != 'T'),
+        _ => matches!(state, None | Some('Z' | 'X')),
+    }
+}
+
+/// The state letter of `/proc/<pid>/stat` (`R`, `S`, `T`, `Z`, …), or `None` if there is no
+/// such process.
+fn proc_state(pid: u32) -> Option<char> {
+    proc_stat_fields(pid).and_then(|f| f.first().and_then(|s| s.chars().next()))
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name: state, ppid, …
+fn proc_stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat.rsplit_once(')')?.1.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The pid of member `i` of `etcd`: the child of this process that listens for clients on
+/// that member's URL (the harness keeps its `Child` handles to itself).
+fn member_pid(etcd: &EtcdCluster, i: usize) -> u32 {
+    let url = format!("{}://{}", etcd.scheme(), etcd.endpoints()[i]);
+    let me = std::process::id().to_string();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let listens = args.windows(2).any(|a| a[0] == b"--listen-client-urls" && a[1] == url.as_bytes());
+        if listens && proc_stat_fields(pid).is_some_and(|f| f.get(1) == Some(&me)) {
+            return pid;
+        }
+    }
+    panic!("no etcd process of this test listens on {url}");
+}
+
+/// What the workers' output says, as the parent's reader threads collect it.
+#[derive(Debug, Default)]
+struct Heard {
+    /// Per worker, per resource: whether it holds it now (`HOLD` lines).
+    holding: HashMap<usize, HashMap<String, bool>>,
+    /// Per worker, its `FAULTS-SUMMARY` line.
+    summaries: HashMap<usize, String>,
+    /// Every write: worker, what it saw, key (`WRITE` lines).
+    writes: Vec<(usize, checker::Said, String)>,
+    /// The leftover check's findings (`LEFTOVER` lines).
+    leftovers: Vec<String>,
+    /// A control's plant (`PLANT` and `PLANT-FAILED` lines).
+    plants: Vec<String>,
+}
+
+/// The worker processes, with what their output says; stopped ones are resumed and every
+/// one is killed on drop (a failing test leaves nothing running).
+struct Workers {
+    children: Vec<Child>,
+    heard: Arc<StdMutex<Heard>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    fn spawn(n: usize, endpoints: &[String], plan: &Plan, seed: u64) -> Self {
+        let exe = std::env::current_exe().unwrap();
+        let heard = Arc::new(StdMutex::new(Heard::default()));
+        let mut children = Vec::new();
+        let mut readers = Vec::new();
+        for w in 0..n {
+            let mut child = Command::new(&exe)
+                .args(["--ignored", "--exact", "fault_worker", "--nocapture", "--test-threads=1"])
+                .env(ENV_WORKER, w.to_string())
+                .env(ENV_ENDPOINTS, endpoints.join(","))
+                .env(ENV_RUN_MS, plan.run.as_millis().to_string())
+                .env(ENV_FENCED, if plan.fenced { "1" } else { "0" })
+                .env(ENV_SEED, seed.to_string())
+                .env(ENV_PLANT, plan.plant.map_or("", Plant::name))
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let out = BufReader::new(child.stdout.take().unwrap());
+            let heard = heard.clone();
+            readers.push(std::thread::spawn(move || {
+                for line in out.lines().map_while(Result::ok) {
+                    let Some((first, rest)) = line.split_once(' ') else { continue };
+                    let mut heard = heard.lock().unwrap();
+                    match first {
+                        "HOLD" => {
+                            let mut parts = rest.split_whitespace();
+                            let (_, name, on) = (parts.next(), parts.next().unwrap_or(""), parts.next() == Some("1"));
+                            heard.holding.entry(w).or_default().insert(name.to_owned(), on);
+                        }
+                        "WRITE" => {
+                            let (said, key) = rest.split_once(' ').expect("WRITE <said> <key>");
+                            let said = checker::Said::parse(said).expect("WRITE acked|refused|unknown");
+                            heard.writes.push((w, said, key.to_owned()));
+                        }
+                        "LEFTOVER" => heard.leftovers.push(rest.to_owned()),
+                        "PLANT" | "PLANT-FAILED" => heard.plants.push(line.clone()),
+                        "FAULTS-SUMMARY" => {
+                            heard.summaries.insert(w, line.clone());
+                        }
+                        _ => {}
+                    }
+                }
+            }));
+            children.push(child);
+        }
+        Self { children, heard, readers }
+    }
+
+    fn pid(&self, w: usize) -> u32 {
+        self.children[w].id()
+    }
+
+    /// A worker (picked at random) that holds something `wanted` accepts, if one is seen
+    /// within `within` (looked at least once).
+    fn holder(&self, wanted: impl Fn(&str) -> bool, within: Duration, rng: &mut StdRng) -> Option<usize> {
+        let started = Instant::now();
+        loop {
+            let heard = self.heard.lock().unwrap();
+            let mut found: Vec<usize> = heard
+                .holding
+                .iter()
+                .filter(|(_, h)| h.iter().any(|(n, on)| *on && wanted(n)))
+                .map(|(w, _)| *w)
+                .collect();
+            drop(heard);
+            if !found.is_empty() {
+                found.sort_unstable();
+                return Some(found[rng.random_range(0..found.len())]);
+            }
+            if started.elapsed() >= within {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for every worker (bounded) and returns each one's exit status.
+    fn wait(&mut self, limit: Duration) -> Vec<std::process::ExitStatus> {
+        let started = Instant::now();
+        let mut statuses = vec![None; self.children.len()];
+        while statuses.iter().any(Option::is_none) {
+            for (i, c) in self.children.iter_mut().enumerate() {
+                if statuses[i].is_none() {
+                    statuses[i] = c.try_wait().unwrap();
+                }
+            }
+            assert!(started.elapsed() < limit, "workers still running after {limit:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for r in self.readers.drain(..) {
+            r.join().unwrap();
+        }
+        statuses.into_iter().map(Option::unwrap).collect()
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            if c.try_wait().ok().flatten().is_none() {
+                // SAFETY: kill(2) on our own unreaped child; the result does not matter here.
+                unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGCONT) };
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// How a run is set up.
+pub(crate) struct Plan {
+    pub(crate) members: usize,
+    pub(crate) workers: usize,
+    pub(crate) run: Duration,
+    pub(crate) fenced: bool,
+    /// The faults, cycled until the run's quiet tail (none: no fault).
+    pub(crate) faults: &'static [Fault],
+    /// The violation worker 0 makes after its run (a control's).
+    pub(crate) plant: Option<Plant>,
+}
+
+/// What a run produced.
+pub(crate) struct Outcome {
+    pub(crate) reports: Vec<(&'static str, checker::Report)>,
+    /// The key-by-key check of the writes.
+    pub(crate) writes: checker::WriteReport,
+    /// The leftover check's findings: keys under live leases owned by no guard.
+    pub(crate) leftovers: Vec<String>,
+    /// Keys under the lock prefixes one TTL after the workers exited.
+    pub(crate) after_exit: Vec<String>,
+    /// A worker's write reports disagreeing with its summary (reports lost on the way).
+    pub(crate) other_violations: Vec<String>,
+    /// The `PLANT` lines of a control.
+    pub(crate) plants: Vec<String>,
+    pub(crate) injected: BTreeMap<Fault, usize>,
+    pub(crate) signals: BTreeMap<&'static str, usize>,
+    pub(crate) totals: Stats,
+    pub(crate) leftover_cleared_after: Duration,
+    pub(crate) runtime: Duration,
+    pub(crate) text: String,
+}
+
+impl Outcome {
+    pub(crate) fn violations(&self) -> usize {
+        self.reports.iter().map(|(_, r)| r.violations()).sum::<usize>()
+            + self.writes.violations()
+            + self.leftovers.len()
+            + self.after_exit.len()
+            + self.other_violations.len()
+    }
+}
+
+/// The fault kinds of `claimed` that were not injected at least once.
+pub(crate) fn not_injected(claimed: &[Fault], injected: &BTreeMap<Fault, usize>) -> Vec<Fault> {
+    let mut missing = Vec::new();
+    for f in claimed {
+        if injected.get(f).is_none_or(|&n| n == 0) && !missing.contains(f) {
+            missing.push(*f);
+        }
+    }
+    missing
+}
+
+/// Whether worker `w`'s `WRITE` reports disagree with its summary's counts (a report lost
+/// on the way would hide a lost write from the key-by-key check).
+fn reports_disagree(w: usize, writes: &[(usize, checker::Said, String)], st: &Stats) -> Option<String> {
+    let count = |said| writes.iter().filter(|(x, s, _)| *x == w && *s == said).count() as u64;
+    let reported = [count(checker::Said::Acked), count(checker::Said::Refused), count(checker::Said::Unknown)];
+    let summary = [st.accepted, st.refused, st.unknown];
+    (reported != summary).then(|| {
+        format!("worker {w}: {reported:?} writes reported (acked, refused, unknown), its summary says {summary:?}")
+    })
+}
+
+fn elapsed(start: Instant) -> String {
+    format!("{:6.1}s", start.elapsed().as_secs_f64())
+}
+
+pub(crate) fn run_plan(plan: Plan) -> Outcome {
+    let started = Instant::now();
+    let seed: u64 = std::env::var(ENV_SEED).ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut etcd = EtcdCluster::start(plan.members, &[]);
+    let endpoints = etcd.endpoints();
+    eprintln!("[{}] {} members up; {} workers, seed {seed}", elapsed(started), plan.members, plan.workers);
+    let mut workers = Workers::spawn(plan.workers, &endpoints, &plan, seed);
+    let run_started = Instant::now();
+    let mut injected: BTreeMap<Fault, usize> = BTreeMap::new();
+    let mut signals = Signals::default();
+    let mut step = 0;
+    // The longest a fault step takes (a member restart may take longer; then the tail is shorter).
+    let step_max = CALM + FIND_HOLDER + STOP_FOR;
+    while !plan.faults.is_empty() && run_started.elapsed() + step_max + QUIET_TAIL < plan.run {
+        std::thread::sleep(CALM);
+        let fault = plan.faults[step % plan.faults.len()];
+        let done = match fault {
+            Fault::KillLeader | Fault::KillFollower | Fault::PauseLeader => {
+                let Some(leader) = etcd.leader() else {
+                    // The same fault again after the next calm, so that none is skipped.
+                    eprintln!("[{}] no leader visible; {fault:?} postponed", elapsed(started));
+                    continue;
+                };
+                let victim = if fault == Fault::KillFollower {
+                    let others: Vec<usize> = (0..plan.members).filter(|&i| i != leader).collect();
+                    others[rng.random_range(0..others.len())]
+                } else {
+                    leader
+                };
+                let pid = member_pid(&etcd, victim);
+                if fault == Fault::PauseLeader {
+                    signals.send(pid, libc::SIGSTOP);
+                    std::thread::sleep(MEMBER_PAUSE);
+                    signals.send(pid, libc::SIGCONT);
+                } else {
+                    signals.send(pid, libc::SIGKILL);
+                    etcd.kill(victim); // reaps it, so that `restart` may start it again
+                    std::thread::sleep(MEMBER_DOWN);
+                    etcd.restart(victim);
+                }
+                etcd.wait_healthy(Duration::from_secs(30));
+                eprintln!("[{}] {fault:?}: member {victim} (leader was {leader})", elapsed(started));
+                fault
+            }
+            Fault::StopWorkerHolding | Fault::StopWorkerIdle => {
+                // Prefer a mutex holder: its lock will be taken by another worker meanwhile.
+                let w = workers
+                    .holder(|n| n.starts_with("fault-mx"), FIND_HOLDER, &mut rng)
+                    .or_else(|| workers.holder(|_| true, Duration::ZERO, &mut rng));
+                let (w, kind) = match w {
+                    Some(w) => (w, Fault::StopWorkerHolding),
+                    None => (rng.random_range(0..plan.workers), Fault::StopWorkerIdle),
+                };
+                signals.send(workers.pid(w), libc::SIGSTOP);
+                std::thread::sleep(STOP_FOR);
+                signals.send(workers.pid(w), libc::SIGCONT);
+                eprintln!("[{}] {kind:?}: worker {w} for {STOP_FOR:?}", elapsed(started));
+                kind
+            }
+        };
+        step += 1;
+        *injected.entry(done).or_default() += 1;
+    }
+    let statuses = workers.wait(plan.run + Duration::from_secs(90));
+    eprintln!("[{}] workers exited", elapsed(started));
+
+    let heard = std::mem::take(&mut *workers.heard.lock().unwrap());
+    let mut other_violations = Vec::new();
+    let mut totals = Stats::default();
+    for (w, status) in statuses.iter().enumerate() {
+        assert!(status.success(), "worker {w} failed: {status}");
+        let line = heard.summaries.get(&w).unwrap_or_else(|| panic!("worker {w} printed no summary"));
+        let (id, st) = Stats::parse(line);
+        assert_eq!(id, w);
+        assert_eq!(st.finished, 3, "worker {w}: a client did not finish: {line}");
+        // The key-by-key check is only as good as the write reports: none may be missing.
+        other_violations.extend(reports_disagree(w, &heard.writes, &st));
+        totals.add(&st);
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (reports, writes, after_exit, leftover_cleared_after) = rt.block_on(async {
+        let client = Client::etcd(EtcdConfig::new(endpoints.clone())).await.unwrap();
+        let backend = client.backend();
+        // A sanity check: nothing under a lock prefix one TTL (plus slack) after the workers
+        // exit. Every lease has been revoked or has expired by then, so this can only find a
+        // key written with no lease; keys left under live leases are the leftover check's.
+        let exited = Instant::now();
+        let prefixes: Vec<String> = MUTEXES.iter().chain([&SEMAPHORE]).map(|n| client.prefix_of(n).unwrap()).collect();
+        let mut left = Vec::new();
+        while exited.elapsed() < TTL + Duration::from_secs(3) {
+            left.clear();
+            for p in &prefixes {
+                left.extend(backend.range_prefix(p, 0).await.unwrap().0.into_iter().map(|kv| kv.key));
+            }
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let cleared = exited.elapsed();
+        let after_exit: Vec<String> =
+            left.into_iter().map(|k| format!("{k}: still there after the workers exited")).collect();
+        // The history.
+        let mut reports = Vec::new();
+        for (name, limit, exclusive) in
+            [(MUTEXES[0], 1, true), (MUTEXES[1], 1, true), (SEMAPHORE, PERMITS as usize, false)]
+        {
+            let (kvs, _) = backend.range_prefix(&format!("{HIST}{name}/"), 0).await.unwrap();
+            reports.push((name, checker::check(&checker::parse(name, &kvs), limit, exclusive)));
+        }
+        // Every acknowledged write is stored, nothing refused is, nothing unreported is.
+        let (stored, _) = backend.range_prefix(HIST, 0).await.unwrap();
+        let stored: Vec<String> = stored.into_iter().map(|kv| kv.key).collect();
+        let said: Vec<(checker::Said, String)> = heard.writes.iter().map(|(_, s, k)| (*s, k.clone())).collect();
+        (reports, checker::writes(&said, &stored), after_exit, cleared)
+    });
+    drop(etcd);
+    let mut outcome = Outcome {
+        reports,
+        writes,
+        leftovers: heard.leftovers,
+        after_exit,
+        other_violations,
+        plants: heard.plants,
+        injected,
+        signals: signals.sent,
+        totals,
+        leftover_cleared_after,
+        runtime: started.elapsed(),
+        text: String::new(),
+    };
+    outcome.text = render(&outcome, &plan, seed);
+    outcome
+}
+
+fn render(o: &Outcome, plan: &Plan, seed: u64) -> String {
+    let mut t = String::new();
+    let fenced = if plan.fenced { "fenced" } else { "UNFENCED (control)" };
+    let plant = plan.plant.map_or(String::new(), |p| format!(", planted {} (control)", p.name()));
+    writeln!(
+        t,
+        "fault suite: {} members, {} workers x 3 clients, {fenced}{plant}, seed {seed}",
+        plan.members, plan.workers
+    )
+    .unwrap();
+    writeln!(t, "  runtime {:.1} s (workers ran {:.0} s)", o.runtime.as_secs_f64(), plan.run.as_secs_f64()).unwrap();
+    let st = &o.totals;
+    writeln!(
+        t,
+        "  operations: {} acquisitions ({} by relock/reacquire), {} writes accepted, {} refused (stale), \
+         {} unknown outcome, {} sessions",
+        st.acquired, st.relocked, st.accepted, st.refused, st.unknown, st.sessions
+    )
+    .unwrap();
+    writeln!(
+        t,
+        "  client-side: {} cancelled acquisitions, {} timeouts, {} sessions lost, {} releases/relocks found their \
+         lock gone with its lost session, {} transient errors, {} unexpected",
+        st.cancelled, st.timeouts, st.session_lost, st.lost_before_release, st.transient, st.unexpected
+    )
+    .unwrap();
+    writeln!(
+        t,
+        "  liveness: longest wait to be admitted {:.1} s queued (fair), {:.1} s optimistic (not fair); \
+         {} waits still open when the run ended",
+        st.max_wait_queued_ms as f64 / 1000.0,
+        st.max_wait_cas_ms as f64 / 1000.0,
+        st.cut_at_end
+    )
+    .unwrap();
+    let faults: Vec<String> = o.injected.iter().map(|(f, n)| format!("{f:?}={n}")).collect();
+    let none = |v: Vec<String>| if v.is_empty() { "none".to_owned() } else { v.join(" ") };
+    writeln!(t, "  faults injected: {}", none(faults)).unwrap();
+    let signals: Vec<String> = o.signals.iter().map(|(s, n)| format!("{s}={n}")).collect();
+    writeln!(t, "  signals sent (libc::kill, effect seen in /proc): {}", none(signals)).unwrap();
+    for p in &o.plants {
+        writeln!(t, "  planted: {p}").unwrap();
+    }
+    for (name, r) in &o.reports {
+        writeln!(
+            t,
+            "  {name}: {} writes by {} holders, max {} at once, {} stale accepted, {} over the limit",
+            r.writes,
+            r.holders,
+            r.max_at_once,
+            r.stale.len(),
+            r.over_limit.len()
+        )
+        .unwrap();
+        for v in r.stale.iter().chain(&r.over_limit).take(5) {
+            writeln!(t, "    violation: {v}").unwrap();
+        }
+    }
+    let w = &o.writes;
+    writeln!(
+        t,
+        "  writes, key by key: {} acknowledged, {} of them not stored; {} refused, {} of them stored; \
+         {} of unknown outcome, {} of them stored; {} stored entries unreported",
+        w.acked,
+        w.lost.len(),
+        w.refused,
+        w.refused_stored.len(),
+        w.unknown,
+        w.unknown_stored,
+        w.unaccounted.len()
+    )
+    .unwrap();
+    for v in w.lost.iter().chain(&w.refused_stored).chain(&w.unaccounted).take(5) {
+        writeln!(t, "    violation: {v}").unwrap();
+    }
+    writeln!(
+        t,
+        "  leftover check (after the run, settled, before close): {} live leases listed, {} keys under them \
+         owned by no guard ({} more deleted meanwhile by the session's audit)",
+        st.leases_listed,
+        o.leftovers.len(),
+        st.audited
+    )
+    .unwrap();
+    for v in o.leftovers.iter().take(5) {
+        writeln!(t, "    violation: {v}").unwrap();
+    }
+    writeln!(t, "  lock prefixes empty {:.1} s after the workers exited", o.leftover_cleared_after.as_secs_f64())
+        .unwrap();
+    for v in o.after_exit.iter().chain(&o.other_violations) {
+        writeln!(t, "  violation: {v}").unwrap();
+    }
+    writeln!(t, "  VIOLATIONS: {}", o.violations()).unwrap();
+    t
+}
+
+pub(crate) fn publish(name: &str, text: &str) {
+    println!("{text}");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.txt"));
+    std::fs::write(&path, text).unwrap();
+}
+
+/// A planted control: 1 member, 2 workers, no fault, [`CONTROL_RUN`]; worker 0 makes
+/// `plant` after its run. Returns the outcome and what the plant line says (asserted made).
+pub(crate) fn planted(plant: Plant) -> (Outcome, String) {
+    let plan = Plan { members: 1, workers: 2, run: CONTROL_RUN, fenced: true, faults: &[], plant: Some(plant) };
+    let o = run_plan(plan);
+    let prefix = format!("PLANT {} ", plant.name());
+    let made = o.plants.iter().find_map(|p| p.strip_prefix(&prefix)).map(str::to_owned);
+    let made = made.unwrap_or_else(|| panic!("the plant was not made:\n{}", o.text));
+    (o, made)
+}
+
+// ---- unit tests ----------------------------------------------------------------------
+
+/// Signals seen in `/proc`, and the run's own bookkeeping checks.
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_are_sent_and_seen_in_proc() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let mut signals = Signals::default();
+        signals.send(child.id(), libc::SIGSTOP);
+        assert_eq!(proc_state(child.id()), Some('T'));
+        signals.send(child.id(), libc::SIGCONT);
+        signals.send(child.id(), libc::SIGKILL);
+        assert_eq!(proc_state(child.id()), Some('Z'), "killed, not yet reaped");
+        child.wait().unwrap();
+        assert_eq!(signals.sent.values().sum::<usize>(), 3);
+        // The state checks themselves.
+        assert!(!signal_took(libc::SIGSTOP, Some('S')) && !signal_took(libc::SIGSTOP, None));
+        assert!(!signal_took(libc::SIGCONT, Some('T')) && !signal_took(libc::SIGCONT, None));
+        assert!(!signal_took(libc::SIGKILL, Some('S')) && !signal_took(libc::SIGKILL, Some('T')));
+    }
+
+    #[test]
+    #[should_panic(expected = "kill(")]
+    fn a_signal_that_reaches_no_process_fails() {
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap(); // reaped: no such process any more
+        Signals::default().send(pid, libc::SIGSTOP);
+    }
+
+    #[test]
+    fn missing_fault_kinds_and_lost_write_reports_are_reported() {
+        let injected = BTreeMap::from([(Fault::KillLeader, 2), (Fault::PauseLeader, 0)]);
+        let claimed = [Fault::KillLeader, Fault::StopWorkerHolding, Fault::PauseLeader, Fault::StopWorkerHolding];
+        assert_eq!(not_injected(&claimed, &injected), vec![Fault::StopWorkerHolding, Fault::PauseLeader]);
+        assert!(not_injected(&[Fault::KillLeader], &injected).is_empty());
+        let writes = vec![(0, checker::Said::Acked, "a".to_owned()), (1, checker::Said::Acked, "b".to_owned())];
+        let st = Stats { accepted: 1, ..Stats::default() };
+        assert!(reports_disagree(0, &writes, &st).is_none());
+        let st = Stats { accepted: 2, ..Stats::default() };
+        assert!(reports_disagree(0, &writes, &st).is_some_and(|v| v.contains("[1, 0, 0]")));
+    }
+}
