@@ -107,8 +107,9 @@ fn child_is_killed_when_renewals_fail() {
     assert_eq!(out.status.code(), Some(122), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// A supervisor paused past its TTL cannot kill in time (documented); on resume it
-/// notices, kills the command, and exits "lock lost".
+/// A supervisor paused past its TTL: its watchdog kills the command within the TTL, while
+/// the supervisor is still stopped; on resume it exits "lock lost". (Before the watchdog
+/// it could only kill on resume.)
 #[test]
 fn paused_supervisor_kills_on_resume() {
     let etcd = EtcdCluster::single();
@@ -121,7 +122,9 @@ fn paused_supervisor_kills_on_resume() {
     let child = wait_started(&mut tool);
     let pid = tool.id().to_string();
     Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    let paused = Instant::now();
     std::thread::sleep(Duration::from_secs(3)); // the fault: paused past the TTL
+    assert!(!alive(child), "the command outlived its stopped supervisor's lease ({:?})", paused.elapsed());
     Command::new("kill").args(["-CONT", &pid]).status().unwrap();
     let out = tool.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(122), "{}", String::from_utf8_lossy(&out.stderr));
@@ -184,7 +187,7 @@ fn errors_are_one_line_with_documented_codes() {
     let bin = env!("CARGO_BIN_EXE_leasehold");
     let cases: &[(&[&str], i32)] = &[
         (&["--no-such-flag"], 2),
-        (&["lock", "x"], 2),
+        (&["rwlock", "x", "--", "true"], 2),
         (&["lock", "--ttl", "banana", "x", "--", "true"], 2),
         (&["--endpoints", "memory://", "lock", "bad/name", "--", "true"], 2),
         (&["--endpoints", "memory://", "lock", "--ttl", "2h", "x", "--", "true"], 2),
@@ -340,24 +343,36 @@ fn interop_with_etcdctl_elect() {
 #[test]
 fn observe_prints_every_change() {
     let etcd = EtcdCluster::single();
-    let mut observer =
-        leasehold(&etcd).args(["elect", "cli-observe", "--observe", "--json"]).stdout(Stdio::piped()).spawn().unwrap();
-    let mut reader = BufReader::new(observer.stdout.take().unwrap());
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), r#"{"leader":null}"#);
+    /// The observer process, killed however the test ends.
+    struct Observer(std::process::Child);
+    impl Drop for Observer {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut observer = Observer(
+        leasehold(&etcd).args(["elect", "cli-observe", "--observe", "--json"]).stdout(Stdio::piped()).spawn().unwrap(),
+    );
+    let mut reader = BufReader::new(observer.0.stdout.take().unwrap());
+    let mut next = || {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        serde_json::from_str::<serde_json::Value>(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
+    };
+    assert_eq!(next(), serde_json::json!({ "leader": null }));
     for value in ["one", "two"] {
         let out = leasehold(&etcd).args(["elect", "cli-observe", "--value", value, "--", "true"]).output().unwrap();
         assert!(out.status.success());
-        line.clear();
-        reader.read_line(&mut line).unwrap();
-        assert!(line.starts_with(&format!(r#"{{"leader":"{value}","token":"#)), "{line}");
-        line.clear();
-        reader.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), r#"{"leader":null}"#, "resign must show the gap");
+        let leader = next();
+        assert_eq!(leader["leader"], value, "{leader}");
+        assert!(
+            leader["token"].as_u64().is_some() && leader["key"].is_string() && leader["lease"].is_string(),
+            "{leader}"
+        );
+        assert_eq!(next(), serde_json::json!({ "leader": null }), "resign must show the gap");
     }
-    observer.kill().unwrap();
-    observer.wait().unwrap();
+    drop(observer); // killed
 }
 
 /// `--lock-delay`: after a holder is SIGKILLed (no clean release), the next `lock` / `elect`
@@ -431,12 +446,11 @@ fn status_shows_holder_and_waiters() {
     let waiting_token: u64 = lines[2]["waiting token=".len()..].split(' ').next().unwrap().parse().unwrap();
     assert!(waiting_token > token as u64, "{text}");
 
-    let json = status(&["cli-status", "--json"]);
-    assert!(
-        json.trim().starts_with(&format!(r#"{{"name":"cli-status","holding":[{{"token":{token},"lease":""#)),
-        "{json}"
-    );
-    assert!(json.contains(&format!(r#""waiting":[{{"token":{waiting_token},"#)), "{json}");
+    let json: serde_json::Value = serde_json::from_str(&status(&["cli-status", "--json"])).unwrap();
+    assert_eq!(json["name"], "cli-status", "{json}");
+    assert_eq!(json["holding"][0]["token"].as_u64(), Some(token as u64), "{json}");
+    assert!(json["holding"][0]["lease"].is_string() && json["holding"][0]["key"].is_string(), "{json}");
+    assert_eq!(json["waiting"][0]["token"].as_u64(), Some(waiting_token), "{json}");
     // Read as a semaphore of 2 permits, both entries hold.
     assert!(status(&["cli-status", "--permits", "2"]).starts_with("cli-status: 2 holding, 0 waiting"));
 
@@ -444,4 +458,131 @@ fn status_shows_holder_and_waiters() {
     assert!(holder.wait().unwrap().success());
     assert!(waiter.wait().unwrap().success());
     assert_eq!(status(&["cli-status"]).trim(), "cli-status: free");
+}
+
+/// `lock NAME` without a command holds until SIGINT, printing the key and the token (as
+/// `etcdctl lock NAME` does), and releases on SIGINT (exit 0).
+#[test]
+fn lock_without_a_command_holds_until_interrupted() {
+    let etcd = EtcdCluster::single();
+    let mut tool = leasehold(&etcd).args(["lock", "cli-hold"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = BufReader::new(tool.stdout.take().unwrap()).lines();
+    let key = out.next().unwrap().unwrap();
+    let token = out.next().unwrap().unwrap();
+    assert!(key.starts_with("cli-hold/"), "{key}");
+    assert!(token.strip_prefix("token ").is_some_and(|t| t.parse::<u64>().is_ok()), "{token}");
+    let busy = leasehold(&etcd).args(["lock", "--try", "cli-hold", "--", "true"]).output().unwrap();
+    assert_eq!(busy.status.code(), Some(123), "held while the tool runs");
+    Command::new("kill").args(["-INT", &tool.id().to_string()]).status().unwrap();
+    assert_eq!(tool.wait().unwrap().code(), Some(0));
+    let free = leasehold(&etcd).args(["lock", "--try", "cli-hold", "--", "true"]).output().unwrap();
+    assert_eq!(free.status.code(), Some(0), "released on SIGINT");
+}
+
+/// Interrupted while waiting: exit 130, and the queued key is gone at once (the session is
+/// closed), not a TTL later.
+#[test]
+fn interrupted_while_waiting_leaves_no_queued_key() {
+    let etcd = EtcdCluster::single();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("release");
+    let mut holder = leasehold(&etcd)
+        .args(["lock", "cli-int", "--", "sh", "-c", &hold_until(&marker, "$$")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_started(&mut holder);
+    let mut waiter = leasehold(&etcd).args(["lock", "--ttl", "30s", "cli-int", "--", "true"]).spawn().unwrap();
+    let queued = || {
+        let out = leasehold(&etcd).args(["status", "cli-int", "--json"]).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["waiting"].as_array().map_or(0, Vec::len)
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    while queued() == 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(queued(), 1, "the waiter queued");
+    Command::new("kill").args(["-INT", &waiter.id().to_string()]).status().unwrap();
+    assert_eq!(waiter.wait().unwrap().code(), Some(130));
+    assert_eq!(queued(), 0, "the queued key stayed after the interrupt (its TTL is 30 s)");
+    std::fs::write(&marker, "").unwrap();
+    assert!(holder.wait().unwrap().success());
+}
+
+/// `rwlock`: readers share, a writer waits for them (`--try`: busy).
+#[test]
+fn rwlock_readers_share_a_writer_waits() {
+    let etcd = EtcdCluster::single();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("release");
+    let mut readers: Vec<_> = (0..2)
+        .map(|i| {
+            let _ = i;
+            let script = hold_until(&marker, "$$");
+            let mut r = leasehold(&etcd)
+                .args(["rwlock", "--read", "cli-rw", "--", "sh", "-c", &script])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            wait_started(&mut r);
+            r
+        })
+        .collect();
+    let writer = leasehold(&etcd).args(["rwlock", "--write", "--try", "cli-rw", "--", "true"]).output().unwrap();
+    assert_eq!(writer.status.code(), Some(123), "a writer while two readers hold");
+    let usage = leasehold(&etcd).args(["rwlock", "cli-rw", "--", "true"]).output().unwrap();
+    assert_eq!(usage.status.code(), Some(2), "--read or --write is required");
+    std::fs::write(&marker, "").unwrap();
+    for r in &mut readers {
+        assert!(r.wait().unwrap().success());
+    }
+    let writer = leasehold(&etcd).args(["rwlock", "--write", "--try", "cli-rw", "--", "true"]).output().unwrap();
+    assert_eq!(writer.status.code(), Some(0));
+}
+
+/// `status` reads a semaphore's stored permit count; endpoints as etcdctl takes them
+/// (`host:port`); durations such as `1m30s`.
+#[test]
+fn status_reads_the_stored_count_and_flags_read_like_etcdctl() {
+    let etcd = EtcdCluster::single();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("release");
+    let mut permit = leasehold(&etcd)
+        .args(["semaphore", "--permits", "2", "cli-sem-count", "--", "sh", "-c", &hold_until(&marker, "$$")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_started(&mut permit);
+    let plain = etcd.endpoints().join(",");
+    let out = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+        .args(["--endpoints", &plain, "status", "cli-sem-count", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["permits"].as_u64(), v["holding"].as_array().map(Vec::len)), (Some(2), Some(1)), "{v}");
+    let text = leasehold(&etcd).args(["status", "cli-sem-count"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).starts_with("cli-sem-count: 1 holding, 0 waiting (2 permits)"));
+    std::fs::write(&marker, "").unwrap();
+    assert!(permit.wait().unwrap().success());
+    let out =
+        leasehold(&etcd).args(["lock", "--timeout", "1m30s", "--ttl", "1m", "cli-dur", "--", "true"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A release that cannot be done in time (the store stopped as the command ends) is
+/// reported, not silent.
+#[test]
+fn a_release_that_times_out_is_reported() {
+    let etcd = EtcdCluster::single();
+    let member = etcd.pid(0).unwrap();
+    let out = leasehold(&etcd)
+        .args(["lock", "--ttl", "30s", "cli-slow-release", "--", "sh", "-c", &format!("kill -STOP {member}")])
+        .output()
+        .unwrap();
+    etcd.signal(0, "CONT");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "the command's status: {err}");
+    assert!(err.contains("release did not finish") || err.contains("release failed"), "not reported: {err:?}");
 }

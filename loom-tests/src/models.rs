@@ -341,7 +341,10 @@ impl CountingWaker {
 }
 
 /// Polls `wait` once with `waker`; true if it completed.
-pub(crate) fn poll_with(wait: std::pin::Pin<&mut impl Future<Output = ()>>, waker: &std::sync::Arc<CountingWaker>) -> bool {
+pub(crate) fn poll_with(
+    wait: std::pin::Pin<&mut impl Future<Output = ()>>,
+    waker: &std::sync::Arc<CountingWaker>,
+) -> bool {
     wait.poll(&mut Context::from_waker(&Waker::from(waker.clone()))).is_ready()
 }
 

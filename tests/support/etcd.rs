@@ -340,6 +340,11 @@ impl EtcdCluster {
         self.spawn(i);
     }
 
+    /// The pid of member `i`, if it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(|c| c.id())
+    }
+
     /// Sends a signal (e.g. "STOP", "CONT") to member `i`.
     pub fn signal(&self, i: usize, sig: &str) {
         if let Some(child) = &self.members[i].child {

@@ -2,3 +2,4 @@
 #![allow(dead_code)]
 pub mod certs;
 pub mod etcd;
+pub mod proc;

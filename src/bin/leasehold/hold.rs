@@ -1,0 +1,154 @@
+//! Holding something: waiting for it (interruptibly), running the command under it or,
+//! without a command, holding until told to stop, and releasing it.
+
+use crate::supervise::{self, Held, Outcome};
+use crate::{Fail, EXIT_BUSY, EXIT_CANNOT_RUN, EXIT_FAILED, EXIT_LOST, EXIT_NOT_FOUND};
+use leasehold::{Leadership, MutexGuard, Permit, ReadGuard, Session, WriteGuard};
+use std::future::Future;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Whatever the command runs under.
+pub enum Guard {
+    Mutex(MutexGuard),
+    Permit(Permit),
+    Leader(Leadership),
+    Read(ReadGuard),
+    Write(WriteGuard),
+}
+
+impl Guard {
+    fn key(&self) -> &str {
+        match self {
+            Guard::Mutex(g) => g.key(),
+            Guard::Permit(g) => g.key(),
+            Guard::Leader(g) => g.key(),
+            Guard::Read(g) => g.key(),
+            Guard::Write(g) => g.key(),
+        }
+    }
+
+    fn token(&self) -> u64 {
+        match self {
+            Guard::Mutex(g) => g.fencing_token(),
+            Guard::Permit(g) => g.fencing_token(),
+            Guard::Leader(g) => g.fencing_token(),
+            Guard::Read(g) => g.fencing_token(),
+            Guard::Write(g) => g.fencing_token(),
+        }
+    }
+
+    async fn release(self) -> leasehold::Result<()> {
+        match self {
+            Guard::Mutex(g) => g.unlock().await,
+            Guard::Permit(g) => g.release().await,
+            Guard::Leader(g) => g.resign().await,
+            Guard::Read(g) => g.unlock().await,
+            Guard::Write(g) => g.unlock().await,
+        }
+    }
+}
+
+/// How to wait, from `--try` and `--timeout`.
+pub enum How {
+    Try,
+    Within(Duration),
+    Forever,
+}
+
+/// Waits for `fut` unless SIGINT or SIGTERM comes first: then the session is closed — its
+/// lease revoked, so a queued key goes at once, not a TTL later — and the exit is 130
+/// (SIGINT) or 143 (SIGTERM).
+pub async fn interruptible<T>(session: &Session, fut: impl Future<Output = leasehold::Result<T>>) -> Result<T, Fail> {
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Fail(EXIT_FAILED, format!("signals: {e}")))?;
+    let (interrupted, code) = tokio::select! {
+        r = fut => return Ok(r?),
+        _ = tokio::signal::ctrl_c() => ("interrupted", 130),
+        _ = sigterm.recv() => ("terminated", 143),
+    };
+    // The acquisition was dropped: its key is deleted in the background; closing the
+    // session waits for that and revokes the lease.
+    let closed = tokio::time::timeout(Duration::from_secs(5), session.clone().close()).await;
+    if !matches!(closed, Ok(Ok(()))) {
+        eprintln!("leasehold: warning: could not release the queued key; it goes with the lease (TTL)");
+    }
+    Err(Fail(code, format!("{interrupted} while waiting")))
+}
+
+/// A `--try` that found the name taken: exit 123.
+pub fn taken<T>(got: Option<T>, what: &str, name: &str) -> Result<T, Fail> {
+    got.ok_or_else(|| Fail(EXIT_BUSY, format!("{what} {name:?} is taken")))
+}
+
+/// Runs `cmd` under `guard`, then releases it (unless it was lost) and closes the session.
+/// With no command, holds until SIGINT or SIGTERM (as `etcdctl lock NAME` does).
+pub async fn run_guarded(
+    name: &str,
+    session: Session,
+    guard: Guard,
+    cmd: &[String],
+    grace: Duration,
+) -> Result<u8, Fail> {
+    let result = if cmd.is_empty() {
+        hold_until_signal(&session, &guard).await
+    } else {
+        let held = Held { name, key: guard.key(), token: guard.token(), session: &session };
+        run_held(cmd, held, grace).await
+    };
+    finish(session.clone(), guard.release(), &result, session.ttl()).await;
+    result
+}
+
+/// `leasehold lock NAME` without a command: prints the key and the fencing token, and holds
+/// until SIGINT or SIGTERM (exit 0), or until the lock is lost (exit 122).
+async fn hold_until_signal(session: &Session, guard: &Guard) -> Result<u8, Fail> {
+    println!("{}", guard.key());
+    println!("token {}", guard.token());
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Fail(EXIT_FAILED, format!("signals: {e}")))?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => Ok(0),
+        _ = sigterm.recv() => Ok(0),
+        _ = session.lost() => Err(Fail(EXIT_LOST, format!("{} lost", guard.key()))),
+    }
+}
+
+async fn run_held(cmd: &[String], held: Held<'_>, grace: Duration) -> Result<u8, Fail> {
+    let started = supervise::spawn(cmd, &held).map_err(|e| {
+        let code = if e.kind() == std::io::ErrorKind::NotFound { EXIT_NOT_FOUND } else { EXIT_CANNOT_RUN };
+        Fail(code, format!("cannot run {:?}: {e}", cmd[0]))
+    })?;
+    match supervise::supervise(started, &held, grace).await {
+        Ok(Outcome::Exited(code)) => Ok(code.clamp(0, 255) as u8),
+        Ok(Outcome::Lost) => Err(Fail(EXIT_LOST, format!("lock {:?} lost; the command was killed", held.name))),
+        Err(e) => Err(Fail(EXIT_FAILED, format!("supervising the command: {e}"))),
+    }
+}
+
+/// Releases what was held and closes the session, unless the lock was lost (then the
+/// lease is gone or going, and the store may be unreachable). Bounded; a release that does
+/// not finish in time, or fails, is reported.
+async fn finish(
+    session: Session,
+    release: impl Future<Output = leasehold::Result<()>>,
+    result: &Result<u8, Fail>,
+    ttl: Duration,
+) {
+    if matches!(result, Err(Fail(EXIT_LOST, _))) {
+        return;
+    }
+    let bound = Duration::from_secs(5);
+    let done = tokio::time::timeout(bound, async {
+        release.await?;
+        session.close().await
+    })
+    .await;
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            eprintln!("leasehold: warning: release failed ({e}); the lease expires on its own within {ttl:?}")
+        }
+        Err(_) => eprintln!(
+            "leasehold: warning: release did not finish within {bound:?}; the lease expires on its own within {ttl:?}"
+        ),
+    }
+}

@@ -1,0 +1,130 @@
+//! What `status`, `leader` and `elect --observe` print: one line of text, or one JSON object
+//! (through `serde_json`) per line.
+
+use leasehold::backend::KeyValue;
+use leasehold::LeaderInfo;
+use serde_json::{json, Value};
+
+/// A leader state: `leader <value> token=… key=…` or `no leader`; in JSON
+/// `{"leader":…,"token":…,"key":…,"lease":"<hex>"}` or `{"leader":null}`.
+pub fn describe(leader: &Option<LeaderInfo>, as_json: bool) -> String {
+    match (leader, as_json) {
+        (None, false) => "no leader".into(),
+        (None, true) => json!({ "leader": null }).to_string(),
+        (Some(l), false) => format!("leader {} token={} key={}", String::from_utf8_lossy(&l.value), l.token, l.key),
+        (Some(l), true) => json!({
+            "leader": String::from_utf8_lossy(&l.value),
+            "token": l.token,
+            "key": l.key,
+            "lease": format!("{:x}", l.lease),
+        })
+        .to_string(),
+    }
+}
+
+/// The permit count stored with a semaphore of this name (its count key's value), if the
+/// name is a semaphore's.
+pub fn stored_permits(count: Option<&KeyValue>) -> Option<u32> {
+    let kv = count?;
+    std::str::from_utf8(&kv.value).ok()?.parse::<u32>().ok().filter(|&n| n > 0)
+}
+
+/// How many of a name's entries (oldest first) hold it: the first `permits` for a
+/// semaphore; for a read-write lock (keys under `read/` and `write/`) the readers at the
+/// head, or the one writer there; otherwise the first (a lock's holder, an election's
+/// leader).
+pub fn holding(entries: &[KeyValue], prefix: &str, permits: Option<u32>) -> usize {
+    let rest = |kv: &KeyValue| kv.key[prefix.len()..].to_owned();
+    if let Some(n) = permits {
+        return entries.len().min(n as usize);
+    }
+    if entries.iter().any(|kv| rest(kv).starts_with("read/") || rest(kv).starts_with("write/")) {
+        return match entries.first() {
+            Some(kv) if rest(kv).starts_with("write/") => 1,
+            _ => entries.iter().take_while(|kv| rest(kv).starts_with("read/")).count(),
+        };
+    }
+    entries.len().min(1)
+}
+
+/// `leasehold status`: a summary line and one line per entry, or one JSON object.
+pub fn status(name: &str, entries: &[KeyValue], holding: usize, permits: Option<u32>, as_json: bool) -> String {
+    let (held, waiting) = entries.split_at(holding);
+    if as_json {
+        let list = |kvs: &[KeyValue]| -> Value {
+            kvs.iter()
+                .map(|kv| json!({ "token": kv.create_revision, "lease": format!("{:x}", kv.lease), "key": kv.key }))
+                .collect()
+        };
+        let mut out = json!({ "name": name, "holding": list(held), "waiting": list(waiting) });
+        if let Some(n) = permits {
+            out["permits"] = json!(n);
+        }
+        return out.to_string();
+    }
+    let mut out = if entries.is_empty() {
+        format!("{name}: free")
+    } else {
+        format!("{name}: {} holding, {} waiting", held.len(), waiting.len())
+    };
+    if let Some(n) = permits {
+        out.push_str(&format!(" ({n} permits)"));
+    }
+    for (role, kvs) in [("holding", held), ("waiting", waiting)] {
+        for kv in kvs {
+            out.push_str(&format!("\n{role} token={} lease={:x} key={}", kv.create_revision, kv.lease, kv.key));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(suffixes: &[&str]) -> Vec<KeyValue> {
+        suffixes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| KeyValue {
+                key: format!("ns/x/{s}"),
+                value: Vec::new(),
+                create_revision: 10 + i as i64,
+                mod_revision: 10 + i as i64,
+                lease: 0x1f,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn holding_follows_each_recipes_rule() {
+        let p = "ns/x/";
+        assert_eq!(holding(&entries(&[]), p, None), 0);
+        assert_eq!(holding(&entries(&["a", "b", "c"]), p, None), 1, "a lock or an election: the first");
+        assert_eq!(holding(&entries(&["a", "b", "c"]), p, Some(2)), 2, "a semaphore: the first N");
+        assert_eq!(holding(&entries(&["a"]), p, Some(3)), 1);
+        let rw = entries(&["read/a-0", "read/b-0", "write/c-0", "read/d-0"]);
+        assert_eq!(holding(&rw, p, None), 2, "readers at the head share; a reader behind a writer waits");
+        assert_eq!(holding(&entries(&["write/a-0", "read/b-0"]), p, None), 1, "a writer at the head holds alone");
+        let text = status("x", &rw, 2, None, false);
+        assert_eq!(text.lines().next(), Some("x: 2 holding, 2 waiting"));
+        assert_eq!(text.lines().nth(3), Some("waiting token=12 lease=1f key=ns/x/write/c-0"));
+    }
+
+    #[test]
+    fn json_is_escaped_by_serde() {
+        let kv =
+            KeyValue { key: "a\"b".into(), value: b"v\n1".to_vec(), create_revision: 3, mod_revision: 3, lease: 0xff };
+        let leader = LeaderInfo::from(&kv);
+        let line = describe(&Some(leader), true);
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["leader"], "v\n1");
+        assert_eq!(v["key"], "a\"b");
+        assert_eq!(v["lease"], "ff");
+        let out: Value = serde_json::from_str(&status("x", std::slice::from_ref(&kv), 1, Some(2), true)).unwrap();
+        assert_eq!(out["permits"], 2);
+        assert_eq!(out["holding"][0]["token"], 3);
+        assert_eq!(stored_permits(Some(&KeyValue { value: b"3".to_vec(), ..kv.clone() })), Some(3));
+        assert_eq!(stored_permits(Some(&KeyValue { value: b"x".to_vec(), ..kv })), None);
+    }
+}

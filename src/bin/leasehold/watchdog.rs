@@ -1,0 +1,299 @@
+//! The dead-man's switch: a second, small process that kills the command's process group
+//! when the supervisor cannot, so the command never outlives the lock, even while the
+//! supervisor (`leasehold` itself) is stopped, killed or not scheduled.
+//!
+//! The supervisor starts it (`leasehold __watchdog`) in a session of its own — no terminal
+//! signal reaches it, Ctrl-Z and Ctrl-C included — and talks to it over its stdin, one
+//! line per message, with deadlines on `CLOCK_BOOTTIME`, the clock that keeps counting while
+//! the host is suspended (Rust's `Instant` does not):
+//!
+//! | message | meaning |
+//! |---|---|
+//! | `arm <pgid> <grace ns>` | the command's process group; answered `armed` on stdout |
+//! | `at <term ns> <kill ns>` | SIGTERM to the group at `term`, SIGKILL at `kill` (moved with each renewal) |
+//! | `disarm` | the supervisor ended the group itself: exit |
+//! | end of input | the supervisor is gone: SIGTERM now, SIGKILL after the grace (never after `kill`) |
+//!
+//! It waits on the pipe and on a `timerfd` set to the next deadline on `CLOCK_BOOTTIME`, so
+//! a deadline that passed while the host slept fires as soon as it wakes. If it dies
+//! itself, the supervisor (which keeps its own copy of the deadlines) starts a new one.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+/// The hidden subcommand that runs the watchdog.
+pub const SUBCOMMAND: &str = "__watchdog";
+
+/// Now on `CLOCK_BOOTTIME`, in nanoseconds.
+pub fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec we pass; CLOCK_BOOTTIME exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Signals a process group; false if it has no process left.
+pub fn signal_group(pgid: i32, sig: i32) -> bool {
+    // SAFETY: kill(2) with a negative pid signals that process group; no memory is involved.
+    unsafe { libc::kill(-pgid, sig) == 0 }
+}
+
+/// What the watchdog process knows.
+struct State {
+    pgid: Option<i32>,
+    grace_ns: u64,
+    term_at: Option<u64>,
+    kill_at: Option<u64>,
+    termed: bool,
+}
+
+impl State {
+    fn term(&mut self) {
+        if let (Some(pgid), false) = (self.pgid, self.termed) {
+            eprintln!("leasehold: watchdog: the lease can no longer be counted on; sending SIGTERM to the command");
+            signal_group(pgid, libc::SIGTERM);
+            signal_group(pgid, libc::SIGCONT); // a stopped command must run to take its SIGTERM
+            self.termed = true;
+        }
+    }
+
+    /// The next instant something is due, if any.
+    fn next(&self) -> Option<u64> {
+        match (self.termed, self.term_at, self.kill_at) {
+            (false, Some(t), Some(k)) => Some(t.min(k)),
+            (_, _, k) => k,
+        }
+    }
+}
+
+/// Sets `timer` to go off at `at` on `CLOCK_BOOTTIME` (disarmed if `None`).
+fn set_timer(timer: &OwnedFd, at: Option<u64>) -> io::Result<()> {
+    let at = at.map_or(0, |t| t.max(1)); // 0 would disarm it
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+        it_value: libc::timespec { tv_sec: (at / 1_000_000_000) as i64, tv_nsec: (at % 1_000_000_000) as i64 },
+    };
+    // SAFETY: a valid timerfd and a valid itimerspec; the old value is not asked for.
+    let rc = unsafe { libc::timerfd_settime(timer.as_raw_fd(), libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The watchdog process's main; returns its exit code.
+pub fn run() -> i32 {
+    match watch() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("leasehold: watchdog: {e}");
+            3
+        }
+    }
+}
+
+fn watch() -> io::Result<i32> {
+    // SAFETY: plain signal dispositions, set before anything else runs.
+    unsafe {
+        for sig in [libc::SIGPIPE, libc::SIGINT, libc::SIGHUP, libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU] {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+    }
+    // SAFETY: timerfd_create returns a new fd or -1; we own it from here.
+    let raw = unsafe { libc::timerfd_create(libc::CLOCK_BOOTTIME, libc::TFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: raw is a fresh, valid fd nobody else owns.
+    let timer = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut input = BufReader::new(io::stdin().lock());
+    let mut state = State { pgid: None, grace_ns: 0, term_at: None, kill_at: None, termed: false };
+    let mut supervisor_gone = false;
+    loop {
+        set_timer(&timer, state.next())?;
+        let mut fds = [
+            libc::pollfd { fd: timer.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: if supervisor_gone { -1 } else { 0 }, events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: two valid pollfd entries (a negative fd is skipped by poll).
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if fds[0].revents != 0 {
+            let mut expirations = [0u8; 8];
+            // SAFETY: reading 8 bytes into an 8-byte buffer from our timerfd.
+            unsafe { libc::read(timer.as_raw_fd(), expirations.as_mut_ptr().cast(), 8) };
+        }
+        if fds[1].revents != 0 {
+            // Every complete line read so far (poll only tells of data not yet buffered).
+            loop {
+                let mut line = String::new();
+                if input.read_line(&mut line)? == 0 {
+                    supervisor_gone = true;
+                    let Some(_) = state.pgid else { return Ok(0) }; // the command never ran
+                    eprintln!("leasehold: watchdog: the supervisor is gone");
+                    let now = boottime_ns();
+                    state.term();
+                    let soon = now.saturating_add(state.grace_ns);
+                    state.kill_at = Some(state.kill_at.map_or(soon, |k| k.min(soon)));
+                    break;
+                }
+                let words: Vec<&str> = line.split_whitespace().collect();
+                match words.as_slice() {
+                    ["arm", pgid, grace] => {
+                        state.pgid = pgid.parse().ok().filter(|&p: &i32| p > 1);
+                        state.grace_ns = grace.parse().unwrap_or(0);
+                        let mut out = io::stdout().lock();
+                        writeln!(out, "armed")?;
+                        out.flush()?;
+                    }
+                    ["at", term, kill] => {
+                        state.term_at = term.parse().ok();
+                        state.kill_at = kill.parse().ok();
+                    }
+                    ["disarm"] => return Ok(0),
+                    _ => eprintln!("leasehold: watchdog: ignored {:?}", line.trim_end()),
+                }
+                if !input.buffer().contains(&b'\n') {
+                    break;
+                }
+            }
+        }
+        let now = boottime_ns();
+        if state.term_at.is_some_and(|t| t <= now) || (supervisor_gone && !state.termed) {
+            state.term();
+        }
+        if let (Some(pgid), Some(k)) = (state.pgid, state.kill_at) {
+            if k <= now {
+                eprintln!("leasehold: watchdog: killing the command before the lease can expire");
+                signal_group(pgid, libc::SIGKILL);
+                return Ok(1);
+            }
+        }
+    }
+}
+
+/// The supervisor's end of a watchdog process.
+pub struct Watchdog {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    grace: Duration,
+}
+
+impl Watchdog {
+    /// Starts a watchdog for the process group `pgid` and waits until it is armed.
+    pub async fn start(pgid: i32, grace: Duration) -> io::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.arg(SUBCOMMAND).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+        // SAFETY: setsid is async-signal-safe; it detaches the watchdog from the terminal
+        // and from the supervisor's process group, so no terminal signal reaches it.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn()?;
+        let mut stdin = child.stdin.take().ok_or_else(|| io::Error::other("watchdog: no stdin"))?;
+        let stdout = child.stdout.take().ok_or_else(|| io::Error::other("watchdog: no stdout"))?;
+        stdin.write_all(format!("arm {pgid} {}\n", grace.as_nanos()).as_bytes()).await?;
+        let mut answer = String::new();
+        let mut reader = tokio::io::BufReader::new(stdout);
+        let read = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut answer)).await;
+        if !matches!(read, Ok(Ok(_))) || answer.trim() != "armed" {
+            let _ = child.start_kill();
+            return Err(io::Error::other(format!("watchdog did not arm (answer {answer:?})")));
+        }
+        Ok(Self { child, stdin, grace })
+    }
+
+    /// Tells the watchdog the session's validity `deadline` (a monotonic instant), less
+    /// `margin`: SIGKILL then, SIGTERM `grace` before.
+    pub async fn deadline(&mut self, deadline: std::time::Instant, margin: Duration) -> io::Result<()> {
+        let left = deadline.saturating_duration_since(std::time::Instant::now()).saturating_sub(margin);
+        let kill = boottime_ns().saturating_add(left.as_nanos() as u64);
+        let term = kill.saturating_sub(self.grace.as_nanos() as u64);
+        self.stdin.write_all(format!("at {term} {kill}\n").as_bytes()).await
+    }
+
+    /// Completes when the watchdog process ends (it was killed, or it killed the command).
+    pub async fn ended(&mut self) -> io::Result<std::process::ExitStatus> {
+        self.child.wait().await
+    }
+
+    /// Tells the watchdog the group was ended by the supervisor; it exits.
+    pub async fn disarm(mut self) {
+        let _ = self.stdin.write_all(b"disarm\n").await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await;
+    }
+}
+
+/// The hidden subcommand that runs a command once the supervisor opens its gate.
+pub const GATE: &str = "__gate";
+
+/// The gate process's main: waits for the supervisor to write a byte on fd `fd` (it does
+/// once the watchdog guards this process's group), then becomes the command (`exec`, same
+/// pid and process group). If the supervisor is gone first, the command never runs.
+pub fn gate(fd: i32, cmd: &[String]) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let mut byte = [0u8; 1];
+    // SAFETY: a blocking one-byte read from the fd the supervisor passed us.
+    let n = unsafe { libc::read(fd, byte.as_mut_ptr().cast(), 1) };
+    // SAFETY: closing our copy of the gate; nothing else uses it.
+    unsafe { libc::close(fd) };
+    if n != 1 {
+        eprintln!("leasehold: the supervisor ended before the command could start; it did not run");
+        return 122;
+    }
+    let Some((program, args)) = cmd.split_first() else { return 2 };
+    let err = std::process::Command::new(program).args(args).exec();
+    let code = if err.kind() == io::ErrorKind::NotFound { 127 } else { 126 };
+    eprintln!("leasehold: cannot run {program:?}: {err}");
+    code
+}
+
+/// Whether the process group `pgid` has a living process (zombies do not count: nobody may
+/// reap an orphan's in a container).
+pub fn group_alive(pgid: i32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return signal_group(pgid, 0) };
+    dir.flatten().any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { return false };
+        // "pid (comm) state ppid pgrp …": comm may hold spaces and parentheses.
+        let Some((_, rest)) = stat.rsplit_once(')') else { return false };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("Z");
+        let pgrp = fields.nth(1).and_then(|p| p.parse::<i32>().ok());
+        pgrp == Some(pgid) && state != "Z" && state != "X"
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boottime_moves_forward() {
+        let a = boottime_ns();
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(boottime_ns() >= a + 1_000_000);
+    }
+
+    #[test]
+    fn the_next_due_instant() {
+        let mut s = State { pgid: Some(12345), grace_ns: 5, term_at: Some(10), kill_at: Some(20), termed: false };
+        assert_eq!(s.next(), Some(10));
+        s.termed = true;
+        assert_eq!(s.next(), Some(20));
+        s.kill_at = None;
+        assert_eq!(s.next(), None);
+    }
+}

@@ -1,0 +1,268 @@
+//! The command never outlives the lock (issue 20), with real `leasehold` processes, real
+//! signals and a real etcd: holder A's command and holder B's command append to one log,
+//! and every line of A's must come before B's first, whatever happens to A's supervisor
+//! (stopped past its TTL, killed), to its watchdog (stopped, killed), or to A's command's
+//! own children (a `worker &` left running when it exits). Then the kill margin: how long
+//! before the server expired A's lease its command was dead, over 20 trials.
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::etcd::EtcdCluster;
+use support::proc::{alive, args, children, signal, state, wait_until};
+
+const TTL: &str = "2s";
+const TTL_D: Duration = Duration::from_secs(2);
+
+/// Appends `<WHO> <n> <unix ns>` to `$LOG` every 20 ms, for ever.
+const WRITER: &str = r#"i=0; while :; do echo "$WHO $i $(date +%s%N)" >> "$LOG"; i=$((i+1)); sleep 0.02; done"#;
+
+fn leasehold(etcd: &EtcdCluster) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_leasehold"));
+    c.env("LEASEHOLD_ENDPOINTS", etcd.url());
+    c
+}
+
+/// Kills what a test started, also when it fails: supervisors, their watchdogs and commands.
+struct Procs(Vec<Child>);
+
+impl Procs {
+    fn add(&mut self, c: Child) -> u32 {
+        let pid = c.id();
+        self.0.push(c);
+        pid
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            for kid in children(c.id()) {
+                signal(kid, libc::SIGCONT);
+                signal(kid, libc::SIGKILL);
+            }
+            signal(c.id(), libc::SIGCONT);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `leasehold lock --ttl 2s NAME -- sh -c <script>` as `who`, writing to `log`.
+fn holder(etcd: &EtcdCluster, name: &str, who: &str, log: &Path, script: &str) -> Child {
+    leasehold(etcd)
+        .args(["lock", "--ttl", TTL, "--grace", "300ms", name, "--", "sh", "-c", script])
+        .env("WHO", who)
+        .env("LOG", log)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn lines(log: &Path) -> Vec<(String, u64, u128)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.to_owned(), w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+fn wrote(log: &Path, who: &str) -> bool {
+    written(log, who) > 0
+}
+
+fn written(log: &Path, who: &str) -> usize {
+    lines(log).iter().filter(|(w, ..)| w == who).count()
+}
+
+/// B has held the lock for a while (10 lines, 200 ms or more): long enough for a writer of
+/// A's that outlived A's lock to show itself in the log.
+fn b_has_held(log: &Path) -> bool {
+    wait_until(Duration::from_secs(20), || written(log, "B") >= 10)
+}
+
+/// Every line of A's precedes B's first, in the file and in time; and both wrote.
+fn assert_a_before_b(log: &Path) {
+    let all = lines(log);
+    let first_b = all.iter().position(|(w, ..)| w == "B").expect("B never wrote");
+    let last_a = all.iter().rposition(|(w, ..)| w == "A").expect("A never wrote");
+    let (a_at, b_at) = (all[last_a].2, all[first_b].2);
+    assert!(
+        last_a < first_b && a_at < b_at,
+        "A wrote after B had the lock: A's last line #{last_a} at {a_at}, B's first #{first_b} at {b_at} ({} ms later)",
+        (a_at as i128 - b_at as i128) / 1_000_000
+    );
+}
+
+/// The watchdog process of supervisor `pid`.
+fn watchdog_of(pid: u32) -> Option<u32> {
+    children(pid).into_iter().find(|&c| args(c).get(1).map(String::as_str) == Some("__watchdog"))
+}
+
+/// How many keys the name has (holders and waiters).
+fn queued(etcd: &EtcdCluster, name: &str) -> usize {
+    let out = etcd.etcdctl().args(["get", "--prefix", "--keys-only", &format!("{name}/")]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+/// A holds and writes, B waits; then `fault` is done to A (it gets A's supervisor pid);
+/// B must get the lock (A's lease expires) and never write before A's last line.
+fn b_after_a(name: &str, fault: impl FnOnce(u32)) -> Vec<(String, u64, u128)> {
+    let etcd = EtcdCluster::single();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let mut procs = Procs(Vec::new());
+    let a = procs.add(holder(&etcd, name, "A", &log, WRITER));
+    assert!(wait_until(Duration::from_secs(15), || wrote(&log, "A")), "A never ran its command");
+    let b = procs.add(holder(&etcd, name, "B", &log, WRITER));
+    assert!(wait_until(Duration::from_secs(10), || queued(&etcd, name) == 2), "B never queued");
+    fault(a);
+    assert!(b_has_held(&log), "B never got the lock");
+    signal(b, libc::SIGTERM); // B's command ends; B releases
+    signal(a, libc::SIGCONT);
+    drop(procs);
+    assert_a_before_b(&log);
+    lines(&log)
+}
+
+/// `leasehold` (A's supervisor alone) stopped for 3 × TTL: its watchdog kills the command
+/// before the lease can expire, and B takes over after it. (Before the watchdog, A's
+/// command went on writing for seconds after B acquired, until the supervisor resumed.)
+#[test]
+fn a_stopped_supervisor_cannot_let_its_command_outlive_the_lock() {
+    b_after_a("sup-stop", |a| {
+        assert!(signal(a, libc::SIGSTOP));
+        assert!(wait_until(Duration::from_secs(2), || state(a) == Some('T')), "not stopped");
+        std::thread::sleep(TTL_D * 3); // the pause itself
+    });
+}
+
+/// `leasehold` SIGKILLed: the watchdog sees its pipe close and ends the command at once.
+/// (Before, the command was orphaned and wrote until it ended by itself.)
+#[test]
+fn a_killed_supervisor_takes_its_command_with_it() {
+    b_after_a("sup-kill", |a| {
+        let dog = watchdog_of(a);
+        let cmd = children(a).into_iter().find(|&c| Some(c) != dog).expect("A's command");
+        assert!(signal(a, libc::SIGKILL));
+        assert!(wait_until(Duration::from_secs(2), || !alive(cmd)), "the command outlived its supervisor");
+    });
+}
+
+/// The watchdog stopped: the supervisor runs on, renews and still holds (B waits); killed:
+/// the supervisor starts another, which then does its job when the supervisor is stopped.
+#[test]
+fn a_stopped_or_killed_watchdog_changes_nothing() {
+    b_after_a("dog-fault", |a| {
+        let dog = watchdog_of(a).expect("A has a watchdog");
+        assert!(signal(dog, libc::SIGSTOP));
+        std::thread::sleep(TTL_D * 2); // A renews meanwhile: B must still wait
+        signal(dog, libc::SIGCONT);
+        assert!(signal(dog, libc::SIGKILL));
+        let again = wait_until(Duration::from_secs(5), || watchdog_of(a).is_some_and(|d| d != dog));
+        assert!(again, "no new watchdog after the first was killed");
+        assert!(signal(a, libc::SIGSTOP));
+        std::thread::sleep(TTL_D * 3);
+    });
+}
+
+/// The command exits but leaves a worker of its process group running (`sh -c 'worker &'`):
+/// the supervisor ends the group before it releases the lock. (Before, the release came
+/// at once and the worker wrote on under B's lock.)
+#[test]
+fn a_worker_left_behind_by_the_command_is_ended_before_the_release() {
+    let etcd = EtcdCluster::single();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let mut procs = Procs(Vec::new());
+    let leave_a_worker = format!("( {WRITER} ) & sleep 0.3; exit 0");
+    let a = procs.add(holder(&etcd, "leave-worker", "A", &log, &leave_a_worker));
+    assert!(wait_until(Duration::from_secs(15), || wrote(&log, "A")), "A never ran its command");
+    let b = procs.add(holder(&etcd, "leave-worker", "B", &log, WRITER));
+    assert!(b_has_held(&log), "B never got the lock");
+    signal(b, libc::SIGTERM);
+    let status = procs.0[0].wait().unwrap();
+    assert_eq!(status.code(), Some(0), "A's supervisor exits with its command's status");
+    let _ = a;
+    drop(procs);
+    assert_a_before_b(&log);
+}
+
+/// The kill margin, over 20 trials: A's supervisor is stopped while its command writes; the
+/// time from the command's death (its process turns zombie: its parent is stopped) to the
+/// server-side expiry of A's lease (the delete event of A's key, as a watcher sees it) must
+/// never be negative. Printed: the minimum and the median.
+#[test]
+fn the_command_dies_before_the_server_expires_the_lease() {
+    let etcd = EtcdCluster::single();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let client = rt.block_on(etcd.client());
+    let mut margins = Vec::new();
+    for trial in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let name = format!("margin-{trial}");
+        let mut procs = Procs(Vec::new());
+        let mut watch = rt.block_on(client.backend().watch_prefix(&format!("{name}/"))).unwrap();
+        let a = procs.add(holder(&etcd, &name, "A", &log, WRITER));
+        assert!(wait_until(Duration::from_secs(15), || wrote(&log, "A")), "trial {trial}: A never ran");
+        let dog = watchdog_of(a).expect("a watchdog");
+        let cmd = children(a).into_iter().find(|&c| c != dog).expect("A's command");
+        assert!(signal(a, libc::SIGSTOP));
+        let stopped = Instant::now();
+        assert!(wait_until(TTL_D * 2, || !alive(cmd)), "trial {trial}: the command was not killed");
+        let died = Instant::now();
+        let expired = rt.block_on(async {
+            loop {
+                let batch = tokio::time::timeout(TTL_D * 3, watch.next()).await.expect("no expiry").unwrap();
+                if batch.iter().any(|e| matches!(e, leasehold::backend::WatchEvent::Delete { .. })) {
+                    return Instant::now();
+                }
+            }
+        });
+        let margin = expired.saturating_duration_since(died).as_secs_f64() * 1e3
+            - died.saturating_duration_since(expired).as_secs_f64() * 1e3;
+        assert!(
+            margin >= 0.0,
+            "trial {trial}: the command died {:.0} ms after the lease expired on the server",
+            -margin
+        );
+        margins.push((margin, died.duration_since(stopped).as_secs_f64() * 1e3));
+        drop(procs);
+    }
+    margins.sort_by(|a, b| a.0.total_cmp(&b.0));
+    println!(
+        "kill margin over 20 trials (TTL 2 s): min {:.0} ms, median {:.0} ms, max {:.0} ms; the command died {:.0}–{:.0} ms after the supervisor stopped",
+        margins[0].0,
+        margins[10].0,
+        margins[19].0,
+        margins.iter().map(|m| m.1).fold(f64::MAX, f64::min),
+        margins.iter().map(|m| m.1).fold(0.0, f64::max)
+    );
+}
+
+/// Ctrl-Z (SIGTSTP, what the terminal sends): the command's group stops, then `leasehold`.
+/// Resumed within the lease (`fg`: SIGCONT), the command runs on and the lock is still
+/// held; suspended past it, the watchdog kills the command before the lease can expire, B
+/// takes over, and on resume `leasehold` exits "lock lost".
+#[test]
+fn ctrl_z_stops_the_command_and_never_lets_it_outlive_the_lock() {
+    let lines = b_after_a("ctrl-z", |a| {
+        let cmd = children(a).into_iter().find(|&c| Some(c) != watchdog_of(a)).expect("A's command");
+        assert!(signal(a, libc::SIGTSTP));
+        assert!(wait_until(Duration::from_secs(2), || state(a) == Some('T') && state(cmd) == Some('T')), "not stopped");
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(signal(a, libc::SIGCONT)); // `fg`, well within the lease
+        assert!(wait_until(Duration::from_secs(2), || state(cmd).is_some_and(|s| s != 'T')), "not resumed");
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(alive(cmd), "a short suspension cost the command its lock");
+        assert!(signal(a, libc::SIGTSTP));
+        std::thread::sleep(TTL_D * 3); // suspended past the lease
+    });
+    // A wrote on after the first suspension, before B got the lock.
+    assert!(lines.iter().filter(|(w, ..)| w == "A").count() > 10);
+}
