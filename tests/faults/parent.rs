@@ -4,6 +4,7 @@
 
 use crate::checker;
 use crate::support::etcd::EtcdCluster;
+use crate::support::proc::state;
 use crate::worker::{Plant, Stats};
 use crate::{
     CALM, CONTROL_RUN, ENV_ENDPOINTS, ENV_FENCED, ENV_PLANT, ENV_RUN_MS, ENV_SEED, ENV_WORKER, FIND_HOLDER, HIST,
@@ -58,7 +59,7 @@ impl Signals {
         assert_eq!(rc, 0, "kill({pid}, {name}) failed: {}", std::io::Error::last_os_error());
         let started = Instant::now();
         loop {
-            let state = proc_state(pid);
+            let state = state(pid);
             if signal_took(sig, state) {
                 break;
             }
@@ -78,33 +79,9 @@ fn signal_took(sig: libc::c_int, state: Option<char>) -> bool {
     }
 }
 
-/// The state letter of `/proc/<pid>/stat` (`R`, `S`, `T`, `Z`, …), or `None` if there is no
-/// such process.
-fn proc_state(pid: u32) -> Option<char> {
-    proc_stat_fields(pid).and_then(|f| f.first().and_then(|s| s.chars().next()))
-}
-
-/// The fields of `/proc/<pid>/stat` after the command name: state, ppid, …
-fn proc_stat_fields(pid: u32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    Some(stat.rsplit_once(')')?.1.split_whitespace().map(str::to_owned).collect())
-}
-
-/// The pid of member `i` of `etcd`: the child of this process that listens for clients on
-/// that member's URL (the harness keeps its `Child` handles to itself).
+/// The pid of member `i` of `etcd`.
 fn member_pid(etcd: &EtcdCluster, i: usize) -> u32 {
-    let url = format!("{}://{}", etcd.scheme(), etcd.endpoints()[i]);
-    let me = std::process::id().to_string();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let listens = args.windows(2).any(|a| a[0] == b"--listen-client-urls" && a[1] == url.as_bytes());
-        if listens && proc_stat_fields(pid).is_some_and(|f| f.get(1) == Some(&me)) {
-            return pid;
-        }
-    }
-    panic!("no etcd process of this test listens on {url}");
+    etcd.pid(i).unwrap_or_else(|| panic!("member {i} is not running"))
 }
 
 /// What the workers' output says, as the parent's reader threads collect it.
@@ -572,10 +549,10 @@ mod tests {
         let mut child = Command::new("sleep").arg("30").spawn().unwrap();
         let mut signals = Signals::default();
         signals.send(child.id(), libc::SIGSTOP);
-        assert_eq!(proc_state(child.id()), Some('T'));
+        assert_eq!(state(child.id()), Some('T'));
         signals.send(child.id(), libc::SIGCONT);
         signals.send(child.id(), libc::SIGKILL);
-        assert_eq!(proc_state(child.id()), Some('Z'), "killed, not yet reaped");
+        assert_eq!(state(child.id()), Some('Z'), "killed, not yet reaped");
         child.wait().unwrap();
         assert_eq!(signals.sent.values().sum::<usize>(), 3);
         // The state checks themselves.
