@@ -98,7 +98,7 @@ pub(crate) fn map_err(e: etcd_client::Error) -> Error {
         E::GRpcStatus(status) => {
             use tonic_code::*;
             let code = status.code() as i32;
-            let msg = status.message().to_owned();
+            let msg = with_causes(status.message(), &status);
             let lower = msg.to_lowercase();
             if lower.contains("authentication failed")
                 || lower.contains("permission denied")
@@ -118,7 +118,7 @@ pub(crate) fn map_err(e: etcd_client::Error) -> Error {
                 _ => Error::Store(format!("etcd: {msg} ({:?})", status.code())),
             }
         }
-        E::TransportError(t) => Error::Unavailable(format!("etcd: transport: {t}")),
+        E::TransportError(t) => Error::Unavailable(format!("etcd: transport: {}", with_causes(&t.to_string(), &t))),
         E::IoError(io) => Error::Unavailable(format!("etcd: io: {io}")),
         E::WatchError(w) => Error::Unavailable(format!("etcd: watch: {w}")),
         E::LeaseKeepAliveError(l) => Error::Unavailable(format!("etcd: keep-alive: {l}")),
@@ -244,10 +244,30 @@ impl EtcdBackend {
                     other => other.to_string(),
                 };
                 let lower = reason.to_lowercase();
-                if config.tls.is_some()
-                    && (lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake"))
-                {
-                    return Err(Error::Tls(format!("{joined}: {reason}{}", tls_hint(&lower))));
+                if let Some(tls) = &config.tls {
+                    if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
+                        return Err(Error::Tls(format!("{joined}: {reason}{}", tls_hint(&lower))));
+                    }
+                    // etcd 3.4 drops a client whose certificate it refuses without a TLS
+                    // alert: the first request then finds the connection closed, reset or
+                    // cancelled (the words vary with the moment the close is seen).
+                    let dropped = [
+                        "connection closed",
+                        "connection reset",
+                        "broken pipe",
+                        "stream closed",
+                        "operation was canceled",
+                    ];
+                    if dropped.iter().any(|d| lower.contains(d)) {
+                        let which = match tls.identity_pem {
+                            None => "none was given",
+                            Some(_) => "perhaps it is not signed by a CA the server trusts",
+                        };
+                        return Err(Error::Tls(format!(
+                            "{joined}: {reason} (the server closed the connection right after the TLS \
+                             handshake; it probably refused the client certificate: {which})"
+                        )));
+                    }
                 }
                 return Err(connect_error(reason));
             }
@@ -269,6 +289,23 @@ impl EtcdBackend {
         })
         .await
     }
+}
+
+/// `text` followed by the distinct messages of `e`'s causes: tonic reports a failed
+/// connection as "transport error" and keeps the reason (a TLS alert, a reset) in its
+/// sources.
+fn with_causes(text: &str, e: &dyn std::error::Error) -> String {
+    let mut out = text.to_owned();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let m = c.to_string();
+        if !m.is_empty() && !out.contains(&m) {
+            out.push_str(": ");
+            out.push_str(&m);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// Refuses TLS material that holds no PEM block of the expected kind, before connecting
