@@ -586,3 +586,47 @@ fn a_release_that_times_out_is_reported() {
     assert_eq!(out.status.code(), Some(0), "the command's status: {err}");
     assert!(err.contains("release did not finish") || err.contains("release failed"), "not reported: {err:?}");
 }
+
+/// Every fd the command inherits reaches it (systemd's socket activation passes fds from 3
+/// on; `cmd 3<file`), and arguments that are not UTF-8 reach it unchanged. (Before, fd 3
+/// was taken by the gate, and a non-UTF-8 argument panicked leasehold.)
+#[test]
+fn the_command_gets_its_fds_and_bytes_unchanged() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (three, four) = (dir.path().join("three"), dir.path().join("four"));
+    std::fs::write(&three, "fd three\n").unwrap();
+    std::fs::write(&four, "fd four\n").unwrap();
+    let (f3, f4) = (std::fs::File::open(&three).unwrap(), std::fs::File::open(&four).unwrap());
+    let (r3, r4) = (f3.as_raw_fd(), f4.as_raw_fd());
+    let mut c = Command::new(env!("CARGO_BIN_EXE_leasehold"));
+    c.args(["--endpoints", "memory://", "lock", "fds", "--", "sh", "-c", "cat <&3; cat <&4; printf %s \"$1\"", "sh"])
+        .arg(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    // SAFETY: dup2 is async-signal-safe; the fds stay open in the parent until the child ran.
+    unsafe {
+        c.pre_exec(move || {
+            // Out of the way first (r3 or r4 may be 3 or 4), then onto 3 and 4 (dup2 clears
+            // close-on-exec on the copy).
+            let (h3, h4) = (libc::fcntl(r3, libc::F_DUPFD_CLOEXEC, 100), libc::fcntl(r4, libc::F_DUPFD_CLOEXEC, 100));
+            if h3 < 0 || h4 < 0 || libc::dup2(h3, 3) < 0 || libc::dup2(h4, 4) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"fd three\nfd four\ncaf\xe9");
+    drop((f3, f4));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+        .args(["--endpoints", "memory://", "lock"])
+        .arg(std::ffi::OsStr::from_bytes(b"caf\xe9"))
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(one_line_error(&out).contains("UTF-8"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -6,7 +6,8 @@
 //! before the server expired A's lease its command was dead, over 20 trials.
 mod support;
 
-use std::path::Path;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::etcd::EtcdCluster;
@@ -17,12 +18,6 @@ const TTL_D: Duration = Duration::from_secs(2);
 
 /// Appends `<WHO> <n> <unix ns>` to `$LOG` every 20 ms, for ever.
 const WRITER: &str = r#"i=0; while :; do echo "$WHO $i $(date +%s%N)" >> "$LOG"; i=$((i+1)); sleep 0.02; done"#;
-
-fn leasehold(etcd: &EtcdCluster) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_leasehold"));
-    c.env("LEASEHOLD_ENDPOINTS", etcd.url());
-    c
-}
 
 /// Kills what a test started, also when it fails: supervisors, their watchdogs and commands.
 struct Procs(Vec<Child>);
@@ -49,9 +44,38 @@ impl Drop for Procs {
     }
 }
 
+/// How holder A runs: which binary, and whether its stderr is a pipe nobody reads.
+#[derive(Default)]
+struct HowA {
+    exe: Option<PathBuf>,
+    broken_stderr: bool,
+}
+
+/// The write end of a pipe whose read end is closed: every write fails (EPIPE).
+fn broken_pipe() -> Stdio {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 fills two fresh fds; the read end is closed at once, the write end owned.
+    unsafe {
+        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        libc::close(fds[0]);
+        Stdio::from(OwnedFd::from_raw_fd(fds[1]))
+    }
+}
+
 /// `leasehold lock --ttl 2s NAME -- sh -c <script>` as `who`, writing to `log`.
 fn holder(etcd: &EtcdCluster, name: &str, who: &str, log: &Path, script: &str) -> Child {
-    leasehold(etcd)
+    holder_as(etcd, name, who, log, script, &HowA::default())
+}
+
+fn holder_as(etcd: &EtcdCluster, name: &str, who: &str, log: &Path, script: &str, how: &HowA) -> Child {
+    let mut c = match &how.exe {
+        Some(exe) => Command::new(exe),
+        None => Command::new(env!("CARGO_BIN_EXE_leasehold")),
+    };
+    if how.broken_stderr {
+        c.stderr(broken_pipe());
+    }
+    c.env("LEASEHOLD_ENDPOINTS", etcd.url())
         .args(["lock", "--ttl", TTL, "--grace", "300ms", name, "--", "sh", "-c", script])
         .env("WHO", who)
         .env("LOG", log)
@@ -112,11 +136,15 @@ fn queued(etcd: &EtcdCluster, name: &str) -> usize {
 /// A holds and writes, B waits; then `fault` is done to A (it gets A's supervisor pid);
 /// B must get the lock (A's lease expires) and never write before A's last line.
 fn b_after_a(name: &str, fault: impl FnOnce(u32)) -> Vec<(String, u64, u128)> {
+    b_after_a_as(name, HowA::default(), fault)
+}
+
+fn b_after_a_as(name: &str, how: HowA, fault: impl FnOnce(u32)) -> Vec<(String, u64, u128)> {
     let etcd = EtcdCluster::single();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
     let mut procs = Procs(Vec::new());
-    let a = procs.add(holder(&etcd, name, "A", &log, WRITER));
+    let a = procs.add(holder_as(&etcd, name, "A", &log, WRITER, &how));
     assert!(wait_until(Duration::from_secs(15), || wrote(&log, "A")), "A never ran its command");
     let b = procs.add(holder(&etcd, name, "B", &log, WRITER));
     assert!(wait_until(Duration::from_secs(10), || queued(&etcd, name) == 2), "B never queued");
@@ -150,6 +178,40 @@ fn a_killed_supervisor_takes_its_command_with_it() {
         let cmd = children(a).into_iter().find(|&c| Some(c) != dog).expect("A's command");
         assert!(signal(a, libc::SIGKILL));
         assert!(wait_until(Duration::from_secs(2), || !alive(cmd)), "the command outlived its supervisor");
+    });
+}
+
+/// The same with A's stderr a pipe whose reader is gone (`leasehold … 2>&1 | tee log`, tee
+/// killed): every kill path signals before it writes, and a failed write stops nothing.
+/// (Before, the watchdog's first complaint panicked it, and the command wrote on.)
+#[test]
+fn a_broken_stderr_does_not_stop_the_watchdog() {
+    b_after_a_as("broken-stderr", HowA { broken_stderr: true, ..HowA::default() }, |a| {
+        let dog = watchdog_of(a);
+        let cmd = children(a).into_iter().find(|&c| Some(c) != dog).expect("A's command");
+        assert!(signal(a, libc::SIGKILL));
+        assert!(wait_until(Duration::from_secs(2), || !alive(cmd)), "the command outlived its supervisor");
+    });
+}
+
+/// The binary removed while it runs (an upgrade in place): a killed watchdog is still
+/// replaced (started from `/proc/self/exe`), the command runs on under the lock, and the
+/// new watchdog does its job. (Before, starting it from the removed path failed, and
+/// `leasehold` exited 125 and released the lock at once.)
+#[test]
+fn a_watchdog_is_replaced_after_the_binary_was_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("leasehold");
+    std::fs::copy(env!("CARGO_BIN_EXE_leasehold"), &exe).unwrap();
+    b_after_a_as("removed-binary", HowA { exe: Some(exe.clone()), ..HowA::default() }, |a| {
+        std::fs::remove_file(&exe).unwrap();
+        let dog = watchdog_of(a).expect("A has a watchdog");
+        assert!(signal(dog, libc::SIGKILL));
+        let again = wait_until(Duration::from_secs(5), || watchdog_of(a).is_some_and(|d| d != dog));
+        assert!(again, "no new watchdog after the binary was removed (A alive: {})", alive(a));
+        assert!(alive(a), "leasehold gave up");
+        assert!(signal(a, libc::SIGSTOP));
+        std::thread::sleep(TTL_D * 3);
     });
 }
 

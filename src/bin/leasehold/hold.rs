@@ -6,7 +6,7 @@ use crate::{Fail, EXIT_BUSY, EXIT_CANNOT_RUN, EXIT_FAILED, EXIT_LOST, EXIT_NOT_F
 use leasehold::{Leadership, MutexGuard, Permit, ReadGuard, Session, WriteGuard};
 use std::future::Future;
 use std::time::Duration;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// Whatever the command runs under.
 pub enum Guard {
@@ -56,21 +56,49 @@ pub enum How {
     Forever,
 }
 
+/// SIGINT and SIGTERM, listened to from before the acquisition until the release: one that
+/// comes in between is not lost (the command does not start then).
+pub struct Signals {
+    pub int: Signal,
+    pub term: Signal,
+}
+
+impl Signals {
+    /// Starts listening.
+    pub fn new() -> Result<Self, Fail> {
+        let listen = |kind| signal(kind).map_err(|e| Fail(EXIT_FAILED, format!("signals: {e}")));
+        Ok(Self { int: listen(SignalKind::interrupt())?, term: listen(SignalKind::terminate())? })
+    }
+
+    /// A SIGINT (130) or SIGTERM (143) that came and was not handled yet; does not wait.
+    pub async fn pending(&mut self) -> Option<(&'static str, u8)> {
+        tokio::select! {
+            biased;
+            _ = self.int.recv() => Some(("interrupted", 130)),
+            _ = self.term.recv() => Some(("terminated", 143)),
+            _ = std::future::ready(()) => None,
+        }
+    }
+}
+
 /// Waits for `fut` unless SIGINT or SIGTERM comes first: then the session is closed — its
 /// lease revoked, so a queued key goes at once, not a TTL later — and the exit is 130
 /// (SIGINT) or 143 (SIGTERM).
-pub async fn interruptible<T>(session: &Session, fut: impl Future<Output = leasehold::Result<T>>) -> Result<T, Fail> {
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Fail(EXIT_FAILED, format!("signals: {e}")))?;
+pub async fn interruptible<T>(
+    session: &Session,
+    signals: &mut Signals,
+    fut: impl Future<Output = leasehold::Result<T>>,
+) -> Result<T, Fail> {
     let (interrupted, code) = tokio::select! {
         r = fut => return Ok(r?),
-        _ = tokio::signal::ctrl_c() => ("interrupted", 130),
-        _ = sigterm.recv() => ("terminated", 143),
+        _ = signals.int.recv() => ("interrupted", 130),
+        _ = signals.term.recv() => ("terminated", 143),
     };
     // The acquisition was dropped: its key is deleted in the background; closing the
     // session waits for that and revokes the lease.
     let closed = tokio::time::timeout(Duration::from_secs(5), session.clone().close()).await;
     if !matches!(closed, Ok(Ok(()))) {
-        eprintln!("leasehold: warning: could not release the queued key; it goes with the lease (TTL)");
+        say!("leasehold: warning: could not release the queued key; it goes with the lease (TTL)");
     }
     Err(Fail(code, format!("{interrupted} while waiting")))
 }
@@ -86,14 +114,17 @@ pub async fn run_guarded(
     name: &str,
     session: Session,
     guard: Guard,
-    cmd: &[String],
+    cmd: &[std::ffi::OsString],
     grace: Duration,
+    signals: &mut Signals,
 ) -> Result<u8, Fail> {
-    let result = if cmd.is_empty() {
-        hold_until_signal(&session, &guard).await
+    let result = if let Some((interrupted, code)) = signals.pending().await {
+        Err(Fail(code, format!("{interrupted} while acquiring; the command did not run")))
+    } else if cmd.is_empty() {
+        hold_until_signal(&session, &guard, signals).await
     } else {
         let held = Held { name, key: guard.key(), token: guard.token(), session: &session };
-        run_held(cmd, held, grace).await
+        run_held(cmd, held, grace, signals).await
     };
     finish(session.clone(), guard.release(), &result, session.ttl()).await;
     result
@@ -101,26 +132,34 @@ pub async fn run_guarded(
 
 /// `leasehold lock NAME` without a command: prints the key and the fencing token, and holds
 /// until SIGINT or SIGTERM (exit 0), or until the lock is lost (exit 122).
-async fn hold_until_signal(session: &Session, guard: &Guard) -> Result<u8, Fail> {
+async fn hold_until_signal(session: &Session, guard: &Guard, signals: &mut Signals) -> Result<u8, Fail> {
     println!("{}", guard.key());
     println!("token {}", guard.token());
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Fail(EXIT_FAILED, format!("signals: {e}")))?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => Ok(0),
-        _ = sigterm.recv() => Ok(0),
+        _ = signals.int.recv() => Ok(0),
+        _ = signals.term.recv() => Ok(0),
         _ = session.lost() => Err(Fail(EXIT_LOST, format!("{} lost", guard.key()))),
     }
 }
 
-async fn run_held(cmd: &[String], held: Held<'_>, grace: Duration) -> Result<u8, Fail> {
+async fn run_held(
+    cmd: &[std::ffi::OsString],
+    held: Held<'_>,
+    grace: Duration,
+    signals: &mut Signals,
+) -> Result<u8, Fail> {
     let started = supervise::spawn(cmd, &held).map_err(|e| {
         let code = if e.kind() == std::io::ErrorKind::NotFound { EXIT_NOT_FOUND } else { EXIT_CANNOT_RUN };
         Fail(code, format!("cannot run {:?}: {e}", cmd[0]))
     })?;
-    match supervise::supervise(started, &held, grace).await {
-        Ok(Outcome::Exited(code)) => Ok(code.clamp(0, 255) as u8),
-        Ok(Outcome::Lost) => Err(Fail(EXIT_LOST, format!("lock {:?} lost; the command was killed", held.name))),
-        Err(e) => Err(Fail(EXIT_FAILED, format!("supervising the command: {e}"))),
+    match supervise::supervise(started, &held, grace, signals).await {
+        Outcome::Exited(code) => Ok(code.clamp(0, 255) as u8),
+        Outcome::Lost => Err(Fail(EXIT_LOST, format!("lock {:?} lost; the command was killed", held.name))),
+        Outcome::NotStarted => Err(Fail(
+            EXIT_LOST,
+            format!("lock {:?}: too little of its lease left to start the command; it did not run", held.name),
+        )),
+        Outcome::Failed(e) => Err(Fail(EXIT_FAILED, format!("supervising the command: {e}"))),
     }
 }
 
@@ -145,9 +184,9 @@ async fn finish(
     match done {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            eprintln!("leasehold: warning: release failed ({e}); the lease expires on its own within {ttl:?}")
+            say!("leasehold: warning: release failed ({e}); the lease expires on its own within {ttl:?}")
         }
-        Err(_) => eprintln!(
+        Err(_) => say!(
             "leasehold: warning: release did not finish within {bound:?}; the lease expires on its own within {ttl:?}"
         ),
     }

@@ -8,6 +8,15 @@
 //! 126 the command cannot be run; 127 the command was not found; 130 (143) interrupted by
 //! SIGINT (SIGTERM) while waiting.
 
+/// `eprintln!` that never panics: a stderr that fails (a closed pipe, a terminal that hung
+/// up) must not stop leasehold in the middle of ending or releasing something.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod duration;
 mod hold;
 mod show;
@@ -16,7 +25,7 @@ mod watchdog;
 
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use duration::parse_duration;
-use hold::{interruptible, run_guarded, taken, Guard, How};
+use hold::{interruptible, run_guarded, taken, Guard, How, Signals};
 use leasehold::{Client, Election, Error, EtcdConfig, Mutex, RwLock, Semaphore, Strategy, TlsConfig};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -134,7 +143,7 @@ enum Cmd {
         hold: Hold,
         /// The command and its arguments (after --); none: hold until interrupted.
         #[arg(last = true)]
-        cmd: Vec<String>,
+        cmd: Vec<std::ffi::OsString>,
     },
     /// Take a read or a write lock, run CMD, release when it exits (fair: readers do not
     /// starve a writer).
@@ -151,7 +160,7 @@ enum Cmd {
         hold: Hold,
         /// The command and its arguments (after --); none: hold until interrupted.
         #[arg(last = true)]
-        cmd: Vec<String>,
+        cmd: Vec<std::ffi::OsString>,
     },
     /// Take one of N permits, run CMD, release when it exits.
     Semaphore {
@@ -166,7 +175,7 @@ enum Cmd {
         hold: Hold,
         /// The command and its arguments (after --).
         #[arg(last = true, required = true)]
-        cmd: Vec<String>,
+        cmd: Vec<std::ffi::OsString>,
     },
     /// Campaign, run CMD while leading (a singleton job), resign when it exits.
     /// With --observe, print every leader change instead (one line each).
@@ -190,7 +199,7 @@ enum Cmd {
         hold: Hold,
         /// The command and its arguments (after --).
         #[arg(last = true, required_unless_present = "observe")]
-        cmd: Vec<String>,
+        cmd: Vec<std::ffi::OsString>,
     },
     /// Print who holds a name and who waits for it, oldest first (any recipe's name,
     /// and `etcdctl lock`'s).
@@ -295,38 +304,53 @@ async fn run(cli: Cli) -> Result<u8, Fail> {
     match cli.command {
         Cmd::Lock { name, strategy: st, lock_delay, hold, cmd } => {
             let session = client.session_builder().ttl(hold.ttl).open().await?;
+            let mut signals = Signals::new()?;
             let mutex = Mutex::new(&session, &name)?
                 .with_strategy(strategy(st))
                 .with_lock_delay(lock_delay.unwrap_or(Duration::ZERO));
             let guard = Guard::Mutex(match hold.how() {
-                How::Try => taken(mutex.try_lock().await?, "lock", &name)?,
-                How::Within(t) => interruptible(&session, mutex.lock_timeout(t)).await?,
-                How::Forever => interruptible(&session, mutex.lock()).await?,
+                How::Try => taken(interruptible(&session, &mut signals, mutex.try_lock()).await?, "lock", &name)?,
+                How::Within(t) => interruptible(&session, &mut signals, mutex.lock_timeout(t)).await?,
+                How::Forever => interruptible(&session, &mut signals, mutex.lock()).await?,
             });
-            run_guarded(&name, session, guard, &cmd, hold.grace).await
+            run_guarded(&name, session, guard, &cmd, hold.grace, &mut signals).await
         }
         Cmd::Rwlock { name, read, hold, cmd, .. } => {
             let session = client.session_builder().ttl(hold.ttl).open().await?;
+            let mut signals = Signals::new()?;
             let lock = RwLock::new(&session, &name)?;
             let guard = match (read, hold.how()) {
-                (true, How::Try) => Guard::Read(taken(lock.try_read().await?, "read lock", &name)?),
-                (true, How::Within(t)) => Guard::Read(interruptible(&session, lock.read_timeout(t)).await?),
-                (true, How::Forever) => Guard::Read(interruptible(&session, lock.read()).await?),
-                (false, How::Try) => Guard::Write(taken(lock.try_write().await?, "write lock", &name)?),
-                (false, How::Within(t)) => Guard::Write(interruptible(&session, lock.write_timeout(t)).await?),
-                (false, How::Forever) => Guard::Write(interruptible(&session, lock.write()).await?),
+                (true, How::Try) => Guard::Read(taken(
+                    interruptible(&session, &mut signals, lock.try_read()).await?,
+                    "read lock",
+                    &name,
+                )?),
+                (true, How::Within(t)) => {
+                    Guard::Read(interruptible(&session, &mut signals, lock.read_timeout(t)).await?)
+                }
+                (true, How::Forever) => Guard::Read(interruptible(&session, &mut signals, lock.read()).await?),
+                (false, How::Try) => Guard::Write(taken(
+                    interruptible(&session, &mut signals, lock.try_write()).await?,
+                    "write lock",
+                    &name,
+                )?),
+                (false, How::Within(t)) => {
+                    Guard::Write(interruptible(&session, &mut signals, lock.write_timeout(t)).await?)
+                }
+                (false, How::Forever) => Guard::Write(interruptible(&session, &mut signals, lock.write()).await?),
             };
-            run_guarded(&name, session, guard, &cmd, hold.grace).await
+            run_guarded(&name, session, guard, &cmd, hold.grace, &mut signals).await
         }
         Cmd::Semaphore { name, permits, strategy: st, hold, cmd } => {
             let session = client.session_builder().ttl(hold.ttl).open().await?;
+            let mut signals = Signals::new()?;
             let sem = Semaphore::new(&session, &name, permits)?.with_strategy(strategy(st));
             let guard = Guard::Permit(match hold.how() {
-                How::Try => taken(sem.try_acquire().await?, "semaphore", &name)?,
-                How::Within(t) => interruptible(&session, sem.acquire_timeout(t)).await?,
-                How::Forever => interruptible(&session, sem.acquire()).await?,
+                How::Try => taken(interruptible(&session, &mut signals, sem.try_acquire()).await?, "semaphore", &name)?,
+                How::Within(t) => interruptible(&session, &mut signals, sem.acquire_timeout(t)).await?,
+                How::Forever => interruptible(&session, &mut signals, sem.acquire()).await?,
             });
-            run_guarded(&name, session, guard, &cmd, hold.grace).await
+            run_guarded(&name, session, guard, &cmd, hold.grace, &mut signals).await
         }
         Cmd::Elect { name, observe: true, json, .. } => {
             let session = client.session().await?;
@@ -340,14 +364,19 @@ async fn run(cli: Cli) -> Result<u8, Fail> {
         }
         Cmd::Elect { name, value, lock_delay, hold, cmd, .. } => {
             let session = client.session_builder().ttl(hold.ttl).open().await?;
+            let mut signals = Signals::new()?;
             let election = Election::new(&session, &name)?.with_lock_delay(lock_delay.unwrap_or(Duration::ZERO));
             let value = value.unwrap_or_else(|| format!("pid-{}", std::process::id()));
             let guard = Guard::Leader(match hold.how() {
-                How::Try => taken(election.try_campaign(value).await?, "election", &name)?,
-                How::Within(t) => interruptible(&session, election.campaign_timeout(value, t)).await?,
-                How::Forever => interruptible(&session, election.campaign(value)).await?,
+                How::Try => taken(
+                    interruptible(&session, &mut signals, election.try_campaign(value)).await?,
+                    "election",
+                    &name,
+                )?,
+                How::Within(t) => interruptible(&session, &mut signals, election.campaign_timeout(value, t)).await?,
+                How::Forever => interruptible(&session, &mut signals, election.campaign(value)).await?,
             });
-            run_guarded(&name, session, guard, &cmd, hold.grace).await
+            run_guarded(&name, session, guard, &cmd, hold.grace, &mut signals).await
         }
         Cmd::Status { name, permits, json } => {
             let prefix = client.prefix_of(&name)?;
@@ -373,17 +402,17 @@ async fn run(cli: Cli) -> Result<u8, Fail> {
 
 fn main() -> ExitCode {
     // The two helper processes leasehold starts itself (see watchdog.rs); not for users.
-    let args: Vec<String> = std::env::args().collect();
-    match args.get(1).map(String::as_str) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match args.get(1).and_then(|a| a.to_str()) {
         Some(watchdog::SUBCOMMAND) => return ExitCode::from(watchdog::run() as u8),
         Some(watchdog::GATE) => {
-            let fd = args.get(2).and_then(|f| f.parse().ok()).unwrap_or(-1);
+            let fd = args.get(2).and_then(|f| f.to_str()?.parse().ok()).unwrap_or(-1);
             let cmd = args.get(4..).unwrap_or_default();
             return ExitCode::from(watchdog::gate(fd, cmd) as u8);
         }
         _ => {}
     }
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -400,21 +429,21 @@ fn main() -> ExitCode {
                 .filter(|l| !l.is_empty())
                 .collect();
             let line = parts.join(" ");
-            eprintln!("leasehold: {} (see --help)", line.trim_start_matches("error: "));
+            say!("leasehold: {} (see --help)", line.trim_start_matches("error: "));
             return ExitCode::from(EXIT_USAGE);
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("leasehold: cannot start runtime: {e}");
+            say!("leasehold: cannot start runtime: {e}");
             return ExitCode::from(EXIT_FAILED);
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(Fail(code, msg)) => {
-            eprintln!("leasehold: {msg}");
+            say!("leasehold: {msg}");
             ExitCode::from(code)
         }
     }

@@ -16,13 +16,17 @@
 //! in which it runs unguarded.
 //!
 //! When the command exits, the rest of its process group (`sh -c 'worker &'`) is ended
-//! (SIGTERM, then SIGKILL after the grace) **before** the lock is released.
+//! (SIGTERM, then SIGKILL after the grace) **before** the lock is released; while any of
+//! it lives, the lock is held (and renewed), however long that takes. If supervising fails
+//! (the watchdog cannot be restarted, a signal cannot be set up), the command's group is
+//! killed and ended the same way before anything is released.
 //!
 //! Ctrl-Z (SIGTSTP) stops the command's process group and then the supervisor; the lease is
 //! not renewed meanwhile, so if it is not resumed before the lease could expire, the
 //! watchdog kills the command at the deadline.
 
-use crate::watchdog::{self, group_alive, signal_group, Watchdog};
+use crate::hold::Signals;
+use crate::watchdog::{self, group_alive, signal_group, SendError, Watchdog};
 use leasehold::Session;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
@@ -36,6 +40,11 @@ pub enum Outcome {
     Exited(i32),
     /// The lease was (about to be) lost; the child was killed.
     Lost,
+    /// The lease had too little time left to start the command; it did not run.
+    NotStarted,
+    /// Supervising failed; the command's group was killed and ended (the lock is still held
+    /// and may be released).
+    Failed(String),
 }
 
 /// What the child learns about its holding.
@@ -46,10 +55,7 @@ pub struct Held<'a> {
     pub session: &'a Session,
 }
 
-/// The fd number the gate process reads from.
-const GATE_FD: i32 = 3;
-
-/// The command, started behind its gate: it runs only once [`Gate::open`] is called.
+/// The command, started behind its gate: it runs only once [`Started::open`] is called.
 pub struct Started {
     pub child: Child,
     pub pgid: i32,
@@ -58,19 +64,20 @@ pub struct Started {
 
 impl Started {
     /// Lets the command run (the gate process execs it).
-    pub fn open(self) -> std::io::Result<(Child, i32)> {
+    fn open(&self) -> std::io::Result<()> {
         // SAFETY: writing one byte to the pipe we own.
         let n = unsafe { libc::write(self.gate.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
         if n != 1 {
             return Err(std::io::Error::last_os_error());
         }
-        Ok((self.child, self.pgid))
+        Ok(())
     }
 }
 
 /// Starts `cmd` in its own process group with the holding in its environment, waiting at
-/// its gate.
-pub fn spawn(cmd: &[String], held: &Held<'_>) -> std::io::Result<Started> {
+/// its gate. The gate reads a pipe on an fd the supervisor had free, so every fd the
+/// command inherits (systemd's socket activation starts at 3) reaches it unchanged.
+pub fn spawn(cmd: &[std::ffi::OsString], held: &Held<'_>) -> std::io::Result<Started> {
     let mut fds = [0i32; 2];
     // SAFETY: pipe2 fills two fds, both close-on-exec.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -79,9 +86,9 @@ pub fn spawn(cmd: &[String], held: &Held<'_>) -> std::io::Result<Started> {
     // SAFETY: both fds are fresh and owned here.
     let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let read_fd = read_end.as_raw_fd();
-    let mut c = Command::new(std::env::current_exe()?);
+    let mut c = Command::new(watchdog::self_exe());
     c.arg(watchdog::GATE)
-        .arg(GATE_FD.to_string())
+        .arg(read_fd.to_string())
         .arg("--")
         .args(cmd)
         .env("LEASEHOLD_FENCING_TOKEN", held.token.to_string())
@@ -90,15 +97,13 @@ pub fn spawn(cmd: &[String], held: &Held<'_>) -> std::io::Result<Started> {
         .env("LEASEHOLD_LEASE", format!("{:x}", held.session.lease_id()))
         .process_group(0)
         .kill_on_drop(true);
-    // SAFETY: dup2 is async-signal-safe. The read end becomes fd 3 without close-on-exec
-    // (the gate reads it); the write end is close-on-exec, so only the supervisor keeps it:
-    // if the supervisor dies before opening the gate, the gate reads end-of-file.
+    // SAFETY: fcntl is async-signal-safe. In the child only, the read end loses
+    // close-on-exec (the gate reads it, then closes it); the write end keeps it, so only
+    // the supervisor holds it: if the supervisor dies before opening the gate, the gate
+    // reads end-of-file.
     unsafe {
         c.pre_exec(move || {
-            // (dup2 onto itself would keep close-on-exec: clear it then.)
-            let rc =
-                if read_fd == GATE_FD { libc::fcntl(GATE_FD, libc::F_SETFD, 0) } else { libc::dup2(read_fd, GATE_FD) };
-            if rc < 0 {
+            if libc::fcntl(read_fd, libc::F_SETFD, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -116,74 +121,158 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
 }
 
 /// Ends what is left of the process group `pgid` (the command exited, a `worker &` it
-/// started may not have): SIGTERM, then SIGKILL after `grace`, and waits until no process
-/// of the group lives (at most 10 s more).
-pub async fn end_group(pgid: i32, grace: Duration) {
+/// started may not have; or it was killed): SIGTERM, then SIGKILL after `grace`, and waits
+/// until no process of the group lives. True once none does; false if the session was lost
+/// first (then nothing may be released: the lease is gone or going anyway).
+pub async fn end_group(pgid: i32, grace: Duration, session: &Session) -> bool {
     if !group_alive(pgid) {
-        return;
+        return true;
     }
-    eprintln!("leasehold: the command exited; ending the rest of its process group before the release");
     signal_group(pgid, libc::SIGTERM);
     signal_group(pgid, libc::SIGCONT);
+    say!("leasehold: ending what is left of the command's process group before the release");
     let until = Instant::now() + grace;
     while group_alive(pgid) && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let until = Instant::now() + Duration::from_secs(10);
-    while group_alive(pgid) && Instant::now() < until {
+    let mut next_word = Instant::now() + Duration::from_secs(10);
+    while group_alive(pgid) {
+        if !session.is_valid() {
+            return false;
+        }
         signal_group(pgid, libc::SIGKILL);
+        if Instant::now() >= next_word {
+            say!(
+                "leasehold: processes of the command's group still live after SIGKILL; the lock is kept until they end"
+            );
+            next_word += Duration::from_secs(10);
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// The two stages of the kill budget.
+#[derive(Clone, Copy)]
+struct Budget {
+    grace: Duration,
+    margin: Duration,
+}
+
+impl Budget {
+    fn term_at(&self, deadline: Instant) -> Instant {
+        deadline.checked_sub(self.margin + self.grace).unwrap_or(deadline)
+    }
+
+    fn kill_at(&self, deadline: Instant) -> Instant {
+        deadline.checked_sub(self.margin).unwrap_or(deadline)
     }
 }
 
-/// Starts the watchdog of `pgid` with the session's current deadline.
-async fn guard(pgid: i32, grace: Duration, margin: Duration, session: &Session) -> std::io::Result<Watchdog> {
-    let mut dog = Watchdog::start(pgid, grace).await?;
-    dog.deadline(session.deadline(), margin).await?;
+/// How long a watchdog may take to arm.
+const ARM_WITHIN: Duration = Duration::from_secs(10);
+
+/// Starts the watchdog of `pgid` with the session's current deadline, allowing it `within`
+/// to arm.
+async fn guard(pgid: i32, budget: Budget, session: &Session, within: Duration) -> std::io::Result<Watchdog> {
+    let mut dog = Watchdog::start(pgid, budget.grace, within).await?;
+    dog.deadline(session.deadline(), budget.margin).map_err(|e| std::io::Error::other(e.to_string()))?;
     Ok(dog)
 }
 
-/// Runs the command: starts the watchdog for its process group, opens its gate, and waits
-/// for it, forwarding SIGINT/SIGTERM/SIGHUP, stopping with it on Ctrl-Z, and killing it
-/// before the session's deadline if renewals stop succeeding. When it exits, the rest of
-/// its process group is ended. The watchdog is disarmed only then.
-pub async fn supervise(started: Started, held: &Held<'_>, grace: Duration) -> std::io::Result<Outcome> {
-    let ttl = held.session.ttl();
-    let grace = grace.min(ttl / 4);
-    let margin = Duration::from_millis(500).min(ttl / 10);
-    let mut dog = match guard(started.pgid, grace, margin, held.session).await {
+/// Replaces a watchdog while the command runs. The supervisor does not watch the deadline
+/// meanwhile, so the new one must be armed before the kill time; if it is not, supervising
+/// fails (and the command is killed).
+async fn replace(pgid: i32, budget: Budget, session: &Session) -> std::io::Result<Watchdog> {
+    let kill_at = budget.kill_at(Instant::from_std(session.deadline()));
+    let within = kill_at.saturating_duration_since(Instant::now()).min(ARM_WITHIN);
+    guard(pgid, budget, session, within).await
+}
+
+/// Runs the command: starts the watchdog for its process group, opens its gate if the lease
+/// has time enough left, and waits for it, forwarding SIGINT/SIGTERM/SIGHUP, stopping with
+/// it on Ctrl-Z, and killing it before the session's deadline if renewals stop succeeding.
+/// When it exits, is killed, or supervising fails, the rest of its process group is ended;
+/// the watchdog is disarmed only then.
+pub async fn supervise(mut started: Started, held: &Held<'_>, grace: Duration, signals: &mut Signals) -> Outcome {
+    let session = held.session;
+    let ttl = session.ttl();
+    let budget = Budget { grace: grace.min(ttl / 4), margin: Duration::from_millis(500).min(ttl / 10) };
+    let pgid = started.pgid;
+    let mut dog = match guard(pgid, budget, session, ARM_WITHIN).await {
         Ok(dog) => dog,
+        // The gate never opens: dropping it ends the gate process; the command never runs.
+        Err(e) => return Outcome::Failed(format!("cannot start the watchdog: {e}")),
+    };
+    // Started only with time enough left to end it before the deadline.
+    let left = session.deadline().saturating_duration_since(std::time::Instant::now());
+    if !session.is_valid() || left <= budget.margin + budget.grace {
+        drop(started);
+        dog.disarm().await;
+        return Outcome::NotStarted;
+    }
+    let watched = match started.open() {
+        Ok(()) => watch(&mut started.child, pgid, &mut dog, session, budget, signals).await,
+        Err(e) => Err(std::io::Error::other(format!("cannot open the command's gate: {e}"))),
+    };
+    let outcome = match watched {
+        Ok(Some(outcome)) => outcome,
+        Ok(None) => {
+            signal_group(pgid, libc::SIGKILL);
+            say!("leasehold: lease lost or about to expire; killed the command");
+            Outcome::Lost
+        }
         Err(e) => {
-            drop(started); // the gate never opens: the command does not run
-            return Err(std::io::Error::other(format!("cannot start the watchdog: {e}")));
+            signal_group(pgid, libc::SIGKILL);
+            say!("leasehold: supervising the command failed ({e}); killed it");
+            Outcome::Failed(e.to_string())
         }
     };
-    let (mut child, pgid) = started.open()?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
+    let _ = started.child.wait().await;
+    let ended = end_group(pgid, budget.grace, session).await;
+    dog.disarm().await;
+    match outcome {
+        _ if !ended => Outcome::Lost,
+        outcome => outcome,
+    }
+}
+
+/// Waits for the command while the lease lasts. `Some` when it exited, `None` when it must
+/// be killed because the lease is (about to be) lost.
+async fn watch(
+    child: &mut Child,
+    pgid: i32,
+    dog: &mut Watchdog,
+    session: &Session,
+    budget: Budget,
+    signals: &mut Signals,
+) -> std::io::Result<Option<Outcome>> {
     let mut sighup = signal(SignalKind::hangup())?;
     let mut sigtstp = signal(SignalKind::from_raw(libc::SIGTSTP))?;
-    let lost = held.session.lost();
+    let lost = session.lost();
     tokio::pin!(lost);
-    let mut termed = false;
-    let mut told = held.session.deadline();
-    let tick = (ttl / 10).clamp(Duration::from_millis(50), Duration::from_millis(500));
-    let outcome = loop {
-        let deadline = Instant::from_std(held.session.deadline());
-        let term_at = deadline.checked_sub(margin + grace).unwrap_or(deadline);
-        let kill_at = deadline.checked_sub(margin).unwrap_or(deadline);
+    // The deadline a SIGTERM was sent for: a renewal that moves the deadline past it
+    // re-arms the countdown.
+    let mut termed_for: Option<Instant> = None;
+    let mut told = session.deadline();
+    let tick = (session.ttl() / 10).clamp(Duration::from_millis(50), Duration::from_millis(500));
+    loop {
+        let deadline = Instant::from_std(session.deadline());
+        let (term_at, kill_at) = (budget.term_at(deadline), budget.kill_at(deadline));
+        let termed = termed_for.is_some_and(|d| d >= deadline);
         tokio::select! {
             biased;
-            _ = &mut lost => break None,
+            _ = &mut lost => return Ok(None),
             status = child.wait() => {
                 let status = status?;
-                // Past the SIGTERM time (ours or the watchdog's, on the same deadline), the
-                // command ended because the lease was going.
-                let gone = termed || !held.session.is_valid() || Instant::now() >= term_at;
-                break Some(if gone { Outcome::Lost } else { Outcome::Exited(exit_code(status)) });
+                // Past the SIGTERM time of the deadline as it stands now (ours or the
+                // watchdog's), the command ended because the lease was going.
+                let now_term_at = budget.term_at(Instant::from_std(session.deadline()));
+                let gone = !session.is_valid() || Instant::now() >= now_term_at;
+                return Ok(Some(if gone { Outcome::Lost } else { Outcome::Exited(exit_code(status)) }));
             }
-            _ = sigint.recv() => { signal_group(pgid, libc::SIGINT); }
-            _ = sigterm.recv() => { signal_group(pgid, libc::SIGTERM); }
+            _ = signals.int.recv() => { signal_group(pgid, libc::SIGINT); }
+            _ = signals.term.recv() => { signal_group(pgid, libc::SIGTERM); }
             _ = sighup.recv() => { signal_group(pgid, libc::SIGHUP); }
             _ = sigtstp.recv() => {
                 // Ctrl-Z: the command's group stops, then this process (as the default
@@ -196,44 +285,42 @@ pub async fn supervise(started: Started, held: &Held<'_>, grace: Duration) -> st
             ended = dog.ended() => {
                 let status = ended?;
                 if status.code() == Some(1) {
-                    break None; // it killed the command: the deadline passed while we were stopped
+                    return Ok(None); // it killed the command: the deadline passed while we were stopped
                 }
-                eprintln!("leasehold: the watchdog ended ({status}); starting another");
-                dog = guard(pgid, grace, margin, held.session).await?;
+                say!("leasehold: the watchdog ended ({status}); starting another");
+                *dog = replace(pgid, budget, session).await?;
+                told = session.deadline();
             }
             _ = tokio::time::sleep_until(kill_at) => {
-                if Instant::from_std(held.session.deadline()) <= kill_at + margin {
-                    break None; // not renewed in time
+                if Instant::from_std(session.deadline()) <= deadline {
+                    return Ok(None); // not renewed in time
                 }
             }
             _ = tokio::time::sleep_until(term_at), if !termed => {
-                if Instant::from_std(held.session.deadline()) <= term_at + margin + grace {
-                    eprintln!("leasehold: lease renewals failing; sending SIGTERM to the command");
+                if Instant::from_std(session.deadline()) <= deadline {
                     signal_group(pgid, libc::SIGTERM);
-                    termed = true;
+                    termed_for = Some(deadline);
+                    say!("leasehold: lease renewals failing; sent SIGTERM to the command");
                 }
             }
             _ = tokio::time::sleep(tick) => {}
         }
-        // Each renewal moves the deadline: the watchdog gets the new one.
-        let now = held.session.deadline();
+        // Each renewal moves the deadline: the watchdog gets the new one, without waiting.
+        let now = session.deadline();
         if now != told {
-            told = now;
-            if let Err(e) = dog.deadline(now, margin).await {
-                eprintln!("leasehold: cannot reach the watchdog ({e})");
+            match dog.deadline(now, budget.margin) {
+                Ok(()) => told = now,
+                Err(SendError::Stuck) => {
+                    // A stopped watchdog fills its pipe; one that cannot read a deadline
+                    // cannot keep it. A new one is armed before the old one is ended.
+                    say!("leasehold: the watchdog does not read its input (stopped?); starting another");
+                    let old = std::mem::replace(dog, replace(pgid, budget, session).await?);
+                    old.abandon().await;
+                    told = session.deadline();
+                }
+                // It exited: `ended` above sees to it on the next turn.
+                Err(SendError::Io(e)) => say!("leasehold: cannot reach the watchdog ({e})"),
             }
         }
-    };
-    let outcome = match outcome {
-        Some(outcome) => outcome,
-        None => {
-            eprintln!("leasehold: lease lost or about to expire; killing the command");
-            signal_group(pgid, libc::SIGKILL);
-            let _ = child.wait().await;
-            Outcome::Lost
-        }
-    };
-    end_group(pgid, grace).await;
-    dog.disarm().await;
-    Ok(outcome)
+    }
 }

@@ -21,7 +21,7 @@
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::AsyncBufReadExt;
 
 /// The hidden subcommand that runs the watchdog.
 pub const SUBCOMMAND: &str = "__watchdog";
@@ -32,6 +32,57 @@ pub fn boottime_ns() -> u64 {
     // SAFETY: clock_gettime writes the timespec we pass; CLOCK_BOOTTIME exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Time the host spent suspended since boot (`CLOCK_BOOTTIME` − `CLOCK_MONOTONIC`), in
+/// nanoseconds; it grows only across a suspend.
+pub fn suspended_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let boot = boottime_ns();
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    boot.saturating_sub(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// The watchdog's log: lines go to stderr from a thread of their own, so that a stderr
+/// that blocks (a pipe nobody reads) or fails (a terminal that hung up) never delays or
+/// stops a kill. A line that does not fit the queue is dropped.
+mod log {
+    use std::io::Write;
+    use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    static QUEUE: Mutex<Option<(SyncSender<String>, Receiver<()>)>> = Mutex::new(None);
+
+    pub fn start() {
+        let (tx, rx) = sync_channel::<String>(32);
+        let (done_tx, done_rx) = sync_channel(1);
+        let spawned = std::thread::Builder::new().name("watchdog-log".into()).spawn(move || {
+            for line in rx {
+                let _ = writeln!(std::io::stderr(), "leasehold: watchdog: {line}");
+            }
+            let _ = done_tx.send(());
+        });
+        if spawned.is_ok() {
+            *QUEUE.lock().unwrap_or_else(|e| e.into_inner()) = Some((tx, done_rx));
+        }
+    }
+
+    pub fn say(line: String) {
+        if let Some((tx, _)) = QUEUE.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = tx.try_send(line);
+        }
+    }
+
+    /// Gives the queued lines a moment to be written before the process exits.
+    pub fn finish() {
+        let queue = QUEUE.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((tx, done)) = queue {
+            drop(tx);
+            let _ = done.recv_timeout(Duration::from_millis(200));
+        }
+    }
 }
 
 /// Signals a process group; false if it has no process left.
@@ -52,10 +103,11 @@ struct State {
 impl State {
     fn term(&mut self) {
         if let (Some(pgid), false) = (self.pgid, self.termed) {
-            eprintln!("leasehold: watchdog: the lease can no longer be counted on; sending SIGTERM to the command");
+            // Signals first, words after: nothing may delay the signal.
             signal_group(pgid, libc::SIGTERM);
             signal_group(pgid, libc::SIGCONT); // a stopped command must run to take its SIGTERM
             self.termed = true;
+            log::say("the lease can no longer be counted on; sent SIGTERM to the command".into());
         }
     }
 
@@ -86,13 +138,16 @@ fn set_timer(timer: &OwnedFd, at: Option<u64>) -> io::Result<()> {
 
 /// The watchdog process's main; returns its exit code.
 pub fn run() -> i32 {
-    match watch() {
+    log::start();
+    let code = match watch() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("leasehold: watchdog: {e}");
+            log::say(e.to_string());
             3
         }
-    }
+    };
+    log::finish();
+    code
 }
 
 fn watch() -> io::Result<i32> {
@@ -139,11 +194,11 @@ fn watch() -> io::Result<i32> {
                 if input.read_line(&mut line)? == 0 {
                     supervisor_gone = true;
                     let Some(_) = state.pgid else { return Ok(0) }; // the command never ran
-                    eprintln!("leasehold: watchdog: the supervisor is gone");
                     let now = boottime_ns();
                     state.term();
                     let soon = now.saturating_add(state.grace_ns);
                     state.kill_at = Some(state.kill_at.map_or(soon, |k| k.min(soon)));
+                    log::say("the supervisor is gone".into());
                     break;
                 }
                 let words: Vec<&str> = line.split_whitespace().collect();
@@ -160,7 +215,7 @@ fn watch() -> io::Result<i32> {
                         state.kill_at = kill.parse().ok();
                     }
                     ["disarm"] => return Ok(0),
-                    _ => eprintln!("leasehold: watchdog: ignored {:?}", line.trim_end()),
+                    _ => log::say(format!("ignored {:?}", line.trim_end())),
                 }
                 if !input.buffer().contains(&b'\n') {
                     break;
@@ -173,26 +228,85 @@ fn watch() -> io::Result<i32> {
         }
         if let (Some(pgid), Some(k)) = (state.pgid, state.kill_at) {
             if k <= now {
-                eprintln!("leasehold: watchdog: killing the command before the lease can expire");
                 signal_group(pgid, libc::SIGKILL);
+                log::say("killed the command before the lease could expire".into());
                 return Ok(1);
             }
         }
     }
 }
 
+/// This program, for starting the helper processes: `/proc/self/exe` still names it after
+/// the file was replaced or removed (an upgrade in place), when `current_exe()` does not.
+pub fn self_exe() -> std::path::PathBuf {
+    let proc = std::path::Path::new("/proc/self/exe");
+    if proc.exists() {
+        proc.to_path_buf()
+    } else {
+        std::env::current_exe().unwrap_or_else(|_| proc.to_path_buf())
+    }
+}
+
 /// The supervisor's end of a watchdog process.
 pub struct Watchdog {
     child: tokio::process::Child,
-    stdin: tokio::process::ChildStdin,
+    /// Its stdin, non-blocking: a watchdog that does not read (it is stopped) must not
+    /// block the supervisor, which then replaces it.
+    input: OwnedFd,
     grace: Duration,
+    /// [`suspended_ns`] when the last deadline was sent.
+    suspended: u64,
+}
+
+/// A line the watchdog could not take: its pipe is full (it is not reading) or closed (it
+/// is gone).
+#[derive(Debug)]
+pub enum SendError {
+    /// The pipe is full: the watchdog is stopped or starved.
+    Stuck,
+    /// Any other failure (the watchdog exited: broken pipe).
+    Io(io::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Stuck => f.write_str("the watchdog does not read its input (stopped?)"),
+            SendError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Writes `line` (shorter than `PIPE_BUF`, so all of it or nothing) to the non-blocking
+/// pipe `fd` without ever waiting.
+fn send_line(fd: &OwnedFd, line: &str) -> Result<(), SendError> {
+    debug_assert!(line.len() < 512);
+    // SAFETY: writing from a valid buffer of the given length to an fd we own.
+    let n = unsafe { libc::write(fd.as_raw_fd(), line.as_ptr().cast(), line.len()) };
+    if n == line.len() as isize {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if n < 0 && e.kind() == io::ErrorKind::WouldBlock {
+        return Err(SendError::Stuck);
+    }
+    Err(SendError::Io(if n < 0 { e } else { io::Error::other("short write to the watchdog") }))
+}
+
+/// The kill instant on `CLOCK_BOOTTIME` for a deadline `left` ahead (on the monotonic clock,
+/// measured right after `boot_now` was read). A suspend since the last deadline was sent
+/// (`suspended_now` > `suspended_before`) is taken off: the renewal behind this deadline may
+/// have been sent before the host slept, and the monotonic clock did not count the sleep
+/// that the server's clock did.
+pub fn kill_instant(boot_now: u64, left: Duration, suspended_now: u64, suspended_before: u64) -> u64 {
+    boot_now.saturating_add(left.as_nanos() as u64).saturating_sub(suspended_now.saturating_sub(suspended_before))
 }
 
 impl Watchdog {
-    /// Starts a watchdog for the process group `pgid` and waits until it is armed.
-    pub async fn start(pgid: i32, grace: Duration) -> io::Result<Self> {
-        let exe = std::env::current_exe()?;
-        let mut cmd = tokio::process::Command::new(exe);
+    /// Starts a watchdog for the process group `pgid` and waits (at most `within`) until it
+    /// is armed.
+    pub async fn start(pgid: i32, grace: Duration, within: Duration) -> io::Result<Self> {
+        let mut cmd = tokio::process::Command::new(self_exe());
         cmd.arg(SUBCOMMAND).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
         // SAFETY: setsid is async-signal-safe; it detaches the watchdog from the terminal
         // and from the supervisor's process group, so no terminal signal reaches it.
@@ -203,26 +317,42 @@ impl Watchdog {
             });
         }
         let mut child = cmd.spawn()?;
-        let mut stdin = child.stdin.take().ok_or_else(|| io::Error::other("watchdog: no stdin"))?;
+        let stdin = child.stdin.take().ok_or_else(|| io::Error::other("watchdog: no stdin"))?;
+        let input = stdin.into_owned_fd()?;
+        // SAFETY: fcntl on an fd we own; O_NONBLOCK only changes how writes wait.
+        unsafe {
+            let flags = libc::fcntl(input.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(input.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
         let stdout = child.stdout.take().ok_or_else(|| io::Error::other("watchdog: no stdout"))?;
-        stdin.write_all(format!("arm {pgid} {}\n", grace.as_nanos()).as_bytes()).await?;
         let mut answer = String::new();
-        let mut reader = tokio::io::BufReader::new(stdout);
-        let read = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut answer)).await;
+        let armed = async {
+            send_line(&input, &format!("arm {pgid} {}\n", grace.as_nanos()))
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            tokio::io::BufReader::new(stdout).read_line(&mut answer).await
+        };
+        let read = tokio::time::timeout(within, armed).await;
         if !matches!(read, Ok(Ok(_))) || answer.trim() != "armed" {
             let _ = child.start_kill();
-            return Err(io::Error::other(format!("watchdog did not arm (answer {answer:?})")));
+            let _ = child.wait().await;
+            return Err(io::Error::other(format!("watchdog did not arm within {within:?} (answer {answer:?})")));
         }
-        Ok(Self { child, stdin, grace })
+        Ok(Self { child, input, grace, suspended: suspended_ns() })
     }
 
     /// Tells the watchdog the session's validity `deadline` (a monotonic instant), less
-    /// `margin`: SIGKILL then, SIGTERM `grace` before.
-    pub async fn deadline(&mut self, deadline: std::time::Instant, margin: Duration) -> io::Result<()> {
+    /// `margin`: SIGKILL then, SIGTERM `grace` before. Never waits.
+    pub fn deadline(&mut self, deadline: std::time::Instant, margin: Duration) -> Result<(), SendError> {
+        // CLOCK_BOOTTIME first: a pause between the two readings then makes the kill
+        // earlier, never later.
+        let boot = boottime_ns();
         let left = deadline.saturating_duration_since(std::time::Instant::now()).saturating_sub(margin);
-        let kill = boottime_ns().saturating_add(left.as_nanos() as u64);
+        let suspended = suspended_ns();
+        let kill = kill_instant(boot, left, suspended, self.suspended);
         let term = kill.saturating_sub(self.grace.as_nanos() as u64);
-        self.stdin.write_all(format!("at {term} {kill}\n").as_bytes()).await
+        send_line(&self.input, &format!("at {term} {kill}\n"))?;
+        self.suspended = suspended;
+        Ok(())
     }
 
     /// Completes when the watchdog process ends (it was killed, or it killed the command).
@@ -230,9 +360,17 @@ impl Watchdog {
         self.child.wait().await
     }
 
+    /// Ends a watchdog that no longer reads its input (its replacement is already armed).
+    pub async fn abandon(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await;
+    }
+
     /// Tells the watchdog the group was ended by the supervisor; it exits.
     pub async fn disarm(mut self) {
-        let _ = self.stdin.write_all(b"disarm\n").await;
+        if send_line(&self.input, "disarm\n").is_err() {
+            let _ = self.child.start_kill();
+        }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await;
     }
 }
@@ -242,8 +380,9 @@ pub const GATE: &str = "__gate";
 
 /// The gate process's main: waits for the supervisor to write a byte on fd `fd` (it does
 /// once the watchdog guards this process's group), then becomes the command (`exec`, same
-/// pid and process group). If the supervisor is gone first, the command never runs.
-pub fn gate(fd: i32, cmd: &[String]) -> i32 {
+/// pid and process group). If the supervisor is gone first, the command never runs. The
+/// gate's fd is closed before the `exec`; every other inherited fd reaches the command.
+pub fn gate(fd: i32, cmd: &[std::ffi::OsString]) -> i32 {
     use std::os::unix::process::CommandExt;
     let mut byte = [0u8; 1];
     // SAFETY: a blocking one-byte read from the fd the supervisor passed us.
@@ -251,13 +390,14 @@ pub fn gate(fd: i32, cmd: &[String]) -> i32 {
     // SAFETY: closing our copy of the gate; nothing else uses it.
     unsafe { libc::close(fd) };
     if n != 1 {
-        eprintln!("leasehold: the supervisor ended before the command could start; it did not run");
+        let _ =
+            writeln!(io::stderr(), "leasehold: the supervisor ended before the command could start; it did not run");
         return 122;
     }
     let Some((program, args)) = cmd.split_first() else { return 2 };
     let err = std::process::Command::new(program).args(args).exec();
     let code = if err.kind() == io::ErrorKind::NotFound { 127 } else { 126 };
-    eprintln!("leasehold: cannot run {program:?}: {err}");
+    let _ = writeln!(io::stderr(), "leasehold: cannot run {program:?}: {err}");
     code
 }
 
@@ -285,6 +425,42 @@ mod tests {
         let a = boottime_ns();
         std::thread::sleep(Duration::from_millis(2));
         assert!(boottime_ns() >= a + 1_000_000);
+    }
+
+    #[test]
+    fn a_full_pipe_is_reported_not_waited_on() {
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe2 fills two fresh fds, which we own from here.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) }, 0);
+        // SAFETY: as above.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let line = "at 1000000000000 2000000000000\n";
+        let mut sent = 0;
+        let stuck = loop {
+            match send_line(&write, line) {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+            assert!(sent < 1_000_000, "the pipe never filled");
+        };
+        assert!(matches!(stuck, SendError::Stuck), "{stuck}");
+        assert!(sent * line.len() >= 4096, "only {sent} lines fit");
+        // Whole lines only: what is in the pipe is a multiple of the line.
+        let mut queued = 0i32;
+        // SAFETY: FIONREAD writes an int.
+        unsafe { libc::ioctl(read.as_raw_fd(), libc::FIONREAD, &mut queued) };
+        assert_eq!(queued as usize, sent * line.len());
+        drop(read);
+        assert!(matches!(send_line(&write, line), Err(SendError::Io(e)) if e.kind() == io::ErrorKind::BrokenPipe));
+    }
+
+    #[test]
+    fn a_suspend_since_the_last_deadline_is_taken_off() {
+        let s = Duration::from_secs(1);
+        assert_eq!(kill_instant(100_000_000_000, s, 7, 7), 101_000_000_000);
+        // Slept 3 s since the last deadline went out: that renewal may predate the sleep.
+        assert_eq!(kill_instant(100_000_000_000, s, 3_000_000_007, 7), 98_000_000_000);
+        assert_eq!(kill_instant(1, s, u64::MAX, 0), 0);
     }
 
     #[test]
