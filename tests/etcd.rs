@@ -220,3 +220,24 @@ async fn unreachable_endpoints_fail_fast() {
     let r = Client::connect("zookeeper://127.0.0.1:2181").await;
     assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
 }
+
+/// A watch that sees nothing for a while keeps its connection: etcd closes a connection
+/// whose client pings more often than every 5 s (`--grpc-keepalive-min-time`, "too many
+/// pings") while the server sends nothing on it. (With pings every 2 s, the watch broke
+/// after about 8 quiet seconds: found by the partition suite's quiet observer.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_watch_keeps_its_connection() {
+    let etcd = EtcdCluster::single();
+    let client = etcd.client().await;
+    let mut watch = client.backend().watch_prefix("quiet/").await.unwrap();
+    // Quiet for 3 × 5 s: long enough for three pings too many at any interval under 5 s.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let put = etcd.etcdctl().args(["put", "quiet/k", "v"]).output().unwrap();
+    assert!(put.status.success(), "{put:?}");
+    let batch = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.expect("no event within 5 s");
+    let batch = batch.expect("the watch broke while quiet");
+    assert!(
+        batch.iter().any(|e| matches!(e, leasehold::backend::WatchEvent::Put(kv) if kv.key == "quiet/k")),
+        "{batch:?}"
+    );
+}

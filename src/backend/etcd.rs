@@ -201,7 +201,11 @@ impl EtcdBackend {
             .with_connect_timeout(config.connect_timeout)
             .with_timeout(config.request_timeout)
             .with_require_leader(true)
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+            // HTTP/2 pings find a dead connection under a quiet watch. etcd closes the
+            // connection of a client that pings more often than every 5 s while it sends
+            // nothing itself (`--grpc-keepalive-min-time`, "too many pings"): stay well
+            // above that.
+            .with_keep_alive(KEEP_ALIVE_INTERVAL, Duration::from_secs(5));
         if let Some((user, password)) = &config.user {
             options = options.with_user(user.clone(), password.clone());
         }
@@ -307,6 +311,9 @@ fn with_causes(text: &str, e: &dyn std::error::Error) -> String {
     }
     out
 }
+
+/// How often an idle connection with open streams is pinged (see [`EtcdBackend::connect`]).
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Refuses TLS material that holds no PEM block of the expected kind, before connecting
 /// (rustls would otherwise just trust nothing and report an unknown issuer).
