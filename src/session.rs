@@ -454,9 +454,10 @@ impl Drop for SessionInner {
     }
 }
 
-/// The renewal loop. Renews every TTL/3; after a failure it retries every TTL/10 (at least
-/// 100 ms) until the deadline. The deadline only moves with a renewal that succeeded, by
-/// the time **that** renewal was sent.
+/// The renewal loop. Renews every TTL/3 (the first a third into the grant's validity);
+/// after a failure it retries every TTL/10 (at least 100 ms) until the deadline. The
+/// deadline only moves with a renewal that succeeded, by the time **that** renewal was sent
+/// (on etcd, opening a stream is such a renewal: `renewed_on_open`).
 ///
 /// A keep-alive stream pairs answers with requests by order only (etcd's carries no request
 /// id). So a stream whose request was abandoned — the deadline came first — is dropped,
@@ -469,7 +470,11 @@ async fn keep_alive(client: Client, lease: LeaseId, ttl: Duration, shared: Arc<S
     let interval = ttl / 3;
     let retry = (ttl / 10).max(Duration::from_millis(100));
     let mut keeper = None;
-    let mut next = Instant::now() + interval;
+    // The first renewal a third into the validity the grant gave, counted (as the deadline
+    // is) from the grant's request: not a third of a TTL after its answer, which on a slow
+    // link leaves too little time for the renewal's own round trip.
+    let first = Instant::from_std(shared.state.deadline());
+    let mut next = first.checked_sub(ttl - interval).unwrap_or(first).max(Instant::now());
     let expired = || {
         if !shared.state.expire_if_due(Instant::now().into_std()) {
             return false;
@@ -498,7 +503,12 @@ async fn keep_alive(client: Client, lease: LeaseId, ttl: Duration, shared: Arc<S
         let sent = Instant::now();
         let attempt = async {
             if keeper.is_none() {
-                keeper = Some(backend.keep_alive(lease).await?);
+                let opened = backend.keep_alive(lease).await?;
+                let renewed = opened.renewed_on_open();
+                keeper = Some(opened);
+                if renewed {
+                    return Ok(ttl); // etcd: the open was a renewal, answered
+                }
             }
             keeper.as_mut().expect("set above").renew().await
         };

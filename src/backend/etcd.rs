@@ -409,6 +409,10 @@ impl KeepAlive for EtcdKeepAlive {
             Err(_) => Err(Error::Unavailable("etcd: keep-alive timed out".into())),
         }
     }
+
+    fn renewed_on_open(&self) -> bool {
+        true
+    }
 }
 
 struct EtcdWatch {
@@ -474,10 +478,17 @@ impl Backend for EtcdBackend {
     async fn keep_alive(&self, lease: LeaseId) -> Result<Box<dyn KeepAlive>> {
         let mut leases = self.client.lease_client();
         let open = leases.keep_alive(lease);
+        // etcd-client opens the stream with a renewal and waits for its answer: a positive
+        // TTL (else "lease not found"). That answer is the lease renewed (`renewed_on_open`).
         let (keeper, stream) = tokio::time::timeout(self.request_timeout, open)
             .await
             .map_err(|_| Error::Unavailable("etcd: keep-alive open timed out".into()))?
-            .map_err(map_err)?;
+            .map_err(|e| match e {
+                etcd_client::Error::LeaseKeepAliveError(m) if m.contains("lease not found") => {
+                    Error::LeaseNotFound { lease }
+                }
+                e => map_err(e),
+            })?;
         Ok(Box::new(EtcdKeepAlive { lease, timeout: self.request_timeout, keeper, stream, abandoned: false }))
     }
 

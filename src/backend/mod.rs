@@ -249,6 +249,14 @@ pub trait KeepAlive: Send {
     /// # Cancel safety
     /// Not cancel-safe: a dropped call may have sent its request; see the trait docs.
     async fn renew(&mut self) -> Result<Duration>;
+
+    /// Whether opening this stream renewed the lease: its opening request was a renewal
+    /// that the server answered (with the lease's granted TTL) before
+    /// [`Backend::keep_alive`] returned, as on etcd. The session then counts the open as a
+    /// renewal, from a time before it began, and saves a round trip. `false` by default.
+    fn renewed_on_open(&self) -> bool {
+        false
+    }
 }
 
 /// A store that leasehold's recipes run on. See the [module docs](self) for the contract.

@@ -46,6 +46,7 @@ macro_rules! conformance_suite {
             waiter_loses_its_key_pessimistic => |c| mx::waiter_loses_its_key(c, Pessimistic);
             waiter_loses_its_key_optimistic => |c| mx::waiter_loses_its_key(c, Optimistic);
             reattach => |c| mx::reattach(c);
+            keep_alive_contract => |c| mx::keep_alive_contract(c);
             reattach_takes_over_leftovers => |c| rc::reattach_takes_over_leftovers(c);
             bad_input => |c| mx::bad_input(c);
             close_releases => |c| mx::close_releases(c);

@@ -421,3 +421,25 @@ pub async fn relock_leftover_is_reclaimed(client: &Client) {
     g.unlock().await.unwrap();
     assert!(keys(client, name).await.is_empty());
 }
+
+/// The keep-alive contract: a renewal answers the lease's granted TTL; opening a stream for a
+/// lease that is gone, or renewing on it, says `LeaseNotFound` (so a session reports its
+/// loss at once instead of retrying until its deadline).
+pub async fn keep_alive_contract(client: &Client) {
+    let backend = client.backend();
+    let lease = backend.grant_lease(Duration::from_secs(5)).await.unwrap();
+    let mut keeper = backend.keep_alive(lease.id).await.unwrap();
+    assert_eq!(keeper.renew().await.unwrap(), lease.ttl, "a renewal answers the granted TTL");
+    backend.revoke_lease(lease.id).await.unwrap();
+    let renewed = keeper.renew().await;
+    assert!(matches!(renewed, Err(Error::LeaseNotFound { .. })), "renewing a revoked lease: {renewed:?}");
+    match backend.keep_alive(lease.id).await {
+        Err(Error::LeaseNotFound { .. }) => {}
+        Err(e) => panic!("opening a keep-alive on a revoked lease: {e:?}"),
+        Ok(mut keeper) => {
+            assert!(!keeper.renewed_on_open(), "a stream that renewed a revoked lease on open");
+            let renewed = keeper.renew().await;
+            assert!(matches!(renewed, Err(Error::LeaseNotFound { .. })), "renewing a revoked lease: {renewed:?}");
+        }
+    }
+}
