@@ -535,7 +535,7 @@ impl Mutex {
                 (Some(mine), Some(h)) if h.key == self.key && mine.lease == self.session.lease_id() => {
                     let rev = mine.create_revision;
                     crate::metrics::conflicts("mutex", conflicts);
-                    let hold = pending.into_holding(rev);
+                    let hold = pending.into_holding(rev)?;
                     return Ok(Some(MutexGuard { hold: hold.contended(conflicts > 0), marker: None }));
                 }
                 _ => {}

@@ -323,7 +323,7 @@ pub(crate) async fn enqueue(session: &Session, ticket: Ticket, wait: Wait, rule:
     } else {
         Admitted { at: resp.revision, read: Some(resp.read) }
     };
-    Ok(Admission::Held(pending.into_holding(rev).contended(waited), mine, admitted))
+    Ok(Admission::Held(pending.into_holding(rev)?.contended(waited), mine, admitted))
 }
 
 /// The waiting half of an optimistic (compare-and-swap) acquisition. After an attempt that

@@ -445,7 +445,7 @@ impl Semaphore {
             }
             let rev = mine.create_revision;
             if resp.head.iter().any(|kv| kv.create_revision == rev) {
-                return Ok(Some(Permit { hold: pending.into_holding(rev) }));
+                return Ok(Some(Permit { hold: pending.into_holding(rev)? }));
             }
             // Not among the first N: give the place up at once, wait for fewer than N keys
             // (with this deletion seen), then retry.

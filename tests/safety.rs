@@ -439,3 +439,49 @@ async fn unlock_of_a_lost_lock_is_an_error() {
     assert!(client.backend().delete_if_created(permit.key(), permit.fencing_token() as i64).await.unwrap());
     assert!(matches!(permit.release().await, Err(Error::NotHeld { .. })));
 }
+
+// ---------------------------------------------------------------------------------------
+// Found by the partition suite (slow link): an acquisition answered after the deadline.
+
+/// The create of an acquisition is applied at once but answered only after the session's
+/// validity deadline (a slow link; the session's renewals fail meanwhile), by which time
+/// the store may have expired the lease and given the lock to another. The old code
+/// admitted it all the same: `lock()` returned a guard that was already invalid (the
+/// partition suite's holder printed HELD 700 ms after its key was deleted). Every recipe
+/// and strategy must fail with `SessionLost` instead.
+#[tokio::test(start_paused = true)]
+async fn an_acquisition_answered_after_the_deadline_is_not_admitted() {
+    for what in
+        ["mutex", "mutex-optimistic", "mutex-adaptive", "semaphore", "semaphore-optimistic", "rwlock", "election"]
+    {
+        let store = MemoryBackend::new();
+        let (client, faults) = faulty(&store);
+        let ttl = Duration::from_secs(3);
+        let s = client.session_builder().ttl(ttl).open().await.unwrap();
+        faults.inject(Op::OpenKeepAlive, None, Fault::FailBefore, None);
+        faults.inject(Op::Renew, None, Fault::FailBefore, None);
+        for op in [Op::Create, Op::Cas] {
+            faults.inject(op, None, Fault::DelayAnswer(ttl + Duration::from_secs(1)), None);
+        }
+        let held = match what {
+            "mutex" => Mutex::new(&s, "m").unwrap().lock().await.map(|g| g.is_valid()),
+            "mutex-optimistic" => {
+                Mutex::new(&s, "m").unwrap().with_strategy(Strategy::Optimistic).lock().await.map(|g| g.is_valid())
+            }
+            "mutex-adaptive" => {
+                Mutex::new(&s, "m").unwrap().with_strategy(Strategy::Adaptive).lock().await.map(|g| g.is_valid())
+            }
+            "semaphore" => Semaphore::new(&s, "p", 2).unwrap().acquire().await.map(|g| g.is_valid()),
+            "semaphore-optimistic" => Semaphore::new(&s, "p", 2)
+                .unwrap()
+                .with_strategy(Strategy::Optimistic)
+                .acquire()
+                .await
+                .map(|g| g.is_valid()),
+            "rwlock" => RwLock::new(&s, "rw").unwrap().write().await.map(|g| g.is_valid()),
+            "election" => Election::new(&s, "e").unwrap().campaign("me").await.map(|g| g.is_valid()),
+            _ => unreachable!(),
+        };
+        assert!(matches!(held, Err(Error::SessionLost { .. })), "{what}: admitted after the deadline: {held:?}");
+    }
+}

@@ -214,7 +214,7 @@ impl Parked {
         let outcome = (&mut self.admitted).await;
         let (at, waited) = outcome.map_err(|_| Error::Store("parked queue place: follower ended".into()))??;
         let pending = self.pending.take().ok_or_else(|| Error::Store("parked queue place: claimed twice".into()))?;
-        let hold = pending.into_holding(self.rev).contended(waited);
+        let hold = pending.into_holding(self.rev)?.contended(waited);
         Ok((hold, at))
     }
 }

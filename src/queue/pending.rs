@@ -45,7 +45,11 @@ pub(crate) async fn create(
             continue;
         };
         let mut pending = Pending::start(session, req.clone(), local.take(), replaces.take(), owned);
-        let resp = pending.response().await?;
+        let resp = pending.response().await.map_err(|e| match e {
+            // The store has no such lease any more: the session is lost.
+            Error::LeaseNotFound { .. } => Error::SessionLost { lease: session.lease_id() },
+            e => e,
+        })?;
         let ours = resp.mine.as_ref().is_some_and(|kv| kv.lease == session.lease_id());
         if !resp.created && ours && doomed(session, &req.key) {
             local = pending.leave(); // it is being deleted: not ours to take
@@ -255,9 +259,17 @@ impl Pending {
 
     /// Keeps the key, created at `rev`, as a guard's: the guard now owns it (with the local
     /// slot and the claim) and must release it.
-    pub(crate) fn into_holding(mut self, rev: Revision) -> Holding {
+    ///
+    /// Fails with `SessionLost` if the session's validity deadline has passed: an answer
+    /// that came so late (a slow link) may be about a lease the store already expired, and
+    /// a lock it already gave to another. The key is then deleted in the background, as a
+    /// dropped acquisition's is.
+    pub(crate) fn into_holding(mut self, rev: Revision) -> Result<Holding> {
+        if !self.session.is_valid() {
+            return Err(Error::SessionLost { lease: self.session.lease_id() });
+        }
         self.stage = Stage::Done;
-        Holding::new(self.session.clone(), self.key.clone(), rev, self.local.take(), self.owned.take())
+        Ok(Holding::new(self.session.clone(), self.key.clone(), rev, self.local.take(), self.owned.take()))
     }
 
     /// Leaves the key alone (it is not this acquisition's: a leftover, or a key being
