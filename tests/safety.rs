@@ -296,6 +296,28 @@ async fn a_create_that_lands_after_its_cleanup_is_deleted() {
     assert!(got.is_ok(), "the late key holds the only permit for good: {:?}", keys(&store, "slots/").await);
 }
 
+/// An acquisition dropped while its create is retried, whose retry succeeds while the first
+/// attempt (timed out) is still on its way: the dropped acquisition's cleanup deletes the
+/// retry's key, then the first attempt lands and makes the key again. Nothing owns it; the
+/// session's audit must delete it. The old code scheduled an audit only when the create
+/// ended in an error, and the key held the only permit for good (found by the simulator,
+/// seeds 1767 and 1990, once the first renewal moved earlier).
+#[tokio::test(start_paused = true)]
+async fn a_first_attempt_landing_after_a_dropped_acquisitions_cleanup_is_deleted() {
+    let store = MemoryBackend::new();
+    let (client, faults) = faulty(&store);
+    let s = client.session().await.unwrap();
+    faults.inject(Op::Create, Some("slots/"), Fault::Late(Duration::from_secs(2)), Some(1));
+    faults.inject(Op::Create, Some("slots/"), Fault::Delay(Duration::from_millis(300)), Some(1));
+    let acquiring = Semaphore::new(&s, "slots", 1).unwrap();
+    assert!(timeout(Duration::from_millis(100), acquiring.acquire()).await.is_err(), "dropped while retrying");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(keys(&store, "slots/").await.len(), 1, "the first attempt landed after the cleanup");
+    let b = other_session(&store).await;
+    let got = timeout(Duration::from_secs(60), Semaphore::new(&b, "slots", 1).unwrap().acquire()).await;
+    assert!(got.is_ok(), "the late key holds the only permit for good: {:?}", keys(&store, "slots/").await);
+}
+
 /// A request of a process that lands after its successor re-attached the lease (the
 /// simulator's seeds 754 and 1425): the successor's audit deletes the key nobody owns.
 #[tokio::test(start_paused = true)]

@@ -308,7 +308,13 @@ impl Drop for Pending {
                 let lease = session.lease_id();
                 let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
                 handle.spawn(async move {
-                    let target = match task.await {
+                    let outcome = task.await;
+                    if unknown.load(Ordering::Acquire) {
+                        // An earlier attempt's outcome is unknown: it may still land, also
+                        // after the key the last attempt made is deleted below.
+                        session.schedule_audit();
+                    }
+                    let target = match outcome {
                         Ok(Ok(resp)) => match resp.mine.filter(|kv| kv.lease == lease) {
                             Some(kv) => Some(Target::Created(key, kv.create_revision, Vec::new())),
                             None => None,
