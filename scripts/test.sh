@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what is missing (protoc, libprotobuf-dev, etcd) and runs every test:
 # unit, conformance on the embedded backend and on real etcd processes, doc tests,
-# examples' builds, the deterministic simulation and the loom models.
+# examples' builds, the partition suite, the deterministic simulation and the loom models.
 #
 #   scripts/test.sh            # everything (with the simulation, scripts/sim.sh)
 #   scripts/test.sh --no-loom  # skip the loom models
@@ -18,7 +18,7 @@ echo "test: etcd from $LEASEHOLD_ETCD_BIN_DIR ($("$LEASEHOLD_ETCD_BIN_DIR/etcd" 
 # 2-core machine from starving etcd's fsyncs.
 # Libtest flags go only to libtest binaries: the benches (harness = false) parse their own
 # arguments and would reject them, so they run apart, in test mode (they only say hello).
-cargo test --workspace --lib --bins --tests -- --test-threads=2 --skip fault_suite
+cargo test --workspace --lib --bins --tests -- --test-threads=2 --skip fault_suite --skip partition_suite
 cargo test --workspace --doc
 # Examples and benches: built, and benches smoke-run once (criterion's test mode; the
 # etcd benches only measure under `cargo bench`).
@@ -61,6 +61,9 @@ elif [ "${CI:-}" = true ]; then
   echo "test: etcd 3.4 missing in CI" >&2
   exit 1
 fi
+
+# Partitions and slow links on network namespaces (root), then two planted bugs it must catch.
+bash scripts/partitions.sh
 
 # The deterministic simulation: 2000 seeds, then each planted bug of issue 17 must be caught.
 bash scripts/sim.sh

@@ -512,6 +512,10 @@ async fn keep_alive(client: Client, lease: LeaseId, ttl: Duration, shared: Arc<S
             }
             keeper.as_mut().expect("set above").renew().await
         };
+        // Mutation for the partition suite (scripts/partitions.sh): a renewal given up on
+        // after one renewal interval, and then (below) counted as one that succeeded.
+        #[cfg(leasehold_part_mutation_renew_on_error)]
+        let deadline = deadline.min(sent + interval);
         #[cfg(not(leasehold_sim_mutation_keepalive))]
         let outcome = tokio::select! {
             biased;
@@ -531,6 +535,10 @@ async fn keep_alive(client: Client, lease: LeaseId, ttl: Duration, shared: Arc<S
         match outcome {
             Some(Ok(granted)) if !granted.is_zero() => {
                 crate::metrics::renewal(true);
+                // Mutation for the partition suite (scripts/partitions.sh): the deadline
+                // counted from the answer instead of the request.
+                #[cfg(leasehold_part_mutation_answer_time)]
+                let sent = Instant::now();
                 if !shared.state.renewed(sent.into_std(), granted) {
                     return; // closed or lost meanwhile
                 }
@@ -544,12 +552,20 @@ async fn keep_alive(client: Client, lease: LeaseId, ttl: Duration, shared: Arc<S
                 return;
             }
             Some(Err(e)) => {
+                // Mutation for the partition suite: a renewal that failed (connection
+                // refused, reset) counted as one that succeeded.
+                #[cfg(leasehold_part_mutation_renew_on_error)]
+                shared.state.renewed(sent.into_std(), ttl);
                 crate::metrics::renewal(false);
                 tracing::debug!(error = %e, "renewal failed; retrying");
                 keeper = None;
                 next = Instant::now() + retry;
             }
             None => {
+                // Mutation for the partition suite: no answer in time taken for a
+                // renewal.
+                #[cfg(leasehold_part_mutation_renew_on_error)]
+                shared.state.renewed(sent.into_std(), ttl);
                 // The request may still be answered on this stream: never read that answer.
                 #[cfg(not(leasehold_sim_mutation_keepalive))]
                 {

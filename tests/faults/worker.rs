@@ -342,3 +342,9 @@ pub(crate) async fn main() {
     println!("FAULTS-SUMMARY worker={worker} clients={} {}", plan.len(), total.line());
     assert_eq!(total.finished, plan.len() as u64, "every client finishes");
 }
+
+#[test]
+fn summary_lines_parse() {
+    let (w, st) = Stats::parse("FAULTS-SUMMARY worker=4 clients=3 acquired=7 refused=2 finished=3");
+    assert_eq!((w, st.acquired, st.refused, st.finished), (4, 7, 2, 3));
+}

@@ -2,4 +2,5 @@
 #![allow(dead_code)]
 pub mod certs;
 pub mod etcd;
+pub mod net;
 pub mod proc;
