@@ -224,6 +224,8 @@ impl Election {
             };
             if kv.value != value {
                 leadership.proclaim(value).await?;
+                // Answered past the session's deadline: no leadership (dropped, released).
+                self.session.check()?;
             }
             tracing::debug!(token = leadership.fencing_token(), "elected");
             Ok(Some(leadership))

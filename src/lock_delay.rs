@@ -78,7 +78,13 @@ impl LockDelay {
         wait: Wait,
     ) -> Result<Option<(Holding, String)>> {
         match self.admit(what, &hold, wait).await? {
-            Admit::Hold => Ok(Some((hold, self.marker.clone()))),
+            Admit::Hold => {
+                // The marker's read and write may have been answered past the session's
+                // deadline: then no guard (as for an acquisition's create); the key is
+                // released in the background.
+                hold.session().check()?;
+                Ok(Some((hold, self.marker.clone())))
+            }
             Admit::GiveUp => {
                 hold.release(what).await?;
                 Ok(None)

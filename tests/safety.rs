@@ -470,28 +470,42 @@ async fn unlock_of_a_lost_lock_is_an_error() {
 /// the store may have expired the lease and given the lock to another. The old code
 /// admitted it all the same: `lock()` returned a guard that was already invalid (the
 /// partition suite's holder printed HELD 700 ms after its key was deleted). Every recipe
-/// and strategy must fail with `SessionLost` instead.
+/// and strategy must fail with `SessionLost` instead: also a relock, and a lock-delay whose
+/// marker write is the late answer (an adversarial review found that one still open).
 #[tokio::test(start_paused = true)]
 async fn an_acquisition_answered_after_the_deadline_is_not_admitted() {
-    for what in
-        ["mutex", "mutex-optimistic", "mutex-adaptive", "semaphore", "semaphore-optimistic", "rwlock", "election"]
-    {
+    let cases = [
+        ("mutex", Op::Create),
+        ("mutex-optimistic", Op::Create),
+        ("mutex-adaptive", Op::Create),
+        ("mutex-lock-delay", Op::WriteIf),
+        ("relock", Op::Create),
+        ("semaphore", Op::Create),
+        ("semaphore-optimistic", Op::Create),
+        ("rwlock-write", Op::Create),
+        ("rwlock-read", Op::Create),
+        ("election", Op::Create),
+        ("election-lock-delay", Op::WriteIf),
+    ];
+    for (what, late) in cases {
         let store = MemoryBackend::new();
         let (client, faults) = faulty(&store);
         let ttl = Duration::from_secs(3);
         let s = client.session_builder().ttl(ttl).open().await.unwrap();
+        let mutex = Mutex::new(&s, "m").unwrap();
+        let mut relocked = if what == "relock" { Some(mutex.lock().await.unwrap()) } else { None };
         faults.inject(Op::OpenKeepAlive, None, Fault::FailBefore, None);
         faults.inject(Op::Renew, None, Fault::FailBefore, None);
-        for op in [Op::Create, Op::Cas] {
-            faults.inject(op, None, Fault::DelayAnswer(ttl + Duration::from_secs(1)), None);
-        }
+        faults.inject(late, None, Fault::DelayAnswer(ttl + Duration::from_secs(1)), None);
+        let delay = Duration::from_millis(100);
         let held = match what {
-            "mutex" => Mutex::new(&s, "m").unwrap().lock().await.map(|g| g.is_valid()),
-            "mutex-optimistic" => {
-                Mutex::new(&s, "m").unwrap().with_strategy(Strategy::Optimistic).lock().await.map(|g| g.is_valid())
-            }
-            "mutex-adaptive" => {
-                Mutex::new(&s, "m").unwrap().with_strategy(Strategy::Adaptive).lock().await.map(|g| g.is_valid())
+            "mutex" => mutex.lock().await.map(|g| g.is_valid()),
+            "mutex-optimistic" => mutex.with_strategy(Strategy::Optimistic).lock().await.map(|g| g.is_valid()),
+            "mutex-adaptive" => mutex.with_strategy(Strategy::Adaptive).lock().await.map(|g| g.is_valid()),
+            "mutex-lock-delay" => mutex.with_lock_delay(delay).lock().await.map(|g| g.is_valid()),
+            "relock" => {
+                let guard = relocked.as_mut().unwrap();
+                mutex.relock(guard).await.map(|()| guard.is_valid())
             }
             "semaphore" => Semaphore::new(&s, "p", 2).unwrap().acquire().await.map(|g| g.is_valid()),
             "semaphore-optimistic" => Semaphore::new(&s, "p", 2)
@@ -500,10 +514,15 @@ async fn an_acquisition_answered_after_the_deadline_is_not_admitted() {
                 .acquire()
                 .await
                 .map(|g| g.is_valid()),
-            "rwlock" => RwLock::new(&s, "rw").unwrap().write().await.map(|g| g.is_valid()),
+            "rwlock-write" => RwLock::new(&s, "rw").unwrap().write().await.map(|g| g.is_valid()),
+            "rwlock-read" => RwLock::new(&s, "rw").unwrap().read().await.map(|g| g.is_valid()),
             "election" => Election::new(&s, "e").unwrap().campaign("me").await.map(|g| g.is_valid()),
+            "election-lock-delay" => {
+                Election::new(&s, "e").unwrap().with_lock_delay(delay).campaign("me").await.map(|g| g.is_valid())
+            }
             _ => unreachable!(),
         };
         assert!(matches!(held, Err(Error::SessionLost { .. })), "{what}: admitted after the deadline: {held:?}");
+        assert!(faults.calls(late) > 0, "{what}: the late call was never made");
     }
 }

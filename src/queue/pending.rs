@@ -260,14 +260,13 @@ impl Pending {
     /// Keeps the key, created at `rev`, as a guard's: the guard now owns it (with the local
     /// slot and the claim) and must release it.
     ///
-    /// Fails with `SessionLost` if the session's validity deadline has passed: an answer
+    /// Fails with `SessionLost` if the session's validity deadline has passed (or
+    /// `SessionClosed` if it was closed meanwhile): an answer
     /// that came so late (a slow link) may be about a lease the store already expired, and
     /// a lock it already gave to another. The key is then deleted in the background, as a
     /// dropped acquisition's is.
     pub(crate) fn into_holding(mut self, rev: Revision) -> Result<Holding> {
-        if !self.session.is_valid() {
-            return Err(Error::SessionLost { lease: self.session.lease_id() });
-        }
+        self.session.check()?; // lost, closed, or past its deadline
         self.stage = Stage::Done;
         Ok(Holding::new(self.session.clone(), self.key.clone(), rev, self.local.take(), self.owned.take()))
     }
