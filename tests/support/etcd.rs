@@ -309,17 +309,8 @@ impl EtcdCluster {
                 continue;
             }
             let out = self.etcdctl_at(i).args(["endpoint", "status", "-w", "fields"]).output().ok()?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            let field = |name: &str| {
-                text.lines()
-                    .find(|l| l.starts_with(&format!("\"{name}\"")))
-                    .and_then(|l| l.split(':').nth(1))
-                    .map(|v| v.trim().trim_end_matches(',').to_owned())
-            };
-            if let (Some(id), Some(leader)) = (field("MemberID"), field("Leader")) {
-                if id == leader {
-                    return Some(i);
-                }
+            if says_it_leads(&out.stdout) {
+                return Some(i);
             }
         }
         None
@@ -360,4 +351,16 @@ impl Drop for EtcdCluster {
             self.kill(i);
         }
     }
+}
+
+/// Whether `etcdctl endpoint status -w fields` output says the member asked leads.
+pub fn says_it_leads(status: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(status);
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("\"{name}\"")))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|v| v.trim().trim_end_matches(',').to_owned())
+    };
+    matches!((field("MemberID"), field("Leader")), (Some(id), Some(leader)) if id == leader)
 }

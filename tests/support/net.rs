@@ -399,17 +399,8 @@ impl NetEtcd {
     pub fn leader(&self) -> Option<usize> {
         for m in 0..self.addrs.len() {
             let out = self.etcdctl(&[m]).args(["endpoint", "status", "-w", "fields"]).output().ok()?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            let field = |name: &str| {
-                text.lines()
-                    .find(|l| l.starts_with(&format!("\"{name}\"")))
-                    .and_then(|l| l.split(':').nth(1))
-                    .map(|v| v.trim().trim_end_matches(',').to_owned())
-            };
-            if let (Some(id), Some(leader)) = (field("MemberID"), field("Leader")) {
-                if id == leader {
-                    return Some(m);
-                }
+            if super::etcd::says_it_leads(&out.stdout) {
+                return Some(m);
             }
         }
         None
