@@ -37,7 +37,7 @@
 //! A probe, and the update of an optimistic handle whose conflict average is at least
 //! [`CONTENDED`] and that has seen the lock taken since, first reads the value together
 //! with whether the lock is taken
-//! ([`Backend::get_checking_lock`](crate::backend::Backend::get_checking_lock), one round
+//! (a [`Backend::transact`](crate::backend::Backend::transact) of two reads, one round
 //! trip) and yields at once if it is: the write would fail, and on a store that is then
 //! commit-bound each such doomed transaction cost the queue throughput (one client shared by
 //! 32 contenders: adaptive 0.80× the queue, with these reads 0.95–1.02× in the same runs).

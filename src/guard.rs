@@ -1,7 +1,7 @@
 //! What every guard (mutex, permit, read/write lock, leadership) holds: one key created
 //! under the session's lease, and the exactly-once release of it.
 
-use crate::backend::{Condition, Revision, Write};
+use crate::backend::{Condition, KeyValue, Revision, Write};
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::local::cleanups::Owned;
@@ -67,6 +67,24 @@ macro_rules! fenced_writes {
     };
 }
 pub(crate) use fenced_writes;
+
+/// Who holds a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// The holder's key.
+    pub key: String,
+    /// Its fencing token.
+    pub token: u64,
+    /// Its lease.
+    pub lease: i64,
+}
+
+impl Holder {
+    /// The holder whose key is `kv` (its token is the key's create revision).
+    pub(crate) fn of(kv: KeyValue) -> Self {
+        Self { key: kv.key, token: kv.create_revision as u64, lease: kv.lease }
+    }
+}
 
 /// A held key. Releasing deletes it only if it still has the create revision this
 /// acquisition got, so a late or repeated release never deletes a newer acquisition.

@@ -51,6 +51,7 @@ mod register;
 mod rwlock;
 mod semaphore;
 mod session;
+mod strategy;
 
 #[cfg(feature = "etcd")]
 pub use backend::etcd::{EtcdConfig, TlsConfig};
@@ -63,9 +64,11 @@ pub use client::{Client, KEPT_VIEWS};
 pub use election::{Election, LeaderInfo, Leadership, Observer};
 pub use error::{Error, Result};
 pub use fencing::FencedResource;
-pub use mutex::{Holder, Mutex, MutexGuard, Strategy};
+pub use guard::Holder;
+pub use mutex::{Mutex, MutexGuard};
 pub use name::{validate_name, MAX_NAME_LEN};
 pub use register::{Register, Updated, DEFAULT_REQUEUE_WINDOW};
 pub use rwlock::{ReadGuard, RwLock, WriteGuard};
 pub use semaphore::{Permit, Semaphore, Usage};
 pub use session::{Session, SessionBuilder, DEFAULT_TTL, MAX_TTL, MIN_TTL};
+pub use strategy::Strategy;

@@ -1,13 +1,14 @@
 //! A distributed mutex with a fencing token, under a session's lease.
 
 use crate::adaptive::Adaptive;
-use crate::backend::{Condition, CreateRequest, KeyValue, Precondition, Replaced, Revision, Write};
+use crate::backend::{CreateRequest, Precondition, Replaced, Write};
 use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
-use crate::guard::{fenced_writes, held_accessors, Holding};
+use crate::guard::{fenced_writes, held_accessors, Holder, Holding};
 use crate::local::waiter_queue::Slot;
 use crate::lock_delay::{self, LockDelay};
-use crate::queue::{claim, create, enqueue, gone, local_slot, Admission, Admitted, Pending, Retry, Rule, Ticket, Wait};
+use crate::queue::{create, enqueue, gone, Admission, Exclusive, Retry, Rule, Ticket, Wait};
+use crate::strategy::Strategy;
 use crate::Session;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,42 +16,6 @@ use tracing::Instrument;
 
 /// The recipe's name in errors.
 const WHAT: &str = "mutex";
-
-/// How an acquisition contends (for a [`Mutex`] or a [`Semaphore`](crate::Semaphore)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Strategy {
-    /// A fair FIFO queue (etcd's recipe): enqueue a key, wait for the one ahead to go.
-    /// One write per acquisition; one waiter wakes per release.
-    #[default]
-    Pessimistic,
-    /// Compare-and-swap: create the key only if nobody holds the name; on conflict wait for
-    /// the holder to go and retry after a jittered delay. No queue, not fair; cheapest when
-    /// contention is rare. (A semaphore creates its key and deletes it again at once if it
-    /// is not among the first N.)
-    Optimistic,
-    /// Starts optimistic, queues once it sees conflicts, and goes back when queueing finds
-    /// nobody ahead (the policy is in `src/adaptive.rs`). Per handle; clones share it. A
-    /// semaphore treats it as `Pessimistic`.
-    Adaptive,
-}
-
-/// Who holds a name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Holder {
-    /// The holder's key.
-    pub key: String,
-    /// Its fencing token.
-    pub token: u64,
-    /// Its lease.
-    pub lease: i64,
-}
-
-impl Holder {
-    /// The holder whose key is `kv` (its token is the key's create revision).
-    pub(crate) fn of(kv: KeyValue) -> Self {
-        Self { key: kv.key, token: kv.create_revision as u64, lease: kv.lease }
-    }
-}
 
 /// A distributed mutex.
 ///
@@ -86,8 +51,8 @@ impl Holder {
 pub struct Mutex {
     session: Session,
     name: String,
-    prefix: String,
-    key: String,
+    /// The session's keys in the name's queue (shared with a register of the same name).
+    queue: Exclusive,
     strategy: Strategy,
     backoff: Backoff,
     adaptive: Arc<Adaptive>,
@@ -102,13 +67,10 @@ fn optimistic_backoff() -> Backoff {
 impl Mutex {
     /// A pessimistic (fair) mutex on `name`. Fails for an invalid name.
     pub fn new(session: &Session, name: &str) -> Result<Self> {
-        let prefix = session.client().prefix_of(name)?;
-        let key = format!("{prefix}{:x}", session.lease_id());
         Ok(Self {
             session: session.clone(),
             name: name.to_owned(),
-            prefix,
-            key,
+            queue: Exclusive::new(session, name)?,
             strategy: Strategy::Pessimistic,
             backoff: optimistic_backoff(),
             adaptive: Arc::default(),
@@ -186,14 +148,14 @@ impl Mutex {
     /// The key this session uses for the name (a [relock](Self::relock) alternates between
     /// it and [`relock_key`](Self::relock_key)).
     pub fn key(&self) -> &str {
-        &self.key
+        self.queue.key()
     }
 
     /// The session's second key for the name, `<key>-r`: a relock queues with the key the
     /// guard does not hold, because etcd cannot delete and create one key in one
     /// transaction. (Lease ids are hex, so no other session's key can look like it.)
     pub fn relock_key(&self) -> String {
-        format!("{}-r", self.key)
+        self.queue.relock_key()
     }
 
     /// Waits until the lock is held.
@@ -309,7 +271,7 @@ impl Mutex {
     /// are deleted in the background if the transaction's outcome is not known).
     pub async fn relock(&self, guard: &mut MutexGuard) -> Result<()> {
         let ours = guard.session().lease_id() == self.session.lease_id()
-            && (guard.key() == self.key || guard.key() == self.relock_key());
+            && (guard.key() == self.key() || guard.key() == self.relock_key());
         guard.hold.check_requeue("mutex", "relock", ours, &self.name)?;
         let queued = match self.strategy {
             Strategy::Pessimistic => true,
@@ -325,8 +287,8 @@ impl Mutex {
             return Ok(());
         }
         let timer = crate::metrics::Acquire::start("mutex");
-        let key = if hold.key() == self.key { self.relock_key() } else { self.key.clone() };
-        let req = CreateRequest { key, ..self.request(Precondition::KeyAbsent, None) };
+        let key = self.queue.other_key(hold.key());
+        let req = CreateRequest { key, ..self.queue.request(Precondition::KeyAbsent, None) };
         let local = hold.take_local();
         let ticket = Ticket { what: "mutex", req, local, adopt: true, replaces: Some(hold), check: None };
         let span = tracing::debug_span!("mutex.relock", name = %self.name);
@@ -342,97 +304,29 @@ impl Mutex {
         Ok(())
     }
 
-    /// Writes like [`MutexGuard::write_and_release`] and, in the same transaction, queues
-    /// this session for the lock again with its other key (as [`relock`](Self::relock)
-    /// does): a [`Register`](crate::Register) update that keeps its handle's place for the
-    /// next one ([`parked`](crate::queue::parked)). `Ok(None)`: a condition failed, nothing
-    /// was written, and `guard` still holds if it did. `Ok(Some((rev, place)))`: written at
-    /// `rev` and the guard released; `place` is the new key (pending until someone keeps
-    /// it), or `None` when the other key still had a delete pending, so only the write and
-    /// the release were made. An error leaves the outcome unknown: `guard` is left
-    /// released, and both its key and the new one, if they exist, are deleted in the
-    /// background.
-    pub(crate) async fn write_and_requeue(
-        &self,
-        guard: &mut MutexGuard,
-        conditions: &[Condition],
-        mut writes: Vec<Write>,
-    ) -> Result<Option<(Revision, Option<(Pending, String)>)>> {
-        debug_assert!(guard.marker.is_none(), "registers use no lock-delay");
-        if !guard.hold.is_valid() {
-            return Err(Error::NotHeld { what: "mutex", reason: "already released".into() });
-        }
-        let (old, rev) = (guard.key().to_owned(), guard.hold.revision());
-        let key = if old == self.key { self.relock_key() } else { self.key.clone() };
-        let Some(owned) = claim(&self.session, &key) else {
-            // The other key is being deleted: no place can be kept with it.
-            return Ok(guard.write_and_release(conditions, writes).await?.map(|rev| (rev, None)));
-        };
-        let mut all = vec![
-            Condition::Created { key: old.clone(), revision: rev },
-            Condition::Modified { key: key.clone(), revision: None },
-        ];
-        all.extend_from_slice(conditions);
-        writes.push(Write::Delete { key: old });
-        writes.push(Write::Put { key: key.clone(), value: Vec::new(), lease: Some(self.session.lease_id()) });
-        // The old hold goes with the transaction (see `Pending`); until its outcome is known
-        // the guard holds a released copy.
-        let local = guard.hold.take_local();
-        let placeholder = guard.hold.released_copy();
-        let old_hold = std::mem::replace(&mut guard.hold, placeholder);
-        let mut pending = Pending::write(&self.session, key.clone(), all, writes, local, Some(old_hold), owned);
-        let resp = pending.response().await?;
-        match resp.mine {
-            Some(kv) if resp.created => Ok(Some((kv.create_revision, Some((pending, key))))),
-            _ => {
-                // A condition failed: nothing was written, and the guard holds as before.
-                let mut old = pending.take_replaced().expect("kept when nothing was written");
-                old.restore_local(pending.leave());
-                guard.hold = old;
-                Ok(None)
-            }
-        }
-    }
-
     /// The current holder, if any (a snapshot: it may change at once).
     ///
     /// # Cancel safety
     /// Cancel-safe: a read; dropping it changes nothing.
     pub async fn holder(&self) -> Result<Option<Holder>> {
-        let (kvs, _) = self.session.client().backend().range_prefix(&self.prefix, 1).await?;
+        let (kvs, _) = self.session.client().backend().range_prefix(self.queue.prefix(), 1).await?;
         Ok(kvs.into_iter().next().map(Holder::of))
     }
 
     async fn acquire(&self, wait: Wait) -> Result<Option<MutexGuard>> {
-        Ok(self.acquire_reading(wait, None).await?.map(|(guard, _)| guard))
-    }
-
-    /// Waits until the lock is held, like [`lock`](Self::lock), and reads `read` while
-    /// queueing: for a queued [`Register`](crate::Register) update. Says when the lock was
-    /// admitted and, if at once, what the read found (`None` when it took the optimistic
-    /// path or a lock-delay).
-    pub(crate) async fn lock_reading(&self, read: &str) -> Result<(MutexGuard, Option<Admitted>)> {
-        let held = self.acquire_reading(Wait::Forever, Some(read)).await?;
-        Ok(held.expect("waits until held"))
-    }
-
-    async fn acquire_reading(&self, wait: Wait, read: Option<&str>) -> Result<Option<(MutexGuard, Option<Admitted>)>> {
         let timer = crate::metrics::Acquire::start("mutex");
         self.session.check()?;
         let span = tracing::debug_span!("mutex.acquire", name = %self.name, strategy = ?self.strategy);
         let acquired = async {
-            let Some(local) = local_slot(&self.session, &self.key, wait).await else { return Ok(None) };
             // A re-attached lease's key for this name is adopted, and its relock key deleted
-            // in the create step (by its revision: see `leftover_relock_key`).
-            let claimed = self.session.claim_leftovers(|| [self.key.clone(), self.relock_key()]);
-            let stale = self.leftover_relock_key(&claimed).await?;
-            let cas = |got: Option<MutexGuard>| got.map(|g| (g, None));
+            // in the create step (by its revision: see `Exclusive::prepare`).
+            let Some(prepared) = self.queue.prepare(wait).await? else { return Ok(None) };
             let guard = match self.strategy {
-                Strategy::Pessimistic => self.acquire_queued(wait, local, read, stale).await,
-                Strategy::Optimistic => self.acquire_cas(wait, local, stale).await.map(cas),
+                Strategy::Pessimistic => self.acquire_queued(wait, prepared).await,
+                Strategy::Optimistic => self.acquire_cas(wait, prepared).await,
                 Strategy::Adaptive if self.adaptive.queue_next() => {
-                    let got = self.acquire_queued(wait, local, read, stale).await?;
-                    if let Some((g, _)) = &got {
+                    let got = self.acquire_queued(wait, prepared).await?;
+                    if let Some(g) = &got {
                         self.adaptive.queued(g.hold.was_contended());
                     }
                     Ok(got)
@@ -440,24 +334,24 @@ impl Mutex {
                 Strategy::Adaptive => {
                     // For a mutex the queue costs what a compare-and-swap costs when alone, and
                     // is fair under contention: the first conflict switches to it.
-                    let got = self.acquire_cas(wait, local, stale).await?;
+                    let got = self.acquire_cas(wait, prepared).await?;
                     match &got {
                         Some(g) if g.hold.was_contended() => self.adaptive.force_queue(),
                         Some(_) => self.adaptive.optimistic(0),
                         None => {}
                     }
-                    Ok(cas(got))
+                    Ok(got)
                 }
             }?;
             match (guard, &self.lock_delay) {
-                (Some((guard, _)), Some(delay)) => Ok(Self::after_delay(guard, delay, wait).await?.map(|g| (g, None))),
+                (Some(guard), Some(delay)) => Self::after_delay(guard, delay, wait).await,
                 (guard, _) => Ok(guard),
             }
         }
         .instrument(span)
         .await;
-        if let Ok(Some((g, _))) = &acquired {
-            timer.done(g.was_contended());
+        if let Ok(Some(g)) = &acquired {
+            timer.done(g.hold.was_contended());
         }
         acquired
     }
@@ -468,71 +362,24 @@ impl Mutex {
         Ok(held.map(|(hold, marker)| MutexGuard { hold, marker: Some(marker) }))
     }
 
-    fn request(&self, precondition: Precondition, replaces: Option<Replaced>) -> CreateRequest {
-        CreateRequest {
-            key: self.key.clone(),
-            value: Vec::new(),
-            lease: self.session.lease_id(),
-            precondition,
-            prefix: self.prefix.clone(),
-            head_limit: 1,
-            replaces,
-            read: None,
-        }
+    async fn acquire_queued(&self, wait: Wait, prepared: (Slot, Option<Replaced>)) -> Result<Option<MutexGuard>> {
+        let held = self.queue.queued(WHAT, wait, prepared, None).await?;
+        Ok(held.map(|(hold, _)| MutexGuard { hold, marker: None }))
     }
 
-    /// The relock key of a re-attached lease that this acquisition just took over from the
-    /// leftovers, as a key its create deletes in the same step: its earlier process may
-    /// have held the lock with it, and the new key would otherwise queue behind it. By its
-    /// revision, read now: a delete of "whatever it is" could land late, after a relock
-    /// of this session made the key anew and holds with it.
-    async fn leftover_relock_key(&self, claimed: &[String]) -> Result<Option<Replaced>> {
-        let key = self.relock_key();
-        if !claimed.contains(&key) {
-            return Ok(None);
-        }
-        let backend = self.session.client().backend();
-        let kv = Backoff::default().retry(|| backend.get(&key)).await?;
-        Ok(kv
-            .filter(|kv| kv.lease == self.session.lease_id())
-            .map(|kv| Replaced { key, revision: Some(kv.create_revision) }))
-    }
-
-    async fn acquire_queued(
-        &self,
-        wait: Wait,
-        local: Slot,
-        read: Option<&str>,
-        stale: Option<Replaced>,
-    ) -> Result<Option<(MutexGuard, Option<Admitted>)>> {
-        let ticket = Ticket {
-            what: "mutex",
-            req: CreateRequest { read: read.map(str::to_owned), ..self.request(Precondition::KeyAbsent, stale) },
-            local: Some(local),
-            adopt: true,
-            replaces: None,
-            check: None,
-        };
-        match enqueue(&self.session, ticket, wait, Rule::First).await? {
-            Admission::Held(hold, _, admitted) => Ok(Some((MutexGuard { hold, marker: None }, Some(admitted)))),
-            Admission::NotAdmitted => Ok(None),
-            Admission::KeyTaken => unreachable!("adopt is set"),
-        }
-    }
-
-    async fn acquire_cas(&self, wait: Wait, local: Slot, stale: Option<Replaced>) -> Result<Option<MutexGuard>> {
+    async fn acquire_cas(&self, wait: Wait, (local, stale): (Slot, Option<Replaced>)) -> Result<Option<MutexGuard>> {
         let mut local = Some(local);
         let mut retry = Retry::new(wait, &self.backoff);
         let mut conflicts = 0u32;
         loop {
-            let req = self.request(Precondition::PrefixEmpty, stale.clone());
+            let req = self.queue.request(Precondition::PrefixEmpty, stale.clone());
             let Some((pending, resp)) = create(&self.session, req, local.take(), None, wait).await? else {
                 return Ok(None); // our key was being deleted, and `wait` ran out
             };
             let holder = resp.head.into_iter().next();
             match (&resp.mine, &holder) {
                 // Created, or this session already held it (a re-attached session).
-                (Some(mine), Some(h)) if h.key == self.key && mine.lease == self.session.lease_id() => {
+                (Some(mine), Some(h)) if h.key == self.key() && mine.lease == self.session.lease_id() => {
                     let rev = mine.create_revision;
                     crate::metrics::conflicts("mutex", conflicts);
                     let hold = pending.into_holding(rev)?;
@@ -543,7 +390,7 @@ impl Mutex {
             local = pending.leave();
             let Some(h) = holder else { continue }; // freed in between: try again at once
             conflicts += 1;
-            if !retry.after(&self.session, &self.prefix, gone(&h.key, h.create_revision)).await? {
+            if !retry.after(&self.session, self.queue.prefix(), gone(&h.key, h.create_revision)).await? {
                 return Ok(None);
             }
         }
@@ -559,16 +406,6 @@ pub struct MutexGuard {
 }
 
 impl MutexGuard {
-    /// A guard for a key held by other means (a register's parked queue place).
-    pub(crate) fn from_hold(hold: Holding) -> Self {
-        Self { hold, marker: None }
-    }
-
-    /// Whether this acquisition had to wait for another holder.
-    pub(crate) fn was_contended(&self) -> bool {
-        self.hold.was_contended()
-    }
-
     held_accessors!(
         token: "The fencing token: strictly greater than every earlier holder's token of this name.",
         key: "The key this acquisition holds (`<prefix>/<lease hex>`, or its [relock key](Mutex::relock_key))."
@@ -580,6 +417,20 @@ impl MutexGuard {
     /// same transaction: a fenced write and an unlock in one round trip. Fails with
     /// [`Error::NotHeld`] (writing nothing) if the lock is no longer held.
     ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
+    /// use leasehold::{Client, Mutex, Write};
+    /// let session = Client::memory().session().await?;
+    /// let mutex = Mutex::new(&session, "nightly-report")?;
+    /// let guard = mutex.lock().await?;
+    /// let done = Write::Put { key: "reports/last-run".into(), value: b"2026-12-03".to_vec(), lease: None };
+    /// guard.unlock_with(vec![done]).await?; // the result and the release: one commit
+    /// assert!(mutex.holder().await?.is_none());
+    /// let stored = session.client().backend().get("reports/last-run").await?;
+    /// assert_eq!(stored.map(|kv| kv.value), Some(b"2026-12-03".to_vec()));
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Cancel safety
     /// Dropping the future does not leave the lock held: the release goes on in the
     /// background. The writes were applied only if the transaction reached the store
@@ -590,18 +441,6 @@ impl MutexGuard {
             return Ok(());
         }
         Err(Error::NotHeld { what: "mutex", reason: format!("{} no longer exists with this token", self.key()) })
-    }
-
-    /// Like [`unlock_with`](Self::unlock_with), with extra conditions (e.g. that a value was
-    /// not changed since it was read): the revision of the write, or `Ok(None)`: a condition
-    /// failed, nothing was written, and the lock is still held if it was.
-    pub(crate) async fn write_and_release(
-        &mut self,
-        conditions: &[Condition],
-        mut writes: Vec<Write>,
-    ) -> Result<Option<Revision>> {
-        writes.extend(self.marker.clone().map(|key| Write::Delete { key }));
-        self.hold.write_and_release(conditions, writes).await
     }
 
     /// Releases the lock, deleting the key only if it is still this acquisition's. With

@@ -64,10 +64,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 mod deletes;
+mod exclusive;
 pub(crate) mod parked;
 mod pending;
 mod view;
 pub(crate) use deletes::DeleteFeed;
+pub(crate) use exclusive::Exclusive;
 pub(crate) use pending::{claim, create, local_slot, Pending};
 pub(crate) use view::{revisions, PrefixView, Subscription, View, WatchTask};
 

@@ -1,17 +1,21 @@
 //! A register: one value that many clients read-modify-write, with a contention strategy.
 
 use crate::adaptive::{Adaptive, Next};
-use crate::backend::{Condition, KeyValue, Write};
+use crate::backend::{Condition, KeyValue, Read, ReadValue, Revision, Write};
 use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
-use crate::mutex::MutexGuard;
-use crate::mutex::{Mutex, Strategy};
+use crate::guard::Holding;
 use crate::queue::parked::Parking;
-use crate::queue::Admitted;
+use crate::queue::{Admitted, Exclusive};
+use crate::strategy::Strategy;
 use crate::Session;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
+
+/// The register's lock in errors and metrics: the mutex of the register's name.
+const LOCK: &str = "mutex";
 
 /// What [`Register::update`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +87,9 @@ pub struct Register {
     session: Session,
     key: String,
     lock_prefix: String,
-    mutex: Mutex,
+    /// The session's keys in the queue of the register's lock (the [`Mutex`](crate::Mutex)
+    /// of the same name).
+    lock: Exclusive,
     strategy: Strategy,
     backoff: Backoff,
     adaptive: Arc<Adaptive>,
@@ -96,13 +102,12 @@ pub const DEFAULT_REQUEUE_WINDOW: Duration = Duration::from_millis(1);
 impl Register {
     /// An optimistic register `name`. Fails for an invalid name.
     pub fn new(session: &Session, name: &str) -> Result<Self> {
-        let mutex = Mutex::new(session, name)?;
-        let prefix = session.client().prefix_of(name)?;
+        let lock = Exclusive::new(session, name)?;
         Ok(Self {
             session: session.clone(),
-            key: prefix.trim_end_matches('/').to_owned(),
-            lock_prefix: prefix.clone(),
-            mutex,
+            key: lock.prefix().trim_end_matches('/').to_owned(),
+            lock_prefix: lock.prefix().to_owned(),
+            lock,
             strategy: Strategy::Optimistic,
             backoff: Backoff::new(Duration::from_micros(500), Duration::from_millis(50)).jitter(Jitter::Full),
             adaptive: Arc::default(),
@@ -253,7 +258,7 @@ impl Register {
 
     /// Read, compare-and-swap, retry. With `yield_to_queue` (the adaptive strategy) a write
     /// also requires that nobody holds or waits for the register's lock
-    /// ([`Backend::compare_and_swap_unlocked`](crate::Backend::compare_and_swap_unlocked)),
+    /// ([`write_unlocked`](Self::write_unlocked)),
     /// and the update gives up with [`Optimistic::Yield`] once a write fails with someone
     /// queued: a mix of optimistic writers and queued ones would make both lose. With
     /// `attempts` it also gives up after that many conflicts (a probe).
@@ -273,7 +278,7 @@ impl Register {
             // queue often drains before its write, and yielding at every glimpse of one
             // would keep the queue fed. So does one that has not seen the lock taken: with
             // nobody queued, the read would only delay the write.
-            let (kv, locked) = backend.get_checking_lock(&self.key, &self.lock_prefix).await?;
+            let (kv, locked) = self.read_checking_lock().await?;
             if locked {
                 self.adaptive.saw_lock_taken();
                 return Ok(Optimistic::Yield { conflicts: 1 });
@@ -292,12 +297,12 @@ impl Register {
             let written = if yield_to_queue {
                 // One round trip: the write, or on failure whether anyone holds or waits for
                 // the lock.
-                let r = backend.compare_and_swap_unlocked(&self.key, expected, new, &self.lock_prefix).await?;
-                if r.locked {
+                let (written, locked) = self.write_unlocked(expected, new).await?;
+                if locked {
                     self.adaptive.saw_lock_taken();
                     return Ok(Optimistic::Yield { conflicts: conflicts + 1 });
                 }
-                r.cas.swapped
+                written
             } else {
                 backend.compare_and_swap(&self.key, expected, new, None).await?.swapped
             };
@@ -318,6 +323,54 @@ impl Register {
         }
     }
 
+    /// The value, and whether anyone holds or waits for the register's lock, in one
+    /// consistent read (one round trip): the adaptive register's first read, so that an
+    /// update which would have to yield to the queue does so without a doomed write.
+    async fn read_checking_lock(&self) -> Result<(Option<KeyValue>, bool)> {
+        let reads = [Read::Key(self.key.clone()), Read::Occupied(self.lock_prefix.clone())];
+        let done = self.session.client().backend().transact(&[], Vec::new(), &reads).await?;
+        match <[ReadValue; 2]>::try_from(done.reads) {
+            Ok([ReadValue::Key(kv), ReadValue::Occupied(locked)]) => Ok((kv, locked)),
+            _ => Err(Error::Store("register: the store answered other reads than asked".into())),
+        }
+    }
+
+    /// The adaptive register's optimistic write: `new` only if the value is still at
+    /// `expected` and nobody holds or waits for the register's lock, which must win over
+    /// optimistic writers. One round trip, which also says, when nothing was written,
+    /// whether the lock was taken (advice for the next step: the caller yields to the
+    /// queue). `(written, locked)`.
+    async fn write_unlocked(&self, expected: Option<Revision>, new: Vec<u8>) -> Result<(bool, bool)> {
+        let conditions = [
+            Condition::Modified { key: self.key.clone(), revision: expected },
+            Condition::PrefixEmpty { prefix: self.lock_prefix.clone() },
+        ];
+        let put = Write::Put { key: self.key.clone(), value: new, lease: None };
+        let reads = [Read::Occupied(self.lock_prefix.clone())];
+        let done = self.session.client().backend().transact(&conditions, vec![put], &reads).await?;
+        match done.reads.as_slice() {
+            [ReadValue::Occupied(locked)] => Ok((done.applied.is_some(), done.applied.is_none() && *locked)),
+            _ => Err(Error::Store("register: the store answered other reads than asked".into())),
+        }
+    }
+
+    /// Tasks of this session waiting for its local slot for the register's lock (one
+    /// acquisition per key per session at a time).
+    fn local_waiters(&self) -> usize {
+        self.session.local_queue(self.lock.key()).waiting()
+    }
+
+    /// Queues for the register's lock, reading the value in the same transaction: held, and
+    /// when it was admitted (with the value if at once). Counted in the metrics as a mutex
+    /// acquisition, as the lock is the mutex of the register's name.
+    async fn lock_reading(&self) -> Result<(Holding, Option<Admitted>)> {
+        let timer = crate::metrics::Acquire::start(LOCK);
+        let span = tracing::debug_span!("register.lock", key = %self.key);
+        let (hold, admitted) = self.lock.lock_reading(LOCK, &self.key).instrument(span).await?;
+        timer.done(hold.was_contended());
+        Ok((hold, Some(admitted)))
+    }
+
     /// Under the lock: read, then write and release in one transaction (again if an
     /// optimistic writer got in between).
     ///
@@ -331,12 +384,6 @@ impl Register {
     /// one when the update had to wait, follows the previous update closely and no other
     /// task of this session waits to update the register
     /// ([`with_requeue_window`](Register::with_requeue_window)).
-    /// Tasks of this session waiting for its local slot for the register's lock (one
-    /// acquisition per key per session at a time).
-    fn local_waiters(&self) -> usize {
-        self.session.local_queue(self.mutex.key()).waiting()
-    }
-
     async fn queued<F, Fut>(&self, f: &mut F) -> Result<Updated>
     where
         F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
@@ -358,17 +405,17 @@ impl Register {
         // Counted as waiting until it holds the lock: a task woken to claim a parked place has
         // left the session's slot queue, and must still stop the holder from keeping a place.
         let waiting = self.parking.wait();
-        let (mut guard, admitted) = loop {
+        let (mut hold, admitted) = loop {
             // A place this handle parked holds the session's local slot for the lock: a task
             // waiting for that slot claims the place instead when one is parked meanwhile.
             let parked = self.parking.parked();
             if let Some(place) = self.parking.claim() {
                 // Timed from the claim: the wait before it overlapped the previous update.
-                let timer = crate::metrics::Acquire::start("mutex");
+                let timer = crate::metrics::Acquire::start(LOCK);
                 match place.admitted().await {
                     Ok((hold, at)) => {
                         timer.done(hold.was_contended());
-                        break (MutexGuard::from_hold(hold), Some(Admitted { at, read: None }));
+                        break (hold, Some(Admitted { at, read: None }));
                     }
                     // Its key is deleted in the background; queue afresh (a lost session
                     // fails there).
@@ -377,12 +424,12 @@ impl Register {
             }
             tokio::select! {
                 biased;
-                held = self.mutex.lock_reading(&self.key) => break held?,
+                held = self.lock_reading() => break held?,
                 () = parked => {}
             }
         };
         drop(waiting);
-        let token = guard.fencing_token();
+        let token = hold.token();
         let mut known = match admitted {
             Some(Admitted { read: Some(read), .. }) => Some(read.map(|kv| (kv.value, kv.mod_revision))),
             Some(Admitted { at, read: None }) => client.value_hints().take(&self.key, at).await.map(|v| Some((v, at))),
@@ -396,7 +443,7 @@ impl Register {
             };
             let (previous, revision) = current.map_or((None, None), |(v, r)| (Some(v), Some(r)));
             let Some(new) = f(previous.clone(), Some(token)).await else {
-                guard.unlock().await?;
+                hold.release(LOCK).await?;
                 let updated = Updated { written: false, previous, conflicts, token: Some(token) };
                 return Ok(updated);
             };
@@ -409,28 +456,27 @@ impl Register {
             // A kept place holds the session's local slot for the lock: not while another
             // task of this session waits for it, at the slot or for this handle's place.
             let keep_place =
-                follows_closely && guard.was_contended() && self.local_waiters() == 0 && self.parking.waiting() == 0;
+                follows_closely && hold.was_contended() && self.local_waiters() == 0 && self.parking.waiting() == 0;
             let written = if keep_place {
                 // ... and queue again for this handle's next update.
-                let requeued = self.mutex.write_and_requeue(&mut guard, &[unchanged], vec![put]).await?;
+                let requeued = self.lock.write_and_requeue(&mut hold, &[unchanged], vec![put]).await?;
                 requeued.map(|(rev, place)| {
                     if let Some((pending, key)) = place {
                         let lock = (self.lock_prefix.clone(), self.key.clone());
-                        let local = self.session.local_queue(self.mutex.key());
+                        let local = self.session.local_queue(self.lock.key());
                         self.parking.park(&self.session, lock, (pending, local), key, rev);
                     }
                     rev
                 })
             } else {
-                guard.write_and_release(&[unchanged], vec![put]).await?
+                hold.write_and_release(&[unchanged], vec![put]).await?
             };
             announced.finish(written);
             if written.is_some() {
                 let updated = Updated { written: true, previous, conflicts, token: Some(token) };
                 return Ok(updated);
             }
-            if !guard.is_valid() || backend.get(guard.key()).await?.is_none_or(|kv| kv.create_revision != token as i64)
-            {
+            if !hold.is_valid() || backend.get(hold.key()).await?.is_none_or(|kv| kv.create_revision != token as i64) {
                 return Err(Error::NotHeld { what: "register", reason: "the lock was lost during the update".into() });
             }
             conflicts += 1; // an optimistic writer got in between

@@ -3,9 +3,10 @@
 use crate::backend::{CreateRequest, CreateResponse, Precondition, Revision};
 use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
+use crate::guard::Holder;
 use crate::guard::{fenced_writes, held_accessors, Holding};
-use crate::mutex::{Holder, Strategy};
 use crate::queue::{create, enqueue, Admission, CreateCheck, Retry, Rule, Ticket, View, Wait};
+use crate::strategy::Strategy;
 use crate::Session;
 use std::sync::Arc;
 use std::time::Duration;

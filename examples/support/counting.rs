@@ -3,8 +3,8 @@
 
 use async_trait::async_trait;
 use leasehold::backend::{
-    Backend, CasResponse, Condition, CreateRequest, CreateResponse, KeepAlive, KeyValue, Lease, LeaseId, Revision,
-    UnlockedCasResponse, WatchStream, Write,
+    Backend, CasResponse, Condition, CreateRequest, CreateResponse, KeepAlive, KeyValue, Lease, LeaseId, Read,
+    Revision, Transacted, WatchStream, Write,
 };
 use leasehold::Result;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,22 +94,13 @@ impl Backend for Counting {
         self.write();
         self.inner.compare_and_swap(key, expected, value, lease).await
     }
-    async fn compare_and_swap_unlocked(
-        &self,
-        key: &str,
-        expected: Option<Revision>,
-        value: Vec<u8>,
-        lock_prefix: &str,
-    ) -> Result<UnlockedCasResponse> {
-        self.write();
-        self.inner.compare_and_swap_unlocked(key, expected, value, lock_prefix).await
-    }
-    async fn get_checking_lock(&self, key: &str, lock_prefix: &str) -> Result<(Option<KeyValue>, bool)> {
-        self.inner.get_checking_lock(key, lock_prefix).await
-    }
-    async fn write_if(&self, conditions: &[Condition], writes: Vec<Write>) -> Result<Option<Revision>> {
-        self.write();
-        self.inner.write_if(conditions, writes).await
+    async fn transact(&self, conditions: &[Condition], writes: Vec<Write>, reads: &[Read]) -> Result<Transacted> {
+        if conditions.is_empty() && writes.is_empty() {
+            self.read();
+        } else {
+            self.write();
+        }
+        self.inner.transact(conditions, writes, reads).await
     }
     async fn watch_prefix(&self, prefix: &str) -> Result<Box<dyn WatchStream>> {
         self.inner.watch_prefix(prefix).await

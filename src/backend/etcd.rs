@@ -568,19 +568,6 @@ impl Backend for EtcdBackend {
         Ok(CreateResponse { created, mine, head: range_at(&resp, skip + 1), revision: at, read })
     }
 
-    async fn get_checking_lock(&self, key: &str, lock_prefix: &str) -> Result<(Option<KeyValue>, bool)> {
-        // Read-only: etcd answers it without a raft entry. The lock is counted, not read.
-        let count = GetOptions::new().with_prefix().with_count_only();
-        let txn = Txn::new().and_then([TxnOp::get(key, None), TxnOp::get(lock_prefix, Some(count))]);
-        let resp = self.txn(txn).await?;
-        let kv = range_at(&resp, 0).into_iter().next();
-        let locked = match resp.op_responses().into_iter().nth(1) {
-            Some(TxnOpResponse::Get(g)) => g.count() > 0,
-            _ => return Err(Error::Store("etcd: lock count missing from the response".into())),
-        };
-        Ok((kv, locked))
-    }
-
     async fn delete_if_created(&self, key: &str, create_revision: Revision) -> Result<bool> {
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, create_revision)])
@@ -610,39 +597,42 @@ impl Backend for EtcdBackend {
         })
     }
 
-    async fn compare_and_swap_unlocked(
-        &self,
-        key: &str,
-        expected: Option<Revision>,
-        value: Vec<u8>,
-        lock_prefix: &str,
-    ) -> Result<UnlockedCasResponse> {
-        let unchanged = compare(&Condition::Modified { key: key.to_owned(), revision: expected });
-        let unlocked = compare(&Condition::PrefixEmpty { prefix: lock_prefix.to_owned() });
-        let txn = Txn::new()
-            .when([unchanged, unlocked])
-            .and_then([TxnOp::put(key, value, None), TxnOp::get(key, None)])
-            .or_else([TxnOp::get(key, None), TxnOp::get(lock_prefix, Some(head_options(1).with_keys_only()))]);
-        let resp = self.txn(txn).await?;
-        let swapped = resp.succeeded();
-        let current = range_at(&resp, usize::from(swapped)).into_iter().next();
-        let locked = !swapped && !range_at(&resp, 1).is_empty();
-        Ok(UnlockedCasResponse { cas: CasResponse { swapped, current, revision: revision(&resp) }, locked })
-    }
-
-    async fn write_if(&self, conditions: &[Condition], writes: Vec<Write>) -> Result<Option<Revision>> {
+    async fn transact(&self, conditions: &[Condition], writes: Vec<Write>, reads: &[Read]) -> Result<Transacted> {
         let compares: Vec<Compare> = conditions.iter().map(compare).collect();
-        let ops: Vec<TxnOp> = writes
-            .into_iter()
-            .map(|w| match w {
-                Write::Put { key, value, lease } => {
-                    TxnOp::put(key, value, lease.map(|l| PutOptions::new().with_lease(l)))
+        let skip = writes.len();
+        let ops = writes.into_iter().map(|w| match w {
+            Write::Put { key, value, lease } => TxnOp::put(key, value, lease.map(|l| PutOptions::new().with_lease(l))),
+            Write::Delete { key } => TxnOp::delete(key, None),
+        });
+        // The reads in both branches; a prefix is counted, not read. Without writes the Txn is
+        // read-only, and etcd answers it without a raft entry.
+        let read_ops = || {
+            reads.iter().map(|r| match r {
+                Read::Key(key) => TxnOp::get(key.clone(), None),
+                Read::Occupied(prefix) => {
+                    TxnOp::get(prefix.clone(), Some(GetOptions::new().with_prefix().with_count_only()))
                 }
-                Write::Delete { key } => TxnOp::delete(key, None),
             })
-            .collect();
-        let resp = self.txn(Txn::new().when(compares).and_then(ops)).await?;
-        Ok(resp.succeeded().then(|| revision(&resp)))
+        };
+        let mut txn = Txn::new().when(compares).and_then(ops.chain(read_ops()).collect::<Vec<_>>());
+        if !reads.is_empty() {
+            txn = txn.or_else(read_ops().collect::<Vec<_>>());
+        }
+        let resp = self.txn(txn).await?;
+        let applied = resp.succeeded().then(|| revision(&resp));
+        let skip = if applied.is_some() { skip } else { 0 };
+        let answers = resp.op_responses();
+        let mut found = Vec::with_capacity(reads.len());
+        for (i, r) in reads.iter().enumerate() {
+            let Some(TxnOpResponse::Get(g)) = answers.get(skip + i) else {
+                return Err(Error::Store(format!("etcd: read {i} of a transaction missing from its answer")));
+            };
+            found.push(match r {
+                Read::Key(_) => ReadValue::Key(g.kvs().first().map(kv)),
+                Read::Occupied(_) => ReadValue::Occupied(g.count() > 0),
+            });
+        }
+        Ok(Transacted { applied, reads: found })
     }
 
     async fn watch_prefix(&self, prefix: &str) -> Result<Box<dyn WatchStream>> {

@@ -402,18 +402,30 @@ impl Backend for MemoryBackend {
         Ok(CasResponse { swapped, current: st.kvs.get(key).cloned(), revision: st.revision })
     }
 
-    async fn write_if(&self, conditions: &[Condition], writes: Vec<Write>) -> Result<Option<Revision>> {
+    async fn transact(&self, conditions: &[Condition], writes: Vec<Write>, reads: &[Read]) -> Result<Transacted> {
         let mut st = self.call().await?;
         let holds = conditions.iter().all(|c| match c {
             Condition::Created { key, revision } => st.kvs.get(key).is_some_and(|kv| kv.create_revision == *revision),
             Condition::Modified { key, revision } => st.kvs.get(key).map(|kv| kv.mod_revision) == *revision,
             Condition::PrefixEmpty { prefix } => st.prefix(prefix, 1).is_empty(),
         });
-        if !holds {
-            return Ok(None);
-        }
-        st.apply(writes)?;
-        Ok(Some(st.revision))
+        let applied = match holds {
+            // Nothing to write changes nothing: no new revision (as on etcd).
+            true if writes.is_empty() => Some(st.revision),
+            true => {
+                st.apply(writes)?;
+                Some(st.revision)
+            }
+            false => None,
+        };
+        let reads = reads
+            .iter()
+            .map(|r| match r {
+                Read::Key(key) => ReadValue::Key(st.kvs.get(key).cloned()),
+                Read::Occupied(prefix) => ReadValue::Occupied(!st.prefix(prefix, 1).is_empty()),
+            })
+            .collect();
+        Ok(Transacted { applied, reads })
     }
 
     async fn watch_prefix(&self, prefix: &str) -> Result<Box<dyn WatchStream>> {

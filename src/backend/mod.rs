@@ -16,12 +16,10 @@
 //! 3. **Order.** [`Backend::range_prefix`] and the `head` of [`CreateResponse`] list keys in
 //!    ascending `create_revision` order, and carry the revision they were read at.
 //! 4. **Conditional writes are atomic**: [`Backend::create`], [`Backend::delete_if_created`],
-//!    [`Backend::compare_and_swap`] and [`Backend::write_if`] check and write in one step.
-//!    A write whose condition fails changes nothing and does not advance the revision.
-//!    [`Backend::compare_and_swap_unlocked`]'s check and write are atomic too; what it
-//!    reports after a failure (the key, whether the lock was taken) may be read a moment
-//!    later by the default implementation, so it is advice for the caller's next step,
-//!    never a basis for a write without a condition.
+//!    [`Backend::compare_and_swap`] and [`Backend::transact`] (with [`Backend::write_if`])
+//!    check and write in one step. A write whose condition fails changes nothing and does not
+//!    advance the revision. The reads of a [`Backend::transact`] are made in that same step:
+//!    after its writes when they were applied, otherwise of the store the failed check saw.
 //! 5. **Watches.** [`Backend::watch_prefix`] returns only once the watch is registered; it
 //!    then delivers every change under the prefix with a revision greater than the
 //!    watch's `start_revision`, in revision order, each revision complete in one batch. When
@@ -137,17 +135,7 @@ pub struct CasResponse {
     pub revision: Revision,
 }
 
-/// The outcome of [`Backend::compare_and_swap_unlocked`].
-#[derive(Debug, Clone)]
-pub struct UnlockedCasResponse {
-    /// The compare-and-swap: whether it wrote, and the key as it is after the call.
-    pub cas: CasResponse,
-    /// Whether someone held or waited for the lock (a key existed under the lock prefix)
-    /// when the call was answered; false whenever the swap happened.
-    pub locked: bool,
-}
-
-/// A condition of [`Backend::write_if`].
+/// A condition of [`Backend::transact`] and [`Backend::write_if`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Condition {
     /// `key` exists with this `create_revision` (a guard still holds).
@@ -171,7 +159,7 @@ pub enum Condition {
     },
 }
 
-/// One write of [`Backend::write_if`].
+/// One write of [`Backend::transact`] and [`Backend::write_if`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
     /// Put `value` at `key`, attached to `lease` if given.
@@ -188,6 +176,36 @@ pub enum Write {
         /// The key.
         key: String,
     },
+}
+
+/// A read of [`Backend::transact`], made in the same step as its check and writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    /// One key: found as [`ReadValue::Key`].
+    Key(String),
+    /// Whether any key exists under a prefix (someone holds or waits for the lock there):
+    /// found as [`ReadValue::Occupied`]. A store that can count without reading the keys
+    /// (etcd's `count_only`) should.
+    Occupied(String),
+}
+
+/// What a [`Read`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadValue {
+    /// The key, if it exists.
+    Key(Option<KeyValue>),
+    /// Whether any key exists under the prefix.
+    Occupied(bool),
+}
+
+/// The outcome of [`Backend::transact`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transacted {
+    /// The revision of the step that applied the writes (every key it put has that
+    /// `mod_revision`); `None` if a condition failed and nothing was written.
+    pub applied: Option<Revision>,
+    /// What each read found, in the order asked.
+    pub reads: Vec<ReadValue>,
 }
 
 /// One change seen by a watch.
@@ -298,53 +316,22 @@ pub trait Backend: Send + Sync + Debug + 'static {
         value: Vec<u8>,
         lease: Option<LeaseId>,
     ) -> Result<CasResponse>;
-    /// Applies `writes` only if every condition holds, atomically: `Some(revision)` of the
-    /// step that applied them (every key it put has that `mod_revision`), `None` if a
-    /// condition failed and nothing was written. With a [`Condition::Created`] on a guard's
-    /// key this is the fenced write: nothing is written once the guard's key is gone
-    /// (released, or expired with its lease).
-    async fn write_if(&self, conditions: &[Condition], writes: Vec<Write>) -> Result<Option<Revision>>;
+    /// Checks every condition and, if all hold, applies `writes`; then reads `reads`: one
+    /// atomic step (an etcd `Txn`, one TiKV transaction). The reads see the writes when
+    /// they were applied, and otherwise the store as the failed check saw it. With no
+    /// conditions and no writes this is a consistent read of several things at once.
+    ///
+    /// The recipes' multi-key steps are built from it: the fenced write (a
+    /// [`Condition::Created`] on a guard's key: nothing is written once the key is gone,
+    /// released or expired with its lease), write-and-release, and the adaptive register's
+    /// write that yields to a queue (its value unchanged and the lock's prefix empty; on
+    /// failure, whether the lock was taken).
+    async fn transact(&self, conditions: &[Condition], writes: Vec<Write>, reads: &[Read]) -> Result<Transacted>;
 
-    /// Like [`compare_and_swap`](Backend::compare_and_swap) (no lease), and only while no key
-    /// exists under `lock_prefix` (nobody holds or waits for that lock): the adaptive
-    /// register's optimistic write, which must yield to a queue. On failure the response
-    /// says whether the lock was taken, so the caller needs no further read. The default
-    /// sends the conditional write and, if it fails, two reads; a backend that can answer
-    /// in one round trip (etcd: one Txn whose failure branch reads both) should.
-    async fn compare_and_swap_unlocked(
-        &self,
-        key: &str,
-        expected: Option<Revision>,
-        value: Vec<u8>,
-        lock_prefix: &str,
-    ) -> Result<UnlockedCasResponse> {
-        let conditions = [
-            Condition::Modified { key: key.to_owned(), revision: expected },
-            Condition::PrefixEmpty { prefix: lock_prefix.to_owned() },
-        ];
-        let put = Write::Put { key: key.to_owned(), value, lease: None };
-        let swapped = self.write_if(&conditions, vec![put]).await?.is_some();
-        let current = self.get(key).await?;
-        let mut revision = current.as_ref().map_or(0, |kv| kv.mod_revision);
-        let mut locked = false;
-        if !swapped {
-            let (holders, at) = self.range_prefix(lock_prefix, 1).await?;
-            locked = !holders.is_empty();
-            revision = revision.max(at);
-        }
-        Ok(UnlockedCasResponse { cas: CasResponse { swapped, current, revision }, locked })
-    }
-
-    /// Reads `key` and whether any key exists under `lock_prefix` (someone holds or waits
-    /// for that lock): the adaptive register's first read, so that an update which would
-    /// have to yield to the queue does so without a doomed write. Like
-    /// [`compare_and_swap_unlocked`](Backend::compare_and_swap_unlocked)'s failure report,
-    /// `locked` is advice. The default sends the two reads; a backend that can answer in
-    /// one round trip (etcd: one read-only Txn, the lock counted, not read) should.
-    async fn get_checking_lock(&self, key: &str, lock_prefix: &str) -> Result<(Option<KeyValue>, bool)> {
-        let kv = self.get(key).await?;
-        let (holders, _) = self.range_prefix(lock_prefix, 1).await?;
-        Ok((kv, !holders.is_empty()))
+    /// [`transact`](Backend::transact) without reads: `Some(revision)` of the step that
+    /// applied `writes`, `None` if a condition failed and nothing was written.
+    async fn write_if(&self, conditions: &[Condition], writes: Vec<Write>) -> Result<Option<Revision>> {
+        Ok(self.transact(conditions, writes, &[]).await?.applied)
     }
 
     /// Opens a watch on every key under `prefix`; returns once it is registered.

@@ -2,6 +2,7 @@
 //! backend's test file (`tests/memory.rs`, `tests/etcd.rs`). Backend differences are
 //! parameters, never branches. Each check uses its own names, so checks may share a store.
 #![allow(dead_code)]
+pub mod backend;
 pub mod lock_delay;
 pub mod mutex;
 pub mod recipes;
@@ -25,6 +26,7 @@ pub fn crash(client: &Client) -> impl Fn(i64) + Sync + '_ {
 #[allow(unused_macros)] // not every test file runs the whole suite
 macro_rules! conformance_suite {
     ($runner:ident) => {
+        use conformance::backend as bk;
         use conformance::mutex as mx;
         use conformance::recipes::{self as rc, Mix};
         use conformance::register as rg;
@@ -47,6 +49,7 @@ macro_rules! conformance_suite {
             waiter_loses_its_key_optimistic => |c| mx::waiter_loses_its_key(c, Optimistic);
             reattach => |c| mx::reattach(c);
             keep_alive_contract => |c| mx::keep_alive_contract(c);
+            transact_contract => |c| bk::transact_contract(c);
             reattach_takes_over_leftovers => |c| rc::reattach_takes_over_leftovers(c);
             bad_input => |c| mx::bad_input(c);
             close_releases => |c| mx::close_releases(c);
@@ -77,7 +80,6 @@ macro_rules! conformance_suite {
             register_adaptive_follows_contention => |c| rg::adaptive_follows_contention(c, 8, 20);
             register_adaptive_yields_to_a_busy_queue => |c| rg::adaptive_yields_to_a_busy_queue(c);
             register_declined_update_writes_nothing => |c| rg::declined_update_writes_nothing(c);
-            register_compare_and_swap_unlocked_contract => |c| rg::compare_and_swap_unlocked_contract(c);
             register_queued_update_reads_only_when_needed => |c| rg::queued_update_reads_only_when_needed(c);
             register_adaptive_tasks_of_one_client_queue_for_each_other => |c| rg::adaptive_tasks_of_one_client_queue_for_each_other(c, 6, 8);
             register_queued_loop_keeps_its_place => |c| rg::queued_loop_keeps_its_place(c, 4, 20, false);

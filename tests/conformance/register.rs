@@ -154,43 +154,6 @@ pub async fn declined_update_writes_nothing(client: &Client) {
     assert!(client.backend().range_prefix(&client.prefix_of("reg-decline").unwrap(), 0).await.unwrap().0.is_empty());
 }
 
-/// The backend contract of `compare_and_swap_unlocked` (the adaptive register's write): it
-/// writes only when the revision matches and nobody holds or waits for the lock, and on
-/// failure reports the key as it is and whether the lock was taken.
-pub async fn compare_and_swap_unlocked_contract(client: &Client) {
-    let b = client.backend();
-    let key = "reg-unlocked";
-    let prefix = client.prefix_of(key).unwrap();
-    let full_key = prefix.trim_end_matches('/').to_owned();
-    let first = b.compare_and_swap_unlocked(&full_key, None, b"1".to_vec(), &prefix).await.unwrap();
-    assert!(first.cas.swapped && !first.locked, "absent key, no lock: written: {first:?}");
-    let v1 = first.cas.current.expect("the key as written");
-    assert_eq!(v1.value, b"1");
-    // A stale revision fails; the lock is free, so `locked` is false and the current value comes back.
-    let stale = b.compare_and_swap_unlocked(&full_key, None, b"x".to_vec(), &prefix).await.unwrap();
-    assert!(!stale.cas.swapped && !stale.locked, "stale revision: {stale:?}");
-    assert_eq!(stale.cas.current.as_ref().map(|kv| kv.mod_revision), Some(v1.mod_revision));
-    // With the lock held, even the right revision fails, and `locked` says why.
-    let s = client.session().await.unwrap();
-    let guard = Mutex::new(&s, key).unwrap().lock().await.unwrap();
-    let (read, locked) = b.get_checking_lock(&full_key, &prefix).await.unwrap();
-    assert!(locked, "get_checking_lock: the lock is held");
-    assert_eq!(read.map(|kv| kv.mod_revision), Some(v1.mod_revision));
-    let held = b.compare_and_swap_unlocked(&full_key, Some(v1.mod_revision), b"2".to_vec(), &prefix).await.unwrap();
-    assert!(!held.cas.swapped && held.locked, "lock held: {held:?}");
-    assert_eq!(held.cas.current.map(|kv| kv.value), Some(b"1".to_vec()), "nothing written while locked");
-    guard.unlock().await.unwrap();
-    let free = b.compare_and_swap_unlocked(&full_key, Some(v1.mod_revision), b"2".to_vec(), &prefix).await.unwrap();
-    assert!(free.cas.swapped && !free.locked, "lock released: {free:?}");
-    assert_eq!(b.get(&full_key).await.unwrap().map(|kv| kv.value), Some(b"2".to_vec()));
-    let (read, locked) = b.get_checking_lock(&full_key, &prefix).await.unwrap();
-    assert!(!locked, "get_checking_lock: the lock is free");
-    assert_eq!(read.map(|kv| kv.value), Some(b"2".to_vec()));
-    let (absent, _) = b.get_checking_lock(&format!("{full_key}-absent"), &prefix).await.unwrap();
-    assert!(absent.is_none());
-    s.close().await.unwrap();
-}
-
 /// A queued update reads the value itself only when it cannot know it: the call that
 /// queues reads it when the lock is free at once, and a holder's write (which releases the
 /// lock in the same transaction) hands it to the next queued update of the same client.

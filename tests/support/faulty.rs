@@ -26,8 +26,8 @@
 
 use async_trait::async_trait;
 use leasehold::backend::{
-    Backend, CasResponse, Condition, CreateRequest, CreateResponse, KeepAlive, KeyValue, Lease, LeaseId, Revision,
-    UnlockedCasResponse, WatchEvent, WatchStream, Write,
+    Backend, CasResponse, Condition, CreateRequest, CreateResponse, KeepAlive, KeyValue, Lease, LeaseId, Read,
+    Revision, Transacted, WatchEvent, WatchStream, Write,
 };
 use leasehold::{Error, Result};
 use rand::rngs::StdRng;
@@ -410,30 +410,16 @@ impl Backend for Faulty {
         self.call(Op::Cas, &[key], async move { inner.compare_and_swap(&k, expected, value, lease).await }).await
     }
 
-    async fn write_if(&self, conditions: &[Condition], writes: Vec<Write>) -> Result<Option<Revision>> {
-        let keys = write_keys(conditions, &writes);
+    async fn transact(&self, conditions: &[Condition], writes: Vec<Write>, reads: &[Read]) -> Result<Transacted> {
+        // A transaction without conditions and writes is a read.
+        let op = if conditions.is_empty() && writes.is_empty() { Op::Get } else { Op::WriteIf };
+        let mut keys = write_keys(conditions, &writes);
+        keys.extend(reads.iter().map(|r| match r {
+            Read::Key(key) | Read::Occupied(key) => key.clone(),
+        }));
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let (inner, conditions) = (self.inner.clone(), conditions.to_vec());
-        self.call(Op::WriteIf, &refs, async move { inner.write_if(&conditions, writes).await }).await
-    }
-
-    async fn compare_and_swap_unlocked(
-        &self,
-        key: &str,
-        expected: Option<Revision>,
-        value: Vec<u8>,
-        lock_prefix: &str,
-    ) -> Result<UnlockedCasResponse> {
-        let (inner, k, p) = (self.inner.clone(), key.to_owned(), lock_prefix.to_owned());
-        self.call(Op::Cas, &[key, lock_prefix], async move {
-            inner.compare_and_swap_unlocked(&k, expected, value, &p).await
-        })
-        .await
-    }
-
-    async fn get_checking_lock(&self, key: &str, lock_prefix: &str) -> Result<(Option<KeyValue>, bool)> {
-        let (inner, k, p) = (self.inner.clone(), key.to_owned(), lock_prefix.to_owned());
-        self.call(Op::Get, &[key, lock_prefix], async move { inner.get_checking_lock(&k, &p).await }).await
+        let (inner, conditions, reads) = (self.inner.clone(), conditions.to_vec(), reads.to_vec());
+        self.call(op, &refs, async move { inner.transact(&conditions, writes, &reads).await }).await
     }
 
     async fn watch_prefix(&self, prefix: &str) -> Result<Box<dyn WatchStream>> {

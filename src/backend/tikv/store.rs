@@ -342,27 +342,28 @@ impl Backend for TikvBackend {
         .await
     }
 
-    async fn write_if(&self, conditions: &[Condition], writes: Vec<Write>) -> Result<Option<Revision>> {
-        let conditions = conditions.to_vec();
-        self.run(
-            true,
-            Arc::new(move |tx| {
-                let (conditions, writes) = (conditions.clone(), writes.clone());
-                Box::pin(async move {
-                    for c in &conditions {
-                        let holds = match c {
-                            Condition::Created { key, revision } => {
-                                tx.get(key).await?.is_some_and(|kv| kv.create_revision == *revision)
-                            }
-                            Condition::Modified { key, revision } => {
-                                tx.get(key).await?.map(|kv| kv.mod_revision) == *revision
-                            }
-                            Condition::PrefixEmpty { prefix } => tx.scan(prefix).await?.is_empty(),
-                        };
-                        if !holds {
-                            return Ok(None);
+    async fn transact(&self, conditions: &[Condition], writes: Vec<Write>, reads: &[Read]) -> Result<Transacted> {
+        let read_only = conditions.is_empty() && writes.is_empty();
+        let (conditions, reads) = (conditions.to_vec(), reads.to_vec());
+        let body: Body<Transacted> = Arc::new(move |tx| {
+            let (conditions, writes, reads) = (conditions.clone(), writes.clone(), reads.clone());
+            Box::pin(async move {
+                let mut holds = true;
+                for c in &conditions {
+                    holds = match c {
+                        Condition::Created { key, revision } => {
+                            tx.get(key).await?.is_some_and(|kv| kv.create_revision == *revision)
                         }
+                        Condition::Modified { key, revision } => {
+                            tx.get(key).await?.map(|kv| kv.mod_revision) == *revision
+                        }
+                        Condition::PrefixEmpty { prefix } => tx.scan(prefix).await?.is_empty(),
+                    };
+                    if !holds {
+                        break;
                     }
+                }
+                let applied = if holds {
                     // A key under an expired lease is gone: reap first (a reap is a revision
                     // of its own), so that every write below shares one revision.
                     let mut present = Vec::with_capacity(writes.len());
@@ -383,11 +384,27 @@ impl Backend for TikvBackend {
                             Write::Delete { .. } => {}
                         }
                     }
-                    Ok(Some(tx.rev))
-                })
-            }),
-        )
-        .await
+                    Some(tx.rev)
+                } else {
+                    None
+                };
+                let mut found = Vec::with_capacity(reads.len());
+                for r in &reads {
+                    found.push(match r {
+                        Read::Key(key) => ReadValue::Key(tx.get(key).await?),
+                        Read::Occupied(prefix) => ReadValue::Occupied(!tx.scan(prefix).await?.is_empty()),
+                    });
+                }
+                Ok(Transacted { applied, reads: found })
+            })
+        });
+        // Without conditions and writes, a read (which reaps only when it meets an expired
+        // lease, like every read).
+        if read_only {
+            self.read(body).await
+        } else {
+            self.run(true, body).await
+        }
     }
 
     async fn watch_prefix(&self, prefix: &str) -> Result<Box<dyn WatchStream>> {

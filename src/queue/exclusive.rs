@@ -1,0 +1,197 @@
+//! One session's place in the one-holder queue of a name: the two keys it alternates
+//! between, the queued acquisition, and the requeue made in a write's transaction.
+//!
+//! The [`Mutex`](crate::Mutex)'s queued strategy and relock and the
+//! [`Register`](crate::Register)'s queued updates run on it, so the two recipes share the
+//! keys and queue of a name (a register `stock` and a mutex `stock` exclude each other)
+//! without either reaching into the other.
+//!
+//! Keys follow etcd's Go `concurrency.Mutex`: `<namespace><name>/<lease id in hex>`, the
+//! holder being the oldest key ([`Rule::First`]). A session has a second key for the name,
+//! `<key>-r` ([`Exclusive::relock_key`]): a relock, or a register update that keeps its
+//! place, queues with the key it does not hold, because etcd cannot delete and create one
+//! key in one transaction.
+
+use super::{claim, enqueue, local_slot, Admission, Admitted, Pending, Rule, Ticket, Wait};
+use crate::backend::{Condition, CreateRequest, Precondition, Replaced, Revision, Write};
+use crate::backoff::Backoff;
+use crate::error::{Error, Result};
+use crate::guard::Holding;
+use crate::local::waiter_queue::Slot;
+use crate::Session;
+
+/// A session's keys in the queue of one name, and the queue operations on them.
+#[derive(Debug, Clone)]
+pub(crate) struct Exclusive {
+    session: Session,
+    prefix: String,
+    key: String,
+}
+
+/// A place queued in the same transaction as a write: the new key, pending until someone
+/// keeps it (see [`Exclusive::write_and_requeue`]).
+pub(crate) type Requeued = (Pending, String);
+
+impl Exclusive {
+    /// The queue of `name` for `session`. Fails for an invalid name.
+    pub(crate) fn new(session: &Session, name: &str) -> Result<Self> {
+        let prefix = session.client().prefix_of(name)?;
+        let key = format!("{prefix}{:x}", session.lease_id());
+        Ok(Self { session: session.clone(), prefix, key })
+    }
+
+    /// The prefix of the queue's keys (`<namespace><name>/`).
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The session's key for the name.
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The session's second key for the name, `<key>-r`. (Lease ids are hex, so no other
+    /// session's key can look like it.)
+    pub(crate) fn relock_key(&self) -> String {
+        format!("{}-r", self.key)
+    }
+
+    /// The session's key that `held` is not: where the next acquisition queues while `held`
+    /// is still held.
+    pub(crate) fn other_key(&self, held: &str) -> String {
+        if held == self.key {
+            self.relock_key()
+        } else {
+            self.key.clone()
+        }
+    }
+
+    /// A create of the session's key under its lease, reading the head of the queue.
+    pub(crate) fn request(&self, precondition: Precondition, replaces: Option<Replaced>) -> CreateRequest {
+        CreateRequest {
+            key: self.key.clone(),
+            value: Vec::new(),
+            lease: self.session.lease_id(),
+            precondition,
+            prefix: self.prefix.clone(),
+            head_limit: 1,
+            replaces,
+            read: None,
+        }
+    }
+
+    /// What every acquisition of the name does first: waits for the session's local slot
+    /// for the key (one acquisition per key per session at a time; `None` if `wait` ran
+    /// out), and takes over a re-attached lease's keys for the name. The second value is
+    /// the re-attached lease's relock key as a key the create deletes in the same step:
+    /// its earlier process may have held the lock with it, and the new key would
+    /// otherwise queue behind it. By its revision, read now: a delete of "whatever it is"
+    /// could land late, after a relock of this session made the key anew and holds with
+    /// it.
+    pub(crate) async fn prepare(&self, wait: Wait) -> Result<Option<(Slot, Option<Replaced>)>> {
+        let Some(local) = local_slot(&self.session, &self.key, wait).await else { return Ok(None) };
+        let claimed = self.session.claim_leftovers(|| [self.key.clone(), self.relock_key()]);
+        let key = self.relock_key();
+        if !claimed.contains(&key) {
+            return Ok(Some((local, None)));
+        }
+        let backend = self.session.client().backend();
+        let kv = Backoff::default().retry(|| backend.get(&key)).await?;
+        let stale = kv
+            .filter(|kv| kv.lease == self.session.lease_id())
+            .map(|kv| Replaced { key, revision: Some(kv.create_revision) });
+        Ok(Some((local, stale)))
+    }
+
+    /// The queued (fair) acquisition with the slot and stale key [`prepare`](Self::prepare)
+    /// gave, reading `read` in the create's transaction (a register's value). `what` names
+    /// the recipe in errors.
+    pub(crate) async fn queued(
+        &self,
+        what: &'static str,
+        wait: Wait,
+        (local, stale): (Slot, Option<Replaced>),
+        read: Option<&str>,
+    ) -> Result<Option<(Holding, Admitted)>> {
+        let ticket = Ticket {
+            what,
+            req: CreateRequest { read: read.map(str::to_owned), ..self.request(Precondition::KeyAbsent, stale) },
+            local: Some(local),
+            adopt: true,
+            replaces: None,
+            check: None,
+        };
+        match enqueue(&self.session, ticket, wait, Rule::First).await? {
+            Admission::Held(hold, _, admitted) => Ok(Some((hold, admitted))),
+            Admission::NotAdmitted => Ok(None),
+            Admission::KeyTaken => unreachable!("adopt is set"),
+        }
+    }
+
+    /// Waits in the queue until the lock is held, reading `read` while queueing (a queued
+    /// register update): when it was admitted and, if at once, what the read found.
+    ///
+    /// # Cancel safety
+    /// As [`enqueue`]: a dropped call leaves no key behind.
+    pub(crate) async fn lock_reading(&self, what: &'static str, read: &str) -> Result<(Holding, Admitted)> {
+        self.session.check()?;
+        let prepared = self.prepare(Wait::Forever).await?.expect("waits until the slot is free");
+        let held = self.queued(what, Wait::Forever, prepared, Some(read)).await?;
+        Ok(held.expect("waits until held"))
+    }
+
+    /// Applies `writes` if `hold` still holds and `conditions` hold, releases `hold` and, in
+    /// the same transaction, queues this session for the lock again with its other key (as
+    /// a relock does): a register update that keeps its handle's place for the next one
+    /// ([`parked`](super::parked)).
+    ///
+    /// `Ok(None)`: a condition failed, nothing was written, and `hold` still holds if it
+    /// did. `Ok(Some((rev, place)))`: written at `rev` and `hold` released; `place` is the
+    /// new key, or `None` when the other key still had a delete pending, so only the write
+    /// and the release were made. An error leaves the outcome unknown: `hold` is left
+    /// released, and both its key and the new one, if they exist, are deleted in the
+    /// background.
+    ///
+    /// # Cancel safety
+    /// As an error: both keys are deleted in the background if the outcome is not known.
+    pub(crate) async fn write_and_requeue(
+        &self,
+        hold: &mut Holding,
+        conditions: &[Condition],
+        mut writes: Vec<Write>,
+    ) -> Result<Option<(Revision, Option<Requeued>)>> {
+        if !hold.is_valid() {
+            return Err(Error::NotHeld { what: "mutex", reason: "already released".into() });
+        }
+        let (old, rev) = (hold.key().to_owned(), hold.revision());
+        let key = self.other_key(&old);
+        let Some(owned) = claim(&self.session, &key) else {
+            // The other key is being deleted: no place can be kept with it.
+            return Ok(hold.write_and_release(conditions, writes).await?.map(|rev| (rev, None)));
+        };
+        let mut all = vec![
+            Condition::Created { key: old.clone(), revision: rev },
+            Condition::Modified { key: key.clone(), revision: None },
+        ];
+        all.extend_from_slice(conditions);
+        writes.push(Write::Delete { key: old });
+        writes.push(Write::Put { key: key.clone(), value: Vec::new(), lease: Some(self.session.lease_id()) });
+        // The old hold goes with the transaction (see `Pending`); until its outcome is known
+        // `hold` is a released copy.
+        let local = hold.take_local();
+        let placeholder = hold.released_copy();
+        let old_hold = std::mem::replace(hold, placeholder);
+        let mut pending = Pending::write(&self.session, key.clone(), all, writes, local, Some(old_hold), owned);
+        let resp = pending.response().await?;
+        match resp.mine {
+            Some(kv) if resp.created => Ok(Some((kv.create_revision, Some((pending, key))))),
+            _ => {
+                // A condition failed: nothing was written, and `hold` holds as before.
+                let mut old = pending.take_replaced().expect("kept when nothing was written");
+                old.restore_local(pending.leave());
+                *hold = old;
+                Ok(None)
+            }
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! How an acquisition or an update contends: the strategies every recipe offers.
+
+/// How an acquisition contends (for a [`Mutex`](crate::Mutex) or a [`Semaphore`](crate::Semaphore)),
+/// or an update of a [`Register`](crate::Register) (see there for what each means for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// A fair FIFO queue (etcd's recipe): enqueue a key, wait for the one ahead to go.
+    /// One write per acquisition; one waiter wakes per release.
+    #[default]
+    Pessimistic,
+    /// Compare-and-swap: create the key only if nobody holds the name; on conflict wait for
+    /// the holder to go and retry after a jittered delay. No queue, not fair; cheapest when
+    /// contention is rare. (A semaphore creates its key and deletes it again at once if it
+    /// is not among the first N.)
+    Optimistic,
+    /// Starts optimistic, queues once it sees conflicts, and goes back when queueing finds
+    /// nobody ahead (the policy is in `src/adaptive.rs`). Per handle; clones share it. A
+    /// semaphore treats it as `Pessimistic`.
+    Adaptive,
+}

@@ -1,0 +1,97 @@
+//! Checks of the backend contract itself (`src/backend/mod.rs`) that the recipes rest on.
+
+use leasehold::backend::{Condition, Read, ReadValue, Write};
+use leasehold::{Client, Mutex};
+
+fn key_read(v: &ReadValue) -> Option<(Vec<u8>, i64)> {
+    match v {
+        ReadValue::Key(kv) => kv.as_ref().map(|kv| (kv.value.clone(), kv.mod_revision)),
+        other => panic!("a key read answered {other:?}"),
+    }
+}
+
+fn occupied(v: &ReadValue) -> bool {
+    match v {
+        ReadValue::Occupied(o) => *o,
+        other => panic!("an occupancy read answered {other:?}"),
+    }
+}
+
+/// `Backend::transact` (rule 4): the check, the writes and the reads are one step. Writes
+/// apply only when every condition holds, all at one revision; the reads come back in the
+/// order asked, after the writes when they applied, and as the store is when a condition
+/// failed (nothing written). Also the adaptive register's write that yields to a queue: a
+/// compare-and-swap on the value and an empty lock prefix, whose failure says whether the
+/// lock was taken.
+pub async fn transact_contract(client: &Client) {
+    let b = client.backend();
+    let name = "txn-contract";
+    let prefix = client.prefix_of(name).unwrap();
+    let (x, y) = (format!("{prefix}x"), format!("{prefix}y"));
+    let lock = client.prefix_of("txn-contract-lock").unwrap();
+    let value = lock.trim_end_matches('/').to_owned();
+
+    // Unconditional writes of two keys: one revision, and the reads see them.
+    let put = |k: &str, v: &[u8]| Write::Put { key: k.to_owned(), value: v.to_vec(), lease: None };
+    let reads = [Read::Key(x.clone()), Read::Occupied(prefix.clone()), Read::Key(format!("{prefix}absent"))];
+    let done = b.transact(&[], vec![put(&x, b"1"), put(&y, b"1")], &reads).await.unwrap();
+    let rev = done.applied.expect("no condition: applied");
+    assert_eq!(done.reads.len(), 3, "one answer per read: {done:?}");
+    assert_eq!(key_read(&done.reads[0]), Some((b"1".to_vec(), rev)), "the read sees the write, at its revision");
+    assert!(occupied(&done.reads[1]));
+    assert_eq!(key_read(&done.reads[2]), None);
+    assert_eq!(b.get(&y).await.unwrap().map(|kv| kv.mod_revision), Some(rev), "both writes at one revision");
+
+    // A failed condition writes nothing; the reads show the store as it is.
+    let stale = [Condition::Modified { key: x.clone(), revision: Some(rev - 1) }];
+    let done = b.transact(&stale, vec![put(&x, b"2"), Write::Delete { key: y.clone() }], &reads).await.unwrap();
+    assert_eq!(done.applied, None, "stale revision: {done:?}");
+    assert_eq!(key_read(&done.reads[0]), Some((b"1".to_vec(), rev)));
+    assert!(b.get(&y).await.unwrap().is_some(), "no write of a failed step applied");
+    // Every condition must hold: one failing among holding ones fails the step.
+    let mixed = [
+        Condition::Modified { key: x.clone(), revision: Some(rev) },
+        Condition::Created { key: y.clone(), revision: rev },
+        Condition::PrefixEmpty { prefix: prefix.clone() },
+    ];
+    assert_eq!(b.transact(&mixed, vec![put(&x, b"2")], &[]).await.unwrap().applied, None);
+    let holding = &mixed[..2];
+    let at = b.write_if(holding, vec![put(&x, b"2"), Write::Delete { key: y.clone() }]).await.unwrap();
+    let at = at.expect("conditions hold: applied");
+    assert!(at > rev);
+    assert_eq!(b.get(&x).await.unwrap().map(|kv| (kv.value, kv.mod_revision)), Some((b"2".to_vec(), at)));
+    assert!(b.get(&y).await.unwrap().is_none());
+    let absent = [Condition::Modified { key: y.clone(), revision: None }];
+    assert!(b.write_if(&absent, vec![]).await.unwrap().is_some(), "absent key: `Modified {{ None }}` holds");
+
+    // Read-only: a consistent read of several things at once.
+    let done = b.transact(&[], vec![], &[Read::Key(x.clone()), Read::Occupied(lock.clone())]).await.unwrap();
+    assert!(done.applied.is_some_and(|r| r >= at), "a read-only step reflects the latest writes: {done:?}");
+    assert_eq!(key_read(&done.reads[0]), Some((b"2".to_vec(), at)));
+    assert!(!occupied(&done.reads[1]));
+
+    // The adaptive register's write: only while nobody holds or waits for the lock.
+    let unlocked = |expected| {
+        [
+            Condition::Modified { key: value.clone(), revision: expected },
+            Condition::PrefixEmpty { prefix: lock.clone() },
+        ]
+    };
+    let occupancy = [Read::Occupied(lock.clone())];
+    let first = b.transact(&unlocked(None), vec![put(&value, b"1")], &occupancy).await.unwrap();
+    let v1 = first.applied.expect("absent value, free lock: written");
+    assert!(!occupied(&first.reads[0]));
+    let s = client.session().await.unwrap();
+    let guard = Mutex::new(&s, "txn-contract-lock").unwrap().lock().await.unwrap();
+    let held = b.transact(&unlocked(Some(v1)), vec![put(&value, b"2")], &occupancy).await.unwrap();
+    assert_eq!(held.applied, None, "lock held: nothing written");
+    assert!(occupied(&held.reads[0]), "the failure says the lock was taken");
+    guard.unlock().await.unwrap();
+    let stale = b.transact(&unlocked(None), vec![put(&value, b"x")], &occupancy).await.unwrap();
+    assert_eq!(stale.applied, None);
+    assert!(!occupied(&stale.reads[0]), "a stale value with the lock free: not taken");
+    let free = b.transact(&unlocked(Some(v1)), vec![put(&value, b"2")], &occupancy).await.unwrap();
+    assert!(free.applied.is_some(), "lock released: written");
+    assert_eq!(b.get(&value).await.unwrap().map(|kv| kv.value), Some(b"2".to_vec()));
+    s.close().await.unwrap();
+}
