@@ -20,6 +20,9 @@
 //! - `adaptive`: optimistic until conflicts rise, then queued (`Strategy::Adaptive`);
 //! - `semaphore-gated`: at most `--permits` buyers at a time (a [`Semaphore`]), each doing
 //!   an optimistic decrement;
+//! - `grouped`: the buyers of a process share one register handle and sell through
+//!   [`Register::update_grouped`]: the orders that arrive while a write is in flight are
+//!   applied together and committed with one write (adaptive strategy across processes);
 //! - `tikv-txn-lock` (only on TiKV, built with `--features tikv`): a TiKV pessimistic
 //!   transaction lock (`TxnLock`, TiKV's own blocking lock queue) around the decrement.
 //!
@@ -29,7 +32,10 @@
 //! The stock is stored as `"<units> <token>"`: a write made under the lock records its
 //! fencing token, and every accepted write's token is compared with the one stored before
 //! it, in the store's own order of writes (the write is a compare-and-swap on the value it
-//! read) — so "every accepted write carried a current token" is checked, not assumed. Writes per order are counted by a decorator around the
+//! read) — so "every accepted write carried a current token" is checked, not assumed. A
+//! grouped order's token (its batch's write revision and its index in the batch) is
+//! checked against the stock it saw: taken in token order over every process, the orders
+//! must have seen `units`, `units - 1`, …, 1. Writes per order are counted by a decorator around the
 //! backend, so they include the writes that acquiring and releasing locks and permits cost.
 
 #[path = "support/counting.rs"]
@@ -37,7 +43,7 @@ mod counting;
 
 use clap::Parser;
 use counting::{Counting, Counts};
-use leasehold::{Client, Register, Semaphore, Strategy};
+use leasehold::{Client, GroupUpdated, Register, Semaphore, Strategy};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,13 +60,16 @@ struct Args {
     /// Concurrent buyers.
     #[arg(long, default_value_t = 16)]
     buyers: usize,
-    /// Units in stock.
-    #[arg(long, default_value_t = 400)]
-    units: u64,
+    /// Units in stock. Default: chosen per way so that its sale lasts at least 0.5 s (sales
+    /// of 400 units and up, each checked, measure the rate first), so that every row is long
+    /// enough to measure.
+    #[arg(long)]
+    units: Option<u64>,
     /// Permits of the semaphore-gated way.
     #[arg(long, default_value_t = 4)]
     permits: u32,
-    /// Only these ways (comma-separated): optimistic, pessimistic, adaptive, semaphore-gated.
+    /// Only these ways (comma-separated): optimistic, pessimistic, adaptive, semaphore-gated,
+    /// grouped.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Spread the buyers over this many OS processes (needs a shared store: etcd:// or tikv://).
@@ -77,15 +86,18 @@ enum Way {
     SemaphoreGated,
     /// TiKV's pessimistic-transaction lock around an optimistic decrement.
     TxnLock,
+    /// One grouped register handle per process (`Register::update_grouped`), adaptive.
+    Grouped,
 }
 
 impl Way {
-    const ALL: [Way; 5] = [
+    const ALL: [Way; 6] = [
         Way::Plain(Strategy::Optimistic),
         Way::Plain(Strategy::Pessimistic),
         Way::Plain(Strategy::Adaptive),
         Way::SemaphoreGated,
         Way::TxnLock,
+        Way::Grouped,
     ];
 
     fn named(name: &str) -> Option<Way> {
@@ -99,6 +111,7 @@ impl Way {
             Way::Plain(Strategy::Adaptive) => "adaptive",
             Way::SemaphoreGated => "semaphore-gated",
             Way::TxnLock => "tikv-txn-lock",
+            Way::Grouped => "grouped",
         }
     }
 }
@@ -109,6 +122,8 @@ struct Tally {
     conflicts: AtomicU64,
     queued: AtomicU64,
     stale: AtomicU64,
+    /// Grouped orders: (batch revision, index in batch, units seen, batch size).
+    grouped: std::sync::Mutex<Vec<(i64, u32, u64, usize)>>,
 }
 
 /// `"<units> <token>"` → (units, token).
@@ -125,16 +140,20 @@ async fn buyer(
     name: String,
     permits: u32,
     tally: Arc<Tally>,
+    shared: Option<Register>,
 ) -> leasehold::Result<Vec<Duration>> {
+    if let Some(stock) = shared {
+        return grouped_buyer(stock, tally).await;
+    }
     let session = client.session().await?;
     let strategy = match way {
         Way::Plain(s) => s,
-        Way::SemaphoreGated | Way::TxnLock => Strategy::Optimistic,
+        Way::SemaphoreGated | Way::TxnLock | Way::Grouped => Strategy::Optimistic,
     };
     let stock = Register::new(&session, &name)?.with_strategy(strategy);
     let gate = match way {
         Way::SemaphoreGated => Some(Semaphore::new(&session, &format!("{name}-gate"), permits)?),
-        Way::Plain(_) | Way::TxnLock => None,
+        Way::Plain(_) | Way::TxnLock | Way::Grouped => None,
     };
     #[cfg(feature = "tikv")]
     let txn_lock = match (way, tikv::backend()) {
@@ -191,6 +210,44 @@ async fn buyer(
     Ok(latencies)
 }
 
+/// A buyer of the grouped way: orders through the process's shared handle until sold out.
+async fn grouped_buyer(stock: Register, tally: Arc<Tally>) -> leasehold::Result<Vec<Duration>> {
+    let mut latencies = Vec::new();
+    loop {
+        let started = Instant::now();
+        let order: GroupUpdated = stock
+            .update_grouped(|v| {
+                let (units, last) = parse(v);
+                (units > 0).then(|| format!("{} {last}", units - 1).into_bytes())
+            })
+            .await?;
+        if !order.written {
+            break;
+        }
+        let (seen, _) = parse(order.previous.as_deref());
+        if order.token.index == 0 {
+            // The batch's conflicts, counted once.
+            tally.conflicts.fetch_add(u64::from(order.conflicts), Ordering::Relaxed);
+        }
+        tally.queued.fetch_add(u64::from(order.lock_token.is_some()), Ordering::Relaxed);
+        tally.grouped.lock().unwrap().push((order.token.revision, order.token.index, seen, order.batch));
+        tally.sold.fetch_add(1, Ordering::Relaxed);
+        latencies.push(started.elapsed());
+    }
+    Ok(latencies)
+}
+
+/// The grouped orders' check: taken in token order, they saw `units`, `units - 1`, …, 1.
+/// The number of orders out of that order (0 when right).
+fn grouped_out_of_order(orders: &mut [(i64, u32, u64, usize)], units: u64) -> u64 {
+    orders.sort_unstable_by_key(|&(rev, index, ..)| (rev, index));
+    let mut bad = u64::from(orders.len() as u64 != units);
+    for (i, &(_, _, seen, _)) in orders.iter().enumerate() {
+        bad += u64::from(seen != units - i as u64);
+    }
+    bad
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -229,6 +286,29 @@ mod tikv {
     }
 }
 
+/// The grouped way's batches: how many, and their sizes.
+fn batch_summary(orders: &[(i64, u32, u64, usize)]) -> String {
+    let mut sizes: Vec<usize> = Vec::new();
+    let mut last = None;
+    for &(rev, _, _, size) in orders {
+        if last != Some(rev) {
+            sizes.push(size);
+            last = Some(rev);
+        }
+    }
+    sizes.sort_unstable();
+    let n = sizes.len().max(1);
+    let mean = sizes.iter().sum::<usize>() as f64 / n as f64;
+    let at = |p: f64| sizes.get(((sizes.len().max(1) - 1) as f64 * p).round() as usize).copied().unwrap_or(0);
+    format!(
+        "grouped: {} batches, orders per batch mean {mean:.1}, p50 {}, p90 {}, max {}",
+        sizes.len(),
+        at(0.5),
+        at(0.9),
+        sizes.last().copied().unwrap_or(0)
+    )
+}
+
 /// What the buyers of one way did (in this process, or summed over the buyer processes).
 #[derive(Default)]
 struct Outcome {
@@ -239,6 +319,7 @@ struct Outcome {
     writes: u64,
     latencies: Vec<Duration>,
     elapsed: Duration,
+    grouped: Vec<(i64, u32, u64, usize)>,
 }
 
 impl Outcome {
@@ -251,20 +332,23 @@ impl Outcome {
             writes,
             latencies,
             elapsed,
+            grouped: std::mem::take(&mut *tally.grouped.lock().unwrap()),
         }
     }
 
     /// One line a buyer process prints for its parent.
     fn to_line(&self) -> String {
         let lat: Vec<String> = self.latencies.iter().map(|d| d.as_micros().to_string()).collect();
+        let grouped: Vec<String> = self.grouped.iter().map(|(r, i, s, b)| format!("{r}.{i}.{s}.{b}")).collect();
         format!(
-            "OUTCOME {} {} {} {} {} {}",
+            "OUTCOME {} {} {} {} {} {} {}",
             self.sold,
             self.conflicts,
             self.queued,
             self.stale,
             self.writes,
-            lat.join(",")
+            lat.join(","),
+            grouped.join(",")
         )
     }
 
@@ -277,10 +361,16 @@ impl Outcome {
         self.queued += queued;
         self.stale += stale;
         self.writes += writes;
-        let lat = line.rsplit(' ').next()?;
+        let lat = f.next()?;
         self.latencies.extend(
             lat.split(',').filter(|s| !s.is_empty()).filter_map(|us| us.parse().ok()).map(Duration::from_micros),
         );
+        for order in f.next()?.split(',').filter(|s| !s.is_empty()) {
+            let mut p = order.split('.');
+            let (r, i, s, b) =
+                (p.next()?.parse().ok()?, p.next()?.parse().ok()?, p.next()?.parse().ok()?, p.next()?.parse().ok()?);
+            self.grouped.push((r, i, s, b));
+        }
         Some(())
     }
 }
@@ -295,16 +385,29 @@ async fn sell_here(
     permits: u32,
 ) -> leasehold::Result<Outcome> {
     let tally = Arc::new(Tally::default());
+    // The grouped way: one handle (one session, one combiner) for the process's buyers.
+    let session = match way {
+        Way::Grouped => Some(client.session().await?),
+        _ => None,
+    };
+    let shared = match &session {
+        Some(s) => Some(Register::new(s, name)?.with_strategy(Strategy::Adaptive)),
+        None => None,
+    };
     let writes_before = counts.writes();
     let started = Instant::now();
     let handles: Vec<_> = (0..buyers)
-        .map(|_| tokio::spawn(buyer(client.clone(), way, name.to_owned(), permits, tally.clone())))
+        .map(|_| tokio::spawn(buyer(client.clone(), way, name.to_owned(), permits, tally.clone(), shared.clone())))
         .collect();
     let mut latencies = Vec::new();
     for h in handles {
         latencies.extend(h.await.expect("buyer panicked")?);
     }
-    Ok(Outcome::of(&tally, counts.writes() - writes_before, latencies, started.elapsed()))
+    let outcome = Outcome::of(&tally, counts.writes() - writes_before, latencies, started.elapsed());
+    if let Some(s) = session {
+        s.close().await?;
+    }
+    Ok(outcome)
 }
 
 /// Runs the buyers of one way in `args.processes` child processes of this example, all
@@ -351,6 +454,45 @@ async fn sell_in_processes(args: &Args, url: &str, namespace: &str, way: Way, na
     Ok(outcome)
 }
 
+/// The probe sale's units, when `--units` is not given.
+const PROBE_UNITS: u64 = 400;
+/// How long a sale should last when its units are chosen for it, and the least it may.
+const TARGET_SECONDS: f64 = 0.8;
+const MIN_SECONDS: f64 = 0.5;
+/// The most units a chosen sale gets.
+const MAX_UNITS: u64 = 2_000_000;
+
+/// One way's sale on the example's store.
+struct Sale<'a> {
+    args: &'a Args,
+    url: &'a str,
+    namespace: &'a str,
+    client: &'a Client,
+    counts: &'a Counts,
+    way: Way,
+}
+
+impl Sale<'_> {
+    /// Stocks `units` and sells them out: what the buyers did, and whether every check held.
+    async fn run(&self, units: u64) -> AnyResult<(Outcome, bool)> {
+        let name = format!("stock-{}", self.way.name());
+        let setup = self.client.session().await?;
+        Register::new(&setup, &name)?.update(|_| Some(format!("{units} 0").into_bytes())).await?;
+        let mut outcome = if self.args.processes > 1 {
+            sell_in_processes(self.args, self.url, self.namespace, self.way, &name).await?
+        } else {
+            sell_here(self.client, self.counts, self.way, &name, self.args.buyers, self.args.permits).await?
+        };
+        let (left, _) = parse(Register::new(&setup, &name)?.get().await?.as_deref());
+        if self.way == Way::Grouped {
+            outcome.stale += grouped_out_of_order(&mut outcome.grouped, units);
+        }
+        setup.close().await?;
+        let ok = outcome.sold == units && left == 0 && outcome.stale == 0;
+        Ok((outcome, ok))
+    }
+}
+
 /// A client on `url` in `namespace` whose calls to the store are counted.
 async fn counted_client(url: &str, namespace: &str) -> AnyResult<(Client, Arc<Counts>)> {
     let base = Client::connect(url).await?;
@@ -394,31 +536,43 @@ async fn main() -> AnyResult<()> {
     // The TiKV transaction lock only exists on TiKV.
     let ways = Way::ALL.into_iter().filter(|&w| w != Way::TxnLock || url.starts_with("tikv://"));
     let spread = if args.processes > 1 { format!(" in {} processes", args.processes) } else { String::new() };
-    println!("flash sale on {}: {} buyers{spread}, {} units\n", args.backend, args.buyers, args.units);
+    let units = match args.units {
+        Some(u) => format!("{u} units"),
+        None => format!("units per way chosen for a sale of at least {MIN_SECONDS} s (sized by shorter sales from {PROBE_UNITS} units)"),
+    };
+    println!("flash sale on {}: {} buyers{spread}, {units}\n", args.backend, args.buyers);
     println!(
-        "| way | orders/s | p50 ms | p99 ms | conflicts/order | queued orders | writes/order | sold | left | check |"
+        "| way | orders/s | p50 ms | p99 ms | conflicts/order | queued orders | writes/order | sold | seconds | check |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     let mut all_ok = true;
+    let mut grouped_summary = Vec::new();
     for way in ways {
         if !args.only.is_empty() && !args.only.iter().any(|o| o == way.name()) {
             continue;
         }
-        let name = format!("stock-{}", way.name());
-        let setup = client.session().await?;
-        Register::new(&setup, &name)?.update(|_| Some(format!("{} 0", args.units).into_bytes())).await?;
-        let mut outcome = if args.processes > 1 {
-            sell_in_processes(&args, &url, &namespace, way, &name).await?
-        } else {
-            sell_here(&client, &counts, way, &name, args.buyers, args.permits).await?
+        let sale = Sale { args: &args, url: &url, namespace: &namespace, client: &client, counts: &counts, way };
+        let (mut outcome, ok) = match args.units {
+            Some(units) => sale.run(units).await?,
+            None => {
+                // Sales of growing size (each checked like the reported one) until one lasts
+                // long enough to measure: its rate sizes the next.
+                let mut units = PROBE_UNITS;
+                loop {
+                    let (outcome, ok) = sale.run(units).await?;
+                    if outcome.elapsed.as_secs_f64() >= MIN_SECONDS || units == MAX_UNITS || !ok {
+                        break (outcome, ok);
+                    }
+                    let rate = outcome.sold as f64 / outcome.elapsed.as_secs_f64();
+                    units = ((rate * TARGET_SECONDS) as u64).clamp(units * 2, MAX_UNITS);
+                }
+            }
         };
+        all_ok &= ok;
         outcome.latencies.sort();
         let sold = outcome.sold;
-        let (left, _) = parse(Register::new(&setup, &name)?.get().await?.as_deref());
-        let ok = sold == args.units && left == 0 && outcome.stale == 0;
-        all_ok &= ok;
         println!(
-            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {} | {} | {} |",
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {} | {:.2} | {} |",
             way.name(),
             sold as f64 / outcome.elapsed.as_secs_f64(),
             percentile(&outcome.latencies, 0.5).as_secs_f64() * 1e3,
@@ -427,12 +581,20 @@ async fn main() -> AnyResult<()> {
             outcome.queued,
             outcome.writes as f64 / sold.max(1) as f64,
             sold,
-            left,
+            outcome.elapsed.as_secs_f64(),
             if ok { "ok" } else { "VIOLATION" },
         );
-        setup.close().await?;
+        if way == Way::Grouped {
+            grouped_summary.push(batch_summary(&outcome.grouped));
+        }
     }
-    println!("\nok = units sold == stock, none left, no oversell or lost update, and no write under a stale token");
+    for line in grouped_summary {
+        println!("\n{line}");
+    }
+    println!(
+        "\nok = units sold == stock, none left, no oversell or lost update, no write under a stale token, and \
+         grouped orders' tokens in the order of the stock they saw"
+    );
     if !all_ok {
         eprintln!("flash sale: a check failed");
         std::process::exit(1);

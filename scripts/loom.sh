@@ -2,7 +2,8 @@
 # Runs the loom models of src/local (crate loom-tests; see docs/guarantees.md, section
 # "Model-checked local state"):
 #   1. every model against the library's code, under --cfg leasehold_loom;
-#   2. once per mutation cfg (--cfg leasehold_loom_mutation_{release,fence,deadline,queue,cleanups,hints,seen,doom,claim}),
+#   2. once per mutation cfg (--cfg leasehold_loom_mutation_{release,fence,deadline,queue,cleanups,hints,seen,doom,claim,
+#      combine,order,withdraw}),
 #      where the matching model is #[should_panic] and must catch the planted bug, and
 #      the other models must still pass.
 # Prints one summary line per run and exits non-zero if any run fails. Builds in
@@ -79,6 +80,9 @@ run mutation-hints value_hint_reaches_the_next_holder "--cfg leasehold_loom --cf
 run mutation-seen watched_value_never_replaces_own_write "--cfg leasehold_loom --cfg leasehold_loom_mutation_seen"
 run mutation-doom a_key_stays_doomed_while_a_cleanup_of_it_runs "--cfg leasehold_loom --cfg leasehold_loom_mutation_doom"
 run mutation-claim a_claimed_key_is_never_doomed_by_the_audit "--cfg leasehold_loom --cfg leasehold_loom_mutation_claim"
+run mutation-combine grouped_updates_taken_once_in_order_and_answered "--cfg leasehold_loom --cfg leasehold_loom_mutation_combine"
+run mutation-order grouped_updates_taken_once_in_order_and_answered "--cfg leasehold_loom --cfg leasehold_loom_mutation_order"
+run mutation-withdraw withdrawn_update_is_never_applied "--cfg leasehold_loom --cfg leasehold_loom_mutation_withdraw"
 
 total_s=$(( $(date +%s) - start_all ))
 if [ "$failed" = 0 ]; then

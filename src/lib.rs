@@ -67,7 +67,7 @@ pub use fencing::FencedResource;
 pub use guard::Holder;
 pub use mutex::{Mutex, MutexGuard};
 pub use name::{validate_name, MAX_NAME_LEN};
-pub use register::{Register, Updated, DEFAULT_REQUEUE_WINDOW};
+pub use register::{GroupToken, GroupUpdated, Grouping, Register, Updated, DEFAULT_REQUEUE_WINDOW};
 pub use rwlock::{ReadGuard, RwLock, WriteGuard};
 pub use semaphore::{Permit, Semaphore, Usage};
 pub use session::{Session, SessionBuilder, DEFAULT_TTL, MAX_TTL, MIN_TTL};

@@ -7,6 +7,7 @@
 //! | `leasehold_acquire_seconds` | histogram | `primitive` | time to acquire (lock, permit, read/write lock, leadership) |
 //! | `leasehold_acquisitions_total` | counter | `primitive`, `contended` | acquisitions; `contended="true"` if it waited for another holder |
 //! | `leasehold_conflicts_total` | counter | `primitive` | failed compare-and-swaps (optimistic retries) |
+//! | `leasehold_batch_updates` | histogram | `primitive` | updates per grouped batch (`Register::update_grouped`: one store write each) |
 //! | `leasehold_renewals_total` | counter | `outcome` (`ok`/`failed`) | lease renewals |
 //! | `leasehold_sessions_lost_total` | counter | — | sessions lost (lease expired or not renewed in time) |
 
@@ -46,6 +47,14 @@ pub(crate) fn conflicts(primitive: &'static str, n: u32) {
     if n > 0 {
         metrics::counter!("leasehold_conflicts_total", "primitive" => primitive).increment(u64::from(n));
     }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (primitive, n);
+}
+
+/// A grouped batch of `n` updates of `primitive` ran.
+pub(crate) fn batch(primitive: &'static str, n: usize) {
+    #[cfg(feature = "metrics")]
+    metrics::histogram!("leasehold_batch_updates", "primitive" => primitive).record(n as f64);
     #[cfg(not(feature = "metrics"))]
     let _ = (primitive, n);
 }

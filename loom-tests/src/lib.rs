@@ -16,6 +16,8 @@
 mod local;
 
 #[cfg(all(test, leasehold_loom))]
+mod combining;
+#[cfg(all(test, leasehold_loom))]
 mod keys;
 #[cfg(all(test, leasehold_loom))]
 mod models;

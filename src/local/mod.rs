@@ -14,9 +14,11 @@
 //! | [`fence`] | a fenced resource's high-water mark | no lower token is applied after a higher one |
 //! | [`signal`] | the one-shot lost() signal | every waiter sees it, once |
 //! | [`waiter_queue`] | a session's local waiters for one key | one slot, served in arrival order; a cancelled waiter never strands the queue |
+//! | [`combining`] | a grouped register handle's updates waiting for its combiner, and their outcomes | each update is taken once, in arrival order, or withdrawn and never applied; each outcome reaches its own caller; a joined update always has a combiner |
 //! | [`value_hints`] | the value a client's queued register update wrote, by key | a waiter takes it only if written at its admission revision, and waits at most once for a write in flight (a dropped write wakes it) |
 
 pub(crate) mod cleanups;
+pub(crate) mod combining;
 pub(crate) mod fence;
 pub(crate) mod release;
 pub(crate) mod session_state;

@@ -3,6 +3,7 @@
 //! parameters, never branches. Each check uses its own names, so checks may share a store.
 #![allow(dead_code)]
 pub mod backend;
+pub mod grouped;
 pub mod lock_delay;
 pub mod mutex;
 pub mod recipes;
@@ -27,6 +28,7 @@ pub fn crash(client: &Client) -> impl Fn(i64) + Sync + '_ {
 macro_rules! conformance_suite {
     ($runner:ident) => {
         use conformance::backend as bk;
+        use conformance::grouped as gr;
         use conformance::mutex as mx;
         use conformance::recipes::{self as rc, Mix};
         use conformance::register as rg;
@@ -85,6 +87,10 @@ macro_rules! conformance_suite {
             register_queued_loop_keeps_its_place => |c| rg::queued_loop_keeps_its_place(c, 4, 20, false);
             register_queued_loop_keeps_its_place_shared_client => |c| rg::queued_loop_keeps_its_place(c, 4, 20, true);
             register_parked_place_cancelled_leaves_nothing => |c| rg::parked_place_cancelled_leaves_nothing(c);
+            grouped_optimistic => |c| gr::grouped_updates_are_exact_and_ordered(c, Optimistic, 8, 25);
+            grouped_pessimistic => |c| gr::grouped_updates_are_exact_and_ordered(c, Pessimistic, 8, 25);
+            grouped_adaptive => |c| gr::grouped_updates_are_exact_and_ordered(c, leasehold::Strategy::Adaptive, 8, 25);
+            grouped_cancellation => |c| gr::grouped_cancellation_loses_nothing_and_applies_nothing_twice(c);
         }
     };
 }

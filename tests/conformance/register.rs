@@ -7,7 +7,7 @@ use tokio::sync::Notify;
 
 #[path = "../../examples/support/counting.rs"]
 #[allow(dead_code)]
-mod counting;
+pub mod counting;
 
 fn incr(v: Option<&[u8]>) -> Option<Vec<u8>> {
     let n: u64 = v.map_or(0, |b| std::str::from_utf8(b).unwrap().parse().unwrap());
