@@ -22,6 +22,8 @@
 //! lowest and highest of the per-round ratios (adaptive against the better mode *of the
 //! same round*; the ratio of medians can pair cells from different rounds).
 
+#[path = "support/commit.rs"]
+mod commit;
 #[path = "../tests/support/etcd.rs"]
 #[allow(dead_code)]
 mod etcd;
@@ -75,6 +77,11 @@ static REQUEUE_WINDOW: std::sync::OnceLock<Duration> = std::sync::OnceLock::new(
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Way {
     Register(Strategy),
+    /// `Register::update_grouped` (adaptive): with `--shared-client` (or the embedded
+    /// backend) all contenders share one handle, so their updates are grouped; otherwise each
+    /// contender is its own handle (a process with one task: batches of one). Critical
+    /// section 0 only: a grouped update function runs on the combiner and cannot wait.
+    Grouped,
     LockRpc,
 }
 
@@ -84,6 +91,7 @@ impl Way {
             Way::Register(Strategy::Optimistic) => "optimistic",
             Way::Register(Strategy::Pessimistic) => "pessimistic",
             Way::Register(Strategy::Adaptive) => "adaptive",
+            Way::Grouped => "grouped",
             Way::LockRpc => "etcd Lock RPC",
         }
     }
@@ -92,6 +100,7 @@ impl Way {
             Way::Register(Strategy::Optimistic) => RGBColor(31, 119, 180),
             Way::Register(Strategy::Pessimistic) => RGBColor(214, 39, 40),
             Way::Register(Strategy::Adaptive) => RGBColor(44, 160, 44),
+            Way::Grouped => RGBColor(148, 103, 189),
             Way::LockRpc => RGBColor(127, 127, 127),
         }
     }
@@ -158,10 +167,31 @@ async fn contend(
     cs: Duration,
     start: Arc<Barrier>,
     stop: Arc<AtomicBool>,
+    shared: Option<Register>,
 ) -> (Vec<Duration>, u64) {
     let mut latencies = Vec::new();
     let mut conflicts = 0;
     match way {
+        Way::Grouped => {
+            let own = match shared {
+                Some(_) => None,
+                None => Some(target.client().await.session().await.unwrap()),
+            };
+            let reg = match (&shared, &own) {
+                (Some(r), _) => r.clone(),
+                (None, Some(s)) => Register::new(s, &name).unwrap().with_strategy(Strategy::Adaptive),
+                (None, None) => unreachable!(),
+            };
+            start.wait().await;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                reg.update_grouped(|v| Some(incr(v.map(<[u8]>::to_vec)))).await.unwrap();
+                latencies.push(t.elapsed());
+            }
+            if let Some(s) = own {
+                s.close().await.unwrap();
+            }
+        }
         Way::Register(strategy) => {
             let client = target.client().await;
             let session = client.session().await.unwrap();
@@ -242,7 +272,7 @@ impl Target {
         let c = self.client().await;
         let key = match way {
             Way::LockRpc => format!("{name}.value"),
-            Way::Register(_) => name.to_owned(),
+            Way::Register(_) | Way::Grouped => name.to_owned(),
         };
         c.backend().get(&key).await.unwrap().map_or(0, |kv| String::from_utf8(kv.value).unwrap().parse().unwrap())
     }
@@ -253,8 +283,17 @@ async fn run_cell(target: &Target, way: Way, contenders: usize, cs_ms: u64, seco
     let stop = Arc::new(AtomicBool::new(false));
     let cs = Duration::from_millis(cs_ms);
     let start = Arc::new(Barrier::new(contenders + 1));
+    // Grouped with one client for all: one handle for all, so their updates are grouped.
+    let session = match (way, target) {
+        (Way::Grouped, Target::Memory(c) | Target::SharedEtcd(c, _)) => Some(c.session().await.unwrap()),
+        _ => None,
+    };
+    let shared = session.as_ref().map(|s| Register::new(s, &name).unwrap().with_strategy(Strategy::Adaptive));
     let tasks: Vec<_> = (0..contenders)
-        .map(|_| tokio::spawn(contend(target.clone(), way, name.clone(), cs, start.clone(), stop.clone())))
+        .map(|_| {
+            let task = contend(target.clone(), way, name.clone(), cs, start.clone(), stop.clone(), shared.clone());
+            tokio::spawn(task)
+        })
         .collect();
     start.wait().await;
     let started = Instant::now();
@@ -270,6 +309,9 @@ async fn run_cell(target: &Target, way: Way, contenders: usize, cs_ms: u64, seco
         conflicts += c;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    if let Some(s) = session {
+        s.close().await.unwrap();
+    }
     let stored = target.read(way, &name).await;
     assert_eq!(stored, all.len() as u64, "{} with {contenders} contenders lost an update", way.name());
     all.sort();
@@ -287,7 +329,7 @@ async fn run_cell(target: &Target, way: Way, contenders: usize, cs_ms: u64, seco
     }
 }
 
-fn table(cells: &[Cell], ways: &[Way], args: &Args, backend: &str) -> String {
+fn table(cells: &[Cell], ways: &[Way], args: &Args, backend: &str, commit_ms: Option<(f64, f64)>) -> String {
     let who = if args.shared_client {
         "All contenders share one client (tasks of one process), each with its own session"
     } else {
@@ -311,6 +353,15 @@ fn table(cells: &[Cell], ways: &[Way], args: &Args, backend: &str) -> String {
          alike; near 0: a contender starved, which the p99 over all updates can hide).\n",
         args.seconds
     );
+    if let Some((before, after)) = commit_ms {
+        out += &format!(
+            "\nThe hour's baseline: a lone commit (one put, nothing else running) took {before:.3} ms (median)\n\
+             before the sweep and {after:.3} ms after it; `per update / lone commit` in the last table is the\n\
+             time per update (1 / updates per second) in units of their mean, which does not swing with the\n\
+             hour as `pessimistic / Lock RPC` does.\n"
+        );
+    }
+    let commit = commit_ms.map(|(b, a)| (b + a) / 2.0);
     for &cs in &args.cs_ms {
         out += &format!("\n### Critical section {cs} ms\n\n| contenders |");
         for w in ways {
@@ -346,10 +397,11 @@ fn table(cells: &[Cell], ways: &[Way], args: &Args, backend: &str) -> String {
             }
         }
     }
-    out += "\n### Every cell\n\n| critical section ms | contenders | way | ops/s | p50 ms | p99 ms | conflicts/op | fewest per contender / mean |\n|---:|---:|---|---:|---:|---:|---:|---:|\n";
+    out += "\n### Every cell\n\n| critical section ms | contenders | way | ops/s | p50 ms | p99 ms | conflicts/op | fewest per contender / mean | per update / lone commit |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|\n";
     for c in cells {
+        let per = commit.map_or("–".to_owned(), |ms| format!("{:.2}", 1e3 / c.ops_per_s / ms));
         out += &format!(
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {per} |\n",
             c.cs_ms,
             c.contenders,
             c.way.name(),
@@ -427,6 +479,14 @@ async fn main() {
             (t, "a single-node etcd 3.5 on 127.0.0.1 (started by the bench)".to_owned())
         }
     };
+    let endpoints = match &target {
+        Target::Etcd(eps) => Some(eps.clone()),
+        _ => None,
+    };
+    let commit_before = match &endpoints {
+        Some(eps) => Some(commit::lone_commit_ms(eps, 200).await),
+        None => None,
+    };
     let target = match target {
         Target::Etcd(eps) if args.shared_client => {
             let client = Client::etcd(EtcdConfig::new(eps.clone())).await.unwrap();
@@ -438,17 +498,22 @@ async fn main() {
         Way::Register(Strategy::Optimistic),
         Way::Register(Strategy::Pessimistic),
         Way::Register(Strategy::Adaptive),
+        Way::Grouped,
     ];
     if !matches!(target, Target::Memory(_)) {
         ways.push(Way::LockRpc);
     }
-    let total = (ways.len() * args.contenders.len() * args.cs_ms.len()) as u64 * u64::from(args.rounds);
+    // A grouped update function cannot wait: grouped runs at critical section 0 only.
+    let ways_at = |cs: u64| -> Vec<Way> { ways.iter().copied().filter(|&w| cs == 0 || w != Way::Grouped).collect() };
+    let total = args.cs_ms.iter().map(|&cs| ways_at(cs).len() * args.contenders.len()).sum::<usize>() as u64
+        * u64::from(args.rounds);
     let bar = ProgressBar::new(total).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} cells, {elapsed} elapsed, ~{eta} left  {msg}").unwrap(),
     );
     let mut cells = Vec::new();
     let mut id = 0;
     for &cs in &args.cs_ms {
+        let ways = ways_at(cs);
         for &n in &args.contenders {
             let mut rounds = Vec::new();
             for r in 0..args.rounds as usize {
@@ -467,7 +532,11 @@ async fn main() {
         }
     }
     bar.finish_and_clear();
-    let text = table(&cells, &ways, &args, &backend);
+    let commit_ms = match (&endpoints, commit_before) {
+        (Some(eps), Some(before)) => Some((before, commit::lone_commit_ms(eps, 200).await)),
+        _ => None,
+    };
+    let text = table(&cells, &ways, &args, &backend, commit_ms);
     println!("{text}");
     if let Some(out) = &args.out {
         std::fs::write(out, &text).unwrap();
