@@ -90,9 +90,16 @@ pub struct GroupUpdated {
     pub conflicts: u32,
 }
 
+/// What the combiner hands a caller: its outcome, or the panic of its update function,
+/// which resumes in the caller's task (as it would have in a plain `update`).
+enum Outcome {
+    Done(Result<GroupUpdated>),
+    Panicked(Box<dyn std::any::Any + Send>),
+}
+
 /// A handle's combining state: the queue, the settings and the last token handed out.
 pub(crate) struct Group {
-    queue: Arc<Combining<GroupFn, Result<GroupUpdated>>>,
+    queue: Arc<Combining<GroupFn, Outcome>>,
     grouping: Grouping,
     last: Mutex<GroupToken>,
 }
@@ -136,7 +143,8 @@ impl Register {
     /// `f` runs on the combiner's task, not the caller's, hence `Send + 'static`; it may
     /// run more than once (again after a conflict, on the newer value), and it should be
     /// quick: the whole batch waits for it. Errors of the batch's write reach every caller
-    /// of the batch.
+    /// of the batch. If `f` panics, its update counts as declined in its batch, the rest of
+    /// the batch goes on, and the panic resumes in the caller's task.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
@@ -172,7 +180,10 @@ impl Register {
         if start {
             tokio::spawn(self.clone().combine());
         }
-        joined.await
+        match joined.await {
+            Outcome::Done(updated) => updated,
+            Outcome::Panicked(payload) => std::panic::resume_unwind(payload),
+        }
     }
 
     /// The combiner: takes batches until none waits.
@@ -192,9 +203,11 @@ impl Register {
     /// Runs one batch as one update; the outcomes, in batch order. Updates that arrive
     /// before the batch's function runs (the value is known only then: after the read, or
     /// once the lock is held) join it, up to `max_batch`.
-    async fn apply_batch(&self, batch: Batch<GroupFn>) -> Vec<(u64, Result<GroupUpdated>)> {
+    async fn apply_batch(&self, batch: Batch<GroupFn>) -> Vec<(u64, Outcome)> {
         let max_batch = self.group.grouping.max_batch;
         let (mut ids, mut fns): (Vec<u64>, Vec<GroupFn>) = batch.into_iter().unzip();
+        // The panic of each update function that panicked (never called again).
+        let mut panicked: Vec<Option<Box<dyn std::any::Any + Send>>> = Vec::with_capacity(max_batch);
         // Per update of the last run of the batch: the value it saw, and whether it wrote.
         let mut seen: Vec<(Option<Vec<u8>>, bool)> = Vec::with_capacity(max_batch);
         let span = tracing::debug_span!("register.batch", key = %self.key);
@@ -204,11 +217,20 @@ impl Register {
                 ids.push(id);
                 fns.push(f);
             }
+            panicked.resize_with(fns.len(), || None);
             seen.clear();
             let mut current = value.map(<[u8]>::to_vec);
             let mut any = false;
-            for f in &mut fns {
-                let new = f(current.as_deref());
+            for (f, panic) in fns.iter_mut().zip(&mut panicked) {
+                // A panicking update declines; the rest of the batch goes on.
+                let new = match panic {
+                    Some(_) => None,
+                    None => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(current.as_deref())))
+                        .unwrap_or_else(|payload| {
+                            *panic = Some(payload);
+                            None
+                        }),
+                };
                 seen.push((current.clone(), new.is_some()));
                 if let Some(v) = new {
                     current = Some(v);
@@ -220,9 +242,14 @@ impl Register {
         let updated: Result<Updated> = tracing::Instrument::instrument(run, span).await;
         let n = ids.len();
         crate::metrics::batch("register", n);
+        panicked.resize_with(n, || None);
         let updated = match updated {
             Ok(u) => u,
-            Err(e) => return ids.into_iter().map(|id| (id, Err(e.duplicate()))).collect(),
+            Err(e) => {
+                let outcome =
+                    |panic: Option<_>| panic.map_or_else(|| Outcome::Done(Err(e.duplicate())), Outcome::Panicked);
+                return ids.into_iter().zip(panicked).map(|(id, panic)| (id, outcome(panic))).collect();
+            }
         };
         let first = {
             let mut last = self.group.last.lock();
@@ -235,11 +262,15 @@ impl Register {
         };
         ids.into_iter()
             .zip(seen)
+            .zip(panicked)
             .enumerate()
-            .map(|(i, (id, (previous, written)))| {
+            .map(|(i, ((id, (previous, written)), panic))| {
+                if let Some(payload) = panic {
+                    return (id, Outcome::Panicked(payload));
+                }
                 let token = GroupToken { revision: first.revision, index: first.index + i as u32 };
-                let lock_token = updated.token;
-                (id, Ok(GroupUpdated { written, previous, token, batch: n, lock_token, conflicts: updated.conflicts }))
+                let (lock_token, conflicts) = (updated.token, updated.conflicts);
+                (id, Outcome::Done(Ok(GroupUpdated { written, previous, token, batch: n, lock_token, conflicts })))
             })
             .collect()
     }

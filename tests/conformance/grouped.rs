@@ -123,3 +123,42 @@ pub async fn grouped_cancellation_loses_nothing_and_applies_nothing_twice(client
     assert_eq!(applied.last(), Some(&"end"));
     s.close().await.unwrap();
 }
+
+/// An update function that panics fails only its own caller (the panic resumes in the
+/// caller's task, as in a plain update); the other updates of its batch are applied, and
+/// the handle's combiner goes on serving. (Before, the panic killed the combiner task:
+/// the batch's other callers and every later update of the handle waited for good.)
+pub async fn grouped_panicking_update_fails_only_its_caller(client: &Client) {
+    let s = client.session().await.unwrap();
+    let reg = Register::new(&s, "grp-panic").unwrap().with_grouping(Grouping::default());
+    let run = async {
+        let tasks: Vec<_> = (0..6)
+            .map(|i| {
+                let reg = reg.clone();
+                tokio::spawn(async move {
+                    let f = move |v: Option<&[u8]>| {
+                        assert!(i != 3, "update {i} panics (on purpose)");
+                        incr(v)
+                    };
+                    reg.update_grouped(f).await
+                })
+            })
+            .collect();
+        let (mut panicked, mut done) = (0, 0);
+        for t in tasks {
+            match t.await {
+                Err(e) if e.is_panic() => panicked += 1,
+                Ok(updated) => {
+                    assert!(updated.unwrap().written);
+                    done += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!((panicked, done), (1, 5), "only the panicking update's caller failed");
+        reg.update_grouped(incr).await.unwrap();
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), run).await.expect("the combiner still serves");
+    assert_eq!(number(reg.get().await.unwrap().as_deref()), 6, "the five others and the later update applied");
+    s.close().await.unwrap();
+}
