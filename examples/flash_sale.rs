@@ -123,7 +123,7 @@ struct Tally {
     queued: AtomicU64,
     stale: AtomicU64,
     /// Grouped orders: (batch revision, index in batch, units seen, batch size).
-    grouped: std::sync::Mutex<Vec<(i64, u32, u64, usize)>>,
+    grouped: std::sync::Mutex<Vec<(i64, u64, u64, usize)>>,
 }
 
 /// `"<units> <token>"` → (units, token).
@@ -239,7 +239,7 @@ async fn grouped_buyer(stock: Register, tally: Arc<Tally>) -> leasehold::Result<
 
 /// The grouped orders' check: taken in token order, they saw `units`, `units - 1`, …, 1.
 /// The number of orders out of that order (0 when right).
-fn grouped_out_of_order(orders: &mut [(i64, u32, u64, usize)], units: u64) -> u64 {
+fn grouped_out_of_order(orders: &mut [(i64, u64, u64, usize)], units: u64) -> u64 {
     orders.sort_unstable_by_key(|&(rev, index, ..)| (rev, index));
     let mut bad = u64::from(orders.len() as u64 != units);
     for (i, &(_, _, seen, _)) in orders.iter().enumerate() {
@@ -287,7 +287,7 @@ mod tikv {
 }
 
 /// The grouped way's batches: how many, and their sizes.
-fn batch_summary(orders: &[(i64, u32, u64, usize)]) -> String {
+fn batch_summary(orders: &[(i64, u64, u64, usize)]) -> String {
     let mut sizes: Vec<usize> = Vec::new();
     let mut last = None;
     for &(rev, _, _, size) in orders {
@@ -319,7 +319,7 @@ struct Outcome {
     writes: u64,
     latencies: Vec<Duration>,
     elapsed: Duration,
-    grouped: Vec<(i64, u32, u64, usize)>,
+    grouped: Vec<(i64, u64, u64, usize)>,
 }
 
 impl Outcome {

@@ -159,3 +159,39 @@ mod lock_delay {
         assert!(m.clone().with_lock_delay(Duration::ZERO).lock_delay().is_none());
     }
 }
+
+/// A grouped update polled outside a tokio runtime fails with a clear error instead of
+/// panicking (its combiner is a task of the caller's runtime), and leaves the handle
+/// working; a combiner whose runtime shuts down answers the updates still waiting, and the
+/// next update starts a new combiner.
+#[test]
+fn grouped_update_outside_a_runtime_and_after_its_runtime_ended() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (session, reg) = rt.block_on(async {
+        let s = Client::memory().session().await.unwrap();
+        let reg = leasehold::Register::new(&s, "grp-rt").unwrap();
+        (s, reg)
+    });
+    let outside = reg.clone();
+    let err = std::thread::spawn(move || futures::executor::block_on(outside.update_grouped(|_| Some(b"x".to_vec()))))
+        .join()
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, leasehold::Error::InvalidArgument { .. }), "{err}");
+    // A runtime whose combiner is parked mid-batch is dropped: its waiting callers are
+    // answered (here: none remain but the one whose future ends with the runtime), and a
+    // later update on another runtime is served.
+    let other = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let short = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let reg2 = reg.clone();
+    // The combiner is spawned on `short`, which is never driven again after this poll.
+    let mut waiting = Box::pin(reg2.update_grouped(|_| Some(b"1".to_vec())));
+    let _ = short.block_on(async { futures::poll!(&mut waiting) });
+    drop(short); // cancels the combiner task: the waiting update is answered
+    let answered = other.block_on(async { tokio::time::timeout(Duration::from_secs(5), waiting).await });
+    let answered = answered.expect("the caller was answered when the combiner's runtime ended");
+    assert!(answered.is_err(), "{answered:?}");
+    let served = other.block_on(reg.update_grouped(|_| Some(b"2".to_vec()))).unwrap();
+    assert!(served.written, "a new combiner serves later updates");
+    other.block_on(session.close()).unwrap();
+}

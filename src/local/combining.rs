@@ -154,6 +154,27 @@ impl<Op, Out> Combining<Op, Out> {
         }
     }
 
+    /// The combiner ended without finishing (its task was cancelled, its runtime shut
+    /// down): every caller still waiting, whether its update was pending or taken, gets
+    /// `fail()`, and the next [`join`](Self::join) starts a new combiner.
+    pub(crate) fn abandon(&self, fail: impl Fn() -> Out) {
+        let mut wake = Vec::new();
+        {
+            let mut inner = self.inner.lock();
+            inner.combiner = false;
+            inner.pending.clear();
+            for e in inner.entries.values_mut() {
+                if !matches!(e.state, State::Done(_)) {
+                    e.state = State::Done(fail());
+                    wake.extend(e.waker.take());
+                }
+            }
+        }
+        for w in wake {
+            w.wake();
+        }
+    }
+
     /// How many updates wait to be taken.
     pub(crate) fn pending(&self) -> usize {
         self.inner.lock().pending.len()
@@ -281,6 +302,21 @@ mod tests {
         assert_eq!(q.top_up(8).iter().map(|(_, op)| *op).collect::<Vec<_>>(), [2]);
         assert!(q.top_up(0).is_empty());
         assert!(q.take(8).is_none());
+    }
+
+    #[test]
+    fn an_abandoned_combiner_answers_everyone_and_a_new_one_starts() {
+        let q: Arc<Combining<u32, u32>> = Arc::default();
+        let (mut a, _) = Combining::join(&q, 1);
+        let (mut b, _) = Combining::join(&q, 2);
+        let _taken = q.take(1).unwrap();
+        q.abandon(|| 0);
+        let w = CountingWaker::new();
+        assert_eq!(w.poll(Pin::new(&mut a)), Poll::Ready(0), "a taken update's caller is answered");
+        assert_eq!(w.poll(Pin::new(&mut b)), Poll::Ready(0), "a pending update's caller is answered");
+        assert_eq!(q.pending(), 0);
+        let (_c, start) = Combining::join(&q, 3);
+        assert!(start, "the next caller starts a new combiner");
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub struct GroupToken {
     pub revision: Revision,
     /// The update's place in its batch (continuing after the last index for a batch that
     /// wrote nothing).
-    pub index: u32,
+    pub index: u64,
 }
 
 /// What one [`update_grouped`](Register::update_grouped) did.
@@ -143,7 +143,10 @@ impl Register {
     /// `f` runs on the combiner's task, not the caller's, hence `Send + 'static`; it may
     /// run more than once (again after a conflict, on the newer value), and it should be
     /// quick: the whole batch waits for it. Errors of the batch's write reach every caller
-    /// of the batch. If `f` panics, its update counts as declined in its batch, the rest of
+    /// of the batch, and as for [`update`](Self::update) the outcome is then unknown: a
+    /// write whose answer was lost may have been applied, so a caller that retries on an
+    /// error may apply its update twice. Clones share the combiner, and a batch is written
+    /// with the [strategy](Self::with_strategy) of the handle whose update started it. If `f` panics, its update counts as declined in its batch, the rest of
     /// the batch goes on, and the panic resumes in the caller's task.
     ///
     /// ```
@@ -176,9 +179,13 @@ impl Register {
     where
         F: FnMut(Option<&[u8]>) -> Option<Vec<u8>> + Send + 'static,
     {
+        // The combiner is a task of the caller's runtime: without one, fail before joining.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Err(Error::invalid("register", "update_grouped needs a tokio runtime"));
+        };
         let (joined, start) = Combining::join(&self.group.queue, Box::new(f) as GroupFn);
         if start {
-            tokio::spawn(self.clone().combine());
+            runtime.spawn(self.clone().combine());
         }
         match joined.await {
             Outcome::Done(updated) => updated,
@@ -186,17 +193,24 @@ impl Register {
         }
     }
 
-    /// The combiner: takes batches until none waits.
-    async fn combine(self) {
-        let group = self.group.clone();
-        let Grouping { max_batch, linger } = group.grouping;
-        loop {
-            if !linger.is_zero() && group.queue.pending() < max_batch {
-                tokio::time::sleep(linger).await;
+    /// The combiner: takes batches until none waits. Should its task end before it is done
+    /// (cancelled with its runtime, even before its first poll), every caller still waiting
+    /// is answered and the next update starts a new combiner.
+    fn combine(self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut stopping = Stopping { group: self.group.clone(), done: false };
+        async move {
+            let Grouping { max_batch, linger } = stopping.group.grouping;
+            loop {
+                if !linger.is_zero() && stopping.group.queue.pending() < max_batch {
+                    tokio::time::sleep(linger).await;
+                }
+                let Some(batch) = stopping.group.queue.take(max_batch) else {
+                    stopping.finish();
+                    return;
+                };
+                let outcomes = self.apply_batch(batch).await;
+                stopping.group.queue.deliver(outcomes);
             }
-            let Some(batch) = group.queue.take(max_batch) else { return };
-            let outcomes = self.apply_batch(batch).await;
-            group.queue.deliver(outcomes);
         }
     }
 
@@ -257,7 +271,7 @@ impl Register {
                 Some(revision) => GroupToken { revision, index: 0 },
                 None => GroupToken { revision: last.revision, index: last.index + 1 },
             };
-            *last = GroupToken { revision: first.revision, index: first.index + n as u32 - 1 };
+            *last = GroupToken { revision: first.revision, index: first.index + n as u64 - 1 };
             first
         };
         ids.into_iter()
@@ -268,11 +282,33 @@ impl Register {
                 if let Some(payload) = panic {
                     return (id, Outcome::Panicked(payload));
                 }
-                let token = GroupToken { revision: first.revision, index: first.index + i as u32 };
+                let token = GroupToken { revision: first.revision, index: first.index + i as u64 };
                 let (lock_token, conflicts) = (updated.token, updated.conflicts);
                 (id, Outcome::Done(Ok(GroupUpdated { written, previous, token, batch: n, lock_token, conflicts })))
             })
             .collect()
+    }
+}
+
+/// See [`Register::combine`].
+struct Stopping {
+    group: Arc<Group>,
+    done: bool,
+}
+
+impl Stopping {
+    /// The combiner stopped as it should (nothing waits): nothing to answer.
+    fn finish(&mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Stopping {
+    fn drop(&mut self) {
+        if !self.done {
+            let why = "register: the grouped updates' combiner stopped before it answered (its runtime shut down?)";
+            self.group.queue.abandon(|| Outcome::Done(Err(Error::Store(why.into()))));
+        }
     }
 }
 
