@@ -302,6 +302,7 @@ impl Observer {
 /// Leadership of an election. Ends by [`resign`](Leadership::resign), in the background
 /// on drop, or with the session.
 #[derive(Debug)]
+#[must_use = "the leadership is released when this is dropped: bind it (`let guard = ...`) for as long as it must be held"]
 pub struct Leadership {
     hold: Holding,
     /// With lock-delay: the marker a clean resign clears.

@@ -399,6 +399,7 @@ impl Mutex {
 
 /// A held mutex. Released by [`unlock`](MutexGuard::unlock), or in the background on drop.
 #[derive(Debug)]
+#[must_use = "the lock is released when this is dropped: bind it (`let guard = ...`) for as long as it must be held"]
 pub struct MutexGuard {
     hold: Holding,
     /// With lock-delay: the marker a clean unlock clears.

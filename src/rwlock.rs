@@ -212,6 +212,7 @@ impl RwLock {
 
 /// A held read lock. Released by [`unlock`](ReadGuard::unlock), or in the background on drop.
 #[derive(Debug)]
+#[must_use = "the read lock is released when this is dropped: bind it (`let guard = ...`) for as long as it must be held"]
 pub struct ReadGuard {
     hold: Holding,
 }
@@ -236,6 +237,7 @@ impl ReadGuard {
 /// A held write lock. Released by [`unlock`](WriteGuard::unlock), or in the background on
 /// drop.
 #[derive(Debug)]
+#[must_use = "the write lock is released when this is dropped: bind it (`let guard = ...`) for as long as it must be held"]
 pub struct WriteGuard {
     hold: Holding,
 }

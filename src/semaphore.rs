@@ -493,6 +493,7 @@ impl Usage {
 
 /// A held permit. Released by [`release`](Permit::release), or in the background on drop.
 #[derive(Debug)]
+#[must_use = "the permit is released when this is dropped: bind it (`let guard = ...`) for as long as it must be held"]
 pub struct Permit {
     hold: Holding,
 }

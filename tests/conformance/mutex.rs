@@ -272,7 +272,7 @@ pub async fn close_releases(client: &Client) {
     std::mem::forget(guard);
     a.close().await.unwrap();
     let b = client.session().await.unwrap();
-    Mutex::new(&b, "close").unwrap().try_lock().await.unwrap().expect("free after close");
+    drop(Mutex::new(&b, "close").unwrap().try_lock().await.unwrap().expect("free after close"));
 }
 
 /// Waits (on a watch, bounded by [`SOON`]) until `name` has `n` keys.

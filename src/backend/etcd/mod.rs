@@ -8,74 +8,14 @@
 
 use super::*;
 use crate::error::Error;
+
+mod config;
+pub use config::{EtcdConfig, TlsConfig};
 use etcd_client::{
     Certificate, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, LeaseTimeToLiveOptions,
     LeaseTimeToLiveResponse, PutOptions, SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
     WatchFilterType, WatchOptions,
 };
-
-/// How to reach etcd.
-#[derive(Debug, Clone)]
-pub struct EtcdConfig {
-    /// `host:port` or `http(s)://host:port`, one per member.
-    pub endpoints: Vec<String>,
-    /// The first contact must succeed within this (default 5 s), else [`Error::Connect`].
-    pub connect_timeout: Duration,
-    /// Each unary request fails with [`Error::Unavailable`] after this (default 5 s).
-    pub request_timeout: Duration,
-    /// User name and password, if etcd auth is enabled.
-    pub user: Option<(String, String)>,
-    /// TLS settings; `None` for plain HTTP.
-    pub tls: Option<TlsConfig>,
-}
-
-/// TLS for the etcd connection, from PEM bytes.
-#[derive(Debug, Clone, Default)]
-pub struct TlsConfig {
-    /// CA certificate(s) to trust.
-    pub ca_pem: Option<Vec<u8>>,
-    /// Client certificate and key, for client-certificate auth.
-    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
-    /// Server name to verify, if it differs from the endpoint host.
-    pub domain: Option<String>,
-}
-
-impl EtcdConfig {
-    /// Defaults for these endpoints.
-    pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Self {
-        Self {
-            endpoints: endpoints.into_iter().map(Into::into).collect(),
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(5),
-            user: None,
-            tls: None,
-        }
-    }
-
-    /// Sets the connect timeout.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Sets the per-request timeout.
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
-        self
-    }
-
-    /// Sets user and password.
-    pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
-        self.user = Some((name.into(), password.into()));
-        self
-    }
-
-    /// Sets TLS.
-    pub fn tls(mut self, tls: TlsConfig) -> Self {
-        self.tls = Some(tls);
-        self
-    }
-}
 
 /// The etcd backend. Cheap to clone.
 #[derive(Clone)]
