@@ -8,7 +8,8 @@
 #      the other models must still pass.
 # Prints one summary line per run and exits non-zero if any run fails. Builds in
 # target/loom (override with LEASEHOLD_LOOM_TARGET_DIR) so the cfgs do not invalidate
-# the normal build cache. Each of the nine cfgs builds loom and its dependencies once:
+# the normal build cache. Each of the thirteen cfg sets (the models, then twelve mutations)
+# builds loom and its dependencies once:
 # from an empty target/loom the script took about 3 minutes on 2 busy cores, a warm run
 # about 25 s.
 #

@@ -194,6 +194,27 @@ fn a_broken_stderr_does_not_stop_the_watchdog() {
     });
 }
 
+/// The supervisor stopped the moment it has started a replacement for a killed watchdog:
+/// the new watchdog must be armed with the deadline already, from its birth. (Before, the
+/// arming and the deadline were sent after the spawn; a supervisor stopped in between left
+/// the new watchdog without a deadline, and A's command wrote 3.7 s after B took the lock:
+/// CI, 2026-12-03, in the removed-binary test below, which stops A just after the new
+/// watchdog appears.) The new watchdog is looked for without a pause, to stop A inside
+/// that window.
+#[test]
+fn a_supervisor_stopped_as_it_replaces_its_watchdog_cannot_let_its_command_outlive_the_lock() {
+    b_after_a("replace-stop", |a, _| {
+        let dog = watchdog_of(a).expect("A has a watchdog");
+        assert!(signal(dog, libc::SIGKILL));
+        let until = Instant::now() + Duration::from_secs(5);
+        while watchdog_of(a).is_none_or(|d| d == dog) {
+            assert!(Instant::now() < until, "no new watchdog (A alive: {})", alive(a));
+        }
+        assert!(signal(a, libc::SIGSTOP));
+        std::thread::sleep(TTL_D * 3);
+    });
+}
+
 /// The binary removed while it runs (an upgrade in place): a killed watchdog is still
 /// replaced (started from `/proc/self/exe`), the command runs on under the lock, and the
 /// new watchdog does its job. (Before, starting it from the removed path failed, and

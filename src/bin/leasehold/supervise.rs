@@ -175,9 +175,7 @@ const ARM_WITHIN: Duration = Duration::from_secs(10);
 /// Starts the watchdog of `pgid` with the session's current deadline, allowing it `within`
 /// to arm.
 async fn guard(pgid: i32, budget: Budget, session: &Session, within: Duration) -> std::io::Result<Watchdog> {
-    let mut dog = Watchdog::start(pgid, budget.grace, within).await?;
-    dog.deadline(session.deadline(), budget.margin).map_err(|e| std::io::Error::other(e.to_string()))?;
-    Ok(dog)
+    Watchdog::start(pgid, budget.grace, within, session.deadline(), budget.margin).await
 }
 
 /// Replaces a watchdog while the command runs. The supervisor does not watch the deadline

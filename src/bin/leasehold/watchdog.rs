@@ -303,11 +303,30 @@ pub fn kill_instant(boot_now: u64, left: Duration, suspended_now: u64, suspended
 }
 
 impl Watchdog {
-    /// Starts a watchdog for the process group `pgid` and waits (at most `within`) until it
-    /// is armed.
-    pub async fn start(pgid: i32, grace: Duration, within: Duration) -> io::Result<Self> {
+    /// Starts a watchdog for the process group `pgid`, armed from birth with the session's
+    /// validity `deadline` less `margin`, and waits (at most `within`) until it says so.
+    ///
+    /// The arming and the first deadline are written into the watchdog's input pipe
+    /// **before** the process exists, so it finds them whenever it starts reading: a
+    /// supervisor stopped right after the spawn (SIGSTOP, a suspended host) cannot leave a
+    /// replacement watchdog without a deadline while the command runs. (Sent after the
+    /// spawn, as they were, a supervisor stopped in between left the new watchdog waiting
+    /// for its instructions and the command writing after the lock was lost: CI,
+    /// 2026-12-03, `a_watchdog_is_replaced_after_the_binary_was_removed`, 3.7 s.)
+    pub async fn start(
+        pgid: i32,
+        grace: Duration,
+        within: Duration,
+        deadline: std::time::Instant,
+        margin: Duration,
+    ) -> io::Result<Self> {
+        let (read_end, input) = pipe()?;
+        let suspended = suspended_ns();
+        let (term, kill) = Self::kill_times(grace, deadline, margin, suspended, suspended);
+        // Two short lines fit in the pipe's buffer: this write does not wait.
+        write_all(&input, format!("arm {pgid} {}\nat {term} {kill}\n", grace.as_nanos()).as_bytes())?;
         let mut cmd = tokio::process::Command::new(self_exe());
-        cmd.arg(SUBCOMMAND).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+        cmd.arg(SUBCOMMAND).stdin(std::process::Stdio::from(read_end)).stdout(std::process::Stdio::piped());
         // SAFETY: setsid is async-signal-safe; it detaches the watchdog from the terminal
         // and from the supervisor's process group, so no terminal signal reaches it.
         unsafe {
@@ -317,39 +336,46 @@ impl Watchdog {
             });
         }
         let mut child = cmd.spawn()?;
-        let stdin = child.stdin.take().ok_or_else(|| io::Error::other("watchdog: no stdin"))?;
-        let input = stdin.into_owned_fd()?;
-        // SAFETY: fcntl on an fd we own; O_NONBLOCK only changes how writes wait.
+        drop(cmd); // the parent's copy of the read end: the watchdog must see EOF when we die
+                   // SAFETY: fcntl on an fd we own; O_NONBLOCK only changes how writes wait.
         unsafe {
             let flags = libc::fcntl(input.as_raw_fd(), libc::F_GETFL);
             libc::fcntl(input.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
         }
         let stdout = child.stdout.take().ok_or_else(|| io::Error::other("watchdog: no stdout"))?;
         let mut answer = String::new();
-        let armed = async {
-            send_line(&input, &format!("arm {pgid} {}\n", grace.as_nanos()))
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            tokio::io::BufReader::new(stdout).read_line(&mut answer).await
-        };
-        let read = tokio::time::timeout(within, armed).await;
+        let mut stdout = tokio::io::BufReader::new(stdout);
+        let read = tokio::time::timeout(within, stdout.read_line(&mut answer)).await;
         if !matches!(read, Ok(Ok(_))) || answer.trim() != "armed" {
             let _ = child.start_kill();
             let _ = child.wait().await;
             return Err(io::Error::other(format!("watchdog did not arm within {within:?} (answer {answer:?})")));
         }
-        Ok(Self { child, input, grace, suspended: suspended_ns() })
+        Ok(Self { child, input, grace, suspended })
+    }
+
+    /// The SIGTERM and SIGKILL instants on `CLOCK_BOOTTIME` for a validity `deadline` less
+    /// `margin`.
+    fn kill_times(
+        grace: Duration,
+        deadline: std::time::Instant,
+        margin: Duration,
+        suspended_now: u64,
+        suspended_before: u64,
+    ) -> (u64, u64) {
+        // CLOCK_BOOTTIME first: a pause between the two readings then makes the kill
+        // earlier, never later.
+        let boot = boottime_ns();
+        let left = deadline.saturating_duration_since(std::time::Instant::now()).saturating_sub(margin);
+        let kill = kill_instant(boot, left, suspended_now, suspended_before);
+        (kill.saturating_sub(grace.as_nanos() as u64), kill)
     }
 
     /// Tells the watchdog the session's validity `deadline` (a monotonic instant), less
     /// `margin`: SIGKILL then, SIGTERM `grace` before. Never waits.
     pub fn deadline(&mut self, deadline: std::time::Instant, margin: Duration) -> Result<(), SendError> {
-        // CLOCK_BOOTTIME first: a pause between the two readings then makes the kill
-        // earlier, never later.
-        let boot = boottime_ns();
-        let left = deadline.saturating_duration_since(std::time::Instant::now()).saturating_sub(margin);
         let suspended = suspended_ns();
-        let kill = kill_instant(boot, left, suspended, self.suspended);
-        let term = kill.saturating_sub(self.grace.as_nanos() as u64);
+        let (term, kill) = Self::kill_times(self.grace, deadline, margin, suspended, self.suspended);
         send_line(&self.input, &format!("at {term} {kill}\n"))?;
         self.suspended = suspended;
         Ok(())
@@ -373,6 +399,35 @@ impl Watchdog {
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await;
     }
+}
+
+/// A pipe whose both ends close on exec (the write end must never reach the watchdog, or
+/// it would not see the supervisor die); the read end becomes the watchdog's stdin.
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds on success; we take ownership of both at once.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds are fresh and owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Writes all of `bytes` to a blocking fd.
+fn write_all(fd: &OwnedFd, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: writing from a valid buffer of `bytes.len()` bytes to an fd we own.
+        let n = unsafe { libc::write(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        bytes = &bytes[n as usize..];
+    }
+    Ok(())
 }
 
 /// The hidden subcommand that runs a command once the supervisor opens its gate.
