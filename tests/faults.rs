@@ -237,3 +237,54 @@ fn fault_suite_control_lost_ack_is_caught() {
     assert_eq!(caught, 1, "the lost acknowledgement was not caught:\n{}", o.text);
     assert_eq!(o.violations(), 1, "violations besides the planted one:\n{}", o.text);
 }
+
+/// The control of the store check (`EtcdCluster::divergence`): members that do not hold one
+/// history must be reported. Two single-member clusters stand in for two members that
+/// disagree: the same number of writes (so the same revision) with different values, then
+/// one more write on one of them (a member that never catches up).
+#[test]
+fn fault_suite_control_diverged_members_are_caught() {
+    use support::etcd::{divergence, EtcdCluster};
+    let (a, b) = (EtcdCluster::single(), EtcdCluster::single());
+    let put = |c: &EtcdCluster, key: &str, value: &str| {
+        let out = c.etcdctl().args(["put", key, value]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let key = format!("{HIST}fault-mx-a/1");
+    put(&a, &key, "enter");
+    put(&b, &key, "exit");
+    let members = [("a".to_owned(), a.etcdctl()), ("b".to_owned(), b.etcdctl())];
+    let same_revision = divergence(&members, Duration::from_secs(1), HIST);
+    assert_eq!(same_revision.len(), 2, "{same_revision:?}");
+    assert!(
+        same_revision.iter().all(|l| l.contains("revision 2,") && l.contains(", 1 keys under")),
+        "{same_revision:?}"
+    );
+    put(&a, &format!("{HIST}fault-mx-a/2"), "enter");
+    let behind = divergence(&members, Duration::from_secs(1), HIST);
+    assert!(behind.iter().any(|l| l.starts_with("member a: revision 3,")), "{behind:?}");
+    // And one cluster agrees with itself.
+    let alone = [("a".to_owned(), a.etcdctl())];
+    assert_eq!(divergence(&alone, Duration::from_secs(1), HIST), Vec::<String>::new());
+}
+
+/// The diagnostic of an unexpected `NotHeld` (`parent::history_of`) finds the revision that
+/// deleted a key and what else it changed: here a lease revoke taking two keys at once.
+#[test]
+fn fault_suite_history_of_a_gone_key_names_its_delete() {
+    let etcd = support::etcd::EtcdCluster::single();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let said = rt.block_on(async {
+        let mut c = etcd_client::Client::connect(etcd.endpoints(), None).await.unwrap();
+        let lease = c.lease_grant(60, None).await.unwrap().id();
+        let with_lease = Some(etcd_client::PutOptions::new().with_lease(lease));
+        let token = c.put("gone/a", "", with_lease.clone()).await.unwrap().header().unwrap().revision();
+        c.put("gone/b", "", with_lease).await.unwrap();
+        c.put("other", "", None).await.unwrap();
+        c.lease_revoke(lease).await.unwrap();
+        c.put("later", "", None).await.unwrap();
+        parent::history_of(&etcd.endpoints(), "gone/a", token).await.unwrap()
+    });
+    assert!(said.contains("deleted at revision 5, which made 2 change(s): deleted gone/a"), "{said}");
+    assert!(said.contains("deleted gone/b"), "{said}");
+}

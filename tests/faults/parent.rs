@@ -97,6 +97,8 @@ struct Heard {
     leftovers: Vec<String>,
     /// A control's plant (`PLANT` and `PLANT-FAILED` lines).
     plants: Vec<String>,
+    /// Keys a worker found gone while its session was valid, with their tokens (`GONE`).
+    gone: Vec<(String, i64)>,
 }
 
 /// The worker processes, with what their output says; stopped ones are resumed and every
@@ -143,6 +145,11 @@ impl Workers {
                             heard.writes.push((w, said, key.to_owned()));
                         }
                         "LEFTOVER" => heard.leftovers.push(rest.to_owned()),
+                        "GONE" => {
+                            if let Some((key, token)) = rest.split_once(' ') {
+                                heard.gone.push((key.to_owned(), token.parse().unwrap_or(0)));
+                            }
+                        }
                         "PLANT" | "PLANT-FAILED" => heard.plants.push(line.clone()),
                         "FAULTS-SUMMARY" => {
                             heard.summaries.insert(w, line.clone());
@@ -231,6 +238,13 @@ pub(crate) struct Plan {
 
 /// What a run produced.
 pub(crate) struct Outcome {
+    /// The members' histories disagree after the run (etcd broke its own consistency): one
+    /// line per member, empty if they agree.
+    pub(crate) diverged: Vec<String>,
+    /// What the store's history says of keys a worker found gone while its session was
+    /// valid (an unexpected `NotHeld`, counted in the totals): who deleted each, and what
+    /// else that revision changed. Diagnostics, not violations.
+    pub(crate) gone: Vec<String>,
     pub(crate) reports: Vec<(&'static str, checker::Report)>,
     /// The key-by-key check of the writes.
     pub(crate) writes: checker::WriteReport,
@@ -257,6 +271,7 @@ impl Outcome {
             + self.leftovers.len()
             + self.after_exit.len()
             + self.other_violations.len()
+            + self.diverged.len()
     }
 }
 
@@ -292,6 +307,12 @@ pub(crate) fn run_plan(plan: Plan) -> Outcome {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
     });
     let mut rng = StdRng::seed_from_u64(seed);
+    if plan.faults.iter().any(|f| matches!(f, Fault::KillLeader | Fault::KillFollower)) {
+        // Killing members of an etcd that loses revisions when killed tests etcd, not leasehold.
+        if let Some(why) = crate::support::etcd::unfit_under_kills() {
+            panic!("the fault suite kills etcd members, and {why}");
+        }
+    }
     let mut etcd = EtcdCluster::start(plan.members, &[]);
     let endpoints = etcd.endpoints();
     eprintln!("[{}] {} members up; {} workers, seed {seed}", elapsed(started), plan.members, plan.workers);
@@ -370,7 +391,7 @@ pub(crate) fn run_plan(plan: Plan) -> Outcome {
     }
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (reports, writes, after_exit, leftover_cleared_after) = rt.block_on(async {
+    let (reports, writes, after_exit, leftover_cleared_after, gone) = rt.block_on(async {
         let client = Client::etcd(EtcdConfig::new(endpoints.clone())).await.unwrap();
         let backend = client.backend();
         // A sanity check: nothing under a lock prefix one TTL (plus slack) after the workers
@@ -404,10 +425,19 @@ pub(crate) fn run_plan(plan: Plan) -> Outcome {
         let (stored, _) = backend.range_prefix(HIST, 0).await.unwrap();
         let stored: Vec<String> = stored.into_iter().map(|kv| kv.key).collect();
         let said: Vec<(checker::Said, String)> = heard.writes.iter().map(|(_, s, k)| (*s, k.clone())).collect();
-        (reports, checker::writes(&said, &stored), after_exit, cleared)
+        let mut gone = Vec::new();
+        for (key, token) in heard.gone.iter().take(3) {
+            gone.push(history_of(&endpoints, key, *token).await.unwrap_or_else(|e| format!("{key}: {e}")));
+        }
+        (reports, checker::writes(&said, &stored), after_exit, cleared, gone)
     });
+    // The store itself: do the members hold one history? (If not, every check above read a
+    // store that broke its own guarantee, and says nothing of leasehold.)
+    let diverged = etcd.divergence(Duration::from_secs(10), HIST);
     drop(etcd);
     let mut outcome = Outcome {
+        diverged,
+        gone,
         reports,
         writes,
         leftovers: heard.leftovers,
@@ -514,6 +544,18 @@ fn render(o: &Outcome, plan: &Plan, seed: u64) -> String {
     }
     writeln!(t, "  lock prefixes empty {:.1} s after the workers exited", o.leftover_cleared_after.as_secs_f64())
         .unwrap();
+    if o.diverged.is_empty() {
+        writeln!(t, "  store: the members hold one history (equal hashes at one revision)").unwrap();
+    } else {
+        writeln!(t, "  store: THE MEMBERS DISAGREE (etcd broke its own consistency; the checks above read a mix)")
+            .unwrap();
+        for v in &o.diverged {
+            writeln!(t, "    violation: {v}").unwrap();
+        }
+    }
+    for g in &o.gone {
+        writeln!(t, "  gone while its session lived: {g}").unwrap();
+    }
     for v in o.after_exit.iter().chain(&o.other_violations) {
         writeln!(t, "  violation: {v}").unwrap();
     }
@@ -582,4 +624,69 @@ mod tests {
         let st = Stats { accepted: 2, ..Stats::default() };
         assert!(reports_disagree(0, &writes, &st).is_some_and(|v| v.contains("[1, 0, 0]")));
     }
+}
+
+/// The store's history of `key` from `token` (its create revision): the revision that
+/// deleted it, and every change that revision made (a lease's expiry or revoke deletes all
+/// of its keys at once; a release deletes the key alone; a relock puts the next key too).
+pub(crate) async fn history_of(endpoints: &[String], key: &str, token: i64) -> Result<String, String> {
+    use etcd_client::GetOptions;
+    let mut c = etcd_client::Client::connect(endpoints, None).await.map_err(|e| e.to_string())?;
+    let at = |c: &mut etcd_client::Client, rev: i64| {
+        let mut c = c.clone();
+        let key = key.to_owned();
+        async move {
+            let r = c.get(key, Some(GetOptions::new().with_revision(rev))).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(r.kvs().first().map(|kv| (kv.create_revision(), kv.lease())))
+        }
+    };
+    let now = c.get("\0", None).await.map_err(|e| e.to_string())?.header().map_or(0, |h| h.revision());
+    let Some((created, lease)) = at(&mut c, token).await? else {
+        return Ok(format!("{key}: not in the store at its token's revision {token}"));
+    };
+    if created != token {
+        return Ok(format!("{key}: created at {created}, not at its token {token}"));
+    }
+    if at(&mut c, now).await?.is_some_and(|(r, _)| r == token) {
+        return Ok(format!("{key}@{token}: still in the store at revision {now}"));
+    }
+    // The first revision at which it is gone (present at `lo`, gone at `hi`).
+    let (mut lo, mut hi) = (token, now);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        match at(&mut c, mid).await? {
+            Some((r, _)) if r == token => lo = mid,
+            _ => hi = mid,
+        }
+    }
+    let all = |rev: i64| {
+        let mut c = c.clone();
+        async move {
+            let r = c.get("\0", Some(GetOptions::new().with_from_key().with_revision(rev))).await;
+            let r = r.map_err(|e| e.to_string())?;
+            Ok::<_, String>(
+                r.kvs()
+                    .iter()
+                    .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), (kv.mod_revision(), kv.lease())))
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            )
+        }
+    };
+    let (before, after) = (all(hi - 1).await?, all(hi).await?);
+    let mut changes = Vec::new();
+    for (k, (_, l)) in &before {
+        if !after.contains_key(k) {
+            changes.push(format!("deleted {k} (lease {l:x})"));
+        }
+    }
+    for (k, (m, l)) in &after {
+        if *m == hi {
+            changes.push(format!("put {k} (lease {l:x})"));
+        }
+    }
+    Ok(format!(
+        "{key}@{token} (lease {lease:x}) deleted at revision {hi}, which made {} change(s): {}",
+        changes.len(),
+        changes.join("; ")
+    ))
 }

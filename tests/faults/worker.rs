@@ -158,6 +158,12 @@ impl Stats {
             other => {
                 self.unexpected += 1;
                 eprintln!("worker: unexpected error: {other}");
+                // A key gone while its session lived: the parent looks up who deleted it.
+                if let Error::NotHeld { reason, .. } = other {
+                    if let Some((key, token)) = gone_key(reason) {
+                        println!("GONE {key} {token}");
+                    }
+                }
                 true
             }
         }
@@ -347,4 +353,10 @@ pub(crate) async fn main() {
 fn summary_lines_parse() {
     let (w, st) = Stats::parse("FAULTS-SUMMARY worker=4 clients=3 acquired=7 refused=2 finished=3");
     assert_eq!((w, st.acquired, st.refused, st.finished), (4, 7, 2, 3));
+}
+
+/// The key and token of a `NotHeld` reason "… <key> no longer existed with token <n>".
+fn gone_key(reason: &str) -> Option<(&str, i64)> {
+    let (before, token) = reason.split_once(" no longer existed with token ")?;
+    Some((before.rsplit(' ').next()?, token.trim().parse().ok()?))
 }

