@@ -1,7 +1,7 @@
 //! What every guard (mutex, permit, read/write lock, leadership) holds: one key created
 //! under the session's lease, and the exactly-once release of it.
 
-use crate::backend::{Condition, KeyValue, Revision, Write};
+use crate::backend::{Condition, KeyValue, Read, ReadValue, Revision, Write};
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::local::cleanups::Owned;
@@ -63,6 +63,26 @@ macro_rules! fenced_writes {
         #[doc = "As for `fenced_put`: all of the writes or none, and only while held."]
         pub async fn fenced_write(&self, writes: Vec<crate::Write>) -> crate::Result<()> {
             self.hold.fenced($what, writes).await
+        }
+
+        #[doc = concat!("Applies `writes` atomically only while this ", $held, " **and** every one of")]
+        #[doc = "the caller's `conditions` holds: one transaction comparing the guard key's create"]
+        #[doc = "revision besides them (etcd's `IsOwner()` compare next to the caller's own)."]
+        #[doc = ""]
+        #[doc = "`Ok(Some(revision))`: applied, at that store revision. `Ok(None)`: a condition of"]
+        #[doc = "the caller's failed while the guard still held; nothing was written. Fails with"]
+        #[doc = "[`Error::NotHeld`](crate::Error::NotHeld) if the guard no longer holds (nothing"]
+        #[doc = "written either), whatever the caller's conditions."]
+        #[doc = ""]
+        #[doc = "# Cancel safety"]
+        #[doc = "As for `fenced_put`: a write dropped while in flight may or may not have been applied,"]
+        #[doc = "all of it or none, and only while held and the conditions held."]
+        pub async fn fenced_write_if(
+            &self,
+            conditions: &[crate::backend::Condition],
+            writes: Vec<crate::Write>,
+        ) -> crate::Result<Option<crate::backend::Revision>> {
+            self.hold.fenced_if($what, conditions, writes).await
         }
     };
 }
@@ -147,6 +167,35 @@ impl Holding {
 
     pub(crate) fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
         self.session.lost()
+    }
+
+    /// Applies `writes` only while this key still exists with this revision and every one
+    /// of `conditions` holds: the revision they were applied at, `None` if one of
+    /// `conditions` failed while the key still held, `NotHeld` if it did not. One
+    /// transaction, which reads the key back in case it fails.
+    pub(crate) async fn fenced_if(
+        &self,
+        what: &'static str,
+        conditions: &[Condition],
+        writes: Vec<Write>,
+    ) -> Result<Option<Revision>> {
+        if !self.release.is_held() {
+            return Err(Error::NotHeld { what, reason: "already released".into() });
+        }
+        let backend = self.session.client().backend();
+        let mut all = vec![Condition::Created { key: self.key.clone(), revision: self.revision }];
+        all.extend_from_slice(conditions);
+        let done = backend.transact(&all, writes, &[Read::Key(self.key.clone())]).await?;
+        if done.applied.is_some() {
+            return Ok(done.applied);
+        }
+        match done.reads.first() {
+            Some(ReadValue::Key(Some(kv))) if kv.create_revision == self.revision => Ok(None),
+            _ => Err(Error::NotHeld {
+                what,
+                reason: format!("{} no longer exists with token {}", self.key, self.revision),
+            }),
+        }
     }
 
     /// Applies `writes` in the store only while this key still exists with this revision.

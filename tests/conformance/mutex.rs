@@ -443,3 +443,35 @@ pub async fn keep_alive_contract(client: &Client) {
         }
     }
 }
+
+/// A fenced write with the caller's own conditions: applied while the guard holds and the
+/// conditions hold; `Ok(None)`, nothing written and still held, when one of them fails;
+/// `NotHeld` once the guard's key is gone, whatever the conditions.
+pub async fn fenced_write_if(client: &Client) {
+    use leasehold::backend::Condition;
+    use leasehold::Write;
+    let s = client.session().await.unwrap();
+    let guard = Mutex::new(&s, "fwi").unwrap().lock().await.unwrap();
+    let key = "fwi.cfg";
+    let put = |v: &str| vec![Write::Put { key: key.into(), value: v.into(), lease: None }];
+    let value = || async { client.backend().get(key).await.unwrap().map(|kv| kv.value) };
+    let absent = [Condition::Modified { key: key.into(), revision: None }];
+    let first = guard.fenced_write_if(&absent, put("1")).await.unwrap().expect("applied: held, and absent");
+    assert_eq!(client.backend().get(key).await.unwrap().unwrap().mod_revision, first);
+    assert_eq!(guard.fenced_write_if(&absent, put("2")).await.unwrap(), None, "the key exists now");
+    assert_eq!(value().await.as_deref(), Some(&b"1"[..]), "nothing written when a condition fails");
+    assert!(guard.is_valid(), "still held");
+    let unchanged = [Condition::Modified { key: key.into(), revision: Some(first) }];
+    let second = guard.fenced_write_if(&unchanged, put("2")).await.unwrap().expect("applied: held, unchanged");
+    assert!(second > first);
+    // The guard's key goes (as with an operator's revocation, or the lease's expiry).
+    assert!(client.backend().delete_if_created(guard.key(), guard.fencing_token() as i64).await.unwrap());
+    let still = [Condition::Modified { key: key.into(), revision: Some(second) }];
+    let r = guard.fenced_write_if(&still, put("3")).await;
+    assert!(matches!(r, Err(Error::NotHeld { .. })), "conditions hold but the guard does not: {r:?}");
+    let r = guard.fenced_write_if(&absent, put("3")).await;
+    assert!(matches!(r, Err(Error::NotHeld { .. })), "neither holds: {r:?}");
+    assert_eq!(value().await.as_deref(), Some(&b"2"[..]));
+    let _ = guard.unlock().await; // NotHeld: its key is gone
+    s.close().await.unwrap();
+}
