@@ -249,7 +249,7 @@ impl Election {
 
     /// Follows the leader: see [`Observer`].
     pub fn observe(&self) -> Observer {
-        Observer { client: self.session.client().clone(), prefix: self.prefix.clone(), last: None, sub: None }
+        Observer::new(self.session.client().clone(), self.prefix.clone())
     }
 }
 
@@ -274,6 +274,10 @@ pub struct Observer {
 }
 
 impl Observer {
+    pub(crate) fn new(client: Client, prefix: String) -> Self {
+        Observer { client, prefix, last: None, sub: None }
+    }
+
     /// Waits for the next leader state (see [`Observer`]).
     ///
     /// # Cancel safety

@@ -46,6 +46,7 @@ mod lock_delay;
 mod metrics;
 mod mutex;
 mod name;
+mod observe;
 mod queue;
 mod register;
 mod rwlock;

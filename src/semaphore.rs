@@ -92,7 +92,7 @@ impl Semaphore {
         if permits == 0 {
             return Err(Error::invalid("semaphore", "a semaphore needs at least one permit"));
         }
-        let count_key = prefix.strip_suffix('/').expect("prefixes end with '/'").to_owned();
+        let count_key = count_key_of(&prefix).to_owned();
         Ok(Self {
             session: session.clone(),
             name: name.to_owned(),
@@ -152,10 +152,7 @@ impl Semaphore {
             Some(kv) => parse_count(&self.count_key, &kv.value)?,
             None => self.permits,
         };
-        let (kvs, _) = backend.range_prefix(&self.prefix, 0).await?;
-        let waiting = kvs.len().saturating_sub(permits as usize);
-        let holders = kvs.into_iter().take(permits as usize).map(Holder::of).collect();
-        Ok(Usage { permits, holders, waiting })
+        usage_of(&**backend, &self.prefix, permits).await
     }
 
     /// Waits until a permit is held.
@@ -464,8 +461,21 @@ impl Semaphore {
     }
 }
 
+/// Where a semaphore whose keys are under `prefix` stores its permit count: `<namespace><name>`.
+pub(crate) fn count_key_of(prefix: &str) -> &str {
+    prefix.strip_suffix('/').expect("prefixes end with '/'")
+}
+
+/// The use of `permits` permits by the keys under `prefix`: the first `permits` hold.
+pub(crate) async fn usage_of(backend: &dyn crate::Backend, prefix: &str, permits: u32) -> Result<Usage> {
+    let (kvs, _) = backend.range_prefix(prefix, 0).await?;
+    let waiting = kvs.len().saturating_sub(permits as usize);
+    let holders = kvs.into_iter().take(permits as usize).map(Holder::of).collect();
+    Ok(Usage { permits, holders, waiting })
+}
+
 /// The permit count stored at `count_key`, if `value` is one.
-fn parse_count(count_key: &str, value: &[u8]) -> Result<u32> {
+pub(crate) fn parse_count(count_key: &str, value: &[u8]) -> Result<u32> {
     let stored = std::str::from_utf8(value).ok().and_then(|s| s.parse::<u32>().ok()).filter(|&n| n > 0);
     stored.ok_or_else(|| {
         let text = String::from_utf8_lossy(value);

@@ -819,3 +819,40 @@ pub async fn with_permit_and_with_leadership(client: &Client) {
     assert!(next.fencing_token() > led);
     next.resign().await.unwrap();
 }
+
+/// Reads without a session: a mutex's holder, an election's leader (and an observer that
+/// follows it), a semaphore's use by its stored count, all from a `Client` alone, agreeing
+/// with what the holders' sessions say.
+pub async fn reads_without_a_session(client: &Client) {
+    assert!(client.holder("rws-mx").await.unwrap().is_none());
+    assert!(client.leader("rws-el").await.unwrap().is_none());
+    assert!(client.semaphore_usage("rws-sem").await.unwrap().is_none(), "no count stored yet");
+    let mut observer = Election::observer(client, "rws-el").unwrap();
+    assert_eq!(observer.changed().await.unwrap(), None);
+
+    let s = client.session().await.unwrap();
+    let guard = leasehold::Mutex::new(&s, "rws-mx").unwrap().lock().await.unwrap();
+    let holder = client.holder("rws-mx").await.unwrap().expect("held");
+    assert_eq!((holder.token, holder.lease, holder.key.as_str()), (guard.fencing_token(), s.lease_id(), guard.key()));
+    let leading = Election::new(&s, "rws-el").unwrap().campaign("a").await.unwrap();
+    let leader = client.leader("rws-el").await.unwrap().expect("a leader");
+    assert_eq!((leader.token, leader.value.as_slice()), (leading.fencing_token(), &b"a"[..]));
+    let seen =
+        tokio::time::timeout(super::mutex::SOON, observer.changed()).await.unwrap().unwrap().expect("the new leader");
+    assert_eq!(seen.token, leading.fencing_token());
+    let sem = Semaphore::new(&s, "rws-sem", 2).unwrap();
+    let permit = sem.acquire().await.unwrap();
+    let usage = client.semaphore_usage("rws-sem").await.unwrap().expect("a stored count");
+    assert_eq!(usage, sem.usage().await.unwrap());
+    assert_eq!((usage.permits, usage.holders[0].token), (2, permit.fencing_token()));
+
+    permit.release().await.unwrap();
+    leading.resign().await.unwrap();
+    guard.unlock().await.unwrap();
+    assert!(client.holder("rws-mx").await.unwrap().is_none());
+    assert!(client.leader("rws-el").await.unwrap().is_none());
+    assert_eq!(tokio::time::timeout(super::mutex::SOON, observer.changed()).await.unwrap().unwrap(), None);
+    assert!(client.semaphore_usage("rws-sem").await.unwrap().expect("the count stays").holders.is_empty());
+    assert!(matches!(client.holder("bad\0name").await, Err(Error::InvalidName { .. })));
+    s.close().await.unwrap();
+}

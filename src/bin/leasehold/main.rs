@@ -353,8 +353,8 @@ async fn run(cli: Cli) -> Result<u8, Fail> {
             run_guarded(&name, session, guard, &cmd, hold.grace, &mut signals).await
         }
         Cmd::Elect { name, observe: true, json, .. } => {
-            let session = client.session().await?;
-            let mut observer = Election::new(&session, &name)?.observe();
+            // A read: no session (no lease) to follow the election.
+            let mut observer = Election::observer(&client, &name)?;
             loop {
                 tokio::select! {
                     change = observer.changed() => println!("{}", show::describe(&change?, json)),
@@ -391,10 +391,9 @@ async fn run(cli: Cli) -> Result<u8, Fail> {
             Ok(0)
         }
         Cmd::Leader { name, json } => {
-            let session = client.session().await?;
-            let leader = Election::new(&session, &name)?.leader().await?;
+            // A read: no session, so no lease to open and close.
+            let leader = client.leader(&name).await?;
             println!("{}", show::describe(&leader, json));
-            let _ = session.close().await;
             Ok(0)
         }
     }
