@@ -73,3 +73,49 @@ pub use rwlock::{ReadGuard, RwLock, WriteGuard};
 pub use semaphore::{Permit, Semaphore, Usage};
 pub use session::{Session, SessionBuilder, DEFAULT_TTL, MAX_TTL, MIN_TTL};
 pub use strategy::Strategy;
+
+// Guards own what they need and handles are cheap clones: all of them can move into a
+// spawned task and outlive the scope that made them (tokio's `Owned*` guards are the
+// model). A field that broke this would fail the build here, not a user's.
+const _: () = {
+    const fn send_sync_static<T: Send + Sync + 'static>() {}
+    send_sync_static::<MutexGuard>();
+    send_sync_static::<Permit>();
+    send_sync_static::<ReadGuard>();
+    send_sync_static::<WriteGuard>();
+    send_sync_static::<Leadership>();
+    send_sync_static::<Client>();
+    send_sync_static::<Session>();
+    send_sync_static::<Mutex>();
+    send_sync_static::<Semaphore>();
+    send_sync_static::<RwLock>();
+    send_sync_static::<Election>();
+    send_sync_static::<Observer>();
+    send_sync_static::<Register>();
+    send_sync_static::<Error>();
+};
+
+/// The futures of the waiting calls are `Send` (they can run on a multi-threaded runtime's
+/// spawned task): checked by the compiler here, in a test that only has to build.
+#[cfg(test)]
+mod send_futures {
+    fn send<T: Send>(_: &T) {}
+
+    #[allow(dead_code, unused_must_use)]
+    async fn waits_are_send(s: crate::Session) {
+        let m = crate::Mutex::new(&s, "m").unwrap();
+        send(&m.lock());
+        send(&m.lock_timeout(std::time::Duration::ZERO));
+        let sem = crate::Semaphore::new(&s, "s", 1).unwrap();
+        send(&sem.acquire());
+        let rw = crate::RwLock::new(&s, "rw").unwrap();
+        send(&rw.read());
+        send(&rw.write());
+        let e = crate::Election::new(&s, "e").unwrap();
+        send(&e.campaign("v"));
+        let r = crate::Register::new(&s, "r").unwrap();
+        send(&r.update(|v: Option<&[u8]>| v.map(<[u8]>::to_vec)));
+        send(&r.update_grouped(|v: Option<&[u8]>| v.map(<[u8]>::to_vec)));
+        send(&s.close());
+    }
+}

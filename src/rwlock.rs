@@ -211,6 +211,10 @@ impl RwLock {
 }
 
 /// A held read lock. Released by [`unlock`](ReadGuard::unlock), or in the background on drop.
+///
+/// It owns what it needs (a handle of its session, its key and token): it is `Send + Sync
+/// + 'static`, so it can move into a spawned task and outlive the recipe handle that
+/// acquired it, like tokio's `Owned*` guards (checked at compile time in `src/lib.rs`).
 #[derive(Debug)]
 #[must_use = "the read lock is released when this is dropped: bind it (`let guard = ...`) for as long as it must be held"]
 pub struct ReadGuard {
@@ -236,6 +240,10 @@ impl ReadGuard {
 
 /// A held write lock. Released by [`unlock`](WriteGuard::unlock), or in the background on
 /// drop.
+///
+/// It owns what it needs (a handle of its session, its key and token): it is `Send + Sync
+/// + 'static`, so it can move into a spawned task and outlive the recipe handle that
+/// acquired it, like tokio's `Owned*` guards (checked at compile time in `src/lib.rs`).
 #[derive(Debug)]
 #[must_use = "the write lock is released when this is dropped: bind it (`let guard = ...`) for as long as it must be held"]
 pub struct WriteGuard {

@@ -502,6 +502,10 @@ impl Usage {
 }
 
 /// A held permit. Released by [`release`](Permit::release), or in the background on drop.
+///
+/// It owns what it needs (a handle of its session, its key and token): it is `Send + Sync
+/// + 'static`, so it can move into a spawned task and outlive the recipe handle that
+/// acquired it, like tokio's `Owned*` guards (checked at compile time in `src/lib.rs`).
 #[derive(Debug)]
 #[must_use = "the permit is released when this is dropped: bind it (`let guard = ...`) for as long as it must be held"]
 pub struct Permit {
