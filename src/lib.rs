@@ -71,7 +71,7 @@ pub use name::{validate_name, MAX_NAME_LEN};
 pub use register::{GroupToken, GroupUpdated, Grouping, Register, Updated, DEFAULT_REQUEUE_WINDOW};
 pub use rwlock::{ReadGuard, RwLock, WriteGuard};
 pub use semaphore::{Permit, Semaphore, Usage};
-pub use session::{Session, SessionBuilder, DEFAULT_TTL, MAX_TTL, MIN_TTL};
+pub use session::{Health, Session, SessionBuilder, DEFAULT_TTL, MAX_TTL, MIN_TTL};
 pub use strategy::Strategy;
 
 // Guards own what they need and handles are cheap clones: all of them can move into a

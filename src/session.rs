@@ -18,7 +18,10 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 mod cleanup;
+mod status;
+
 pub(crate) use cleanup::{delete_if_ours, Target};
+pub use status::Health;
 
 /// Default lease TTL: 10 s, renewed every TTL/3 (3.3 s), so two renewals can fail in a row
 /// before the session is lost.
@@ -112,6 +115,7 @@ impl SessionBuilder {
             lost: Signal::new(),
             cleanups,
             audit: Mutex::new(cleanup::Audit::default()),
+            health: Mutex::new(None),
         });
         let inner = Arc::new(SessionInner {
             client: self.client.clone(),
@@ -206,6 +210,8 @@ struct Shared {
     cleanups: Arc<Cleanups>,
     /// When the audit of the lease's keys runs next (see `session/cleanup.rs`).
     audit: Mutex<cleanup::Audit>,
+    /// The channel of [`Session::status`], once asked for (see `session/status.rs`).
+    health: status::HealthChannel,
 }
 
 impl Session {
@@ -292,6 +298,7 @@ impl Session {
             task.abort();
         }
         self.inner.shared.state.close();
+        status::closed(&self.inner.shared);
         self.inner.client.backend().revoke_lease(self.inner.lease).await
     }
 
@@ -305,6 +312,7 @@ impl Session {
         }
         // Closed locally, so dropping the last handle does not revoke.
         self.inner.shared.state.close();
+        status::closed(&self.inner.shared);
         self.inner.lease
     }
 
@@ -442,7 +450,9 @@ impl Drop for SessionInner {
         if let Some(task) = self.keepalive.lock().take() {
             task.abort();
         }
-        if self.shared.state.close() {
+        let closing = self.shared.state.close();
+        status::closed(&self.shared);
+        if closing {
             let backend = self.client.backend().clone();
             let lease = self.lease;
             if let Ok(h) = tokio::runtime::Handle::try_current() {
