@@ -69,6 +69,7 @@ impl Peer {
             Peer::Leasehold(Strategy::Pessimistic) => "leasehold pessimistic",
             Peer::Leasehold(Strategy::Optimistic) => "leasehold optimistic",
             Peer::Leasehold(Strategy::Adaptive) => "leasehold adaptive",
+            Peer::Leasehold(_) => "leasehold, another strategy",
             Peer::SharedClient => "leasehold pessimistic, one shared client",
             Peer::LockRpc => "etcd Lock RPC (etcd-client)",
             Peer::Relock(false) => "leasehold pessimistic, relock (release + re-queue in one Txn)",
@@ -80,9 +81,7 @@ impl Peer {
     /// The name `--only` selects the row by.
     fn short(self) -> &'static str {
         match self {
-            Peer::Leasehold(Strategy::Pessimistic) => "pessimistic",
-            Peer::Leasehold(Strategy::Optimistic) => "optimistic",
-            Peer::Leasehold(Strategy::Adaptive) => "adaptive",
+            Peer::Leasehold(strategy) => strategy.name(),
             Peer::SharedClient => "shared",
             Peer::LockRpc => "lock-rpc",
             Peer::Relock(false) => "relock",

@@ -88,9 +88,7 @@ enum Way {
 impl Way {
     fn name(self) -> &'static str {
         match self {
-            Way::Register(Strategy::Optimistic) => "optimistic",
-            Way::Register(Strategy::Pessimistic) => "pessimistic",
-            Way::Register(Strategy::Adaptive) => "adaptive",
+            Way::Register(strategy) => strategy.name(),
             Way::Grouped => "grouped",
             Way::LockRpc => "etcd Lock RPC",
         }
@@ -100,6 +98,7 @@ impl Way {
             Way::Register(Strategy::Optimistic) => RGBColor(31, 119, 180),
             Way::Register(Strategy::Pessimistic) => RGBColor(214, 39, 40),
             Way::Register(Strategy::Adaptive) => RGBColor(44, 160, 44),
+            Way::Register(_) => RGBColor(23, 190, 207), // a strategy added later
             Way::Grouped => RGBColor(148, 103, 189),
             Way::LockRpc => RGBColor(127, 127, 127),
         }

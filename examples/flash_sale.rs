@@ -106,9 +106,7 @@ impl Way {
 
     fn name(self) -> &'static str {
         match self {
-            Way::Plain(Strategy::Optimistic) => "optimistic",
-            Way::Plain(Strategy::Pessimistic) => "pessimistic",
-            Way::Plain(Strategy::Adaptive) => "adaptive",
+            Way::Plain(strategy) => strategy.name(),
             Way::SemaphoreGated => "semaphore-gated",
             Way::TxnLock => "tikv-txn-lock",
             Way::Grouped => "grouped",

@@ -56,6 +56,7 @@ pub(crate) fn with_rng<T>(f: impl FnOnce(&mut dyn RngCore) -> T) -> T {
 
 /// How a delay is randomised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Jitter {
     /// Plain exponential delays (not recommended under contention).
     None,
@@ -70,6 +71,7 @@ pub enum Jitter {
 
 /// A retry policy. Cheap to clone; each [`delays`](Backoff::delays) call starts afresh.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Backoff {
     /// The first delay's scale.
     pub base: Duration,

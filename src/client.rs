@@ -45,7 +45,7 @@ struct ClientInner {
 /// their waiters are gone. A watch is opened the first time something waits on a prefix
 /// and then kept, so the next wait costs no watch creation (the point of the engine); past
 /// this many prefixes the least recently used idle one is closed.
-pub const KEPT_VIEWS: usize = 256;
+pub(crate) const KEPT_VIEWS: usize = 256;
 
 #[derive(Debug, Default)]
 struct Views {

@@ -57,6 +57,7 @@ pub struct Election {
 
 /// The leader of an election, as read from the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LeaderInfo {
     /// The leader's proposal (its key's value).
     pub value: Vec<u8>,

@@ -90,6 +90,7 @@ pub(crate) use fenced_writes;
 
 /// Who holds a name.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Holder {
     /// The holder's key.
     pub key: String,

@@ -61,7 +61,7 @@ pub use backend::memory::MemoryBackend;
 pub use backend::tikv::TikvConfig;
 pub use backend::{Backend, Write};
 pub use backoff::{deterministic_jitter, Backoff, Delays, Jitter};
-pub use client::{Client, KEPT_VIEWS};
+pub use client::Client;
 pub use election::{Election, LeaderInfo, Leadership, Observer};
 pub use error::{Error, Result};
 pub use fencing::FencedResource;

@@ -23,6 +23,7 @@ const LOCK: &str = "mutex";
 
 /// What [`Register::update`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Updated {
     /// Whether a new value was written (false when the update function declined).
     pub written: bool,

@@ -485,6 +485,7 @@ pub(crate) fn parse_count(count_key: &str, value: &[u8]) -> Result<u32> {
 
 /// A [`Semaphore`]'s permits in use, from [`Semaphore::usage`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Usage {
     /// The permit count.
     pub permits: u32,

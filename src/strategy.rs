@@ -3,6 +3,7 @@
 /// How an acquisition contends (for a [`Mutex`](crate::Mutex) or a [`Semaphore`](crate::Semaphore)),
 /// or an update of a [`Register`](crate::Register) (see there for what each means for it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Strategy {
     /// A fair FIFO queue (etcd's recipe): enqueue a key, wait for the one ahead to go.
     /// One write per acquisition; one waiter wakes per release.
@@ -17,4 +18,22 @@ pub enum Strategy {
     /// nobody ahead (the policy is in `src/adaptive.rs`). Per handle; clones share it. A
     /// semaphore treats it as `Pessimistic`.
     Adaptive,
+}
+
+impl Strategy {
+    /// Its name in lower case: `optimistic`, `pessimistic` or `adaptive` (what the CLI and
+    /// the examples take on their command lines).
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Pessimistic => "pessimistic",
+            Strategy::Optimistic => "optimistic",
+            Strategy::Adaptive => "adaptive",
+        }
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }

@@ -92,35 +92,29 @@ async fn tls_failures_are_clear_and_in_time() {
     let pki = certs::pki(dir.path(), true);
     let etcd = tls_cluster(&pki);
     let s = &pki.server;
-    let good = || (read(&s.client_cert), read(&s.client_key));
+    let good = |tls: TlsConfig| tls.identity_pem(read(&s.client_cert), read(&s.client_key));
     let cases: Vec<(&str, TlsConfig, &[&str])> = vec![
         (
             "server certificate signed by an unknown CA",
-            TlsConfig { ca_pem: Some(read(&pki.other_ca)), identity_pem: Some(good()), domain: None },
+            good(TlsConfig::new().ca_pem(read(&pki.other_ca))),
             &["certificate", "unknownissuer", "not signed by the configured ca"],
         ),
-        (
-            "no client certificate",
-            TlsConfig { ca_pem: Some(read(&s.ca)), identity_pem: None, domain: None },
-            &["refused the client certificate"],
-        ),
+        ("no client certificate", TlsConfig::new().ca_pem(read(&s.ca)), &["refused the client certificate"]),
         (
             "client certificate from a CA the server does not trust",
-            TlsConfig {
-                ca_pem: Some(read(&s.ca)),
-                identity_pem: Some((read(&pki.other_client.cert), read(&pki.other_client.key))),
-                domain: None,
-            },
+            TlsConfig::new()
+                .ca_pem(read(&s.ca))
+                .identity_pem(read(&pki.other_client.cert), read(&pki.other_client.key)),
             &["refused the client certificate"],
         ),
         (
             "server name that the certificate does not cover",
-            TlsConfig { ca_pem: Some(read(&s.ca)), identity_pem: Some(good()), domain: Some("elsewhere.test".into()) },
+            good(TlsConfig::new().ca_pem(read(&s.ca))).domain("elsewhere.test"),
             &["certificate not valid for name"],
         ),
         (
             "CA file that is not PEM",
-            TlsConfig { ca_pem: Some(b"not a certificate".to_vec()), identity_pem: Some(good()), domain: None },
+            good(TlsConfig::new().ca_pem(b"not a certificate".to_vec())),
             &["ca certificate", "no pem"],
         ),
     ];

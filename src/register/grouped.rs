@@ -33,6 +33,7 @@ pub(crate) type GroupFn = Box<dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>> + Send
 /// How a [`Register`] handle groups the updates of
 /// [`update_grouped`](Register::update_grouped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Grouping {
     /// At most this many updates in one batch, that is in one store write (at least 1;
     /// default [`Grouping::DEFAULT_MAX_BATCH`]).
@@ -46,6 +47,18 @@ pub struct Grouping {
 impl Grouping {
     /// The default [`max_batch`](Grouping::max_batch).
     pub const DEFAULT_MAX_BATCH: usize = 256;
+
+    /// Sets [`max_batch`](Grouping::max_batch).
+    pub fn max_batch(mut self, max_batch: usize) -> Self {
+        self.max_batch = max_batch;
+        self
+    }
+
+    /// Sets [`linger`](Grouping::linger).
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
 }
 
 impl Default for Grouping {
@@ -61,6 +74,7 @@ impl Default for Grouping {
 /// declined write nothing; they are ordered after the handle's previous update (its
 /// revision, with the indexes following on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
 pub struct GroupToken {
     /// The revision of the batch's write (for a batch that wrote nothing, that of the
     /// handle's last batch that did, or 0).
@@ -72,6 +86,7 @@ pub struct GroupToken {
 
 /// What one [`update_grouped`](Register::update_grouped) did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GroupUpdated {
     /// Whether this update's function returned a new value (false when it declined). Its
     /// value was stored as the batch's write, or overwritten by a later update of the same

@@ -27,7 +27,7 @@ pub async fn grouped_updates_are_exact_and_ordered(client: &Client, strategy: St
     let counting = Client::new(counting::Counting { inner: client.backend().clone(), counts: counts.clone() });
     let s = counting.session().await.unwrap();
     let max_batch = 8;
-    let grouping = Grouping { max_batch, ..Grouping::default() };
+    let grouping = Grouping::default().max_batch(max_batch);
     let reg = Register::new(&s, &name).unwrap().with_strategy(strategy).with_grouping(grouping);
     let before = counts.writes();
     let handles: Vec<_> = (0..tasks)

@@ -77,11 +77,7 @@ impl ServerTls {
     /// What a leasehold client needs to connect with this CA and client certificate.
     pub fn client_config(&self) -> TlsConfig {
         let read = |p: &Path| std::fs::read(p).unwrap();
-        TlsConfig {
-            ca_pem: Some(read(&self.ca)),
-            identity_pem: Some((read(&self.client_cert), read(&self.client_key))),
-            domain: None,
-        }
+        TlsConfig::new().ca_pem(read(&self.ca)).identity_pem(read(&self.client_cert), read(&self.client_key))
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 /// How to reach etcd. Its `Debug` output never shows the password (nor, in [`TlsConfig`],
 /// the client's private key): configurations end up in logs.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct EtcdConfig {
     /// `host:port` or `http(s)://host:port`, one per member.
     pub endpoints: Vec<String>,
@@ -22,6 +23,7 @@ pub struct EtcdConfig {
 /// TLS for the etcd connection, from PEM bytes. Its `Debug` output shows sizes, never the
 /// private key.
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub struct TlsConfig {
     /// CA certificate(s) to trust.
     pub ca_pem: Option<Vec<u8>>,
@@ -51,6 +53,32 @@ impl std::fmt::Debug for TlsConfig {
             .field("identity_pem", &self.identity_pem.as_ref().map(|(cert, _)| (bytes(cert), "<redacted key>")))
             .field("domain", &self.domain)
             .finish()
+    }
+}
+
+impl TlsConfig {
+    /// No CA, no client identity, no domain override: the system's roots are not loaded,
+    /// so set at least [`ca_pem`](TlsConfig::ca_pem).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Trusts the CA certificate(s) in `pem`.
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Presents this client certificate and key (PEM), for client-certificate auth.
+    pub fn identity_pem(mut self, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        self.identity_pem = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Verifies the server's certificate for `name` instead of the endpoint's host.
+    pub fn domain(mut self, name: impl Into<String>) -> Self {
+        self.domain = Some(name.into());
+        self
     }
 }
 
@@ -97,11 +125,10 @@ mod tests {
 
     #[test]
     fn debug_shows_no_credentials() {
-        let tls = TlsConfig {
-            ca_pem: Some(b"CA-CERTIFICATE".to_vec()),
-            identity_pem: Some((b"CLIENT-CERTIFICATE".to_vec(), b"PRIVATE-KEY-BYTES".to_vec())),
-            domain: Some("etcd.internal".into()),
-        };
+        let tls = TlsConfig::new()
+            .ca_pem(b"CA-CERTIFICATE".to_vec())
+            .identity_pem(b"CLIENT-CERTIFICATE".to_vec(), b"PRIVATE-KEY-BYTES".to_vec())
+            .domain("etcd.internal");
         let config = EtcdConfig::new(["127.0.0.1:2379"]).user("root", "s3cret-pa55").tls(tls);
         for shown in [format!("{config:?}"), format!("{config:#?}"), format!("{:?}", config.tls)] {
             for secret in ["s3cret-pa55", "PRIVATE-KEY-BYTES", "CA-CERTIFICATE", "CLIENT-CERTIFICATE"] {

@@ -220,11 +220,6 @@ impl EtcdBackend {
         Ok(Self { client, request_timeout: config.request_timeout })
     }
 
-    /// The underlying etcd-client handle (for tools and tests).
-    pub fn raw(&self) -> etcd_client::Client {
-        self.client.clone()
-    }
-
     async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
         unsent_retry(|| {
             let txn = txn.clone();

@@ -138,6 +138,7 @@ pub use txn_lock::{TxnLock, TxnLockGuard};
 
 /// How to reach TiKV, and the knobs of the emulation.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct TikvConfig {
     /// PD endpoints, `host:port` each; any reachable one will do.
     pub pd_endpoints: Vec<String>,

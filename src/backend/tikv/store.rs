@@ -47,11 +47,6 @@ impl TikvBackend {
         })
     }
 
-    /// The underlying transactional client (for tools and tests).
-    pub fn raw(&self) -> TransactionClient {
-        self.inner.client.clone()
-    }
-
     /// The configuration in use.
     pub fn config(&self) -> &TikvConfig {
         &self.inner.cfg
