@@ -189,7 +189,10 @@ impl EtcdBackend {
                 };
                 let lower = reason.to_lowercase();
                 if let Some(tls) = &config.tls {
-                    if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
+                    // A TLS alert from the server (etcd 3.5.16 sends `UnknownCA` for a client
+                    // certificate it does not trust) is a TLS failure too.
+                    let tls_words = ["certificate", "tls", "handshake", "alert"];
+                    if tls_words.iter().any(|w| lower.contains(w)) {
                         return Err(Error::Tls(format!("{joined}: {reason}{}", tls_hint(&lower))));
                     }
                     // etcd 3.4 drops a client whose certificate it refuses without a TLS
@@ -274,7 +277,7 @@ fn check_pem(tls: &TlsConfig) -> Result<()> {
 fn tls_hint(lower: &str) -> &'static str {
     if lower.contains("unknownissuer") {
         " (the server's certificate is not signed by the configured CA)"
-    } else if lower.contains("badcertificate") || lower.contains("certificaterequired") {
+    } else if ["badcertificate", "certificaterequired", "unknownca"].iter().any(|w| lower.contains(w)) {
         " (the server refused the client certificate: none was given, or it is not signed by a CA the server trusts)"
     } else {
         ""
