@@ -856,3 +856,99 @@ pub async fn reads_without_a_session(client: &Client) {
     assert!(matches!(client.holder("bad\0name").await, Err(Error::InvalidName { .. })));
     s.close().await.unwrap();
 }
+
+/// A leader loop: one of two loops leads at a time. When the leader's session is lost its
+/// work is stopped and the other leads, while the first campaigns again on a new session;
+/// work that returns hands over to the next in line; a stopped loop releases at once.
+pub async fn leader_loop(client: &Client) {
+    use leasehold::LeaderLoop;
+    use tokio::sync::Notify;
+    let soon = super::mutex::SOON;
+    let name = fresh("leader-loop");
+    let ttl = Duration::from_secs(1);
+    let (started, mut starts) = mpsc::unbounded_channel::<(&'static str, u64)>();
+    let a_dropped = Arc::new(AtomicUsize::new(0));
+    let b_done = Arc::new(Notify::new());
+    struct Dropped(Arc<AtomicUsize>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    let a = LeaderLoop::new(client, &name, "a").unwrap().ttl(ttl);
+    let mut la = a.leading();
+    let a_task = {
+        let (started, a_dropped) = (started.clone(), a_dropped.clone());
+        tokio::spawn(async move {
+            a.run(|l| {
+                let (started, a_dropped) = (started.clone(), a_dropped.clone());
+                async move {
+                    let _stopped = Dropped(a_dropped);
+                    started.send(("a", l.fencing_token())).unwrap();
+                    std::future::pending::<()>().await // leads until deposed or stopped
+                }
+            })
+            .await
+        })
+    };
+    tokio::time::timeout(soon, la.wait_for(|&x| x)).await.unwrap().unwrap();
+    let (who, t1) = starts.recv().await.unwrap();
+    assert_eq!(who, "a");
+
+    let b = LeaderLoop::new(client, &name, "b").unwrap().ttl(ttl);
+    let mut lb = b.leading();
+    let b_task = {
+        let (started, b_done) = (started.clone(), b_done.clone());
+        tokio::spawn(async move {
+            b.run(|l| {
+                let (started, b_done) = (started.clone(), b_done.clone());
+                async move {
+                    started.send(("b", l.fencing_token())).unwrap();
+                    b_done.notified().await // leads until told to return
+                }
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!*lb.borrow(), "b waits while a leads");
+    let leader = client.leader(&name).await.unwrap().expect("a leads");
+    assert_eq!((leader.value.as_slice(), leader.token), (&b"a"[..], t1));
+
+    // a's lease goes (as when its process stops past the TTL): a's work is stopped, b leads,
+    // and a campaigns again on a new session.
+    client.backend().revoke_lease(leader.lease).await.unwrap();
+    tokio::time::timeout(soon, lb.wait_for(|&x| x)).await.unwrap().unwrap();
+    let (who, t2) = starts.recv().await.unwrap();
+    assert_eq!(who, "b");
+    assert!(t2 > t1);
+    tokio::time::timeout(soon, la.wait_for(|&x| !x)).await.unwrap().unwrap();
+    assert_eq!(a_dropped.load(Ordering::SeqCst), 1, "a's work was stopped when its session was lost");
+
+    // b's work returns: b resigns and queues again; a, queued on its new session, leads.
+    b_done.notify_one();
+    tokio::time::timeout(soon, la.wait_for(|&x| x)).await.unwrap().unwrap();
+    let (who, t3) = starts.recv().await.unwrap();
+    assert_eq!(who, "a");
+    assert!(t3 > t2);
+    assert_ne!(client.leader(&name).await.unwrap().unwrap().lease, leader.lease, "a new session");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!*lb.borrow(), "b waits behind a");
+
+    // Stopping a's loop releases at once: b leads again.
+    a_task.abort();
+    tokio::time::timeout(soon, lb.wait_for(|&x| x)).await.unwrap().unwrap();
+    let (who, t4) = starts.recv().await.unwrap();
+    assert_eq!(who, "b");
+    assert!(t4 > t3);
+    assert!(!*la.borrow());
+    b_task.abort();
+    tokio::time::timeout(soon, lb.wait_for(|&x| !x)).await.unwrap().unwrap();
+    let gone = async {
+        while client.leader(&name).await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(soon, gone).await.expect("no leader once both loops stopped");
+}

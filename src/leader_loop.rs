@@ -1,0 +1,189 @@
+//! A leader loop: campaign, run the leader's work, and campaign again — on a new session
+//! after one is lost — for as long as it runs, with a watch channel that says whether this
+//! process leads. Curator's `LeaderSelector` with auto-requeue, client-go's leader
+//! election callbacks and kube-lease-manager do the same for their stores.
+
+use crate::backoff::Backoff;
+use crate::election::{Election, Leadership};
+use crate::error::{Error, Result};
+use crate::{Client, DEFAULT_TTL};
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Keeps campaigning for an election and runs the leader's work whenever this process
+/// leads (see [`run`](LeaderLoop::run)).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
+/// use leasehold::{Client, LeaderLoop};
+/// let client = Client::memory();
+/// let scheduler = LeaderLoop::new(&client, "scheduler", "node-a")?;
+/// let mut leading = scheduler.leading();
+/// let looping = scheduler.run(|leader| async move {
+///     // The leader's work, fenced by the leadership's token; here it runs until stopped.
+///     leader.fenced_put("jobs/owner", "node-a").await?;
+///     std::future::pending::<()>().await;
+///     Ok::<_, leasehold::Error>(())
+/// });
+/// tokio::select! {
+///     r = looping => { r?; }
+///     _ = leading.wait_for(|&leads| leads) => {}
+/// }
+/// // Dropping the loop's future (here, by the select) stops it: what it held is released.
+/// assert!(!*leading.borrow());
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct LeaderLoop {
+    client: Client,
+    name: String,
+    value: Vec<u8>,
+    ttl: Duration,
+    lock_delay: Duration,
+    retry: Backoff,
+    leading: watch::Sender<bool>,
+}
+
+impl LeaderLoop {
+    /// A loop campaigning for `name` with `value` (what [`Client::leader`] shows), on
+    /// sessions of the default TTL. Fails for an invalid name.
+    pub fn new(client: &Client, name: &str, value: impl Into<Vec<u8>>) -> Result<Self> {
+        client.prefix_of(name)?;
+        Ok(Self {
+            client: client.clone(),
+            name: name.to_owned(),
+            value: value.into(),
+            ttl: DEFAULT_TTL,
+            lock_delay: Duration::ZERO,
+            retry: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            leading: watch::Sender::new(false),
+        })
+    }
+
+    /// The TTL of the sessions it opens (checked when one is opened).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The lock-delay of its campaigns (see [`Election::with_lock_delay`]).
+    pub fn lock_delay(mut self, delay: Duration) -> Self {
+        self.lock_delay = delay;
+        self
+    }
+
+    /// How long it waits before trying again after the store could not be reached (to
+    /// open a session or campaign); by default 100 ms growing to 5 s, without end.
+    pub fn retry(mut self, retry: Backoff) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Whether this process leads, as a watch channel: `true` from the moment a campaign
+    /// wins until the work is stopped or returns (the loop has then resigned, or the
+    /// session is lost). Like [`Session::status`](crate::Session::status), a view for
+    /// monitoring and for winding down: the work itself should rely on the fencing token
+    /// of the [`Leadership`] it is given.
+    pub fn leading(&self) -> watch::Receiver<bool> {
+        self.leading.subscribe()
+    }
+
+    /// Campaigns and runs `work` with the [`Leadership`] each time it wins, for as long as
+    /// the future is polled:
+    /// - when `work`'s future completes, the leadership is resigned and the loop campaigns
+    ///   again, at the back of the queue: candidates already waiting lead first;
+    /// - when the session is lost while it runs, `work`'s future is dropped at the await it
+    ///   is at (a deposed leader stops), and the loop campaigns again on a new session;
+    /// - when the store cannot be reached, it tries again after the [`retry`](Self::retry)
+    ///   policy's delays, without end.
+    ///
+    /// `work` gets the leadership as an `Arc`, so its future owns what it uses and can be
+    /// `Send` (the loop can run in a spawned task). It should not keep a clone past its
+    /// end: the leadership can be resigned only once the last one is gone. (If one is kept,
+    /// the loop leaves that leadership to it, released when the clone is dropped, and
+    /// campaigns on a new session, queued behind it.)
+    ///
+    /// It returns only with an error that retrying cannot fix (authentication, a TTL out
+    /// of range); its `Ok` type is `Infallible`.
+    ///
+    /// # Cancel safety
+    /// Dropping the future stops the loop: `work`'s future is dropped at the await it is
+    /// at, the leadership is released in the background (as for a dropped guard), the
+    /// session is closed with its last handle, and [`leading`](Self::leading) says `false`.
+    pub async fn run<T, F, Fut>(&self, mut work: F) -> Result<Infallible>
+    where
+        F: FnMut(Arc<Leadership>) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let mut delays = self.retry.delays();
+        loop {
+            let session = match self.client.session_builder().ttl(self.ttl).open().await {
+                Ok(s) => s,
+                Err(e) if e.is_transient() => {
+                    tracing::debug!(name = %self.name, error = %e, "leader loop: no session; trying again");
+                    tokio::time::sleep(delays.next().unwrap_or(self.retry.cap)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let election = Election::new(&session, &self.name)?.with_lock_delay(self.lock_delay);
+            // Campaign on this session until it ends.
+            loop {
+                let leadership = match election.campaign(self.value.clone()).await {
+                    Ok(l) => Arc::new(l),
+                    Err(e) if e.is_transient() => {
+                        tokio::time::sleep(delays.next().unwrap_or(self.retry.cap)).await;
+                        continue;
+                    }
+                    Err(Error::SessionLost { .. } | Error::SessionClosed { .. } | Error::LeaseNotFound { .. }) => {
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                };
+                delays = self.retry.delays();
+                let lost = leadership.lost();
+                let leads = Leading::new(&self.leading);
+                let done = tokio::select! {
+                    biased;
+                    _ = lost => false,
+                    _ = work(leadership.clone()) => true,
+                };
+                drop(leads);
+                if !done {
+                    tracing::info!(name = %self.name, "leader loop: session lost while leading; a new session");
+                    break; // the leadership goes with the lost lease
+                }
+                let Some(leadership) = Arc::into_inner(leadership) else {
+                    tracing::warn!(name = %self.name, "leader loop: the work kept its leadership; campaigning on a new session");
+                    break;
+                };
+                if let Err(e) = leadership.resign().await {
+                    tracing::warn!(name = %self.name, error = %e, "leader loop: resign failed; the lease frees the key");
+                }
+                if !session.is_valid() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Says `true` on the loop's channel while alive, `false` once dropped (also when the
+/// loop's future is dropped while the work runs).
+struct Leading<'a>(&'a watch::Sender<bool>);
+
+impl<'a> Leading<'a> {
+    fn new(tx: &'a watch::Sender<bool>) -> Self {
+        tx.send_replace(true);
+        Self(tx)
+    }
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        self.0.send_replace(false);
+    }
+}
