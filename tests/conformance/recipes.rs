@@ -927,6 +927,14 @@ pub async fn leader_loop(client: &Client) {
     assert_eq!(a_dropped.load(Ordering::SeqCst), 1, "a's work was stopped when its session was lost");
 
     // b's work returns: b resigns and queues again; a, queued on its new session, leads.
+    // (Once a is queued: before that, b's new campaign would come first and lead again.)
+    let prefix = client.prefix_of(&name).unwrap();
+    let queued = async {
+        while client.backend().range_prefix(&prefix, 0).await.unwrap().0.len() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(soon, queued).await.expect("a campaigns again on a new session");
     b_done.notify_one();
     tokio::time::timeout(soon, la.wait_for(|&x| x)).await.unwrap().unwrap();
     let (who, t3) = starts.recv().await.unwrap();
