@@ -95,3 +95,15 @@ pub async fn transact_contract(client: &Client) {
     assert_eq!(b.get(&value).await.unwrap().map(|kv| kv.value), Some(b"2".to_vec()));
     s.close().await.unwrap();
 }
+
+/// A write under a lease that is gone fails with `LeaseNotFound` naming that lease (etcd's
+/// answer does not say which; the backend must), and writes nothing.
+pub async fn write_under_a_gone_lease(client: &Client) {
+    let backend = client.backend();
+    let lease = backend.grant_lease(std::time::Duration::from_secs(5)).await.unwrap().id;
+    backend.revoke_lease(lease).await.unwrap();
+    let put = vec![leasehold::Write::Put { key: "gone-lease.key".into(), value: b"x".to_vec(), lease: Some(lease) }];
+    let r = backend.write_if(&[], put).await;
+    assert!(matches!(r, Err(leasehold::Error::LeaseNotFound { lease: l }) if l == lease), "{r:?}");
+    assert!(backend.get("gone-lease.key").await.unwrap().is_none(), "nothing written");
+}

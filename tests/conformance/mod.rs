@@ -53,6 +53,7 @@ macro_rules! conformance_suite {
             reattach => |c| mx::reattach(c);
             keep_alive_contract => |c| mx::keep_alive_contract(c);
             transact_contract => |c| bk::transact_contract(c);
+            write_under_a_gone_lease => |c| bk::write_under_a_gone_lease(c);
             reattach_takes_over_leftovers => |c| rc::reattach_takes_over_leftovers(c);
             reads_without_a_session => |c| rc::reads_without_a_session(c);
             leader_loop => |c| rc::leader_loop(c);

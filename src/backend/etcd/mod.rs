@@ -66,6 +66,17 @@ pub(crate) fn map_err(e: etcd_client::Error) -> Error {
     }
 }
 
+/// Names the lease in a "lease not found" answer: etcd's message does not say which, so
+/// [`map_err`] leaves it 0, and each call that sent a lease fills it in here. A call that
+/// sent none (it cannot get that answer) reports it as a store error, never lease 0.
+fn for_lease(e: Error, lease: Option<LeaseId>) -> Error {
+    match (e, lease) {
+        (Error::LeaseNotFound { lease: 0 }, Some(lease)) => Error::LeaseNotFound { lease },
+        (Error::LeaseNotFound { lease: 0 }, None) => Error::Store("etcd: requested lease not found".into()),
+        (e, _) => e,
+    }
+}
+
 /// gRPC status codes, by number, so the mapping does not depend on tonic's version.
 mod tonic_code {
     pub const CANCELLED: i32 = 1;
@@ -223,13 +234,15 @@ impl EtcdBackend {
         Ok(Self { client, request_timeout: config.request_timeout })
     }
 
-    async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+    /// Sends `txn`; `lease` is the lease its puts name, if any (see [`for_lease`]).
+    async fn txn(&self, txn: Txn, lease: Option<LeaseId>) -> Result<TxnResponse> {
         unsent_retry(|| {
             let txn = txn.clone();
             let mut kv = self.client.kv_client();
             async move { kv.txn(txn).await }
         })
         .await
+        .map_err(|e| for_lease(e, lease))
     }
 }
 
@@ -333,8 +346,9 @@ impl KeepAlive for EtcdKeepAlive {
         }
         let once = async {
             self.abandoned = true;
-            self.keeper.keep_alive().await.map_err(map_err)?;
-            let answer = self.stream.message().await.map_err(map_err)?;
+            let lease = Some(self.lease);
+            self.keeper.keep_alive().await.map_err(|e| for_lease(map_err(e), lease))?;
+            let answer = self.stream.message().await.map_err(|e| for_lease(map_err(e), lease))?;
             self.abandoned = false;
             match answer {
                 Some(resp) if resp.ttl() > 0 => Ok(Duration::from_secs(resp.ttl() as u64)),
@@ -425,7 +439,7 @@ impl Backend for EtcdBackend {
                 etcd_client::Error::LeaseKeepAliveError(m) if m.contains("lease not found") => {
                     Error::LeaseNotFound { lease }
                 }
-                e => map_err(e),
+                e => for_lease(map_err(e), Some(lease)),
             })?;
         Ok(Box::new(EtcdKeepAlive { lease, timeout: self.request_timeout, keeper, stream, abandoned: false }))
     }
@@ -494,7 +508,7 @@ impl Backend for EtcdBackend {
             replace.into_iter().chain([TxnOp::get(req.key.clone(), None), head()]).chain(read()).collect();
         // On success the key is exactly what was put, at the Txn's revision: no need to read it.
         let txn = Txn::new().when([cond]).and_then(then).or_else(otherwise);
-        let resp = self.txn(txn).await?;
+        let resp = self.txn(txn, Some(req.lease).filter(|&l| l != 0)).await?;
         let created = resp.succeeded();
         let at = revision(&resp);
         let mine = if created {
@@ -510,7 +524,7 @@ impl Backend for EtcdBackend {
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, create_revision)])
             .and_then([TxnOp::delete(key, None)]);
-        Ok(self.txn(txn).await?.succeeded())
+        Ok(self.txn(txn, None).await?.succeeded())
     }
 
     async fn compare_and_swap(
@@ -526,7 +540,7 @@ impl Backend for EtcdBackend {
             .when([unchanged])
             .and_then([TxnOp::put(key, value, opts), TxnOp::get(key, None)])
             .or_else([TxnOp::get(key, None)]);
-        let resp = self.txn(txn).await?;
+        let resp = self.txn(txn, lease).await?;
         let swapped = resp.succeeded();
         Ok(CasResponse {
             swapped,
@@ -538,6 +552,10 @@ impl Backend for EtcdBackend {
     async fn transact(&self, conditions: &[Condition], writes: Vec<Write>, reads: &[Read]) -> Result<Transacted> {
         let compares: Vec<Compare> = conditions.iter().map(compare).collect();
         let skip = writes.len();
+        let lease = writes.iter().find_map(|w| match w {
+            Write::Put { lease: Some(l), .. } => Some(*l),
+            _ => None,
+        });
         let ops = writes.into_iter().map(|w| match w {
             Write::Put { key, value, lease } => TxnOp::put(key, value, lease.map(|l| PutOptions::new().with_lease(l))),
             Write::Delete { key } => TxnOp::delete(key, None),
@@ -556,7 +574,7 @@ impl Backend for EtcdBackend {
         if !reads.is_empty() {
             txn = txn.or_else(read_ops().collect::<Vec<_>>());
         }
-        let resp = self.txn(txn).await?;
+        let resp = self.txn(txn, lease).await?;
         let applied = resp.succeeded().then(|| revision(&resp));
         let skip = if applied.is_some() { skip } else { 0 };
         let answers = resp.op_responses();
