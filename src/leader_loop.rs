@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::{Client, DEFAULT_TTL};
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -32,8 +33,9 @@ use tokio::sync::watch;
 ///     r = looping => { r?; }
 ///     _ = leading.wait_for(|&leads| leads) => {}
 /// }
-/// // Dropping the loop's future (here, by the select) stops it: what it held is released.
-/// assert!(!*leading.borrow());
+/// // Dropping the loop's future (here, by the select) stops it: what it held is released,
+/// // and `leading` says so right after.
+/// leading.wait_for(|&leads| !leads).await.expect("the loop's handle lives");
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
@@ -45,6 +47,8 @@ pub struct LeaderLoop {
     lock_delay: Duration,
     retry: Backoff,
     leading: watch::Sender<bool>,
+    /// Counts the times it led (see `Leading`).
+    generations: Arc<AtomicU64>,
 }
 
 impl LeaderLoop {
@@ -60,6 +64,7 @@ impl LeaderLoop {
             lock_delay: Duration::ZERO,
             retry: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
             leading: watch::Sender::new(false),
+            generations: Arc::default(),
         })
     }
 
@@ -145,13 +150,13 @@ impl LeaderLoop {
                 };
                 delays = self.retry.delays();
                 let lost = leadership.lost();
-                let leads = Leading::new(&self.leading);
+                let leads = Leading::new(&self.leading, &self.generations);
                 let done = tokio::select! {
                     biased;
                     _ = lost => false,
                     _ = work(leadership.clone()) => true,
                 };
-                drop(leads);
+                leads.end();
                 if !done {
                     tracing::info!(name = %self.name, "leader loop: session lost while leading; a new session");
                     break; // the leadership goes with the lost lease
@@ -171,19 +176,48 @@ impl LeaderLoop {
     }
 }
 
-/// Says `true` on the loop's channel while alive, `false` once dropped (also when the
-/// loop's future is dropped while the work runs).
-struct Leading<'a>(&'a watch::Sender<bool>);
+/// Says `true` on the loop's channel while alive, `false` when it ends: at once when the
+/// work stops ([`end`](Leading::end)), and, when the loop's future is dropped while the
+/// work runs, from a task of the runtime (a send takes the channel's write lock, and the
+/// code dropping the loop may hold a read guard of that very channel — as a `select!` on
+/// `leading().wait_for(..)` does — so sending from `drop` could deadlock). A stale `false`
+/// never overwrites a later `true`: each `Leading` has a generation.
+struct Leading {
+    tx: watch::Sender<bool>,
+    generations: Arc<AtomicU64>,
+    generation: u64,
+    ended: bool,
+}
 
-impl<'a> Leading<'a> {
-    fn new(tx: &'a watch::Sender<bool>) -> Self {
+impl Leading {
+    fn new(tx: &watch::Sender<bool>, generations: &Arc<AtomicU64>) -> Self {
+        let generation = generations.fetch_add(1, Ordering::AcqRel) + 1;
         tx.send_replace(true);
-        Self(tx)
+        Self { tx: tx.clone(), generations: generations.clone(), generation, ended: false }
+    }
+
+    /// The work stopped (returned, or its session was lost): `false` now.
+    fn end(mut self) {
+        self.ended = true;
+        self.tx.send_replace(false);
     }
 }
 
-impl Drop for Leading<'_> {
+impl Drop for Leading {
     fn drop(&mut self) {
-        self.0.send_replace(false);
+        if self.ended {
+            return;
+        }
+        let (tx, generations, generation) = (self.tx.clone(), self.generations.clone(), self.generation);
+        let send = move || {
+            tx.send_if_modified(|leads| {
+                let stale = generations.load(Ordering::Acquire) != generation;
+                !stale && std::mem::replace(leads, false)
+            });
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(async move { send() })),
+            Err(_) => send(), // no runtime: nobody can be polling a receiver here either
+        }
     }
 }

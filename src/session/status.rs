@@ -75,12 +75,23 @@ impl Session {
     }
 }
 
-/// Publishes [`Health::Closed`] at once if the session closed (not lost) and someone
-/// follows it: the owner closed, detached or dropped it.
+/// Publishes [`Health::Closed`] if the session closed (not lost) and someone follows it:
+/// the owner closed, detached or dropped it.
+///
+/// The send runs in a task of the runtime when there is one: it takes the channel's write
+/// lock, and the code closing or dropping the session may hold a read guard of that very
+/// channel (`*health.borrow()` in the same expression), which a send from here would wait
+/// for forever.
 pub(super) fn closed(shared: &Shared) {
     if shared.state.status() == SessionStatus::Closed {
         if let Some(tx) = shared.health.lock().take() {
-            tx.send_if_modified(|h| std::mem::replace(h, Health::Closed) != Health::Closed);
+            let send = move || {
+                tx.send_if_modified(|h| std::mem::replace(h, Health::Closed) != Health::Closed);
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn(async move { send() })),
+                Err(_) => send(),
+            }
         }
     }
 }
