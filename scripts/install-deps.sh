@@ -20,6 +20,11 @@ command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v iptables >/dev/null || need_apt+=(iptables)
+# To fetch and check Debian's etcd 3.5 packages (below).
+command -v curl >/dev/null || need_apt+=(curl ca-certificates)
+command -v gpgv >/dev/null || need_apt+=(gpgv)
+command -v xz >/dev/null || need_apt+=(xz-utils)
+[ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || need_apt+=(debian-archive-keyring)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "install-deps: apt-get install ${need_apt[*]}" >&2
   $sudo_cmd apt-get update -qq
