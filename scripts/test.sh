@@ -19,6 +19,18 @@ echo "test: etcd from $LEASEHOLD_ETCD_BIN_DIR ($("$LEASEHOLD_ETCD_BIN_DIR/etcd" 
 # Libtest flags go only to libtest binaries: the benches (harness = false) parse their own
 # arguments and would reject them, so they run apart, in test mode (they only say hello).
 cargo test --workspace --lib --bins --tests -- --test-threads=2 --skip fault_suite --skip partition_suite
+# The adaptive register's queue check in its measured compare-and-swap mode, planted out
+# (--cfg leasehold_crowd_mutation_unchecked): its conformance check must catch it.
+crowd_log=target/crowd-mut.log
+if RUSTFLAGS="--cfg leasehold_crowd_mutation_unchecked" CARGO_TARGET_DIR=target/crowd-mut \
+    cargo test --no-default-features --test memory register_adaptive_optimistic_mode_yields_to_a_queue >"$crowd_log" 2>&1; then
+  echo "test: planted unchecked optimistic writes NOT caught" >&2
+  exit 1
+elif ! grep -q "barged past the queue" "$crowd_log"; then
+  echo "test: the planted-bug run failed otherwise (see $crowd_log)" >&2
+  exit 1
+fi
+echo "test: planted unchecked optimistic writes caught: $(grep -m1 -o 'the queued updates failed [^(]*' "$crowd_log")"
 cargo test --workspace --doc
 # Examples and benches: built, and benches smoke-run once (criterion's test mode; the
 # etcd benches only measure under `cargo bench`).

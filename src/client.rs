@@ -2,6 +2,7 @@
 
 use crate::backend::memory::MemoryBackend;
 use crate::backend::Backend;
+use crate::crowd::{Crowd, Mode, Ticket};
 use crate::error::{Error, Result};
 use crate::local::value_hints::ValueHints;
 use crate::name::{reserved_key, validate_name};
@@ -10,7 +11,8 @@ use crate::session::SessionBuilder;
 use crate::Session;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Weak};
 
 /// A handle on one store. Cheap to clone; clones share the connection and the watches.
 ///
@@ -37,8 +39,9 @@ struct ClientInner {
     views: Mutex<Views>,
     /// What this client's register updates wrote (saves the next one's read).
     value_hints: Arc<ValueHints>,
-    /// How many of this client's queued or adaptive updates of each register key are running.
-    register_updates: Arc<Mutex<HashMap<String, usize>>>,
+    /// This client's running register updates of each key and how its adaptive ones go
+    /// ([`Crowd`]), shared by the key's handles (held weakly: gone with the last handle).
+    register_updates: Mutex<HashMap<String, Weak<Crowd>>>,
 }
 
 /// How many prefix watches of each kind (queue feeds, views) a client keeps open after
@@ -109,7 +112,7 @@ impl Client {
 
     fn with_backend(backend: Arc<dyn Backend>, namespace: String) -> Self {
         let views = Mutex::new(Views::default());
-        let (value_hints, register_updates) = (Arc::default(), Arc::default());
+        let (value_hints, register_updates) = (Arc::default(), Mutex::default());
         Self { inner: Arc::new(ClientInner { backend, namespace, views, value_hints, register_updates }) }
     }
 
@@ -209,17 +212,33 @@ impl Client {
         &self.inner.value_hints
     }
 
-    /// Counts a queued or adaptive update of the register at `key` as running until the returned
-    /// guard is dropped; the guard says how many others of this client were running when
-    /// it started (see `Register`).
-    pub(crate) fn register_update(&self, key: &str) -> RunningUpdate {
-        let others = {
-            let mut running = self.inner.register_updates.lock();
-            let n = running.entry(key.to_owned()).or_insert(0);
-            *n += 1;
-            *n - 1
-        };
-        RunningUpdate { running: self.inner.register_updates.clone(), key: key.to_owned(), others }
+    /// Closes the register feed of `key` if it is open and nobody waits on it (its watch
+    /// brings an event per write, a cost for nothing while this client's updates of the
+    /// register compare-and-swap). Whether none is open now.
+    pub(crate) fn close_idle_register_feed(&self, key: &str) -> bool {
+        let mut views = self.inner.views.lock();
+        let open = &mut views.register_feeds.open;
+        match open.get(key) {
+            Some((feed, _)) if Arc::strong_count(feed) > 1 => false,
+            Some(_) => {
+                open.remove(key);
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// The running updates of the register at `key` by this client and the measured mode
+    /// of its adaptive ones: one [`Crowd`] per key, shared by the key's handles.
+    pub(crate) fn register_crowd(&self, key: &str) -> Arc<Crowd> {
+        let mut crowds = self.inner.register_updates.lock();
+        if let Some(crowd) = crowds.get(key).and_then(Weak::upgrade) {
+            return crowd;
+        }
+        crowds.retain(|_, c| c.strong_count() > 0);
+        let crowd = Arc::new(Crowd::default());
+        crowds.insert(key.to_owned(), Arc::downgrade(&crowd));
+        crowd
     }
 
     /// The shared live view of `prefix`, opening it (one watch) if it is not open yet.
@@ -250,23 +269,44 @@ impl Client {
     }
 }
 
-/// One running queued or adaptive register update of a client (see [`Client::register_update`]).
+/// One running queued or adaptive register update of a client, counted in its key's
+/// [`Crowd`] until dropped (see `Register`).
 #[derive(Debug)]
-pub(crate) struct RunningUpdate {
-    running: Arc<Mutex<HashMap<String, usize>>>,
-    key: String,
-    /// Updates of the same key by this client that were running when this one started.
-    pub(crate) others: usize,
+pub(crate) struct RunningUpdate<'a> {
+    crowd: &'a Crowd,
+    ticket: Ticket,
+    completed: bool,
 }
 
-impl Drop for RunningUpdate {
+impl<'a> RunningUpdate<'a> {
+    /// Counts an update of `crowd`'s key as running; `sampler` counts its handle's updates.
+    pub(crate) fn start(crowd: &'a Crowd, sampler: &AtomicU32) -> Self {
+        Self { ticket: crowd.start(sampler, tokio::time::Instant::now), crowd, completed: false }
+    }
+
+    /// Updates of the same key by this client that were running when this one started.
+    pub(crate) fn others(&self) -> usize {
+        self.ticket.others
+    }
+
+    /// Its number among its handle's updates.
+    pub(crate) fn seq(&self) -> u32 {
+        self.ticket.seq
+    }
+
+    /// How this client's adaptive updates of the key go now.
+    pub(crate) fn mode(&self) -> Mode {
+        self.ticket.mode
+    }
+
+    /// The update returned its outcome: its time counts for its mode.
+    pub(crate) fn completed(mut self) {
+        self.completed = true;
+    }
+}
+
+impl Drop for RunningUpdate<'_> {
     fn drop(&mut self) {
-        let mut running = self.running.lock();
-        if let Some(n) = running.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                running.remove(&self.key);
-            }
-        }
+        self.crowd.finish(self.ticket, self.completed, tokio::time::Instant::now);
     }
 }

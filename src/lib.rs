@@ -37,6 +37,7 @@ mod adaptive;
 pub mod backend;
 mod backoff;
 mod client;
+mod crowd;
 mod election;
 mod error;
 mod fencing;

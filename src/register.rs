@@ -1,8 +1,10 @@
 //! A register: one value that many clients read-modify-write, with a contention strategy.
 
 use crate::adaptive::{Adaptive, Next};
-use crate::backend::{Condition, KeyValue, Read, ReadValue, Revision, Write};
+use crate::backend::{Condition, KeyValue, Read, ReadValue, Revision, Transacted, Write};
 use crate::backoff::{Backoff, Jitter};
+use crate::client::RunningUpdate;
+use crate::crowd::{Crowd, Mode, CHECK_QUEUE_EVERY, YIELDS_TO_QUEUE};
 use crate::error::{Error, Result};
 use crate::guard::Holding;
 use crate::queue::parked::Parking;
@@ -10,6 +12,7 @@ use crate::queue::{Admitted, Exclusive};
 use crate::strategy::Strategy;
 use crate::Session;
 use std::future::Future;
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
@@ -35,6 +38,23 @@ pub struct Updated {
     pub token: Option<u64>,
     /// The store revision of the write (the value's new `mod_revision`), if written.
     pub revision: Option<Revision>,
+}
+
+/// How [`Register::optimistic`] tries.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tries {
+    /// A write also requires that nobody holds or waits for the register's lock
+    /// ([`Register::write_unlocked`]), and the update gives up with [`Optimistic::Yield`]
+    /// once a write fails with someone queued: a mix of optimistic writers and queued ones
+    /// would make both lose (the adaptive strategy).
+    yield_to_queue: bool,
+    /// The first read also says whether the lock is taken, and the update yields at once if
+    /// it is.
+    look_first: bool,
+    /// A write asks whether the lock is taken only when it fails.
+    ask_after_failure: bool,
+    /// Give up after this many conflicts (a probe).
+    attempts: Option<u32>,
 }
 
 /// How an optimistic update ended.
@@ -64,9 +84,14 @@ enum Optimistic {
 /// - [`Strategy::Adaptive`]: optimistic until conflicts rise, then queued until probes (a
 ///   single optimistic attempt now and then) keep succeeding (see `src/adaptive.rs`). Its
 ///   optimistic writes yield to the queue: an update whose write fails while anyone holds
-///   or waits for the lock joins the queue instead of retrying against it. An update that
-///   starts while another update of the register by the same client runs queues at once:
-///   tasks of one process never make each other's writes fail.
+///   or waits for the lock joins the queue instead of retrying against it. Updates of the
+///   register by several tasks of one client at once go the way the client measures
+///   cheaper (`src/crowd.rs`): through the queue, where an update that starts while another
+///   of the client runs queues at once and tasks of one process never make each other's
+///   writes fail (etcd, or update functions that take long); or, where a compare-and-swap
+///   takes a small part of a queue's hand-over (the embedded store), by compare-and-swap,
+///   checking the queue one update in eight per handle and leaving it alone while it is
+///   busy.
 ///
 /// Clients may use different strategies on the same register at once: no update is lost.
 /// The value lives at the key `<namespace><name>` (no lease), and the lock under
@@ -101,6 +126,10 @@ pub struct Register {
     backoff: Backoff,
     adaptive: Arc<Adaptive>,
     parking: Arc<Parking>,
+    /// This client's running updates of the key and how its adaptive ones go.
+    crowd: Arc<Crowd>,
+    /// This handle's updates, for the crowd's sampling (per handle: no contention).
+    sampler: Arc<AtomicU32>,
     /// The combiner of [`update_grouped`](Register::update_grouped), shared by clones.
     group: Arc<Group>,
 }
@@ -112,9 +141,12 @@ impl Register {
     /// An optimistic register `name`. Fails for an invalid name.
     pub fn new(session: &Session, name: &str) -> Result<Self> {
         let lock = Exclusive::new(session, name)?;
+        let key = lock.prefix().trim_end_matches('/').to_owned();
         Ok(Self {
             session: session.clone(),
-            key: lock.prefix().trim_end_matches('/').to_owned(),
+            crowd: session.client().register_crowd(&key),
+            sampler: Arc::default(),
+            key,
             lock_prefix: lock.prefix().to_owned(),
             lock,
             strategy: Strategy::Optimistic,
@@ -215,64 +247,163 @@ impl Register {
     {
         let f = &mut f;
         match self.strategy {
-            Strategy::Optimistic => self.optimistic(f, false, None).await.map(|o| match o {
+            Strategy::Optimistic => self.optimistic(f, Tries::default()).await.map(|o| match o {
                 Optimistic::Done(u) => u,
                 Optimistic::Yield { .. } => unreachable!("only adaptive yields"),
             }),
             Strategy::Pessimistic => {
                 // Counted for this client's adaptive updates of the register (they queue
-                // while others run).
-                let _running = self.session.client().register_update(&self.key);
-                self.queued(f).await
+                // while others run); not measured (`src/crowd.rs` times adaptive updates).
+                let _running = RunningUpdate::start(&self.crowd, &self.sampler);
+                self.queued(f, true).await
             }
             Strategy::Adaptive => {
-                // Contention between tasks of this client needs no measuring: while another
-                // update of this register by this client runs, this one queues. A
-                // compare-and-swap would only make theirs fail, and the queue hands the lock
-                // on inside the process without a read (`queued`). So does an update whose
-                // handle kept its place in the queue.
-                let running = self.session.client().register_update(&self.key);
-                if running.others > 0 || self.parking.is_parked() {
-                    return self.queued(f).await;
+                let running = RunningUpdate::start(&self.crowd, &self.sampler);
+                let updated = match running.mode() {
+                    // Measured cheaper for this client: every update compare-and-swaps.
+                    Mode::Optimistic => self.crowded_optimistic(f, running.seq()).await,
+                    // Contention between tasks of this client needs no measuring to be
+                    // seen: while another update of this register by this client runs, this
+                    // one queues. A compare-and-swap would only make theirs fail, and the
+                    // queue hands the lock on inside the process without a read (`queued`).
+                    // So does an update whose handle kept its place in the queue.
+                    Mode::Queue if running.others() > 0 || self.parking.is_parked() => self.queued(f, true).await,
+                    Mode::Queue => self.adaptive(f).await,
+                };
+                if updated.is_ok() {
+                    running.completed();
                 }
-                let next = self.adaptive.next();
-                if next == Next::Queue {
-                    return self.queued(f).await;
+                updated
+            }
+        }
+    }
+
+    /// An adaptive update by the handle's own policy (`src/adaptive.rs`).
+    async fn adaptive<F, Fut>(&self, f: &mut F) -> Result<Updated>
+    where
+        F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
+        Fut: Future<Output = Option<Vec<u8>>> + Send,
+    {
+        let next = self.adaptive.next();
+        if next == Next::Queue {
+            return self.queued(f, true).await;
+        }
+        let probe = next == Next::Probe;
+        let tries = Tries {
+            yield_to_queue: true,
+            look_first: probe || self.adaptive.look_first(),
+            ask_after_failure: false,
+            attempts: probe.then_some(1),
+        };
+        match self.optimistic(f, tries).await? {
+            Optimistic::Done(updated) => {
+                if probe {
+                    self.adaptive.probed(true);
+                } else {
+                    self.adaptive.optimistic(updated.conflicts);
                 }
-                let probe = next == Next::Probe;
-                match self.optimistic(f, true, probe.then_some(1)).await? {
-                    Optimistic::Done(updated) => {
-                        if probe {
-                            self.adaptive.probed(true);
-                        } else {
-                            self.adaptive.optimistic(updated.conflicts);
-                        }
-                        Ok(updated)
-                    }
-                    // Someone is queued, or the probe lost: this update joins the queue rather
-                    // than fight it (a yield counts as conflicts; it does not switch the handle).
-                    Optimistic::Yield { conflicts } => {
-                        if probe {
-                            self.adaptive.probed(false);
-                        } else {
-                            self.adaptive.optimistic(conflicts);
-                        }
-                        let mut updated = self.queued(f).await?;
+                Ok(updated)
+            }
+            // Someone is queued, or the probe lost: this update joins the queue rather
+            // than fight it (a yield counts as conflicts; it does not switch the handle).
+            Optimistic::Yield { conflicts } => {
+                if probe {
+                    self.adaptive.probed(false);
+                } else {
+                    self.adaptive.optimistic(conflicts);
+                }
+                let mut updated = self.queued(f, true).await?;
+                updated.conflicts += conflicts;
+                Ok(updated)
+            }
+        }
+    }
+
+    /// An adaptive update while this client measures compare-and-swap as the cheaper mode
+    /// for its concurrent updates ([`Mode::Optimistic`], chosen only where the update
+    /// functions are short against the queue's time per update, see `src/crowd.rs`): read,
+    /// compare-and-swap, retried after a jittered pause, writing only while nobody holds or
+    /// waits for the lock.
+    ///
+    /// That last condition costs the embedded store a twentieth of its updates, so it is
+    /// checked by one update in [`CHECK_QUEUE_EVERY`] of the handle (`seq` is this one's
+    /// number), by every update while a queue was seen lately, and by every retry: an
+    /// unchecked attempt is a plain compare-and-swap tried once. So writers of this mode
+    /// notice another client's queue within a few updates of each handle and leave it
+    /// alone until it is gone (conformance `register_adaptive_optimistic_mode_yields_to_a_queue`).
+    ///
+    /// One that finds the queue busy waits — for this client's queued updates to end, or a
+    /// backoff pause when none runs (the queue is another client's) — and tries again,
+    /// joining the queue after [`YIELDS_TO_QUEUE`] such tries: waiting rather than joining
+    /// at once keeps one queued update from pulling every other in. A handle's kept place
+    /// is used (the queue is fair to those behind it) but not kept again. The handle's own
+    /// policy is left alone: the conflicts here are mostly this client's own tasks', which
+    /// the measurement weighs.
+    async fn crowded_optimistic<F, Fut>(&self, f: &mut F, seq: u32) -> Result<Updated>
+    where
+        F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
+        Fut: Future<Output = Option<Vec<u8>>> + Send,
+    {
+        if self.parking.is_parked() {
+            return self.queued(f, false).await;
+        }
+        if self.crowd.feed_to_close() && self.session.client().close_idle_register_feed(&self.key) {
+            self.crowd.feed_closed();
+        }
+        let (mut yields, mut conflicts) = (0, 0);
+        let unchecked = seq % CHECK_QUEUE_EVERY != 0 && !self.crowd.queue_seen();
+        #[cfg(leasehold_crowd_mutation_unchecked)]
+        let unchecked = true;
+        if unchecked {
+            let once = Tries { attempts: Some(1), ..Tries::default() };
+            match self.optimistic(f, once).await? {
+                Optimistic::Done(updated) => return Ok(updated),
+                Optimistic::Yield { conflicts: c } => conflicts += c,
+            }
+        }
+        let mut delays = self.backoff.delays();
+        loop {
+            // Conflicts are rare where this mode is chosen: the write asks whether the lock
+            // is taken only when it fails.
+            #[cfg(not(leasehold_crowd_mutation_unchecked))]
+            let tries = Tries { yield_to_queue: true, look_first: false, ask_after_failure: true, attempts: None };
+            #[cfg(leasehold_crowd_mutation_unchecked)]
+            let tries = Tries::default();
+            match self.optimistic(f, tries).await? {
+                Optimistic::Done(mut updated) => {
+                    self.crowd.saw_queue(false);
+                    updated.conflicts += conflicts;
+                    return Ok(updated);
+                }
+                Optimistic::Yield { conflicts: c } => {
+                    self.crowd.saw_queue(true);
+                    (yields, conflicts) = (yields + 1, conflicts + c);
+                    if yields >= YIELDS_TO_QUEUE {
+                        let mut updated = self.queued(f, false).await?;
                         updated.conflicts += conflicts;
-                        Ok(updated)
+                        return Ok(updated);
+                    }
+                    let pause = tokio::time::sleep(delays.next().unwrap_or(self.backoff.cap));
+                    // Registered before the count is read: a drain after the read wakes it.
+                    let drained = self.crowd.drained();
+                    tokio::pin!(drained);
+                    drained.as_mut().enable();
+                    if self.crowd.queued() > 0 {
+                        tokio::select! {
+                            biased;
+                            () = drained => {}
+                            () = pause => {}
+                        }
+                    } else {
+                        pause.await;
                     }
                 }
             }
         }
     }
 
-    /// Read, compare-and-swap, retry. With `yield_to_queue` (the adaptive strategy) a write
-    /// also requires that nobody holds or waits for the register's lock
-    /// ([`write_unlocked`](Self::write_unlocked)),
-    /// and the update gives up with [`Optimistic::Yield`] once a write fails with someone
-    /// queued: a mix of optimistic writers and queued ones would make both lose. With
-    /// `attempts` it also gives up after that many conflicts (a probe).
-    async fn optimistic<F, Fut>(&self, f: &mut F, yield_to_queue: bool, attempts: Option<u32>) -> Result<Optimistic>
+    /// Read, compare-and-swap, retry, as `tries` says ([`Tries`]).
+    async fn optimistic<F, Fut>(&self, f: &mut F, tries: Tries) -> Result<Optimistic>
     where
         F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
         Fut: Future<Output = Option<Vec<u8>>> + Send,
@@ -280,7 +411,8 @@ impl Register {
         let client = self.session.client();
         let backend = client.backend();
         let value_of = |kv: Option<KeyValue>| kv.map(|kv| (kv.value, kv.mod_revision));
-        let mut current = if yield_to_queue && (attempts.is_some() || self.adaptive.look_first()) {
+        let Tries { yield_to_queue, look_first, ask_after_failure, attempts } = tries;
+        let mut current = if look_first {
             // While anyone holds or waits for the lock the write below would fail: a probe,
             // or an update of a handle that already meets contention and has seen the lock
             // taken, yields now without that doomed transaction (it counts as the one
@@ -308,7 +440,7 @@ impl Register {
             let written = if yield_to_queue {
                 // One round trip: the write, or on failure whether anyone holds or waits for
                 // the lock.
-                let (written, locked) = self.write_unlocked(expected, new).await?;
+                let (written, locked) = self.write_unlocked(expected, new, ask_after_failure).await?;
                 if locked {
                     self.adaptive.saw_lock_taken();
                     return Ok(Optimistic::Yield { conflicts: conflicts + 1 });
@@ -350,21 +482,37 @@ impl Register {
 
     /// The adaptive register's optimistic write: `new` only if the value is still at
     /// `expected` and nobody holds or waits for the register's lock, which must win over
-    /// optimistic writers. One round trip, which also says, when nothing was written,
-    /// whether the lock was taken (advice for the next step: the caller yields to the
-    /// queue). `(revision of the write, if written; locked)`.
-    async fn write_unlocked(&self, expected: Option<Revision>, new: Vec<u8>) -> Result<(Option<Revision>, bool)> {
+    /// optimistic writers. It also says, when nothing was written, whether the lock was
+    /// taken (advice for the next step: the caller yields to the queue): in the same round
+    /// trip, or with `ask_after_failure` in a second one only then (a write that succeeds
+    /// asks nothing). `(revision of the write, if written; locked)`.
+    async fn write_unlocked(
+        &self,
+        expected: Option<Revision>,
+        new: Vec<u8>,
+        ask_after_failure: bool,
+    ) -> Result<(Option<Revision>, bool)> {
+        let backend = self.session.client().backend();
         let conditions = [
             Condition::Modified { key: self.key.clone(), revision: expected },
             Condition::PrefixEmpty { prefix: self.lock_prefix.clone() },
         ];
         let put = Write::Put { key: self.key.clone(), value: new, lease: None };
-        let reads = [Read::Occupied(self.lock_prefix.clone())];
-        let done = self.session.client().backend().transact(&conditions, vec![put], &reads).await?;
-        match done.reads.as_slice() {
-            [ReadValue::Occupied(locked)] => Ok((done.applied, done.applied.is_none() && *locked)),
+        let occupied = [Read::Occupied(self.lock_prefix.clone())];
+        let locked = |done: &Transacted| match done.reads.as_slice() {
+            [ReadValue::Occupied(locked)] => Ok(*locked),
             _ => Err(Error::Store("register: the store answered other reads than asked".into())),
+        };
+        if ask_after_failure {
+            let done = backend.transact(&conditions, vec![put], &[]).await?;
+            if done.applied.is_some() {
+                return Ok((done.applied, false));
+            }
+            let done = backend.transact(&[], Vec::new(), &occupied).await?;
+            return Ok((None, locked(&done)?));
         }
+        let done = backend.transact(&conditions, vec![put], &occupied).await?;
+        Ok((done.applied, done.applied.is_none() && locked(&done)?))
     }
 
     /// Tasks of this session waiting for its local slot for the register's lock (one
@@ -397,12 +545,13 @@ impl Register {
     /// one when the update had to wait, follows the previous update closely and no other
     /// task of this session waits to update the register
     /// ([`with_requeue_window`](Register::with_requeue_window)).
-    async fn queued<F, Fut>(&self, f: &mut F) -> Result<Updated>
+    async fn queued<F, Fut>(&self, f: &mut F, may_keep_place: bool) -> Result<Updated>
     where
         F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
         Fut: Future<Output = Option<Vec<u8>>> + Send,
     {
-        let follows_closely = self.parking.begin();
+        let _queued = self.crowd.queued_update();
+        let follows_closely = may_keep_place && self.parking.begin();
         let updated = self.queued_update(f, follows_closely).await;
         self.parking.end();
         updated
@@ -455,7 +604,10 @@ impl Register {
                 None => backend.get(&self.key).await?.map(|kv| (kv.value, kv.mod_revision)),
             };
             let (previous, revision) = current.map_or((None, None), |(v, r)| (Some(v), Some(r)));
-            let Some(new) = f(previous.clone(), Some(token)).await else {
+            let started = tokio::time::Instant::now();
+            let new = f(previous.clone(), Some(token)).await;
+            let function = started.elapsed();
+            let Some(new) = new else {
                 hold.release(LOCK).await?;
                 let updated = Updated { written: false, previous, conflicts, token: Some(token), revision: None };
                 return Ok(updated);
@@ -485,6 +637,7 @@ impl Register {
                 hold.write_and_release(&[unchanged], vec![put]).await?
             };
             announced.finish(written);
+            self.crowd.function_time(function);
             if written.is_some() {
                 let updated = Updated { written: true, previous, conflicts, token: Some(token), revision: written };
                 return Ok(updated);

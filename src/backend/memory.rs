@@ -242,6 +242,13 @@ impl State {
         Ok(())
     }
 
+    /// Whether any key starts with `prefix` (without collecting them).
+    fn occupied(&self, prefix: &str) -> bool {
+        use std::ops::Bound;
+        let mut keys = self.kvs.range::<str, _>((Bound::Included(prefix), Bound::Unbounded));
+        keys.next().is_some_and(|(k, _)| in_prefix(k, prefix))
+    }
+
     fn prefix(&self, prefix: &str, limit: usize) -> Vec<KeyValue> {
         let mut kvs: Vec<KeyValue> = self
             .kvs
@@ -407,7 +414,7 @@ impl Backend for MemoryBackend {
         let holds = conditions.iter().all(|c| match c {
             Condition::Created { key, revision } => st.kvs.get(key).is_some_and(|kv| kv.create_revision == *revision),
             Condition::Modified { key, revision } => st.kvs.get(key).map(|kv| kv.mod_revision) == *revision,
-            Condition::PrefixEmpty { prefix } => st.prefix(prefix, 1).is_empty(),
+            Condition::PrefixEmpty { prefix } => !st.occupied(prefix),
         });
         let applied = match holds {
             // Nothing to write changes nothing: no new revision (as on etcd).
@@ -422,7 +429,7 @@ impl Backend for MemoryBackend {
             .iter()
             .map(|r| match r {
                 Read::Key(key) => ReadValue::Key(st.kvs.get(key).cloned()),
-                Read::Occupied(prefix) => ReadValue::Occupied(!st.prefix(prefix, 1).is_empty()),
+                Read::Occupied(prefix) => ReadValue::Occupied(st.occupied(prefix)),
             })
             .collect();
         Ok(Transacted { applied, reads })

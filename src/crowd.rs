@@ -1,0 +1,614 @@
+//! How an adaptive register's updates go while several tasks of one client update it at
+//! once: measured, not assumed.
+//!
+//! Contention inside a process is known without measuring (the client counts its running
+//! updates of each register), but which mode serves it better is not: on etcd the queue
+//! wins (it hands over inside the process without a read, one commit per update), on the
+//! embedded store a compare-and-swap takes microseconds and the queue's extra keys, watches
+//! and wake-ups cost fifteen times more (flash sale, 2026-12-03: optimistic 520k orders/s,
+//! queue 35k). So each client keeps, per register key, the time per completed update of
+//! its adaptive updates in each [`Mode`], measured in epochs of [`EPOCH`] completions, and
+//! uses the cheaper one:
+//!
+//! - An epoch (at least [`EPOCH`] completions and [`MIN_EPOCH_TIME`]) counts only updates
+//!   that started in it and completed; its clock starts at
+//!   the first such completion (so the hand-over from the previous mode — a queue draining,
+//!   optimistic writers backing off — is not charged to it) and stops while no update of
+//!   the key runs (idle time is not a cost). A client that never runs two updates of a key
+//!   at once never completes an epoch and keeps the default, [`Mode::Queue`]: the
+//!   behaviour tuned for updates across processes (`src/adaptive.rs`) is unchanged.
+//! - The first epochs measure the two modes in turn, [`SAMPLES`] each while they are close
+//!   (within [`SWITCH_BELOW`]); a measurement of the mode not in use stops as
+//!   soon as it is plainly dearer ([`ABORT_AFTER`], [`ABORT_UPDATES`]). After that the client
+//!   uses the cheaper mode (switching only below [`SWITCH_BELOW`] of the current one's
+//!   cost, so noise does not flap it) and measures the other again after a run of the
+//!   current one that is [`EXPLORE_SHARE`] times as long as an epoch of the other was —
+//!   and at least [`MIN_EXPLORE_GAP`] — so that exploring costs a few percent at most
+//!   and a change of load (another process starting to contend) is noticed.
+//! - Costs are averaged over epochs (weight 1/2 for the newest).
+//!
+//! In [`Mode::Optimistic`] every adaptive update of the key by this client is a
+//! compare-and-swap that requires the lock's queue to be empty. One that reads the queue
+//! busy waits (for this client's queued updates to end, or a backoff pause) and reads
+//! again, and joins the queue after [`YIELDS_TO_QUEUE`] such reads (a queue fed by other
+//! processes would otherwise starve it); one whose write fails joins the queue at once, so
+//! no update fails more than once (`Register::crowded_optimistic`). Its conflicts do not
+//! feed the handle's own policy: conflicts between tasks of one process are what this
+//! measures.
+
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Completions that make one epoch of measurement, at least.
+pub const EPOCH: u32 = 32;
+/// The shortest epoch: on the embedded store 32 updates take 40 µs, and one preemption of
+/// the process in so short a span made an epoch fifty times slower than the next (and,
+/// twice in three epochs, switched the mode for nothing).
+pub const MIN_EPOCH_TIME: Duration = Duration::from_millis(5);
+/// A mode replaces the current one only if its time per update is below this share of it.
+pub const SWITCH_BELOW: f64 = 0.9;
+/// The other mode is measured again after a run of the current one this many times as long
+/// as an epoch of the other took (so exploring costs about 1/this of the time).
+pub const EXPLORE_SHARE: u32 = 40;
+/// The shortest run of the current mode between two measurements of the other.
+pub const MIN_EXPLORE_GAP: Duration = Duration::from_millis(200);
+/// [`Mode::Optimistic`] is tried only while a queued update's function takes less than this
+/// share of the queue's time per update.
+pub const FUNCTION_SHARE: f64 = 0.5;
+/// Weight of the newest function time in its average.
+pub const FUNCTION_ALPHA: f64 = 0.1;
+/// A measurement of the mode not in use ends once it is this many times slower than the
+/// mode in use ...
+pub const ABORT_AFTER: f64 = 1.5;
+/// ... over at least the time the mode in use needs for this many updates.
+pub const ABORT_UPDATES: u32 = 16;
+/// One update in this many (per handle) is timed and counted (the clock and a shared
+/// counter cost a share of a microsecond update).
+pub const TIMED_EVERY: u32 = 4;
+/// Timed completions an epoch needs (besides [`EPOCH`] completions).
+pub const MIN_TIMED: u64 = 4;
+/// Epochs whose median is a mode's cost.
+pub const SAMPLES: usize = 3;
+/// In [`Mode::Optimistic`], one update in this many of a handle checks that the lock's
+/// queue is empty (besides every retry, and every update while a queue was seen lately).
+pub const CHECK_QUEUE_EVERY: u32 = 8;
+/// Tries that find the lock's queue busy before an update in [`Mode::Optimistic`] joins it.
+pub const YIELDS_TO_QUEUE: u32 = 3;
+
+/// How a client's adaptive updates of one register go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// An update that starts while another of the client runs queues (as does one whose
+    /// handle kept a place); the others follow the handle's policy (`src/adaptive.rs`).
+    Queue,
+    /// Every update compare-and-swaps, yielding to a busy queue ([`YIELDS_TO_QUEUE`]).
+    Optimistic,
+}
+
+impl Mode {
+    fn index(self) -> usize {
+        match self {
+            Mode::Queue => 0,
+            Mode::Optimistic => 1,
+        }
+    }
+
+    fn other(self) -> Mode {
+        match self {
+            Mode::Queue => Mode::Optimistic,
+            Mode::Optimistic => Mode::Queue,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    /// The mode of the current epoch.
+    mode: Mode,
+    /// The mode in use between measurements of the other.
+    best: Mode,
+    epoch: u64,
+    /// The first counted completion of this epoch.
+    clock: Option<Instant>,
+    /// The last [`SAMPLES`] epochs' mean latency (seconds from an update's start to its
+    /// end), by [`Mode::index`]: the mode's cost.
+    samples: [Samples; 2],
+    /// The last epoch's seconds per completion, by [`Mode::index`].
+    per_update: [Option<f64>; 2],
+    /// The last epoch's length, by [`Mode::index`].
+    took: [Option<Duration>; 2],
+    /// When the current run of `best` began.
+    settled: Option<Instant>,
+    /// Seconds a queued update's function takes (averaged).
+    function: Option<f64>,
+}
+
+/// One client's running updates of one register key and its choice of [`Mode`].
+#[derive(Debug)]
+pub(crate) struct Crowd {
+    /// The current epoch and its mode (`epoch << 1 | optimistic`), read by every update
+    /// without the lock; alone on its cache line, which changes once an epoch.
+    current: Padded<AtomicU64>,
+    /// Whether the current epoch measures the mode not in use (its end is checked at every
+    /// timed completion, to cut it short).
+    exploring: AtomicBool,
+    /// Updates started in [`Mode::Queue`] and running now (the in-process rule; updates in
+    /// [`Mode::Optimistic`] do not touch it, nor anything shared but `current`, unless
+    /// timed).
+    running: Padded<AtomicUsize>,
+    /// Completions counted in the current epoch, [`TIMED_EVERY`] per timed one (the first
+    /// starts its clock).
+    counted: AtomicU32,
+    /// Latencies of timed updates since their mode's last figure, by [`Mode::index`].
+    latency_ns: [AtomicU64; 2],
+    latency_n: [AtomicU64; 2],
+    state: Mutex<State>,
+    /// Set when the mode turns to [`Mode::Optimistic`]: the register's feed (kept open for
+    /// queued updates, see `Client::register_feed`) should be closed once idle.
+    feed_idle: AtomicBool,
+    /// Whether an update in [`Mode::Optimistic`] lately found the lock's queue busy (and
+    /// none since found it empty).
+    queue_seen: AtomicBool,
+    /// This client's queued updates of the key running now, and their end.
+    queued: AtomicUsize,
+    drained: tokio::sync::Notify,
+}
+
+impl Default for Crowd {
+    fn default() -> Self {
+        let state = State {
+            mode: Mode::Queue,
+            best: Mode::Queue,
+            epoch: 0,
+            clock: None,
+            samples: [Samples::default(), Samples::default()],
+            per_update: [None, None],
+            took: [None, None],
+            settled: None,
+            function: None,
+        };
+        let (queued, drained) = (AtomicUsize::new(0), tokio::sync::Notify::new());
+        Self {
+            current: Padded(AtomicU64::new(current(0, Mode::Queue))),
+            exploring: AtomicBool::new(false),
+            running: Padded(AtomicUsize::new(0)),
+            counted: AtomicU32::new(0),
+            latency_ns: [AtomicU64::new(0), AtomicU64::new(0)],
+            latency_n: [AtomicU64::new(0), AtomicU64::new(0)],
+            state: Mutex::new(state),
+            feed_idle: AtomicBool::new(false),
+            queue_seen: AtomicBool::new(false),
+            queued,
+            drained,
+        }
+    }
+}
+
+/// What [`Crowd::start`] tells an update.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ticket {
+    /// Updates of the key by this client that were running when this one started (counted
+    /// in [`Mode::Queue`] only; 0 in [`Mode::Optimistic`]).
+    pub(crate) others: usize,
+    counted_running: bool,
+    /// The mode to use.
+    pub(crate) mode: Mode,
+    epoch: u64,
+    /// When it started, for one update in [`TIMED_EVERY`].
+    started: Option<Instant>,
+    /// Its number among its handle's updates.
+    pub(crate) seq: u32,
+}
+
+impl Crowd {
+    /// An update starts; `sampler` is its handle's count of updates (one in
+    /// [`TIMED_EVERY`] is timed: the clock costs a share of a microsecond update).
+    pub(crate) fn start(&self, sampler: &AtomicU32, now: impl FnOnce() -> Instant) -> Ticket {
+        let (epoch, mode) = from_current(self.current.0.load(Ordering::Acquire));
+        let counted_running = mode == Mode::Queue;
+        let others = if counted_running { self.running.0.fetch_add(1, Ordering::AcqRel) } else { 0 };
+        let seq = sampler.fetch_add(1, Ordering::Relaxed);
+        let started = (seq % TIMED_EVERY == 0).then(now);
+        Ticket { others, counted_running, mode, epoch, started, seq }
+    }
+
+    /// The update of `ticket` ends now (`now` reads the clock); `completed` if it returned
+    /// its outcome (an error or a dropped future is not measured). Only timed updates
+    /// count: each stands for [`TIMED_EVERY`] completions. The lock is taken only to start
+    /// or end an epoch, or when the last running queued update ends.
+    pub(crate) fn finish(&self, ticket: Ticket, completed: bool, now: impl Fn() -> Instant) {
+        let last = ticket.counted_running && self.running.0.fetch_sub(1, Ordering::AcqRel) == 1;
+        if let (true, Some(started)) = (completed, ticket.started) {
+            let now = now();
+            // Counted whenever it ends, also after its epoch: a slow update must not escape
+            // its mode's figure by ending late.
+            let latency = now.saturating_duration_since(started).as_nanos();
+            let i = ticket.mode.index();
+            self.latency_ns[i].fetch_add(u64::try_from(latency).unwrap_or(u64::MAX), Ordering::Relaxed);
+            self.latency_n[i].fetch_add(1, Ordering::Relaxed);
+            if from_current(self.current.0.load(Ordering::Acquire)).0 == ticket.epoch {
+                let n = self.counted.fetch_add(TIMED_EVERY, Ordering::AcqRel);
+                if n % EPOCH == 0 || self.exploring.load(Ordering::Relaxed) {
+                    self.epoch_step(ticket.epoch, n, now);
+                }
+            }
+        }
+        if last {
+            // Idle time is no mode's cost.
+            let mut s = self.state.lock();
+            if self.running.0.load(Ordering::Acquire) == 0 {
+                s.clock = None;
+                self.counted.store(0, Ordering::Release);
+            }
+        }
+    }
+
+    /// Starts the clock of `epoch` (at its first counted completion, `n` = 0) or ends it.
+    fn epoch_step(&self, epoch: u64, n: u32, now: Instant) {
+        let mut s = self.state.lock();
+        if s.epoch != epoch {
+            return;
+        }
+        match s.clock {
+            None => s.clock = Some(now),
+            Some(started) if n > 0 && s.epoch_done(n, now.saturating_duration_since(started), self.timed(s.mode).1) => {
+                let took = now.saturating_duration_since(started);
+                let i = s.mode.index();
+                let (sum, count) =
+                    (self.latency_ns[i].swap(0, Ordering::Relaxed), self.latency_n[i].swap(0, Ordering::Relaxed));
+                let latency = (count > 0).then(|| sum as f64 / count as f64 / 1e9);
+                let before = s.mode;
+                s.close_epoch(took, n, latency, now);
+                self.counted.store(0, Ordering::Release);
+                self.current.0.store(current(s.epoch, s.mode), Ordering::Release);
+                self.exploring.store(s.mode != s.best, Ordering::Relaxed);
+                if s.mode != before {
+                    self.feed_idle.store(s.mode == Mode::Optimistic, Ordering::Relaxed);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// The timed completions of `mode` not yet in a figure: (nanoseconds, count).
+    fn timed(&self, mode: Mode) -> (u64, u64) {
+        let i = mode.index();
+        (self.latency_ns[i].load(Ordering::Relaxed), self.latency_n[i].load(Ordering::Relaxed))
+    }
+
+    /// Records the time a queued update's function took.
+    pub(crate) fn function_time(&self, took: Duration) {
+        let mut s = self.state.lock();
+        let t = took.as_secs_f64();
+        s.function = Some(s.function.map_or(t, |old| (1.0 - FUNCTION_ALPHA) * old + FUNCTION_ALPHA * t));
+    }
+
+    /// Records whether a checked write found the lock's queue busy.
+    pub(crate) fn saw_queue(&self, busy: bool) {
+        if self.queue_seen.load(Ordering::Relaxed) != busy {
+            self.queue_seen.store(busy, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the lock's queue was found busy lately.
+    pub(crate) fn queue_seen(&self) -> bool {
+        self.queue_seen.load(Ordering::Relaxed)
+    }
+
+    /// Counts a queued update (any strategy) of the key by this client until dropped.
+    pub(crate) fn queued_update(&self) -> QueuedUpdate<'_> {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        QueuedUpdate(self)
+    }
+
+    /// This client's queued updates of the key running now.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// Completes once the client's queued updates of the key have all ended (enable it
+    /// before reading [`queued`](Self::queued)).
+    pub(crate) fn drained(&self) -> tokio::sync::futures::Notified<'_> {
+        self.drained.notified()
+    }
+
+    /// Whether the register's feed should be closed when idle (the mode turned optimistic
+    /// and it was not closed since).
+    pub(crate) fn feed_to_close(&self) -> bool {
+        self.feed_idle.load(Ordering::Relaxed)
+    }
+
+    /// The feed is closed (or was not open).
+    pub(crate) fn feed_closed(&self) {
+        self.feed_idle.store(false, Ordering::Relaxed);
+    }
+
+    /// The costs measured so far (seconds per update: queue, optimistic) and the mode in
+    /// use, for tests and logs.
+    #[cfg(test)]
+    fn costs(&self) -> ([Option<f64>; 2], Mode) {
+        let s = self.state.lock();
+        ([s.cost(Mode::Queue), s.cost(Mode::Optimistic)], s.mode)
+    }
+}
+
+/// A value alone on its cache line (so that counters written by every update do not
+/// invalidate it for the others).
+#[derive(Debug)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+fn current(epoch: u64, mode: Mode) -> u64 {
+    epoch << 1 | u64::from(mode == Mode::Optimistic)
+}
+
+fn from_current(current: u64) -> (u64, Mode) {
+    (current >> 1, if current & 1 == 1 { Mode::Optimistic } else { Mode::Queue })
+}
+
+/// A running queued update (see [`Crowd::queued_update`]).
+pub(crate) struct QueuedUpdate<'a>(&'a Crowd);
+
+impl Drop for QueuedUpdate<'_> {
+    fn drop(&mut self) {
+        if self.0.queued.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+impl State {
+    fn cost(&self, mode: Mode) -> Option<f64> {
+        self.samples[mode.index()].median()
+    }
+
+    /// Whether compare-and-swap may beat the queue: not where the queue's time per update
+    /// is mostly the update functions' own. In the queue each function runs after the last
+    /// one's write; concurrent compare-and-swaps save the hand-over but collide when the
+    /// functions are long against the interval between writes (a 1 ms function among six
+    /// tasks: nearly every attempt fails), so measuring them would only waste work.
+    fn optimistic_may_pay(&self) -> bool {
+        match (self.function, self.per_update[Mode::Queue.index()]) {
+            (Some(function), Some(queue)) => function < FUNCTION_SHARE * queue,
+            _ => false,
+        }
+    }
+
+    /// Whether an epoch with `n` completions over `elapsed`, and `timed` timed completions
+    /// of its mode not yet in a figure, is over: [`EPOCH`] completions, [`MIN_EPOCH_TIME`]
+    /// and [`MIN_TIMED`] timed ones; or, measuring the mode not in use, as soon as it is
+    /// plainly dearer: after the time the mode in use needs for [`ABORT_UPDATES`] updates it
+    /// has completed fewer than 1/[`ABORT_AFTER`] as many. Measuring it longer would only
+    /// cost: on etcd, sixteen tasks of one process compare-and-swapping collide (all read
+    /// the same value, one write wins) and did 767 updates/s against the queue's 1,233.
+    fn epoch_done(&self, n: u32, elapsed: Duration, timed: u64) -> bool {
+        if n >= EPOCH && elapsed >= MIN_EPOCH_TIME && timed >= MIN_TIMED {
+            return true;
+        }
+        match self.per_update[self.best.index()] {
+            Some(best) if self.mode != self.best => {
+                let elapsed = elapsed.as_secs_f64();
+                elapsed >= f64::from(ABORT_UPDATES) * best && f64::from(n) < elapsed / (ABORT_AFTER * best)
+            }
+            _ => false,
+        }
+    }
+
+    /// Ends the current epoch: `n` completions in `took`, its mode's timed updates' mean
+    /// `latency` (seconds) since its last figure.
+    fn close_epoch(&mut self, took: Duration, n: u32, latency: Option<f64>, now: Instant) {
+        let (m, other) = (self.mode, self.mode.other());
+        let per_update = took.as_secs_f64() / f64::from(n.max(1));
+        self.per_update[m.index()] = Some(per_update);
+        self.took[m.index()] = Some(took);
+        if let Some(latency) = latency {
+            self.samples[m.index()].push(latency);
+        }
+        let cheaper = |a: Mode, b: Mode| match (self.cost(a), self.cost(b)) {
+            (Some(a), Some(b)) => a < SWITCH_BELOW * b,
+            _ => false,
+        };
+        let next = if m != self.best {
+            // An exploration ends. One cut short is dearer by its completions, even where
+            // too few of its timed updates have ended to show it.
+            let aborted = n < EPOCH || took < MIN_EPOCH_TIME;
+            if !aborted && cheaper(m, self.best) {
+                self.best = m;
+            }
+            self.settled = Some(now);
+            self.best
+        } else if other == Mode::Optimistic && !self.optimistic_may_pay() {
+            m
+        } else if self.samples[other.index()].len < SAMPLES
+            && self.cost(other).is_none_or(|c| self.cost(m).is_some_and(|m| c * SWITCH_BELOW < m))
+            || cheaper(other, m)
+        {
+            // Not measured enough yet (the first epochs, while sessions and watches open,
+            // can be slow), or the mode in use became dearer than the other was: measure
+            // the other now (its figure may be old).
+            other
+        } else {
+            // What a whole epoch of the other takes (one cut short took less).
+            let full = Duration::from_secs_f64(self.per_update[other.index()].unwrap_or(0.0) * f64::from(EPOCH));
+            let other_epoch = self.took[other.index()].unwrap_or(Duration::ZERO).max(full);
+            let gap = MIN_EXPLORE_GAP.max(other_epoch * EXPLORE_SHARE);
+            if self.settled.is_none_or(|t| now.saturating_duration_since(t) >= gap) {
+                other
+            } else {
+                m
+            }
+        };
+        if next != m || next != self.best {
+            tracing::debug!(
+                queue = ?self.cost(Mode::Queue),
+                optimistic = ?self.cost(Mode::Optimistic),
+                from = ?m,
+                to = ?next,
+                "adaptive register: mean latency by mode"
+            );
+        }
+        self.mode = next;
+        self.epoch += 1;
+        self.clock = None;
+    }
+}
+
+/// The last [`SAMPLES`] measurements of a mode.
+#[derive(Debug, Default)]
+struct Samples {
+    last: [f64; SAMPLES],
+    len: usize,
+    next: usize,
+}
+
+impl Samples {
+    fn push(&mut self, x: f64) {
+        self.last[self.next] = x;
+        self.next = (self.next + 1) % SAMPLES;
+        self.len = (self.len + 1).min(SAMPLES);
+    }
+
+    /// The median (of two: their mean).
+    fn median(&self) -> Option<f64> {
+        let mut v = self.last;
+        let v = &mut v[..self.len];
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => None,
+            n if n % 2 == 1 => Some(v[n / 2]),
+            n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs one epoch of `per_update` time per update with two updates always running and
+    /// functions of `function` each: its mode and how long it took.
+    fn epoch_of(crowd: &Crowd, now: &mut Instant, per_update: Duration, function: Duration) -> (Mode, Duration) {
+        let start = *now;
+        let sampler = AtomicU32::new(0);
+        let mut keep = crowd.start(&sampler, || *now);
+        let (mode, epoch) = (keep.mode, keep.epoch);
+        loop {
+            let next = crowd.start(&sampler, || *now);
+            *now += per_update;
+            if mode == Mode::Queue {
+                crowd.function_time(function);
+            }
+            crowd.finish(keep, true, || *now);
+            keep = next;
+            if from_current(crowd.current.0.load(Ordering::Acquire)).0 != epoch {
+                break;
+            }
+        }
+        crowd.finish(keep, false, || *now);
+        (mode, *now - start)
+    }
+
+    fn epoch(crowd: &Crowd, now: &mut Instant, per_update: Duration) -> Mode {
+        epoch_of(crowd, now, per_update, Duration::from_nanos(100)).0
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn measures_both_and_keeps_the_cheaper_exploring_now_and_then() {
+        let crowd = Crowd::default();
+        let mut now = Instant::now();
+        let (fast, slow) = (Duration::from_micros(2), Duration::from_micros(30));
+        let cost = |m: Mode| if m == Mode::Optimistic { fast } else { slow };
+        assert_eq!(epoch(&crowd, &mut now, slow), Mode::Queue, "starts with the queue");
+        let m = crowd.costs().1;
+        assert_eq!(m, Mode::Optimistic, "then measures the other mode");
+        let mut time = [Duration::ZERO; 2];
+        for _ in 0..2_000 {
+            let m = crowd.costs().1;
+            let (_, took) = epoch_of(&crowd, &mut now, cost(m), Duration::from_nanos(100));
+            time[m.index()] += took;
+        }
+        let queued = time[0].as_secs_f64() / (time[0] + time[1]).as_secs_f64();
+        assert!(queued > 0.0, "the queue is measured again now and then");
+        assert!(queued < 0.05, "... but rarely: {:.1} % of the time", queued * 100.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn measuring_a_dearer_optimistic_mode_costs_little() {
+        // etcd, sixteen tasks of one process: the queue 0.6 ms per update, compare-and-swap 3 ms.
+        let crowd = Crowd::default();
+        let mut now = Instant::now();
+        let cost = |m: Mode| if m == Mode::Optimistic { Duration::from_millis(3) } else { Duration::from_micros(600) };
+        let mut time = [Duration::ZERO; 2];
+        for _ in 0..500 {
+            let m = crowd.costs().1;
+            let (_, took) = epoch_of(&crowd, &mut now, cost(m), Duration::from_micros(1));
+            time[m.index()] += took;
+        }
+        let optimistic = time[1].as_secs_f64() / (time[0] + time[1]).as_secs_f64();
+        assert!(optimistic > 0.0, "compare-and-swap was measured");
+        assert!(optimistic < 0.015, "{:.1} % of the time spent compare-and-swapping", optimistic * 100.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_function_is_never_run_concurrently() {
+        let crowd = Crowd::default();
+        let mut now = Instant::now();
+        // Each update's function takes 1 ms of the queue's 1.1 ms per update: concurrent
+        // compare-and-swaps would collide, so the optimistic mode is not even measured.
+        for _ in 0..100 {
+            let (m, _) = epoch_of(&crowd, &mut now, Duration::from_micros(1100), Duration::from_millis(1));
+            assert_eq!(m, Mode::Queue);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn follows_a_change_of_costs() {
+        let crowd = Crowd::default();
+        let mut now = Instant::now();
+        let mut cost: fn(Mode) -> Duration =
+            |m| if m == Mode::Optimistic { Duration::from_micros(100) } else { Duration::from_micros(1000) };
+        for _ in 0..100 {
+            let m = crowd.costs().1;
+            epoch(&crowd, &mut now, cost(m));
+        }
+        assert_eq!(crowd.costs().1, Mode::Optimistic);
+        // Now the queue is the cheaper one (another process started to contend).
+        cost = |m| if m == Mode::Optimistic { Duration::from_micros(1000) } else { Duration::from_micros(100) };
+        for _ in 0..2_000 {
+            let m = crowd.costs().1;
+            epoch(&crowd, &mut now, cost(m));
+        }
+        assert_eq!(crowd.costs().1, Mode::Queue, "switched back to the queue");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_slow_epoch_does_not_switch() {
+        let crowd = Crowd::default();
+        let mut now = Instant::now();
+        let cost = |m: Mode| if m == Mode::Optimistic { Duration::from_micros(2) } else { Duration::from_micros(20) };
+        for _ in 0..10 {
+            let m = crowd.costs().1;
+            epoch(&crowd, &mut now, cost(m));
+        }
+        assert_eq!(crowd.costs().1, Mode::Optimistic);
+        epoch(&crowd, &mut now, Duration::from_micros(200));
+        assert_eq!(crowd.costs().1, Mode::Optimistic, "one epoch a hundred times slower is an outlier");
+        epoch(&crowd, &mut now, Duration::from_micros(200));
+        assert_eq!(crowd.costs().1, Mode::Queue, "two in a row are a change: the queue is measured");
+    }
+
+    #[test]
+    fn one_update_at_a_time_measures_nothing() {
+        let crowd = Crowd::default();
+        let mut now = Instant::now();
+        for _ in 0..1_000 {
+            let t = crowd.start(&AtomicU32::new(0), || now);
+            assert_eq!(t.others, 0);
+            now += Duration::from_millis(1);
+            crowd.finish(t, true, || now);
+        }
+        assert_eq!(crowd.costs(), ([None, None], Mode::Queue));
+    }
+}
