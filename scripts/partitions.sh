@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The partition suite (tests/partitions.rs, issue 19; see docs/guarantees.md "Partitions
+# The partition suite (tests/partitions.rs, issue 19, and cli/tests/partitions.rs for the
+# `leasehold` binary's scenario, hence --workspace; see docs/guarantees.md "Partitions
 # and slow links"): etcd members and clients on network namespaces of their own, cut off,
 # isolated, slowed and flapped. Needs root (network namespaces, veth, bridge, iptables);
 # in CI (CI=true) a harness that cannot be made fails the run.
@@ -21,7 +22,7 @@ export CARGO_TERM_COLOR=never
 failed=0
 start=$(date +%s)
 
-if ! cargo test --test partitions -- --test-threads=1 --nocapture partition_suite; then
+if ! cargo test --workspace --test partitions -- --test-threads=1 --nocapture partition_suite; then
   echo "partitions: FAILED against the library as it is"
   failed=1
 fi
@@ -36,7 +37,7 @@ for name in answer_time renew_on_error; do
   dir="$root/target/part-mut/$name"
   mkdir -p "$dir"
   if ! RUSTFLAGS="--cfg leasehold_part_mutation_$name" CARGO_TARGET_DIR="$dir" \
-      cargo test --no-run -q --test partitions >"$dir.build.log" 2>&1; then
+      cargo test --no-run -q --workspace --test partitions >"$dir.build.log" 2>&1; then
     echo "partitions mutation $name: FAILED to build (see $dir.build.log)"
     failed=1
     continue
@@ -44,7 +45,7 @@ for name in answer_time renew_on_error; do
   for scenario in ${breaks[$name]}; do
     log="$dir.${scenario##*::}.log"
     if RUSTFLAGS="--cfg leasehold_part_mutation_$name" CARGO_TARGET_DIR="$dir" \
-        cargo test -q --test partitions -- --exact "$scenario" --test-threads=1 >"$log" 2>&1; then
+        cargo test -q --workspace --test partitions -- --exact "$scenario" --test-threads=1 >"$log" 2>&1; then
       echo "partitions mutation $name: NOT caught by $scenario (see $log)"
       failed=1
     else

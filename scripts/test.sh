@@ -68,7 +68,7 @@ cargo test --features tikv --bench tikv_handoff
 # The conformance suite again, against Debian's etcd 3.4.
 if [ -n "$etcd34_line" ]; then
   echo "test: conformance against etcd 3.4 from ${etcd34_line#ETCD34_BIN_DIR=}"
-  LEASEHOLD_ETCD_BIN_DIR="${etcd34_line#ETCD34_BIN_DIR=}" cargo test --test etcd --test cli --test security -- --test-threads=2
+  LEASEHOLD_ETCD_BIN_DIR="${etcd34_line#ETCD34_BIN_DIR=}" cargo test --workspace --test etcd --test cli --test security -- --test-threads=2
 elif [ "${CI:-}" = true ]; then
   echo "test: etcd 3.4 missing in CI" >&2
   exit 1

@@ -21,7 +21,10 @@ pub fn bin_dir() -> PathBuf {
     if let Ok(d) = std::env::var("LEASEHOLD_ETCD_BIN_DIR") {
         candidates.push(d.into());
     }
-    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/etcd/bin"));
+    // <repo>/.deps, from the repository's root package and from `cli/`, which shares this harness.
+    for dir in Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().take(2) {
+        candidates.push(dir.join(".deps/etcd/bin"));
+    }
     if let Ok(path) = std::env::var("PATH") {
         candidates.extend(std::env::split_paths(&path));
     }

@@ -4,6 +4,7 @@
 //! (stopped past its TTL, killed), to its watchdog (stopped, killed), or to A's command's
 //! own children (a `worker &` left running when it exits). Then the kill margin: how long
 //! before the server expired A's lease its command was dead, over 20 trials.
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::os::fd::{FromRawFd, OwnedFd};

@@ -1,4 +1,5 @@
 //! The `leasehold` binary against a real etcd started by the harness.
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::io::{BufRead, BufReader};
