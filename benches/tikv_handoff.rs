@@ -3,9 +3,9 @@
 //! TiKV-specific pessimistic-transaction lock ([`TxnLock`]).
 //!
 //! ```text
-//! cargo bench --features tikv --bench tikv_handoff          # against the in-process test server
-//! cargo bench --features tikv --bench tikv_handoff -- --tasks 8 --cycles 30 --uncontended 200
-//! LEASEHOLD_BENCH_TIKV_PD=127.0.0.1:2379 cargo bench --features tikv --bench tikv_handoff
+//! cargo bench --features tikv,tikv-test-server/server --bench tikv_handoff  # against the in-process test server
+//! cargo bench --features tikv,tikv-test-server/server --bench tikv_handoff -- --tasks 8 --cycles 30 --uncontended 200
+//! LEASEHOLD_BENCH_TIKV_PD=127.0.0.1:2379 cargo bench --features tikv,tikv-test-server/server --bench tikv_handoff
 //! ```
 //!
 //! Against the test server the numbers are ratios between strategies on one machine, not
@@ -87,7 +87,7 @@ async fn main() {
     let args = Args::parse();
     if !args.bench {
         // `cargo test --all-targets` builds and runs bench targets too: nothing to measure then.
-        println!("tikv_handoff: a benchmark; run it with `cargo bench --features tikv --bench tikv_handoff`");
+        println!("tikv_handoff: a benchmark; run it with `cargo bench --features tikv,tikv-test-server/server --bench tikv_handoff`");
         return;
     }
     let (_server, endpoints) = match std::env::var("LEASEHOLD_BENCH_TIKV_PD") {

@@ -23,11 +23,14 @@
 //! - `grouped`: the buyers of a process share one register handle and sell through
 //!   [`Register::update_grouped`]: the orders that arrive while a write is in flight are
 //!   applied together and committed with one write (adaptive strategy across processes);
-//! - `tikv-txn-lock` (only on TiKV, built with `--features tikv`): a TiKV pessimistic
-//!   transaction lock (`TxnLock`, TiKV's own blocking lock queue) around the decrement.
+//! - `tikv-txn-lock` (only on TiKV, built with `--features tikv,tikv-test-server/server`): a
+//!   TiKV pessimistic transaction lock (`TxnLock`, TiKV's own blocking lock queue) around
+//!   the decrement.
 //!
-//! `--backend tikv-test://` (with `--features tikv`) runs against the in-process PD+TiKV
-//! *test server* of the test suite — a demo of the TiKV code paths, not TiKV performance.
+//! `--backend tikv-test://` runs against the in-process PD+TiKV *test server* of the test
+//! suite — a demo of the TiKV code paths, not TiKV performance. Any build with the feature
+//! `tikv` also needs the test server's own feature (a dev-dependency, which leasehold's
+//! features cannot name): `--features tikv,tikv-test-server/server`.
 //!
 //! The stock is stored as `"<units> <token>"`: a write made under the lock records its
 //! fencing token, and every accepted write's token is compared with the one stored before

@@ -65,7 +65,7 @@ else
   dir="$root/target/sim-mut/tikv_read"
   start=$(date +%s)
   RUSTFLAGS="--cfg leasehold_sim_mutation_tikv_read" CARGO_TARGET_DIR="$dir" \
-    cargo test -q --features tikv --test tikv -- a_renewal_cannot_revive_a_lease_a_read_saw_expire \
+    cargo test -q --features tikv,tikv-test-server/server --test tikv -- a_renewal_cannot_revive_a_lease_a_read_saw_expire \
     >"$dir.log" 2>&1
   rc=$?
   if [ "$rc" != 0 ] && grep -q "brought it back" "$dir.log"; then

@@ -57,13 +57,15 @@ cargo test --test faults -- --nocapture --test-threads=2
 
 # TiKV: the backend through the real tikv-client against the in-process PD+TiKV test
 # server (tikv-test-server/), the server's own tests, and the opt-in real-cluster suite
-# (it says it is skipped unless LEASEHOLD_TIKV_PD is set).
+# (it says it is skipped unless LEASEHOLD_TIKV_PD is set). The test server is a path
+# dev-dependency that leasehold's features cannot turn on (that would break publishing):
+# `tikv-test-server/server` on the command line does.
 # The leasehold TiKV tests first: their build brings tikv-client into the cargo registry,
 # whose proto files the test server's own build then needs (it does not depend on it).
 # (tikv_cluster's tests are #[ignore]d without a real cluster: counted as ignored, not passed.)
-cargo test --features tikv --lib --test tikv --test tikv_test_server --test tikv_cluster -- --test-threads=2
+cargo test --features tikv,tikv-test-server/server --lib --test tikv --test tikv_test_server --test tikv_cluster -- --test-threads=2
 cargo test -p tikv-test-server --features server
-cargo test --features tikv --bench tikv_handoff
+cargo test --features tikv,tikv-test-server/server --bench tikv_handoff
 
 # The conformance suite again, against Debian's etcd 3.4.
 if [ -n "$etcd34_line" ]; then
