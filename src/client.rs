@@ -154,6 +154,7 @@ impl Client {
     /// # Cancel safety
     /// Cancel-safe: nothing is left behind.
     #[cfg(feature = "etcd")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
     pub async fn etcd(config: crate::EtcdConfig) -> Result<Self> {
         Ok(Self::new(crate::backend::etcd::EtcdBackend::connect(config).await?))
     }
@@ -163,6 +164,7 @@ impl Client {
     /// # Cancel safety
     /// Cancel-safe: nothing is left behind.
     #[cfg(feature = "tikv")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tikv")))]
     pub async fn tikv(config: crate::TikvConfig) -> Result<Self> {
         Ok(Self::new(crate::backend::tikv::TikvBackend::connect(config).await?))
     }

@@ -31,6 +31,7 @@
 //! See `docs/architecture.md` for the layers and `docs/guarantees.md` for what a token
 //! does and does not guarantee.
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(rust_2018_idioms)]
 
 mod adaptive;
@@ -57,9 +58,11 @@ mod session;
 mod strategy;
 
 #[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub use backend::etcd::{EtcdConfig, TlsConfig};
 pub use backend::memory::MemoryBackend;
 #[cfg(feature = "tikv")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tikv")))]
 pub use backend::tikv::TikvConfig;
 pub use backend::{Backend, Write};
 pub use backoff::{deterministic_jitter, Backoff, Delays, Jitter};

@@ -39,9 +39,11 @@ use std::fmt::Debug;
 use std::time::Duration;
 
 #[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub mod etcd;
 pub mod memory;
 #[cfg(feature = "tikv")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tikv")))]
 pub mod tikv;
 
 /// A lease id (etcd's int64 lease id).
