@@ -59,6 +59,13 @@ pub const MIN_EXPLORE_GAP: Duration = Duration::from_millis(200);
 pub const FUNCTION_SHARE: f64 = 0.5;
 /// Weight of the newest function time in its average.
 pub const FUNCTION_ALPHA: f64 = 0.1;
+/// [`Mode::Optimistic`] is tried only while fewer than this share of the client's queued
+/// updates are admitted by other clients' writes.
+pub const MAX_FOREIGN: f64 = 0.1;
+/// Weight of the newest admission in the foreign share.
+pub const FOREIGN_ALPHA: f64 = 0.1;
+/// This client's last queued writes remembered, to tell an admission by one of them.
+pub const OWN_WRITES: usize = 64;
 /// A measurement of the mode not in use ends once it is this many times slower than the
 /// mode in use ...
 pub const ABORT_AFTER: f64 = 1.5;
@@ -123,6 +130,12 @@ struct State {
     settled: Option<Instant>,
     /// Seconds a queued update's function takes (averaged).
     function: Option<f64>,
+    /// Share of this client's queued updates admitted by another client's write
+    /// (averaged).
+    foreign: f64,
+    /// The revisions of this client's last [`OWN_WRITES`] queued writes (a ring).
+    own: [i64; OWN_WRITES],
+    own_next: usize,
 }
 
 /// One client's running updates of one register key and its choice of [`Mode`].
@@ -168,6 +181,9 @@ impl Default for Crowd {
             took: [None, None],
             settled: None,
             function: None,
+            foreign: 0.0,
+            own: [0; OWN_WRITES],
+            own_next: 0,
         };
         let (queued, drained) = (AtomicUsize::new(0), tokio::sync::Notify::new());
         Self {
@@ -278,6 +294,24 @@ impl Crowd {
         (self.latency_ns[i].load(Ordering::Relaxed), self.latency_n[i].load(Ordering::Relaxed))
     }
 
+    /// Records a queued write of this client that made revision `written`.
+    pub(crate) fn wrote(&self, written: Option<i64>) {
+        if let Some(revision) = written {
+            let mut s = self.state.lock();
+            let i = s.own_next;
+            s.own[i] = revision;
+            s.own_next = (i + 1) % OWN_WRITES;
+        }
+    }
+
+    /// Records that a queued update was admitted by the write and release at revision
+    /// `at`: another client's unless it is one of this client's last writes.
+    pub(crate) fn admitted_by(&self, at: i64) {
+        let mut s = self.state.lock();
+        let foreign = if s.own.contains(&at) { 0.0 } else { 1.0 };
+        s.foreign = (1.0 - FOREIGN_ALPHA) * s.foreign + FOREIGN_ALPHA * foreign;
+    }
+
     /// Records the time a queued update's function took.
     pub(crate) fn function_time(&self, took: Duration) {
         let mut s = self.state.lock();
@@ -364,14 +398,18 @@ impl State {
         self.samples[mode.index()].median()
     }
 
-    /// Whether compare-and-swap may beat the queue: not where the queue's time per update
-    /// is mostly the update functions' own. In the queue each function runs after the last
+    /// Whether compare-and-swap may beat the queue. Not where the queue's time per update
+    /// is mostly the update functions' own: in the queue each function runs after the last
     /// one's write; concurrent compare-and-swaps save the hand-over but collide when the
     /// functions are long against the interval between writes (a 1 ms function among six
-    /// tasks: nearly every attempt fails), so measuring them would only waste work.
+    /// tasks: nearly every attempt fails). Nor where other clients update the register
+    /// too ([`MAX_FOREIGN`]): their queue would make this client's writes yield and wait
+    /// (one exploration at the start of an etcd flash sale of four processes took 130–220
+    /// ms of its 650), and the handles' own policy (`src/adaptive.rs`) is what weighs
+    /// contention between processes. Measuring would only waste work.
     fn optimistic_may_pay(&self) -> bool {
         match (self.function, self.per_update[Mode::Queue.index()]) {
-            (Some(function), Some(queue)) => function < FUNCTION_SHARE * queue,
+            (Some(function), Some(queue)) => function < FUNCTION_SHARE * queue && self.foreign < MAX_FOREIGN,
             _ => false,
         }
     }

@@ -594,7 +594,11 @@ impl Register {
         let token = hold.token();
         let mut known = match admitted {
             Some(Admitted { read: Some(read), .. }) => Some(read.map(|kv| (kv.value, kv.mod_revision))),
-            Some(Admitted { at, read: None }) => client.value_hints().take(&self.key, at).await.map(|v| Some((v, at))),
+            Some(Admitted { at, read: None }) => {
+                // Admitted by a write and release: this client's or another's.
+                self.crowd.admitted_by(at);
+                client.value_hints().take(&self.key, at).await.map(|v| Some((v, at)))
+            }
             None => None,
         };
         let mut conflicts = 0;
@@ -639,6 +643,7 @@ impl Register {
             announced.finish(written);
             self.crowd.function_time(function);
             if written.is_some() {
+                self.crowd.wrote(written);
                 let updated = Updated { written: true, previous, conflicts, token: Some(token), revision: written };
                 return Ok(updated);
             }
