@@ -80,6 +80,23 @@ pub const PROBE_EVERY: u32 = 8;
 /// Successful probes in a row after which a queued register handle goes back to optimistic.
 pub const PROBES_TO_LEAVE: u32 = 3;
 
+/// What a [`Register`](crate::Register) handle's next update does, and how
+/// ([`Adaptive::plan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub(crate) next: Next,
+    /// See [`Adaptive::look_first`].
+    pub(crate) look_first: bool,
+    /// The handle meets no contention (its conflict average is below [`QUIET`]) and has not
+    /// seen the lock taken since it last was: its compare-and-swaps need not all check the
+    /// lock's queue (`Register`).
+    pub(crate) quiet: bool,
+}
+
+/// Conflicts per optimistic operation below which a handle counts as meeting no
+/// contention.
+pub const QUIET: f64 = CONTENDED / 4.0;
+
 /// What a [`Register`](crate::Register) handle's next update does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Next {
@@ -105,6 +122,22 @@ struct State {
 }
 
 impl State {
+    fn next(&mut self) -> Next {
+        if !self.queued {
+            return Next::Optimistic;
+        }
+        self.run = self.run.saturating_add(1);
+        if self.run % PROBE_EVERY == 0 {
+            Next::Probe
+        } else {
+            Next::Queue
+        }
+    }
+
+    fn look_first(&self) -> bool {
+        self.conflicts >= CONTENDED && self.lock_seen
+    }
+
     /// Just switched to the queue (a mutex counts every recent operation as having waited).
     fn queued() -> Self {
         Self { queued: true, waited: 1.0, ..Self::default() }
@@ -127,9 +160,9 @@ impl Adaptive {
     /// handle already meets contention (its conflict average is at least [`CONTENDED`]) and
     /// has seen the lock taken since it does. Where nobody has been seen queueing there is
     /// no queue to yield to, and the read would only delay the write.
+    #[cfg(test)]
     pub(crate) fn look_first(&self) -> bool {
-        let s = self.state.lock();
-        s.conflicts >= CONTENDED && s.lock_seen
+        self.state.lock().look_first()
     }
 
     /// Records that the handle found the lock taken (a read of the lock, or a write
@@ -151,22 +184,22 @@ impl Adaptive {
         }
     }
 
+    /// [`next`](Self::next), [`look_first`](Self::look_first) and whether the handle is
+    /// quiet, under one lock.
+    pub(crate) fn plan(&self) -> Plan {
+        let mut s = self.state.lock();
+        let next = s.next();
+        Plan { next, look_first: s.look_first(), quiet: s.conflicts < QUIET && !s.lock_seen }
+    }
+
     /// What a register's next update does. Queued handles probe every [`PROBE_EVERY`]
     /// updates: when no one else is queued and the value is not contended a single
     /// optimistic attempt succeeds and the handle goes back to optimistic ([`Adaptive::probed`]).
     /// (A queued register cannot judge quiet by its own waits: in a mix of modes its queue
     /// may be short while optimistic writers keep yielding to it.)
+    #[cfg(test)]
     pub(crate) fn next(&self) -> Next {
-        let mut s = self.state.lock();
-        if !s.queued {
-            return Next::Optimistic;
-        }
-        s.run = s.run.saturating_add(1);
-        if s.run % PROBE_EVERY == 0 {
-            Next::Probe
-        } else {
-            Next::Queue
-        }
+        self.state.lock().next()
     }
 
     /// Records a probe's outcome: `wrote` if its single optimistic attempt succeeded. After

@@ -73,7 +73,7 @@ pub const ABORT_AFTER: f64 = 1.5;
 pub const ABORT_UPDATES: u32 = 16;
 /// One update in this many (per handle) is timed and counted (the clock and a shared
 /// counter cost a share of a microsecond update).
-pub const TIMED_EVERY: u32 = 4;
+pub const TIMED_EVERY: u32 = 8;
 /// Timed completions an epoch needs (besides [`EPOCH`] completions).
 pub const MIN_TIMED: u64 = 4;
 /// Epochs whose median is a mode's cost.
@@ -251,7 +251,7 @@ impl Crowd {
                 }
             }
         }
-        if last {
+        if last && self.counted.load(Ordering::Acquire) > 0 {
             // Idle time is no mode's cost.
             let mut s = self.state.lock();
             if self.running.0.load(Ordering::Acquire) == 0 {
