@@ -127,7 +127,7 @@ impl State {
             return Next::Optimistic;
         }
         self.run = self.run.saturating_add(1);
-        if self.run % PROBE_EVERY == 0 {
+        if self.run.is_multiple_of(PROBE_EVERY) {
             Next::Probe
         } else {
             Next::Queue

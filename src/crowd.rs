@@ -226,7 +226,7 @@ impl Crowd {
         let counted_running = mode == Mode::Queue;
         let others = if counted_running { self.running.0.fetch_add(1, Ordering::AcqRel) } else { 0 };
         let seq = sampler.fetch_add(1, Ordering::Relaxed);
-        let started = (seq % TIMED_EVERY == 0).then(now);
+        let started = seq.is_multiple_of(TIMED_EVERY).then(now);
         Ticket { others, counted_running, mode, epoch, started, seq }
     }
 
@@ -246,7 +246,7 @@ impl Crowd {
             self.latency_n[i].fetch_add(1, Ordering::Relaxed);
             if from_current(self.current.0.load(Ordering::Acquire)).0 == ticket.epoch {
                 let n = self.counted.fetch_add(TIMED_EVERY, Ordering::AcqRel);
-                if n % EPOCH == 0 || self.exploring.load(Ordering::Relaxed) {
+                if n.is_multiple_of(EPOCH) || self.exploring.load(Ordering::Relaxed) {
                     self.epoch_step(ticket.epoch, n, now);
                 }
             }

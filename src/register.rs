@@ -293,7 +293,7 @@ impl Register {
         // on one update in CHECK_QUEUE_EVERY (and on every retry): a plain compare-and-swap
         // is what the others cost, and a queue that appears is seen within a few updates.
         let mut unchecked = 0;
-        if quiet && !probe && seq % CHECK_QUEUE_EVERY != 0 {
+        if quiet && !probe && !seq.is_multiple_of(CHECK_QUEUE_EVERY) {
             match self.optimistic(f, Tries { attempts: Some(1), ..Tries::default() }).await? {
                 // Quiet already: a conflict-free update would only lower the average.
                 Optimistic::Done(updated) => return Ok(updated),
@@ -364,7 +364,7 @@ impl Register {
             self.crowd.feed_closed();
         }
         let (mut yields, mut conflicts) = (0, 0);
-        let unchecked = seq % CHECK_QUEUE_EVERY != 0 && !self.crowd.queue_seen();
+        let unchecked = !seq.is_multiple_of(CHECK_QUEUE_EVERY) && !self.crowd.queue_seen();
         #[cfg(leasehold_crowd_mutation_unchecked)]
         let unchecked = true;
         if unchecked {

@@ -138,7 +138,7 @@ async fn yield_times(n: usize) {
         tokio::task::yield_now().await;
     }
     // Let spawned RPC tasks run for a moment too.
-    if n % 3 == 0 {
+    if n.is_multiple_of(3) {
         tokio::time::sleep(Duration::from_micros(200 * n as u64)).await;
     }
 }

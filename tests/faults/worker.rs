@@ -315,7 +315,7 @@ pub(crate) async fn main() {
     let config = EtcdConfig::new(endpoints).request_timeout(REQUEST_TIMEOUT).connect_timeout(Duration::from_secs(10));
     let client = Client::etcd(config).await.expect("worker connects");
     let end = tokio::time::Instant::now() + run;
-    let flip = |i: usize| if (worker + i) % 2 == 0 { Strategy::Pessimistic } else { Strategy::Optimistic };
+    let flip = |i: usize| if (worker + i).is_multiple_of(2) { Strategy::Pessimistic } else { Strategy::Optimistic };
     let plan = [
         (Resource::Mutex(0), flip(0)),
         (Resource::Mutex(1), flip(1)),
