@@ -1,5 +1,6 @@
 //! The error type shared by every recipe and backend.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Result alias used across leasehold.
@@ -105,17 +106,81 @@ pub enum Error {
     },
     /// Authentication or authorization failed (wrong password, no permission on a key).
     #[error("auth: {0}")]
-    Auth(String),
+    Auth(#[source] Cause),
     /// TLS set-up failed (unreadable certificate, wrong CA).
     #[error("tls: {0}")]
-    Tls(String),
+    Tls(#[source] Cause),
     /// A transient store failure: a member is unavailable, the leader changed, one RPC timed
     /// out. Worth retrying.
     #[error("store: unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     /// A store failure that retrying will not fix.
     #[error("store: {0}")]
-    Store(String),
+    Store(#[source] Cause),
+}
+
+/// What a store, transport or TLS failure said, with the error that caused it when there is
+/// one — the store client's own error (for etcd an `etcd_client::Error`, often a gRPC
+/// status; for TiKV a `tikv_client::Error`) — as its [`source`](std::error::Error::source),
+/// for error reporters that print the chain and for callers that downcast it. Cheap to
+/// clone (the cause is shared).
+///
+/// ```
+/// use std::error::Error as _;
+/// let e = leasehold::Error::Unavailable(leasehold::Cause::with_source(
+///     "etcd: io: connection reset",
+///     std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+/// ));
+/// assert_eq!(e.to_string(), "store: unavailable: etcd: io: connection reset");
+/// let cause = e.source().unwrap(); // the Cause: its message ...
+/// let io = cause.source().unwrap().downcast_ref::<std::io::Error>().unwrap(); // ... and what caused it
+/// assert_eq!(io.kind(), std::io::ErrorKind::ConnectionReset);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Cause {
+    message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Cause {
+    /// A cause with a message and no underlying error.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self { message: message.into(), source: None }
+    }
+
+    /// A cause with a message and the error that caused it.
+    pub fn with_source(message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self { message: message.into(), source: Some(Arc::new(source)) }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<String> for Cause {
+    fn from(message: String) -> Self {
+        Self::new(message)
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(message: &str) -> Self {
+        Self::new(message)
+    }
 }
 
 impl Error {

@@ -68,7 +68,7 @@ pub use backend::{Backend, Write};
 pub use backoff::{deterministic_jitter, Backoff, Delays, Jitter};
 pub use client::Client;
 pub use election::{Election, LeaderInfo, Leadership, Observer};
-pub use error::{Error, Result};
+pub use error::{Cause, Error, Result};
 pub use fencing::FencedResource;
 pub use guard::Holder;
 pub use leader_loop::LeaderLoop;

@@ -295,7 +295,7 @@ pub(crate) async fn enqueue(session: &Session, ticket: Ticket, wait: Wait, rule:
         return Ok(Admission::NotAdmitted); // its key was being deleted, and `wait` ran out
     };
     let Some(mine) = resp.mine.clone().filter(|kv| kv.lease == session.lease_id()) else {
-        return Err(Error::Store(format!("{what}: {key} exists under another lease")));
+        return Err(Error::Store(format!("{what}: {key} exists under another lease").into()));
     };
     if !resp.created && !adopt {
         drop(pending.leave()); // not this acquisition's key: leave it

@@ -199,7 +199,7 @@ impl RwLock {
             Err(Error::Store(format!(
                 "rwlock: {KEY_ATTEMPTS} keys of lease {:x} were all taken",
                 self.session.lease_id()
-            )))
+            ).into()))
         }
         .instrument(span)
         .await;

@@ -330,7 +330,7 @@ impl Semaphore {
         let count = self.permits.to_string().into_bytes();
         let resp = backend.compare_and_swap(&self.count_key, None, count, None).await?;
         let Some(kv) = resp.current else {
-            return Err(Error::Store(format!("semaphore: {} was deleted while being read", self.count_key)));
+            return Err(Error::Store(format!("semaphore: {} was deleted while being read", self.count_key).into()));
         };
         let stored = parse_count(&self.count_key, &kv.value)?;
         if stored != self.permits {
@@ -361,7 +361,7 @@ impl Semaphore {
                 }
                 None => {
                     *stored.lock() = None;
-                    Err(Error::Store(format!("semaphore: the count key {count_key} was deleted")))
+                    Err(Error::Store(format!("semaphore: the count key {count_key} was deleted").into()))
                 }
             }
         })
@@ -392,7 +392,7 @@ impl Semaphore {
     }
 
     fn keys_taken(&self) -> Error {
-        Error::Store(format!("semaphore: {KEY_ATTEMPTS} keys of lease {:x} were all taken", self.session.lease_id()))
+        Error::Store(format!("semaphore: {KEY_ATTEMPTS} keys of lease {:x} were all taken", self.session.lease_id()).into())
     }
 
     async fn acquire_queued(&self, wait: Wait, limit: usize) -> Result<Option<Permit>> {
@@ -430,7 +430,7 @@ impl Semaphore {
                 return Err(e);
             }
             let Some(mine) = resp.mine.filter(|kv| kv.lease == self.session.lease_id()) else {
-                return Err(Error::Store(format!("semaphore: {key} exists under another lease")));
+                return Err(Error::Store(format!("semaphore: {key} exists under another lease").into()));
             };
             if !resp.created && !leftover {
                 drop(pending.leave()); // an earlier process's key on a re-attached lease
@@ -479,7 +479,7 @@ pub(crate) fn parse_count(count_key: &str, value: &[u8]) -> Result<u32> {
     let stored = std::str::from_utf8(value).ok().and_then(|s| s.parse::<u32>().ok()).filter(|&n| n > 0);
     stored.ok_or_else(|| {
         let text = String::from_utf8_lossy(value);
-        Error::Store(format!("semaphore: {count_key} holds {text:?}, not a permit count"))
+        Error::Store(format!("semaphore: {count_key} holds {text:?}, not a permit count").into())
     })
 }
 

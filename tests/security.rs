@@ -117,7 +117,7 @@ async fn auth_user_limited_to_a_prefix() {
         assert!(matches!(r, Err(Error::Auth(_))), "try_lock in {namespace:?}: {r:?}");
         let r = m.lock_timeout(Duration::from_secs(5)).await;
         assert!(
-            matches!(&r, Err(Error::Auth(msg)) if msg.contains("permission denied")),
+            matches!(&r, Err(Error::Auth(msg)) if msg.message().contains("permission denied")),
             "lock in {namespace:?}: {r:?}"
         );
         let r = Semaphore::new(&s, "pool", 2).unwrap().acquire().await;
@@ -141,9 +141,19 @@ async fn auth_user_limited_to_a_prefix() {
     for (user, password) in [("alice", "wrong"), ("mallory", "alice-pw")] {
         let started = Instant::now();
         let r = as_user(&etcd, user, password).await;
-        assert!(matches!(&r, Err(Error::Auth(msg)) if msg.contains("authentication failed")), "{user}: {r:?}");
+        assert!(matches!(&r, Err(Error::Auth(msg)) if msg.message().contains("authentication failed")), "{user}: {r:?}");
         assert!(started.elapsed() < CONNECT + SLACK, "{user}: took {:?}", started.elapsed());
+        // The etcd client's own error is kept as the cause: Error -> Cause -> etcd_client::Error.
+        let e = r.err().unwrap();
+        let client_error = std::error::Error::source(&e).and_then(std::error::Error::source);
+        assert!(
+            matches!(
+                client_error.and_then(|c| c.downcast_ref::<etcd_client::Error>()),
+                Some(etcd_client::Error::GRpcStatus(_))
+            ),
+            "{user}: the gRPC status is not the cause of {e:?}"
+        );
     }
     let r = Client::etcd(EtcdConfig::new(etcd.endpoints()).connect_timeout(CONNECT)).await;
-    assert!(matches!(&r, Err(Error::Auth(msg)) if msg.contains("user name is empty")), "no user at all: {r:?}");
+    assert!(matches!(&r, Err(Error::Auth(msg)) if msg.message().contains("user name is empty")), "no user at all: {r:?}");
 }

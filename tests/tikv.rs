@@ -307,7 +307,7 @@ async fn lagging_watch_breaks_after_log_compaction() {
         slow.compare_and_swap(&format!("poke-{i}"), None, Vec::new(), None).await.unwrap();
         match tokio::time::timeout(Duration::from_millis(200), lagging.next()).await {
             Ok(Err(Error::Unavailable(msg))) => {
-                assert!(msg.contains("compacted"), "{msg}");
+                assert!(msg.message().contains("compacted"), "{msg}");
                 broke = true;
                 break;
             }

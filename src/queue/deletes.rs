@@ -184,7 +184,7 @@ impl DeleteFeed {
             let rx = {
                 let mut st = self.state.lock();
                 if let Some(why) = &st.failed {
-                    return Err(Error::Store(format!("watch on {:?} failed: {why}", self.prefix)));
+                    return Err(Error::Store(format!("watch on {:?} failed: {why}", self.prefix).into()));
                 }
                 match st.covers_after {
                     Some(after) if view.revision() >= after => {

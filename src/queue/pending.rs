@@ -217,7 +217,7 @@ impl Pending {
         let Stage::InFlight(task, unknown) = &mut self.stage else {
             return Err(Error::Store("pending: response already taken".into()));
         };
-        let outcome = task.await.map_err(|e| Error::Store(format!("create task failed: {e}")));
+        let outcome = task.await.map_err(|e| Error::Store(format!("create task failed: {e}").into()));
         let unknown = unknown.load(Ordering::Acquire);
         if unknown {
             // An attempt may still land after this: look for keys nothing owns later.

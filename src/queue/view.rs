@@ -255,7 +255,7 @@ impl PrefixView {
     /// The error a waiter gets once the view has failed.
     fn failure(&self) -> Error {
         let why = self.state.lock().failed.clone().unwrap_or_else(|| "view closed".into());
-        Error::Store(format!("watch on {:?} failed: {why}", self.prefix))
+        Error::Store(format!("watch on {:?} failed: {why}", self.prefix).into())
     }
 }
 

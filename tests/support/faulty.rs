@@ -266,7 +266,7 @@ fn draw(plan: &Random, rng: &mut StdRng, op: Op) -> Option<Fault> {
 }
 
 fn unavailable(why: &str) -> Error {
-    Error::Unavailable(format!("faulty: {why}"))
+    Error::Unavailable(format!("faulty: {why}").into())
 }
 
 /// The decorator: one per client (each client has its own faults and stalls).

@@ -7,7 +7,7 @@
 //! member cut off from the leader cancels our watches instead of going silent.
 
 use super::*;
-use crate::error::Error;
+use crate::error::{Cause, Error};
 
 mod config;
 pub use config::{EtcdConfig, TlsConfig};
@@ -34,11 +34,11 @@ impl std::fmt::Debug for EtcdBackend {
 /// transient; auth problems are [`Error::Auth`]; the rest is permanent.
 pub(crate) fn map_err(e: etcd_client::Error) -> Error {
     use etcd_client::Error as E;
-    match e {
+    let (kind, msg): (fn(Cause) -> Error, String) = match &e {
         E::GRpcStatus(status) => {
             use tonic_code::*;
             let code = status.code() as i32;
-            let msg = with_causes(status.message(), &status);
+            let msg = with_causes(status.message(), status);
             let lower = msg.to_lowercase();
             if lower.contains("authentication failed")
                 || lower.contains("permission denied")
@@ -46,24 +46,26 @@ pub(crate) fn map_err(e: etcd_client::Error) -> Error {
                 || lower.contains("user name is empty")
                 || matches!(code, PERMISSION_DENIED | UNAUTHENTICATED)
             {
-                return Error::Auth(msg);
-            }
-            if lower.contains("requested lease not found") {
+                (Error::Auth, msg)
+            } else if lower.contains("requested lease not found") {
                 return Error::LeaseNotFound { lease: 0 };
-            }
-            match code {
-                UNAVAILABLE | DEADLINE_EXCEEDED | CANCELLED | ABORTED | UNKNOWN | RESOURCE_EXHAUSTED => {
-                    Error::Unavailable(format!("etcd: {msg}"))
+            } else {
+                match code {
+                    UNAVAILABLE | DEADLINE_EXCEEDED | CANCELLED | ABORTED | UNKNOWN | RESOURCE_EXHAUSTED => {
+                        (Error::Unavailable, format!("etcd: {msg}"))
+                    }
+                    _ => (Error::Store, format!("etcd: {msg} ({:?})", status.code())),
                 }
-                _ => Error::Store(format!("etcd: {msg} ({:?})", status.code())),
             }
         }
-        E::TransportError(t) => Error::Unavailable(format!("etcd: transport: {}", with_causes(&t.to_string(), &t))),
-        E::IoError(io) => Error::Unavailable(format!("etcd: io: {io}")),
-        E::WatchError(w) => Error::Unavailable(format!("etcd: watch: {w}")),
-        E::LeaseKeepAliveError(l) => Error::Unavailable(format!("etcd: keep-alive: {l}")),
-        other => Error::Store(format!("etcd: {other}")),
-    }
+        E::TransportError(t) => (Error::Unavailable, format!("etcd: transport: {}", with_causes(&t.to_string(), t))),
+        E::IoError(io) => (Error::Unavailable, format!("etcd: io: {io}")),
+        E::WatchError(w) => (Error::Unavailable, format!("etcd: watch: {w}")),
+        E::LeaseKeepAliveError(l) => (Error::Unavailable, format!("etcd: keep-alive: {l}")),
+        other => (Error::Store, format!("etcd: {other}")),
+    };
+    // The client's own error stays the cause (`Error::source`).
+    kind(Cause::with_source(msg, e))
 }
 
 /// Names the lease in a "lease not found" answer: etcd's message does not say which, so
@@ -185,7 +187,7 @@ impl EtcdBackend {
             // counts it as healthy too).
             match client.get("\0leasehold-probe", None).await.map_err(map_err) {
                 Ok(_) => {}
-                Err(Error::Auth(msg)) if msg.to_lowercase().contains("permission denied") => {}
+                Err(Error::Auth(msg)) if msg.message().to_lowercase().contains("permission denied") => {}
                 Err(e) => return Err(e),
             }
             Ok::<_, Error>(client)
@@ -195,7 +197,7 @@ impl EtcdBackend {
             Ok(Err(Error::Auth(msg))) => return Err(Error::Auth(msg)),
             Ok(Err(e)) => {
                 let reason = match e {
-                    Error::Unavailable(m) | Error::Store(m) => m,
+                    Error::Unavailable(m) | Error::Store(m) => m.message().to_owned(),
                     other => other.to_string(),
                 };
                 let lower = reason.to_lowercase();
@@ -204,7 +206,7 @@ impl EtcdBackend {
                     // certificate it does not trust) is a TLS failure too.
                     let tls_words = ["certificate", "tls", "handshake", "alert"];
                     if tls_words.iter().any(|w| lower.contains(w)) {
-                        return Err(Error::Tls(format!("{joined}: {reason}{}", tls_hint(&lower))));
+                        return Err(Error::Tls(format!("{joined}: {reason}{}", tls_hint(&lower)).into()));
                     }
                     // etcd 3.4 drops a client whose certificate it refuses without a TLS
                     // alert: the first request then finds the connection closed, reset or
@@ -224,7 +226,7 @@ impl EtcdBackend {
                         return Err(Error::Tls(format!(
                             "{joined}: {reason} (the server closed the connection right after the TLS \
                              handshake; it probably refused the client certificate: {which})"
-                        )));
+                        ).into()));
                     }
                 }
                 return Err(connect_error(reason));
@@ -388,7 +390,7 @@ impl WatchStream for EtcdWatch {
                     "etcd: watch canceled (compact revision {}): {}",
                     resp.compact_revision(),
                     resp.cancel_reason()
-                )));
+                ).into()));
             }
             let events: Vec<WatchEvent> = resp
                 .events()
@@ -581,7 +583,7 @@ impl Backend for EtcdBackend {
         let mut found = Vec::with_capacity(reads.len());
         for (i, r) in reads.iter().enumerate() {
             let Some(TxnOpResponse::Get(g)) = answers.get(skip + i) else {
-                return Err(Error::Store(format!("etcd: read {i} of a transaction missing from its answer")));
+                return Err(Error::Store(format!("etcd: read {i} of a transaction missing from its answer").into()));
             };
             found.push(match r {
                 Read::Key(_) => ReadValue::Key(g.kvs().first().map(kv)),
@@ -628,7 +630,7 @@ impl EtcdBackend {
                         return Ok::<_, Error>(EtcdWatch { start, stream });
                     }
                     Some(resp) if resp.canceled() => {
-                        return Err(Error::Store(format!("etcd: watch refused: {}", resp.cancel_reason())));
+                        return Err(Error::Store(format!("etcd: watch refused: {}", resp.cancel_reason()).into()));
                     }
                     Some(_) => continue,
                     None => return Err(Error::Unavailable("etcd: watch stream ended".into())),

@@ -82,7 +82,7 @@ pub(super) async fn poll_once(inner: &Arc<Inner>) -> bool {
         Err(e) => {
             // The watches can no longer promise anything: break them (they resynchronise).
             for s in slots.drain(..) {
-                let _ = s.tx.send(Err(Error::Unavailable(format!("tikv: watch poll failed: {e}"))));
+                let _ = s.tx.send(Err(Error::Unavailable(format!("tikv: watch poll failed: {e}").into())));
             }
             return false;
         }
@@ -94,7 +94,7 @@ pub(super) async fn poll_once(inner: &Arc<Inner>) -> bool {
                 "tikv: watch at revision {} fell behind the change log (compacted to {compacted})",
                 slot.cursor
             );
-            let _ = slot.tx.send(Err(Error::Unavailable(msg)));
+            let _ = slot.tx.send(Err(Error::Unavailable(msg.into())));
             return false;
         }
         if slot.cursor < from || slot.cursor >= upto {

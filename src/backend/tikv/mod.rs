@@ -111,7 +111,7 @@
 
 use super::*;
 use crate::backoff::Backoff;
-use crate::error::Error;
+use crate::error::{Cause, Error};
 use parking_lot::Mutex;
 use rand::Rng;
 use std::collections::{BTreeMap, HashMap, HashSet};

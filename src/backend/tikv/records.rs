@@ -62,7 +62,7 @@ pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 pub(super) fn corrupt(what: &str) -> Error {
-    Error::Store(format!("tikv: corrupt {what} record"))
+    Error::Store(format!("tikv: corrupt {what} record").into())
 }
 
 pub(super) struct Rd<'a>(&'a [u8]);

@@ -79,8 +79,8 @@ impl TikvBackend {
         let task = tokio::spawn(attempts(self.inner.clone(), reap_inline, stop_at, body));
         match tokio::time::timeout(timeout, task).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(Error::Store(format!("tikv: request task failed: {e}"))),
-            Err(_) => Err(Error::Unavailable(format!("tikv: no answer within {timeout:?}"))),
+            Ok(Err(e)) => Err(Error::Store(format!("tikv: request task failed: {e}").into())),
+            Err(_) => Err(Error::Unavailable(format!("tikv: no answer within {timeout:?}").into())),
         }
     }
 

@@ -48,32 +48,35 @@ pub(super) fn is_conflict(e: &tikv_client::Error) -> bool {
 /// transient; so is contention that outlasted the retries.
 pub(super) fn map_err(e: tikv_client::Error) -> Error {
     use tikv_client::Error as E;
-    if is_conflict(&e) {
-        return Error::Unavailable(format!("tikv: contention: {e}"));
-    }
-    match e {
-        E::Grpc(_)
-        | E::GrpcAPI(_)
-        | E::Io(_)
-        | E::Channel(_)
-        | E::Canceled(_)
-        | E::RegionError(_)
-        | E::UndeterminedError(_)
-        | E::LeaderNotFound { .. }
-        | E::NoCurrentRegions
-        | E::EntryNotFoundInRegionCache
-        | E::RegionForKeyNotFound { .. }
-        | E::RegionNotFoundInResponse { .. }
-        | E::JoinError(_) => Error::Unavailable(format!("tikv: {e}")),
-        E::StringError(s) | E::InternalError { message: s }
-            if ["timeout", "connect", "channel", "closed", "transport", "unavailable"]
-                .iter()
-                .any(|w| s.to_lowercase().contains(w)) =>
-        {
-            Error::Unavailable(format!("tikv: {s}"))
+    let (kind, msg): (fn(Cause) -> Error, String) = if is_conflict(&e) {
+        (Error::Unavailable, format!("tikv: contention: {e}"))
+    } else {
+        match &e {
+            E::Grpc(_)
+            | E::GrpcAPI(_)
+            | E::Io(_)
+            | E::Channel(_)
+            | E::Canceled(_)
+            | E::RegionError(_)
+            | E::UndeterminedError(_)
+            | E::LeaderNotFound { .. }
+            | E::NoCurrentRegions
+            | E::EntryNotFoundInRegionCache
+            | E::RegionForKeyNotFound { .. }
+            | E::RegionNotFoundInResponse { .. }
+            | E::JoinError(_) => (Error::Unavailable, format!("tikv: {e}")),
+            E::StringError(s) | E::InternalError { message: s }
+                if ["timeout", "connect", "channel", "closed", "transport", "unavailable"]
+                    .iter()
+                    .any(|w| s.to_lowercase().contains(w)) =>
+            {
+                (Error::Unavailable, format!("tikv: {s}"))
+            }
+            other => (Error::Store, format!("tikv: {other}")),
         }
-        other => Error::Store(format!("tikv: {other}")),
-    }
+    };
+    // The client's own error stays the cause (`Error::source`).
+    kind(Cause::with_source(msg, e))
 }
 
 /// Options of every backend transaction. A read or prewrite that meets another

@@ -154,7 +154,7 @@ impl TxnLockGuard {
     pub async fn unlock(mut self) -> Result<()> {
         let Some(mut txn) = self.txn.take() else { return Ok(()) };
         let rollback = tokio::spawn(async move { txn.rollback().await.map_err(map_err) });
-        rollback.await.map_err(|e| Error::Store(format!("txn lock: rollback task failed: {e}")))?
+        rollback.await.map_err(|e| Error::Store(format!("txn lock: rollback task failed: {e}").into()))?
     }
 }
 
