@@ -130,6 +130,11 @@ struct State {
     settled: Option<Instant>,
     /// Seconds a queued update's function takes (averaged).
     function: Option<f64>,
+    /// A store round trip: the quickest queued write of the last queue epoch (the quickest,
+    /// because a write's time also holds whatever else the process ran meanwhile; on the
+    /// embedded store that is most of it), and of the current one so far.
+    round_trip: Option<f64>,
+    round_trip_now: Option<f64>,
     /// Share of this client's queued updates admitted by another client's write
     /// (averaged).
     foreign: f64,
@@ -181,6 +186,8 @@ impl Default for Crowd {
             took: [None, None],
             settled: None,
             function: None,
+            round_trip: None,
+            round_trip_now: None,
             foreign: 0.0,
             own: [0; OWN_WRITES],
             own_next: 0,
@@ -312,11 +319,13 @@ impl Crowd {
         s.foreign = (1.0 - FOREIGN_ALPHA) * s.foreign + FOREIGN_ALPHA * foreign;
     }
 
-    /// Records the time a queued update's function took.
-    pub(crate) fn function_time(&self, took: Duration) {
+    /// Records the time a queued update's function took and its write's round trip.
+    pub(crate) fn queued_times(&self, function: Duration, write: Duration) {
         let mut s = self.state.lock();
-        let t = took.as_secs_f64();
+        let t = function.as_secs_f64();
         s.function = Some(s.function.map_or(t, |old| (1.0 - FUNCTION_ALPHA) * old + FUNCTION_ALPHA * t));
+        let w = write.as_secs_f64();
+        s.round_trip_now = Some(s.round_trip_now.map_or(w, |m: f64| m.min(w)));
     }
 
     /// Records whether a checked write found the lock's queue busy.
@@ -408,8 +417,10 @@ impl State {
     /// ms of its 650), and the handles' own policy (`src/adaptive.rs`) is what weighs
     /// contention between processes. Measuring would only waste work.
     fn optimistic_may_pay(&self) -> bool {
-        match (self.function, self.per_update[Mode::Queue.index()]) {
-            (Some(function), Some(queue)) => function < FUNCTION_SHARE * queue && self.foreign < MAX_FOREIGN,
+        match (self.function, self.round_trip, self.per_update[Mode::Queue.index()]) {
+            (Some(function), Some(round_trip), Some(queue)) => {
+                function + 2.0 * round_trip < FUNCTION_SHARE * queue && self.foreign < MAX_FOREIGN
+            }
             _ => false,
         }
     }
@@ -439,6 +450,11 @@ impl State {
     fn close_epoch(&mut self, took: Duration, n: u32, latency: Option<f64>, now: Instant) {
         let (m, other) = (self.mode, self.mode.other());
         let per_update = took.as_secs_f64() / f64::from(n.max(1));
+        if m == Mode::Queue {
+            if let Some(rt) = self.round_trip_now.take() {
+                self.round_trip = Some(rt);
+            }
+        }
         self.per_update[m.index()] = Some(per_update);
         self.took[m.index()] = Some(took);
         if let Some(latency) = latency {
@@ -536,7 +552,7 @@ mod tests {
             let next = crowd.start(&sampler, || *now);
             *now += per_update;
             if mode == Mode::Queue {
-                crowd.function_time(function);
+                crowd.queued_times(function, Duration::from_nanos(100));
             }
             crowd.finish(keep, true, || *now);
             keep = next;

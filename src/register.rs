@@ -639,6 +639,7 @@ impl Register {
             // task of this session waits for it, at the slot or for this handle's place.
             let keep_place =
                 follows_closely && hold.was_contended() && self.local_waiters() == 0 && self.parking.waiting() == 0;
+            let writing = tokio::time::Instant::now();
             let written = if keep_place {
                 // ... and queue again for this handle's next update.
                 let requeued = self.lock.write_and_requeue(&mut hold, &[unchanged], vec![put]).await?;
@@ -654,7 +655,7 @@ impl Register {
                 hold.write_and_release(&[unchanged], vec![put]).await?
             };
             announced.finish(written);
-            self.crowd.function_time(function);
+            self.crowd.queued_times(function, writing.elapsed());
             if written.is_some() {
                 self.crowd.wrote(written);
                 let updated = Updated { written: true, previous, conflicts, token: Some(token), revision: written };

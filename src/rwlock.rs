@@ -196,10 +196,9 @@ impl RwLock {
                     Admission::KeyTaken => continue,
                 }
             }
-            Err(Error::Store(format!(
-                "rwlock: {KEY_ATTEMPTS} keys of lease {:x} were all taken",
-                self.session.lease_id()
-            ).into()))
+            Err(Error::Store(
+                format!("rwlock: {KEY_ATTEMPTS} keys of lease {:x} were all taken", self.session.lease_id()).into(),
+            ))
         }
         .instrument(span)
         .await;

@@ -392,7 +392,9 @@ impl Semaphore {
     }
 
     fn keys_taken(&self) -> Error {
-        Error::Store(format!("semaphore: {KEY_ATTEMPTS} keys of lease {:x} were all taken", self.session.lease_id()).into())
+        Error::Store(
+            format!("semaphore: {KEY_ATTEMPTS} keys of lease {:x} were all taken", self.session.lease_id()).into(),
+        )
     }
 
     async fn acquire_queued(&self, wait: Wait, limit: usize) -> Result<Option<Permit>> {

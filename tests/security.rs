@@ -141,7 +141,10 @@ async fn auth_user_limited_to_a_prefix() {
     for (user, password) in [("alice", "wrong"), ("mallory", "alice-pw")] {
         let started = Instant::now();
         let r = as_user(&etcd, user, password).await;
-        assert!(matches!(&r, Err(Error::Auth(msg)) if msg.message().contains("authentication failed")), "{user}: {r:?}");
+        assert!(
+            matches!(&r, Err(Error::Auth(msg)) if msg.message().contains("authentication failed")),
+            "{user}: {r:?}"
+        );
         assert!(started.elapsed() < CONNECT + SLACK, "{user}: took {:?}", started.elapsed());
         // The etcd client's own error is kept as the cause: Error -> Cause -> etcd_client::Error.
         let e = r.err().unwrap();
@@ -155,5 +158,8 @@ async fn auth_user_limited_to_a_prefix() {
         );
     }
     let r = Client::etcd(EtcdConfig::new(etcd.endpoints()).connect_timeout(CONNECT)).await;
-    assert!(matches!(&r, Err(Error::Auth(msg)) if msg.message().contains("user name is empty")), "no user at all: {r:?}");
+    assert!(
+        matches!(&r, Err(Error::Auth(msg)) if msg.message().contains("user name is empty")),
+        "no user at all: {r:?}"
+    );
 }

@@ -223,10 +223,13 @@ impl EtcdBackend {
                             None => "none was given",
                             Some(_) => "perhaps it is not signed by a CA the server trusts",
                         };
-                        return Err(Error::Tls(format!(
-                            "{joined}: {reason} (the server closed the connection right after the TLS \
+                        return Err(Error::Tls(
+                            format!(
+                                "{joined}: {reason} (the server closed the connection right after the TLS \
                              handshake; it probably refused the client certificate: {which})"
-                        ).into()));
+                            )
+                            .into(),
+                        ));
                     }
                 }
                 return Err(connect_error(reason));
@@ -386,11 +389,14 @@ impl WatchStream for EtcdWatch {
                 return Err(Error::Unavailable("etcd: watch stream ended".into()));
             };
             if resp.canceled() {
-                return Err(Error::Unavailable(format!(
-                    "etcd: watch canceled (compact revision {}): {}",
-                    resp.compact_revision(),
-                    resp.cancel_reason()
-                ).into()));
+                return Err(Error::Unavailable(
+                    format!(
+                        "etcd: watch canceled (compact revision {}): {}",
+                        resp.compact_revision(),
+                        resp.cancel_reason()
+                    )
+                    .into(),
+                ));
             }
             let events: Vec<WatchEvent> = resp
                 .events()
