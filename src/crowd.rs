@@ -54,8 +54,8 @@ pub const SWITCH_BELOW: f64 = 0.9;
 pub const EXPLORE_SHARE: u32 = 40;
 /// The shortest run of the current mode between two measurements of the other.
 pub const MIN_EXPLORE_GAP: Duration = Duration::from_millis(200);
-/// [`Mode::Optimistic`] is tried only while a queued update's function takes less than this
-/// share of the queue's time per update.
+/// [`Mode::Optimistic`] is tried only while an update's window (its function and two store
+/// round trips) is less than this share of the queue's time per update.
 pub const FUNCTION_SHARE: f64 = 0.5;
 /// Weight of the newest function time in its average.
 pub const FUNCTION_ALPHA: f64 = 0.1;
@@ -407,15 +407,18 @@ impl State {
         self.samples[mode.index()].median()
     }
 
-    /// Whether compare-and-swap may beat the queue. Not where the queue's time per update
-    /// is mostly the update functions' own: in the queue each function runs after the last
-    /// one's write; concurrent compare-and-swaps save the hand-over but collide when the
-    /// functions are long against the interval between writes (a 1 ms function among six
-    /// tasks: nearly every attempt fails). Nor where other clients update the register
-    /// too ([`MAX_FOREIGN`]): their queue would make this client's writes yield and wait
-    /// (one exploration at the start of an etcd flash sale of four processes took 130–220
-    /// ms of its 650), and the handles' own policy (`src/adaptive.rs`) is what weighs
-    /// contention between processes. Measuring would only waste work.
+    /// Whether compare-and-swap may beat the queue. Concurrent compare-and-swaps that read
+    /// the same value collide, so they gain only where an update's window — its function
+    /// and two store round trips (read, write) — is well below the queue's time per update
+    /// ([`FUNCTION_SHARE`]): the embedded store (a window of ~3 µs against 14–45 µs), not
+    /// etcd or the TiKV test server, where a round trip is most of a hand-over (TiKV test
+    /// server: 14 ms against 2.8 ms per queued update, pipelined across tasks), nor a
+    /// function that takes long (1 ms among six tasks: nearly every attempt fails). Nor
+    /// where other clients update the register too ([`MAX_FOREIGN`]): their queue would
+    /// make this client's writes yield and wait (one exploration at the start of an etcd
+    /// flash sale of four processes took 130–220 ms of its 650), and the handles' own
+    /// policy (`src/adaptive.rs`) is what weighs contention between processes. Measuring
+    /// would only waste work.
     fn optimistic_may_pay(&self) -> bool {
         match (self.function, self.round_trip, self.per_update[Mode::Queue.index()]) {
             (Some(function), Some(round_trip), Some(queue)) => {
