@@ -85,7 +85,8 @@ pub const PROBES_TO_LEAVE: u32 = 3;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Plan {
     pub(crate) next: Next,
-    /// See [`Adaptive::look_first`].
+    /// Read the lock with the value first: the handle meets contention (conflicts at least
+    /// [`CONTENDED`]) and has seen the lock taken since.
     pub(crate) look_first: bool,
     /// The handle meets no contention (its conflict average is below [`QUIET`]) and has not
     /// seen the lock taken since it last was: its compare-and-swaps need not all check the
@@ -184,7 +185,7 @@ impl Adaptive {
         }
     }
 
-    /// [`next`](Self::next), [`look_first`](Self::look_first) and whether the handle is
+    /// The next update's [`Next`], whether it reads the lock first, and whether the handle is
     /// quiet, under one lock.
     pub(crate) fn plan(&self) -> Plan {
         let mut s = self.state.lock();

@@ -6,35 +6,41 @@
 //! wins (it hands over inside the process without a read, one commit per update), on the
 //! embedded store a compare-and-swap takes microseconds and the queue's extra keys, watches
 //! and wake-ups cost fifteen times more (flash sale, 2026-12-03: optimistic 520k orders/s,
-//! queue 35k). So each client keeps, per register key, the time per completed update of
-//! its adaptive updates in each [`Mode`], measured in epochs of [`EPOCH`] completions, and
-//! uses the cheaper one:
+//! queue 35k). So each client keeps, per register key, the mean latency (start to end) of
+//! its adaptive updates in each [`Mode`] — one update in [`TIMED_EVERY`] per handle is
+//! timed, and counted whenever it ends, also after its epoch, so a slow update cannot
+//! escape its mode's figure — and uses the cheaper mode:
 //!
-//! - An epoch (at least [`EPOCH`] completions and [`MIN_EPOCH_TIME`]) counts only updates
-//!   that started in it and completed; its clock starts at
-//!   the first such completion (so the hand-over from the previous mode — a queue draining,
-//!   optimistic writers backing off — is not charged to it) and stops while no update of
-//!   the key runs (idle time is not a cost). A client that never runs two updates of a key
-//!   at once never completes an epoch and keeps the default, [`Mode::Queue`]: the
+//! - An epoch lasts at least [`EPOCH`] completions (counted from the timed updates that
+//!   started in it) and [`MIN_EPOCH_TIME`]; its clock starts at the first such completion
+//!   (so the hand-over from the previous mode is not charged to its length) and restarts
+//!   when no queued update of the key runs. A client that never runs two updates of a key
+//!   at once never measures compare-and-swap and keeps the default, [`Mode::Queue`]: the
 //!   behaviour tuned for updates across processes (`src/adaptive.rs`) is unchanged.
 //! - The first epochs measure the two modes in turn, [`SAMPLES`] each while they are close
-//!   (within [`SWITCH_BELOW`]); a measurement of the mode not in use stops as
-//!   soon as it is plainly dearer ([`ABORT_AFTER`], [`ABORT_UPDATES`]). After that the client
-//!   uses the cheaper mode (switching only below [`SWITCH_BELOW`] of the current one's
-//!   cost, so noise does not flap it) and measures the other again after a run of the
-//!   current one that is [`EXPLORE_SHARE`] times as long as an epoch of the other was —
-//!   and at least [`MIN_EXPLORE_GAP`] — so that exploring costs a few percent at most
-//!   and a change of load (another process starting to contend) is noticed.
-//! - Costs are averaged over epochs (weight 1/2 for the newest).
+//!   (within [`SWITCH_BELOW`]); a measurement of the mode not in use stops as soon as it is
+//!   plainly dearer ([`ABORT_AFTER`], [`ABORT_UPDATES`]). After that the client uses the
+//!   cheaper mode (switching only below [`SWITCH_BELOW`] of the current one's cost, so noise
+//!   does not flap it) and measures the other again after a run of the current one
+//!   [`EXPLORE_SHARE`] times as long as an epoch of the other — and at least
+//!   [`MIN_EXPLORE_GAP`] — so that exploring costs a few percent at most and a change of
+//!   load is noticed.
+//! - A mode's cost is the median of its last [`SAMPLES`] epochs: one epoch slowed by
+//!   something else (a preempted thread, a timer) does not switch the mode.
+//! - Compare-and-swap is measured only where it may pay (`State::optimistic_may_pay`): an
+//!   update's window — its function and two round trips — under [`FUNCTION_SHARE`] of the
+//!   queue's time per update, and fewer than [`MAX_FOREIGN`] of this client's queued
+//!   updates admitted by other clients' writes.
 //!
 //! In [`Mode::Optimistic`] every adaptive update of the key by this client is a
-//! compare-and-swap that requires the lock's queue to be empty. One that reads the queue
-//! busy waits (for this client's queued updates to end, or a backoff pause) and reads
-//! again, and joins the queue after [`YIELDS_TO_QUEUE`] such reads (a queue fed by other
-//! processes would otherwise starve it); one whose write fails joins the queue at once, so
-//! no update fails more than once (`Register::crowded_optimistic`). Its conflicts do not
-//! feed the handle's own policy: conflicts between tasks of one process are what this
-//! measures.
+//! compare-and-swap, retried after a jittered pause; one update in [`CHECK_QUEUE_EVERY`]
+//! per handle, every retry, and every update while a queue was seen also require the lock's
+//! queue to be empty. One that finds it busy waits (for this client's queued updates to
+//! end, or a backoff pause) and tries again, joining the queue after [`YIELDS_TO_QUEUE`]
+//! such tries (`Register::crowded_optimistic`). Updates in this mode may fail more than
+//! once (it is chosen only where they rarely fail at all); in [`Mode::Queue`] tasks of one
+//! client never make each other's writes fail. Its conflicts do not feed the handle's own
+//! policy: conflicts between tasks of one process are what this measures.
 
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -47,7 +53,7 @@ pub const EPOCH: u32 = 32;
 /// the process in so short a span made an epoch fifty times slower than the next (and,
 /// twice in three epochs, switched the mode for nothing).
 pub const MIN_EPOCH_TIME: Duration = Duration::from_millis(5);
-/// A mode replaces the current one only if its time per update is below this share of it.
+/// A mode replaces the current one only if its cost (mean latency) is below this share of it.
 pub const SWITCH_BELOW: f64 = 0.9;
 /// The other mode is measured again after a run of the current one this many times as long
 /// as an epoch of the other took (so exploring costs about 1/this of the time).
