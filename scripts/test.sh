@@ -31,6 +31,19 @@ elif ! grep -q "barged past the queue" "$crowd_log"; then
   exit 1
 fi
 echo "test: planted unchecked optimistic writes caught: $(grep -m1 -o 'the queued updates failed [^(]*' "$crowd_log")"
+# The optimistic (compare-and-swap) acquisition of a mutex or an election, planted blind
+# (--cfg leasehold_cas_mutation_blind: it creates its key whoever holds the name and counts
+# it as held): the election's strategy check must see two leaders.
+cas_log=target/cas-mut.log
+if RUSTFLAGS="--cfg leasehold_cas_mutation_blind" CARGO_TARGET_DIR=target/cas-mut \
+    cargo test --no-default-features --test memory election_strategies_keep_one_leader >"$cas_log" 2>&1; then
+  echo "test: planted blind compare-and-swap NOT caught" >&2
+  exit 1
+elif ! grep -q "two leaders at once" "$cas_log"; then
+  echo "test: the planted-bug run failed otherwise (see $cas_log)" >&2
+  exit 1
+fi
+echo "test: planted blind compare-and-swap caught: $(grep -m1 -o 'two leaders at once[^(]*([A-Za-z]*)' "$cas_log")"
 cargo test --workspace --doc
 # Examples and benches: built, and benches smoke-run once (criterion's test mode; the
 # etcd benches only measure under `cargo bench`).

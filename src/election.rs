@@ -1,11 +1,16 @@
 //! Leader election with fenced leadership and an observer that also reports "no leader".
 
+use crate::adaptive::Adaptive;
 use crate::backend::{CreateRequest, KeyValue, LeaseId, Precondition, Write};
+use crate::backoff::{Backoff, Jitter};
 use crate::error::Result;
 use crate::guard::{fenced_writes, held_accessors, Holding};
 use crate::lock_delay::{self, LockDelay};
-use crate::queue::{enqueue, local_slot, Admission, Rule, Subscription, Ticket, Wait};
+use crate::queue::{acquire_cas, enqueue, local_slot, Admission, Rule, Subscription, Ticket, Wait};
+use crate::strategy::Strategy;
 use crate::{Client, Session};
+use std::sync::Arc;
+use std::time::Duration;
 use tracing::Instrument;
 
 /// The recipe's name in errors.
@@ -25,6 +30,21 @@ const WHAT: &str = "election";
 ///
 /// One session campaigns once at a time: a second [`campaign`](Election::campaign) through
 /// the same session waits until the first leadership is resigned (they would share a key).
+///
+/// # Strategies
+/// With [`Strategy::Pessimistic`] (the default) candidates queue, as etcd's recipe does:
+/// each keeps a key, the oldest leads, and the next in line takes over the moment the
+/// leader's key goes (one write per campaign, fair). With [`Strategy::Optimistic`] a
+/// candidate creates its key only while no candidate's key exists (one compare-and-swap);
+/// otherwise it writes nothing, waits until the leader's key is gone, pauses (jittered, see
+/// [`with_backoff`](Election::with_backoff)) and tries again — the lease-record election of
+/// Kubernetes' client-go. It leaves no key while it waits, so followers cost the store
+/// nothing, but it is not fair and a new leader starts a pause later. [`Strategy::Adaptive`]
+/// campaigns optimistically until a campaign that may wait meets a leader, then queues,
+/// and goes back once its queued campaigns find nobody ahead (as the
+/// [`Mutex`](crate::Mutex) does; per handle, shared by its clones). Every strategy elects by the same rule on the same keys,
+/// so candidates with different strategies (and etcd's own) can mix: there is never more
+/// than one leader.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
@@ -53,6 +73,14 @@ pub struct Election {
     prefix: String,
     key: String,
     lock_delay: Option<LockDelay>,
+    strategy: Strategy,
+    backoff: Backoff,
+    adaptive: Arc<Adaptive>,
+}
+
+/// Default pause of an optimistic campaign after it saw the leader go.
+fn optimistic_backoff() -> Backoff {
+    Backoff::new(Duration::from_micros(500), Duration::from_millis(50)).jitter(Jitter::Full)
 }
 
 /// The leader of an election, as read from the store.
@@ -80,7 +108,50 @@ impl Election {
     pub fn new(session: &Session, name: &str) -> Result<Self> {
         let prefix = session.client().prefix_of(name)?;
         let key = format!("{prefix}{:x}", session.lease_id());
-        Ok(Self { session: session.clone(), name: name.to_owned(), prefix, key, lock_delay: None })
+        Ok(Self {
+            session: session.clone(),
+            name: name.to_owned(),
+            prefix,
+            key,
+            lock_delay: None,
+            strategy: Strategy::Pessimistic,
+            backoff: optimistic_backoff(),
+            adaptive: Arc::default(),
+        })
+    }
+
+    /// Chooses how this handle campaigns (see [Strategies](Election#strategies)).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
+    /// use leasehold::{Client, Election, Strategy};
+    /// let client = Client::memory();
+    /// let (a, b) = (client.session().await?, client.session().await?);
+    /// let leader = Election::new(&a, "scheduler")?.campaign("a").await?;
+    /// let follower = Election::new(&b, "scheduler")?.with_strategy(Strategy::Optimistic);
+    /// assert!(follower.try_campaign("b").await?.is_none()); // writes nothing: a leads
+    /// assert_eq!(follower.leader().await?.map(|l| l.value), Some(b"a".to_vec()));
+    /// leader.resign().await?;
+    /// let led = follower.campaign("b").await?; // one compare-and-swap once a is gone
+    /// assert_eq!(follower.leader().await?.map(|l| l.token), Some(led.fencing_token()));
+    /// # Ok(()) }
+    /// ```
+    pub fn with_strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// The strategy (see [`with_strategy`](Election::with_strategy)).
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// The pauses an optimistic campaign waits after seeing the leader go, before it tries
+    /// again (jittered, so that candidates do not all try at once). The default: full
+    /// jitter from 0.5 ms, doubling up to 50 ms.
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
     }
 
     /// Enables **lock-delay** (Chubby, Consul): after a leader loses leadership without a
@@ -196,7 +267,7 @@ impl Election {
     async fn campaign_with(&self, value: Vec<u8>, wait: Wait) -> Result<Option<Leadership>> {
         let timer = crate::metrics::Acquire::start("election");
         self.session.check()?;
-        let span = tracing::debug_span!("election.campaign", name = %self.name);
+        let span = tracing::debug_span!("election.campaign", name = %self.name, strategy = ?self.strategy);
         let acquired = async {
             let Some(local) = local_slot(&self.session, &self.key, wait).await else { return Ok(None) };
             self.session.claim_leftovers(|| [self.key.clone()]); // a re-attached lease's is adopted
@@ -210,12 +281,36 @@ impl Election {
                 replaces: None,
                 read: None,
             };
-            let ticket = Ticket { what: "election", req, local: Some(local), adopt: true, replaces: None, check: None };
-            let (hold, kv) = match enqueue(&self.session, ticket, wait, Rule::First).await? {
-                Admission::Held(hold, kv, _) => (hold, kv),
-                Admission::NotAdmitted => return Ok(None),
-                Admission::KeyTaken => unreachable!("adopt is set"),
+            let queued = match self.strategy {
+                Strategy::Pessimistic => true,
+                Strategy::Optimistic => false,
+                Strategy::Adaptive => self.adaptive.queue_next(),
             };
+            let held = if queued {
+                let ticket = Ticket { what: WHAT, req, local: Some(local), adopt: true, replaces: None, check: None };
+                let held = match enqueue(&self.session, ticket, wait, Rule::First).await? {
+                    Admission::Held(hold, kv, _) => Some((hold, kv)),
+                    Admission::NotAdmitted => None,
+                    Admission::KeyTaken => unreachable!("adopt is set"),
+                };
+                if let (Strategy::Adaptive, Some((hold, _))) = (self.strategy, &held) {
+                    self.adaptive.queued(hold.was_contended());
+                }
+                held
+            } else {
+                let (held, conflicts) = acquire_cas(&self.session, WHAT, req, local, wait, &self.backoff).await?;
+                if self.strategy == Strategy::Adaptive {
+                    // As the mutex: the first leader met (even by a campaign that then timed
+                    // out; not by a try) switches to the queue.
+                    if conflicts > 0 && wait != Wait::No {
+                        self.adaptive.force_queue();
+                    } else if held.is_some() {
+                        self.adaptive.optimistic(0);
+                    }
+                }
+                held
+            };
+            let Some((hold, kv)) = held else { return Ok(None) };
             let leadership = match &self.lock_delay {
                 Some(delay) => match delay.hold("election", hold, wait).await? {
                     Some((hold, marker)) => Leadership { hold, marker: Some(marker) },

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::guard::{fenced_writes, held_accessors, Holder, Holding};
 use crate::local::waiter_queue::Slot;
 use crate::lock_delay::{self, LockDelay};
-use crate::queue::{create, enqueue, gone, Admission, Exclusive, Retry, Rule, Ticket, Wait};
+use crate::queue::{acquire_cas, enqueue, Admission, Exclusive, Rule, Ticket, Wait};
 use crate::strategy::Strategy;
 use crate::Session;
 use std::sync::Arc;
@@ -323,7 +323,7 @@ impl Mutex {
             let Some(prepared) = self.queue.prepare(wait).await? else { return Ok(None) };
             let guard = match self.strategy {
                 Strategy::Pessimistic => self.acquire_queued(wait, prepared).await,
-                Strategy::Optimistic => self.acquire_cas(wait, prepared).await,
+                Strategy::Optimistic => self.cas(wait, prepared).await.map(|(got, _)| got),
                 Strategy::Adaptive if self.adaptive.queue_next() => {
                     let got = self.acquire_queued(wait, prepared).await?;
                     if let Some(g) = &got {
@@ -333,12 +333,13 @@ impl Mutex {
                 }
                 Strategy::Adaptive => {
                     // For a mutex the queue costs what a compare-and-swap costs when alone, and
-                    // is fair under contention: the first conflict switches to it.
-                    let got = self.acquire_cas(wait, prepared).await?;
-                    match &got {
-                        Some(g) if g.hold.was_contended() => self.adaptive.force_queue(),
-                        Some(_) => self.adaptive.optimistic(0),
-                        None => {}
+                    // is fair under contention: the first holder met switches to it (even by
+                    // an acquisition that then timed out; not by a try).
+                    let (got, conflicts) = self.cas(wait, prepared).await?;
+                    if conflicts > 0 && wait != Wait::No {
+                        self.adaptive.force_queue();
+                    } else if got.is_some() {
+                        self.adaptive.optimistic(0);
                     }
                     Ok(got)
                 }
@@ -367,33 +368,11 @@ impl Mutex {
         Ok(held.map(|(hold, _)| MutexGuard { hold, marker: None }))
     }
 
-    async fn acquire_cas(&self, wait: Wait, (local, stale): (Slot, Option<Replaced>)) -> Result<Option<MutexGuard>> {
-        let mut local = Some(local);
-        let mut retry = Retry::new(wait, &self.backoff);
-        let mut conflicts = 0u32;
-        loop {
-            let req = self.queue.request(Precondition::PrefixEmpty, stale.clone());
-            let Some((pending, resp)) = create(&self.session, req, local.take(), None, wait).await? else {
-                return Ok(None); // our key was being deleted, and `wait` ran out
-            };
-            let holder = resp.head.into_iter().next();
-            match (&resp.mine, &holder) {
-                // Created, or this session already held it (a re-attached session).
-                (Some(mine), Some(h)) if h.key == self.key() && mine.lease == self.session.lease_id() => {
-                    let rev = mine.create_revision;
-                    crate::metrics::conflicts("mutex", conflicts);
-                    let hold = pending.into_holding(rev)?;
-                    return Ok(Some(MutexGuard { hold: hold.contended(conflicts > 0), marker: None }));
-                }
-                _ => {}
-            }
-            local = pending.leave();
-            let Some(h) = holder else { continue }; // freed in between: try again at once
-            conflicts += 1;
-            if !retry.after(&self.session, self.queue.prefix(), gone(&h.key, h.create_revision)).await? {
-                return Ok(None);
-            }
-        }
+    /// The compare-and-swap acquisition, and how many times it found the lock held.
+    async fn cas(&self, wait: Wait, (local, stale): (Slot, Option<Replaced>)) -> Result<(Option<MutexGuard>, u32)> {
+        let req = self.queue.request(Precondition::PrefixEmpty, stale);
+        let (held, conflicts) = acquire_cas(&self.session, WHAT, req, local, wait, &self.backoff).await?;
+        Ok((held.map(|(hold, _)| MutexGuard { hold, marker: None }), conflicts))
     }
 }
 

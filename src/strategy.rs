@@ -1,7 +1,8 @@
 //! How an acquisition or an update contends: the strategies every recipe offers.
 
-/// How an acquisition contends (for a [`Mutex`](crate::Mutex) or a [`Semaphore`](crate::Semaphore)),
-/// or an update of a [`Register`](crate::Register) (see there for what each means for it).
+/// How an acquisition contends (for a [`Mutex`](crate::Mutex), a [`Semaphore`](crate::Semaphore)
+/// or an [`Election`](crate::Election)'s campaign), or an update of a
+/// [`Register`](crate::Register) (see each for what the strategies mean for it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Strategy {

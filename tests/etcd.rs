@@ -54,7 +54,7 @@ async fn election_observe_survives_an_etcd_restart() {
             e.wait_healthy(Duration::from_secs(30));
         }
     };
-    rc::election_observe_survives_a_broken_watch(&client, &cut).await;
+    el::election_observe_survives_a_broken_watch(&client, &cut).await;
 }
 
 /// With 3 members, killing the raft leader does not stop the lock: acquisitions resume

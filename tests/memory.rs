@@ -23,7 +23,7 @@ conformance_suite!(on_memory);
 async fn election_observe_survives_a_broken_watch() {
     let backend = MemoryBackend::new();
     let client = Client::new(backend.clone());
-    rc::election_observe_survives_a_broken_watch(&client, &|cut| backend.set_unavailable(cut)).await;
+    el::election_observe_survives_a_broken_watch(&client, &|cut| backend.set_unavailable(cut)).await;
 }
 
 /// Guards can move between tasks and threads, and the futures can be spawned.

@@ -40,7 +40,7 @@ conformance_suite!(on_tikv);
 async fn election_observe_survives_a_cut_cluster() {
     let server = TestServer::start().await;
     let client = client(&server).await;
-    rc::election_observe_survives_a_broken_watch(&client, &|cut| server.set_unavailable(cut)).await;
+    el::election_observe_survives_a_broken_watch(&client, &|cut| server.set_unavailable(cut)).await;
 }
 
 async fn wait_event(watch: &mut Box<dyn leasehold::backend::WatchStream>) -> Vec<WatchEvent> {

@@ -12,6 +12,7 @@
 #[macro_use]
 mod conformance;
 
+use conformance::election as el;
 use conformance::mutex as mx;
 use conformance::recipes as rc;
 use leasehold::{Client, Strategy::*, TikvConfig};
@@ -58,6 +59,6 @@ on_cluster! {
     semaphore_limit_holds_under_contention => |c| rc::semaphore_limit_holds_under_contention(c, rc::Mix::Mixed);
     semaphore_crashed_holder_permits_return => |c| rc::semaphore_crashed_holder_permits_return(c, &crash(c));
     rwlock_exclusion_under_contention => |c| rc::rwlock_exclusion_under_contention(c);
-    election_observe_reports_every_change => |c| rc::election_observe_reports_every_change(c);
-    election_failover_after_lease_expiry => |c| rc::election_failover_after_lease_expiry(c, &crash(c));
+    election_observe_reports_every_change => |c| el::election_observe_reports_every_change(c);
+    election_failover_after_lease_expiry => |c| el::election_failover_after_lease_expiry(c, &crash(c));
 }

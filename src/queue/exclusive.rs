@@ -12,8 +12,8 @@
 //! place, queues with the key it does not hold, because etcd cannot delete and create one
 //! key in one transaction.
 
-use super::{claim, enqueue, local_slot, Admission, Admitted, Pending, Rule, Ticket, Wait};
-use crate::backend::{Condition, CreateRequest, Precondition, Replaced, Revision, Write};
+use super::{claim, create, enqueue, gone, local_slot, Admission, Admitted, Pending, Retry, Rule, Ticket, Wait};
+use crate::backend::{Condition, CreateRequest, KeyValue, Precondition, Replaced, Revision, Write};
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::guard::Holding;
@@ -192,6 +192,62 @@ impl Exclusive {
                 *hold = old;
                 Ok(None)
             }
+        }
+    }
+}
+
+/// The optimistic (compare-and-swap) acquisition of a one-holder name, shared by the
+/// [`Mutex`](crate::Mutex) and the [`Election`](crate::Election): creates `req.key` only if
+/// no key exists under `req.prefix` ([`Precondition::PrefixEmpty`], set here), and
+/// otherwise waits until the holder it saw is gone, pauses as `backoff` says (jittered, so
+/// that candidates woken by one release do not all retry at once) and tries again. Not
+/// fair: it keeps no place in the queue, and a queued acquirer of the same name can pass it.
+///
+/// Returns the holding (contended if it met a holder) and the key as the create call saw
+/// it: a key this session already had (a re-attached lease) is taken over with its old
+/// value. `None`: `wait` ran out (a try that found the name held, or a deadline). The
+/// second value: how many times it found the name held.
+///
+/// # Cancel safety
+/// As [`create`]: a dropped call leaves no key behind.
+pub(crate) async fn acquire_cas(
+    session: &Session,
+    what: &'static str,
+    mut req: CreateRequest,
+    local: crate::local::waiter_queue::Slot,
+    wait: Wait,
+    backoff: &Backoff,
+) -> Result<(Option<(Holding, KeyValue)>, u32)> {
+    req.precondition = Precondition::PrefixEmpty;
+    // A planted bug for the conformance suite to catch (scripts/test.sh): create the key
+    // whoever holds the name, and count it as held.
+    #[cfg(leasehold_cas_mutation_blind)]
+    let mut req = CreateRequest { precondition: Precondition::KeyAbsent, ..req };
+    req.head_limit = 1;
+    let mut local = Some(local);
+    let mut retry = Retry::new(wait, backoff);
+    let mut conflicts = 0u32;
+    loop {
+        let Some((pending, resp)) = create(session, req.clone(), local.take(), None, wait).await? else {
+            return Ok((None, conflicts)); // our key was being deleted, and `wait` ran out
+        };
+        let holder = resp.head.into_iter().next();
+        match (resp.mine, &holder) {
+            // Created, or this session already held it (a re-attached session).
+            (Some(mine), Some(h))
+                if (h.key == req.key || cfg!(leasehold_cas_mutation_blind)) && mine.lease == session.lease_id() =>
+            {
+                crate::metrics::conflicts(what, conflicts);
+                let hold = pending.into_holding(mine.create_revision)?;
+                return Ok((Some((hold.contended(conflicts > 0), mine)), conflicts));
+            }
+            _ => {}
+        }
+        local = pending.leave();
+        let Some(h) = holder else { continue }; // freed in between: try again at once
+        conflicts += 1;
+        if !retry.after(session, &req.prefix, gone(&h.key, h.create_revision)).await? {
+            return Ok((None, conflicts));
         }
     }
 }

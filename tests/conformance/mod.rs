@@ -3,6 +3,7 @@
 //! parameters, never branches. Each check uses its own names, so checks may share a store.
 #![allow(dead_code)]
 pub mod backend;
+pub mod election;
 pub mod grouped;
 pub mod lock_delay;
 pub mod mutex;
@@ -28,6 +29,7 @@ pub fn crash(client: &Client) -> impl Fn(i64) + Sync + '_ {
 macro_rules! conformance_suite {
     ($runner:ident) => {
         use conformance::backend as bk;
+        use conformance::election as el;
         use conformance::grouped as gr;
         use conformance::mutex as mx;
         use conformance::recipes::{self as rc, Mix};
@@ -75,12 +77,15 @@ macro_rules! conformance_suite {
             rwlock_exclusion_under_contention => |c| rc::rwlock_exclusion_under_contention(c);
             rwlock_writer_not_starved_by_later_readers => |c| rc::rwlock_writer_not_starved_by_later_readers(c);
             rwlock_and_election_cancel_leave_nothing => |c| rc::rwlock_and_election_cancel_leave_nothing(c);
-            election_campaign_leader_proclaim_resign => |c| rc::election_campaign_leader_proclaim_resign(c);
-            election_failover_after_resign => |c| rc::election_failover_after_resign(c);
-            election_failover_after_lease_expiry => |c| rc::election_failover_after_lease_expiry(c, &conformance::crash(c));
-            election_observe_reports_every_change => |c| rc::election_observe_reports_every_change(c);
-            election_tokens_increase_across_terms => |c| rc::election_tokens_increase_across_terms(c);
-            election_one_campaign_per_session => |c| rc::election_one_campaign_per_session(c);
+            election_campaign_leader_proclaim_resign => |c| el::election_campaign_leader_proclaim_resign(c);
+            election_failover_after_resign => |c| el::election_failover_after_resign(c);
+            election_failover_after_lease_expiry => |c| el::election_failover_after_lease_expiry(c, &conformance::crash(c));
+            election_observe_reports_every_change => |c| el::election_observe_reports_every_change(c);
+            election_tokens_increase_across_terms => |c| el::election_tokens_increase_across_terms(c);
+            election_one_campaign_per_session => |c| el::election_one_campaign_per_session(c);
+            election_strategies_keep_one_leader => |c| el::election_strategies_keep_one_leader(c, 6);
+            election_optimistic_candidate_waits_without_a_key => |c| el::election_optimistic_candidate_waits_without_a_key(c);
+            election_adaptive_queues_after_meeting_a_leader => |c| el::election_adaptive_queues_after_meeting_a_leader(c);
 
             register_mixed_strategies_lose_no_update => |c| rg::mixed_strategies_lose_no_update(c, 6, 10);
             register_adaptive_follows_contention => |c| rg::adaptive_follows_contention(c, 8, 20);

@@ -9,7 +9,7 @@
 //! check sleeps to let something happen.
 #![allow(dead_code)] // each test binary runs the checks its backend supports
 
-use leasehold::{Client, Election, Error, LeaderInfo, Permit, RwLock, Semaphore, Session, Strategy};
+use leasehold::{Client, Election, Error, Permit, RwLock, Semaphore, Session, Strategy};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -24,7 +24,7 @@ pub const LIMIT: Duration = Duration::from_secs(30);
 /// Makes a lease vanish on the server, as if its holder had crashed.
 pub type Crash<'a> = &'a (dyn Fn(i64) + Sync);
 
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(LIMIT, fut).await {
         Ok(v) => v,
         Err(_) => panic!("{what}: no progress within {LIMIT:?}"),
@@ -32,18 +32,18 @@ async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
 }
 
 /// A name no earlier run used.
-fn fresh(base: &str) -> String {
+pub fn fresh(base: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     format!("{base}-{nanos:x}-{}", N.fetch_add(1, Ordering::Relaxed))
 }
 
-async fn keys(client: &Client, prefix: &str) -> Vec<String> {
+pub async fn keys(client: &Client, prefix: &str) -> Vec<String> {
     client.backend().range_prefix(prefix, 0).await.unwrap().0.into_iter().map(|kv| kv.key).collect()
 }
 
 /// Waits (on a watch, not by polling) until exactly `n` keys exist under `prefix`.
-async fn until_keys(client: &Client, prefix: &str, n: usize) {
+pub async fn until_keys(client: &Client, prefix: &str, n: usize) {
     let backend = client.backend();
     let mut watch = backend.watch_prefix(prefix).await.unwrap();
     within(&format!("{n} keys under {prefix}"), async {
@@ -55,7 +55,7 @@ async fn until_keys(client: &Client, prefix: &str, n: usize) {
 }
 
 /// Polls `fut` `polls` times (yielding in between) and drops it if it is not done by then.
-async fn poll_then_drop<T>(fut: impl Future<Output = T>, polls: usize) -> Option<T> {
+pub async fn poll_then_drop<T>(fut: impl Future<Output = T>, polls: usize) -> Option<T> {
     let mut fut = std::pin::pin!(fut);
     for _ in 0..polls {
         if let Poll::Ready(v) = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
@@ -66,7 +66,7 @@ async fn poll_then_drop<T>(fut: impl Future<Output = T>, polls: usize) -> Option
     None
 }
 
-async fn sessions(client: &Client, n: usize) -> Vec<Session> {
+pub async fn sessions(client: &Client, n: usize) -> Vec<Session> {
     let mut out = Vec::new();
     for _ in 0..n {
         out.push(client.session().await.unwrap());
@@ -435,161 +435,6 @@ pub async fn rwlock_writer_not_starved_by_later_readers(client: &Client) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Election
-
-/// Campaign, leader, proclaim and resign, with etcd's key layout.
-pub async fn election_campaign_leader_proclaim_resign(client: &Client) {
-    let name = fresh("elect-basic");
-    let prefix = client.prefix_of(&name).unwrap();
-    let s = client.session().await.unwrap();
-    let election = Election::new(&s, &name).unwrap();
-    assert_eq!(election.leader().await.unwrap(), None);
-    let leadership = election.campaign("node-a").await.unwrap();
-    let key = format!("{prefix}{:x}", s.lease_id());
-    assert_eq!((leadership.key(), election.key()), (key.as_str(), key.as_str()));
-    let fields = |l: &LeaderInfo| (l.value.clone(), l.token, l.key.clone(), l.lease);
-    let expected = (b"node-a".to_vec(), leadership.fencing_token(), key, s.lease_id());
-    assert_eq!(election.leader().await.unwrap().as_ref().map(fields), Some(expected.clone()));
-    leadership.proclaim("node-a:2").await.unwrap();
-    let now = election.leader().await.unwrap().unwrap();
-    assert_eq!(fields(&now), (b"node-a:2".to_vec(), expected.1, expected.2, expected.3), "same term, same token");
-    assert_eq!(client.backend().get(&now.key).await.unwrap().unwrap().lease, s.lease_id(), "proclaim keeps the lease");
-    assert!(leadership.is_valid());
-    leadership.resign().await.unwrap();
-    assert_eq!(election.leader().await.unwrap(), None);
-    assert_eq!(keys(client, &prefix).await, Vec::<String>::new());
-    let again = election.campaign("node-a:3").await.unwrap();
-    assert!(again.fencing_token() > expected.1);
-}
-
-/// The next candidate is elected when the leader resigns, not before.
-pub async fn election_failover_after_resign(client: &Client) {
-    let name = fresh("elect-resign");
-    let prefix = client.prefix_of(&name).unwrap();
-    let (a, b) = (client.session().await.unwrap(), client.session().await.unwrap());
-    let leader = Election::new(&a, &name).unwrap().campaign("a").await.unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let candidate = Election::new(&b, &name).unwrap();
-    tokio::spawn(async move { tx.send(candidate.campaign("b").await.unwrap()).unwrap() });
-    until_keys(client, &prefix, 2).await;
-    assert!(rx.try_recv().is_err(), "one leader at a time");
-    let election = Election::new(&a, &name).unwrap();
-    assert_eq!(election.leader().await.unwrap().unwrap().value, b"a");
-    let a_token = leader.fencing_token();
-    leader.resign().await.unwrap();
-    let next = within("failover", rx.recv()).await.unwrap();
-    assert!(next.fencing_token() > a_token);
-    let info = election.leader().await.unwrap().unwrap();
-    assert_eq!((info.value.as_slice(), info.token, info.lease), (&b"b"[..], next.fencing_token(), b.lease_id()));
-}
-
-/// When the leader's lease vanishes, the next candidate is elected; the old leader learns
-/// it lost, and its proclaim fails with `NotHeld` and writes nothing.
-pub async fn election_failover_after_lease_expiry(client: &Client, crash: Crash<'_>) {
-    let name = fresh("elect-expiry");
-    let prefix = client.prefix_of(&name).unwrap();
-    let a = client.session_builder().ttl(Duration::from_secs(2)).open().await.unwrap();
-    let b = client.session().await.unwrap();
-    let old = Election::new(&a, &name).unwrap().campaign("a").await.unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let candidate = Election::new(&b, &name).unwrap();
-    tokio::spawn(async move { tx.send(candidate.campaign("b").await.unwrap()).unwrap() });
-    until_keys(client, &prefix, 2).await;
-    crash(a.lease_id());
-    let new = within("failover", rx.recv()).await.unwrap();
-    assert!(new.fencing_token() > old.fencing_token());
-    match old.proclaim("a is back").await {
-        Err(e @ Error::NotHeld { what: "election", .. }) => assert!(e.to_string().starts_with("election: not held")),
-        other => panic!("a proclaim by a former leader must fail with NotHeld, got {other:?}"),
-    }
-    let leader = Election::new(&b, &name).unwrap().leader().await.unwrap().unwrap();
-    assert_eq!((leader.value.as_slice(), leader.key.as_str()), (&b"b"[..], new.key()));
-    assert_eq!(keys(client, &prefix).await, [new.key().to_owned()], "the failed proclaim wrote nothing");
-    within("the old leader learns it", old.lost()).await;
-    assert!(!old.is_valid() && new.is_valid());
-}
-
-/// An observer reports every state in order, however late it reads: no leader, a leader,
-/// its proclaimed value, a failover straight to the next candidate, the gap with no leader,
-/// and the next term. A late observer starts from the current state.
-pub async fn election_observe_reports_every_change(client: &Client) {
-    let name = fresh("elect-observe");
-    let prefix = client.prefix_of(&name).unwrap();
-    let [a, b, c]: [Session; 3] = sessions(client, 3).await.try_into().unwrap();
-    let election = Election::new(&a, &name).unwrap();
-    let mut observer = election.observe();
-    assert_eq!(within("first report", observer.changed()).await.unwrap(), None);
-
-    let la = election.campaign("a").await.unwrap();
-    let ta = la.fencing_token();
-    la.proclaim("a2").await.unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let eb = Election::new(&b, &name).unwrap();
-    tokio::spawn(async move { tx.send(eb.campaign("b").await.unwrap()).unwrap() });
-    until_keys(client, &prefix, 2).await; // a candidate that is not elected changes nothing
-    la.resign().await.unwrap();
-    let lb = within("failover", rx.recv()).await.unwrap();
-    let tb = lb.fencing_token();
-    lb.resign().await.unwrap();
-    let lc = Election::new(&c, &name).unwrap().campaign("c").await.unwrap();
-
-    let mut seen = Vec::new();
-    for _ in 0..5 {
-        let info = within("next report", observer.changed()).await.unwrap();
-        seen.push(info.map(|l| (String::from_utf8(l.value).unwrap(), l.token)));
-    }
-    let tc = lc.fencing_token();
-    assert_eq!(
-        seen,
-        [Some(("a".into(), ta)), Some(("a2".into(), ta)), Some(("b".into(), tb)), None, Some(("c".into(), tc)),]
-    );
-    assert!(ta < tb && tb < tc);
-    let mut late = Election::new(&b, &name).unwrap().observe();
-    assert_eq!(within("late observer", late.changed()).await.unwrap().map(|l| l.token), Some(tc));
-}
-
-/// An observer keeps reporting across a cut connection: its view resynchronises instead of
-/// stopping, and reports the state it finds.
-pub async fn election_observe_survives_a_broken_watch(client: &Client, cut: &(dyn Fn(bool) + Sync)) {
-    let name = fresh("elect-resync");
-    let s = client.session().await.unwrap();
-    let election = Election::new(&s, &name).unwrap();
-    let mut observer = election.observe();
-    assert_eq!(within("first report", observer.changed()).await.unwrap(), None);
-    cut(true);
-    cut(false);
-    let leadership = election.campaign("after the cut").await.unwrap();
-    let info = within("report after the cut", observer.changed()).await.unwrap().expect("a leader");
-    assert_eq!((info.value.as_slice(), info.token), (&b"after the cut"[..], leadership.fencing_token()));
-    leadership.resign().await.unwrap();
-    assert_eq!(within("no leader", observer.changed()).await.unwrap(), None);
-}
-
-/// Over many terms and three sessions, each new leadership's token is greater than the
-/// previous one's, and an observer sees them in that order.
-pub async fn election_tokens_increase_across_terms(client: &Client) {
-    let name = fresh("elect-terms");
-    let sessions = sessions(client, 3).await;
-    let mut observer = Election::new(&sessions[0], &name).unwrap().observe();
-    assert_eq!(within("first report", observer.changed()).await.unwrap(), None);
-    let mut tokens = Vec::new();
-    for term in 0..9 {
-        let election = Election::new(&sessions[term % 3], &name).unwrap();
-        let l = election.campaign(format!("term {term}")).await.unwrap();
-        tokens.push(l.fencing_token());
-        l.resign().await.unwrap();
-    }
-    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
-    let mut observed = Vec::new();
-    while observed.len() < tokens.len() {
-        if let Some(info) = within("observed term", observer.changed()).await.unwrap() {
-            observed.push(info.token);
-        }
-    }
-    assert_eq!(observed, tokens);
-}
-
-// ---------------------------------------------------------------------------------------
 // Cancellation of the other recipes
 
 /// Read, write and campaign futures dropped at any point (after 0..30 polls) while the
@@ -620,27 +465,6 @@ pub async fn rwlock_and_election_cancel_leave_nothing(client: &Client) {
     let w = within("write after cancellations", lock.write()).await.unwrap();
     let l = within("campaign after cancellations", election.campaign("o")).await.unwrap();
     assert!(w.is_valid() && l.is_valid());
-}
-
-/// Two campaigns through one session share its key, so the second waits until the first
-/// leadership resigns (it must not come back as a second leader on the same key), and then
-/// starts a new term with its own value.
-pub async fn election_one_campaign_per_session(client: &Client) {
-    let name = fresh("elect-same-session");
-    let s = client.session().await.unwrap();
-    let election = Election::new(&s, &name).unwrap();
-    let first = election.campaign("first").await.unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let second = election.clone();
-    tokio::spawn(async move { tx.send(second.campaign("second").await.unwrap()).unwrap() });
-    // A negative check: the second campaign must not finish while the first term lasts.
-    assert!(tokio::time::timeout(Duration::from_millis(200), rx.recv()).await.is_err());
-    assert_eq!(election.leader().await.unwrap().unwrap().value, b"first");
-    let first_token = first.fencing_token();
-    first.resign().await.unwrap();
-    let next = within("second campaign", rx.recv()).await.unwrap();
-    assert!(next.fencing_token() > first_token);
-    assert_eq!(election.leader().await.unwrap().unwrap().value, b"second");
 }
 
 /// Reacquire returns a permit and queues again in one transaction: with a permit free it

@@ -1,0 +1,293 @@
+//! Checks of the leader election, with every strategy, that run unchanged on every
+//! backend (see `recipes.rs` for the conventions: fresh names, `crash`, `cut`, no sleeps
+//! that let something happen).
+#![allow(dead_code)] // each test binary runs the checks its backend supports
+
+use super::recipes::{fresh, keys, sessions, until_keys, within, Crash};
+use leasehold::{Client, Election, Error, LeaderInfo, Session, Strategy};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Campaign, leader, proclaim and resign, with etcd's key layout.
+pub async fn election_campaign_leader_proclaim_resign(client: &Client) {
+    let name = fresh("elect-basic");
+    let prefix = client.prefix_of(&name).unwrap();
+    let s = client.session().await.unwrap();
+    let election = Election::new(&s, &name).unwrap();
+    assert_eq!(election.leader().await.unwrap(), None);
+    let leadership = election.campaign("node-a").await.unwrap();
+    let key = format!("{prefix}{:x}", s.lease_id());
+    assert_eq!((leadership.key(), election.key()), (key.as_str(), key.as_str()));
+    let fields = |l: &LeaderInfo| (l.value.clone(), l.token, l.key.clone(), l.lease);
+    let expected = (b"node-a".to_vec(), leadership.fencing_token(), key, s.lease_id());
+    assert_eq!(election.leader().await.unwrap().as_ref().map(fields), Some(expected.clone()));
+    leadership.proclaim("node-a:2").await.unwrap();
+    let now = election.leader().await.unwrap().unwrap();
+    assert_eq!(fields(&now), (b"node-a:2".to_vec(), expected.1, expected.2, expected.3), "same term, same token");
+    assert_eq!(client.backend().get(&now.key).await.unwrap().unwrap().lease, s.lease_id(), "proclaim keeps the lease");
+    assert!(leadership.is_valid());
+    leadership.resign().await.unwrap();
+    assert_eq!(election.leader().await.unwrap(), None);
+    assert_eq!(keys(client, &prefix).await, Vec::<String>::new());
+    let again = election.campaign("node-a:3").await.unwrap();
+    assert!(again.fencing_token() > expected.1);
+}
+
+/// The next candidate is elected when the leader resigns, not before.
+pub async fn election_failover_after_resign(client: &Client) {
+    let name = fresh("elect-resign");
+    let prefix = client.prefix_of(&name).unwrap();
+    let (a, b) = (client.session().await.unwrap(), client.session().await.unwrap());
+    let leader = Election::new(&a, &name).unwrap().campaign("a").await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let candidate = Election::new(&b, &name).unwrap();
+    tokio::spawn(async move { tx.send(candidate.campaign("b").await.unwrap()).unwrap() });
+    until_keys(client, &prefix, 2).await;
+    assert!(rx.try_recv().is_err(), "one leader at a time");
+    let election = Election::new(&a, &name).unwrap();
+    assert_eq!(election.leader().await.unwrap().unwrap().value, b"a");
+    let a_token = leader.fencing_token();
+    leader.resign().await.unwrap();
+    let next = within("failover", rx.recv()).await.unwrap();
+    assert!(next.fencing_token() > a_token);
+    let info = election.leader().await.unwrap().unwrap();
+    assert_eq!((info.value.as_slice(), info.token, info.lease), (&b"b"[..], next.fencing_token(), b.lease_id()));
+}
+
+/// When the leader's lease vanishes, the next candidate is elected; the old leader learns
+/// it lost, and its proclaim fails with `NotHeld` and writes nothing.
+pub async fn election_failover_after_lease_expiry(client: &Client, crash: Crash<'_>) {
+    let name = fresh("elect-expiry");
+    let prefix = client.prefix_of(&name).unwrap();
+    let a = client.session_builder().ttl(Duration::from_secs(2)).open().await.unwrap();
+    let b = client.session().await.unwrap();
+    let old = Election::new(&a, &name).unwrap().campaign("a").await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let candidate = Election::new(&b, &name).unwrap();
+    tokio::spawn(async move { tx.send(candidate.campaign("b").await.unwrap()).unwrap() });
+    until_keys(client, &prefix, 2).await;
+    crash(a.lease_id());
+    let new = within("failover", rx.recv()).await.unwrap();
+    assert!(new.fencing_token() > old.fencing_token());
+    match old.proclaim("a is back").await {
+        Err(e @ Error::NotHeld { what: "election", .. }) => assert!(e.to_string().starts_with("election: not held")),
+        other => panic!("a proclaim by a former leader must fail with NotHeld, got {other:?}"),
+    }
+    let leader = Election::new(&b, &name).unwrap().leader().await.unwrap().unwrap();
+    assert_eq!((leader.value.as_slice(), leader.key.as_str()), (&b"b"[..], new.key()));
+    assert_eq!(keys(client, &prefix).await, [new.key().to_owned()], "the failed proclaim wrote nothing");
+    within("the old leader learns it", old.lost()).await;
+    assert!(!old.is_valid() && new.is_valid());
+}
+
+/// An observer reports every state in order, however late it reads: no leader, a leader,
+/// its proclaimed value, a failover straight to the next candidate, the gap with no leader,
+/// and the next term. A late observer starts from the current state.
+pub async fn election_observe_reports_every_change(client: &Client) {
+    let name = fresh("elect-observe");
+    let prefix = client.prefix_of(&name).unwrap();
+    let [a, b, c]: [Session; 3] = sessions(client, 3).await.try_into().unwrap();
+    let election = Election::new(&a, &name).unwrap();
+    let mut observer = election.observe();
+    assert_eq!(within("first report", observer.changed()).await.unwrap(), None);
+
+    let la = election.campaign("a").await.unwrap();
+    let ta = la.fencing_token();
+    la.proclaim("a2").await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let eb = Election::new(&b, &name).unwrap();
+    tokio::spawn(async move { tx.send(eb.campaign("b").await.unwrap()).unwrap() });
+    until_keys(client, &prefix, 2).await; // a candidate that is not elected changes nothing
+    la.resign().await.unwrap();
+    let lb = within("failover", rx.recv()).await.unwrap();
+    let tb = lb.fencing_token();
+    lb.resign().await.unwrap();
+    let lc = Election::new(&c, &name).unwrap().campaign("c").await.unwrap();
+
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let info = within("next report", observer.changed()).await.unwrap();
+        seen.push(info.map(|l| (String::from_utf8(l.value).unwrap(), l.token)));
+    }
+    let tc = lc.fencing_token();
+    assert_eq!(
+        seen,
+        [Some(("a".into(), ta)), Some(("a2".into(), ta)), Some(("b".into(), tb)), None, Some(("c".into(), tc)),]
+    );
+    assert!(ta < tb && tb < tc);
+    let mut late = Election::new(&b, &name).unwrap().observe();
+    assert_eq!(within("late observer", late.changed()).await.unwrap().map(|l| l.token), Some(tc));
+}
+
+/// An observer keeps reporting across a cut connection: its view resynchronises instead of
+/// stopping, and reports the state it finds.
+pub async fn election_observe_survives_a_broken_watch(client: &Client, cut: &(dyn Fn(bool) + Sync)) {
+    let name = fresh("elect-resync");
+    let s = client.session().await.unwrap();
+    let election = Election::new(&s, &name).unwrap();
+    let mut observer = election.observe();
+    assert_eq!(within("first report", observer.changed()).await.unwrap(), None);
+    cut(true);
+    cut(false);
+    let leadership = election.campaign("after the cut").await.unwrap();
+    let info = within("report after the cut", observer.changed()).await.unwrap().expect("a leader");
+    assert_eq!((info.value.as_slice(), info.token), (&b"after the cut"[..], leadership.fencing_token()));
+    leadership.resign().await.unwrap();
+    assert_eq!(within("no leader", observer.changed()).await.unwrap(), None);
+}
+
+/// Over many terms and three sessions, each new leadership's token is greater than the
+/// previous one's, and an observer sees them in that order.
+pub async fn election_tokens_increase_across_terms(client: &Client) {
+    let name = fresh("elect-terms");
+    let sessions = sessions(client, 3).await;
+    let mut observer = Election::new(&sessions[0], &name).unwrap().observe();
+    assert_eq!(within("first report", observer.changed()).await.unwrap(), None);
+    let mut tokens = Vec::new();
+    for term in 0..9 {
+        let election = Election::new(&sessions[term % 3], &name).unwrap();
+        let l = election.campaign(format!("term {term}")).await.unwrap();
+        tokens.push(l.fencing_token());
+        l.resign().await.unwrap();
+    }
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+    let mut observed = Vec::new();
+    while observed.len() < tokens.len() {
+        if let Some(info) = within("observed term", observer.changed()).await.unwrap() {
+            observed.push(info.token);
+        }
+    }
+    assert_eq!(observed, tokens);
+}
+
+/// Two campaigns through one session share its key, so the second waits until the first
+/// leadership resigns (it must not come back as a second leader on the same key), and then
+/// starts a new term with its own value.
+pub async fn election_one_campaign_per_session(client: &Client) {
+    let name = fresh("elect-same-session");
+    let s = client.session().await.unwrap();
+    let election = Election::new(&s, &name).unwrap();
+    let first = election.campaign("first").await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let second = election.clone();
+    tokio::spawn(async move { tx.send(second.campaign("second").await.unwrap()).unwrap() });
+    // A negative check: the second campaign must not finish while the first term lasts.
+    assert!(tokio::time::timeout(Duration::from_millis(200), rx.recv()).await.is_err());
+    assert_eq!(election.leader().await.unwrap().unwrap().value, b"first");
+    let first_token = first.fencing_token();
+    first.resign().await.unwrap();
+    let next = within("second campaign", rx.recv()).await.unwrap();
+    assert!(next.fencing_token() > first_token);
+    assert_eq!(election.leader().await.unwrap().unwrap().value, b"second");
+}
+
+// ---------------------------------------------------------------------------------------
+// Strategies
+
+/// Six candidates, two of each strategy, each leading `terms` times: never two leaders at
+/// once (each counts itself in office while it leads, and the store names it as leader),
+/// every term's token greater than the term before, and no key left at the end.
+pub async fn election_strategies_keep_one_leader(client: &Client, terms: usize) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let name = fresh("elect-strategies");
+    let prefix = client.prefix_of(&name).unwrap();
+    let in_office = Arc::new(AtomicUsize::new(0));
+    let tokens = Arc::new(Mutex::new(Vec::new()));
+    let strategies = [Strategy::Pessimistic, Strategy::Optimistic, Strategy::Adaptive];
+    let mut tasks = Vec::new();
+    for (i, s) in sessions(client, 6).await.into_iter().enumerate() {
+        let election = Election::new(&s, &name).unwrap().with_strategy(strategies[i % 3]);
+        let (in_office, tokens) = (in_office.clone(), tokens.clone());
+        tasks.push(tokio::spawn(async move {
+            for term in 0..terms {
+                let l = within("campaign", election.campaign(format!("{i}/{term}"))).await.unwrap();
+                let before = in_office.fetch_add(1, Ordering::SeqCst);
+                assert_eq!(before, 0, "two leaders at once: {} ({:?}) was elected", i, election.strategy());
+                tokens.lock().unwrap().push(l.fencing_token());
+                let leader = election.leader().await.unwrap().expect("a leader");
+                assert_eq!(leader.token, l.fencing_token(), "the store names another leader");
+                in_office.fetch_sub(1, Ordering::SeqCst);
+                l.resign().await.unwrap();
+            }
+            s
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let tokens = tokens.lock().unwrap().clone();
+    assert_eq!(tokens.len(), 6 * terms);
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens out of order: {tokens:?}");
+    assert_eq!(keys(client, &prefix).await, Vec::<String>::new());
+}
+
+/// An optimistic candidate writes nothing while someone leads: a try and a timed campaign
+/// leave the leader's key alone under the prefix (sampled all through the timed campaign),
+/// and once the leader resigns the waiting campaign takes over with a greater token.
+pub async fn election_optimistic_candidate_waits_without_a_key(client: &Client) {
+    let name = fresh("elect-optimistic");
+    let prefix = client.prefix_of(&name).unwrap();
+    let (a, b) = (client.session().await.unwrap(), client.session().await.unwrap());
+    let leader = Election::new(&a, &name).unwrap().campaign("a").await.unwrap();
+    let only_leader = vec![leader.key().to_owned()];
+    let candidate = Election::new(&b, &name).unwrap().with_strategy(Strategy::Optimistic);
+    assert!(candidate.try_campaign("b").await.unwrap().is_none());
+    assert_eq!(keys(client, &prefix).await, only_leader);
+
+    let timed = candidate.campaign_timeout("b", Duration::from_millis(300));
+    let mut timed = std::pin::pin!(timed);
+    let mut samples = 0;
+    let outcome = loop {
+        tokio::select! {
+            biased;
+            r = &mut timed => break r,
+            k = keys(client, &prefix) => {
+                assert_eq!(k, only_leader, "an optimistic candidate left a key while another led");
+                samples += 1;
+            }
+        }
+    };
+    assert!(matches!(outcome, Err(Error::Timeout { what: "election", .. })), "{outcome:?}");
+    assert!(samples > 0);
+    b.settle().await;
+    assert_eq!(keys(client, &prefix).await, only_leader);
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let waiting = candidate.clone();
+    tokio::spawn(async move { tx.send(waiting.campaign("b").await.unwrap()).unwrap() });
+    let a_token = leader.fencing_token();
+    leader.resign().await.unwrap();
+    let next = within("optimistic failover", rx.recv()).await.unwrap();
+    assert!(next.fencing_token() > a_token);
+    assert_eq!(keys(client, &prefix).await, [next.key().to_owned()]);
+    assert_eq!(candidate.leader().await.unwrap().map(|l| l.value), Some(b"b".to_vec()));
+}
+
+/// An adaptive candidate campaigns by compare-and-swap while it meets nobody, and queues
+/// (keeps a key while it waits) once a campaign that may wait met a leader.
+pub async fn election_adaptive_queues_after_meeting_a_leader(client: &Client) {
+    let name = fresh("elect-adaptive");
+    let prefix = client.prefix_of(&name).unwrap();
+    let (a, b) = (client.session().await.unwrap(), client.session().await.unwrap());
+    let other = Election::new(&a, &name).unwrap();
+    let adaptive = Election::new(&b, &name).unwrap().with_strategy(Strategy::Adaptive);
+    adaptive.campaign("b").await.unwrap().resign().await.unwrap(); // uncontended
+
+    // It meets a leader: a try and a timed campaign wait without a key.
+    let leader = other.campaign("a").await.unwrap();
+    assert!(adaptive.try_campaign("b").await.unwrap().is_none());
+    let timed = adaptive.campaign_timeout("b", Duration::from_millis(100)).await;
+    assert!(matches!(timed, Err(Error::Timeout { .. })), "{timed:?}");
+    b.settle().await;
+    assert_eq!(keys(client, &prefix).await, [leader.key().to_owned()], "compare-and-swap first");
+
+    // Having met a leader, it queues: its key waits behind the leader's.
+    let waiting = adaptive.clone();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move { tx.send(waiting.campaign("b").await.unwrap()).unwrap() });
+    until_keys(client, &prefix, 2).await;
+    leader.resign().await.unwrap();
+    let next = within("queued failover", rx.recv()).await.unwrap();
+    assert_eq!(keys(client, &prefix).await, [next.key().to_owned()]);
+}
