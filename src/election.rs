@@ -6,7 +6,7 @@ use crate::backoff::{Backoff, Jitter};
 use crate::error::Result;
 use crate::guard::{fenced_writes, held_accessors, Holding};
 use crate::lock_delay::{self, LockDelay};
-use crate::queue::{acquire_cas, enqueue, local_slot, Admission, Rule, Subscription, Ticket, Wait};
+use crate::queue::{acquire_cas, enqueue, local_slot, Admission, Cas, Rule, Subscription, Ticket, Wait};
 use crate::strategy::Strategy;
 use crate::{Client, Session};
 use std::sync::Arc;
@@ -298,7 +298,12 @@ impl Election {
                 }
                 held
             } else {
-                let (held, conflicts) = acquire_cas(&self.session, WHAT, req, local, wait, &self.backoff).await?;
+                let cas = acquire_cas(&self.session, WHAT, req, (Some(local), true), wait, &self.backoff).await?;
+                let (held, conflicts) = match cas {
+                    (Cas::Held(hold, kv), conflicts) => (Some((hold, kv)), conflicts),
+                    (Cas::NotHeld, conflicts) => (None, conflicts),
+                    (Cas::KeyTaken, _) => unreachable!("adopt is set"),
+                };
                 if self.strategy == Strategy::Adaptive {
                     // As the mutex: the first leader met (even by a campaign that then timed
                     // out; not by a try) switches to the queue.

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::guard::{fenced_writes, held_accessors, Holder, Holding};
 use crate::local::waiter_queue::Slot;
 use crate::lock_delay::{self, LockDelay};
-use crate::queue::{acquire_cas, enqueue, Admission, Exclusive, Rule, Ticket, Wait};
+use crate::queue::{acquire_cas, enqueue, Admission, Cas, Exclusive, Rule, Ticket, Wait};
 use crate::strategy::Strategy;
 use crate::Session;
 use std::sync::Arc;
@@ -371,8 +371,13 @@ impl Mutex {
     /// The compare-and-swap acquisition, and how many times it found the lock held.
     async fn cas(&self, wait: Wait, (local, stale): (Slot, Option<Replaced>)) -> Result<(Option<MutexGuard>, u32)> {
         let req = self.queue.request(Precondition::PrefixEmpty, stale);
-        let (held, conflicts) = acquire_cas(&self.session, WHAT, req, local, wait, &self.backoff).await?;
-        Ok((held.map(|(hold, _)| MutexGuard { hold, marker: None }), conflicts))
+        let (held, conflicts) = acquire_cas(&self.session, WHAT, req, (Some(local), true), wait, &self.backoff).await?;
+        let guard = match held {
+            Cas::Held(hold, _) => Some(MutexGuard { hold, marker: None }),
+            Cas::NotHeld => None,
+            Cas::KeyTaken => unreachable!("adopt is set"),
+        };
+        Ok((guard, conflicts))
     }
 }
 

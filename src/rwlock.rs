@@ -1,10 +1,14 @@
 //! A fair distributed read-write lock with fencing tokens, under a session's lease.
 
+use crate::adaptive::Adaptive;
 use crate::backend::{CreateRequest, Precondition};
+use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
 use crate::guard::{fenced_writes, held_accessors, Holding};
-use crate::queue::{enqueue, Admission, Rule, Ticket, Wait};
+use crate::queue::{acquire_cas, enqueue, Admission, Cas, Rule, Ticket, Wait};
+use crate::strategy::Strategy;
 use crate::Session;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -29,6 +33,16 @@ const KEY_ATTEMPTS: usize = 64;
 /// after a queued writer wait behind it, and a stream of readers never starves a writer.
 /// Waiters are woken by the client's delete feed for the prefix only when their rule
 /// becomes true.
+///
+/// That is [`Strategy::Pessimistic`], the default. With [`Strategy::Optimistic`]
+/// ([`with_strategy`](RwLock::with_strategy)) an acquisition writes its key only when it is
+/// admitted at once — a reader only while no write key exists, a writer only while no key
+/// at all exists (one compare-and-swap) — and otherwise writes nothing, waits until the
+/// oldest key in its way is gone, pauses (jittered) and tries again. It keeps no place, so
+/// it is not fair: queued writers make optimistic readers wait, and a stream of readers can
+/// keep an optimistic writer out. [`Strategy::Adaptive`] starts optimistic and queues once
+/// an acquisition that may wait found the lock taken (as the [`Mutex`](crate::Mutex)).
+/// The admission rule is the same in every strategy, so they can be mixed safely.
 ///
 /// # Fencing tokens
 /// A guard's token is its key's create revision. A writer's token is greater than that of
@@ -59,6 +73,9 @@ pub struct RwLock {
     session: Session,
     name: String,
     prefix: String,
+    strategy: Strategy,
+    backoff: Backoff,
+    adaptive: Arc<Adaptive>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +97,46 @@ impl RwLock {
     /// A read-write lock on `name`. Fails for an invalid name.
     pub fn new(session: &Session, name: &str) -> Result<Self> {
         let prefix = session.client().prefix_of(name)?;
-        Ok(Self { session: session.clone(), name: name.to_owned(), prefix })
+        Ok(Self {
+            session: session.clone(),
+            name: name.to_owned(),
+            prefix,
+            strategy: Strategy::Pessimistic,
+            backoff: Backoff::new(Duration::from_micros(500), Duration::from_millis(50)).jitter(Jitter::Full),
+            adaptive: Arc::default(),
+        })
+    }
+
+    /// Chooses how this handle's acquisitions contend (see [Admission](RwLock#admission)).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
+    /// use leasehold::{Client, RwLock, Strategy};
+    /// let client = Client::memory();
+    /// let (a, b) = (client.session().await?, client.session().await?);
+    /// let writer = RwLock::new(&a, "config")?.write().await?;
+    /// let readers = RwLock::new(&b, "config")?.with_strategy(Strategy::Optimistic);
+    /// assert!(readers.try_read().await?.is_none()); // wrote nothing: a writer holds
+    /// writer.unlock().await?;
+    /// let r = readers.read().await?; // one compare-and-swap: no writer now
+    /// assert!(r.fencing_token() > 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// The strategy (see [`with_strategy`](RwLock::with_strategy)).
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// The pauses an optimistic acquisition waits after seeing the key in its way go, before
+    /// it tries again (jittered). The default: full jitter from 0.5 ms, doubling up to 50 ms.
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
     }
 
     /// The name.
@@ -165,12 +221,18 @@ impl RwLock {
     async fn acquire(&self, mode: Mode, wait: Wait) -> Result<Option<Holding>> {
         let timer = crate::metrics::Acquire::start("rwlock");
         self.session.check()?;
-        let span = tracing::debug_span!("rwlock.acquire", name = %self.name, ?mode);
+        let span = tracing::debug_span!("rwlock.acquire", name = %self.name, ?mode, strategy = ?self.strategy);
         let acquired = async {
             for _ in 0..KEY_ATTEMPTS {
                 // A re-attached lease's leftover key of this mode is taken over first.
                 let own = format!("{}{}{:x}-", self.prefix, mode.segment(), self.session.lease_id());
                 let (key, leftover) = self.session.numbered_key(&own);
+                let queued = match self.strategy {
+                    Strategy::Pessimistic => true,
+                    Strategy::Optimistic => false,
+                    Strategy::Adaptive => self.adaptive.queue_next(),
+                };
+                let writers = format!("{}{}", self.prefix, Mode::Write.segment());
                 let req = CreateRequest {
                     key,
                     value: Vec::new(),
@@ -182,16 +244,40 @@ impl RwLock {
                     replaces: None,
                     read: None,
                 };
+                if !queued {
+                    // A reader is excluded by any write key, a writer by any key at all.
+                    let req = match mode {
+                        Mode::Read => CreateRequest { prefix: writers, ..req },
+                        Mode::Write => req,
+                    };
+                    let (cas, conflicts) =
+                        acquire_cas(&self.session, WHAT, req, (None, leftover), wait, &self.backoff).await?;
+                    if self.strategy == Strategy::Adaptive && !matches!(cas, Cas::KeyTaken) {
+                        // As the mutex: the first holder met (not by a try) switches to the queue.
+                        if conflicts > 0 && wait != Wait::No {
+                            self.adaptive.force_queue();
+                        } else if matches!(cas, Cas::Held(..)) {
+                            self.adaptive.optimistic(0);
+                        }
+                    }
+                    match cas {
+                        Cas::Held(hold, _) => return Ok(Some(hold)),
+                        Cas::NotHeld => return Ok(None),
+                        Cas::KeyTaken => continue,
+                    }
+                }
                 let ticket = Ticket { what: "rwlock", req, local: None, adopt: leftover, replaces: None, check: None };
                 let admission = match mode {
-                    Mode::Read => {
-                        let writers = format!("{}{}", self.prefix, Mode::Write.segment());
-                        enqueue(&self.session, ticket, wait, Rule::NoOlderUnder(writers)).await?
-                    }
+                    Mode::Read => enqueue(&self.session, ticket, wait, Rule::NoOlderUnder(writers)).await?,
                     Mode::Write => enqueue(&self.session, ticket, wait, Rule::First).await?,
                 };
                 match admission {
-                    Admission::Held(hold, ..) => return Ok(Some(hold)),
+                    Admission::Held(hold, ..) => {
+                        if self.strategy == Strategy::Adaptive {
+                            self.adaptive.queued(hold.was_contended());
+                        }
+                        return Ok(Some(hold));
+                    }
                     Admission::NotAdmitted => return Ok(None),
                     Admission::KeyTaken => continue,
                 }

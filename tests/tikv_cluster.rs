@@ -15,6 +15,7 @@ mod conformance;
 use conformance::election as el;
 use conformance::mutex as mx;
 use conformance::recipes as rc;
+use conformance::rwlock as rw;
 use leasehold::{Client, Strategy::*, TikvConfig};
 
 async fn cluster(test: &str) -> Client {
@@ -58,7 +59,7 @@ on_cluster! {
     close_releases => |c| mx::close_releases(c);
     semaphore_limit_holds_under_contention => |c| rc::semaphore_limit_holds_under_contention(c, rc::Mix::Mixed);
     semaphore_crashed_holder_permits_return => |c| rc::semaphore_crashed_holder_permits_return(c, &crash(c));
-    rwlock_exclusion_under_contention => |c| rc::rwlock_exclusion_under_contention(c);
+    rwlock_exclusion_under_contention => |c| rw::rwlock_exclusion_under_contention(c, rc::Mix::Queued);
     election_observe_reports_every_change => |c| el::election_observe_reports_every_change(c);
     election_failover_after_lease_expiry => |c| el::election_failover_after_lease_expiry(c, &crash(c));
 }

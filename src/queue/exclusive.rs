@@ -196,17 +196,32 @@ impl Exclusive {
     }
 }
 
-/// The optimistic (compare-and-swap) acquisition of a one-holder name, shared by the
-/// [`Mutex`](crate::Mutex) and the [`Election`](crate::Election): creates `req.key` only if
-/// no key exists under `req.prefix` ([`Precondition::PrefixEmpty`], set here), and
-/// otherwise waits until the holder it saw is gone, pauses as `backoff` says (jittered, so
-/// that candidates woken by one release do not all retry at once) and tries again. Not
-/// fair: it keeps no place in the queue, and a queued acquirer of the same name can pass it.
+/// What an optimistic acquisition ([`acquire_cas`]) came to.
+#[derive(Debug)]
+pub(crate) enum Cas {
+    /// Held: the holding (contended if it met a holder) and the key as the create call saw
+    /// it (a key this session already had, a re-attached lease's, keeps its old value).
+    Held(Holding, KeyValue),
+    /// `wait` ran out: a try that found the resource taken, or a deadline. No key left.
+    NotHeld,
+    /// The key already existed under this session's lease and `adopt` was false: nothing
+    /// was written (the caller picks another key).
+    KeyTaken,
+}
+
+/// The optimistic (compare-and-swap) acquisition, shared by the [`Mutex`](crate::Mutex),
+/// the [`Election`](crate::Election) and the [`RwLock`](crate::RwLock): creates `req.key`
+/// only if no key exists under `req.prefix` ([`Precondition::PrefixEmpty`], set here), and
+/// otherwise waits until the oldest key it saw there is gone, pauses as `backoff` says
+/// (jittered, so that acquirers woken by one release do not all retry at once) and tries
+/// again. Not fair: it keeps no place in the queue, and a queued acquirer can pass it.
 ///
-/// Returns the holding (contended if it met a holder) and the key as the create call saw
-/// it: a key this session already had (a re-attached lease) is taken over with its old
-/// value. `None`: `wait` ran out (a try that found the name held, or a deadline). The
-/// second value: how many times it found the name held.
+/// The prefix is what excludes the key: a one-holder name's own prefix (the key is under
+/// it: held when it is the oldest there — created now, or this session's key from before),
+/// or a read lock's writers' prefix (the key is elsewhere: held when no key is under the
+/// prefix). A key of this session that exists already is taken over only if `adopt`.
+///
+/// Returns what it came to, and how many times it found the resource taken.
 ///
 /// # Cancel safety
 /// As [`create`]: a dropped call leaves no key behind.
@@ -214,40 +229,45 @@ pub(crate) async fn acquire_cas(
     session: &Session,
     what: &'static str,
     mut req: CreateRequest,
-    local: crate::local::waiter_queue::Slot,
+    (mut local, adopt): (Option<crate::local::waiter_queue::Slot>, bool),
     wait: Wait,
     backoff: &Backoff,
-) -> Result<(Option<(Holding, KeyValue)>, u32)> {
+) -> Result<(Cas, u32)> {
     req.precondition = Precondition::PrefixEmpty;
     // A planted bug for the conformance suite to catch (scripts/test.sh): create the key
     // whoever holds the name, and count it as held.
     #[cfg(leasehold_cas_mutation_blind)]
     let mut req = CreateRequest { precondition: Precondition::KeyAbsent, ..req };
     req.head_limit = 1;
-    let mut local = Some(local);
+    let under_prefix = req.key.starts_with(&req.prefix);
     let mut retry = Retry::new(wait, backoff);
     let mut conflicts = 0u32;
     loop {
         let Some((pending, resp)) = create(session, req.clone(), local.take(), None, wait).await? else {
-            return Ok((None, conflicts)); // our key was being deleted, and `wait` ran out
+            return Ok((Cas::NotHeld, conflicts)); // our key was being deleted, and `wait` ran out
         };
         let holder = resp.head.into_iter().next();
-        match (resp.mine, &holder) {
-            // Created, or this session already held it (a re-attached session).
-            (Some(mine), Some(h))
-                if (h.key == req.key || cfg!(leasehold_cas_mutation_blind)) && mine.lease == session.lease_id() =>
-            {
+        let ours = resp.mine.filter(|kv| kv.lease == session.lease_id());
+        if let Some(mine) = ours {
+            if !resp.created && !adopt {
+                drop(pending.leave()); // not this acquisition's key: leave it
+                return Ok((Cas::KeyTaken, conflicts));
+            }
+            let held = match &holder {
+                Some(h) => h.key == req.key,
+                None => !under_prefix,
+            };
+            if held || cfg!(leasehold_cas_mutation_blind) {
                 crate::metrics::conflicts(what, conflicts);
                 let hold = pending.into_holding(mine.create_revision)?;
-                return Ok((Some((hold.contended(conflicts > 0), mine)), conflicts));
+                return Ok((Cas::Held(hold.contended(conflicts > 0), mine), conflicts));
             }
-            _ => {}
         }
         local = pending.leave();
         let Some(h) = holder else { continue }; // freed in between: try again at once
         conflicts += 1;
         if !retry.after(session, &req.prefix, gone(&h.key, h.create_revision)).await? {
-            return Ok((None, conflicts));
+            return Ok((Cas::NotHeld, conflicts));
         }
     }
 }

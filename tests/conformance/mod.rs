@@ -9,6 +9,7 @@ pub mod lock_delay;
 pub mod mutex;
 pub mod recipes;
 pub mod register;
+pub mod rwlock;
 
 use leasehold::Client;
 
@@ -34,6 +35,7 @@ macro_rules! conformance_suite {
         use conformance::mutex as mx;
         use conformance::recipes::{self as rc, Mix};
         use conformance::register as rg;
+        use conformance::rwlock as rw;
         use leasehold::Strategy::{Optimistic, Pessimistic};
 
         $runner! {
@@ -73,9 +75,11 @@ macro_rules! conformance_suite {
             semaphore_usage => |c| rc::semaphore_usage(c);
             semaphore_permit_count_mismatch => |c| rc::semaphore_permit_count_mismatch(c);
             semaphore_try_timeout_cancel_leave_nothing => |c| rc::semaphore_try_timeout_cancel_leave_nothing(c);
-            rwlock_readers_share_writer_excludes => |c| rc::rwlock_readers_share_writer_excludes(c);
-            rwlock_exclusion_under_contention => |c| rc::rwlock_exclusion_under_contention(c);
-            rwlock_writer_not_starved_by_later_readers => |c| rc::rwlock_writer_not_starved_by_later_readers(c);
+            rwlock_readers_share_writer_excludes => |c| rw::rwlock_readers_share_writer_excludes(c);
+            rwlock_exclusion_under_contention => |c| rw::rwlock_exclusion_under_contention(c, Mix::Queued);
+            rwlock_exclusion_with_mixed_strategies => |c| rw::rwlock_exclusion_under_contention(c, Mix::Mixed);
+            rwlock_optimistic_waits_without_a_key => |c| rw::rwlock_optimistic_waits_without_a_key(c);
+            rwlock_writer_not_starved_by_later_readers => |c| rw::rwlock_writer_not_starved_by_later_readers(c);
             rwlock_and_election_cancel_leave_nothing => |c| rc::rwlock_and_election_cancel_leave_nothing(c);
             election_campaign_leader_proclaim_resign => |c| el::election_campaign_leader_proclaim_resign(c);
             election_failover_after_resign => |c| el::election_failover_after_resign(c);
