@@ -8,7 +8,12 @@
 //!     --out docs/sweep.md --plot docs/sweep.svg
 //! cargo bench --bench sweep -- --backend memory://            # no server
 //! cargo bench --bench sweep -- --cs-ms 0 --rounds 3           # each row 3×, interleaved
+//! cargo bench --bench sweep -- --recipe election              # leader elections instead
 //! ```
+//! With `--recipe election` an operation is one term of an [`Election`]: campaign, read the
+//! counter, a fenced put of its increment (refused to a deposed leader), resign; the three
+//! strategies are the election's (queued candidates, optimistic compare-and-swap campaigns,
+//! adaptive), against etcd's Lock RPC doing the same work.
 //! Each contender has its own client connection and session (like separate processes), or
 //! with `--shared-client` all share one client (tasks of one process; each its own session).
 //! The clock of a cell starts once every contender is connected. A cell runs for `--seconds`; its throughput is completed updates per second, its
@@ -31,7 +36,7 @@ mod etcd;
 use clap::Parser;
 use etcd_client::LockOptions;
 use indicatif::{ProgressBar, ProgressStyle};
-use leasehold::{Client, EtcdConfig, Register, Strategy};
+use leasehold::{Client, Election, EtcdConfig, Register, Strategy};
 use plotters::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -67,6 +72,9 @@ struct Args {
     /// 0 turns keeping a place off), for A/B runs. Default: the library's.
     #[arg(long)]
     requeue_window_ms: Option<f64>,
+    /// What contends: `register` (read-modify-write) or `election` (terms of a leader).
+    #[arg(long, default_value = "register", value_parser = ["register", "election"])]
+    recipe: String,
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -82,23 +90,33 @@ enum Way {
     /// contender is its own handle (a process with one task: batches of one). Critical
     /// section 0 only: a grouped update function runs on the combiner and cannot wait.
     Grouped,
+    /// Terms of an [`Election`] with this strategy (`--recipe election`).
+    Election(Strategy),
     LockRpc,
 }
 
 impl Way {
+    /// The way of `strategy` in the recipe the run measures.
+    fn of(election: bool, strategy: Strategy) -> Way {
+        if election {
+            Way::Election(strategy)
+        } else {
+            Way::Register(strategy)
+        }
+    }
     fn name(self) -> &'static str {
         match self {
-            Way::Register(strategy) => strategy.name(),
+            Way::Register(strategy) | Way::Election(strategy) => strategy.name(),
             Way::Grouped => "grouped",
             Way::LockRpc => "etcd Lock RPC",
         }
     }
     fn color(self) -> RGBColor {
         match self {
-            Way::Register(Strategy::Optimistic) => RGBColor(31, 119, 180),
-            Way::Register(Strategy::Pessimistic) => RGBColor(214, 39, 40),
-            Way::Register(Strategy::Adaptive) => RGBColor(44, 160, 44),
-            Way::Register(_) => RGBColor(23, 190, 207), // a strategy added later
+            Way::Register(Strategy::Optimistic) | Way::Election(Strategy::Optimistic) => RGBColor(31, 119, 180),
+            Way::Register(Strategy::Pessimistic) | Way::Election(Strategy::Pessimistic) => RGBColor(214, 39, 40),
+            Way::Register(Strategy::Adaptive) | Way::Election(Strategy::Adaptive) => RGBColor(44, 160, 44),
+            Way::Register(_) | Way::Election(_) => RGBColor(23, 190, 207), // a strategy added later
             Way::Grouped => RGBColor(148, 103, 189),
             Way::LockRpc => RGBColor(127, 127, 127),
         }
@@ -133,10 +151,10 @@ fn merge(rounds: &[Vec<Cell>], way: Way) -> Cell {
     let mine: Vec<Cell> = rounds.iter().filter_map(|r| of(r, way)).collect();
     let pick = |f: fn(&Cell) -> f64| median(mine.iter().map(f).collect());
     let round_ratios = match way {
-        Way::Register(Strategy::Adaptive) => rounds
+        Way::Register(Strategy::Adaptive) | Way::Election(Strategy::Adaptive) => rounds
             .iter()
             .filter_map(|r| {
-                let rate = |s| of(r, Way::Register(s)).map(|c| c.ops_per_s);
+                let rate = |s| of(r, Way::of(matches!(way, Way::Election(_)), s)).map(|c| c.ops_per_s);
                 Some(rate(Strategy::Adaptive)? / rate(Strategy::Optimistic)?.max(rate(Strategy::Pessimistic)?))
             })
             .collect(),
@@ -213,6 +231,25 @@ async fn contend(
             }
             session.close().await.unwrap();
         }
+        Way::Election(strategy) => {
+            let client = target.client().await;
+            let session = client.session().await.unwrap();
+            let election = Election::new(&session, &name).unwrap().with_strategy(strategy);
+            let key = format!("{name}.value");
+            start.wait().await;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let leader = election.campaign("sweep").await.unwrap();
+                let v = client.backend().get(&key).await.unwrap().map(|kv| kv.value);
+                if !cs.is_zero() {
+                    tokio::time::sleep(cs).await;
+                }
+                leader.fenced_put(key.as_str(), incr(v)).await.unwrap();
+                leader.resign().await.unwrap();
+                latencies.push(t.elapsed());
+            }
+            session.close().await.unwrap();
+        }
         Way::LockRpc => {
             let mut c = match target {
                 Target::Etcd(endpoints) => etcd_client::Client::connect(endpoints, None).await.unwrap(),
@@ -270,7 +307,7 @@ impl Target {
     async fn read(&self, way: Way, name: &str) -> u64 {
         let c = self.client().await;
         let key = match way {
-            Way::LockRpc => format!("{name}.value"),
+            Way::LockRpc | Way::Election(_) => format!("{name}.value"),
             Way::Register(_) | Way::Grouped => name.to_owned(),
         };
         c.backend().get(&key).await.unwrap().map_or(0, |kv| String::from_utf8(kv.value).unwrap().parse().unwrap())
@@ -344,8 +381,13 @@ fn table(cells: &[Cell], ways: &[Way], args: &Args, backend: &str, commit_ms: Op
     } else {
         String::new()
     };
+    let what = if args.recipe == "election" {
+        "a term of a leader election per operation (campaign, read, fenced put of the increment, resign)"
+    } else {
+        "a Register increment per operation"
+    };
     let mut out = format!(
-        "Contention sweep on {backend}: a Register increment per operation, {} s per cell (the clock starts\n\
+        "Contention sweep on {backend}: {what}, {} s per cell (the clock starts\n\
          once every contender is connected). {who}. `adaptive / best` compares adaptive with the\n\
          better of optimistic and pessimistic in the same row.{rounds} In the last table, `fewest per\n\
          contender / mean` is the fewest updates one contender completed against the mean (1: all\n\
@@ -380,10 +422,11 @@ fn table(cells: &[Cell], ways: &[Way], args: &Args, backend: &str, commit_ms: Op
                     None => out += " – |",
                 }
             }
-            let rate = |s| get(Way::Register(s)).map_or(0.0, |c| c.ops_per_s);
+            let election = args.recipe == "election";
+            let rate = |s| get(Way::of(election, s)).map_or(0.0, |c| c.ops_per_s);
             let best = rate(Strategy::Optimistic).max(rate(Strategy::Pessimistic));
             out += &format!(" {:.2}", rate(Strategy::Adaptive) / best);
-            match get(Way::Register(Strategy::Adaptive)).map(|c| &c.round_ratios) {
+            match get(Way::of(election, Strategy::Adaptive)).map(|c| &c.round_ratios) {
                 Some(r) if r.len() > 1 => {
                     let (lo, hi) = r.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
                     out += &format!(" ({:.2}; {lo:.2}–{hi:.2}) |", median(r.clone()));
@@ -493,12 +536,15 @@ async fn main() {
         }
         t => t,
     };
+    let election = args.recipe == "election";
     let mut ways = vec![
-        Way::Register(Strategy::Optimistic),
-        Way::Register(Strategy::Pessimistic),
-        Way::Register(Strategy::Adaptive),
-        Way::Grouped,
+        Way::of(election, Strategy::Optimistic),
+        Way::of(election, Strategy::Pessimistic),
+        Way::of(election, Strategy::Adaptive),
     ];
+    if !election {
+        ways.push(Way::Grouped);
+    }
     if !matches!(target, Target::Memory(_)) {
         ways.push(Way::LockRpc);
     }

@@ -6,7 +6,7 @@ use crate::backoff::{Backoff, Jitter};
 use crate::error::Result;
 use crate::guard::{fenced_writes, held_accessors, Holding};
 use crate::lock_delay::{self, LockDelay};
-use crate::queue::{acquire_cas, enqueue, local_slot, Admission, Cas, Rule, Subscription, Ticket, Wait};
+use crate::queue::{acquire_cas, enqueue, local_slot, Admission, Cas, CasAttempt, Rule, Subscription, Ticket, Wait};
 use crate::strategy::Strategy;
 use crate::{Client, Session};
 use std::sync::Arc;
@@ -281,55 +281,43 @@ impl Election {
                 replaces: None,
                 read: None,
             };
+            let adaptive = self.strategy == Strategy::Adaptive;
             let queued = match self.strategy {
                 Strategy::Pessimistic => true,
                 Strategy::Optimistic => false,
                 Strategy::Adaptive => self.adaptive.queue_next(),
             };
-            let held = if queued {
-                let ticket = Ticket { what: WHAT, req, local: Some(local), adopt: true, replaces: None, check: None };
-                let held = match enqueue(&self.session, ticket, wait, Rule::First).await? {
-                    Admission::Held(hold, kv, _) => Some((hold, kv)),
-                    Admission::NotAdmitted => None,
-                    Admission::KeyTaken => unreachable!("adopt is set"),
-                };
-                if let (Strategy::Adaptive, Some((hold, _))) = (self.strategy, &held) {
-                    self.adaptive.queued(hold.was_contended());
-                }
-                held
-            } else {
-                let cas = acquire_cas(&self.session, WHAT, req, (Some(local), true), wait, &self.backoff).await?;
-                let (held, conflicts) = match cas {
-                    (Cas::Held(hold, kv), conflicts) => (Some((hold, kv)), conflicts),
-                    (Cas::NotHeld, conflicts) => (None, conflicts),
-                    (Cas::KeyTaken, _) => unreachable!("adopt is set"),
-                };
-                if self.strategy == Strategy::Adaptive {
-                    // As the mutex: the first leader met (even by a campaign that then timed
-                    // out; not by a try) switches to the queue.
-                    if conflicts > 0 && wait != Wait::No {
-                        self.adaptive.force_queue();
-                    } else if held.is_some() {
-                        self.adaptive.optimistic(0);
+            let mut local = Some(local);
+            if !queued {
+                // Adaptive gives way at the first leader it meets (not in a try), as the mutex
+                // does: it queues instead, this campaign included — waiting without a place
+                // it could starve behind the queued candidates.
+                let attempt = CasAttempt { local: local.take(), adopt: true, give_way: adaptive };
+                match acquire_cas(&self.session, WHAT, req.clone(), attempt, wait, &self.backoff).await?.0 {
+                    Cas::Held(hold, kv) => {
+                        if adaptive {
+                            self.adaptive.optimistic(0);
+                        }
+                        return self.elected(hold, kv, value, wait).await;
                     }
+                    Cas::NotHeld => return Ok(None),
+                    Cas::Busy(slot) => {
+                        self.adaptive.force_queue();
+                        local = slot;
+                    }
+                    Cas::KeyTaken => unreachable!("adopt is set"),
                 }
-                held
-            };
-            let Some((hold, kv)) = held else { return Ok(None) };
-            let leadership = match &self.lock_delay {
-                Some(delay) => match delay.hold("election", hold, wait).await? {
-                    Some((hold, marker)) => Leadership { hold, marker: Some(marker) },
-                    None => return Ok(None),
-                },
-                None => Leadership { hold, marker: None },
-            };
-            if kv.value != value {
-                leadership.proclaim(value).await?;
-                // Answered past the session's deadline: no leadership (dropped, released).
-                self.session.check()?;
             }
-            tracing::debug!(token = leadership.fencing_token(), "elected");
-            Ok(Some(leadership))
+            let ticket = Ticket { what: WHAT, req, local, adopt: true, replaces: None, check: None };
+            let (hold, kv) = match enqueue(&self.session, ticket, wait, Rule::First).await? {
+                Admission::Held(hold, kv, _) => (hold, kv),
+                Admission::NotAdmitted => return Ok(None),
+                Admission::KeyTaken => unreachable!("adopt is set"),
+            };
+            if adaptive {
+                self.adaptive.queued(hold.was_contended());
+            }
+            self.elected(hold, kv, value, wait).await
         }
         .instrument(span)
         .await;
@@ -337,6 +325,24 @@ impl Election {
             timer.done(g.hold.was_contended());
         }
         acquired
+    }
+
+    /// What follows an admission: the lock-delay, if any, and the campaign's value.
+    async fn elected(&self, hold: Holding, kv: KeyValue, value: Vec<u8>, wait: Wait) -> Result<Option<Leadership>> {
+        let leadership = match &self.lock_delay {
+            Some(delay) => match delay.hold("election", hold, wait).await? {
+                Some((hold, marker)) => Leadership { hold, marker: Some(marker) },
+                None => return Ok(None),
+            },
+            None => Leadership { hold, marker: None },
+        };
+        if kv.value != value {
+            leadership.proclaim(value).await?;
+            // Answered past the session's deadline: no leadership (dropped, released).
+            self.session.check()?;
+        }
+        tracing::debug!(token = leadership.fencing_token(), "elected");
+        Ok(Some(leadership))
     }
 
     /// The current leader, if any (a snapshot: it may change at once).

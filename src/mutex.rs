@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::guard::{fenced_writes, held_accessors, Holder, Holding};
 use crate::local::waiter_queue::Slot;
 use crate::lock_delay::{self, LockDelay};
-use crate::queue::{acquire_cas, enqueue, Admission, Cas, Exclusive, Rule, Ticket, Wait};
+use crate::queue::{acquire_cas, enqueue, Admission, Cas, CasAttempt, Exclusive, Rule, Ticket, Wait};
 use crate::strategy::Strategy;
 use crate::Session;
 use std::sync::Arc;
@@ -323,7 +323,10 @@ impl Mutex {
             let Some(prepared) = self.queue.prepare(wait).await? else { return Ok(None) };
             let guard = match self.strategy {
                 Strategy::Pessimistic => self.acquire_queued(wait, prepared).await,
-                Strategy::Optimistic => self.cas(wait, prepared).await.map(|(got, _)| got),
+                Strategy::Optimistic => match self.cas(wait, prepared, false).await? {
+                    Ok(got) => Ok(got),
+                    Err(_) => unreachable!("gives way only when asked"),
+                },
                 Strategy::Adaptive if self.adaptive.queue_next() => {
                     let got = self.acquire_queued(wait, prepared).await?;
                     if let Some(g) = &got {
@@ -333,15 +336,25 @@ impl Mutex {
                 }
                 Strategy::Adaptive => {
                     // For a mutex the queue costs what a compare-and-swap costs when alone, and
-                    // is fair under contention: the first holder met switches to it (even by
-                    // an acquisition that then timed out; not by a try).
-                    let (got, conflicts) = self.cas(wait, prepared).await?;
-                    if conflicts > 0 && wait != Wait::No {
-                        self.adaptive.force_queue();
-                    } else if got.is_some() {
-                        self.adaptive.optimistic(0);
+                    // is fair under contention: the first holder met (not by a try) switches
+                    // to it, this acquisition included — waiting without a place, it could
+                    // starve behind the queue.
+                    match self.cas(wait, prepared, true).await? {
+                        Ok(got) => {
+                            if got.is_some() {
+                                self.adaptive.optimistic(0);
+                            }
+                            Ok(got)
+                        }
+                        Err(prepared) => {
+                            self.adaptive.force_queue();
+                            let got = self.acquire_queued(wait, prepared).await?;
+                            if let Some(g) = &got {
+                                self.adaptive.queued(g.hold.was_contended());
+                            }
+                            Ok(got)
+                        }
                     }
-                    Ok(got)
                 }
             }?;
             match (guard, &self.lock_delay) {
@@ -368,16 +381,22 @@ impl Mutex {
         Ok(held.map(|(hold, _)| MutexGuard { hold, marker: None }))
     }
 
-    /// The compare-and-swap acquisition, and how many times it found the lock held.
-    async fn cas(&self, wait: Wait, (local, stale): (Slot, Option<Replaced>)) -> Result<(Option<MutexGuard>, u32)> {
-        let req = self.queue.request(Precondition::PrefixEmpty, stale);
-        let (held, conflicts) = acquire_cas(&self.session, WHAT, req, (Some(local), true), wait, &self.backoff).await?;
-        let guard = match held {
-            Cas::Held(hold, _) => Some(MutexGuard { hold, marker: None }),
-            Cas::NotHeld => None,
+    /// The compare-and-swap acquisition. With `give_way`, the first holder it meets (unless
+    /// `wait` is a try) ends it with the slot and stale key back (`Err`), for the queue.
+    async fn cas(
+        &self,
+        wait: Wait,
+        (local, stale): (Slot, Option<Replaced>),
+        give_way: bool,
+    ) -> Result<std::result::Result<Option<MutexGuard>, (Slot, Option<Replaced>)>> {
+        let req = self.queue.request(Precondition::PrefixEmpty, stale.clone());
+        let attempt = CasAttempt { local: Some(local), adopt: true, give_way };
+        Ok(match acquire_cas(&self.session, WHAT, req, attempt, wait, &self.backoff).await?.0 {
+            Cas::Held(hold, _) => Ok(Some(MutexGuard { hold, marker: None })),
+            Cas::NotHeld => Ok(None),
+            Cas::Busy(local) => Err((local.expect("the slot comes back"), stale)),
             Cas::KeyTaken => unreachable!("adopt is set"),
-        };
-        Ok((guard, conflicts))
+        })
     }
 }
 

@@ -5,7 +5,7 @@ use crate::backend::{CreateRequest, Precondition};
 use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
 use crate::guard::{fenced_writes, held_accessors, Holding};
-use crate::queue::{acquire_cas, enqueue, Admission, Cas, Rule, Ticket, Wait};
+use crate::queue::{acquire_cas, enqueue, Admission, Cas, CasAttempt, Rule, Ticket, Wait};
 use crate::strategy::Strategy;
 use crate::Session;
 use std::sync::Arc;
@@ -244,26 +244,26 @@ impl RwLock {
                     replaces: None,
                     read: None,
                 };
+                let adaptive = self.strategy == Strategy::Adaptive;
                 if !queued {
                     // A reader is excluded by any write key, a writer by any key at all.
-                    let req = match mode {
-                        Mode::Read => CreateRequest { prefix: writers, ..req },
-                        Mode::Write => req,
+                    let cas_req = match mode {
+                        Mode::Read => CreateRequest { prefix: writers.clone(), ..req.clone() },
+                        Mode::Write => req.clone(),
                     };
-                    let (cas, conflicts) =
-                        acquire_cas(&self.session, WHAT, req, (None, leftover), wait, &self.backoff).await?;
-                    if self.strategy == Strategy::Adaptive && !matches!(cas, Cas::KeyTaken) {
-                        // As the mutex: the first holder met (not by a try) switches to the queue.
-                        if conflicts > 0 && wait != Wait::No {
-                            self.adaptive.force_queue();
-                        } else if matches!(cas, Cas::Held(..)) {
-                            self.adaptive.optimistic(0);
+                    // Adaptive gives way at the first holder it meets (not in a try) and queues
+                    // instead, this acquisition included, as the mutex does.
+                    let attempt = CasAttempt { local: None, adopt: leftover, give_way: adaptive };
+                    match acquire_cas(&self.session, WHAT, cas_req, attempt, wait, &self.backoff).await?.0 {
+                        Cas::Held(hold, _) => {
+                            if adaptive {
+                                self.adaptive.optimistic(0);
+                            }
+                            return Ok(Some(hold));
                         }
-                    }
-                    match cas {
-                        Cas::Held(hold, _) => return Ok(Some(hold)),
                         Cas::NotHeld => return Ok(None),
                         Cas::KeyTaken => continue,
+                        Cas::Busy(_) => self.adaptive.force_queue(),
                     }
                 }
                 let ticket = Ticket { what: "rwlock", req, local: None, adopt: leftover, replaces: None, check: None };
@@ -273,7 +273,7 @@ impl RwLock {
                 };
                 match admission {
                     Admission::Held(hold, ..) => {
-                        if self.strategy == Strategy::Adaptive {
+                        if adaptive {
                             self.adaptive.queued(hold.was_contended());
                         }
                         return Ok(Some(hold));

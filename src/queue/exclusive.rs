@@ -207,6 +207,21 @@ pub(crate) enum Cas {
     /// The key already existed under this session's lease and `adopt` was false: nothing
     /// was written (the caller picks another key).
     KeyTaken,
+    /// It met a holder and was asked to give way rather than wait (`give_way`): nothing
+    /// was written; the session's local slot for the key, if it had one, is handed back
+    /// for the queued acquisition the caller makes instead (adaptive's switch).
+    Busy(Option<crate::local::waiter_queue::Slot>),
+}
+
+/// How [`acquire_cas`] goes about it.
+#[derive(Debug)]
+pub(crate) struct CasAttempt {
+    /// The session's local slot for the key (recipes with one key per session).
+    pub(crate) local: Option<crate::local::waiter_queue::Slot>,
+    /// Whether a key of this session that exists already is taken over.
+    pub(crate) adopt: bool,
+    /// Whether to return [`Cas::Busy`] at the first holder met instead of waiting for it.
+    pub(crate) give_way: bool,
 }
 
 /// The optimistic (compare-and-swap) acquisition, shared by the [`Mutex`](crate::Mutex),
@@ -221,7 +236,9 @@ pub(crate) enum Cas {
 /// or a read lock's writers' prefix (the key is elsewhere: held when no key is under the
 /// prefix). A key of this session that exists already is taken over only if `adopt`.
 ///
-/// Returns what it came to, and how many times it found the resource taken.
+/// Returns what it came to, and how many times it found the resource taken. With
+/// `give_way` it never waits for a holder: the first one it meets ends it with
+/// [`Cas::Busy`] (unless `wait` is a try, which ends with [`Cas::NotHeld`] as always).
 ///
 /// # Cancel safety
 /// As [`create`]: a dropped call leaves no key behind.
@@ -229,7 +246,7 @@ pub(crate) async fn acquire_cas(
     session: &Session,
     what: &'static str,
     mut req: CreateRequest,
-    (mut local, adopt): (Option<crate::local::waiter_queue::Slot>, bool),
+    CasAttempt { mut local, adopt, give_way }: CasAttempt,
     wait: Wait,
     backoff: &Backoff,
 ) -> Result<(Cas, u32)> {
@@ -266,6 +283,9 @@ pub(crate) async fn acquire_cas(
         local = pending.leave();
         let Some(h) = holder else { continue }; // freed in between: try again at once
         conflicts += 1;
+        if give_way && wait != Wait::No {
+            return Ok((Cas::Busy(local), conflicts));
+        }
         if !retry.after(session, &req.prefix, gone(&h.key, h.create_revision)).await? {
             return Ok((Cas::NotHeld, conflicts));
         }
