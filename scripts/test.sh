@@ -31,19 +31,26 @@ elif ! grep -q "barged past the queue" "$crowd_log"; then
   exit 1
 fi
 echo "test: planted unchecked optimistic writes caught: $(grep -m1 -o 'the queued updates failed [^(]*' "$crowd_log")"
-# The optimistic (compare-and-swap) acquisition of a mutex or an election, planted blind
-# (--cfg leasehold_cas_mutation_blind: it creates its key whoever holds the name and counts
-# it as held): the election's strategy check must see two leaders.
-cas_log=target/cas-mut.log
-if RUSTFLAGS="--cfg leasehold_cas_mutation_blind" CARGO_TARGET_DIR=target/cas-mut \
-    cargo test --no-default-features --test memory election_strategies_keep_one_leader >"$cas_log" 2>&1; then
-  echo "test: planted blind compare-and-swap NOT caught" >&2
-  exit 1
-elif ! grep -q "two leaders at once" "$cas_log"; then
-  echo "test: the planted-bug run failed otherwise (see $cas_log)" >&2
-  exit 1
-fi
-echo "test: planted blind compare-and-swap caught: $(grep -m1 -o 'two leaders at once[^(]*([A-Za-z]*)' "$cas_log")"
+# Two planted bugs, in one build: the optimistic (compare-and-swap) acquisition planted
+# blind (--cfg leasehold_cas_mutation_blind: it creates its key whoever holds the name and
+# counts it as held) must make the election's strategy check see two leaders; a multi-lock
+# that takes its names in the order given (--cfg leasehold_multilock_mutation_unordered)
+# must deadlock its check (which then fails after 30 s without progress).
+plant_flags="--cfg leasehold_cas_mutation_blind --cfg leasehold_multilock_mutation_unordered"
+for plant in "election_strategies_keep_one_leader:two leaders at once" \
+             "multi_lock_excludes_and_never_deadlocks_pessimistic:a deadlock?): no progress"; do
+  test_name=${plant%%:*}; expected=${plant#*:}
+  plant_log=target/plant-$test_name.log
+  if RUSTFLAGS="$plant_flags" CARGO_TARGET_DIR=target/cas-mut \
+      cargo test --no-default-features --test memory "$test_name" >"$plant_log" 2>&1; then
+    echo "test: planted bug NOT caught by $test_name" >&2
+    exit 1
+  elif ! grep -qF "$expected" "$plant_log"; then
+    echo "test: the planted-bug run of $test_name failed otherwise (see $plant_log)" >&2
+    exit 1
+  fi
+  echo "test: planted bug caught by $test_name: $(grep -m1 -oF "$expected" "$plant_log")"
+done
 cargo test --workspace --doc
 # Examples and benches: built, and benches smoke-run once (criterion's test mode; the
 # etcd benches only measure under `cargo bench`).

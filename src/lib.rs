@@ -47,6 +47,7 @@ mod leader_loop;
 mod local;
 mod lock_delay;
 mod metrics;
+mod multi_lock;
 mod mutex;
 mod name;
 mod observe;
@@ -72,6 +73,7 @@ pub use error::{Cause, Error, Result};
 pub use fencing::FencedResource;
 pub use guard::Holder;
 pub use leader_loop::LeaderLoop;
+pub use multi_lock::{MultiGuard, MultiLock};
 pub use mutex::{Mutex, MutexGuard};
 pub use name::{validate_name, MAX_NAME_LEN};
 pub use register::{GroupToken, GroupUpdated, Grouping, Register, Updated, DEFAULT_REQUEUE_WINDOW};
@@ -86,6 +88,7 @@ pub use strategy::Strategy;
 const _: () = {
     const fn send_sync_static<T: Send + Sync + 'static>() {}
     send_sync_static::<MutexGuard>();
+    send_sync_static::<MultiGuard>();
     send_sync_static::<Permit>();
     send_sync_static::<ReadGuard>();
     send_sync_static::<WriteGuard>();

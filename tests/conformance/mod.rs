@@ -6,6 +6,7 @@ pub mod backend;
 pub mod election;
 pub mod grouped;
 pub mod lock_delay;
+pub mod multi_lock;
 pub mod mutex;
 pub mod recipes;
 pub mod register;
@@ -32,6 +33,7 @@ macro_rules! conformance_suite {
         use conformance::backend as bk;
         use conformance::election as el;
         use conformance::grouped as gr;
+        use conformance::multi_lock as ml;
         use conformance::mutex as mx;
         use conformance::recipes::{self as rc, Mix};
         use conformance::register as rg;
@@ -64,6 +66,9 @@ macro_rules! conformance_suite {
             bad_input => |c| mx::bad_input(c);
             close_releases => |c| mx::close_releases(c);
             relock => |c| mx::relock(c);
+            multi_lock_excludes_and_never_deadlocks_pessimistic => |c| ml::multi_lock_excludes_and_never_deadlocks(c, Pessimistic, 8);
+            multi_lock_excludes_and_never_deadlocks_optimistic => |c| ml::multi_lock_excludes_and_never_deadlocks(c, Optimistic, 8);
+            multi_lock_all_or_nothing => |c| ml::multi_lock_all_or_nothing(c);
             relock_cancellation => |c| mx::relock_cancellation(c, 60);
             relock_leftover_is_reclaimed => |c| mx::relock_leftover_is_reclaimed(c);
 
