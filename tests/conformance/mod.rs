@@ -6,6 +6,7 @@ pub mod backend;
 pub mod grouped;
 pub mod lock_delay;
 pub mod mutex;
+pub mod permits;
 pub mod recipes;
 pub mod register;
 
@@ -30,6 +31,7 @@ macro_rules! conformance_suite {
         use conformance::backend as bk;
         use conformance::grouped as gr;
         use conformance::mutex as mx;
+        use conformance::permits as pm;
         use conformance::recipes::{self as rc, Mix};
         use conformance::register as rg;
         use leasehold::Strategy::{Optimistic, Pessimistic};
@@ -71,6 +73,14 @@ macro_rules! conformance_suite {
             semaphore_usage => |c| rc::semaphore_usage(c);
             semaphore_permit_count_mismatch => |c| rc::semaphore_permit_count_mismatch(c);
             semaphore_try_timeout_cancel_leave_nothing => |c| rc::semaphore_try_timeout_cancel_leave_nothing(c);
+            semaphore_permits_limit_holds_under_contention => |c| pm::limit_holds_under_contention(c, Mix::Queued);
+            semaphore_permits_limit_holds_with_mixed_strategies => |c| pm::limit_holds_under_contention(c, Mix::Mixed);
+            semaphore_permits_weights_respected_pessimistic => |c| pm::weights_respected(c, Pessimistic);
+            semaphore_permits_weights_respected_optimistic => |c| pm::weights_respected(c, Optimistic);
+            semaphore_permits_big_request_not_passed => |c| pm::big_request_not_passed(c);
+            semaphore_permits_bad_counts_refused => |c| pm::bad_counts_refused(c);
+            semaphore_permits_try_timeout_cancel_leave_nothing => |c| pm::try_timeout_cancel_leave_nothing(c);
+            semaphore_permits_usage_counts_weights => |c| pm::usage_counts_weights(c);
             rwlock_readers_share_writer_excludes => |c| rc::rwlock_readers_share_writer_excludes(c);
             rwlock_exclusion_under_contention => |c| rc::rwlock_exclusion_under_contention(c);
             rwlock_writer_not_starved_by_later_readers => |c| rc::rwlock_writer_not_starved_by_later_readers(c);

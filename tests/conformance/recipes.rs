@@ -24,7 +24,7 @@ pub const LIMIT: Duration = Duration::from_secs(30);
 /// Makes a lease vanish on the server, as if its holder had crashed.
 pub type Crash<'a> = &'a (dyn Fn(i64) + Sync);
 
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(LIMIT, fut).await {
         Ok(v) => v,
         Err(_) => panic!("{what}: no progress within {LIMIT:?}"),
@@ -32,18 +32,18 @@ async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
 }
 
 /// A name no earlier run used.
-fn fresh(base: &str) -> String {
+pub fn fresh(base: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     format!("{base}-{nanos:x}-{}", N.fetch_add(1, Ordering::Relaxed))
 }
 
-async fn keys(client: &Client, prefix: &str) -> Vec<String> {
+pub async fn keys(client: &Client, prefix: &str) -> Vec<String> {
     client.backend().range_prefix(prefix, 0).await.unwrap().0.into_iter().map(|kv| kv.key).collect()
 }
 
 /// Waits (on a watch, not by polling) until exactly `n` keys exist under `prefix`.
-async fn until_keys(client: &Client, prefix: &str, n: usize) {
+pub async fn until_keys(client: &Client, prefix: &str, n: usize) {
     let backend = client.backend();
     let mut watch = backend.watch_prefix(prefix).await.unwrap();
     within(&format!("{n} keys under {prefix}"), async {
@@ -55,7 +55,7 @@ async fn until_keys(client: &Client, prefix: &str, n: usize) {
 }
 
 /// Polls `fut` `polls` times (yielding in between) and drops it if it is not done by then.
-async fn poll_then_drop<T>(fut: impl Future<Output = T>, polls: usize) -> Option<T> {
+pub async fn poll_then_drop<T>(fut: impl Future<Output = T>, polls: usize) -> Option<T> {
     let mut fut = std::pin::pin!(fut);
     for _ in 0..polls {
         if let Poll::Ready(v) = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
@@ -66,7 +66,7 @@ async fn poll_then_drop<T>(fut: impl Future<Output = T>, polls: usize) -> Option
     None
 }
 
-async fn sessions(client: &Client, n: usize) -> Vec<Session> {
+pub async fn sessions(client: &Client, n: usize) -> Vec<Session> {
     let mut out = Vec::new();
     for _ in 0..n {
         out.push(client.session().await.unwrap());
