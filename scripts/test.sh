@@ -31,6 +31,18 @@ elif ! grep -q "barged past the queue" "$crowd_log"; then
   exit 1
 fi
 echo "test: planted unchecked optimistic writes caught: $(grep -m1 -o 'the queued updates failed [^(]*' "$crowd_log")"
+# The semaphore's weighted rule, planted to count every key as 1
+# (--cfg leasehold_permits_mutation_unweighted): the weighted-permit checks must catch it.
+permits_log=target/permits-mut.log
+if RUSTFLAGS="--cfg leasehold_permits_mutation_unweighted" CARGO_TARGET_DIR=target/permits-mut \
+    cargo test --no-default-features --test memory semaphore_permits_weights_respected >"$permits_log" 2>&1; then
+  echo "test: planted unweighted semaphore rule NOT caught" >&2
+  exit 1
+elif ! grep -q "a try for 3 took permits with 3 of 5 held" "$permits_log"; then
+  echo "test: the planted-bug run failed otherwise (see $permits_log)" >&2
+  exit 1
+fi
+echo "test: planted unweighted semaphore rule caught: $(grep -m1 -o 'test result: [^;]*; [^;]*' "$permits_log")"
 cargo test --workspace --doc
 # Examples and benches: built, and benches smoke-run once (criterion's test mode; the
 # etcd benches only measure under `cargo bench`).

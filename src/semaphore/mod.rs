@@ -60,7 +60,7 @@ const KEY_ATTEMPTS: usize = 64;
 /// granted before it.
 ///
 /// # Cancel safety
-/// Dropping an `acquire()` future at any point leaves no key behind (see
+/// Dropping an `acquire()` or `acquire_many(n)` future at any point leaves no key behind (see
 /// [`Session::settle`]).
 ///
 /// ```
