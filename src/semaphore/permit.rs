@@ -48,7 +48,9 @@ impl Permit {
     /// use leasehold::{Client, Semaphore};
     /// let session = Client::memory().session().await?;
     /// let pool = Semaphore::new(&session, "pool", 3)?;
-    /// assert_eq!(pool.acquire().await?.permits(), 1);
+    /// let one = pool.acquire().await?;
+    /// assert_eq!(one.permits(), 1);
+    /// one.release().await?;
     /// assert_eq!(pool.try_acquire_many(3).await?.expect("all free").permits(), 3);
     /// # Ok(()) }
     /// ```
