@@ -81,6 +81,7 @@ macro_rules! conformance_suite {
             semaphore_permits_bad_counts_refused => |c| pm::bad_counts_refused(c);
             semaphore_permits_try_timeout_cancel_leave_nothing => |c| pm::try_timeout_cancel_leave_nothing(c);
             semaphore_permits_usage_counts_weights => |c| pm::usage_counts_weights(c);
+            semaphore_permits_reattach_takes_over_by_weight => |c| pm::reattach_takes_over_by_weight(c);
             rwlock_readers_share_writer_excludes => |c| rc::rwlock_readers_share_writer_excludes(c);
             rwlock_exclusion_under_contention => |c| rc::rwlock_exclusion_under_contention(c);
             rwlock_writer_not_starved_by_later_readers => |c| rc::rwlock_writer_not_starved_by_later_readers(c);

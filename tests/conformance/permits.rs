@@ -219,3 +219,31 @@ pub async fn usage_counts_weights(client: &Client) {
     c.release().await.unwrap();
     assert_eq!(sem.usage().await.unwrap().available(), 5);
 }
+
+/// A re-attached session takes over a leftover permit key only for an acquisition of the
+/// same weight: a single permit does not adopt the earlier process's 3 permits (it gets a
+/// new key, and waits behind them), an `acquire_many(3)` does (same key, same token).
+pub async fn reattach_takes_over_by_weight(client: &Client) {
+    let name = fresh("permits-reattach");
+    let prefix = client.prefix_of(&name).unwrap();
+    let before = client.session().await.unwrap();
+    let three = Semaphore::new(&before, &name, 4).unwrap().acquire_many(3).await.unwrap();
+    let old = (three.key().to_owned(), three.fencing_token());
+    std::mem::forget(three); // the earlier process "crashes", its successor keeps the lease
+    let lease = before.detach();
+    let after = client.session_builder().attach(lease).open().await.unwrap();
+    assert_eq!(after.leftover_keys(), [old.0.clone()]);
+    let sem = Semaphore::new(&after, &name, 4).unwrap();
+    let one = sem.try_acquire().await.unwrap().expect("1 of 4 is free");
+    assert_ne!(one.key(), old.0, "a single permit took over 3");
+    assert_eq!(after.leftover_keys(), [old.0.clone()]);
+    assert!(sem.try_acquire().await.unwrap().is_none(), "the leftover's 3 permits are held");
+    let many = sem.try_acquire_many(3).await.unwrap().expect("took over the leftover");
+    assert_eq!((many.key(), many.fencing_token(), many.permits()), (old.0.as_str(), old.1, 3));
+    assert!(after.leftover_keys().is_empty());
+    assert_eq!(keys(client, &prefix).await.len(), 2, "a takeover made a new key");
+    many.release().await.unwrap();
+    one.release().await.unwrap();
+    after.close().await.unwrap();
+    assert_eq!(keys(client, &prefix).await, Vec::<String>::new());
+}
