@@ -141,8 +141,8 @@ impl Semaphore {
         self.permits
     }
 
-    /// Who holds the permits and how many acquisitions wait: a snapshot, which may change
-    /// at once. `permits` is the stored count (this handle's, if nobody has used the name
+    /// Who holds the permits (each holder with how many it holds, [`Holder::permits`](crate::Holder::permits))
+    /// and how many acquisitions wait: a snapshot, which may change at once. `permits` is the stored count (this handle's, if nobody has used the name
     /// yet). Writes nothing.
     ///
     /// ```

@@ -232,11 +232,11 @@ pub async fn reattach_takes_over_by_weight(client: &Client) {
     std::mem::forget(three); // the earlier process "crashes", its successor keeps the lease
     let lease = before.detach();
     let after = client.session_builder().attach(lease).open().await.unwrap();
-    assert_eq!(after.leftover_keys(), [old.0.clone()]);
+    assert_eq!(after.leftover_keys(), std::slice::from_ref(&old.0));
     let sem = Semaphore::new(&after, &name, 4).unwrap();
     let one = sem.try_acquire().await.unwrap().expect("1 of 4 is free");
     assert_ne!(one.key(), old.0, "a single permit took over 3");
-    assert_eq!(after.leftover_keys(), [old.0.clone()]);
+    assert_eq!(after.leftover_keys(), std::slice::from_ref(&old.0));
     assert!(sem.try_acquire().await.unwrap().is_none(), "the leftover's 3 permits are held");
     let many = sem.try_acquire_many(3).await.unwrap().expect("took over the leftover");
     assert_eq!((many.key(), many.fencing_token(), many.permits()), (old.0.as_str(), old.1, 3));
