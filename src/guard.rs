@@ -98,12 +98,16 @@ pub struct Holder {
     pub token: u64,
     /// Its lease.
     pub lease: i64,
+    /// How many permits it holds: 1, except for a semaphore permit taken with
+    /// [`Semaphore::acquire_many`](crate::Semaphore::acquire_many) and its kin.
+    pub permits: u32,
 }
 
 impl Holder {
-    /// The holder whose key is `kv` (its token is the key's create revision).
+    /// The holder whose key is `kv` (its token is the key's create revision), holding one
+    /// permit.
     pub(crate) fn of(kv: KeyValue) -> Self {
-        Self { key: kv.key, token: kv.create_revision as u64, lease: kv.lease }
+        Self { key: kv.key, token: kv.create_revision as u64, lease: kv.lease, permits: 1 }
     }
 }
 

@@ -43,7 +43,7 @@
 //! | recipe | key | admission rule (on keys older than the waiter's) |
 //! |---|---|---|
 //! | `Mutex`, `Election` | `<prefix><lease hex>` | it is the oldest key |
-//! | `Semaphore` | `<prefix><lease hex>-<n>` | it is among the N oldest keys |
+//! | `Semaphore` | `<prefix><lease hex>-<n>` | the weights of the keys up to its own sum to at most N |
 //! | `RwLock` | `<prefix>read/…`, `<prefix>write/…` | reader: no older write key; writer: oldest |
 //!
 //! - [`enqueue`] is the pessimistic (fair) acquisition: create the key, let the head read
@@ -102,8 +102,13 @@ pub(crate) fn turn(view: &View, key: &str, rev: Revision, rule: &Rule) -> Option
 pub(crate) enum Rule {
     /// The oldest key: `Mutex`, `Election`, an `RwLock` writer.
     First,
-    /// Among the `n` oldest keys: `Semaphore`.
-    AmongFirst(usize),
+    /// The weights of the keys created up to this one (its own included) sum to at most
+    /// `n`: `Semaphore`, whose key's value is its weight (see [`weight_of`]). Monotone in
+    /// deletions (a deletion only lowers the sum), and FIFO: a heavy key at the head is not
+    /// passed by later light ones. With every weight 1 this is "among the `n` oldest keys";
+    /// since every weight is at least 1, a key it admits is among the first `n`, so a head
+    /// of `n` keys decides it (what a try reads).
+    Weighted(u64),
     /// No older key starts with this prefix: an `RwLock` reader (no writer ahead).
     NoOlderUnder(String),
 }
@@ -113,12 +118,40 @@ impl Rule {
     pub(crate) fn admits(&self, view: &View, rev: Revision) -> bool {
         match self {
             Rule::First => view.entries().next().is_some_and(|kv| kv.create_revision == rev),
-            Rule::AmongFirst(n) => view.entries().take(*n).any(|kv| kv.create_revision == rev),
+            Rule::Weighted(n) => {
+                let mut sum = 0u64;
+                for kv in view.entries() {
+                    #[cfg(not(leasehold_permits_mutation_unweighted))]
+                    let weight = weight_of(&kv.value);
+                    // Planted bug (see scripts/test.sh): the rule counts every key as 1.
+                    #[cfg(leasehold_permits_mutation_unweighted)]
+                    let weight = 1;
+                    sum = sum.saturating_add(weight);
+                    if sum > *n {
+                        return false;
+                    }
+                    if kv.create_revision == rev {
+                        return true;
+                    }
+                }
+                false
+            }
             Rule::NoOlderUnder(p) => {
                 !view.entries().take_while(|kv| kv.create_revision < rev).any(|kv| kv.key.starts_with(p))
             }
         }
     }
+}
+
+/// The weight of a semaphore key whose value is `value`: the permits it holds or waits for.
+/// An empty value (every key of a single-permit acquisition, and every key written before
+/// weights existed) weighs 1; a decimal count weighs that count; anything else (no version
+/// writes it) weighs as much as any count, so it admits nobody behind it.
+pub(crate) fn weight_of(value: &[u8]) -> u64 {
+    if value.is_empty() {
+        return 1;
+    }
+    std::str::from_utf8(value).ok().and_then(|s| s.parse::<u64>().ok()).filter(|&w| w > 0).unwrap_or(u64::MAX)
 }
 
 /// How long an acquisition may wait.
@@ -372,6 +405,23 @@ impl Retry {
 mod tests {
     use super::*;
     use crate::backend::Precondition;
+
+    fn kv(key: &str, rev: Revision, value: &str) -> KeyValue {
+        KeyValue { key: key.into(), value: value.into(), create_revision: rev, mod_revision: rev, lease: 1 }
+    }
+
+    /// The weighted rule is a prefix sum of weights (empty = 1), FIFO, and a key whose
+    /// value is not a weight admits nobody from it on.
+    #[test]
+    fn weighted_rule_is_a_prefix_sum() {
+        let view = View::snapshot(vec![kv("a", 1, ""), kv("b", 2, "3"), kv("c", 3, ""), kv("d", 4, "x")], 4);
+        let admitted = |n| (1..=4).filter(|&r| Rule::Weighted(n).admits(&view, r)).collect::<Vec<_>>();
+        assert_eq!(admitted(3), [1], "b needs 1 + 3");
+        assert_eq!(admitted(4), [1, 2], "c may not pass b");
+        assert_eq!(admitted(5), [1, 2, 3]);
+        assert_eq!(admitted(u32::MAX.into()), [1, 2, 3], "d weighs more than any count");
+        assert!(!Rule::Weighted(4).admits(&view, 9), "a key not in the view");
+    }
 
     /// A create request under `p/` (also used by the delete feed's tests).
     pub(crate) fn put(key: &str, lease: i64) -> CreateRequest {

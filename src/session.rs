@@ -396,6 +396,15 @@ impl Session {
         Some(left.remove(at).0)
     }
 
+    /// Takes over the leftover `key` itself, if it is still one (false: it is not, or
+    /// another acquisition took it first).
+    pub(crate) fn take_leftover_key(&self, key: &str) -> bool {
+        let mut left = self.inner.leftovers.lock();
+        let Some(at) = left.iter().position(|(k, _)| k == key) else { return false };
+        left.remove(at);
+        true
+    }
+
     /// The key for an acquisition that takes one numbered key (`<own><n>`, `own` ending in
     /// `<lease hex>-`): the oldest leftover of a re-attached lease with that start (`true`:
     /// take it over), else a number this session has not used.

@@ -12,8 +12,8 @@ pub enum Strategy {
     Pessimistic,
     /// Compare-and-swap: create the key only if nobody holds the name; on conflict wait for
     /// the holder to go and retry after a jittered delay. No queue, not fair; cheapest when
-    /// contention is rare. (A semaphore creates its key and deletes it again at once if it
-    /// is not among the first N.)
+    /// contention is rare. (A semaphore creates its key and deletes it again at once if the
+    /// weights of the keys up to its own exceed N.)
     Optimistic,
     /// Starts optimistic, queues once it sees conflicts, and goes back when queueing finds
     /// nobody ahead (the policy is in `src/adaptive.rs`). Per handle; clones share it. A

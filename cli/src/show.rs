@@ -29,14 +29,22 @@ pub fn stored_permits(count: Option<&KeyValue>) -> Option<u32> {
     std::str::from_utf8(&kv.value).ok()?.parse::<u32>().ok().filter(|&n| n > 0)
 }
 
-/// How many of a name's entries (oldest first) hold it: the first `permits` for a
-/// semaphore; for a read-write lock (keys under `read/` and `write/`) the readers at the
+/// How many of a name's entries (oldest first) hold it: for a semaphore of `permits`, the
+/// oldest whose weights (a key's value: empty for 1, else a decimal count) sum to at most
+/// `permits`; for a read-write lock (keys under `read/` and `write/`) the readers at the
 /// head, or the one writer there; otherwise the first (a lock's holder, an election's
 /// leader).
 pub fn holding(entries: &[KeyValue], prefix: &str, permits: Option<u32>) -> usize {
     let rest = |kv: &KeyValue| kv.key[prefix.len()..].to_owned();
     if let Some(n) = permits {
-        return entries.len().min(n as usize);
+        let mut sum = 0u64;
+        return entries
+            .iter()
+            .take_while(|kv| {
+                sum = sum.saturating_add(weight(&kv.value));
+                sum <= u64::from(n)
+            })
+            .count();
     }
     if entries.iter().any(|kv| rest(kv).starts_with("read/") || rest(kv).starts_with("write/")) {
         return match entries.first() {
@@ -45,6 +53,15 @@ pub fn holding(entries: &[KeyValue], prefix: &str, permits: Option<u32>) -> usiz
         };
     }
     entries.len().min(1)
+}
+
+/// A semaphore key's weight, as the library counts it: empty is 1, a decimal count is
+/// itself, anything else more than any count.
+fn weight(value: &[u8]) -> u64 {
+    if value.is_empty() {
+        return 1;
+    }
+    std::str::from_utf8(value).ok().and_then(|s| s.parse::<u64>().ok()).filter(|&w| w > 0).unwrap_or(u64::MAX)
 }
 
 /// `leasehold status`: a summary line and one line per entry, or one JSON object.
@@ -103,6 +120,10 @@ mod tests {
         assert_eq!(holding(&entries(&["a", "b", "c"]), p, None), 1, "a lock or an election: the first");
         assert_eq!(holding(&entries(&["a", "b", "c"]), p, Some(2)), 2, "a semaphore: the first N");
         assert_eq!(holding(&entries(&["a"]), p, Some(3)), 1);
+        let mut weighted = entries(&["a", "b", "c"]);
+        weighted[1].value = b"2".to_vec();
+        assert_eq!(holding(&weighted, p, Some(2)), 1, "a semaphore: weights count (1 + 2 > 2)");
+        assert_eq!(holding(&weighted, p, Some(4)), 3);
         let rw = entries(&["read/a-0", "read/b-0", "write/c-0", "read/d-0"]);
         assert_eq!(holding(&rw, p, None), 2, "readers at the head share; a reader behind a writer waits");
         assert_eq!(holding(&entries(&["write/a-0", "read/b-0"]), p, None), 1, "a writer at the head holds alone");

@@ -3,17 +3,19 @@
 use crate::backend::{CreateRequest, CreateResponse, Precondition, Revision};
 use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
-use crate::guard::Holder;
-use crate::guard::{fenced_writes, held_accessors, Holding};
-use crate::queue::{create, enqueue, Admission, CreateCheck, Retry, Rule, Ticket, View, Wait};
+use crate::queue::{create, enqueue, weight_of, Admission, CreateCheck, Retry, Rule, Ticket, View, Wait};
 use crate::strategy::Strategy;
 use crate::Session;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
-/// The recipe's name in errors.
-const WHAT: &str = "semaphore";
+mod permit;
+mod usage;
+pub use permit::Permit;
+use usage::weight_value;
+pub use usage::Usage;
+pub(crate) use usage::{count_key_of, parse_count, usage_of};
 
 /// How many numbered keys an acquisition tries before giving up, when it finds them taken
 /// (only a re-attached session, whose counter starts again, can find one taken).
@@ -26,17 +28,26 @@ const KEY_ATTEMPTS: usize = 64;
 ///   lease. The first user creates it; it is the count every user is admitted by.
 /// - `<namespace><name>/<lease id in hex>-<n>`: one key per acquisition (waiting or
 ///   holding), under the session's lease; `n` numbers the session's acquisitions, so one
-///   session can hold several permits.
+///   session can hold several permits. Its value is the acquisition's **weight**, the
+///   permits it asks for: empty for one permit (so a single-permit key is what every
+///   version writes, and a key without a weight counts as one), else that count as decimal
+///   text (an [`acquire_many`](Semaphore::acquire_many)). Versions before weights read
+///   every key as one permit: do not mix them with `acquire_many` on a name.
 ///
 /// # Admission
 /// With [`Strategy::Pessimistic`] (the default) the semaphore is **fair**: keys queue in
-/// create-revision order and a key holds a permit while it is among the first N. A waiter
-/// is woken only when that becomes true (the client's delete feed for the prefix evaluates
-/// it; no extra round trip per change). A holder that crashes frees its permit when its lease expires.
+/// create-revision order and a key holds its permits while the weights of the keys up to
+/// its own (its own included) sum to at most N. So at most N permits are held at once, and
+/// admission is FIFO: a waiter for many permits at the head of the queue is not passed by
+/// later waiters for fewer, even when enough are free for them (as tokio's semaphore). A
+/// waiter is woken only when its turn comes (the client's delete feed for the prefix
+/// evaluates it; no extra round trip per change). A holder that crashes frees its permits
+/// when its lease expires.
 ///
 /// With [`Strategy::Optimistic`] an acquisition creates its key, reads the first N keys in
-/// the same call, and deletes the key at once if it is not among them; it then waits until
-/// fewer than N keys exist and tries again after a jittered delay. It keeps no place in
+/// the same call, and deletes the key at once if the same rule does not admit it; it then
+/// waits until the keys left weigh at most N minus its weight, and tries again after a
+/// jittered delay. It keeps no place in
 /// the queue, so it is not fair (a steady stream of queued waiters can pass it), but it
 /// never leaves a waiting key behind. Both strategies use the same rule on the same keys,
 /// so they can be mixed safely.
@@ -44,11 +55,12 @@ const KEY_ATTEMPTS: usize = 64;
 /// A client that asks for a different count than the stored one gets
 /// [`Error::PermitMismatch`] and is never admitted.
 ///
-/// Each permit's **fencing token** is its key's create revision: strictly greater than the
-/// token of every permit of the name granted before it.
+/// Each acquisition's **fencing token** is its key's create revision (one token however
+/// many permits it holds): strictly greater than the token of every permit of the name
+/// granted before it.
 ///
 /// # Cancel safety
-/// Dropping an `acquire()` future at any point leaves no key behind (see
+/// Dropping an `acquire()` or `acquire_many(n)` future at any point leaves no key behind (see
 /// [`Session::settle`]).
 ///
 /// ```
@@ -63,6 +75,7 @@ const KEY_ATTEMPTS: usize = 64;
 /// assert!(b.fencing_token() > a.fencing_token());
 /// a.release().await?;
 /// let c = pool.try_acquire().await?.expect("a permit is free again");
+/// assert!(pool.try_acquire_many(2).await?.is_none(), "one is free, not two");
 ///
 /// // Another process asking for a different count is refused.
 /// let other = client.session().await?;
@@ -128,8 +141,8 @@ impl Semaphore {
         self.permits
     }
 
-    /// Who holds the permits and how many acquisitions wait: a snapshot, which may change
-    /// at once. `permits` is the stored count (this handle's, if nobody has used the name
+    /// Who holds the permits (each holder with how many it holds, [`Holder::permits`](crate::Holder::permits))
+    /// and how many acquisitions wait: a snapshot, which may change at once. `permits` is the stored count (this handle's, if nobody has used the name
     /// yet). Writes nothing.
     ///
     /// ```
@@ -165,7 +178,87 @@ impl Semaphore {
     /// was (or may have been) created is deleted in the background, retried until it is
     /// gone or the session ends ([`Session::settle`](crate::Session::settle) waits for it).
     pub async fn acquire(&self) -> Result<Permit> {
-        self.acquire_with(Wait::Forever).await.map(|p| p.expect("waits until held"))
+        self.acquire_with(Wait::Forever, 1).await.map(|p| p.expect("waits until held"))
+    }
+
+    /// Waits until `permits` permits are held, by one acquisition: one key, one fencing
+    /// token, released all at once ([`Permit::permits`] says how many). Fair with every
+    /// other acquisition (see [Admission](Semaphore#admission)): it is admitted when the
+    /// acquisitions queued before it and its own `permits` fit in N.
+    ///
+    /// Fails with [`Error::InvalidArgument`] at once, writing nothing, if `permits` is 0
+    /// or more than the semaphore's count; otherwise as [`acquire`](Self::acquire).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
+    /// use leasehold::{Client, Error, Semaphore};
+    /// let session = Client::memory().session().await?;
+    /// let memory_gb = Semaphore::new(&session, "memory-gb", 16)?;
+    /// let big_job = memory_gb.acquire_many(12).await?;
+    /// assert_eq!(big_job.permits(), 12);
+    /// assert!(memory_gb.try_acquire_many(5).await?.is_none(), "4 are free");
+    /// let small_job = memory_gb.acquire_many(4).await?;
+    /// assert!(matches!(memory_gb.acquire_many(17).await, Err(Error::InvalidArgument { .. })));
+    /// big_job.release().await?;
+    /// # small_job.release().await?; Ok(()) }
+    /// ```
+    ///
+    /// # Cancel safety
+    /// Dropping the future at any point leaves nothing held and no key behind: a key that
+    /// was (or may have been) created is deleted in the background, retried until it is
+    /// gone or the session ends ([`Session::settle`](crate::Session::settle) waits for it).
+    pub async fn acquire_many(&self, permits: u32) -> Result<Permit> {
+        self.acquire_with(Wait::Forever, permits).await.map(|p| p.expect("waits until held"))
+    }
+
+    /// Takes `permits` permits at once if this acquisition is admitted now (they are free
+    /// and nobody queued earlier waits for them): `Ok(None)` otherwise. Errors as
+    /// [`acquire_many`](Self::acquire_many).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
+    /// use leasehold::{Client, Semaphore};
+    /// let session = Client::memory().session().await?;
+    /// let lanes = Semaphore::new(&session, "lanes", 3)?;
+    /// let one = lanes.acquire().await?;
+    /// assert!(lanes.try_acquire_many(3).await?.is_none());
+    /// let two = lanes.try_acquire_many(2).await?.expect("two are free");
+    /// # drop((one, two)); Ok(()) }
+    /// ```
+    ///
+    /// # Cancel safety
+    /// Dropping the future at any point leaves nothing held and no key behind: a key that
+    /// was (or may have been) created is deleted in the background, retried until it is
+    /// gone or the session ends ([`Session::settle`](crate::Session::settle) waits for it).
+    pub async fn try_acquire_many(&self, permits: u32) -> Result<Option<Permit>> {
+        self.acquire_with(Wait::No, permits).await
+    }
+
+    /// Waits at most `timeout` for `permits` permits at once; fails with
+    /// [`Error::Timeout`], leaving nothing behind. Errors as
+    /// [`acquire_many`](Self::acquire_many).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
+    /// use leasehold::{Client, Error, Semaphore};
+    /// use std::time::Duration;
+    /// let session = Client::memory().session().await?;
+    /// let lanes = Semaphore::new(&session, "lanes", 3)?;
+    /// let one = lanes.acquire().await?;
+    /// let r = lanes.acquire_many_timeout(3, Duration::from_millis(10)).await;
+    /// assert!(matches!(r, Err(Error::Timeout { .. })));
+    /// # drop(one); Ok(()) }
+    /// ```
+    ///
+    /// # Cancel safety
+    /// Dropping the future at any point leaves nothing held and no key behind: a key that
+    /// was (or may have been) created is deleted in the background, retried until it is
+    /// gone or the session ends ([`Session::settle`](crate::Session::settle) waits for it).
+    pub async fn acquire_many_timeout(&self, permits: u32, timeout: Duration) -> Result<Permit> {
+        match self.acquire_with(Wait::at_most(timeout), permits).await? {
+            Some(p) => Ok(p),
+            None => Err(Error::Timeout { what: "semaphore", after: timeout }),
+        }
     }
 
     /// Runs `work` holding a permit: waits for one, runs `work` with it, and releases it
@@ -203,7 +296,7 @@ impl Semaphore {
     /// was (or may have been) created is deleted in the background, retried until it is
     /// gone or the session ends ([`Session::settle`](crate::Session::settle) waits for it).
     pub async fn try_acquire(&self) -> Result<Option<Permit>> {
-        self.acquire_with(Wait::No).await
+        self.acquire_with(Wait::No, 1).await
     }
 
     /// Waits at most `timeout`; fails with [`Error::Timeout`], leaving nothing behind.
@@ -213,13 +306,13 @@ impl Semaphore {
     /// was (or may have been) created is deleted in the background, retried until it is
     /// gone or the session ends ([`Session::settle`](crate::Session::settle) waits for it).
     pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Permit> {
-        match self.acquire_with(Wait::at_most(timeout)).await? {
+        match self.acquire_with(Wait::at_most(timeout), 1).await? {
             Some(p) => Ok(p),
             None => Err(Error::Timeout { what: "semaphore", after: timeout }),
         }
     }
 
-    /// Returns `permit` and queues for a permit again **in one transaction**: a worker
+    /// Returns `permit` and queues for as many permits again **in one transaction**: a worker
     /// that takes a permit per job pays one commit per job instead of two. Fair: whoever
     /// was queued when the permit is returned is admitted first; when a permit is free the
     /// new one is held at once, with a new (greater) fencing token and a new key.
@@ -257,29 +350,32 @@ impl Semaphore {
         let own = format!("{}{:x}-", self.prefix, self.session.lease_id());
         let ours = permit.session().lease_id() == self.session.lease_id() && permit.key().starts_with(&own);
         permit.hold.check_requeue("semaphore", "reacquire", ours, &self.name)?;
-        let limit = self.stored_count().await? as usize;
+        let limit = self.stored_count().await?;
+        let weight = permit.permits;
         let placeholder = permit.hold.released_copy();
         let hold = std::mem::replace(&mut permit.hold, placeholder);
         if self.strategy == Strategy::Optimistic {
             hold.release("semaphore").await?;
-            *permit = self.acquire().await?;
+            *permit = self.acquire_many(weight).await?;
             return Ok(());
         }
         let timer = crate::metrics::Acquire::start("semaphore");
         let span = tracing::debug_span!("semaphore.reacquire", name = %self.name, permits = self.permits);
         let ticket = Ticket {
             what: "semaphore",
-            req: self.request(self.next_key(), limit),
+            req: self.request(self.next_key(), limit, weight),
             local: None,
             adopt: false,
             replaces: Some(hold),
             check: Some(self.count_check()),
         };
-        let hold = match enqueue(&self.session, ticket, Wait::Forever, Rule::AmongFirst(limit)).instrument(span).await?
-        {
+        let rule = Rule::Weighted(limit.into());
+        let hold = match enqueue(&self.session, ticket, Wait::Forever, rule).instrument(span).await? {
             Admission::Held(hold, ..) => hold,
             // The old permit went in that transaction; queue with a fresh key.
-            Admission::KeyTaken => self.acquire_queued(Wait::Forever, limit).await?.expect("waits until held").hold,
+            Admission::KeyTaken => {
+                self.acquire_queued(Wait::Forever, limit, weight).await?.expect("waits until held").hold
+            }
             Admission::NotAdmitted => unreachable!("waits until held"),
         };
         timer.done(hold.was_contended());
@@ -287,22 +383,30 @@ impl Semaphore {
         Ok(())
     }
 
-    async fn acquire_with(&self, wait: Wait) -> Result<Option<Permit>> {
+    async fn acquire_with(&self, wait: Wait, weight: u32) -> Result<Option<Permit>> {
+        if weight == 0 {
+            return Err(Error::invalid("semaphore", "an acquisition takes at least one permit"));
+        }
+        if weight > self.permits {
+            let reason = format!("{weight} permits asked of a semaphore of {}", self.permits);
+            return Err(Error::invalid("semaphore", reason));
+        }
         let timer = crate::metrics::Acquire::start("semaphore");
         self.session.check()?;
         let span = tracing::debug_span!(
             "semaphore.acquire",
             name = %self.name,
             permits = self.permits,
+            weight,
             strategy = ?self.strategy
         );
         let acquired = async {
             let mut recreated = 0;
             loop {
-                let limit = self.stored_count().await? as usize;
+                let limit = self.stored_count().await?;
                 let acquired = match self.strategy {
-                    Strategy::Pessimistic | Strategy::Adaptive => self.acquire_queued(wait, limit).await,
-                    Strategy::Optimistic => self.acquire_cas(wait, limit).await,
+                    Strategy::Pessimistic | Strategy::Adaptive => self.acquire_queued(wait, limit, weight).await,
+                    Strategy::Optimistic => self.acquire_cas(wait, limit, weight).await,
                 };
                 match acquired {
                     // The count key was deleted meanwhile: create it again and retry.
@@ -367,14 +471,17 @@ impl Semaphore {
         })
     }
 
-    fn request(&self, key: String, limit: usize) -> CreateRequest {
+    /// The create call of an acquisition of `weight` permits. Its head is the first `limit`
+    /// keys, enough to decide a try: every key weighs at least 1, so a key the rule admits
+    /// is among them (a waiter reads the whole prefix, see [`enqueue`]).
+    fn request(&self, key: String, limit: u32, weight: u32) -> CreateRequest {
         CreateRequest {
             key,
-            value: Vec::new(),
+            value: weight_value(weight),
             lease: self.session.lease_id(),
             precondition: Precondition::KeyAbsent,
             prefix: self.prefix.clone(),
-            head_limit: limit,
+            head_limit: limit as usize,
             replaces: None,
             // The count as of this very step: checked by `count_check`.
             read: Some(self.count_key.clone()),
@@ -385,10 +492,22 @@ impl Semaphore {
         format!("{}{:x}-{}", self.prefix, self.session.lease_id(), self.session.next_seq())
     }
 
-    /// The key for an acquisition: a leftover permit key of a re-attached lease (`true`:
-    /// taken over, see [`SessionBuilder::attach`](crate::SessionBuilder::attach)), else a new one.
-    fn acquisition_key(&self) -> (String, bool) {
-        self.session.numbered_key(&format!("{}{:x}-", self.prefix, self.session.lease_id()))
+    /// The key for an acquisition of `weight` permits: the oldest leftover permit key of a
+    /// re-attached lease with that weight (`true`: taken over, see
+    /// [`SessionBuilder::attach`](crate::SessionBuilder::attach)), else a new one. A
+    /// leftover's weight is read from the store, only while this semaphore has leftovers.
+    async fn acquisition_key(&self, weight: u32) -> Result<(String, bool)> {
+        let own = format!("{}{:x}-", self.prefix, self.session.lease_id());
+        let leftovers: Vec<String> = self.session.leftover_keys().into_iter().filter(|k| k.starts_with(&own)).collect();
+        for key in leftovers {
+            let kv = self.session.client().backend().get(&key).await?;
+            let fits =
+                kv.is_some_and(|kv| kv.lease == self.session.lease_id() && weight_of(&kv.value) == u64::from(weight));
+            if fits && self.session.take_leftover_key(&key) {
+                return Ok((key, true));
+            }
+        }
+        Ok((format!("{own}{}", self.session.next_seq()), false))
     }
 
     fn keys_taken(&self) -> Error {
@@ -397,19 +516,19 @@ impl Semaphore {
         )
     }
 
-    async fn acquire_queued(&self, wait: Wait, limit: usize) -> Result<Option<Permit>> {
+    async fn acquire_queued(&self, wait: Wait, limit: u32, weight: u32) -> Result<Option<Permit>> {
         for _ in 0..KEY_ATTEMPTS {
-            let (key, leftover) = self.acquisition_key();
+            let (key, leftover) = self.acquisition_key(weight).await?;
             let ticket = Ticket {
                 what: "semaphore",
-                req: self.request(key, limit),
+                req: self.request(key, limit, weight),
                 local: None,
                 adopt: leftover,
                 replaces: None,
                 check: Some(self.count_check()),
             };
-            match enqueue(&self.session, ticket, wait, Rule::AmongFirst(limit)).await? {
-                Admission::Held(hold, ..) => return Ok(Some(Permit { hold })),
+            match enqueue(&self.session, ticket, wait, Rule::Weighted(limit.into())).await? {
+                Admission::Held(hold, ..) => return Ok(Some(Permit { hold, permits: weight })),
                 Admission::NotAdmitted => return Ok(None),
                 Admission::KeyTaken => continue,
             }
@@ -417,13 +536,13 @@ impl Semaphore {
         Err(self.keys_taken())
     }
 
-    async fn acquire_cas(&self, wait: Wait, limit: usize) -> Result<Option<Permit>> {
+    async fn acquire_cas(&self, wait: Wait, limit: u32, weight: u32) -> Result<Option<Permit>> {
         let mut retry = Retry::new(wait, &self.backoff);
-        let (mut key, mut leftover) = self.acquisition_key();
+        let (mut key, mut leftover) = self.acquisition_key(weight).await?;
         let mut taken = 0;
         loop {
             let Some((pending, resp)) =
-                create(&self.session, self.request(key.clone(), limit), None, None, wait).await?
+                create(&self.session, self.request(key.clone(), limit, weight), None, None, wait).await?
             else {
                 return Ok(None);
             };
@@ -440,96 +559,29 @@ impl Semaphore {
                 if taken == KEY_ATTEMPTS {
                     return Err(self.keys_taken());
                 }
-                (key, leftover) = self.acquisition_key();
+                (key, leftover) = self.acquisition_key(weight).await?;
                 continue;
             }
             let rev = mine.create_revision;
-            if resp.head.iter().any(|kv| kv.create_revision == rev) {
-                return Ok(Some(Permit { hold: pending.into_holding(rev)? }));
+            // The same rule as a queued waiter's, on the head read in the same call.
+            if Rule::Weighted(limit.into()).admits(&View::snapshot(resp.head, resp.revision), rev) {
+                return Ok(Some(Permit { hold: pending.into_holding(rev)?, permits: weight }));
             }
-            // Not among the first N: give the place up at once, wait for fewer than N keys
-            // (with this deletion seen), then retry.
+            // Not admitted: give the place up at once, wait until the keys left leave room
+            // for this weight (with this deletion seen), then retry.
             pending.abandon().await?;
             let k = key.clone();
+            let room = u64::from(limit - weight);
             let below_limit = move |v: &View| {
                 v.revision() >= rev
                     && v.get(&k).is_none_or(|kv| kv.create_revision != rev)
-                    && v.entries().count() < limit
+                    && v.entries()
+                        .try_fold(0u64, |sum, kv| sum.checked_add(weight_of(&kv.value)).filter(|&s| s <= room))
+                        .is_some()
             };
             if !retry.after(&self.session, &self.prefix, below_limit).await? {
                 return Ok(None);
             }
         }
-    }
-}
-
-/// Where a semaphore whose keys are under `prefix` stores its permit count: `<namespace><name>`.
-pub(crate) fn count_key_of(prefix: &str) -> &str {
-    prefix.strip_suffix('/').expect("prefixes end with '/'")
-}
-
-/// The use of `permits` permits by the keys under `prefix`: the first `permits` hold.
-pub(crate) async fn usage_of(backend: &dyn crate::Backend, prefix: &str, permits: u32) -> Result<Usage> {
-    let (kvs, _) = backend.range_prefix(prefix, 0).await?;
-    let waiting = kvs.len().saturating_sub(permits as usize);
-    let holders = kvs.into_iter().take(permits as usize).map(Holder::of).collect();
-    Ok(Usage { permits, holders, waiting })
-}
-
-/// The permit count stored at `count_key`, if `value` is one.
-pub(crate) fn parse_count(count_key: &str, value: &[u8]) -> Result<u32> {
-    let stored = std::str::from_utf8(value).ok().and_then(|s| s.parse::<u32>().ok()).filter(|&n| n > 0);
-    stored.ok_or_else(|| {
-        let text = String::from_utf8_lossy(value);
-        Error::Store(format!("semaphore: {count_key} holds {text:?}, not a permit count").into())
-    })
-}
-
-/// A [`Semaphore`]'s permits in use, from [`Semaphore::usage`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Usage {
-    /// The permit count.
-    pub permits: u32,
-    /// The holders, in the order they were admitted (oldest token first).
-    pub holders: Vec<Holder>,
-    /// How many acquisitions wait for a permit.
-    pub waiting: usize,
-}
-
-impl Usage {
-    /// Permits nobody holds.
-    pub fn available(&self) -> u32 {
-        self.permits - self.holders.len() as u32
-    }
-}
-
-/// A held permit. Released by [`release`](Permit::release), or in the background on drop.
-///
-/// It owns what it needs (a handle of its session, its key and token): it is `Send + Sync
-/// + 'static`, so it can move into a spawned task and outlive the recipe handle that
-/// acquired it, like tokio's `Owned*` guards (checked at compile time in `src/lib.rs`).
-#[derive(Debug)]
-#[must_use = "the permit is released when this is dropped: bind it (`let guard = ...`) for as long as it must be held"]
-pub struct Permit {
-    hold: Holding,
-}
-
-impl Permit {
-    held_accessors!(
-        token: "The fencing token: strictly greater than every earlier permit's token of this semaphore. (Up to N permits are held at once, so a token orders permits; it does not make one exclusive.)",
-        key: "The key this permit holds (`<prefix><lease hex>-<n>`)."
-    );
-
-    fenced_writes!("semaphore", "permit is still held");
-
-    /// Returns the permit, deleting the key only if it is still this acquisition's.
-    ///
-    /// # Cancel safety
-    /// Dropping the future does not leave it held: the release goes on in the session's
-    /// background cleanup (as for a dropped guard), retried until the key is gone or the
-    /// session ends.
-    pub async fn release(self) -> Result<()> {
-        self.hold.release(WHAT).await
     }
 }
