@@ -1,7 +1,7 @@
 //! How an acquisition or an update contends: the strategies every recipe offers.
 
-/// How an acquisition contends (for a [`Mutex`](crate::Mutex), a [`Semaphore`](crate::Semaphore)
-/// or an [`Election`](crate::Election)'s campaign), or an update of a
+/// How an acquisition contends (for a [`Mutex`](crate::Mutex), a [`Semaphore`](crate::Semaphore),
+/// an [`RwLock`](crate::RwLock) or an [`Election`](crate::Election)'s campaign), or an update of a
 /// [`Register`](crate::Register) (see each for what the strategies mean for it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -17,6 +17,8 @@ pub enum Strategy {
     Optimistic,
     /// Starts optimistic, queues once it sees conflicts, and goes back when queueing finds
     /// nobody ahead (the policy is in `src/adaptive.rs`). Per handle; clones share it. A
+    /// mutex, read-write lock or election handle queues from the first holder it meets (the
+    /// acquisition that met it included); a register measures both modes (see there); a
     /// semaphore treats it as `Pessimistic`.
     Adaptive,
 }
