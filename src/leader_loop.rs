@@ -6,6 +6,7 @@
 use crate::backoff::Backoff;
 use crate::election::{Election, Leadership};
 use crate::error::{Error, Result};
+use crate::strategy::Strategy;
 use crate::{Client, DEFAULT_TTL};
 use std::convert::Infallible;
 use std::future::Future;
@@ -45,6 +46,7 @@ pub struct LeaderLoop {
     value: Vec<u8>,
     ttl: Duration,
     lock_delay: Duration,
+    strategy: Strategy,
     retry: Backoff,
     leading: watch::Sender<bool>,
     /// Counts the times it led (see `Leading`).
@@ -62,6 +64,7 @@ impl LeaderLoop {
             value: value.into(),
             ttl: DEFAULT_TTL,
             lock_delay: Duration::ZERO,
+            strategy: Strategy::Pessimistic,
             retry: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
             leading: watch::Sender::new(false),
             generations: Arc::default(),
@@ -77,6 +80,13 @@ impl LeaderLoop {
     /// The lock-delay of its campaigns (see [`Election::with_lock_delay`]).
     pub fn lock_delay(mut self, delay: Duration) -> Self {
         self.lock_delay = delay;
+        self
+    }
+
+    /// How it campaigns (see [`Election::with_strategy`]): queued by default; optimistic
+    /// candidates write nothing while another leads.
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
         self
     }
 
@@ -134,7 +144,8 @@ impl LeaderLoop {
                 }
                 Err(e) => return Err(e),
             };
-            let election = Election::new(&session, &self.name)?.with_lock_delay(self.lock_delay);
+            let election =
+                Election::new(&session, &self.name)?.with_lock_delay(self.lock_delay).with_strategy(self.strategy);
             // Campaign on this session until it ends.
             loop {
                 let leadership = match election.campaign(self.value.clone()).await {

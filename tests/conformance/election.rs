@@ -300,3 +300,39 @@ pub async fn election_adaptive_queues_after_meeting_a_leader(client: &Client) {
     assert!(revision().await > before, "a queued try writes its key (and deletes it)");
     queued_behind(leader).await;
 }
+
+/// A leader loop campaigns with its strategy: an optimistic loop waits without a key while
+/// another leads (a negative check over 300 ms: a queued one shows its key within
+/// milliseconds), and leads once the other loop stops.
+pub async fn leader_loop_optimistic(client: &Client) {
+    use leasehold::LeaderLoop;
+    let name = fresh("leader-loop-optimistic");
+    let prefix = client.prefix_of(&name).unwrap();
+    let a = LeaderLoop::new(client, &name, "a").unwrap();
+    let mut la = a.leading();
+    let a_task = tokio::spawn(async move { a.run(|_| std::future::pending::<()>()).await });
+    within("a leads", la.wait_for(|&x| x)).await.unwrap();
+    let b = LeaderLoop::new(client, &name, "b").unwrap().strategy(Strategy::Optimistic);
+    let mut lb = b.leading();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let b_task = tokio::spawn(async move {
+        b.run(|l| {
+            let tx = tx.clone();
+            async move {
+                tx.send(l.fencing_token()).unwrap();
+                std::future::pending::<()>().await
+            }
+        })
+        .await
+    });
+    let until = tokio::time::Instant::now() + Duration::from_millis(300);
+    while tokio::time::Instant::now() < until {
+        assert_eq!(keys(client, &prefix).await.len(), 1, "an optimistic loop left a key while another led");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let a_token = client.leader(&name).await.unwrap().expect("a leads").token;
+    a_task.abort(); // a stops: its leadership is released
+    within("b leads", lb.wait_for(|&x| x)).await.unwrap();
+    assert!(within("b's work", rx.recv()).await.unwrap() > a_token);
+    b_task.abort();
+}

@@ -65,6 +65,7 @@ macro_rules! conformance_suite {
             reattach_takes_over_leftovers => |c| rc::reattach_takes_over_leftovers(c);
             reads_without_a_session => |c| rc::reads_without_a_session(c);
             leader_loop => |c| rc::leader_loop(c);
+            leader_loop_optimistic => |c| el::leader_loop_optimistic(c);
             bad_input => |c| mx::bad_input(c);
             close_releases => |c| mx::close_releases(c);
             relock => |c| mx::relock(c);
