@@ -102,6 +102,9 @@ impl LeaderLoop {
     ///   again, at the back of the queue: candidates already waiting lead first;
     /// - when the session is lost while it runs, `work`'s future is dropped at the await it
     ///   is at (a deposed leader stops), and the loop campaigns again on a new session;
+    /// - when its leadership's key is revoked by an operator
+    ///   ([`Client::revoke`](crate::Client::revoke)) while the session lives, `work`'s future
+    ///   is dropped likewise and the loop campaigns again on the same session;
     /// - when the store cannot be reached, it tries again after the [`retry`](Self::retry)
     ///   policy's delays, without end.
     ///
@@ -157,6 +160,11 @@ impl LeaderLoop {
                     _ = work(leadership.clone()) => true,
                 };
                 leads.end();
+                if !done && session.is_valid() {
+                    // Its key was revoked while the session lives: campaign again on it.
+                    tracing::warn!(name = %self.name, "leader loop: leadership revoked; campaigning again");
+                    continue;
+                }
                 if !done {
                     tracing::info!(name = %self.name, "leader loop: session lost while leading; a new session");
                     break; // the leadership goes with the lost lease
