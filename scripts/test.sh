@@ -31,6 +31,18 @@ elif ! grep -q "barged past the queue" "$crowd_log"; then
   exit 1
 fi
 echo "test: planted unchecked optimistic writes caught: $(grep -m1 -o 'the queued updates failed [^(]*' "$crowd_log")"
+# Revocation without its create-revision check, planted out
+# (--cfg leasehold_revoke_mutation_unchecked): the stale-revocation check must catch it.
+revoke_log=target/revoke-mut.log
+if RUSTFLAGS="--cfg leasehold_revoke_mutation_unchecked" CARGO_TARGET_DIR=target/revoke-mut \
+    cargo test --no-default-features --test memory revoke_mutex >"$revoke_log" 2>&1; then
+  echo "test: planted unchecked revocation NOT caught" >&2
+  exit 1
+elif ! grep -q "a stale revocation removed" "$revoke_log"; then
+  echo "test: the planted-bug run failed otherwise (see $revoke_log)" >&2
+  exit 1
+fi
+echo "test: planted unchecked revocation caught: $(grep -m1 -o 'a stale revocation removed[^"]*' "$revoke_log")"
 cargo test --workspace --doc
 # Examples and benches: built, and benches smoke-run once (criterion's test mode; the
 # etcd benches only measure under `cargo bench`).

@@ -8,6 +8,7 @@ pub mod lock_delay;
 pub mod mutex;
 pub mod recipes;
 pub mod register;
+pub mod revoke;
 
 use leasehold::Client;
 
@@ -32,6 +33,7 @@ macro_rules! conformance_suite {
         use conformance::mutex as mx;
         use conformance::recipes::{self as rc, Mix};
         use conformance::register as rg;
+        use conformance::revoke as rv;
         use leasehold::Strategy::{Optimistic, Pessimistic};
 
         $runner! {
@@ -62,6 +64,8 @@ macro_rules! conformance_suite {
             relock => |c| mx::relock(c);
             relock_cancellation => |c| mx::relock_cancellation(c, 60);
             relock_leftover_is_reclaimed => |c| mx::relock_leftover_is_reclaimed(c);
+            revoke_mutex => |c| rv::revoke_mutex(c);
+            revoke_each_recipe => |c| rv::revoke_each_recipe(c);
 
             semaphore_limit_holds_under_contention => |c| rc::semaphore_limit_holds_under_contention(c, Mix::Queued);
             semaphore_limit_holds_with_mixed_strategies => |c| rc::semaphore_limit_holds_under_contention(c, Mix::Mixed);
