@@ -179,6 +179,7 @@ impl Cause {
 
     /// The same underlying error under another message (a connect failure recognised as a
     /// TLS one, say).
+    #[cfg(feature = "etcd")]
     pub(crate) fn reworded(self, message: impl Into<String>) -> Self {
         Self { message: message.into(), source: self.source }
     }
