@@ -66,6 +66,7 @@ macro_rules! conformance_suite {
             relock_leftover_is_reclaimed => |c| mx::relock_leftover_is_reclaimed(c);
             revoke_mutex => |c| rv::revoke_mutex(c);
             revoke_each_recipe => |c| rv::revoke_each_recipe(c);
+            revoke_leader_loop => |c| rv::revoke_leader_loop(c);
 
             semaphore_limit_holds_under_contention => |c| rc::semaphore_limit_holds_under_contention(c, Mix::Queued);
             semaphore_limit_holds_with_mixed_strategies => |c| rc::semaphore_limit_holds_under_contention(c, Mix::Mixed);

@@ -145,3 +145,34 @@ pub async fn revoke_each_recipe(client: &Client) {
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
+
+/// A `LeaderLoop` whose leadership is revoked drops the work and leads again on the same
+/// session (its lease lives), with a newer token.
+pub async fn revoke_leader_loop(client: &Client) {
+    let name = fresh("revoke-loop");
+    let leader = leasehold::LeaderLoop::new(client, &name, "a").unwrap();
+    let (tx, mut led) = tokio::sync::mpsc::unbounded_channel();
+    let mut run = Box::pin(leader.run(|l| {
+        let tx = tx.clone();
+        async move {
+            tx.send((l.fencing_token(), l.session().lease_id())).unwrap();
+            std::future::pending::<()>().await
+        }
+    }));
+    let mut next = async || {
+        within("the loop leads", async {
+            tokio::select! {
+                r = &mut run => panic!("the loop ended: {r:?}"),
+                got = led.recv() => got.unwrap(),
+            }
+        })
+        .await
+    };
+    let (first, lease) = next().await;
+    let holder = client.holder(&name).await.unwrap().expect("a leader");
+    assert_eq!((holder.token, holder.lease), (first, lease));
+    assert!(client.revoke(&name, &holder).await.unwrap());
+    let (second, again) = next().await;
+    assert!(second > first, "{second} after {first}");
+    assert_eq!(again, lease, "campaigned again on the same session");
+}
