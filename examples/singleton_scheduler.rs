@@ -1,5 +1,5 @@
-//! Singleton job scheduling: several scheduler instances campaign; only the leader runs the
-//! job on each tick, writing to a fenced job log with its token. The leader is killed
+//! Singleton job scheduling: several scheduler instances, each a [`LeaderLoop`], campaign;
+//! only the leader runs the job on each tick, writing to a fenced job log with its token. The leader is killed
 //! (crashed: it stops renewing without resigning) and another instance takes over within
 //! about one TTL. A "zombie" — the killed leader waking up later with its old token — tries
 //! to write too. At the end the log is checked: no tick ran twice, no stale write was
@@ -11,9 +11,9 @@
 //! ```
 
 use clap::Parser;
-use leasehold::{Client, Election, FencedResource};
+use leasehold::{Client, FencedResource, LeaderLoop, Session};
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -43,8 +43,6 @@ enum Event {
     Elected { instance: usize, token: u64, at: Instant },
 }
 
-/// One scheduler instance: campaign, then run every tick not yet in the log while leading.
-/// Returns when told to crash (its session is detached: no resign, no revoke).
 /// What every instance shares.
 #[derive(Clone)]
 struct World {
@@ -56,20 +54,38 @@ struct World {
     events: mpsc::UnboundedSender<Event>,
 }
 
+/// The session and token of the leadership an instance's work runs under, while it runs
+/// (what a crash leaves behind).
+type Leading = Arc<Mutex<Option<(Session, u64)>>>;
+
+/// Clears the instance's [`Leading`] when the leader's work stops (deposed, or the loop
+/// dropped).
+struct LeadingNow(Leading);
+
+impl Drop for LeadingNow {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().take();
+    }
+}
+
+/// One scheduler instance: a [`LeaderLoop`] whose work runs every tick not yet in the log
+/// while it leads. Returns when told to crash: its session is detached (no resign, no
+/// revoke) and the loop dropped, so the store sees a process that stopped renewing; the
+/// token it led with, if it led.
 async fn instance(id: usize, world: World, mut crash: mpsc::UnboundedReceiver<()>) -> Option<u64> {
     let World { client, ttl, tick, epoch, log, events } = world;
-    let session = client.session_builder().ttl(ttl).open().await.unwrap();
-    let election = Election::new(&session, "nightly-report").unwrap();
-    let leadership = tokio::select! {
-        l = election.campaign(format!("scheduler-{id}")) => l.unwrap(),
-        _ = crash.recv() => return None,
-    };
-    let token = leadership.fencing_token();
-    events.send(Event::Elected { instance: id, token, at: Instant::now() }).unwrap();
-    let mut ticker = tokio::time::interval(tick);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {
+    let scheduler = LeaderLoop::new(&client, "nightly-report", format!("scheduler-{id}")).unwrap().ttl(ttl);
+    let leading: Leading = Arc::default();
+    let run = std::pin::pin!(scheduler.run(|leadership| {
+        let (log, events, leading) = (log.clone(), events.clone(), leading.clone());
+        async move {
+            let token = leadership.fencing_token();
+            *leading.lock().unwrap() = Some((leadership.session().clone(), token));
+            let _now = LeadingNow(leading);
+            events.send(Event::Elected { instance: id, token, at: Instant::now() }).unwrap();
+            let mut ticker = tokio::time::interval(tick);
+            loop {
+                ticker.tick().await;
                 let now = epoch.elapsed().as_millis() as u64 / tick.as_millis() as u64;
                 // Run the job for this tick unless it already ran; the log refuses stale tokens.
                 let _ = log.apply(token, |log| {
@@ -78,14 +94,21 @@ async fn instance(id: usize, world: World, mut crash: mpsc::UnboundedReceiver<()
                     }
                 });
             }
-            _ = leadership.lost() => return None,
-            _ = crash.recv() => {
-                std::mem::forget(leadership); // a crash releases nothing
-                session.detach();
-                return Some(token);
-            }
         }
+    }));
+    tokio::select! {
+        r = run => match r {
+            Ok(never) => match never {},
+            Err(e) => panic!("instance {id}: {e}"),
+        },
+        _ = crash.recv() => {}
     }
+    // Detached before the loop's future is dropped (at the return): the leadership it
+    // drops then deletes nothing, and its key stays until the lease expires, as after a
+    // crash.
+    let (session, token) = leading.lock().unwrap().take()?;
+    session.detach();
+    Some(token)
 }
 
 #[tokio::main]

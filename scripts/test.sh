@@ -31,18 +31,20 @@ elif ! grep -q "barged past the queue" "$crowd_log"; then
   exit 1
 fi
 echo "test: planted unchecked optimistic writes caught: $(grep -m1 -o 'the queued updates failed [^(]*' "$crowd_log")"
-# Three planted bugs, in one build: the optimistic (compare-and-swap) acquisition planted
+# Four planted bugs, in one build: the optimistic (compare-and-swap) acquisition planted
 # blind (--cfg leasehold_cas_mutation_blind: it creates its key whoever holds the name and
 # counts it as held) must make the election's strategy check see two leaders; a multi-lock
 # that takes its names in the order given (--cfg leasehold_multilock_mutation_unordered)
 # must deadlock its check (which then fails after 30 s without progress); the semaphore's
 # weighted rule planted to count every key as 1 (--cfg leasehold_permits_mutation_unweighted)
-# must let a try take permits beyond the count.
+# must let a try take permits beyond the count; a revocation without its create-revision
+# check (--cfg leasehold_revoke_mutation_unchecked) must remove a newer holder.
 plant_flags="--cfg leasehold_cas_mutation_blind --cfg leasehold_multilock_mutation_unordered"
-plant_flags="$plant_flags --cfg leasehold_permits_mutation_unweighted"
+plant_flags="$plant_flags --cfg leasehold_permits_mutation_unweighted --cfg leasehold_revoke_mutation_unchecked"
 for plant in "election_strategies_keep_one_leader:two leaders at once" \
              "multi_lock_excludes_and_never_deadlocks_pessimistic:a deadlock?): no progress" \
-             "semaphore_permits_weights_respected:a try for 3 took permits with 3 of 5 held"; do
+             "semaphore_permits_weights_respected:a try for 3 took permits with 3 of 5 held" \
+             "revoke_mutex:a stale revocation removed"; do
   test_name=${plant%%:*}; expected=${plant#*:}
   plant_log=target/plant-$test_name.log
   if RUSTFLAGS="$plant_flags" CARGO_TARGET_DIR=target/cas-mut \

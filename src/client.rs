@@ -1,12 +1,13 @@
 //! The entry point: a backend plus a key namespace, shared by sessions and recipes.
 
 use crate::backend::memory::MemoryBackend;
-use crate::backend::Backend;
+use crate::backend::{Backend, KeyValue, Revision};
+use crate::backoff::Backoff;
 use crate::crowd::{Crowd, Mode, Ticket};
 use crate::error::{Error, Result};
 use crate::local::value_hints::ValueHints;
 use crate::name::{reserved_key, validate_name};
-use crate::queue::{DeleteFeed, PrefixView};
+use crate::queue::{DeleteFeed, PrefixView, Rule, Turn, View};
 use crate::session::SessionBuilder;
 use crate::Session;
 use parking_lot::Mutex;
@@ -243,6 +244,31 @@ impl Client {
         crowd
     }
 
+    /// Completes once the key `(key, rev)` of a recipe is gone (deleted, or created again
+    /// with another revision); never while it exists. It follows the key on this client's
+    /// shared delete feed of the name's prefix (see `guard/gone.rs`); a feed that fails is
+    /// opened again after a pause.
+    pub(crate) async fn until_gone(&self, key: &str, rev: Revision) {
+        let prefix = name_prefix(self.namespace(), key).to_owned();
+        let backoff = Backoff::default();
+        let mut delays = backoff.delays();
+        loop {
+            let feed = self.delete_feed(&prefix);
+            // A view of only the key, as of its creation: the rule looks at nothing else, and
+            // a feed that cannot replay from `rev` reads the prefix again.
+            let mine =
+                KeyValue { key: key.to_owned(), value: Vec::new(), create_revision: rev, mod_revision: rev, lease: 0 };
+            match feed.wait_turn(View::snapshot(vec![mine], rev), key, rev, Rule::Held).await {
+                Ok((Turn::Gone, _)) => return,
+                Ok(_) => unreachable!("Rule::Held admits nothing"),
+                Err(e) => {
+                    tracing::debug!(%key, error = %e, "the watch of a held key failed; again after a pause");
+                    tokio::time::sleep(delays.next().unwrap_or(backoff.cap)).await;
+                }
+            }
+        }
+    }
+
     /// The shared live view of `prefix`, opening it (one watch) if it is not open yet.
     pub(crate) fn view(&self, prefix: &str) -> Arc<PrefixView> {
         let mut views = self.inner.views.lock();
@@ -268,6 +294,16 @@ impl Client {
         views.register_feeds.get_or_open(key, DeleteFeed::is_failed, || {
             DeleteFeed::open_register(backend.clone(), prefix.to_owned(), key.to_owned(), hints.clone())
         })
+    }
+}
+
+/// The name's prefix `<namespace><name>/` of a recipe key `<namespace><name>/<suffix>`
+/// (names have no `/`; see `name.rs`).
+fn name_prefix<'a>(namespace: &str, key: &'a str) -> &'a str {
+    let rest = key.get(namespace.len()..).unwrap_or("");
+    match rest.find('/') {
+        Some(i) => &key[..namespace.len() + i + 1],
+        None => key,
     }
 }
 
@@ -310,5 +346,17 @@ impl<'a> RunningUpdate<'a> {
 impl Drop for RunningUpdate<'_> {
     fn drop(&mut self) {
         self.crowd.finish(self.ticket, self.completed, tokio::time::Instant::now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_prefix;
+
+    #[test]
+    fn the_name_prefix_of_recipe_keys() {
+        assert_eq!(name_prefix("", "lock/7a"), "lock/");
+        assert_eq!(name_prefix("app/x/", "app/x/rw/read/7a-1"), "app/x/rw/");
+        assert_eq!(name_prefix("app/", "app/sem/7a-2"), "app/sem/");
     }
 }

@@ -231,7 +231,7 @@ impl Election {
     ) -> Result<T> {
         let leadership = self.campaign(value).await?;
         let lost = leadership.lost();
-        crate::guard::run_held("election", leadership, lost, self.session.lease_id(), work, async |l: Leadership| {
+        crate::guard::run_held("election", leadership, lost, &self.session, work, async |l: Leadership| {
             l.resign().await
         })
         .await

@@ -95,14 +95,33 @@ pub enum Error {
         requested: u32,
     },
     /// The store could not be reached within the connect timeout.
+    ///
+    /// `reason` says why, with the store client's own error as its
+    /// [`source`](std::error::Error::source) when there is one (as for [`Error::Unavailable`]):
+    /// `Error -> Cause -> etcd_client::Error` (or `tikv_client::Error`, or the timeout's
+    /// `tokio::time::error::Elapsed` when nothing answered).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # #[cfg(feature = "etcd")] {
+    /// use std::error::Error as _;
+    /// let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    /// let config = leasehold::EtcdConfig::new([format!("127.0.0.1:{port}")]) // closed once the listener is dropped
+    ///     .connect_timeout(std::time::Duration::from_secs(2));
+    /// let e = leasehold::Client::etcd(config).await.unwrap_err();
+    /// assert!(matches!(e, leasehold::Error::Connect { .. }), "{e}");
+    /// assert!(e.source().and_then(|cause| cause.source()).is_some(), "the client's error is kept");
+    /// # } }
+    /// ```
     #[error("connect: cannot reach {endpoints} within {timeout:?}: {reason}")]
     Connect {
         /// The endpoints tried.
         endpoints: String,
         /// The connect timeout.
         timeout: Duration,
-        /// The underlying failure.
-        reason: String,
+        /// The underlying failure, with the store client's error as its source.
+        #[source]
+        reason: Cause,
     },
     /// Authentication or authorization failed (wrong password, no permission on a key).
     #[error("auth: {0}")]
@@ -156,6 +175,13 @@ impl Cause {
     /// The message.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The same underlying error under another message (a connect failure recognised as a
+    /// TLS one, say).
+    #[cfg(feature = "etcd")]
+    pub(crate) fn reworded(self, message: impl Into<String>) -> Self {
+        Self { message: message.into(), source: self.source }
     }
 }
 

@@ -9,6 +9,10 @@ use crate::local::release::ReleaseOnce;
 use crate::local::waiter_queue::Slot;
 use crate::Session;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+mod gone;
 
 /// The accessors every guard type has (the guard stores its [`Holding`] in a field `hold`);
 /// the two docs that differ per guard are arguments.
@@ -24,12 +28,37 @@ macro_rules! held_accessors {
             self.hold.key()
         }
 
-        /// True while it is held and the session is before its validity deadline.
+        /// True while it is held and the session is before its validity deadline, and its
+        /// key was not seen gone by [`lost`](Self::lost) (revoked by an operator).
         pub fn is_valid(&self) -> bool {
             self.hold.is_valid()
         }
 
-        /// Completes when the session is lost (what was held must be treated as gone).
+        /// Completes when what was held must be treated as gone: the session is lost, or
+        /// this acquisition's key was deleted by someone else while the session lives (an
+        /// operator's [`Client::revoke`](crate::Client::revoke); then
+        /// [`is_valid`](Self::is_valid) turns false too). It also completes once the key is
+        /// released, by this guard or a relock (the future may outlive the guard).
+        ///
+        /// Following the key costs nothing until the future is first polled; then it
+        /// follows the client's shared deletes-only watch of the name's prefix (the one
+        /// its queue waiters use), opening it if none is open.
+        ///
+        /// ```
+        /// # #[tokio::main(flavor = "current_thread")] async fn main() -> leasehold::Result<()> {
+        /// let client = leasehold::Client::memory();
+        /// let session = client.session().await?;
+        /// let guard = leasehold::Mutex::new(&session, "stuck-job")?.lock().await?;
+        /// let lost = guard.lost();
+        /// let holder = client.holder("stuck-job").await?.expect("held");
+        /// assert!(client.revoke("stuck-job", &holder).await?); // an operator releases it
+        /// lost.await;
+        /// assert!(!guard.is_valid());
+        /// # Ok(()) }
+        /// ```
+        ///
+        /// # Cancel safety
+        /// Cancel-safe: dropping the future stops following the key, nothing else.
         pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
             self.hold.lost()
         }
@@ -129,6 +158,8 @@ pub(crate) struct Holding {
     /// or its delete is pending, so the session's audit never takes the key for an orphan.
     /// (Fields drop after `Drop::drop`, which registers a pending delete first.)
     _owned: Option<Owned>,
+    /// Set once a [`lost`](Self::lost) future saw the key gone (see `guard/gone.rs`).
+    gone: Arc<AtomicBool>,
 }
 
 impl Holding {
@@ -140,7 +171,8 @@ impl Holding {
         owned: Option<Owned>,
     ) -> Self {
         let release = ReleaseOnce::new();
-        Self { session, key, revision, release, local, contended: false, releasing: Vec::new(), _owned: owned }
+        let gone = Arc::default();
+        Self { session, key, revision, release, local, contended: false, releasing: Vec::new(), _owned: owned, gone }
     }
 
     /// Marks the acquisition as one that waited for another holder.
@@ -167,11 +199,20 @@ impl Holding {
     }
 
     pub(crate) fn is_valid(&self) -> bool {
-        self.release.is_held() && self.session.is_valid()
+        self.release.is_held() && self.session.is_valid() && !self.gone.load(Ordering::Acquire)
     }
 
+    /// Completes when the session is lost or the key is gone (see `held_accessors!`).
     pub(crate) fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.session.lost()
+        let session_lost = self.session.lost();
+        let key_gone = gone::key_gone(self.session.clone(), self.key.clone(), self.revision, self.gone.clone());
+        async move {
+            tokio::select! {
+                biased;
+                _ = session_lost => {}
+                _ = key_gone => {}
+            }
+        }
     }
 
     /// Applies `writes` only while this key still exists with this revision and every one
@@ -295,6 +336,7 @@ impl Holding {
             contended: self.contended,
             releasing: Vec::new(),
             _owned: None,
+            gone: Arc::default(),
         }
     }
 
@@ -399,22 +441,27 @@ impl Drop for Holding {
 
 /// The body of `Mutex::with_lock`, `Semaphore::with_permit` and
 /// `Election::with_leadership`: runs `work` with `guard` unless the session is lost first
-/// (then `work` is dropped at its await: [`Error::SessionLost`]), then releases the guard
+/// (then `work` is dropped at its await: [`Error::SessionLost`]) or its key is revoked
+/// ([`Error::NotHeld`]), then releases the guard
 /// with `release`; a release that fails is left to the lease (logged), since the work did
 /// run while it was held.
 pub(crate) async fn run_held<G, T>(
     what: &'static str,
     guard: G,
     lost: impl Future<Output = ()>,
-    lease: crate::backend::LeaseId,
+    session: &Session,
     work: impl AsyncFnOnce(&G) -> T,
     release: impl AsyncFnOnce(G) -> Result<()>,
 ) -> Result<T> {
     let out = tokio::select! {
         biased;
         _ = lost => {
+            if session.is_valid() {
+                tracing::warn!(what, "key deleted (revoked) while running work under it; work stopped");
+                return Err(Error::NotHeld { what, reason: "its key was deleted (revoked) while the work ran".into() });
+            }
             tracing::warn!(what, "session lost while running work under it; work stopped");
-            return Err(Error::SessionLost { lease });
+            return Err(Error::SessionLost { lease: session.lease_id() });
         }
         out = work(&guard) => out,
     };

@@ -10,7 +10,7 @@ use crate::strategy::Strategy;
 use crate::{Client, DEFAULT_TTL};
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -51,6 +51,8 @@ pub struct LeaderLoop {
     leading: watch::Sender<bool>,
     /// Counts the times it led (see `Leading`).
     generations: Arc<AtomicU64>,
+    /// Whether a [`run`](LeaderLoop::run) is running (one at a time; see `Running`).
+    running: AtomicBool,
 }
 
 impl LeaderLoop {
@@ -68,6 +70,7 @@ impl LeaderLoop {
             retry: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
             leading: watch::Sender::new(false),
             generations: Arc::default(),
+            running: AtomicBool::new(false),
         })
     }
 
@@ -112,6 +115,9 @@ impl LeaderLoop {
     ///   again, at the back of the queue: candidates already waiting lead first;
     /// - when the session is lost while it runs, `work`'s future is dropped at the await it
     ///   is at (a deposed leader stops), and the loop campaigns again on a new session;
+    /// - when its leadership's key is revoked by an operator
+    ///   ([`Client::revoke`](crate::Client::revoke)) while the session lives, `work`'s future
+    ///   is dropped likewise and the loop campaigns again on the same session;
     /// - when the store cannot be reached, it tries again after the [`retry`](Self::retry)
     ///   policy's delays, without end.
     ///
@@ -124,6 +130,16 @@ impl LeaderLoop {
     /// It returns only with an error that retrying cannot fix (authentication, a TTL out
     /// of range); its `Ok` type is `Infallible`.
     ///
+    /// # Concurrent calls
+    /// One `run` at a time per `LeaderLoop`: a call made while another one's future is
+    /// alive (polled at least once and not yet dropped or returned) fails at once with
+    /// [`Error::InvalidArgument`] (`what: "leader loop"`), campaigning for nothing and
+    /// leaving the running one alone. Two runs would be two candidates of this process
+    /// sharing one [`leading`](Self::leading) channel, which could then say `false` while
+    /// one of them leads (the other's work ending after it was deposed). For two candidates,
+    /// make two `LeaderLoop`s. Once the running call returns or is dropped, `run` may be
+    /// called again.
+    ///
     /// # Cancel safety
     /// Dropping the future stops the loop: `work`'s future is dropped at the await it is
     /// at, the leadership is released in the background (as for a dropped guard), the
@@ -133,6 +149,7 @@ impl LeaderLoop {
         F: FnMut(Arc<Leadership>) -> Fut,
         Fut: Future<Output = T>,
     {
+        let _running = Running::claim(&self.running)?;
         let mut delays = self.retry.delays();
         loop {
             let session = match self.client.session_builder().ttl(self.ttl).open().await {
@@ -168,6 +185,11 @@ impl LeaderLoop {
                     _ = work(leadership.clone()) => true,
                 };
                 leads.end();
+                if !done && session.is_valid() {
+                    // Its key was revoked while the session lives: campaign again on it.
+                    tracing::warn!(name = %self.name, "leader loop: leadership revoked; campaigning again");
+                    continue;
+                }
                 if !done {
                     tracing::info!(name = %self.name, "leader loop: session lost while leading; a new session");
                     break; // the leadership goes with the lost lease
@@ -184,6 +206,27 @@ impl LeaderLoop {
                 }
             }
         }
+    }
+}
+
+/// A running [`LeaderLoop::run`]: claims the loop's `running` flag, and clears it when the
+/// call returns or its future is dropped.
+struct Running<'a>(&'a AtomicBool);
+
+impl<'a> Running<'a> {
+    fn claim(running: &'a AtomicBool) -> Result<Self> {
+        if running.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            let reason =
+                "run is already running on this LeaderLoop (one run at a time; make a LeaderLoop per candidate)";
+            return Err(Error::invalid("leader loop", reason));
+        }
+        Ok(Self(running))
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -229,6 +272,47 @@ impl Drop for Leading {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn(async move { send() })),
             Err(_) => send(), // no runtime: nobody can be polling a receiver here either
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Poll;
+
+    /// Polls `fut` once.
+    async fn poll_once<F: Future>(fut: F) -> Poll<F::Output> {
+        let mut fut = std::pin::pin!(fut);
+        std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
+    }
+
+    /// A second `run` while one runs is refused at once (a typed error), and leaves the
+    /// running one leading; once that one is dropped, `run` is accepted again.
+    #[tokio::test]
+    async fn a_concurrent_run_is_refused() {
+        let client = Client::memory();
+        let leader = LeaderLoop::new(&client, "solo", "a").unwrap();
+        let mut leading = leader.leading();
+        let mut first = Box::pin(leader.run(|_| std::future::pending::<()>()));
+        tokio::select! {
+            r = &mut first => panic!("the loop ended: {r:?}"),
+            _ = leading.wait_for(|&leads| leads) => {}
+        }
+        let second = poll_once(leader.run(|_| async {})).await;
+        assert!(
+            matches!(second, Poll::Ready(Err(Error::InvalidArgument { what: "leader loop", .. }))),
+            "a second run was not refused: {second:?}"
+        );
+        assert!(*leading.borrow(), "the running loop still leads");
+        assert_eq!(client.entries("solo").await.unwrap().len(), 1, "the second run left a candidate");
+
+        drop(first);
+        leading.wait_for(|&leads| !leads).await.unwrap();
+        let again = leader.run(|_| std::future::pending::<()>());
+        tokio::select! {
+            r = again => panic!("the loop ended: {r:?}"),
+            _ = leading.wait_for(|&leads| leads) => {}
         }
     }
 }

@@ -53,6 +53,7 @@ mod name;
 mod observe;
 mod queue;
 mod register;
+mod revoke;
 mod rwlock;
 mod semaphore;
 mod session;

@@ -173,8 +173,10 @@ impl Mutex {
     /// Runs `work` under the lock: waits for the lock, runs `work` with the guard, and
     /// unlocks when it returns. The lock-lost notification is built in: if the session is
     /// lost while `work` runs, `work` is dropped at once — it does not get past the await
-    /// it is at — and the call fails with [`Error::SessionLost`]. (With
-    /// [`lock`](Self::lock), watching [`MutexGuard::lost`] is the caller's job.)
+    /// it is at — and the call fails with [`Error::SessionLost`]; if its key is revoked
+    /// ([`Client::revoke`](crate::Client::revoke)) while the session lives, likewise with
+    /// [`Error::NotHeld`]. (With [`lock`](Self::lock), watching [`MutexGuard::lost`] is the
+    /// caller's job.)
     ///
     /// If the unlock after `work` fails (the store unreachable for the whole retry budget),
     /// the result is still returned — the work did run under the lock — and the key is left
@@ -203,10 +205,7 @@ impl Mutex {
     pub async fn with_lock<T>(&self, work: impl AsyncFnOnce(&MutexGuard) -> T) -> Result<T> {
         let guard = self.lock().await?;
         let lost = guard.lost();
-        crate::guard::run_held("mutex", guard, lost, self.session.lease_id(), work, async |g: MutexGuard| {
-            g.unlock().await
-        })
-        .await
+        crate::guard::run_held("mutex", guard, lost, &self.session, work, async |g: MutexGuard| g.unlock().await).await
     }
 
     /// Takes the lock if it is free, without waiting: `Ok(None)` if someone else holds it.

@@ -111,6 +111,9 @@ pub(crate) enum Rule {
     Weighted(u64),
     /// No older key starts with this prefix: an `RwLock` reader (no writer ahead).
     NoOlderUnder(String),
+    /// Never: the key is already held, and only its deletion matters (a guard's
+    /// [`lost`](crate::MutexGuard::lost) follows its own key this way).
+    Held,
 }
 
 impl Rule {
@@ -139,6 +142,7 @@ impl Rule {
             Rule::NoOlderUnder(p) => {
                 !view.entries().take_while(|kv| kv.create_revision < rev).any(|kv| kv.key.starts_with(p))
             }
+            Rule::Held => false,
         }
     }
 }

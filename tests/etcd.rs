@@ -206,7 +206,8 @@ async fn process_worker() {
     session.close().await.unwrap();
 }
 
-/// Endpoints that do not answer fail with Error::Connect within the connect timeout.
+/// Endpoints that do not answer fail with Error::Connect within the connect timeout, and
+/// keep the store client's error as the cause: Error -> Cause -> etcd_client::Error.
 #[tokio::test]
 async fn unreachable_endpoints_fail_fast() {
     let closed = support::etcd::free_port(); // nothing listens there
@@ -216,6 +217,10 @@ async fn unreachable_endpoints_fail_fast() {
         let r = Client::etcd(EtcdConfig::new(endpoints).connect_timeout(timeout)).await;
         assert!(matches!(r, Err(Error::Connect { .. })), "{r:?}");
         assert!(started.elapsed() < timeout * 4, "took {:?}", started.elapsed());
+        let e = r.err().unwrap();
+        let cause = std::error::Error::source(&e).expect("Error::Connect has a source");
+        let client_error = cause.source().and_then(|c| c.downcast_ref::<etcd_client::Error>());
+        assert!(client_error.is_some(), "the etcd client's error is not the cause of {e:?}");
     }
     let r = Client::connect("zookeeper://127.0.0.1:2181").await;
     assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");

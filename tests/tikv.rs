@@ -194,6 +194,16 @@ async fn pd_endpoints_reachable_and_not() {
         let r = Client::tikv(TikvConfig::new(endpoints).connect_timeout(timeout)).await;
         assert!(matches!(r, Err(Error::Connect { .. })), "{r:?}");
         assert!(started.elapsed() < timeout * 4, "took {:?}", started.elapsed());
+        // The cause is kept: Error -> Cause -> the TiKV client's error (or, when nothing
+        // answered in time, the timeout's).
+        let e = r.err().unwrap();
+        let cause = std::error::Error::source(&e).expect("Error::Connect has a source");
+        let under = cause.source().expect("the underlying error is kept");
+        assert!(
+            under.downcast_ref::<tikv_client::Error>().is_some()
+                || under.downcast_ref::<tokio::time::error::Elapsed>().is_some(),
+            "{under:?}"
+        );
     }
     let r = Client::tikv(TikvConfig::new(Vec::<String>::new())).await;
     assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");

@@ -1,7 +1,7 @@
 //! Holding something: waiting for it (interruptibly), running the command under it or,
 //! without a command, holding until told to stop, and releasing it.
 
-use crate::supervise::{self, Held, Outcome};
+use crate::supervise::{self, Held, Lost, Outcome};
 use crate::{Fail, EXIT_BUSY, EXIT_CANNOT_RUN, EXIT_FAILED, EXIT_LOST, EXIT_NOT_FOUND};
 use leasehold::{Leadership, MutexGuard, Permit, ReadGuard, Session, WriteGuard};
 use std::future::Future;
@@ -35,6 +35,17 @@ impl Guard {
             Guard::Leader(g) => g.fencing_token(),
             Guard::Read(g) => g.fencing_token(),
             Guard::Write(g) => g.fencing_token(),
+        }
+    }
+
+    /// Completes when the session is lost or the key is revoked.
+    fn lost(&self) -> Lost {
+        match self {
+            Guard::Mutex(g) => Box::pin(g.lost()),
+            Guard::Permit(g) => Box::pin(g.lost()),
+            Guard::Leader(g) => Box::pin(g.lost()),
+            Guard::Read(g) => Box::pin(g.lost()),
+            Guard::Write(g) => Box::pin(g.lost()),
         }
     }
 
@@ -123,7 +134,8 @@ pub async fn run_guarded(
     } else if cmd.is_empty() {
         hold_until_signal(&session, &guard, signals).await
     } else {
-        let held = Held { name, key: guard.key(), token: guard.token(), session: &session };
+        let lost = || guard.lost();
+        let held = Held { name, key: guard.key(), token: guard.token(), session: &session, lost: &lost };
         run_held(cmd, held, grace, signals).await
     };
     finish(session.clone(), guard.release(), &result, session.ttl()).await;
@@ -131,14 +143,17 @@ pub async fn run_guarded(
 }
 
 /// `leasehold lock NAME` without a command: prints the key and the fencing token, and holds
-/// until SIGINT or SIGTERM (exit 0), or until the lock is lost (exit 122).
+/// until SIGINT or SIGTERM (exit 0), or until the lock is lost or revoked (exit 122).
 async fn hold_until_signal(session: &Session, guard: &Guard, signals: &mut Signals) -> Result<u8, Fail> {
     println!("{}", guard.key());
     println!("token {}", guard.token());
     tokio::select! {
         _ = signals.int.recv() => Ok(0),
         _ = signals.term.recv() => Ok(0),
-        _ = session.lost() => Err(Fail(EXIT_LOST, format!("{} lost", guard.key()))),
+        _ = guard.lost() => {
+            let why = if session.is_valid() { "revoked" } else { "lost" };
+            Err(Fail(EXIT_LOST, format!("{} {why}", guard.key())))
+        }
     }
 }
 
@@ -173,6 +188,13 @@ async fn finish(
     ttl: Duration,
 ) {
     if matches!(result, Err(Fail(EXIT_LOST, _))) {
+        if session.is_valid() {
+            // Revoked (`leasehold release`): the key is gone but the lease lives; end it now
+            // rather than a TTL later. (The guard, dropped first, deletes nothing: its key
+            // is gone.)
+            drop(release);
+            let _ = tokio::time::timeout(Duration::from_secs(5), session.close()).await;
+        }
         return;
     }
     let bound = Duration::from_secs(5);

@@ -3,7 +3,7 @@
 //! process does it then).
 //!
 //! Exit codes: the command's own status when it ran (128 + N if a signal N ended it);
-//! 2 bad usage; 122 the lock was lost and the command was killed; 123 `--try` and the lock
+//! 1 `release` found nothing to release; 2 bad usage; 122 the lock was lost and the command was killed; 123 `--try` and the lock
 //! is taken; 124 `--timeout` ran out; 125 leasehold itself failed (connect, store, auth);
 //! 126 the command cannot be run; 127 the command was not found; 130 (143) interrupted by
 //! SIGINT (SIGTERM) while waiting.
@@ -30,6 +30,8 @@ use leasehold::{Client, Election, Error, EtcdConfig, Mutex, RwLock, Semaphore, S
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// `release` found nothing to release.
+const EXIT_NOTHING: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_LOST: u8 = 122;
 const EXIT_BUSY: u8 = 123;
@@ -48,6 +50,7 @@ Examples:
   leasehold elect scheduler --observe --json
   leasehold leader scheduler
   leasehold status nightly-report
+  leasehold release nightly-report --lease 694d7a1b2c3d4e5f   # an operator frees a stuck holder
   leasehold --endpoints 10.0.0.1:2379,10.0.0.2:2379 lock --timeout 1m30s db-migrate -- ./migrate
   leasehold lock --try cron -- ./job.sh || echo \"another node runs it\"
   LEASEHOLD_ENDPOINTS=memory:// leasehold lock demo -- sh -c 'echo token=$LEASEHOLD_FENCING_TOKEN'
@@ -56,9 +59,9 @@ The command gets LEASEHOLD_FENCING_TOKEN, LEASEHOLD_KEY, LEASEHOLD_NAME and LEAS
 If lease renewals fail, the command gets SIGTERM, then SIGKILL, before the lease can expire,
 also if leasehold itself is stopped or killed (a watchdog process sees to it).
 
-Exit codes: the command's status; 2 usage; 122 lock lost (command killed); 123 busy (--try);
-124 timed out (--timeout); 125 leasehold failed; 126 command cannot run; 127 command not found;
-130 interrupted while waiting.";
+Exit codes: the command's status; 1 nothing to release (release); 2 usage; 122 lock lost
+or revoked (command killed); 123 busy (--try); 124 timed out (--timeout); 125 leasehold
+failed; 126 command cannot run; 127 command not found; 130 interrupted while waiting.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -213,6 +216,21 @@ enum Cmd {
         /// One JSON object.
         #[arg(long)]
         json: bool,
+    },
+    /// Release a stuck holder's key on an operator's behalf (revocation): delete the
+    /// key(s) of lease ID under NAME, each only if it still has that lease and the token it
+    /// had when read, so a newer holder is never removed. Prints what it released; exits 1
+    /// if nothing matched. The holder sees its lock lost (a supervised command is killed).
+    Release {
+        /// Lock, semaphore, election or read-write lock name.
+        name: String,
+        /// The holder's lease id, in hex as `status` prints it (the holder's LEASEHOLD_LEASE).
+        #[arg(long, value_parser = parse_lease)]
+        lease: i64,
+        /// Only the acquisition with this fencing token (its key's create revision, as
+        /// `status` prints it): nothing is released if that acquisition is gone.
+        #[arg(long)]
+        token: Option<u64>,
     },
     /// Print the current leader of an election and its fencing token.
     Leader {
@@ -390,6 +408,7 @@ async fn run(cli: Cli) -> Result<u8, Fail> {
             println!("{}", show::status(&name, &entries, holding, permits, json));
             Ok(0)
         }
+        Cmd::Release { name, lease, token } => release(&client, &name, lease, token).await,
         Cmd::Leader { name, json } => {
             // A read: no session, so no lease to open and close.
             let leader = client.leader(&name).await?;
@@ -397,6 +416,36 @@ async fn run(cli: Cli) -> Result<u8, Fail> {
             Ok(0)
         }
     }
+}
+
+/// A lease id as `status` prints it and LEASEHOLD_LEASE carries it: hex, `0x` optional.
+fn parse_lease(text: &str) -> Result<i64, String> {
+    let digits = text.strip_prefix("0x").unwrap_or(text);
+    match i64::from_str_radix(digits, 16) {
+        Ok(id) if id > 0 && !digits.starts_with(['+', '-']) => Ok(id),
+        _ => Err(format!("{text:?} is not a lease id (hex, as `leasehold status` prints it)")),
+    }
+}
+
+/// `leasehold release`: revokes the keys of `lease` under `name` (only the one with `token`
+/// if given), each checked by lease and create revision; prints one line per key released.
+async fn release(client: &Client, name: &str, lease: i64, token: Option<u64>) -> Result<u8, Fail> {
+    let entries = client.entries(name).await?;
+    let mut released = 0;
+    for holder in entries.iter().filter(|h| h.lease == lease && token.is_none_or(|t| h.token == t)) {
+        if client.revoke(name, holder).await? {
+            println!("released token={} lease={:x} key={}", holder.token, holder.lease, holder.key);
+            released += 1;
+        }
+    }
+    if released == 0 {
+        let which = token.map_or(String::new(), |t| format!(" with token {t}"));
+        return Err(Fail(
+            EXIT_NOTHING,
+            format!("release: nothing to release: no key of lease {lease:x}{which} under {name:?}"),
+        ));
+    }
+    Ok(0)
 }
 
 fn main() -> ExitCode {

@@ -47,12 +47,17 @@ pub enum Outcome {
     Failed(String),
 }
 
-/// What the child learns about its holding.
+/// A guard's `lost()`: completes when the session is lost or the key is revoked.
+pub type Lost = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// What the child learns about its holding, and how to learn it is gone.
 pub struct Held<'a> {
     pub name: &'a str,
     pub key: &'a str,
     pub token: u64,
     pub session: &'a Session,
+    /// The guard's `lost()`.
+    pub lost: &'a (dyn Fn() -> Lost + Sync),
 }
 
 /// The command, started behind its gate: it runs only once [`Started::open`] is called.
@@ -210,11 +215,16 @@ pub async fn supervise(mut started: Started, held: &Held<'_>, grace: Duration, s
         return Outcome::NotStarted;
     }
     let watched = match started.open() {
-        Ok(()) => watch(&mut started.child, pgid, &mut dog, session, budget, signals).await,
+        Ok(()) => watch(&mut started.child, pgid, &mut dog, session, (held.lost)(), budget, signals).await,
         Err(e) => Err(std::io::Error::other(format!("cannot open the command's gate: {e}"))),
     };
     let outcome = match watched {
         Ok(Some(outcome)) => outcome,
+        Ok(None) if session.is_valid() => {
+            signal_group(pgid, libc::SIGKILL);
+            say!("leasehold: the lock's key was revoked (leasehold release); killed the command");
+            Outcome::Lost
+        }
         Ok(None) => {
             signal_group(pgid, libc::SIGKILL);
             say!("leasehold: lease lost or about to expire; killed the command");
@@ -236,18 +246,18 @@ pub async fn supervise(mut started: Started, held: &Held<'_>, grace: Duration, s
 }
 
 /// Waits for the command while the lease lasts. `Some` when it exited, `None` when it must
-/// be killed because the lease is (about to be) lost.
+/// be killed because the lease is (about to be) lost or `lost` (the guard's) completed.
 async fn watch(
     child: &mut Child,
     pgid: i32,
     dog: &mut Watchdog,
     session: &Session,
+    lost: Lost,
     budget: Budget,
     signals: &mut Signals,
 ) -> std::io::Result<Option<Outcome>> {
     let mut sighup = signal(SignalKind::hangup())?;
     let mut sigtstp = signal(SignalKind::from_raw(libc::SIGTSTP))?;
-    let lost = session.lost();
     tokio::pin!(lost);
     // The deadline a SIGTERM was sent for: a renewal that moves the deadline past it
     // re-arms the countdown.

@@ -461,6 +461,67 @@ fn status_shows_holder_and_waiters() {
     assert_eq!(status(&["cli-status"]).trim(), "cli-status: free");
 }
 
+/// `release NAME --lease ID` frees a holder's key: a stale one (wrong token) releases
+/// nothing (exit 1), a bad lease id is a usage error (exit 2); the right one prints what it
+/// released, the holder's command is killed (exit 122, "revoked") and the waiter runs.
+#[test]
+fn release_revokes_a_holder_and_a_stale_release_does_nothing() {
+    let etcd = EtcdCluster::single();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("go");
+    let hold = hold_until(&marker, "$LEASEHOLD_LEASE $LEASEHOLD_FENCING_TOKEN");
+    let mut holder = leasehold(&etcd)
+        .args(["lock", "cli-release", "--", "sh", "-c", &hold])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let (lease, token) = line.trim().strip_prefix("started ").unwrap().split_once(' ').unwrap();
+    let (lease, token) = (lease.to_owned(), token.parse::<u64>().unwrap());
+    let waiter = leasehold(&etcd)
+        .args(["lock", "cli-release", "--", "sh", "-c", "echo $LEASEHOLD_FENCING_TOKEN"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The waiter queues in its own time: poll (bounded) until it shows.
+    let status = || leasehold(&etcd).args(["status", "cli-release"]).output().unwrap();
+    for _ in 0..200 {
+        if String::from_utf8_lossy(&status().stdout).starts_with("cli-release: 1 holding, 1 waiting") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let release = |args: &[&str]| leasehold(&etcd).args(["release", "cli-release"]).args(args).output().unwrap();
+
+    let stale = release(&["--lease", &lease, "--token", &(token - 1).to_string()]);
+    assert_eq!(stale.status.code(), Some(1), "{stale:?}");
+    assert!(one_line_error(&stale).contains("nothing to release"), "{stale:?}");
+    let bad = release(&["--lease", "not-hex"]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(one_line_error(&bad).contains("not a lease id"), "{bad:?}");
+    let now = String::from_utf8(status().stdout).unwrap();
+    assert!(
+        now.contains(&format!("holding token={token} lease={lease}")),
+        "a stale release removed the holder:\n{now}"
+    );
+
+    let done = release(&["--lease", &lease]);
+    assert!(done.status.success(), "{done:?}");
+    let printed = String::from_utf8(done.stdout).unwrap();
+    assert!(printed.starts_with(&format!("released token={token} lease={lease} key=")), "{printed}");
+    let out = holder.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(122), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("revoked"), "{out:?}");
+    let next = waiter.wait_with_output().unwrap();
+    assert!(next.status.success(), "{next:?}");
+    assert!(String::from_utf8(next.stdout).unwrap().trim().parse::<u64>().unwrap() > token);
+    let again = release(&["--lease", &lease]);
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    std::fs::write(&marker, "").unwrap();
+}
+
 /// `lock NAME` without a command holds until SIGINT, printing the key and the token (as
 /// `etcdctl lock NAME` does), and releases on SIGINT (exit 0).
 #[test]

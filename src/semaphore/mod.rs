@@ -283,10 +283,8 @@ impl Semaphore {
     pub async fn with_permit<T>(&self, work: impl AsyncFnOnce(&Permit) -> T) -> Result<T> {
         let permit = self.acquire().await?;
         let lost = permit.lost();
-        crate::guard::run_held("semaphore", permit, lost, self.session.lease_id(), work, async |p: Permit| {
-            p.release().await
-        })
-        .await
+        crate::guard::run_held("semaphore", permit, lost, &self.session, work, async |p: Permit| p.release().await)
+            .await
     }
 
     /// Takes a permit if one is free for this caller now: `Ok(None)` otherwise.

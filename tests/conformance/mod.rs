@@ -11,6 +11,7 @@ pub mod mutex;
 pub mod permits;
 pub mod recipes;
 pub mod register;
+pub mod revoke;
 pub mod rwlock;
 
 use leasehold::Client;
@@ -40,6 +41,7 @@ macro_rules! conformance_suite {
         use conformance::recipes::{self as rc, Mix};
         use conformance::register as rg;
         use conformance::rwlock as rw;
+        use conformance::revoke as rv;
         use leasehold::Strategy::{Optimistic, Pessimistic};
 
         $runner! {
@@ -74,6 +76,9 @@ macro_rules! conformance_suite {
             multi_lock_all_or_nothing => |c| ml::multi_lock_all_or_nothing(c);
             relock_cancellation => |c| mx::relock_cancellation(c, 60);
             relock_leftover_is_reclaimed => |c| mx::relock_leftover_is_reclaimed(c);
+            revoke_mutex => |c| rv::revoke_mutex(c);
+            revoke_each_recipe => |c| rv::revoke_each_recipe(c);
+            revoke_leader_loop => |c| rv::revoke_leader_loop(c);
 
             semaphore_limit_holds_under_contention => |c| rc::semaphore_limit_holds_under_contention(c, Mix::Queued);
             semaphore_limit_holds_with_mixed_strategies => |c| rc::semaphore_limit_holds_under_contention(c, Mix::Mixed);

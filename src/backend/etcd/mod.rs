@@ -178,7 +178,7 @@ impl EtcdBackend {
         }
         let joined = endpoints.join(",");
         let connect_error =
-            |reason: String| Error::Connect { endpoints: joined.clone(), timeout: config.connect_timeout, reason };
+            |reason: Cause| Error::Connect { endpoints: joined.clone(), timeout: config.connect_timeout, reason };
         let attempt = async {
             let mut client = etcd_client::Client::connect(&endpoints, Some(options)).await.map_err(map_err)?;
             // The channel connects lazily: make one real round trip now. A user who may not
@@ -196,17 +196,19 @@ impl EtcdBackend {
             Ok(Ok(client)) => client,
             Ok(Err(Error::Auth(msg))) => return Err(Error::Auth(msg)),
             Ok(Err(e)) => {
-                let reason = match e {
-                    Error::Unavailable(m) | Error::Store(m) => m.message().to_owned(),
-                    other => other.to_string(),
+                // The etcd client's error stays the source, whatever the message says.
+                let cause = match e {
+                    Error::Unavailable(m) | Error::Store(m) => m,
+                    other => Cause::with_source(other.to_string(), other),
                 };
+                let reason = cause.message().to_owned();
                 let lower = reason.to_lowercase();
                 if let Some(tls) = &config.tls {
                     // A TLS alert from the server (etcd 3.5.16 sends `UnknownCA` for a client
                     // certificate it does not trust) is a TLS failure too.
                     let tls_words = ["certificate", "tls", "handshake", "alert"];
                     if tls_words.iter().any(|w| lower.contains(w)) {
-                        return Err(Error::Tls(format!("{joined}: {reason}{}", tls_hint(&lower)).into()));
+                        return Err(Error::Tls(cause.reworded(format!("{joined}: {reason}{}", tls_hint(&lower)))));
                     }
                     // etcd 3.4 drops a client whose certificate it refuses without a TLS
                     // alert: the first request then finds the connection closed, reset or
@@ -223,18 +225,15 @@ impl EtcdBackend {
                             None => "none was given",
                             Some(_) => "perhaps it is not signed by a CA the server trusts",
                         };
-                        return Err(Error::Tls(
-                            format!(
-                                "{joined}: {reason} (the server closed the connection right after the TLS \
+                        return Err(Error::Tls(cause.reworded(format!(
+                            "{joined}: {reason} (the server closed the connection right after the TLS \
                              handshake; it probably refused the client certificate: {which})"
-                            )
-                            .into(),
-                        ));
+                        ))));
                     }
                 }
-                return Err(connect_error(reason));
+                return Err(connect_error(cause));
             }
-            Err(_) => return Err(connect_error("no answer".into())),
+            Err(elapsed) => return Err(connect_error(Cause::with_source("no answer", elapsed))),
         };
         Ok(Self { client, request_timeout: config.request_timeout })
     }

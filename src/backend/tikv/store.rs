@@ -26,11 +26,12 @@ impl TikvBackend {
             Ok::<_, tikv_client::Error>(client)
         };
         let connect_error =
-            |reason: String| Error::Connect { endpoints: joined.clone(), timeout: config.connect_timeout, reason };
+            |reason: Cause| Error::Connect { endpoints: joined.clone(), timeout: config.connect_timeout, reason };
         let client = match tokio::time::timeout(config.connect_timeout, attempt).await {
             Ok(Ok(client)) => client,
-            Ok(Err(e)) => return Err(connect_error(e.to_string())),
-            Err(_) => return Err(connect_error("no answer".into())),
+            // The TiKV client's error stays the source.
+            Ok(Err(e)) => return Err(connect_error(Cause::with_source(e.to_string(), e))),
+            Err(elapsed) => return Err(connect_error(Cause::with_source("no answer", elapsed))),
         };
         let keys = Keys { root: config.root.clone().into_bytes() };
         Ok(Self {
