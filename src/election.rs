@@ -38,8 +38,9 @@ const WHAT: &str = "election";
 /// candidate creates its key only while no candidate's key exists (one compare-and-swap);
 /// otherwise it writes nothing, waits until the leader's key is gone, pauses (jittered, see
 /// [`with_backoff`](Election::with_backoff)) and tries again — the lease-record election of
-/// Kubernetes' client-go. It leaves no key while it waits, so followers cost the store
-/// nothing, but it is not fair and a new leader starts a pause later. [`Strategy::Adaptive`]
+/// Kubernetes' client-go. It leaves no key while it waits (a re-attached lease's own key
+/// excepted: that is queued already, and the campaign waits in the queue), so followers
+/// cost the store nothing, but it is not fair and a new leader starts a pause later. [`Strategy::Adaptive`]
 /// campaigns optimistically until a campaign that may wait meets a leader, then queues,
 /// and goes back once its queued campaigns find nobody ahead (as the
 /// [`Mutex`](crate::Mutex) does; per handle, shared by its clones). Every strategy elects by the same rule on the same keys,
@@ -302,7 +303,9 @@ impl Election {
                     }
                     Cas::NotHeld => return Ok(None),
                     Cas::Busy(slot) => {
-                        self.adaptive.force_queue();
+                        if adaptive {
+                            self.adaptive.force_queue();
+                        }
                         local = slot;
                     }
                     Cas::KeyTaken => unreachable!("adopt is set"),

@@ -37,15 +37,15 @@ const WHAT: &str = "multilock";
 /// let client = Client::memory();
 /// let (a, b) = (client.session().await?, client.session().await?);
 /// // Move stock between two warehouses: both or neither.
-/// let both = MultiLock::new(&a, ["stock/berlin", "stock/paris"])?.lock().await?;
+/// let both = MultiLock::new(&a, ["stock.berlin", "stock.paris"])?.lock().await?;
 /// assert_eq!(both.guards().len(), 2);
-/// both.fenced_put("transfers/last", "berlin->paris").await?; // only while both are held
+/// both.fenced_put("transfers/last", "berlin-to-paris").await?; // only while both are held
 ///
 /// // Another session that needs one of them waits, or gives up at once.
-/// assert!(Mutex::new(&b, "stock/paris")?.try_lock().await?.is_none());
-/// assert!(MultiLock::new(&b, ["stock/paris", "stock/rome"])?.try_lock().await?.is_none());
+/// assert!(Mutex::new(&b, "stock.paris")?.try_lock().await?.is_none());
+/// assert!(MultiLock::new(&b, ["stock.paris", "stock.rome"])?.try_lock().await?.is_none());
 /// # b.settle().await;
-/// assert!(Mutex::new(&b, "stock/rome")?.try_lock().await?.is_some(), "the try left rome free");
+/// assert!(Mutex::new(&b, "stock.rome")?.try_lock().await?.is_some(), "the try left rome free");
 /// both.unlock().await?;
 /// # Ok(()) }
 /// ```

@@ -324,7 +324,8 @@ impl Mutex {
                 Strategy::Pessimistic => self.acquire_queued(wait, prepared).await,
                 Strategy::Optimistic => match self.cas(wait, prepared, false).await? {
                     Ok(got) => Ok(got),
-                    Err(_) => unreachable!("gives way only when asked"),
+                    // A re-attached lease's key of this session, queued already: wait in the queue.
+                    Err(prepared) => self.acquire_queued(wait, prepared).await,
                 },
                 Strategy::Adaptive if self.adaptive.queue_next() => {
                     let got = self.acquire_queued(wait, prepared).await?;
@@ -381,7 +382,8 @@ impl Mutex {
     }
 
     /// The compare-and-swap acquisition. With `give_way`, the first holder it meets (unless
-    /// `wait` is a try) ends it with the slot and stale key back (`Err`), for the queue.
+    /// `wait` is a try) ends it with the slot and stale key back (`Err`), for the queue; so
+    /// does this session's own key found behind a holder (see [`Cas::Busy`]).
     async fn cas(
         &self,
         wait: Wait,

@@ -263,7 +263,10 @@ impl RwLock {
                         }
                         Cas::NotHeld => return Ok(None),
                         Cas::KeyTaken => continue,
-                        Cas::Busy(_) => self.adaptive.force_queue(),
+                        // Gave way (adaptive), or found this session's leftover key queued:
+                        // queue, with the key as it is.
+                        Cas::Busy(_) if adaptive => self.adaptive.force_queue(),
+                        Cas::Busy(_) => {}
                     }
                 }
                 let ticket = Ticket { what: "rwlock", req, local: None, adopt: leftover, replaces: None, check: None };

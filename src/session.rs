@@ -436,7 +436,9 @@ impl Session {
     }
 
     /// A number this session has not handed out before, for per-acquisition keys. A
-    /// re-attached session starts again at 0, so a key made from it may already exist.
+    /// re-attached session starts above the numbers of its leftover keys; a key made from
+    /// it can still exist if an earlier process of the lease made keys after the session
+    /// read them (acquisitions create with a precondition that never overwrites one).
     pub(crate) fn next_seq(&self) -> u64 {
         self.inner.seq.fetch_add(1, Ordering::Relaxed)
     }

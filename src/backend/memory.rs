@@ -360,7 +360,7 @@ impl Backend for MemoryBackend {
         let mut st = self.call().await?;
         let ok = match req.precondition {
             Precondition::KeyAbsent => !st.kvs.contains_key(&req.key),
-            Precondition::PrefixEmpty => st.prefix(&req.prefix, 1).is_empty(),
+            Precondition::PrefixEmpty => !st.kvs.contains_key(&req.key) && st.prefix(&req.prefix, 1).is_empty(),
         };
         let mut writes = Vec::new();
         if let Some(Replaced { key, revision }) = req.replaces {

@@ -71,7 +71,9 @@ pub struct KeyValue {
 pub enum Precondition {
     /// The key does not exist.
     KeyAbsent,
-    /// No key exists under the request's `prefix`.
+    /// No key exists under the request's `prefix`, and the key itself does not exist (it
+    /// may lie outside the prefix: a read lock's key is created while no writer's key
+    /// exists). Never an overwrite: `created` means a new key, with a new create revision.
     PrefixEmpty,
 }
 

@@ -207,9 +207,11 @@ pub(crate) enum Cas {
     /// The key already existed under this session's lease and `adopt` was false: nothing
     /// was written (the caller picks another key).
     KeyTaken,
-    /// It met a holder and was asked to give way rather than wait (`give_way`): nothing
-    /// was written; the session's local slot for the key, if it had one, is handed back
-    /// for the queued acquisition the caller makes instead (adaptive's switch).
+    /// The caller must queue instead: it met a holder and was asked to give way rather
+    /// than wait (`give_way`: adaptive's switch), or this session's own key already exists
+    /// behind a holder (a re-attached lease's key, adopted: it is queued already, and only
+    /// a queued acquisition owns it — deletes it if it gives up). Nothing was written; the
+    /// session's local slot for the key, if it had one, is handed back.
     Busy(Option<crate::local::waiter_queue::Slot>),
 }
 
@@ -279,6 +281,10 @@ pub(crate) async fn acquire_cas(
                 let hold = pending.into_holding(mine.create_revision)?;
                 return Ok((Cas::Held(hold.contended(conflicts > 0), mine), conflicts));
             }
+            // This session's key exists (adopted, so not new) and waits behind a holder: it
+            // is queued already. Waiting for it here would leave it to nobody if the wait
+            // ran out; a queued acquisition owns it.
+            return Ok((Cas::Busy(pending.leave()), conflicts));
         }
         local = pending.leave();
         let Some(h) = holder else { continue }; // freed in between: try again at once

@@ -208,7 +208,8 @@ impl Pending {
     /// and an earlier attempt of this create failed after the store may have applied it
     /// (its answer was lost): the key is then this acquisition's own, created by that
     /// attempt. (Keys of one session and name are taken one at a time through the local
-    /// slot, numbered keys are never reused, and a key with a pending delete is doomed.)
+    /// slot, numbered keys are never reused — a re-attached session numbers above its
+    /// leftovers — and a key with a pending delete is doomed.)
     ///
     /// On success the guard this create replaces is released (its key went in the same
     /// transaction), unless the write's conditions failed; see

@@ -107,3 +107,37 @@ pub async fn write_under_a_gone_lease(client: &Client) {
     assert!(matches!(r, Err(leasehold::Error::LeaseNotFound { lease: l }) if l == lease), "{r:?}");
     assert!(backend.get("gone-lease.key").await.unwrap().is_none(), "nothing written");
 }
+
+/// `Backend::create` with `Precondition::PrefixEmpty` for a key outside the prefix (an
+/// optimistic read lock: its key is created while no writer's key exists): it creates a new
+/// key, and never overwrites one that exists — `created` is false and `mine` is the key as
+/// it was, with its own create revision (an overwrite on etcd kept the old create revision
+/// while the answer reported the transaction's).
+pub async fn create_prefix_empty_never_overwrites(client: &Client) {
+    use leasehold::backend::{CreateRequest, Precondition};
+    let b = client.backend();
+    let lease = b.grant_lease(std::time::Duration::from_secs(30)).await.unwrap().id;
+    let name = format!("create-prefix-empty-{}", std::process::id());
+    let base = client.prefix_of(&name).unwrap();
+    let (writers, key) = (format!("{base}write/"), format!("{base}read/{lease:x}-0"));
+    let req = |value: &[u8]| CreateRequest {
+        key: key.clone(),
+        value: value.to_vec(),
+        lease,
+        precondition: Precondition::PrefixEmpty,
+        prefix: writers.clone(),
+        head_limit: 1,
+        replaces: None,
+        read: None,
+    };
+    let first = b.create(req(b"first")).await.unwrap();
+    assert!(first.created && first.head.is_empty(), "{first:?}");
+    let stored = b.get(&key).await.unwrap().unwrap();
+    assert_eq!(first.mine.as_ref().map(|kv| kv.create_revision), Some(stored.create_revision));
+    let again = b.create(req(b"second")).await.unwrap();
+    assert!(!again.created, "an existing key was overwritten: {again:?}");
+    let mine = again.mine.expect("the key as it is");
+    assert_eq!((mine.value.as_slice(), mine.create_revision), (&b"first"[..], stored.create_revision));
+    assert_eq!(b.get(&key).await.unwrap().unwrap().value, b"first");
+    b.revoke_lease(lease).await.unwrap();
+}

@@ -63,6 +63,7 @@ macro_rules! conformance_suite {
             reattach => |c| mx::reattach(c);
             keep_alive_contract => |c| mx::keep_alive_contract(c);
             transact_contract => |c| bk::transact_contract(c);
+            create_prefix_empty_never_overwrites => |c| bk::create_prefix_empty_never_overwrites(c);
             write_under_a_gone_lease => |c| bk::write_under_a_gone_lease(c);
             reattach_takes_over_leftovers => |c| rc::reattach_takes_over_leftovers(c);
             reads_without_a_session => |c| rc::reads_without_a_session(c);
@@ -71,6 +72,7 @@ macro_rules! conformance_suite {
             bad_input => |c| mx::bad_input(c);
             close_releases => |c| mx::close_releases(c);
             relock => |c| mx::relock(c);
+            optimistic_give_up_deletes_an_adopted_leftover => |c| mx::optimistic_give_up_deletes_an_adopted_leftover(c);
             multi_lock_excludes_and_never_deadlocks_pessimistic => |c| ml::multi_lock_excludes_and_never_deadlocks(c, Pessimistic, 8);
             multi_lock_excludes_and_never_deadlocks_optimistic => |c| ml::multi_lock_excludes_and_never_deadlocks(c, Optimistic, 8);
             multi_lock_all_or_nothing => |c| ml::multi_lock_all_or_nothing(c);
@@ -101,6 +103,7 @@ macro_rules! conformance_suite {
             rwlock_exclusion_under_contention => |c| rw::rwlock_exclusion_under_contention(c, Mix::Queued);
             rwlock_exclusion_with_mixed_strategies => |c| rw::rwlock_exclusion_under_contention(c, Mix::Mixed);
             rwlock_optimistic_waits_without_a_key => |c| rw::rwlock_optimistic_waits_without_a_key(c);
+            rwlock_optimistic_reader_takes_over_its_leftover => |c| rw::rwlock_optimistic_reader_takes_over_its_leftover(c);
             rwlock_writer_not_starved_by_later_readers => |c| rw::rwlock_writer_not_starved_by_later_readers(c);
             rwlock_and_election_cancel_leave_nothing => |c| rc::rwlock_and_election_cancel_leave_nothing(c);
             election_campaign_leader_proclaim_resign => |c| el::election_campaign_leader_proclaim_resign(c);

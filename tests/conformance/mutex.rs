@@ -475,3 +475,40 @@ pub async fn fenced_write_if(client: &Client) {
     let _ = guard.unlock().await; // NotHeld: its key is gone
     s.close().await.unwrap();
 }
+
+/// An optimistic acquisition that finds its session's own key (a re-attached lease's)
+/// behind a holder and gives up leaves no key behind: the key had been taken over, and
+/// nobody else would delete it while the lease lives (the name would then be held by no
+/// guard once the holder went).
+pub async fn optimistic_give_up_deletes_an_adopted_leftover(client: &Client) {
+    use leasehold::backend::{CreateRequest, Precondition};
+    let name = format!("mx-leftover-{}", std::process::id());
+    let prefix = client.prefix_of(&name).unwrap();
+    let holder = client.session().await.unwrap();
+    let guard = Mutex::new(&holder, &name).unwrap().lock().await.unwrap();
+    let b = client.backend();
+    let lease = b.grant_lease(Duration::from_secs(30)).await.unwrap().id;
+    let leftover = format!("{prefix}{lease:x}");
+    let create = CreateRequest {
+        key: leftover.clone(),
+        value: Vec::new(),
+        lease,
+        precondition: Precondition::KeyAbsent,
+        prefix: prefix.clone(),
+        head_limit: 1,
+        replaces: None,
+        read: None,
+    };
+    assert!(b.create(create).await.unwrap().created); // an earlier process's waiting key
+    let after = client.session_builder().attach(lease).open().await.unwrap();
+    let mutex = Mutex::new(&after, &name).unwrap().with_strategy(Strategy::Optimistic);
+    let timed = mutex.lock_timeout(Duration::from_millis(100)).await;
+    assert!(matches!(timed, Err(Error::Timeout { .. })), "{timed:?}");
+    after.settle().await;
+    assert_eq!(keys(client, &name).await, [guard.key().to_owned()], "the adopted key was left behind");
+    guard.unlock().await.unwrap();
+    let again = tokio::time::timeout(SOON, mutex.lock()).await.unwrap().unwrap();
+    assert_eq!(keys(client, &name).await, [again.key().to_owned()]);
+    again.unlock().await.unwrap();
+    after.close().await.unwrap();
+}

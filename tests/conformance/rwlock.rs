@@ -210,3 +210,39 @@ pub async fn rwlock_optimistic_waits_without_a_key(client: &Client) {
         assert_eq!(keys(client, &prefix).await, Vec::<String>::new());
     }
 }
+
+/// A re-attached lease's read key, older than a queued writer, is taken over by an
+/// optimistic read of the successor session: the read is admitted at once (no writer is
+/// older than it), instead of waiting for the younger writer that waits for it.
+pub async fn rwlock_optimistic_reader_takes_over_its_leftover(client: &Client) {
+    use leasehold::backend::{CreateRequest, Precondition};
+    let name = fresh("rw-leftover");
+    let prefix = client.prefix_of(&name).unwrap();
+    let b = client.backend();
+    let lease = b.grant_lease(Duration::from_secs(30)).await.unwrap().id;
+    let leftover = format!("{prefix}read/{lease:x}-0");
+    let create = CreateRequest {
+        key: leftover.clone(),
+        value: Vec::new(),
+        lease,
+        precondition: Precondition::KeyAbsent,
+        prefix: prefix.clone(),
+        head_limit: 1,
+        replaces: None,
+        read: None,
+    };
+    assert!(b.create(create).await.unwrap().created); // an earlier process's read lock
+    let other = client.session().await.unwrap();
+    let writer = RwLock::new(&other, &name).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move { tx.send(writer.write().await.unwrap().unlock().await).unwrap() });
+    until_keys(client, &prefix, 2).await; // the writer waits behind the leftover
+    let after = client.session_builder().attach(lease).open().await.unwrap();
+    let lock = RwLock::new(&after, &name).unwrap().with_strategy(Strategy::Optimistic);
+    let read = within("the leftover's read", lock.read()).await.unwrap();
+    assert_eq!(read.key(), leftover);
+    assert!(rx.try_recv().is_err(), "the writer waits for the read");
+    read.unlock().await.unwrap();
+    within("the writer after the read", rx.recv()).await.unwrap().unwrap();
+    after.close().await.unwrap();
+}

@@ -491,10 +491,11 @@ impl Backend for EtcdBackend {
     }
 
     async fn create(&self, req: CreateRequest) -> Result<CreateResponse> {
-        let cond = compare(&match req.precondition {
-            Precondition::KeyAbsent => Condition::Modified { key: req.key.clone(), revision: None },
-            Precondition::PrefixEmpty => Condition::PrefixEmpty { prefix: req.prefix.clone() },
-        });
+        let absent = compare(&Condition::Modified { key: req.key.clone(), revision: None });
+        let conds = match req.precondition {
+            Precondition::KeyAbsent => vec![absent],
+            Precondition::PrefixEmpty => vec![absent, compare(&Condition::PrefixEmpty { prefix: req.prefix.clone() })],
+        };
         let head = || TxnOp::get(req.prefix.clone(), Some(head_options(req.head_limit)));
         let put = TxnOp::put(req.key.clone(), req.value.clone(), Some(PutOptions::new().with_lease(req.lease)));
         // The replaced key is deleted first in both branches (a nested Txn when the delete
@@ -514,7 +515,7 @@ impl Backend for EtcdBackend {
         let otherwise: Vec<TxnOp> =
             replace.into_iter().chain([TxnOp::get(req.key.clone(), None), head()]).chain(read()).collect();
         // On success the key is exactly what was put, at the Txn's revision: no need to read it.
-        let txn = Txn::new().when([cond]).and_then(then).or_else(otherwise);
+        let txn = Txn::new().when(conds).and_then(then).or_else(otherwise);
         let resp = self.txn(txn, Some(req.lease).filter(|&l| l != 0)).await?;
         let created = resp.succeeded();
         let at = revision(&resp);

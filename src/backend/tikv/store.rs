@@ -269,7 +269,9 @@ impl Backend for TikvBackend {
                 Box::pin(async move {
                     let ok = match req.precondition {
                         Precondition::KeyAbsent => tx.get(&req.key).await?.is_none(),
-                        Precondition::PrefixEmpty => tx.scan(&req.prefix).await?.is_empty(),
+                        Precondition::PrefixEmpty => {
+                            tx.get(&req.key).await?.is_none() && tx.scan(&req.prefix).await?.is_empty()
+                        }
                     };
                     if let Some(Replaced { key, revision }) = &req.replaces {
                         let current = tx.get(key).await?.map(|kv| kv.create_revision);
