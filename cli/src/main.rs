@@ -125,7 +125,7 @@ struct Hold {
 enum StrategyArg {
     Pessimistic,
     Optimistic,
-    /// Optimistic until conflicts rise, then queued (semaphores queue).
+    /// Optimistic until it meets a holder, then queued (semaphores queue).
     Adaptive,
 }
 
@@ -159,6 +159,8 @@ enum Cmd {
         /// Take the lock alone.
         #[arg(long)]
         write: bool,
+        #[arg(long, value_enum, default_value = "pessimistic")]
+        strategy: StrategyArg,
         #[command(flatten)]
         hold: Hold,
         /// The command and its arguments (after --); none: hold until interrupted.
@@ -172,6 +174,9 @@ enum Cmd {
         /// Number of permits (must match the count stored with the semaphore).
         #[arg(long)]
         permits: u32,
+        /// How many of the permits this command takes at once (1 ..= the count).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        weight: u32,
         #[arg(long, value_enum, default_value = "pessimistic")]
         strategy: StrategyArg,
         #[command(flatten)]
@@ -198,6 +203,10 @@ enum Cmd {
         /// the next leader waits this long before running CMD (Chubby's lock-delay; off by default).
         #[arg(long, value_parser = parse_duration, conflicts_with = "observe")]
         lock_delay: Option<Duration>,
+        /// How to campaign: queued (pessimistic, the default), by compare-and-swap
+        /// (optimistic: no key while another leads), or adaptive.
+        #[arg(long, value_enum, default_value = "pessimistic", conflicts_with = "observe")]
+        strategy: StrategyArg,
         #[command(flatten)]
         hold: Hold,
         /// The command and its arguments (after --).
@@ -333,10 +342,10 @@ async fn run(cli: Cli) -> Result<u8, Fail> {
             });
             run_guarded(&name, session, guard, &cmd, hold.grace, &mut signals).await
         }
-        Cmd::Rwlock { name, read, hold, cmd, .. } => {
+        Cmd::Rwlock { name, read, strategy: st, hold, cmd, .. } => {
             let session = client.session_builder().ttl(hold.ttl).open().await?;
             let mut signals = Signals::new()?;
-            let lock = RwLock::new(&session, &name)?;
+            let lock = RwLock::new(&session, &name)?.with_strategy(strategy(st));
             let guard = match (read, hold.how()) {
                 (true, How::Try) => Guard::Read(taken(
                     interruptible(&session, &mut signals, lock.try_read()).await?,
@@ -359,14 +368,18 @@ async fn run(cli: Cli) -> Result<u8, Fail> {
             };
             run_guarded(&name, session, guard, &cmd, hold.grace, &mut signals).await
         }
-        Cmd::Semaphore { name, permits, strategy: st, hold, cmd } => {
+        Cmd::Semaphore { name, permits, weight, strategy: st, hold, cmd } => {
             let session = client.session_builder().ttl(hold.ttl).open().await?;
             let mut signals = Signals::new()?;
             let sem = Semaphore::new(&session, &name, permits)?.with_strategy(strategy(st));
             let guard = Guard::Permit(match hold.how() {
-                How::Try => taken(interruptible(&session, &mut signals, sem.try_acquire()).await?, "semaphore", &name)?,
-                How::Within(t) => interruptible(&session, &mut signals, sem.acquire_timeout(t)).await?,
-                How::Forever => interruptible(&session, &mut signals, sem.acquire()).await?,
+                How::Try => taken(
+                    interruptible(&session, &mut signals, sem.try_acquire_many(weight)).await?,
+                    "semaphore",
+                    &name,
+                )?,
+                How::Within(t) => interruptible(&session, &mut signals, sem.acquire_many_timeout(weight, t)).await?,
+                How::Forever => interruptible(&session, &mut signals, sem.acquire_many(weight)).await?,
             });
             run_guarded(&name, session, guard, &cmd, hold.grace, &mut signals).await
         }
@@ -380,10 +393,12 @@ async fn run(cli: Cli) -> Result<u8, Fail> {
                 }
             }
         }
-        Cmd::Elect { name, value, lock_delay, hold, cmd, .. } => {
+        Cmd::Elect { name, value, lock_delay, strategy: st, hold, cmd, .. } => {
             let session = client.session_builder().ttl(hold.ttl).open().await?;
             let mut signals = Signals::new()?;
-            let election = Election::new(&session, &name)?.with_lock_delay(lock_delay.unwrap_or(Duration::ZERO));
+            let election = Election::new(&session, &name)?
+                .with_lock_delay(lock_delay.unwrap_or(Duration::ZERO))
+                .with_strategy(strategy(st));
             let value = value.unwrap_or_else(|| format!("pid-{}", std::process::id()));
             let guard = Guard::Leader(match hold.how() {
                 How::Try => taken(
