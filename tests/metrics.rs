@@ -1,7 +1,7 @@
 //! With the `metrics` feature, acquisitions, conflicts, renewals and session losses are
 //! reported through the `metrics` facade.
 
-use leasehold::{Client, MemoryBackend, Mutex, Register, Strategy};
+use leasehold::{Client, Election, MemoryBackend, Mutex, Register, RwLock, Semaphore, Strategy};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use std::time::Duration;
 
@@ -46,4 +46,161 @@ async fn acquisitions_renewals_and_losses_are_counted() {
         Some(DebugValue::Histogram(h)) => assert_eq!(h.len(), 2),
         other => panic!("histogram missing: {other:?}"),
     }
+}
+
+/// What a [`DebuggingRecorder`] recorded, accumulated over snapshots (a snapshot resets
+/// counters, gauges and histograms: gauges move by deltas, so their sum is the value).
+struct Recorded {
+    snapshotter: metrics_util::debugging::Snapshotter,
+    counters: std::collections::HashMap<String, u64>,
+    gauges: std::collections::HashMap<String, f64>,
+    histograms: std::collections::HashMap<String, Vec<f64>>,
+    units: std::collections::HashMap<String, Option<metrics::Unit>>,
+}
+
+impl Recorded {
+    fn new(recorder: &DebuggingRecorder) -> Self {
+        Self {
+            snapshotter: recorder.snapshotter(),
+            counters: Default::default(),
+            gauges: Default::default(),
+            histograms: Default::default(),
+            units: Default::default(),
+        }
+    }
+
+    /// Takes what was recorded since the last call.
+    fn take(&mut self) -> &mut Self {
+        for (key, unit, desc, value) in self.snapshotter.snapshot().into_vec() {
+            let labels: Vec<String> = key.key().labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+            let name = format!("{}{{{}}}", key.key().name(), labels.join(","));
+            if desc.is_some() {
+                self.units.insert(key.key().name().to_owned(), unit);
+            }
+            match value {
+                DebugValue::Counter(n) => *self.counters.entry(name).or_default() += n,
+                DebugValue::Gauge(v) => *self.gauges.entry(name).or_default() += v.0,
+                DebugValue::Histogram(h) => self.histograms.entry(name).or_default().extend(h.iter().map(|v| v.0)),
+            }
+        }
+        self
+    }
+
+    fn counter(&self, k: &str) -> u64 {
+        self.counters.get(k).copied().unwrap_or(0)
+    }
+
+    fn gauge(&self, k: &str) -> f64 {
+        self.gauges.get(k).copied().unwrap_or(0.0)
+    }
+
+    fn histogram(&self, k: &str) -> usize {
+        self.histograms.get(k).map_or(0, Vec::len)
+    }
+
+    /// Every gauge recorded is back at zero.
+    fn gauges_at_zero(&self) {
+        assert!(!self.gauges.is_empty(), "no gauge recorded");
+        for (k, v) in &self.gauges {
+            assert_eq!(*v, 0.0, "{k} is {v}, not 0: {:?}", self.gauges);
+        }
+    }
+}
+
+/// Polls `fut` until it waits, runs `meanwhile`, then drops `fut`: a cancelled acquisition.
+async fn cancel_while_waiting<F: std::future::Future>(fut: F, meanwhile: impl FnOnce()) {
+    let mut fut = Box::pin(fut);
+    for _ in 0..10 {
+        assert!(futures::poll!(fut.as_mut()).is_pending(), "expected to wait");
+        tokio::task::yield_now().await;
+    }
+    meanwhile();
+    drop(fut);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_by_reason_and_gauges_balance() {
+    let recorder = DebuggingRecorder::new();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let mut rec = Recorded::new(&recorder);
+    let backend = MemoryBackend::new();
+    let client = Client::new(backend.clone());
+    let a = client.session().await.unwrap();
+    let b = client.session().await.unwrap();
+    let (ma, mb) = (Mutex::new(&a, "m").unwrap(), Mutex::new(&b, "m").unwrap());
+
+    let held = ma.lock().await.unwrap();
+    assert_eq!(rec.take().gauge("leasehold_held{primitive=mutex}"), 1.0);
+    assert!(mb.try_lock().await.unwrap().is_none());
+    assert_eq!(rec.take().counter("leasehold_try_busy_total{primitive=mutex}"), 1);
+    let timed_out = mb.lock_timeout(Duration::from_millis(100)).await.unwrap_err();
+    assert!(matches!(timed_out, leasehold::Error::Timeout { .. }), "{timed_out}");
+    assert_eq!(rec.take().counter("leasehold_acquire_failures_total{primitive=mutex,reason=timeout}"), 1);
+
+    // A waiter counts as waiting; dropped, as cancelled.
+    cancel_while_waiting(mb.lock(), || assert_eq!(rec.take().gauge("leasehold_waiting{primitive=mutex}"), 1.0)).await;
+    assert_eq!(rec.take().gauge("leasehold_waiting{primitive=mutex}"), 0.0);
+    assert_eq!(rec.counter("leasehold_acquire_failures_total{primitive=mutex,reason=cancelled}"), 1);
+
+    // Dropped without unlock: the hold ends at the drop (the release runs in the background).
+    drop(held);
+    let mut g = mb.lock().await.unwrap();
+    assert_eq!(rec.take().gauge("leasehold_held{primitive=mutex}"), 1.0);
+    mb.relock(&mut g).await.unwrap(); // one hold ends, the next begins
+    assert_eq!(rec.take().gauge("leasehold_held{primitive=mutex}"), 1.0);
+    g.unlock().await.unwrap();
+    assert_eq!(rec.take().gauge("leasehold_held{primitive=mutex}"), 0.0);
+    assert_eq!(rec.histogram("leasehold_hold_seconds{primitive=mutex}"), 3);
+
+    // Other primitives, and the other reasons.
+    let sem = Semaphore::new(&a, "s", 2).unwrap();
+    let mut p = sem.acquire().await.unwrap();
+    sem.reacquire(&mut p).await.unwrap();
+    let err = sem.acquire_many(3).await.unwrap_err();
+    assert!(matches!(err, leasehold::Error::InvalidArgument { .. }), "{err}");
+    assert_eq!(rec.take().gauge("leasehold_held{primitive=semaphore}"), 1.0);
+    drop(p);
+    let rw = RwLock::new(&a, "rw").unwrap();
+    let r = rw.read().await.unwrap();
+    assert!(RwLock::new(&b, "rw").unwrap().try_write().await.unwrap().is_none());
+    r.unlock().await.unwrap();
+    rw.write().await.unwrap().unlock().await.unwrap();
+    let e = Election::new(&a, "e").unwrap();
+    let leader = e.campaign("a").await.unwrap();
+    let campaign = Election::new(&b, "e").unwrap();
+    cancel_while_waiting(campaign.campaign("b"), || ()).await;
+    leader.resign().await.unwrap();
+    let r = Register::new(&a, "r").unwrap();
+    r.update(|_| Some(b"1".to_vec())).await.unwrap();
+    rec.take();
+    assert_eq!(rec.counter("leasehold_acquire_failures_total{primitive=semaphore,reason=invalid}"), 1);
+    assert_eq!(rec.counter("leasehold_try_busy_total{primitive=rwlock}"), 1);
+    assert_eq!(rec.counter("leasehold_acquire_failures_total{primitive=election,reason=cancelled}"), 1);
+    assert_eq!(rec.histogram("leasehold_hold_seconds{primitive=semaphore}"), 2);
+    assert_eq!(rec.histogram("leasehold_hold_seconds{primitive=rwlock}"), 2);
+    assert_eq!(rec.histogram("leasehold_hold_seconds{primitive=election}"), 1);
+
+    // The store away: a lock waits, then fails when its session is lost; a try fails at once
+    // (or after its retries) with the store's error.
+    let held = ma.lock().await.unwrap();
+    let waiting = tokio::spawn({
+        let mb = mb.clone();
+        async move { mb.lock().await.map(drop) }
+    });
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(rec.take().gauge("leasehold_waiting{primitive=mutex}"), 1.0);
+    backend.set_unavailable(true);
+    let err = Mutex::new(&a, "other").unwrap().try_lock().await.unwrap_err();
+    assert!(matches!(err, leasehold::Error::Unavailable(_) | leasehold::Error::SessionLost { .. }), "{err}");
+    b.lost().await;
+    let err = waiting.await.unwrap().unwrap_err();
+    assert!(matches!(err, leasehold::Error::SessionLost { .. }), "{err}");
+    drop(held);
+    rec.take();
+    let store = rec.counter("leasehold_acquire_failures_total{primitive=mutex,reason=store}");
+    let lost = rec.counter("leasehold_acquire_failures_total{primitive=mutex,reason=session_lost}");
+    assert!(lost >= 1 && store + lost == 2, "store {store}, session_lost {lost}");
+    rec.gauges_at_zero();
 }
