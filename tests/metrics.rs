@@ -204,3 +204,128 @@ async fn failures_by_reason_and_gauges_balance() {
     assert!(lost >= 1 && store + lost == 2, "store {store}, session_lost {lost}");
     rec.gauges_at_zero();
 }
+
+#[tokio::test(start_paused = true)]
+async fn renewals_are_timed_and_broken_watches_counted() {
+    let recorder = DebuggingRecorder::new();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let mut rec = Recorded::new(&recorder);
+    let backend = MemoryBackend::new();
+    let client = Client::new(backend.clone());
+    let a = client.session_builder().ttl(Duration::from_secs(3)).open().await.unwrap();
+    let b = client.session().await.unwrap();
+    let held = Mutex::new(&a, "m").unwrap().lock().await.unwrap();
+    let waiter = tokio::spawn({
+        let b = b.clone();
+        async move { Mutex::new(&b, "m").unwrap().lock().await.unwrap().unlock().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await; // b waits on the queue's watches
+    assert_eq!(rec.take().counters.keys().filter(|k| k.starts_with("leasehold_watch_resyncs_total")).count(), 0);
+    backend.set_unavailable(true); // breaks every open watch
+    backend.set_unavailable(false);
+    tokio::time::sleep(Duration::from_millis(1500)).await; // resynchronised, and one renewal of `a`
+    held.unlock().await.unwrap();
+    waiter.await.unwrap();
+    rec.take();
+    let resyncs: u64 =
+        rec.counters.iter().filter(|(k, _)| k.starts_with("leasehold_watch_resyncs_total{kind=")).map(|(_, n)| n).sum();
+    assert!(resyncs >= 1, "{:?}", rec.counters);
+    let ok = rec.counter("leasehold_renewals_total{outcome=ok}");
+    assert!(ok >= 1);
+    assert_eq!(rec.histogram("leasehold_renewal_seconds{}") as u64, ok);
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_metric_is_described_with_its_unit() {
+    let recorder = DebuggingRecorder::new();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let mut rec = Recorded::new(&recorder);
+    leasehold::describe_metrics();
+    let backend = MemoryBackend::new();
+    let client = Client::new(backend.clone());
+    let a = client.session_builder().ttl(Duration::from_secs(3)).open().await.unwrap();
+    let m = Mutex::new(&a, "m").unwrap().with_strategy(Strategy::Optimistic);
+    let g = m.lock().await.unwrap();
+    assert!(Mutex::new(&client.session().await.unwrap(), "m").unwrap().try_lock().await.unwrap().is_none());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    g.unlock().await.unwrap();
+    let r = Register::new(&a, "r").unwrap();
+    r.update(|_| Some(b"1".to_vec())).await.unwrap();
+    r.update_grouped(|_| Some(b"2".to_vec())).await.unwrap();
+    backend.set_unavailable(true);
+    a.lost().await;
+    rec.take();
+    let names: std::collections::BTreeSet<String> = rec
+        .counters
+        .keys()
+        .chain(rec.gauges.keys())
+        .chain(rec.histograms.keys())
+        .map(|k| k[..k.find('{').unwrap()].to_owned())
+        .collect();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in &names {
+        let unit = rec.units.get(name).unwrap_or_else(|| panic!("{name} not described"));
+        let expected = if name.ends_with("_seconds") { metrics::Unit::Seconds } else { metrics::Unit::Count };
+        assert_eq!(*unit, Some(expected), "{name}");
+    }
+}
+
+/// Span fields recorded after creation (`Span::record`), by span name.
+#[derive(Clone, Default)]
+struct SpanRecords(std::sync::Arc<std::sync::Mutex<(Vec<String>, Vec<(String, String, u64)>)>>);
+
+impl tracing::Subscriber for SpanRecords {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        let mut st = self.0.lock().unwrap();
+        st.0.push(span.metadata().name().to_owned());
+        tracing::span::Id::from_u64(st.0.len() as u64)
+    }
+    fn record(&self, span: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+        struct Fields(Vec<(String, u64)>);
+        impl tracing::field::Visit for Fields {
+            fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+                self.0.push((field.name().to_owned(), value));
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        let mut fields = Fields(Vec::new());
+        values.record(&mut fields);
+        let mut st = self.0.lock().unwrap();
+        let name = st.0[span.into_u64() as usize - 1].clone();
+        st.1.extend(fields.0.into_iter().map(|(f, v)| (name.clone(), f, v)));
+    }
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test(start_paused = true)]
+async fn acquire_spans_record_the_token_and_the_wait() {
+    let spans = SpanRecords::default();
+    let _default = tracing::subscriber::set_default(spans.clone());
+    let client = Client::memory();
+    let (a, b) = (client.session().await.unwrap(), client.session().await.unwrap());
+    let held = Mutex::new(&a, "m").unwrap().lock().await.unwrap();
+    let waiter = tokio::spawn({
+        let b = b.clone();
+        async move { Mutex::new(&b, "m").unwrap().lock().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    held.unlock().await.unwrap();
+    let got = waiter.await.unwrap();
+    let e = Election::new(&a, "e").unwrap().campaign("a").await.unwrap();
+    let recorded = spans.0.lock().unwrap().1.clone();
+    let field = |span: &str, f: &str| -> Vec<u64> {
+        recorded.iter().filter(|(s, n, _)| s == span && n == f).map(|(_, _, v)| *v).collect()
+    };
+    let tokens = field("mutex.acquire", "token");
+    assert_eq!(tokens.len(), 2, "{recorded:?}");
+    assert_eq!(tokens[1], got.fencing_token());
+    let waits = field("mutex.acquire", "wait_ms");
+    assert!(waits[0] < 250 && waits[1] >= 250, "{waits:?}");
+    assert_eq!(field("election.campaign", "token"), [e.fencing_token()]);
+}

@@ -10,7 +10,8 @@
 use crate::error::{Error, Result};
 use crate::guard::Holding;
 use crate::queue::Wait;
-use std::time::Instant;
+// tokio's clock: std's outside tests, and the paused clock in tests that pause time.
+use tokio::time::Instant;
 
 /// One acquisition in progress; settle it with [`admitted`](Self::admitted),
 /// [`settle`](Self::settle), [`failed`](Self::failed) or [`check`](Self::check). Dropped
