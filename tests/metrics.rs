@@ -9,7 +9,8 @@ use std::time::Duration;
 async fn acquisitions_renewals_and_losses_are_counted() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    recorder.install().unwrap();
+    // This thread's recorder (each test has its own; the runtime is this thread).
+    let _local = metrics::set_default_local_recorder(&recorder);
 
     let backend = MemoryBackend::new();
     let client = Client::new(backend.clone());
@@ -272,7 +273,11 @@ async fn every_metric_is_described_with_its_unit() {
 
 /// Span fields recorded after creation (`Span::record`), by span name.
 #[derive(Clone, Default)]
-struct SpanRecords(std::sync::Arc<std::sync::Mutex<(Vec<String>, Vec<(String, String, u64)>)>>);
+struct SpanRecords(std::sync::Arc<std::sync::Mutex<Spans>>);
+
+/// The names of the spans made (the id is the index + 1), and the `u64` fields recorded:
+/// span name, field, value.
+type Spans = (Vec<String>, Vec<(String, String, u64)>);
 
 impl tracing::Subscriber for SpanRecords {
     fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
@@ -307,6 +312,12 @@ impl tracing::Subscriber for SpanRecords {
 async fn acquire_spans_record_the_token_and_the_wait() {
     let spans = SpanRecords::default();
     let _default = tracing::subscriber::set_default(spans.clone());
+    // While a single dispatcher is registered, tracing-core computes the interest of a
+    // callsite first hit on another thread (another test's) from that thread's default
+    // subscriber alone ("never"), and caches it. With two alive it asks them all.
+    let _second = tracing::Dispatch::new(SpanRecords::default());
+    let recorder = DebuggingRecorder::new();
+    let _local = metrics::set_default_local_recorder(&recorder);
     let client = Client::memory();
     let (a, b) = (client.session().await.unwrap(), client.session().await.unwrap());
     let held = Mutex::new(&a, "m").unwrap().lock().await.unwrap();

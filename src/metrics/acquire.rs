@@ -171,11 +171,12 @@ fn reason(error: &Error) -> &'static str {
 }
 
 /// What a [`Holding`] keeps while held: with the feature, the `leasehold_held` gauge
-/// (decremented at the end) and the admission instant; without it, nothing.
+/// (decremented at the end) and the admission instant, boxed (one pointer in every
+/// holding); without it, nothing.
 #[derive(Debug, Default)]
 pub(crate) struct Held {
     #[cfg(feature = "metrics")]
-    inner: Option<HeldSince>,
+    inner: Option<Box<HeldSince>>,
 }
 
 #[cfg(feature = "metrics")]
@@ -202,13 +203,14 @@ impl Held {
     fn start(primitive: &'static str) -> Self {
         let gauge = metrics::gauge!("leasehold_held", "primitive" => primitive);
         gauge.increment(1.0);
-        Self { inner: Some(HeldSince { primitive, since: Instant::now(), gauge }) }
+        Self { inner: Some(Box::new(HeldSince { primitive, since: Instant::now(), gauge })) }
     }
 
     /// The hold ends now (released); later calls and the drop do nothing.
     pub(crate) fn end(&mut self) {
         #[cfg(feature = "metrics")]
-        if let Some(HeldSince { primitive, since, gauge }) = self.inner.take() {
+        if let Some(held) = self.inner.take() {
+            let HeldSince { primitive, since, gauge } = *held;
             gauge.decrement(1.0);
             metrics::histogram!("leasehold_hold_seconds", "primitive" => primitive)
                 .record(since.elapsed().as_secs_f64());
