@@ -36,6 +36,11 @@ pub(crate) use acquire::{Acquire, Held};
 /// Gives every leasehold metric its unit and description through the `metrics` facade's
 /// `describe_*` macros. Call it once after installing the recorder (exporters such as the
 /// Prometheus one print the descriptions as `# HELP` lines); metrics work without it.
+///
+/// The metrics, their labels and meaning are listed in the README's *Metrics* section:
+/// acquisition times, counts, failures by reason and busy tries; the `leasehold_held` and
+/// `leasehold_waiting` gauges and hold times; conflicts, grouped batches; renewals and
+/// their round trips, lost sessions, orphan keys deleted and watch resyncs.
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub fn describe_metrics() {

@@ -595,7 +595,7 @@ impl Register {
                 let timer = crate::metrics::Acquire::start(LOCK);
                 match place.admitted().await {
                     Ok((mut hold, at)) => {
-                        timer.admitted(&mut hold, &tracing::Span::current());
+                        timer.admitted(&mut hold, &tracing::Span::none()); // no span of its own
                         break (hold, Some(Admitted { at, read: None }));
                     }
                     // Its key is deleted in the background; queue afresh (a lost session
