@@ -267,9 +267,15 @@ impl Election {
 
     async fn campaign_with(&self, value: Vec<u8>, wait: Wait) -> Result<Option<Leadership>> {
         let timer = crate::metrics::Acquire::start("election");
-        self.session.check()?;
-        let span = tracing::debug_span!("election.campaign", name = %self.name, strategy = ?self.strategy);
+        let span = tracing::debug_span!(
+            "election.campaign",
+            name = %self.name,
+            strategy = ?self.strategy,
+            token = tracing::field::Empty,
+            wait_ms = tracing::field::Empty
+        );
         let acquired = async {
+            self.session.check()?;
             let Some(local) = local_slot(&self.session, &self.key, wait).await else { return Ok(None) };
             self.session.claim_leftovers(|| [self.key.clone()]); // a re-attached lease's is adopted
             let req = CreateRequest {
@@ -322,12 +328,9 @@ impl Election {
             }
             self.elected(hold, kv, value, wait).await
         }
-        .instrument(span)
+        .instrument(span.clone())
         .await;
-        if let Ok(Some(g)) = &acquired {
-            timer.done(g.hold.was_contended());
-        }
-        acquired
+        timer.settle(wait, &span, acquired, |g| &mut g.hold)
     }
 
     /// What follows an admission: the lock-delay, if any, and the campaign's value.

@@ -154,6 +154,9 @@ pub(crate) struct Holding {
     /// The writes of a release in progress besides the delete: if its future is dropped,
     /// the background release applies them too.
     releasing: Vec<Write>,
+    /// The `leasehold_held` gauge and hold time, from admission (see `metrics`) until the
+    /// release: ended when a release is applied, or when this drops.
+    held: crate::metrics::Held,
     /// The session's claim on the key (see `local/cleanups.rs`): kept until the key is gone
     /// or its delete is pending, so the session's audit never takes the key for an orphan.
     /// (Fields drop after `Drop::drop`, which registers a pending delete first.)
@@ -172,7 +175,25 @@ impl Holding {
     ) -> Self {
         let release = ReleaseOnce::new();
         let gone = Arc::default();
-        Self { session, key, revision, release, local, contended: false, releasing: Vec::new(), _owned: owned, gone }
+        let held = crate::metrics::Held::none();
+        Self {
+            session,
+            key,
+            revision,
+            release,
+            local,
+            contended: false,
+            releasing: Vec::new(),
+            held,
+            _owned: owned,
+            gone,
+        }
+    }
+
+    /// Starts the hold's metrics (at admission; see `metrics::Acquire::admitted`).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn holds_as(&mut self, held: crate::metrics::Held) {
+        self.held = held;
     }
 
     /// Marks the acquisition as one that waited for another holder.
@@ -277,6 +298,7 @@ impl Holding {
         if applied.is_some() && self.release.begin() {
             self.release.finish();
             self.local.take();
+            self.held.end();
         }
         Ok(applied)
     }
@@ -335,6 +357,7 @@ impl Holding {
             local: None,
             contended: self.contended,
             releasing: Vec::new(),
+            held: crate::metrics::Held::none(),
             _owned: None,
             gone: Arc::default(),
         }
@@ -399,6 +422,7 @@ impl Holding {
                 self.release.begin();
                 self.release.finish();
                 self.local.take();
+                self.held.end();
                 match applied {
                     Some(_) => Ok(()),
                     // An earlier attempt may have applied (its answer lost): while the session

@@ -74,6 +74,9 @@ pub use error::{Cause, Error, Result};
 pub use fencing::FencedResource;
 pub use guard::Holder;
 pub use leader_loop::LeaderLoop;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub use metrics::describe_metrics;
 pub use multi_lock::{MultiGuard, MultiLock};
 pub use mutex::{Mutex, MutexGuard};
 pub use name::{validate_name, MAX_NAME_LEN};

@@ -285,20 +285,26 @@ impl Mutex {
             *guard = self.lock().await?;
             return Ok(());
         }
-        let timer = crate::metrics::Acquire::start("mutex");
+        let mut timer = crate::metrics::Acquire::start("mutex");
         let key = self.queue.other_key(hold.key());
         let req = CreateRequest { key, ..self.queue.request(Precondition::KeyAbsent, None) };
         let local = hold.take_local();
         let ticket = Ticket { what: "mutex", req, local, adopt: true, replaces: Some(hold), check: None };
-        let span = tracing::debug_span!("mutex.relock", name = %self.name);
-        let hold = match enqueue(&self.session, ticket, Wait::Forever, Rule::First).instrument(span).await? {
+        let span = tracing::debug_span!(
+            "mutex.relock",
+            name = %self.name,
+            token = tracing::field::Empty,
+            wait_ms = tracing::field::Empty
+        );
+        let admission = enqueue(&self.session, ticket, Wait::Forever, Rule::First).instrument(span.clone()).await;
+        let mut hold = match timer.check(admission)? {
             Admission::Held(hold, ..) => hold,
             Admission::NotAdmitted | Admission::KeyTaken => unreachable!("waits forever, and adopt is set"),
         };
         if self.strategy == Strategy::Adaptive {
             self.adaptive.queued(hold.was_contended());
         }
-        timer.done(hold.was_contended());
+        timer.admitted(&mut hold, &span);
         guard.hold = hold;
         Ok(())
     }
@@ -314,9 +320,15 @@ impl Mutex {
 
     async fn acquire(&self, wait: Wait) -> Result<Option<MutexGuard>> {
         let timer = crate::metrics::Acquire::start("mutex");
-        self.session.check()?;
-        let span = tracing::debug_span!("mutex.acquire", name = %self.name, strategy = ?self.strategy);
+        let span = tracing::debug_span!(
+            "mutex.acquire",
+            name = %self.name,
+            strategy = ?self.strategy,
+            token = tracing::field::Empty,
+            wait_ms = tracing::field::Empty
+        );
         let acquired = async {
+            self.session.check()?;
             // A re-attached lease's key for this name is adopted, and its relock key deleted
             // in the create step (by its revision: see `Exclusive::prepare`).
             let Some(prepared) = self.queue.prepare(wait).await? else { return Ok(None) };
@@ -362,12 +374,9 @@ impl Mutex {
                 (guard, _) => Ok(guard),
             }
         }
-        .instrument(span)
+        .instrument(span.clone())
         .await;
-        if let Ok(Some(g)) = &acquired {
-            timer.done(g.hold.was_contended());
-        }
-        acquired
+        timer.settle(wait, &span, acquired, |g| &mut g.hold)
     }
 
     /// Lock-delay, once admitted: see [`crate::lock_delay`].

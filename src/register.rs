@@ -538,10 +538,16 @@ impl Register {
     /// when it was admitted (with the value if at once). Counted in the metrics as a mutex
     /// acquisition, as the lock is the mutex of the register's name.
     async fn lock_reading(&self) -> Result<(Holding, Option<Admitted>)> {
-        let timer = crate::metrics::Acquire::start(LOCK);
-        let span = tracing::debug_span!("register.lock", key = %self.key);
-        let (hold, admitted) = self.lock.lock_reading(LOCK, &self.key).instrument(span).await?;
-        timer.done(hold.was_contended());
+        let mut timer = crate::metrics::Acquire::start(LOCK);
+        let span = tracing::debug_span!(
+            "register.lock",
+            key = %self.key,
+            token = tracing::field::Empty,
+            wait_ms = tracing::field::Empty
+        );
+        let locked = self.lock.lock_reading(LOCK, &self.key).instrument(span.clone()).await;
+        let (mut hold, admitted) = timer.check(locked)?;
+        timer.admitted(&mut hold, &span);
         Ok((hold, Some(admitted)))
     }
 
@@ -588,13 +594,16 @@ impl Register {
                 // Timed from the claim: the wait before it overlapped the previous update.
                 let timer = crate::metrics::Acquire::start(LOCK);
                 match place.admitted().await {
-                    Ok((hold, at)) => {
-                        timer.done(hold.was_contended());
+                    Ok((mut hold, at)) => {
+                        timer.admitted(&mut hold, &tracing::Span::none()); // no span of its own
                         break (hold, Some(Admitted { at, read: None }));
                     }
                     // Its key is deleted in the background; queue afresh (a lost session
-                    // fails there).
-                    Err(e) => tracing::debug!(error = %e, "register: parked queue place failed"),
+                    // fails there, and is counted there).
+                    Err(e) => {
+                        timer.abandon();
+                        tracing::debug!(error = %e, "register: parked queue place failed");
+                    }
                 }
             }
             tokio::select! {

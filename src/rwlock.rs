@@ -220,9 +220,16 @@ impl RwLock {
 
     async fn acquire(&self, mode: Mode, wait: Wait) -> Result<Option<Holding>> {
         let timer = crate::metrics::Acquire::start("rwlock");
-        self.session.check()?;
-        let span = tracing::debug_span!("rwlock.acquire", name = %self.name, ?mode, strategy = ?self.strategy);
+        let span = tracing::debug_span!(
+            "rwlock.acquire",
+            name = %self.name,
+            ?mode,
+            strategy = ?self.strategy,
+            token = tracing::field::Empty,
+            wait_ms = tracing::field::Empty
+        );
         let acquired = async {
+            self.session.check()?;
             for _ in 0..KEY_ATTEMPTS {
                 // A re-attached lease's leftover key of this mode is taken over first.
                 let own = format!("{}{}{:x}-", self.prefix, mode.segment(), self.session.lease_id());
@@ -289,12 +296,9 @@ impl RwLock {
                 format!("rwlock: {KEY_ATTEMPTS} keys of lease {:x} were all taken", self.session.lease_id()).into(),
             ))
         }
-        .instrument(span)
+        .instrument(span.clone())
         .await;
-        if let Ok(Some(g)) = &acquired {
-            timer.done(g.was_contended());
-        }
-        acquired
+        timer.settle(wait, &span, acquired, |hold| hold)
     }
 }
 

@@ -555,7 +555,7 @@ async fn keep_alive(client: Client, lease: LeaseId, ttl: Duration, shared: Arc<S
         };
         match outcome {
             Some(Ok(granted)) if !granted.is_zero() => {
-                crate::metrics::renewal(true);
+                crate::metrics::renewal(Some(sent.elapsed()));
                 // Mutation for the partition suite (scripts/partitions.sh): the deadline
                 // counted from the answer instead of the request.
                 #[cfg(leasehold_part_mutation_answer_time)]
@@ -577,7 +577,7 @@ async fn keep_alive(client: Client, lease: LeaseId, ttl: Duration, shared: Arc<S
                 // refused, reset) counted as one that succeeded.
                 #[cfg(leasehold_part_mutation_renew_on_error)]
                 shared.state.renewed(sent.into_std(), ttl);
-                crate::metrics::renewal(false);
+                crate::metrics::renewal(None);
                 tracing::debug!(error = %e, "renewal failed; retrying");
                 keeper = None;
                 next = Instant::now() + retry;

@@ -161,7 +161,7 @@ impl DeleteFeed {
                 had_synced
             }
         };
-        let task = WatchTask::keep("prefix delete watch", prefix.clone(), session, broken);
+        let task = WatchTask::keep("prefix delete watch", "deletes", prefix.clone(), session, broken);
         Arc::new(Self { prefix, backend, state, synced, _task: task })
     }
 

@@ -176,7 +176,7 @@ impl PrefixView {
                 had_synced
             }
         };
-        let task = WatchTask::keep("prefix watch", prefix.clone(), session, broken);
+        let task = WatchTask::keep("prefix watch", "view", prefix.clone(), session, broken);
         Arc::new(Self { prefix, state, _task: task })
     }
 
@@ -330,8 +330,10 @@ impl WatchTask {
     /// Runs `session` (one watch, until it breaks) again and again, with a growing pause
     /// between. After each break `broken(err)` resets the owner's state and says whether the
     /// session had synced (then the pauses start over); a permanent error ends the task.
+    /// Each transient break counts in `leasehold_watch_resyncs_total{kind}`.
     pub(crate) fn keep<S, F>(
         what: &'static str,
+        kind: &'static str,
         prefix: String,
         mut session: S,
         mut broken: impl FnMut(&Error) -> bool + Send + 'static,
@@ -356,6 +358,7 @@ impl WatchTask {
                     return;
                 }
                 let delay = delays.next().unwrap_or(policy.cap);
+                crate::metrics::watch_resync(kind);
                 tracing::debug!(prefix, error = %err, ?delay, "{what} broken; resynchronising");
                 tokio::time::sleep(delay).await;
             }

@@ -357,8 +357,14 @@ impl Semaphore {
             *permit = self.acquire_many(weight).await?;
             return Ok(());
         }
-        let timer = crate::metrics::Acquire::start("semaphore");
-        let span = tracing::debug_span!("semaphore.reacquire", name = %self.name, permits = self.permits);
+        let mut timer = crate::metrics::Acquire::start("semaphore");
+        let span = tracing::debug_span!(
+            "semaphore.reacquire",
+            name = %self.name,
+            permits = self.permits,
+            token = tracing::field::Empty,
+            wait_ms = tracing::field::Empty
+        );
         let ticket = Ticket {
             what: "semaphore",
             req: self.request(self.next_key(), limit, weight),
@@ -368,37 +374,41 @@ impl Semaphore {
             check: Some(self.count_check()),
         };
         let rule = Rule::Weighted(limit.into());
-        let hold = match enqueue(&self.session, ticket, Wait::Forever, rule).instrument(span).await? {
+        let admission = enqueue(&self.session, ticket, Wait::Forever, rule).instrument(span.clone()).await;
+        let mut hold = match timer.check(admission)? {
             Admission::Held(hold, ..) => hold,
             // The old permit went in that transaction; queue with a fresh key.
             Admission::KeyTaken => {
-                self.acquire_queued(Wait::Forever, limit, weight).await?.expect("waits until held").hold
+                let queued = self.acquire_queued(Wait::Forever, limit, weight).await;
+                timer.check(queued)?.expect("waits until held").hold
             }
             Admission::NotAdmitted => unreachable!("waits until held"),
         };
-        timer.done(hold.was_contended());
+        timer.admitted(&mut hold, &span);
         permit.hold = hold;
         Ok(())
     }
 
     async fn acquire_with(&self, wait: Wait, weight: u32) -> Result<Option<Permit>> {
-        if weight == 0 {
-            return Err(Error::invalid("semaphore", "an acquisition takes at least one permit"));
-        }
-        if weight > self.permits {
-            let reason = format!("{weight} permits asked of a semaphore of {}", self.permits);
-            return Err(Error::invalid("semaphore", reason));
-        }
         let timer = crate::metrics::Acquire::start("semaphore");
-        self.session.check()?;
         let span = tracing::debug_span!(
             "semaphore.acquire",
             name = %self.name,
             permits = self.permits,
             weight,
-            strategy = ?self.strategy
+            strategy = ?self.strategy,
+            token = tracing::field::Empty,
+            wait_ms = tracing::field::Empty
         );
         let acquired = async {
+            if weight == 0 {
+                return Err(Error::invalid("semaphore", "an acquisition takes at least one permit"));
+            }
+            if weight > self.permits {
+                let reason = format!("{weight} permits asked of a semaphore of {}", self.permits);
+                return Err(Error::invalid("semaphore", reason));
+            }
+            self.session.check()?;
             let mut recreated = 0;
             loop {
                 let limit = self.stored_count().await?;
@@ -413,12 +423,9 @@ impl Semaphore {
                 }
             }
         }
-        .instrument(span)
+        .instrument(span.clone())
         .await;
-        if let Ok(Some(g)) = &acquired {
-            timer.done(g.hold.was_contended());
-        }
-        acquired
+        timer.settle(wait, &span, acquired, |g| &mut g.hold)
     }
 
     /// The stored count, creating it if this is the first user. Only a count equal to
