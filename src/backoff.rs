@@ -106,6 +106,12 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// The pauses of an optimistic acquisition or update after it saw the holder go, before
+    /// it tries again: full jitter from 0.5 ms, doubling up to 50 ms (every recipe's default).
+    pub(crate) fn optimistic() -> Self {
+        Backoff::new(Duration::from_micros(500), Duration::from_millis(50)).jitter(Jitter::Full)
+    }
+
     /// A policy with the given base and cap, full jitter and no attempt or time limit.
     pub fn new(base: Duration, cap: Duration) -> Self {
         Self { base, cap, max_attempts: None, max_elapsed: None, jitter: Jitter::Full }

@@ -2,7 +2,7 @@
 
 use crate::adaptive::Adaptive;
 use crate::backend::{CreateRequest, KeyValue, LeaseId, Precondition, Write};
-use crate::backoff::{Backoff, Jitter};
+use crate::backoff::Backoff;
 use crate::error::Result;
 use crate::guard::{fenced_writes, held_accessors, Holding};
 use crate::lock_delay::{self, LockDelay};
@@ -10,7 +10,6 @@ use crate::queue::{acquire_cas, enqueue, local_slot, Admission, Cas, CasAttempt,
 use crate::strategy::Strategy;
 use crate::{Client, Session};
 use std::sync::Arc;
-use std::time::Duration;
 use tracing::Instrument;
 
 /// The recipe's name in errors.
@@ -79,11 +78,6 @@ pub struct Election {
     adaptive: Arc<Adaptive>,
 }
 
-/// Default pause of an optimistic campaign after it saw the leader go.
-fn optimistic_backoff() -> Backoff {
-    Backoff::new(Duration::from_micros(500), Duration::from_millis(50)).jitter(Jitter::Full)
-}
-
 /// The leader of an election, as read from the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -116,7 +110,7 @@ impl Election {
             key,
             lock_delay: None,
             strategy: Strategy::Pessimistic,
-            backoff: optimistic_backoff(),
+            backoff: Backoff::optimistic(),
             adaptive: Arc::default(),
         })
     }

@@ -2,7 +2,7 @@
 
 use crate::adaptive::Adaptive;
 use crate::backend::{CreateRequest, Precondition, Replaced, Write};
-use crate::backoff::{Backoff, Jitter};
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::guard::{fenced_writes, held_accessors, Holder, Holding};
 use crate::local::waiter_queue::Slot;
@@ -59,11 +59,6 @@ pub struct Mutex {
     lock_delay: Option<LockDelay>,
 }
 
-/// Default retry policy of the optimistic strategy after it saw the holder go.
-fn optimistic_backoff() -> Backoff {
-    Backoff::new(Duration::from_micros(500), Duration::from_millis(50)).jitter(Jitter::Full)
-}
-
 impl Mutex {
     /// A pessimistic (fair) mutex on `name`. Fails for an invalid name.
     pub fn new(session: &Session, name: &str) -> Result<Self> {
@@ -72,7 +67,7 @@ impl Mutex {
             name: name.to_owned(),
             queue: Exclusive::new(session, name)?,
             strategy: Strategy::Pessimistic,
-            backoff: optimistic_backoff(),
+            backoff: Backoff::optimistic(),
             adaptive: Arc::default(),
             lock_delay: None,
         })

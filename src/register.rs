@@ -2,7 +2,7 @@
 
 use crate::adaptive::{Adaptive, Next, Plan};
 use crate::backend::{Condition, KeyValue, Read, ReadValue, Revision, Transacted, Write};
-use crate::backoff::{Backoff, Jitter};
+use crate::backoff::Backoff;
 use crate::client::RunningUpdate;
 use crate::crowd::{Crowd, Mode, CHECK_QUEUE_EVERY, YIELDS_TO_QUEUE};
 use crate::error::{Error, Result};
@@ -150,7 +150,7 @@ impl Register {
             lock_prefix: lock.prefix().to_owned(),
             lock,
             strategy: Strategy::Optimistic,
-            backoff: Backoff::new(Duration::from_micros(500), Duration::from_millis(50)).jitter(Jitter::Full),
+            backoff: Backoff::optimistic(),
             adaptive: Arc::default(),
             parking: Arc::new(Parking::new(DEFAULT_REQUEUE_WINDOW)),
             group: Arc::new(Group::new(Grouping::default())),

@@ -2,7 +2,7 @@
 
 use crate::adaptive::Adaptive;
 use crate::backend::{CreateRequest, Precondition};
-use crate::backoff::{Backoff, Jitter};
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::guard::{fenced_writes, held_accessors, Holding};
 use crate::queue::{acquire_cas, enqueue, Admission, Cas, CasAttempt, Rule, Ticket, Wait};
@@ -102,7 +102,7 @@ impl RwLock {
             name: name.to_owned(),
             prefix,
             strategy: Strategy::Pessimistic,
-            backoff: Backoff::new(Duration::from_micros(500), Duration::from_millis(50)).jitter(Jitter::Full),
+            backoff: Backoff::optimistic(),
             adaptive: Arc::default(),
         })
     }

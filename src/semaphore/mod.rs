@@ -1,7 +1,7 @@
 //! A fair counting semaphore with fenced permits, under a session's lease.
 
 use crate::backend::{CreateRequest, CreateResponse, Precondition, Revision};
-use crate::backoff::{Backoff, Jitter};
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::queue::{create, enqueue, weight_of, Admission, CreateCheck, Retry, Rule, Ticket, View, Wait};
 use crate::strategy::Strategy;
@@ -113,7 +113,7 @@ impl Semaphore {
             count_key,
             permits,
             strategy: Strategy::Pessimistic,
-            backoff: Backoff::new(Duration::from_micros(500), Duration::from_millis(50)).jitter(Jitter::Full),
+            backoff: Backoff::optimistic(),
             stored: Arc::default(),
         })
     }
