@@ -508,12 +508,18 @@ mod partition_suite {
             }
         }
         let rt = runtime();
-        let client: Client = rt.block_on(Client::connect(&etcd.url(&etcd.all()))).unwrap();
-        // Right after the heal the members may still be electing a leader.
+        // Right after the heal the members may still be electing a leader: the connect (one
+        // round trip) and the read are tried again for 30 s (a connect answered "etcdserver:
+        // no leader" failed this check once, 2026-12-03).
+        let url = etcd.url(&etcd.all());
         let (stored, _) = rt.block_on(async {
             let until = Instant::now() + Duration::from_secs(30);
             loop {
-                match client.backend().range_prefix(HIST, 0).await {
+                let read = match Client::connect(&url).await {
+                    Ok(client) => client.backend().range_prefix(HIST, 0).await,
+                    Err(e) => Err(e),
+                };
+                match read {
                     Ok(read) => return read,
                     Err(e) if Instant::now() < until => {
                         eprintln!("flapping: reading the history: {e}; again");
