@@ -3,7 +3,7 @@
 //! that let something happen).
 #![allow(dead_code)] // each test binary runs the checks its backend supports
 
-use super::recipes::{fresh, keys, sessions, until_keys, within, Crash};
+use super::recipes::{fresh, keys, keys_stay_while, sessions, until_keys, within, Crash};
 use leasehold::{Client, Election, Error, LeaderInfo, Leadership, Session, Strategy};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -236,20 +236,9 @@ pub async fn election_optimistic_candidate_waits_without_a_key(client: &Client) 
     assert_eq!(keys(client, &prefix).await, only_leader);
 
     let timed = candidate.campaign_timeout("b", Duration::from_millis(300));
-    let mut timed = std::pin::pin!(timed);
-    let mut samples = 0;
-    let outcome = loop {
-        tokio::select! {
-            biased;
-            r = &mut timed => break r,
-            k = keys(client, &prefix) => {
-                assert_eq!(k, only_leader, "an optimistic candidate left a key while another led");
-                samples += 1;
-            }
-        }
-    };
+    let what = "an optimistic candidate left a key while another led";
+    let outcome = keys_stay_while(client, &prefix, &only_leader, what, timed).await;
     assert!(matches!(outcome, Err(Error::Timeout { what: "election", .. })), "{outcome:?}");
-    assert!(samples > 0);
     b.settle().await;
     assert_eq!(keys(client, &prefix).await, only_leader);
 

@@ -481,7 +481,6 @@ pub async fn fenced_write_if(client: &Client) {
 /// nobody else would delete it while the lease lives (the name would then be held by no
 /// guard once the holder went).
 pub async fn optimistic_give_up_deletes_an_adopted_leftover(client: &Client) {
-    use leasehold::backend::{CreateRequest, Precondition};
     let name = format!("mx-leftover-{}", std::process::id());
     let prefix = client.prefix_of(&name).unwrap();
     let holder = client.session().await.unwrap();
@@ -489,17 +488,7 @@ pub async fn optimistic_give_up_deletes_an_adopted_leftover(client: &Client) {
     let b = client.backend();
     let lease = b.grant_lease(Duration::from_secs(30)).await.unwrap().id;
     let leftover = format!("{prefix}{lease:x}");
-    let create = CreateRequest {
-        key: leftover.clone(),
-        value: Vec::new(),
-        lease,
-        precondition: Precondition::KeyAbsent,
-        prefix: prefix.clone(),
-        head_limit: 1,
-        replaces: None,
-        read: None,
-    };
-    assert!(b.create(create).await.unwrap().created); // an earlier process's waiting key
+    super::recipes::leftover_key(client, &leftover, lease, &prefix).await; // an earlier process's waiting key
     let after = client.session_builder().attach(lease).open().await.unwrap();
     let mutex = Mutex::new(&after, &name).unwrap().with_strategy(Strategy::Optimistic);
     let timed = mutex.lock_timeout(Duration::from_millis(100)).await;

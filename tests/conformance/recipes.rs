@@ -54,6 +54,48 @@ pub async fn until_keys(client: &Client, prefix: &str, n: usize) {
     .await
 }
 
+/// Runs `fut` while reading the keys under `prefix` over and over: every read must find
+/// exactly `expected` (`what` names the failure), and at least one read is made.
+pub async fn keys_stay_while<T>(
+    client: &Client,
+    prefix: &str,
+    expected: &[String],
+    what: &str,
+    fut: impl Future<Output = T>,
+) -> T {
+    let mut fut = std::pin::pin!(fut);
+    let mut samples = 0;
+    let out = loop {
+        tokio::select! {
+            biased;
+            r = &mut fut => break r,
+            k = keys(client, prefix) => {
+                assert_eq!(k, expected, "{what}");
+                samples += 1;
+            }
+        }
+    };
+    assert!(samples > 0);
+    out
+}
+
+/// Creates `key` under `lease` as an earlier process of that lease would have left it (a
+/// re-attached session's leftover).
+pub async fn leftover_key(client: &Client, key: &str, lease: i64, prefix: &str) {
+    use leasehold::backend::{CreateRequest, Precondition};
+    let create = CreateRequest {
+        key: key.to_owned(),
+        value: Vec::new(),
+        lease,
+        precondition: Precondition::KeyAbsent,
+        prefix: prefix.to_owned(),
+        head_limit: 1,
+        replaces: None,
+        read: None,
+    };
+    assert!(client.backend().create(create).await.unwrap().created);
+}
+
 /// Polls `fut` `polls` times (yielding in between) and drops it if it is not done by then.
 pub async fn poll_then_drop<T>(fut: impl Future<Output = T>, polls: usize) -> Option<T> {
     let mut fut = std::pin::pin!(fut);

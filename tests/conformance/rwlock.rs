@@ -2,7 +2,7 @@
 //! (see `recipes.rs` for the conventions).
 #![allow(dead_code)] // each test binary runs the checks its backend supports
 
-use super::recipes::{fresh, keys, sessions, until_keys, within, Mix};
+use super::recipes::{fresh, keys, keys_stay_while, leftover_key, sessions, until_keys, within, Mix};
 use leasehold::{Client, Error, RwLock, Session, Strategy};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -179,20 +179,9 @@ pub async fn rwlock_optimistic_waits_without_a_key(client: &Client) {
                 false => optimistic.write_timeout(after).await.map(|g| g.fencing_token()),
             }
         };
-        let mut timed = std::pin::pin!(timed);
-        let mut samples = 0;
-        let outcome = loop {
-            tokio::select! {
-                biased;
-                r = &mut timed => break r,
-                k = keys(client, &prefix) => {
-                    assert_eq!(k, only_holder, "an optimistic acquisition left a key while the lock was taken");
-                    samples += 1;
-                }
-            }
-        };
+        let what = "an optimistic acquisition left a key while the lock was taken";
+        let outcome = keys_stay_while(client, &prefix, &only_holder, what, timed).await;
         assert!(matches!(outcome, Err(Error::Timeout { what: "rwlock", .. })), "{outcome:?}");
-        assert!(samples > 0);
         b.settle().await;
         assert_eq!(keys(client, &prefix).await, only_holder);
 
@@ -215,23 +204,12 @@ pub async fn rwlock_optimistic_waits_without_a_key(client: &Client) {
 /// optimistic read of the successor session: the read is admitted at once (no writer is
 /// older than it), instead of waiting for the younger writer that waits for it.
 pub async fn rwlock_optimistic_reader_takes_over_its_leftover(client: &Client) {
-    use leasehold::backend::{CreateRequest, Precondition};
     let name = fresh("rw-leftover");
     let prefix = client.prefix_of(&name).unwrap();
     let b = client.backend();
     let lease = b.grant_lease(Duration::from_secs(30)).await.unwrap().id;
     let leftover = format!("{prefix}read/{lease:x}-0");
-    let create = CreateRequest {
-        key: leftover.clone(),
-        value: Vec::new(),
-        lease,
-        precondition: Precondition::KeyAbsent,
-        prefix: prefix.clone(),
-        head_limit: 1,
-        replaces: None,
-        read: None,
-    };
-    assert!(b.create(create).await.unwrap().created); // an earlier process's read lock
+    leftover_key(client, &leftover, lease, &prefix).await; // an earlier process's read lock
     let other = client.session().await.unwrap();
     let writer = RwLock::new(&other, &name).unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
