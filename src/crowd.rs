@@ -6,15 +6,22 @@
 //! wins (it hands over inside the process without a read, one commit per update), on the
 //! embedded store a compare-and-swap takes microseconds and the queue's extra keys, watches
 //! and wake-ups cost fifteen times more (flash sale, 2026-12-03: optimistic 520k orders/s,
-//! queue 35k). So each client keeps, per register key, the mean latency (start to end) of
-//! its adaptive updates in each [`Mode`] — one update in [`TIMED_EVERY`] per handle is
-//! timed, and counted whenever it ends, also after its epoch, so a slow update cannot
-//! escape its mode's figure — and uses the cheaper mode:
+//! queue 35k). So each client keeps, per register key, the time per update of its adaptive
+//! updates in each [`Mode`] — an epoch's length over its completions, where one update in
+//! [`TIMED_EVERY`] per handle is timed and stands for that many (the handles of a key
+//! start their counts at successive residues, [`Crowd::sampler_offset`], so that buyers
+//! that begin together do not time their updates together) — and uses the cheaper mode.
+//! (It was the mean latency of the timed updates, start to end. But compare-and-swap's
+//! latencies are heavy-tailed — on the TiKV test server's flash sale p50 1.2 ms, p99
+//! 400 ms — so one late timed update decided an epoch's figure, and the mode was dropped
+//! while it sold 1.4 times the queue's orders per second.)
 //!
 //! - An epoch lasts at least [`EPOCH`] completions (counted from the timed updates that
 //!   started in it) and [`MIN_EPOCH_TIME`]; its clock starts at the first such completion
 //!   (so the hand-over from the previous mode is not charged to its length) and restarts
-//!   when no queued update of the key runs. A client that never runs two updates of a key
+//!   when no queued update of the key runs. An update that starts in [`Mode::Optimistic`]
+//!   while updates started in the queue's epochs still run is not timed either: it waits
+//!   for them or races them, and its time is the switch's. A client that never runs two updates of a key
 //!   at once never measures compare-and-swap and keeps the default, [`Mode::Queue`]: the
 //!   behaviour tuned for updates across processes (`src/adaptive.rs`) is unchanged.
 //! - The first epochs measure the two modes in turn, [`SAMPLES`] each while they are close
@@ -28,16 +35,16 @@
 //! - A mode's cost is the median of its last [`SAMPLES`] epochs: one epoch slowed by
 //!   something else (a preempted thread, a timer) does not switch the mode.
 //! - Compare-and-swap is measured only where it may pay (`State::optimistic_may_pay`): an
-//!   update's window — its function and two round trips — under [`FUNCTION_SHARE`] of the
-//!   queue's time per update, and fewer than [`MAX_FOREIGN`] of this client's queued
-//!   updates admitted by other clients' writes.
+//!   update's window — its function and two round trips — under [`WINDOW_SHARE`] of the
+//!   queue's time per update, its function under [`FUNCTION_SHARE`] of it, and fewer than
+//!   [`MAX_FOREIGN`] of this client's queued updates admitted by other clients' writes.
 //!
 //! In [`Mode::Optimistic`] every adaptive update of the key by this client is a
 //! compare-and-swap, retried after a jittered pause; one update in [`CHECK_QUEUE_EVERY`]
-//! per handle, every retry, and every update while a queue was seen also require the lock's
-//! queue to be empty. One that finds it busy waits (for this client's queued updates to
-//! end, or a backoff pause) and tries again, joining the queue after [`YIELDS_TO_QUEUE`]
-//! such tries (`Register::crowded_optimistic`). Updates in this mode may fail more than
+//! per handle, every retry, and every update while a queue was seen first read whether the
+//! lock's queue is empty, with the value. One that finds it busy waits (for this client's
+//! queued updates to end, or a backoff pause) and tries again, joining the queue after
+//! [`YIELDS_TO_QUEUE`] such tries of another client's queue (`Register::crowded_optimistic`). Updates in this mode may fail more than
 //! once (it is chosen only where they rarely fail at all); in [`Mode::Queue`] tasks of one
 //! client never make each other's writes fail. Its conflicts do not feed the handle's own
 //! policy: conflicts between tasks of one process are what this measures.
@@ -53,7 +60,7 @@ pub const EPOCH: u32 = 32;
 /// the process in so short a span made an epoch fifty times slower than the next (and,
 /// twice in three epochs, switched the mode for nothing).
 pub const MIN_EPOCH_TIME: Duration = Duration::from_millis(5);
-/// A mode replaces the current one only if its cost (mean latency) is below this share of it.
+/// A mode replaces the current one only if its cost (time per update) is below this share of it.
 pub const SWITCH_BELOW: f64 = 0.9;
 /// The other mode is measured again after a run of the current one this many times as long
 /// as an epoch of the other took (so exploring costs about 1/this of the time).
@@ -61,7 +68,9 @@ pub const EXPLORE_SHARE: u32 = 40;
 /// The shortest run of the current mode between two measurements of the other.
 pub const MIN_EXPLORE_GAP: Duration = Duration::from_millis(200);
 /// [`Mode::Optimistic`] is tried only while an update's window (its function and two store
-/// round trips) is less than this share of the queue's time per update.
+/// round trips) is less than this share of the queue's time per update ...
+pub const WINDOW_SHARE: f64 = 1.0;
+/// ... and its function less than this share of it.
 pub const FUNCTION_SHARE: f64 = 0.5;
 /// Weight of the newest function time in its average.
 pub const FUNCTION_ALPHA: f64 = 0.1;
@@ -125,8 +134,8 @@ struct State {
     epoch: u64,
     /// The first counted completion of this epoch.
     clock: Option<Instant>,
-    /// The last [`SAMPLES`] epochs' mean latency (seconds from an update's start to its
-    /// end), by [`Mode::index`]: the mode's cost.
+    /// The last [`SAMPLES`] epochs' seconds per completion, by [`Mode::index`]: the mode's
+    /// cost.
     samples: [Samples; 2],
     /// The last epoch's seconds per completion, by [`Mode::index`].
     per_update: [Option<f64>; 2],
@@ -165,9 +174,9 @@ pub(crate) struct Crowd {
     /// Completions counted in the current epoch, [`TIMED_EVERY`] per timed one (the first
     /// starts its clock).
     counted: AtomicU32,
-    /// Latencies of timed updates since their mode's last figure, by [`Mode::index`].
-    latency_ns: [AtomicU64; 2],
-    latency_n: [AtomicU64; 2],
+    /// Timed updates completed since their mode's last figure (also after their epoch), by
+    /// [`Mode::index`].
+    timed_n: [AtomicU64; 2],
     state: Mutex<State>,
     /// Set when the mode turns to [`Mode::Optimistic`]: the register's feed (kept open for
     /// queued updates, see `Client::register_feed`) should be closed once idle.
@@ -178,6 +187,8 @@ pub(crate) struct Crowd {
     /// This client's queued updates of the key running now, and their end.
     queued: AtomicUsize,
     drained: tokio::sync::Notify,
+    /// Handles of the key made so far (see [`sampler_offset`](Crowd::sampler_offset)).
+    handles: AtomicU32,
 }
 
 impl Default for Crowd {
@@ -204,13 +215,13 @@ impl Default for Crowd {
             exploring: AtomicBool::new(false),
             running: Padded(AtomicUsize::new(0)),
             counted: AtomicU32::new(0),
-            latency_ns: [AtomicU64::new(0), AtomicU64::new(0)],
-            latency_n: [AtomicU64::new(0), AtomicU64::new(0)],
+            timed_n: [AtomicU64::new(0), AtomicU64::new(0)],
             state: Mutex::new(state),
             feed_idle: AtomicBool::new(false),
             queue_seen: AtomicBool::new(false),
             queued,
             drained,
+            handles: AtomicU32::new(0),
         }
     }
 }
@@ -232,6 +243,15 @@ pub(crate) struct Ticket {
 }
 
 impl Crowd {
+    /// Where a new handle's count of updates starts: handles made in a row start at
+    /// successive residues of [`TIMED_EVERY`], so that their timed updates are spread out.
+    /// (All starting at 0, sixteen buyers that begin together time their updates together:
+    /// on the TiKV test server an epoch's four timed completions came within 7 ms of one
+    /// burst, and the queue's time per update was taken as 0.2 ms against a true 1.9.)
+    pub(crate) fn sampler_offset(&self) -> u32 {
+        self.handles.fetch_add(1, Ordering::Relaxed) % TIMED_EVERY
+    }
+
     /// An update starts; `sampler` is its handle's count of updates (one in
     /// [`TIMED_EVERY`] is timed: the clock costs a share of a microsecond update).
     pub(crate) fn start(&self, sampler: &AtomicU32, now: impl FnOnce() -> Instant) -> Ticket {
@@ -239,7 +259,12 @@ impl Crowd {
         let counted_running = mode == Mode::Queue;
         let others = if counted_running { self.running.0.fetch_add(1, Ordering::AcqRel) } else { 0 };
         let seq = sampler.fetch_add(1, Ordering::Relaxed);
-        let started = seq.is_multiple_of(TIMED_EVERY).then(now);
+        // Not timed in the hand-over from the queue to compare-and-swap: while updates
+        // started in the queue's epochs still run, this one waits for them or races them,
+        // and its time is the switch's, not the mode's (on the TiKV test server sixteen
+        // queued updates take 30 ms to drain, twenty of the mode's own times per update).
+        let handing_over = !counted_running && self.running.0.load(Ordering::Acquire) > 0;
+        let started = (seq.is_multiple_of(TIMED_EVERY) && !handing_over).then(now);
         Ticket { others, counted_running, mode, epoch, started, seq }
     }
 
@@ -249,14 +274,9 @@ impl Crowd {
     /// or end an epoch, or when the last running queued update ends.
     pub(crate) fn finish(&self, ticket: Ticket, completed: bool, now: impl Fn() -> Instant) {
         let last = ticket.counted_running && self.running.0.fetch_sub(1, Ordering::AcqRel) == 1;
-        if let (true, Some(started)) = (completed, ticket.started) {
+        if let (true, Some(_)) = (completed, ticket.started) {
             let now = now();
-            // Counted whenever it ends, also after its epoch: a slow update must not escape
-            // its mode's figure by ending late.
-            let latency = now.saturating_duration_since(started).as_nanos();
-            let i = ticket.mode.index();
-            self.latency_ns[i].fetch_add(u64::try_from(latency).unwrap_or(u64::MAX), Ordering::Relaxed);
-            self.latency_n[i].fetch_add(1, Ordering::Relaxed);
+            self.timed_n[ticket.mode.index()].fetch_add(1, Ordering::Relaxed);
             if from_current(self.current.0.load(Ordering::Acquire)).0 == ticket.epoch {
                 let n = self.counted.fetch_add(TIMED_EVERY, Ordering::AcqRel);
                 if n.is_multiple_of(EPOCH) || self.exploring.load(Ordering::Relaxed) {
@@ -282,14 +302,11 @@ impl Crowd {
         }
         match s.clock {
             None => s.clock = Some(now),
-            Some(started) if n > 0 && s.epoch_done(n, now.saturating_duration_since(started), self.timed(s.mode).1) => {
+            Some(started) if n > 0 && s.epoch_done(n, now.saturating_duration_since(started), self.timed(s.mode)) => {
                 let took = now.saturating_duration_since(started);
-                let i = s.mode.index();
-                let (sum, count) =
-                    (self.latency_ns[i].swap(0, Ordering::Relaxed), self.latency_n[i].swap(0, Ordering::Relaxed));
-                let latency = (count > 0).then(|| sum as f64 / count as f64 / 1e9);
+                self.timed_n[s.mode.index()].store(0, Ordering::Relaxed);
                 let before = s.mode;
-                s.close_epoch(took, n, latency, now);
+                s.close_epoch(took, n, now);
                 self.counted.store(0, Ordering::Release);
                 self.current.0.store(current(s.epoch, s.mode), Ordering::Release);
                 self.exploring.store(s.mode != s.best, Ordering::Relaxed);
@@ -301,10 +318,9 @@ impl Crowd {
         }
     }
 
-    /// The timed completions of `mode` not yet in a figure: (nanoseconds, count).
-    fn timed(&self, mode: Mode) -> (u64, u64) {
-        let i = mode.index();
-        (self.latency_ns[i].load(Ordering::Relaxed), self.latency_n[i].load(Ordering::Relaxed))
+    /// The timed completions of `mode` not yet in a figure.
+    fn timed(&self, mode: Mode) -> u64 {
+        self.timed_n[mode.index()].load(Ordering::Relaxed)
     }
 
     /// Records a queued write of this client that made revision `written`.
@@ -414,12 +430,14 @@ impl State {
     }
 
     /// Whether compare-and-swap may beat the queue. Concurrent compare-and-swaps that read
-    /// the same value collide, so they gain only where an update's window — its function
-    /// and two store round trips (read, write) — is well below the queue's time per update
-    /// ([`FUNCTION_SHARE`]): the embedded store (a window of ~3 µs against 14–45 µs), not
-    /// etcd or the TiKV test server, where a round trip is most of a hand-over (TiKV test
-    /// server: 14 ms against 2.8 ms per queued update, pipelined across tasks), nor a
-    /// function that takes long (1 ms among six tasks: nearly every attempt fails). Nor
+    /// the same value collide — one of them wins per window, about — so they gain only
+    /// where an update's window, its function and two store round trips (read, write), is
+    /// below the queue's time per update ([`WINDOW_SHARE`]): the embedded store (a window of
+    /// ~3 µs against 14–45 µs) and the TiKV test server (quickest round trip 0.6–0.9 ms
+    /// against the queue's 1.6–2.0 ms per update; compare-and-swap sold 1.4 times as many
+    /// orders), not etcd, where a round trip is most of a hand-over. Nor a function that
+    /// takes a share of the queue's time ([`FUNCTION_SHARE`]: 1 ms among six tasks, nearly
+    /// every attempt fails and the losers' work is wasted). Nor
     /// where other clients update the register too ([`MAX_FOREIGN`]): their queue would
     /// make this client's writes yield and wait (one exploration at the start of an etcd
     /// flash sale of four processes took 130–220 ms of its 650), and the handles' own
@@ -428,7 +446,9 @@ impl State {
     fn optimistic_may_pay(&self) -> bool {
         match (self.function, self.round_trip, self.per_update[Mode::Queue.index()]) {
             (Some(function), Some(round_trip), Some(queue)) => {
-                function + 2.0 * round_trip < FUNCTION_SHARE * queue && self.foreign < MAX_FOREIGN
+                function + 2.0 * round_trip < WINDOW_SHARE * queue
+                    && function < FUNCTION_SHARE * queue
+                    && self.foreign < MAX_FOREIGN
             }
             _ => false,
         }
@@ -454,9 +474,8 @@ impl State {
         }
     }
 
-    /// Ends the current epoch: `n` completions in `took`, its mode's timed updates' mean
-    /// `latency` (seconds) since its last figure.
-    fn close_epoch(&mut self, took: Duration, n: u32, latency: Option<f64>, now: Instant) {
+    /// Ends the current epoch: `n` completions in `took`.
+    fn close_epoch(&mut self, took: Duration, n: u32, now: Instant) {
         let (m, other) = (self.mode, self.mode.other());
         let per_update = took.as_secs_f64() / f64::from(n.max(1));
         if m == Mode::Queue {
@@ -466,9 +485,7 @@ impl State {
         }
         self.per_update[m.index()] = Some(per_update);
         self.took[m.index()] = Some(took);
-        if let Some(latency) = latency {
-            self.samples[m.index()].push(latency);
-        }
+        self.samples[m.index()].push(per_update);
         let cheaper = |a: Mode, b: Mode| match (self.cost(a), self.cost(b)) {
             (Some(a), Some(b)) => a < SWITCH_BELOW * b,
             _ => false,
@@ -509,7 +526,7 @@ impl State {
                 optimistic = ?self.cost(Mode::Optimistic),
                 from = ?m,
                 to = ?next,
-                "adaptive register: mean latency by mode"
+                "adaptive register: seconds per update by mode"
             );
         }
         self.mode = next;
@@ -547,131 +564,4 @@ impl Samples {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Runs one epoch of `per_update` time per update with two updates always running and
-    /// functions of `function` each: its mode and how long it took.
-    fn epoch_of(crowd: &Crowd, now: &mut Instant, per_update: Duration, function: Duration) -> (Mode, Duration) {
-        let start = *now;
-        let sampler = AtomicU32::new(0);
-        let mut keep = crowd.start(&sampler, || *now);
-        let (mode, epoch) = (keep.mode, keep.epoch);
-        loop {
-            let next = crowd.start(&sampler, || *now);
-            *now += per_update;
-            if mode == Mode::Queue {
-                crowd.queued_times(function, Duration::from_nanos(100));
-            }
-            crowd.finish(keep, true, || *now);
-            keep = next;
-            if from_current(crowd.current.0.load(Ordering::Acquire)).0 != epoch {
-                break;
-            }
-        }
-        crowd.finish(keep, false, || *now);
-        (mode, *now - start)
-    }
-
-    fn epoch(crowd: &Crowd, now: &mut Instant, per_update: Duration) -> Mode {
-        epoch_of(crowd, now, per_update, Duration::from_nanos(100)).0
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn measures_both_and_keeps_the_cheaper_exploring_now_and_then() {
-        let crowd = Crowd::default();
-        let mut now = Instant::now();
-        let (fast, slow) = (Duration::from_micros(2), Duration::from_micros(30));
-        let cost = |m: Mode| if m == Mode::Optimistic { fast } else { slow };
-        assert_eq!(epoch(&crowd, &mut now, slow), Mode::Queue, "starts with the queue");
-        let m = crowd.costs().1;
-        assert_eq!(m, Mode::Optimistic, "then measures the other mode");
-        let mut time = [Duration::ZERO; 2];
-        for _ in 0..2_000 {
-            let m = crowd.costs().1;
-            let (_, took) = epoch_of(&crowd, &mut now, cost(m), Duration::from_nanos(100));
-            time[m.index()] += took;
-        }
-        let queued = time[0].as_secs_f64() / (time[0] + time[1]).as_secs_f64();
-        assert!(queued > 0.0, "the queue is measured again now and then");
-        assert!(queued < 0.05, "... but rarely: {:.1} % of the time", queued * 100.0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn measuring_a_dearer_optimistic_mode_costs_little() {
-        // etcd, sixteen tasks of one process: the queue 0.6 ms per update, compare-and-swap 3 ms.
-        let crowd = Crowd::default();
-        let mut now = Instant::now();
-        let cost = |m: Mode| if m == Mode::Optimistic { Duration::from_millis(3) } else { Duration::from_micros(600) };
-        let mut time = [Duration::ZERO; 2];
-        for _ in 0..500 {
-            let m = crowd.costs().1;
-            let (_, took) = epoch_of(&crowd, &mut now, cost(m), Duration::from_micros(1));
-            time[m.index()] += took;
-        }
-        let optimistic = time[1].as_secs_f64() / (time[0] + time[1]).as_secs_f64();
-        assert!(optimistic > 0.0, "compare-and-swap was measured");
-        assert!(optimistic < 0.015, "{:.1} % of the time spent compare-and-swapping", optimistic * 100.0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_long_function_is_never_run_concurrently() {
-        let crowd = Crowd::default();
-        let mut now = Instant::now();
-        // Each update's function takes 1 ms of the queue's 1.1 ms per update: concurrent
-        // compare-and-swaps would collide, so the optimistic mode is not even measured.
-        for _ in 0..100 {
-            let (m, _) = epoch_of(&crowd, &mut now, Duration::from_micros(1100), Duration::from_millis(1));
-            assert_eq!(m, Mode::Queue);
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn follows_a_change_of_costs() {
-        let crowd = Crowd::default();
-        let mut now = Instant::now();
-        let mut cost: fn(Mode) -> Duration =
-            |m| if m == Mode::Optimistic { Duration::from_micros(100) } else { Duration::from_micros(1000) };
-        for _ in 0..100 {
-            let m = crowd.costs().1;
-            epoch(&crowd, &mut now, cost(m));
-        }
-        assert_eq!(crowd.costs().1, Mode::Optimistic);
-        // Now the queue is the cheaper one (another process started to contend).
-        cost = |m| if m == Mode::Optimistic { Duration::from_micros(1000) } else { Duration::from_micros(100) };
-        for _ in 0..2_000 {
-            let m = crowd.costs().1;
-            epoch(&crowd, &mut now, cost(m));
-        }
-        assert_eq!(crowd.costs().1, Mode::Queue, "switched back to the queue");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn one_slow_epoch_does_not_switch() {
-        let crowd = Crowd::default();
-        let mut now = Instant::now();
-        let cost = |m: Mode| if m == Mode::Optimistic { Duration::from_micros(2) } else { Duration::from_micros(20) };
-        for _ in 0..10 {
-            let m = crowd.costs().1;
-            epoch(&crowd, &mut now, cost(m));
-        }
-        assert_eq!(crowd.costs().1, Mode::Optimistic);
-        epoch(&crowd, &mut now, Duration::from_micros(200));
-        assert_eq!(crowd.costs().1, Mode::Optimistic, "one epoch a hundred times slower is an outlier");
-        epoch(&crowd, &mut now, Duration::from_micros(200));
-        assert_eq!(crowd.costs().1, Mode::Queue, "two in a row are a change: the queue is measured");
-    }
-
-    #[test]
-    fn one_update_at_a_time_measures_nothing() {
-        let crowd = Crowd::default();
-        let mut now = Instant::now();
-        for _ in 0..1_000 {
-            let t = crowd.start(&AtomicU32::new(0), || now);
-            assert_eq!(t.others, 0);
-            now += Duration::from_millis(1);
-            crowd.finish(t, true, || now);
-        }
-        assert_eq!(crowd.costs(), ([None, None], Mode::Queue));
-    }
-}
+mod tests;
