@@ -89,10 +89,10 @@ enum Optimistic {
 ///   register by several tasks of one client at once go the way the client measures
 ///   cheaper (`src/crowd.rs`): through the queue, where an update that starts while another
 ///   of the client runs queues at once and tasks of one process never make each other's
-///   writes fail (etcd, or update functions that take long); or, where a compare-and-swap
-///   takes a small part of a queue's hand-over (the embedded store), by compare-and-swap,
-///   checking the queue one update in eight per handle and leaving it alone while it is
-///   busy.
+///   writes fail (etcd, or update functions that take long); or, where compare-and-swap
+///   completes more updates per second (the embedded store, the TiKV test server), by
+///   compare-and-swap, looking at the queue on one update in eight per handle and on every
+///   retry, and leaving it alone while it is busy.
 ///
 /// Clients may use different strategies on the same register at once: no update is lost.
 /// The value lives at the key `<namespace><name>` (no lease), and the lock under
