@@ -12,7 +12,6 @@ use crate::session::SessionBuilder;
 use crate::Session;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Weak};
 
 /// A handle on one store. Cheap to clone; clones share the connection and the watches.
@@ -318,7 +317,7 @@ pub(crate) struct RunningUpdate<'a> {
 
 impl<'a> RunningUpdate<'a> {
     /// Counts an update of `crowd`'s key as running; `sampler` counts its handle's updates.
-    pub(crate) fn start(crowd: &'a Crowd, sampler: &AtomicU32) -> Self {
+    pub(crate) fn start(crowd: &'a Crowd, sampler: &crate::crowd::Sampler) -> Self {
         Self { ticket: crowd.start(sampler, tokio::time::Instant::now), crowd, completed: false }
     }
 

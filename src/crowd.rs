@@ -9,7 +9,7 @@
 //! queue 35k). So each client keeps, per register key, the time per update of its adaptive
 //! updates in each [`Mode`] — an epoch's length over its completions, where one update in
 //! [`TIMED_EVERY`] per handle is timed and stands for that many (the handles of a key
-//! start their counts at successive residues, [`Crowd::sampler_offset`], so that buyers
+//! are timed at successive residues, [`Crowd::sampler`], so that buyers
 //! that begin together do not time their updates together) — and uses the cheaper mode.
 //! (It was the mean latency of the timed updates, start to end. But compare-and-swap's
 //! latencies are heavy-tailed — on the TiKV test server's flash sale p50 1.2 ms, p99
@@ -44,7 +44,8 @@
 //! per handle, every retry, and every update while a queue was seen first read whether the
 //! lock's queue is empty, with the value. One that finds it busy waits (for this client's
 //! queued updates to end, or a backoff pause) and tries again, joining the queue after
-//! [`YIELDS_TO_QUEUE`] such tries of another client's queue (`Register::crowded_optimistic`). Updates in this mode may fail more than
+//! [`YIELDS_TO_QUEUE`] such tries — not counting those during the hand-over from
+//! [`Mode::Queue`], up to [`HANDOVER_TRIES`] (`Register::crowded_optimistic`). Updates in this mode may fail more than
 //! once (it is chosen only where they rarely fail at all); in [`Mode::Queue`] tasks of one
 //! client never make each other's writes fail. Its conflicts do not feed the handle's own
 //! policy: conflicts between tasks of one process are what this measures.
@@ -89,8 +90,6 @@ pub const ABORT_UPDATES: u32 = 16;
 /// One update in this many (per handle) is timed and counted (the clock and a shared
 /// counter cost a share of a microsecond update).
 pub const TIMED_EVERY: u32 = 8;
-/// Timed completions an epoch needs (besides [`EPOCH`] completions).
-pub const MIN_TIMED: u64 = 4;
 /// Epochs whose median is a mode's cost.
 pub const SAMPLES: usize = 3;
 /// In [`Mode::Optimistic`], one update in this many of a handle checks that the lock's
@@ -98,6 +97,22 @@ pub const SAMPLES: usize = 3;
 pub const CHECK_QUEUE_EVERY: u32 = 8;
 /// Tries that find the lock's queue busy before an update in [`Mode::Optimistic`] joins it.
 pub const YIELDS_TO_QUEUE: u32 = 3;
+/// Tries that find it busy during the hand-over from [`Mode::Queue`] before such an update
+/// joins it all the same (each waits for the client's queued updates to end, or a backoff
+/// pause: 12 pauses of the default backoff are about half a second).
+pub const HANDOVER_TRIES: u32 = 4 * YIELDS_TO_QUEUE;
+/// Turns to be timed skipped in one hand-over to [`Mode::Optimistic`], at most (each
+/// stands for [`TIMED_EVERY`] updates).
+pub const HANDOVER_SKIPS: u32 = 16;
+
+/// A handle's count of its updates, for the crowd's sampling (per handle: no contention).
+#[derive(Debug, Default)]
+pub(crate) struct Sampler {
+    count: AtomicU32,
+    /// Where the handle's turns to be timed fall: handles made in a row get successive
+    /// residues of [`TIMED_EVERY`] ([`Crowd::sampler`]).
+    offset: u32,
+}
 
 /// How a client's adaptive updates of one register go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,9 +189,6 @@ pub(crate) struct Crowd {
     /// Completions counted in the current epoch, [`TIMED_EVERY`] per timed one (the first
     /// starts its clock).
     counted: AtomicU32,
-    /// Timed updates completed since their mode's last figure (also after their epoch), by
-    /// [`Mode::index`].
-    timed_n: [AtomicU64; 2],
     state: Mutex<State>,
     /// Set when the mode turns to [`Mode::Optimistic`]: the register's feed (kept open for
     /// queued updates, see `Client::register_feed`) should be closed once idle.
@@ -186,9 +198,14 @@ pub(crate) struct Crowd {
     queue_seen: AtomicBool,
     /// This client's queued updates of the key running now, and their end.
     queued: AtomicUsize,
+    /// Those of adaptive handles (see [`own_queue`](Crowd::own_queue)).
+    queued_adaptive: AtomicUsize,
     drained: tokio::sync::Notify,
-    /// Handles of the key made so far (see [`sampler_offset`](Crowd::sampler_offset)).
+    /// Handles of the key made so far (see [`sampler`](Crowd::sampler)).
     handles: AtomicU32,
+    /// Updates not timed in the current hand-over to [`Mode::Optimistic`] (at most
+    /// [`HANDOVER_SKIPS`]).
+    handover_skips: AtomicU32,
 }
 
 impl Default for Crowd {
@@ -215,13 +232,14 @@ impl Default for Crowd {
             exploring: AtomicBool::new(false),
             running: Padded(AtomicUsize::new(0)),
             counted: AtomicU32::new(0),
-            timed_n: [AtomicU64::new(0), AtomicU64::new(0)],
             state: Mutex::new(state),
             feed_idle: AtomicBool::new(false),
             queue_seen: AtomicBool::new(false),
             queued,
+            queued_adaptive: AtomicUsize::new(0),
             drained,
             handles: AtomicU32::new(0),
+            handover_skips: AtomicU32::new(0),
         }
     }
 }
@@ -243,28 +261,34 @@ pub(crate) struct Ticket {
 }
 
 impl Crowd {
-    /// Where a new handle's count of updates starts: handles made in a row start at
-    /// successive residues of [`TIMED_EVERY`], so that their timed updates are spread out.
-    /// (All starting at 0, sixteen buyers that begin together time their updates together:
-    /// on the TiKV test server an epoch's four timed completions came within 7 ms of one
-    /// burst, and the queue's time per update was taken as 0.2 ms against a true 1.9.)
-    pub(crate) fn sampler_offset(&self) -> u32 {
-        self.handles.fetch_add(1, Ordering::Relaxed) % TIMED_EVERY
+    /// A new handle's sampler: handles made in a row are timed at successive residues of
+    /// [`TIMED_EVERY`], so that their timed updates are spread out. (All timed at 0, 8, …,
+    /// sixteen buyers that begin together time their updates together: on the TiKV test
+    /// server an epoch's four timed completions came within 7 ms of one burst, and the
+    /// queue's time per update was taken as 0.2 ms against a true 1.9.) The handle's own
+    /// count still starts at 0: its first update checks the lock's queue (`Register`).
+    pub(crate) fn sampler(&self) -> Sampler {
+        Sampler { count: AtomicU32::new(0), offset: self.handles.fetch_add(1, Ordering::Relaxed) % TIMED_EVERY }
     }
 
     /// An update starts; `sampler` is its handle's count of updates (one in
     /// [`TIMED_EVERY`] is timed: the clock costs a share of a microsecond update).
-    pub(crate) fn start(&self, sampler: &AtomicU32, now: impl FnOnce() -> Instant) -> Ticket {
+    pub(crate) fn start(&self, sampler: &Sampler, now: impl FnOnce() -> Instant) -> Ticket {
         let (epoch, mode) = from_current(self.current.0.load(Ordering::Acquire));
         let counted_running = mode == Mode::Queue;
         let others = if counted_running { self.running.0.fetch_add(1, Ordering::AcqRel) } else { 0 };
-        let seq = sampler.fetch_add(1, Ordering::Relaxed);
+        let seq = sampler.count.fetch_add(1, Ordering::Relaxed);
         // Not timed in the hand-over from the queue to compare-and-swap: while updates
         // started in the queue's epochs still run, this one waits for them or races them,
         // and its time is the switch's, not the mode's (on the TiKV test server sixteen
         // queued updates take 30 ms to drain, twenty of the mode's own times per update).
-        let handing_over = !counted_running && self.running.0.load(Ordering::Acquire) > 0;
-        let started = (seq.is_multiple_of(TIMED_EVERY) && !handing_over).then(now);
+        // At most HANDOVER_SKIPS such turns: a queued update that never ends (another
+        // client's long holder ahead) must not keep the epoch from ending.
+        let timed = seq.wrapping_add(sampler.offset).is_multiple_of(TIMED_EVERY)
+            && (counted_running
+                || self.running.0.load(Ordering::Acquire) == 0
+                || self.handover_skips.fetch_add(1, Ordering::Relaxed) >= HANDOVER_SKIPS);
+        let started = timed.then(now);
         Ticket { others, counted_running, mode, epoch, started, seq }
     }
 
@@ -276,7 +300,6 @@ impl Crowd {
         let last = ticket.counted_running && self.running.0.fetch_sub(1, Ordering::AcqRel) == 1;
         if let (true, Some(_)) = (completed, ticket.started) {
             let now = now();
-            self.timed_n[ticket.mode.index()].fetch_add(1, Ordering::Relaxed);
             if from_current(self.current.0.load(Ordering::Acquire)).0 == ticket.epoch {
                 let n = self.counted.fetch_add(TIMED_EVERY, Ordering::AcqRel);
                 if n.is_multiple_of(EPOCH) || self.exploring.load(Ordering::Relaxed) {
@@ -302,9 +325,8 @@ impl Crowd {
         }
         match s.clock {
             None => s.clock = Some(now),
-            Some(started) if n > 0 && s.epoch_done(n, now.saturating_duration_since(started), self.timed(s.mode)) => {
+            Some(started) if n > 0 && s.epoch_done(n, now.saturating_duration_since(started)) => {
                 let took = now.saturating_duration_since(started);
-                self.timed_n[s.mode.index()].store(0, Ordering::Relaxed);
                 let before = s.mode;
                 s.close_epoch(took, n, now);
                 self.counted.store(0, Ordering::Release);
@@ -312,15 +334,11 @@ impl Crowd {
                 self.exploring.store(s.mode != s.best, Ordering::Relaxed);
                 if s.mode != before {
                     self.feed_idle.store(s.mode == Mode::Optimistic, Ordering::Relaxed);
+                    self.handover_skips.store(0, Ordering::Relaxed);
                 }
             }
             Some(_) => {}
         }
-    }
-
-    /// The timed completions of `mode` not yet in a figure.
-    fn timed(&self, mode: Mode) -> u64 {
-        self.timed_n[mode.index()].load(Ordering::Relaxed)
     }
 
     /// Records a queued write of this client that made revision `written`.
@@ -350,7 +368,8 @@ impl Crowd {
         s.round_trip_now = Some(s.round_trip_now.map_or(w, |m: f64| m.min(w)));
     }
 
-    /// Records whether a checked write found the lock's queue busy.
+    /// Records whether a look at the lock (with the value, see `Register::crowded_optimistic`)
+    /// found its queue busy.
     pub(crate) fn saw_queue(&self, busy: bool) {
         if self.queue_seen.load(Ordering::Relaxed) != busy {
             self.queue_seen.store(busy, Ordering::Relaxed);
@@ -362,10 +381,22 @@ impl Crowd {
         self.queue_seen.load(Ordering::Relaxed)
     }
 
-    /// Counts a queued update (any strategy) of the key by this client until dropped.
-    pub(crate) fn queued_update(&self) -> QueuedUpdate<'_> {
+    /// Counts a queued update (any strategy; `adaptive` if its handle's strategy is) of the
+    /// key by this client until dropped.
+    pub(crate) fn queued_update(&self, adaptive: bool) -> QueuedUpdate<'_> {
         self.queued.fetch_add(1, Ordering::AcqRel);
-        QueuedUpdate(self)
+        if adaptive {
+            self.queued_adaptive.fetch_add(1, Ordering::AcqRel);
+        }
+        QueuedUpdate(self, adaptive)
+    }
+
+    /// Whether queued updates of this client's adaptive handles run: in
+    /// [`Mode::Optimistic`], those of the hand-over from the queue's mode and those that
+    /// joined the queue since — a queue that drains unless fed (queued updates of another
+    /// strategy need not ever drain).
+    pub(crate) fn own_queue(&self) -> bool {
+        self.queued_adaptive.load(Ordering::Acquire) > 0
     }
 
     /// This client's queued updates of the key running now.
@@ -413,11 +444,15 @@ fn from_current(current: u64) -> (u64, Mode) {
     (current >> 1, if current & 1 == 1 { Mode::Optimistic } else { Mode::Queue })
 }
 
-/// A running queued update (see [`Crowd::queued_update`]).
-pub(crate) struct QueuedUpdate<'a>(&'a Crowd);
+/// A running queued update (see [`Crowd::queued_update`]), and whether its handle is
+/// adaptive.
+pub(crate) struct QueuedUpdate<'a>(&'a Crowd, bool);
 
 impl Drop for QueuedUpdate<'_> {
     fn drop(&mut self) {
+        if self.1 {
+            self.0.queued_adaptive.fetch_sub(1, Ordering::AcqRel);
+        }
         if self.0.queued.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.drained.notify_waiters();
         }
@@ -454,15 +489,14 @@ impl State {
         }
     }
 
-    /// Whether an epoch with `n` completions over `elapsed`, and `timed` timed completions
-    /// of its mode not yet in a figure, is over: [`EPOCH`] completions, [`MIN_EPOCH_TIME`]
-    /// and [`MIN_TIMED`] timed ones; or, measuring the mode not in use, as soon as it is
+    /// Whether an epoch with `n` completions (counted from its timed ones) over `elapsed` is
+    /// over: [`EPOCH`] completions and [`MIN_EPOCH_TIME`]; or, measuring the mode not in use, as soon as it is
     /// plainly dearer: after the time the mode in use needs for [`ABORT_UPDATES`] updates it
     /// has completed fewer than 1/[`ABORT_AFTER`] as many. Measuring it longer would only
     /// cost: on etcd, sixteen tasks of one process compare-and-swapping collide (all read
     /// the same value, one write wins) and did 767 updates/s against the queue's 1,233.
-    fn epoch_done(&self, n: u32, elapsed: Duration, timed: u64) -> bool {
-        if n >= EPOCH && elapsed >= MIN_EPOCH_TIME && timed >= MIN_TIMED {
+    fn epoch_done(&self, n: u32, elapsed: Duration) -> bool {
+        if n >= EPOCH && elapsed >= MIN_EPOCH_TIME {
             return true;
         }
         match self.per_update[self.best.index()] {

@@ -4,7 +4,7 @@ use crate::adaptive::{Adaptive, Next, Plan};
 use crate::backend::{Condition, KeyValue, Read, ReadValue, Revision, Transacted, Write};
 use crate::backoff::Backoff;
 use crate::client::RunningUpdate;
-use crate::crowd::{Crowd, Mode, CHECK_QUEUE_EVERY, YIELDS_TO_QUEUE};
+use crate::crowd::{Crowd, Mode, Sampler, CHECK_QUEUE_EVERY, HANDOVER_TRIES, YIELDS_TO_QUEUE};
 use crate::error::{Error, Result};
 use crate::guard::Holding;
 use crate::queue::parked::Parking;
@@ -12,7 +12,6 @@ use crate::queue::{Admitted, Exclusive};
 use crate::strategy::Strategy;
 use crate::Session;
 use std::future::Future;
-use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
@@ -130,7 +129,7 @@ pub struct Register {
     /// This client's running updates of the key and how its adaptive ones go.
     crowd: Arc<Crowd>,
     /// This handle's updates, for the crowd's sampling (per handle: no contention).
-    sampler: Arc<AtomicU32>,
+    sampler: Arc<Sampler>,
     /// The combiner of [`update_grouped`](Register::update_grouped), shared by clones.
     group: Arc<Group>,
 }
@@ -146,7 +145,7 @@ impl Register {
         let crowd = session.client().register_crowd(&key);
         Ok(Self {
             session: session.clone(),
-            sampler: Arc::new(AtomicU32::new(crowd.sampler_offset())),
+            sampler: Arc::new(crowd.sampler()),
             crowd,
             key,
             lock_prefix: lock.prefix().to_owned(),
@@ -355,11 +354,14 @@ impl Register {
     ///
     /// One that finds the queue busy waits — for this client's queued updates to end, or a
     /// backoff pause when none runs (the queue is another client's) — and tries again,
-    /// joining the queue after [`YIELDS_TO_QUEUE`] such tries of another client's queue:
-    /// waiting rather than joining at once keeps one queued update from pulling every
-    /// other in, and a queue of this client's own updates (the hand-over from the queue's
-    /// mode) drains by itself — joining it kept it fed, and the mode measured its own
-    /// hand-over (88 ms per update against the queue's 30 on the TiKV test server). A handle's kept place
+    /// joining the queue after [`YIELDS_TO_QUEUE`] such tries: waiting rather than joining
+    /// at once keeps one queued update from pulling every other in. Tries while queued
+    /// updates of this client's adaptive handles run (the hand-over from the queue's mode,
+    /// and any that joined since) do not count, up to [`HANDOVER_TRIES`]: that queue drains
+    /// unless fed, and joining it kept it fed (the mode measured its own hand-over: 88 ms
+    /// per update against the queue's 30 on the TiKV test server). Queued updates of this
+    /// client's other strategies count as another client's would: they need not ever drain
+    /// (conformance `register_adaptive_tasks_progress_beside_pessimistic_loops`). A handle's kept place
     /// is used (the queue is fair to those behind it) but not kept again. The handle's own
     /// policy is left alone: the conflicts here are mostly this client's own tasks', which
     /// the measurement weighs.
@@ -374,27 +376,31 @@ impl Register {
         if self.crowd.feed_to_close() && self.session.client().close_idle_register_feed(&self.key) {
             self.crowd.feed_closed();
         }
-        let (mut yields, mut conflicts) = (0, 0);
+        let (mut yields, mut busy, mut conflicts) = (0, 0, 0);
         let mut unchecked = !seq.is_multiple_of(CHECK_QUEUE_EVERY) && !self.crowd.queue_seen();
         let mut delays = self.backoff.delays();
         loop {
             // The reads look at the lock (see above); the retries of one call share one
             // backoff, as the optimistic strategy's do.
             let look = cfg!(not(leasehold_crowd_mutation_unchecked));
-            let tries =
+            let how =
                 Tries { look_first: look && !std::mem::take(&mut unchecked), look_again: look, ..Tries::default() };
-            match self.optimistic(f, tries).await? {
+            match self.optimistic(f, how).await? {
                 Optimistic::Done(mut updated) => {
-                    self.crowd.saw_queue(false);
+                    // Only a try that looked at the lock may say the queue is gone.
+                    if how.look_first || updated.conflicts > 0 {
+                        self.crowd.saw_queue(false);
+                    }
                     updated.conflicts += conflicts;
                     return Ok(updated);
                 }
                 Optimistic::Yield { conflicts: c } => {
                     self.crowd.saw_queue(true);
-                    // Waiting for this client's own queue to drain is not a yield (see above).
-                    let own = self.crowd.queued() > 0;
-                    (yields, conflicts) = (yields + u32::from(!own), conflicts + c);
-                    if yields >= YIELDS_TO_QUEUE {
+                    // Waiting for the adaptive handles' own queue is not a yield (see above),
+                    // for HANDOVER_TRIES at most.
+                    let own = self.crowd.own_queue();
+                    (yields, busy, conflicts) = (yields + u32::from(!own), busy + 1, conflicts + c);
+                    if yields >= YIELDS_TO_QUEUE || busy >= HANDOVER_TRIES {
                         let mut updated = self.queued(f, false).await?;
                         updated.conflicts += conflicts;
                         return Ok(updated);
@@ -567,7 +573,7 @@ impl Register {
         F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
         Fut: Future<Output = Option<Vec<u8>>> + Send,
     {
-        let _queued = self.crowd.queued_update();
+        let _queued = self.crowd.queued_update(self.strategy == Strategy::Adaptive);
         let follows_closely = may_keep_place && self.parking.begin();
         let updated = self.queued_update(f, follows_closely).await;
         self.parking.end();

@@ -123,6 +123,7 @@ macro_rules! conformance_suite {
             register_queued_update_reads_only_when_needed => |c| rg::queued_update_reads_only_when_needed(c);
             register_adaptive_tasks_of_one_client_queue_for_each_other => |c| rg::adaptive_tasks_of_one_client_queue_for_each_other(c, 6, 8);
             register_adaptive_optimistic_mode_yields_to_a_queue => |c| rg::adaptive_optimistic_mode_yields_to_a_queue(c, 8);
+            register_adaptive_tasks_progress_beside_pessimistic_loops => |c| rg::adaptive_tasks_progress_beside_pessimistic_loops(c, 8);
             register_queued_loop_keeps_its_place => |c| rg::queued_loop_keeps_its_place(c, 4, 20, false);
             register_queued_loop_keeps_its_place_shared_client => |c| rg::queued_loop_keeps_its_place(c, 4, 20, true);
             register_parked_place_cancelled_leaves_nothing => |c| rg::parked_place_cancelled_leaves_nothing(c);

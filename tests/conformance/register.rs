@@ -305,6 +305,82 @@ pub async fn adaptive_optimistic_mode_yields_to_a_queue(client: &Client, tasks: 
     setup.close().await.unwrap();
 }
 
+/// Adaptive tasks of one client keep updating while pessimistic loops of the same client
+/// keep the register's lock busy. In the client's measured compare-and-swap mode an update
+/// that finds the queue busy waits and joins it after a few tries; waiting for the client's
+/// own queue without counting is only for the hand-over from the queue's mode (the updates
+/// started in it), not for queued updates of another strategy, which never drain while the
+/// loops run (the adaptive tasks then stood still).
+pub async fn adaptive_tasks_progress_beside_pessimistic_loops(client: &Client, tasks: usize) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let name = "reg-crowd-beside-loops";
+    let setup = client.session().await.unwrap();
+    Register::new(&setup, name).unwrap().update(|_| Some(b"0".to_vec())).await.unwrap();
+    let (stop, stop_loops) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    // One client for both: its own measurements, its own queue.
+    let crowd = Client::from_arc(client.backend().clone());
+    let done: Arc<Vec<AtomicU64>> = Arc::new((0..tasks).map(|_| AtomicU64::new(0)).collect());
+    let mut handles = Vec::new();
+    for i in 0..tasks {
+        let (crowd, stop, done) = (crowd.clone(), stop.clone(), done.clone());
+        handles.push(tokio::spawn(async move {
+            let s = crowd.session().await.unwrap();
+            let r = Register::new(&s, name).unwrap().with_strategy(Strategy::Adaptive);
+            while !stop.load(Ordering::Relaxed) {
+                assert!(r.update(incr).await.unwrap().written);
+                done[i].fetch_add(1, Ordering::Relaxed);
+            }
+            s.close().await.unwrap();
+        }));
+    }
+    // Time to measure both modes and settle (epochs of at least 5 ms).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut loops = Vec::new();
+    for _ in 0..2 {
+        let (crowd, stop_loops) = (crowd.clone(), stop_loops.clone());
+        loops.push(tokio::spawn(async move {
+            let s = crowd.session().await.unwrap();
+            let r = Register::new(&s, name).unwrap().with_strategy(Strategy::Pessimistic);
+            let slow = |v: Option<Vec<u8>>, _| async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                incr(v.as_deref())
+            };
+            let mut n = 0_u64;
+            while !stop_loops.load(Ordering::Relaxed) {
+                assert!(r.update_async(slow).await.unwrap().written);
+                n += 1;
+            }
+            s.close().await.unwrap();
+            n
+        }));
+    }
+    // Every adaptive task completes updates while the loops run.
+    let before: Vec<u64> = done.iter().map(|d| d.load(Ordering::Relaxed)).collect();
+    let progressed = |done: &[AtomicU64]| done.iter().zip(&before).all(|(d, b)| d.load(Ordering::Relaxed) >= b + 3);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !progressed(&done) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let during: Vec<u64> = done.iter().zip(&before).map(|(d, b)| d.load(Ordering::Relaxed) - b).collect();
+    stop_loops.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for l in loops {
+        total += l.await.unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.await.unwrap();
+    }
+    assert!(
+        during.iter().all(|&n| n >= 3),
+        "adaptive tasks' updates while pessimistic loops ran: {during:?} in 10 s (3 each wanted)"
+    );
+    total += done.iter().map(|d| d.load(Ordering::Relaxed)).sum::<u64>();
+    let v = Register::new(&setup, name).unwrap().get().await.unwrap().unwrap();
+    assert_eq!(String::from_utf8(v).unwrap(), total.to_string(), "lost update");
+    setup.close().await.unwrap();
+}
+
 /// A queued update loop under contention keeps its place in the queue: the write that
 /// ends one update also queues the handle's next one, so the loop costs one store write per
 /// update instead of two (queue, then write and release), and fencing tokens still
