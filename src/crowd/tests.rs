@@ -25,6 +25,23 @@ fn epoch_of(crowd: &Crowd, now: &mut Instant, per_update: Duration, function: Du
     (mode, *now - start)
 }
 
+/// Runs `n` epochs, each mode's costing `cost(mode)` per update: the time spent in each.
+fn epochs(
+    crowd: &Crowd,
+    now: &mut Instant,
+    n: usize,
+    cost: impl Fn(Mode) -> Duration,
+    function: Duration,
+) -> [Duration; 2] {
+    let mut time = [Duration::ZERO; 2];
+    for _ in 0..n {
+        let m = crowd.costs().1;
+        let (_, took) = epoch_of(crowd, now, cost(m), function);
+        time[m.index()] += took;
+    }
+    time
+}
+
 fn epoch(crowd: &Crowd, now: &mut Instant, per_update: Duration) -> Mode {
     epoch_of(crowd, now, per_update, Duration::from_nanos(100)).0
 }
@@ -38,12 +55,7 @@ async fn measures_both_and_keeps_the_cheaper_exploring_now_and_then() {
     assert_eq!(epoch(&crowd, &mut now, slow), Mode::Queue, "starts with the queue");
     let m = crowd.costs().1;
     assert_eq!(m, Mode::Optimistic, "then measures the other mode");
-    let mut time = [Duration::ZERO; 2];
-    for _ in 0..2_000 {
-        let m = crowd.costs().1;
-        let (_, took) = epoch_of(&crowd, &mut now, cost(m), Duration::from_nanos(100));
-        time[m.index()] += took;
-    }
+    let time = epochs(&crowd, &mut now, 2_000, cost, Duration::from_nanos(100));
     let queued = time[0].as_secs_f64() / (time[0] + time[1]).as_secs_f64();
     assert!(queued > 0.0, "the queue is measured again now and then");
     assert!(queued < 0.05, "... but rarely: {:.1} % of the time", queued * 100.0);
@@ -55,12 +67,7 @@ async fn measuring_a_dearer_optimistic_mode_costs_little() {
     let crowd = Crowd::default();
     let mut now = Instant::now();
     let cost = |m: Mode| if m == Mode::Optimistic { Duration::from_millis(3) } else { Duration::from_micros(600) };
-    let mut time = [Duration::ZERO; 2];
-    for _ in 0..500 {
-        let m = crowd.costs().1;
-        let (_, took) = epoch_of(&crowd, &mut now, cost(m), Duration::from_micros(1));
-        time[m.index()] += took;
-    }
+    let time = epochs(&crowd, &mut now, 500, cost, Duration::from_micros(1));
     let optimistic = time[1].as_secs_f64() / (time[0] + time[1]).as_secs_f64();
     assert!(optimistic > 0.0, "compare-and-swap was measured");
     assert!(optimistic < 0.015, "{:.1} % of the time spent compare-and-swapping", optimistic * 100.0);
@@ -182,21 +189,25 @@ fn tasks(
     time
 }
 
+/// Sixteen tasks whose queued updates take 1.9 ms of the store's time each and
+/// compare-and-swaps `optimistic` ([`tasks`]): the crowd, and the share of the time spent
+/// compare-and-swapping.
+fn sixteen(round_trip: Duration, run: Duration, optimistic: Duration, loses: impl Fn(u64) -> bool) -> (Crowd, f64) {
+    let crowd = Crowd::default();
+    let mut now = Instant::now();
+    let latency = |m, _| if m == Mode::Queue { Duration::from_micros(1900) } else { optimistic };
+    let time = tasks(&crowd, &mut now, (16, run, round_trip), latency, loses);
+    let share = time[Mode::Optimistic.index()].as_secs_f64() / (time[0] + time[1]).as_secs_f64();
+    (crowd, share)
+}
+
 #[tokio::test(start_paused = true)]
 async fn handles_that_start_together_still_measure_the_true_time_per_update() {
     // Sixteen buyers start together and queue: 1.9 ms per update. With every handle's
     // count starting at 0 their timed updates came in bursts (the 0th, 8th, ... of each),
     // and an epoch of four timed completions lasted a burst: 0.2 ms per update was
-    // measured.
-    let crowd = Crowd::default();
-    let mut now = Instant::now();
-    // A round trip of 1.5 ms: compare-and-swap is not even tried.
-    let run = (16, Duration::from_secs(2), Duration::from_micros(1500));
-    let latency = |m, _| match m {
-        Mode::Queue => Duration::from_micros(1900),
-        Mode::Optimistic => Duration::from_millis(5),
-    };
-    tasks(&crowd, &mut now, run, latency, |_| false);
+    // measured. (A round trip of 1.5 ms: compare-and-swap is not even tried.)
+    let (crowd, _) = sixteen(Duration::from_micros(1500), Duration::from_secs(2), Duration::from_millis(5), |_| false);
     let per_update = crowd.state.lock().per_update[Mode::Queue.index()].expect("the queue was measured");
     assert!((0.0015..0.0025).contains(&per_update), "measured {:.3} ms per update, not 1.9", per_update * 1e3);
 }
@@ -208,16 +219,8 @@ async fn a_mode_with_more_updates_per_second_wins_however_its_latencies_spread()
     // again and ends after 300 ms (p50 1.2 ms, p99 400 ms there). The few timed updates of
     // an epoch made its mean latency jump; its updates per second are 1.5 times the
     // queue's.
-    let crowd = Crowd::default();
-    let mut now = Instant::now();
-    let run = (16, Duration::from_secs(60), Duration::from_micros(500));
-    let latency = |m, _| match m {
-        Mode::Queue => Duration::from_micros(1900),
-        Mode::Optimistic => Duration::from_micros(1200),
-    };
     let loses = |i: u64| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60 == 0;
-    let time = tasks(&crowd, &mut now, run, latency, loses);
-    let share = time[Mode::Optimistic.index()].as_secs_f64() / (time[0] + time[1]).as_secs_f64();
+    let (_, share) = sixteen(Duration::from_micros(500), Duration::from_secs(60), Duration::from_micros(1200), loses);
     assert!(share > 0.9, "compare-and-swap ran {:.0} % of the time", share * 100.0);
 }
 
@@ -225,15 +228,7 @@ async fn a_mode_with_more_updates_per_second_wins_however_its_latencies_spread()
 async fn a_mode_with_fewer_updates_per_second_is_dropped() {
     // The counterpart: compare-and-swap may pay by the gate (a 0.5 ms round trip against
     // the queue's 1.9 ms) but writes every 3 ms: measured now and then, never kept.
-    let crowd = Crowd::default();
-    let mut now = Instant::now();
-    let run = (16, Duration::from_secs(60), Duration::from_micros(500));
-    let latency = |m, _| match m {
-        Mode::Queue => Duration::from_micros(1900),
-        Mode::Optimistic => Duration::from_millis(3),
-    };
-    let time = tasks(&crowd, &mut now, run, latency, |_| false);
-    let share = time[Mode::Optimistic.index()].as_secs_f64() / (time[0] + time[1]).as_secs_f64();
+    let (_, share) = sixteen(Duration::from_micros(500), Duration::from_secs(60), Duration::from_millis(3), |_| false);
     assert!(share > 0.0, "compare-and-swap was measured");
     assert!(share < 0.1, "compare-and-swap ran {:.0} % of the time", share * 100.0);
 }
