@@ -318,7 +318,7 @@ pub(crate) struct RunningUpdate<'a> {
 impl<'a> RunningUpdate<'a> {
     /// Counts an update of `crowd`'s key as running; `sampler` counts its handle's updates.
     pub(crate) fn start(crowd: &'a Crowd, sampler: &crate::crowd::Sampler) -> Self {
-        Self { ticket: crowd.start(sampler, tokio::time::Instant::now), crowd, completed: false }
+        Self { ticket: crowd.start(sampler), crowd, completed: false }
     }
 
     /// Updates of the same key by this client that were running when this one started.

@@ -21,9 +21,10 @@
 //!   (so the hand-over from the previous mode is not charged to its length) and restarts
 //!   when no queued update of the key runs. An update that starts in [`Mode::Optimistic`]
 //!   while updates started in the queue's epochs still run is not timed either: it waits
-//!   for them or races them, and its time is the switch's. A client that never runs two updates of a key
-//!   at once never measures compare-and-swap and keeps the default, [`Mode::Queue`]: the
-//!   behaviour tuned for updates across processes (`src/adaptive.rs`) is unchanged.
+//!   for them or races them, and its time is the switch's. A client that never runs two
+//!   updates of a key at once never measures compare-and-swap and keeps the default,
+//!   [`Mode::Queue`]: the behaviour tuned for updates across processes
+//!   (`src/adaptive.rs`) is unchanged.
 //! - The first epochs measure the two modes in turn, [`SAMPLES`] each while they are close
 //!   (within [`SWITCH_BELOW`]); a measurement of the mode not in use stops as soon as it is
 //!   plainly dearer ([`ABORT_AFTER`], [`ABORT_UPDATES`]). After that the client uses the
@@ -45,8 +46,9 @@
 //! lock's queue is empty, with the value. One that finds it busy waits (for this client's
 //! queued updates to end, or a backoff pause) and tries again, joining the queue after
 //! [`YIELDS_TO_QUEUE`] such tries — not counting those during the hand-over from
-//! [`Mode::Queue`], up to [`HANDOVER_TRIES`] (`Register::crowded_optimistic`). Updates in this mode may fail more than
-//! once (it is chosen only where they rarely fail at all); in [`Mode::Queue`] tasks of one
+//! [`Mode::Queue`], up to [`HANDOVER_TRIES`] (`Register::crowded_optimistic`). Updates in
+//! this mode may fail more than once (it is chosen only where they rarely fail at all); in
+//! [`Mode::Queue`] tasks of one
 //! client never make each other's writes fail. Its conflicts do not feed the handle's own
 //! policy: conflicts between tasks of one process are what this measures.
 
@@ -254,8 +256,8 @@ pub(crate) struct Ticket {
     /// The mode to use.
     pub(crate) mode: Mode,
     epoch: u64,
-    /// When it started, for one update in [`TIMED_EVERY`].
-    started: Option<Instant>,
+    /// Whether it is timed: one update in [`TIMED_EVERY`] (its end counts for the epoch).
+    timed: bool,
     /// Its number among its handle's updates.
     pub(crate) seq: u32,
 }
@@ -273,7 +275,7 @@ impl Crowd {
 
     /// An update starts; `sampler` is its handle's count of updates (one in
     /// [`TIMED_EVERY`] is timed: the clock costs a share of a microsecond update).
-    pub(crate) fn start(&self, sampler: &Sampler, now: impl FnOnce() -> Instant) -> Ticket {
+    pub(crate) fn start(&self, sampler: &Sampler) -> Ticket {
         let (epoch, mode) = from_current(self.current.0.load(Ordering::Acquire));
         let counted_running = mode == Mode::Queue;
         let others = if counted_running { self.running.0.fetch_add(1, Ordering::AcqRel) } else { 0 };
@@ -288,8 +290,7 @@ impl Crowd {
             && (counted_running
                 || self.running.0.load(Ordering::Acquire) == 0
                 || self.handover_skips.fetch_add(1, Ordering::Relaxed) >= HANDOVER_SKIPS);
-        let started = timed.then(now);
-        Ticket { others, counted_running, mode, epoch, started, seq }
+        Ticket { others, counted_running, mode, epoch, timed, seq }
     }
 
     /// The update of `ticket` ends now (`now` reads the clock); `completed` if it returned
@@ -298,7 +299,7 @@ impl Crowd {
     /// or end an epoch, or when the last running queued update ends.
     pub(crate) fn finish(&self, ticket: Ticket, completed: bool, now: impl Fn() -> Instant) {
         let last = ticket.counted_running && self.running.0.fetch_sub(1, Ordering::AcqRel) == 1;
-        if let (true, Some(_)) = (completed, ticket.started) {
+        if completed && ticket.timed {
             let now = now();
             if from_current(self.current.0.load(Ordering::Acquire)).0 == ticket.epoch {
                 let n = self.counted.fetch_add(TIMED_EVERY, Ordering::AcqRel);
@@ -490,8 +491,8 @@ impl State {
     }
 
     /// Whether an epoch with `n` completions (counted from its timed ones) over `elapsed` is
-    /// over: [`EPOCH`] completions and [`MIN_EPOCH_TIME`]; or, measuring the mode not in use, as soon as it is
-    /// plainly dearer: after the time the mode in use needs for [`ABORT_UPDATES`] updates it
+    /// over: [`EPOCH`] completions and [`MIN_EPOCH_TIME`]; or, measuring the mode not in
+    /// use, as soon as it is plainly dearer: after the time the mode in use needs for [`ABORT_UPDATES`] updates it
     /// has completed fewer than 1/[`ABORT_AFTER`] as many. Measuring it longer would only
     /// cost: on etcd, sixteen tasks of one process compare-and-swapping collide (all read
     /// the same value, one write wins) and did 767 updates/s against the queue's 1,233.

@@ -432,24 +432,16 @@ impl Register {
     {
         let client = self.session.client();
         let backend = client.backend();
-        let value_of = |kv: Option<KeyValue>| kv.map(|kv| (kv.value, kv.mod_revision));
         let Tries { yield_to_queue, look_again, look_first, attempts } = tries;
-        let mut current = if look_first {
-            // While anyone holds or waits for the lock the write below would fail: a probe,
-            // or an update of a handle that already meets contention and has seen the lock
-            // taken, yields now without that doomed transaction (it counts as the one
-            // conflict it was). A handle that meets little contention still tries: a short
-            // queue often drains before its write, and yielding at every glimpse of one
-            // would keep the queue fed. So does one that has not seen the lock taken: with
-            // nobody queued, the read would only delay the write.
-            let (kv, locked) = self.read_checking_lock().await?;
-            if locked {
-                self.adaptive.saw_lock_taken();
-                return Ok(Optimistic::Yield { conflicts: 1 });
-            }
-            value_of(kv)
-        } else {
-            value_of(backend.get(&self.key).await?)
+        // With look_first, while anyone holds or waits for the lock the write below would
+        // fail: a probe, or an update of a handle that already meets contention and has seen
+        // the lock taken, yields now without that doomed transaction (it counts as the one
+        // conflict it was). A handle that meets little contention still tries: a short queue
+        // often drains before its write, and yielding at every glimpse of one would keep the
+        // queue fed. So does one that has not seen the lock taken: with nobody queued, the
+        // read would only delay the write.
+        let Some(mut current) = self.read_value(look_first).await? else {
+            return Ok(Optimistic::Yield { conflicts: 1 });
         };
         let mut delays = self.backoff.delays();
         let mut conflicts = 0;
@@ -486,17 +478,27 @@ impl Register {
             // as the pause, and under steady contention a write from it always fails — the
             // contender that paused longest then never got in (fewest updates per contender
             // 0.01 of the mean at 8 processes, docs/performance.md).
-            current = if look_again {
-                let (kv, locked) = self.read_checking_lock().await?;
-                if locked {
-                    self.adaptive.saw_lock_taken();
-                    return Ok(Optimistic::Yield { conflicts });
-                }
-                value_of(kv)
-            } else {
-                value_of(backend.get(&self.key).await?)
+            let Some(again) = self.read_value(look_again).await? else {
+                return Ok(Optimistic::Yield { conflicts });
             };
+            current = again;
         }
+    }
+
+    /// The value and its revision; with `look`, read with whether anyone holds or waits for
+    /// the register's lock ([`read_checking_lock`](Self::read_checking_lock)), and `None` if
+    /// anyone does.
+    async fn read_value(&self, look: bool) -> Result<Option<Option<(Vec<u8>, Revision)>>> {
+        let value_of = |kv: Option<KeyValue>| kv.map(|kv| (kv.value, kv.mod_revision));
+        if !look {
+            return Ok(Some(value_of(self.session.client().backend().get(&self.key).await?)));
+        }
+        let (kv, locked) = self.read_checking_lock().await?;
+        if locked {
+            self.adaptive.saw_lock_taken();
+            return Ok(None);
+        }
+        Ok(Some(value_of(kv)))
     }
 
     /// The value, and whether anyone holds or waits for the register's lock, in one

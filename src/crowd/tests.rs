@@ -7,10 +7,10 @@ use super::*;
 fn epoch_of(crowd: &Crowd, now: &mut Instant, per_update: Duration, function: Duration) -> (Mode, Duration) {
     let start = *now;
     let sampler = Sampler::default();
-    let mut keep = crowd.start(&sampler, || *now);
+    let mut keep = crowd.start(&sampler);
     let (mode, epoch) = (keep.mode, keep.epoch);
     loop {
-        let next = crowd.start(&sampler, || *now);
+        let next = crowd.start(&sampler);
         *now += per_update;
         if mode == Mode::Queue {
             crowd.queued_times(function, Duration::from_nanos(100));
@@ -126,7 +126,7 @@ fn one_update_at_a_time_measures_nothing() {
     let crowd = Crowd::default();
     let mut now = Instant::now();
     for _ in 0..1_000 {
-        let t = crowd.start(&Sampler::default(), || now);
+        let t = crowd.start(&Sampler::default());
         assert_eq!(t.others, 0);
         now += Duration::from_millis(1);
         crowd.finish(t, true, || now);
@@ -165,7 +165,7 @@ fn tasks(
         store_free
     };
     for (t, sampler) in samplers.iter().enumerate() {
-        let ticket = crowd.start(sampler, || *now);
+        let ticket = crowd.start(sampler);
         ends.push(Reverse((end_of(ticket.mode, *now, i), t)));
         running.push(Some(ticket));
         i += 1;
@@ -180,7 +180,7 @@ fn tasks(
         }
         crowd.finish(ticket, true, || *now);
         if *now - start < run {
-            let next = crowd.start(&samplers[t], || *now);
+            let next = crowd.start(&samplers[t]);
             ends.push(Reverse((end_of(next.mode, *now, i), t)));
             running[t] = Some(next);
             i += 1;
