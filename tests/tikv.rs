@@ -176,6 +176,33 @@ async fn watch_delivers_every_revision_in_order() {
     assert_eq!(values, (0..20).map(|i| i.to_string()).collect::<Vec<_>>());
 }
 
+/// A local write pokes the poller only when one of the backend's watches wants it: writes
+/// elsewhere read no change log (on the TiKV test server's flash sale, one poll per write
+/// for a queue's feed kept open cost a fifth of the writes per second), and a write under
+/// a watched prefix still comes at once, not at the next turn of a slow poller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_watched_local_write_pokes_the_poller() {
+    let server = TestServer::start().await;
+    // No poll of its own accord during the test: only pokes.
+    let backend = TikvBackend::connect(config(&server).poll_interval(Duration::from_secs(60), Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let mut watch = backend.watch_prefix("w/").await.unwrap();
+    let first = backend.compare_and_swap("w/a", None, b"0".to_vec(), None).await.unwrap();
+    assert_eq!(wait_event(&mut watch).await[0].revision(), first.revision, "a watched write comes at once");
+    let scans = server.calls("KvScan");
+    for i in 0..20 {
+        let current = backend.get("elsewhere").await.unwrap().map(|kv| kv.mod_revision);
+        assert!(
+            backend.compare_and_swap("elsewhere", current, i.to_string().into_bytes(), None).await.unwrap().swapped
+        );
+    }
+    let polls = server.calls("KvScan") - scans;
+    assert_eq!(polls, 0, "20 writes nobody watches read the change log {polls} times");
+    let second = backend.compare_and_swap("w/a", Some(first.revision), b"1".to_vec(), None).await.unwrap();
+    assert_eq!(wait_event(&mut watch).await[0].revision(), second.revision, "and so does the next");
+}
+
 /// Several PD endpoints: any reachable one will do; none reachable is Error::Connect within
 /// the connect timeout; an unknown scheme is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
