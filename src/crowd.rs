@@ -422,6 +422,12 @@ impl Crowd {
         self.feed_idle.store(false, Ordering::Relaxed);
     }
 
+    /// Handles of the key made so far, for tests.
+    #[cfg(test)]
+    pub(crate) fn handles_made(&self) -> u32 {
+        self.handles.load(Ordering::Relaxed)
+    }
+
     /// The costs measured so far (seconds per update: queue, optimistic) and the mode in
     /// use, for tests and logs.
     #[cfg(test)]
