@@ -325,7 +325,8 @@ async fn txn_lock_timeout_cancel_and_drop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_watch_breaks_after_log_compaction() {
     let server = TestServer::start().await;
-    // This backend polls rarely, and only its own writes wake its poller.
+    // This backend polls rarely, and only its own writes that one of its watches wants wake
+    // its poller.
     let slow = TikvBackend::connect(config(&server).poll_interval(Duration::from_secs(60), Duration::from_secs(60)))
         .await
         .unwrap();
@@ -338,7 +339,9 @@ async fn lagging_watch_breaks_after_log_compaction() {
         rev = Some(r.revision);
     }
     // Compaction runs in the background after revision 256; wake the slow poller with a
-    // write of its own until it notices.
+    // write of its own until it notices (a write one of its watches wants: only those
+    // wake it).
+    let _pokes = slow.watch_prefix("poke-").await.unwrap();
     let mut broke = false;
     for i in 0..50 {
         slow.compare_and_swap(&format!("poke-{i}"), None, Vec::new(), None).await.unwrap();
