@@ -176,6 +176,13 @@ async fn watch_delivers_every_revision_in_order() {
     assert_eq!(values, (0..20).map(|i| i.to_string()).collect::<Vec<_>>());
 }
 
+/// A backend whose poller does not poll of its own accord during a test (every 60 s): only
+/// its own writes that one of its watches wants wake it.
+async fn poked_only(server: &TestServer) -> TikvBackend {
+    let slow = Duration::from_secs(60);
+    TikvBackend::connect(config(server).poll_interval(slow, slow)).await.unwrap()
+}
+
 /// A local write pokes the poller only when one of the backend's watches wants it: writes
 /// elsewhere read no change log (on the TiKV test server's flash sale, one poll per write
 /// for a queue's feed kept open cost a fifth of the writes per second), and a write under
@@ -183,10 +190,7 @@ async fn watch_delivers_every_revision_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_a_watched_local_write_pokes_the_poller() {
     let server = TestServer::start().await;
-    // No poll of its own accord during the test: only pokes.
-    let backend = TikvBackend::connect(config(&server).poll_interval(Duration::from_secs(60), Duration::from_secs(60)))
-        .await
-        .unwrap();
+    let backend = poked_only(&server).await;
     let mut watch = backend.watch_prefix("w/").await.unwrap();
     let first = backend.compare_and_swap("w/a", None, b"0".to_vec(), None).await.unwrap();
     assert_eq!(wait_event(&mut watch).await[0].revision(), first.revision, "a watched write comes at once");
@@ -325,11 +329,7 @@ async fn txn_lock_timeout_cancel_and_drop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_watch_breaks_after_log_compaction() {
     let server = TestServer::start().await;
-    // This backend polls rarely, and only its own writes that one of its watches wants wake
-    // its poller.
-    let slow = TikvBackend::connect(config(&server).poll_interval(Duration::from_secs(60), Duration::from_secs(60)))
-        .await
-        .unwrap();
+    let slow = poked_only(&server).await;
     let busy = TikvBackend::connect(config(&server).log_retention(10)).await.unwrap();
     let mut lagging = slow.watch_prefix("lag/").await.unwrap();
     let mut rev = None;
