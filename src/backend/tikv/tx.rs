@@ -316,11 +316,11 @@ impl Tx {
             self.txn.rollback().await?;
             return Ok(self.rev);
         }
-        let (mut wrote_revisions, mut watched) = (false, false);
-        for (rev, events) in std::mem::take(&mut self.log) {
+        let mut wrote_revisions = false;
+        let log = std::mem::take(&mut self.log);
+        for (rev, events) in &log {
             if !events.is_empty() {
-                watched = watched || self.inner.watched(&events);
-                self.txn.put(self.keys().log(rev), encode_events(&events)).await?;
+                self.txn.put(self.keys().log(*rev), encode_events(events)).await?;
                 wrote_revisions = true;
             }
         }
@@ -336,8 +336,10 @@ impl Tx {
             // TiKV test server's flash sale one poll per write of a key nobody watches (a
             // watch of another register's queue kept open) cost a fifth of the writes per
             // second. Other changes wait for the poller's next turn, as other processes'
-            // writes do.
-            if watched {
+            // writes do. Asked after the commit: a watch added meanwhile whose start
+            // revision is older than this write is then either seen here or polls after
+            // the commit itself (adding a watch pokes the poller).
+            if log.values().any(|events| self.inner.watched(events)) {
                 self.inner.poke.notify_one();
             }
             let retention = self.inner.cfg.log_retention as i64;
