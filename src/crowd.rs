@@ -19,12 +19,15 @@
 //! - An epoch lasts at least [`EPOCH`] completions (counted from the timed updates that
 //!   started in it) and [`MIN_EPOCH_TIME`]; its clock starts at the first such completion
 //!   (so the hand-over from the previous mode is not charged to its length) and restarts
-//!   when no queued update of the key runs. An update that starts in [`Mode::Optimistic`]
+//!   when no queued update of the key runs, or when the key's last handle goes (the crowd
+//!   itself is kept while idle, `Client::register_crowd`). An update that starts in [`Mode::Optimistic`]
 //!   while updates started in the queue's epochs still run is not timed either: it waits
 //!   for them or races them, and its time is the switch's. A client that never runs two
 //!   updates of a key at once never measures compare-and-swap and keeps the default,
 //!   [`Mode::Queue`]: the behaviour tuned for updates across processes
-//!   (`src/adaptive.rs`) is unchanged.
+//!   (`src/adaptive.rs`) is unchanged. (A key whose crowd measured compare-and-swap
+//!   cheaper keeps that mode for later lone updates too, yielding to any queue it meets,
+//!   until a measurement of the queue finds that cheaper.)
 //! - The first epochs measure the two modes, [`SAMPLES`] each while they are close (within
 //!   [`SWITCH_BELOW`]) — a close measurement of the mode not in use goes on at once for
 //!   another epoch rather than after a switch back, since the epoch after a switch is the
@@ -56,6 +59,7 @@
 
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -210,6 +214,10 @@ pub(crate) struct Crowd {
     /// Updates not timed in the current hand-over to [`Mode::Optimistic`] (at most
     /// [`HANDOVER_SKIPS`]).
     handover_skips: AtomicU32,
+    /// Handles of the key alive now ([`Crowd::join`]): when the last goes, the epoch's clock
+    /// stops (the crowd is kept, `Client::register_crowd`, and the idle time until the next
+    /// handle is no mode's cost).
+    live: AtomicUsize,
 }
 
 impl Default for Crowd {
@@ -244,6 +252,7 @@ impl Default for Crowd {
             drained,
             handles: AtomicU32::new(0),
             handover_skips: AtomicU32::new(0),
+            live: AtomicUsize::new(0),
         }
     }
 }
@@ -273,6 +282,12 @@ impl Crowd {
     /// count still starts at 0: its first update checks the lock's queue (`Register`).
     pub(crate) fn sampler(&self) -> Sampler {
         Sampler { count: AtomicU32::new(0), offset: self.handles.fetch_add(1, Ordering::Relaxed) % TIMED_EVERY }
+    }
+
+    /// A new handle of the key: its sampler, and its membership until dropped (see `live`).
+    pub(crate) fn join(self: &Arc<Self>) -> Member {
+        self.live.fetch_add(1, Ordering::AcqRel);
+        Member { sampler: self.sampler(), crowd: self.clone() }
     }
 
     /// An update starts; `sampler` is its handle's count of updates (one in
@@ -451,6 +466,37 @@ fn current(epoch: u64, mode: Mode) -> u64 {
 
 fn from_current(current: u64) -> (u64, Mode) {
     (current >> 1, if current & 1 == 1 { Mode::Optimistic } else { Mode::Queue })
+}
+
+/// A handle of the key ([`Crowd::join`]; shared by the handle's clones).
+#[derive(Debug)]
+pub(crate) struct Member {
+    sampler: Sampler,
+    crowd: Arc<Crowd>,
+}
+
+impl Member {
+    /// The handle's count of its updates.
+    pub(crate) fn sampler(&self) -> &Sampler {
+        &self.sampler
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let crowd = &self.crowd;
+        if crowd.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // No handle left, so no update runs: the epoch's clock stops until the next
+            // burst. (In Mode::Optimistic nothing else stops it: updates of that mode count
+            // nothing shared. A crowd kept idle for a minute in the middle of an epoch made
+            // that minute its cost, and the mode was not measured again for forty.)
+            let mut s = crowd.state.lock();
+            if crowd.live.load(Ordering::Acquire) == 0 {
+                s.clock = None;
+                crowd.counted.store(0, Ordering::Release);
+            }
+        }
+    }
 }
 
 /// A running queued update (see [`Crowd::queued_update`]), and whether its handle is

@@ -4,7 +4,7 @@ use crate::adaptive::{Adaptive, Next, Plan};
 use crate::backend::{Condition, KeyValue, Read, ReadValue, Revision, Transacted, Write};
 use crate::backoff::Backoff;
 use crate::client::RunningUpdate;
-use crate::crowd::{Crowd, Mode, Sampler, CHECK_QUEUE_EVERY, HANDOVER_TRIES, YIELDS_TO_QUEUE};
+use crate::crowd::{Crowd, Member, Mode, CHECK_QUEUE_EVERY, HANDOVER_TRIES, YIELDS_TO_QUEUE};
 use crate::error::{Error, Result};
 use crate::guard::Holding;
 use crate::queue::parked::Parking;
@@ -128,8 +128,9 @@ pub struct Register {
     parking: Arc<Parking>,
     /// This client's running updates of the key and how its adaptive ones go.
     crowd: Arc<Crowd>,
-    /// This handle's updates, for the crowd's sampling (per handle: no contention).
-    sampler: Arc<Sampler>,
+    /// This handle's updates, for the crowd's sampling (per handle: no contention), and its
+    /// place among the crowd's live handles.
+    member: Arc<Member>,
     /// The combiner of [`update_grouped`](Register::update_grouped), shared by clones.
     group: Arc<Group>,
 }
@@ -145,7 +146,7 @@ impl Register {
         let crowd = session.client().register_crowd(&key);
         Ok(Self {
             session: session.clone(),
-            sampler: Arc::new(crowd.sampler()),
+            member: Arc::new(crowd.join()),
             crowd,
             key,
             lock_prefix: lock.prefix().to_owned(),
@@ -255,11 +256,11 @@ impl Register {
             Strategy::Pessimistic => {
                 // Counted for this client's adaptive updates of the register (they queue
                 // while others run); not measured (`src/crowd.rs` times adaptive updates).
-                let _running = RunningUpdate::start(&self.crowd, &self.sampler);
+                let _running = RunningUpdate::start(&self.crowd, self.member.sampler());
                 self.queued(f, true).await
             }
             Strategy::Adaptive => {
-                let running = RunningUpdate::start(&self.crowd, &self.sampler);
+                let running = RunningUpdate::start(&self.crowd, self.member.sampler());
                 let updated = match running.mode() {
                     // Measured cheaper for this client: every update compare-and-swaps.
                     Mode::Optimistic => self.crowded_optimistic(f, running.seq()).await,

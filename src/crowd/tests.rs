@@ -85,6 +85,32 @@ async fn a_close_measurement_is_repeated_at_once() {
     assert_eq!(modes[SAMPLES], Mode::Queue, "{modes:?}");
 }
 
+/// A crowd is kept while its key has no handle (`Client::register_crowd`); the time until
+/// the next handle is no mode's cost, even in the middle of an epoch of
+/// [`Mode::Optimistic`], whose updates count nothing that would show the idle.
+#[tokio::test(start_paused = true)]
+async fn idle_time_without_handles_is_no_modes_cost() {
+    let crowd = Arc::new(Crowd::default());
+    let member = crowd.join();
+    let mut now = Instant::now();
+    let us = Duration::from_micros;
+    epochs(&crowd, &mut now, 20, |m| if m == Mode::Optimistic { us(2) } else { us(30) }, Duration::from_nanos(100));
+    assert_eq!(crowd.costs().1, Mode::Optimistic);
+    // Half an epoch, then the last handle goes and the key rests a minute.
+    let sampler = Sampler::default();
+    for _ in 0..EPOCH / 2 {
+        let t = crowd.start(&sampler);
+        now += us(2);
+        crowd.finish(t, true, || now);
+    }
+    drop(member);
+    now += Duration::from_secs(60);
+    let _member = crowd.join();
+    assert_eq!(epoch(&crowd, &mut now, us(2)), Mode::Optimistic);
+    let last = crowd.state.lock().per_update[Mode::Optimistic.index()].unwrap();
+    assert!(last < 1e-4, "the epoch across the rest measured {:.3} ms per update", last * 1e3);
+}
+
 #[tokio::test(start_paused = true)]
 async fn measuring_a_dearer_optimistic_mode_costs_little() {
     // etcd, sixteen tasks of one process: the queue 0.6 ms per update, compare-and-swap 3 ms.
