@@ -77,12 +77,28 @@ async fn a_close_measurement_is_repeated_at_once() {
     assert_eq!(epoch(&crowd, &mut now, us(1000)), Mode::Optimistic);
     let time = epochs(&crowd, &mut now, 50, |m| if m == Mode::Optimistic { us(1000) } else { us(1760) }, us(1));
     assert!(time[0] < time[1] / 20, "then kept: {time:?} in the queue and compare-and-swapping");
-    // Close and dearer: measured SAMPLES times in a row, then dropped.
+    // Close and dearer: after the warm-up, measured SAMPLES times in a row, then dropped.
     let crowd = Crowd::default();
     assert_eq!(epoch(&crowd, &mut now, us(1000)), Mode::Queue);
-    let modes: Vec<Mode> = (0..SAMPLES + 1).map(|_| epoch(&crowd, &mut now, us(1050))).collect();
-    assert_eq!(modes[..SAMPLES], [Mode::Optimistic; SAMPLES], "{modes:?}");
-    assert_eq!(modes[SAMPLES], Mode::Queue, "{modes:?}");
+    let modes: Vec<Mode> = (0..SAMPLES + 2).map(|_| epoch(&crowd, &mut now, us(1050))).collect();
+    assert_eq!(modes[..=SAMPLES], [Mode::Optimistic; SAMPLES + 1], "{modes:?}");
+    assert_eq!(modes[SAMPLES + 1], Mode::Queue, "{modes:?}");
+}
+
+/// The first exploration of a mode begins with a warm-up epoch that neither counts nor is
+/// cut short unless far dearer: it carries the switch. (On the TiKV test server, under
+/// load, compare-and-swap's first epoch ran at 4 ms per update against the queue's 1.65,
+/// was cut short as dearer, and kept the mode from being measured again for 5 s, though it
+/// then ran at 0.4–0.9.)
+#[tokio::test(start_paused = true)]
+async fn the_first_epoch_of_a_mode_warms_it_up() {
+    let crowd = Crowd::default();
+    let mut now = Instant::now();
+    let us = Duration::from_micros;
+    assert_eq!(epoch(&crowd, &mut now, us(1650)), Mode::Queue);
+    assert_eq!(epoch(&crowd, &mut now, us(4000)), Mode::Optimistic, "the switch's epoch");
+    let time = epochs(&crowd, &mut now, 50, |m| if m == Mode::Optimistic { us(800) } else { us(1650) }, us(1));
+    assert!(time[0] < time[1] / 20, "compare-and-swap kept after its warm-up: {time:?} queue / compare-and-swap");
 }
 
 /// A crowd is kept while its key has no handle (`Client::register_crowd`); the time until
