@@ -489,6 +489,11 @@ impl Member {
     pub(crate) fn sampler(&self) -> &Sampler {
         &self.sampler
     }
+
+    /// The crowd the handle belongs to.
+    pub(crate) fn crowd(&self) -> &Crowd {
+        &self.crowd
+    }
 }
 
 impl Drop for Member {

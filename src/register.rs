@@ -126,10 +126,9 @@ pub struct Register {
     backoff: Backoff,
     adaptive: Arc<Adaptive>,
     parking: Arc<Parking>,
-    /// This client's running updates of the key and how its adaptive ones go.
-    crowd: Arc<Crowd>,
     /// This handle's updates, for the crowd's sampling (per handle: no contention), and its
-    /// place among the crowd's live handles.
+    /// place among the crowd's live handles: this client's running updates of the key and
+    /// how its adaptive ones go ([`crowd`](Self::crowd)).
     member: Arc<Member>,
     /// The combiner of [`update_grouped`](Register::update_grouped), shared by clones.
     group: Arc<Group>,
@@ -147,7 +146,6 @@ impl Register {
         Ok(Self {
             session: session.clone(),
             member: Arc::new(crowd.join()),
-            crowd,
             key,
             lock_prefix: lock.prefix().to_owned(),
             lock,
@@ -256,11 +254,11 @@ impl Register {
             Strategy::Pessimistic => {
                 // Counted for this client's adaptive updates of the register (they queue
                 // while others run); not measured (`src/crowd.rs` times adaptive updates).
-                let _running = RunningUpdate::start(&self.crowd, self.member.sampler());
+                let _running = RunningUpdate::start(self.crowd(), self.member.sampler());
                 self.queued(f, true).await
             }
             Strategy::Adaptive => {
-                let running = RunningUpdate::start(&self.crowd, self.member.sampler());
+                let running = RunningUpdate::start(self.crowd(), self.member.sampler());
                 let updated = match running.mode() {
                     // Measured cheaper for this client: every update compare-and-swaps.
                     Mode::Optimistic => self.crowded_optimistic(f, running.seq()).await,
@@ -278,6 +276,11 @@ impl Register {
                 updated
             }
         }
+    }
+
+    /// This client's running updates of the key and how its adaptive ones go.
+    fn crowd(&self) -> &Crowd {
+        self.member.crowd()
     }
 
     /// An adaptive update by the handle's own policy (`src/adaptive.rs`).
@@ -374,11 +377,11 @@ impl Register {
         if self.parking.is_parked() {
             return self.queued(f, false).await;
         }
-        if self.crowd.feed_to_close() && self.session.client().close_idle_register_feed(&self.key) {
-            self.crowd.feed_closed();
+        if self.crowd().feed_to_close() && self.session.client().close_idle_register_feed(&self.key) {
+            self.crowd().feed_closed();
         }
         let (mut yields, mut busy, mut conflicts) = (0, 0, 0);
-        let mut unchecked = !seq.is_multiple_of(CHECK_QUEUE_EVERY) && !self.crowd.queue_seen();
+        let mut unchecked = !seq.is_multiple_of(CHECK_QUEUE_EVERY) && !self.crowd().queue_seen();
         let mut delays = self.backoff.delays();
         loop {
             // The reads look at the lock (see above); the retries of one call share one
@@ -390,16 +393,16 @@ impl Register {
                 Optimistic::Done(mut updated) => {
                     // Only a try that looked at the lock may say the queue is gone.
                     if how.look_first || updated.conflicts > 0 {
-                        self.crowd.saw_queue(false);
+                        self.crowd().saw_queue(false);
                     }
                     updated.conflicts += conflicts;
                     return Ok(updated);
                 }
                 Optimistic::Yield { conflicts: c } => {
-                    self.crowd.saw_queue(true);
+                    self.crowd().saw_queue(true);
                     // Waiting for the adaptive handles' own queue is not a yield (see above),
                     // for HANDOVER_TRIES at most.
-                    let own = self.crowd.own_queue();
+                    let own = self.crowd().own_queue();
                     (yields, busy, conflicts) = (yields + u32::from(!own), busy + 1, conflicts + c);
                     if yields >= YIELDS_TO_QUEUE || busy >= HANDOVER_TRIES {
                         let mut updated = self.queued(f, false).await?;
@@ -408,10 +411,10 @@ impl Register {
                     }
                     let pause = tokio::time::sleep(delays.next().unwrap_or(self.backoff.cap));
                     // Registered before the count is read: a drain after the read wakes it.
-                    let drained = self.crowd.drained();
+                    let drained = self.crowd().drained();
                     tokio::pin!(drained);
                     drained.as_mut().enable();
-                    if self.crowd.queued() > 0 {
+                    if self.crowd().queued() > 0 {
                         tokio::select! {
                             biased;
                             () = drained => {}
@@ -576,7 +579,7 @@ impl Register {
         F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
         Fut: Future<Output = Option<Vec<u8>>> + Send,
     {
-        let _queued = self.crowd.queued_update(self.strategy == Strategy::Adaptive);
+        let _queued = self.crowd().queued_update(self.strategy == Strategy::Adaptive);
         let follows_closely = may_keep_place && self.parking.begin();
         let updated = self.queued_update(f, follows_closely).await;
         self.parking.end();
@@ -625,7 +628,7 @@ impl Register {
             Some(Admitted { read: Some(read), .. }) => Some(read.map(|kv| (kv.value, kv.mod_revision))),
             Some(Admitted { at, read: None }) => {
                 // Admitted by a write and release: this client's or another's.
-                self.crowd.admitted_by(at);
+                self.crowd().admitted_by(at);
                 client.value_hints().take(&self.key, at).await.map(|v| Some((v, at)))
             }
             None => None,
@@ -671,9 +674,9 @@ impl Register {
                 hold.write_and_release(&[unchanged], vec![put]).await?
             };
             announced.finish(written);
-            self.crowd.queued_times(function, writing.elapsed());
+            self.crowd().queued_times(function, writing.elapsed());
             if written.is_some() {
-                self.crowd.wrote(written);
+                self.crowd().wrote(written);
                 let updated = Updated { written: true, previous, conflicts, token: Some(token), revision: written };
                 return Ok(updated);
             }

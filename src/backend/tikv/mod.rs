@@ -234,7 +234,7 @@ struct Inner {
     cfg: TikvConfig,
     keys: Keys,
     watches: Mutex<Vec<Slot>>,
-    /// Poll now: a local write happened or a watch was added.
+    /// Poll now: a local write that a watch wants happened, or a watch was added.
     poke: Arc<Notify>,
     /// Reap now: a read met an expired lease.
     reap_now: Arc<Notify>,
