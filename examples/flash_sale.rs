@@ -16,8 +16,8 @@
 //! rotated each round, and every sale is checked; a row is the way's median round, and
 //! `adaptive / best` is the ratio of the medians, with each round's own ratio after it. On
 //! a shared two-core machine one sale per way moved that ratio by ±15 % from run to run
-//! (2026-12-04: 0.82–1.17 for the same code); on the TiKV test server the way sold first was also favoured
-//! (`docs/performance.md`).
+//! (2026-12-04: 0.82–1.17 for the same code); on the TiKV test server the way sold first
+//! was also favoured (`docs/performance.md`).
 //!
 //! Ways to sell (one table row each):
 //! - `optimistic`: read the stock and compare-and-swap the decrement, retrying with
