@@ -3,8 +3,10 @@
 # simulation"):
 #   1. SIM_SEEDS seeds (default 2000) of the fault-injecting world against the library as it
 #      is: every run must be free of violations;
-#   2. each bug of issue 17 planted again behind its own --cfg leasehold_sim_mutation_<name>:
-#      the simulator must catch it within the same seed budget. Bug 3 (TiKV) is out of the
+#   2. each bug of issue 17 planted again behind its own --cfg leasehold_sim_mutation_<name>,
+#      and the weighted semaphore's planted bug (--cfg leasehold_permits_mutation_unweighted,
+#      also run against its conformance test by scripts/test.sh): the simulator must catch
+#      each within the same seed budget. Bug 3 (TiKV) is out of the
 #      simulator's reach (it runs on the embedded store): its planted bug is run against its
 #      regression test on the TiKV test server instead (skip with SIM_SKIP_TIKV=1).
 # Prints `sim: <N> seeds, <V> violations, <E> events` and `sim mutation <name>: caught at
@@ -35,13 +37,16 @@ declare -A bugs=(
   [adopt]="2: a key with a pending delete taken over"
   [cleanup]="4: keys left behind under a live lease"
   [release]="5: a cancelled release leaves the lock held"
+  [unweighted]="a weighted semaphore counts every key as one permit"
 )
-for name in keepalive adopt cleanup release; do
+for name in keepalive adopt cleanup release unweighted; do
   dir="$root/target/sim-mut/$name"
   log="$dir.log"
+  cfg="leasehold_sim_mutation_$name"
+  [ "$name" = unweighted ] && cfg=leasehold_permits_mutation_unweighted
   mkdir -p "$dir"
   start=$(date +%s)
-  if ! RUSTFLAGS="--cfg leasehold_sim_mutation_$name" CARGO_TARGET_DIR="$dir" \
+  if ! RUSTFLAGS="--cfg $cfg" CARGO_TARGET_DIR="$dir" \
       cargo build -q -p leasehold-sim >"$log" 2>&1; then
     echo "sim mutation $name: FAILED to build (see $log)"
     failed=1

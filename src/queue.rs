@@ -216,7 +216,9 @@ pub(crate) async fn wait_view<R: Send + 'static>(
 /// p99 went to ~100 ms). Registering those watches without a start revision on one
 /// long-lived multiplexed stream did not help: their delete events still came 87–98 ms
 /// late in bursts (625–766 hand-offs/s at 16 clients against the feed's 1,113; see
-/// `docs/performance.md`). One long-lived feed per prefix per client never waits so; its
+/// `docs/performance.md`): etcd's watch server turns "no start revision" into the current
+/// revision + 1 before it registers the watcher, and a write landing in between sends the
+/// watcher to the 100 ms catch-up all the same. One long-lived feed per prefix per client never waits so; its
 /// cost is one event per deletion per client that waits on the prefix.
 ///
 /// `register`: the key of the register whose lock this is, to follow the register's feed

@@ -4,7 +4,8 @@
 //!   to a replica and checks, per revision, that every fenced write (`data/<name>`, whose
 //!   value is the writer's token) was accepted from a key that held `<name>` at that
 //!   revision (the first key of a mutex, election or write lock; among the first N of a
-//!   semaphore; no older writer for a reader), and that each name's holder token only grows.
+//!   semaphore, or, for the weighted one, the weights up to its own at most N; no older
+//!   writer for a reader), and that each name's holder token only grows.
 //! - **Beliefs**: whenever a client's guard says `is_valid()`, the workload asks at once
 //!   (no await in between) whether the store, at that instant, has the guard's key with its
 //!   token and admits it. A guard that believes it holds while the store says otherwise is
@@ -23,6 +24,9 @@ pub enum Kind {
     First,
     /// Among the first `n` keys (semaphore).
     AmongFirst(usize),
+    /// The weights of the keys up to its own (its own included) sum to at most `n` (a
+    /// semaphore whose acquisitions take several permits: a key's value is its weight).
+    Weighted(u64),
     /// A reader of a read-write lock: no older key under `<prefix>write/`.
     Reader,
     /// A writer of a read-write lock: the first key.
@@ -48,10 +52,26 @@ fn admits(kind: Kind, keys: &[KeyValue], prefix: &str, key: &str, rev: Revision)
     match kind {
         Kind::First | Kind::Writer => at == 0,
         Kind::AmongFirst(n) => at < n,
+        Kind::Weighted(n) => {
+            keys[..=at].iter().map(|kv| weight(&kv.value)).try_fold(0u64, u64::checked_add).is_some_and(|sum| sum <= n)
+        }
         Kind::Reader => {
             let writers = format!("{prefix}write/");
             !keys[..at].iter().any(|kv| kv.key.starts_with(&writers))
         }
+    }
+}
+
+/// The permits a semaphore key stands for, as the checker reads it (not the library's
+/// reading, which it checks): an empty value is one permit, a positive decimal that many;
+/// anything else more than any count.
+fn weight(value: &[u8]) -> u64 {
+    if value.is_empty() {
+        return 1;
+    }
+    match std::str::from_utf8(value).ok().and_then(|s| s.parse::<u64>().ok()) {
+        Some(n) if n > 0 => n,
+        _ => u64::MAX,
     }
 }
 

@@ -19,6 +19,8 @@ use std::time::Duration;
 
 /// The semaphore's permit count.
 pub const PERMITS: usize = 2;
+/// The weighted semaphore's permit count; its acquisitions take 1 to this many permits.
+pub const WEIGHTED_PERMITS: u32 = 3;
 
 /// What the workers of a run count.
 #[derive(Debug, Default)]
@@ -46,6 +48,8 @@ pub struct Worker {
 enum Held {
     Mutex(MutexGuard),
     Permit(Permit),
+    /// A permit of the weighted semaphore (`w`).
+    Weighted(Permit),
     Read(ReadGuard),
     Write(WriteGuard),
     Leader(Leadership),
@@ -55,7 +59,7 @@ impl Held {
     fn is_valid(&self) -> bool {
         match self {
             Held::Mutex(g) => g.is_valid(),
-            Held::Permit(g) => g.is_valid(),
+            Held::Permit(g) | Held::Weighted(g) => g.is_valid(),
             Held::Read(g) => g.is_valid(),
             Held::Write(g) => g.is_valid(),
             Held::Leader(g) => g.is_valid(),
@@ -65,7 +69,7 @@ impl Held {
     fn key(&self) -> &str {
         match self {
             Held::Mutex(g) => g.key(),
-            Held::Permit(g) => g.key(),
+            Held::Permit(g) | Held::Weighted(g) => g.key(),
             Held::Read(g) => g.key(),
             Held::Write(g) => g.key(),
             Held::Leader(g) => g.key(),
@@ -75,7 +79,7 @@ impl Held {
     fn token(&self) -> u64 {
         match self {
             Held::Mutex(g) => g.fencing_token(),
-            Held::Permit(g) => g.fencing_token(),
+            Held::Permit(g) | Held::Weighted(g) => g.fencing_token(),
             Held::Read(g) => g.fencing_token(),
             Held::Write(g) => g.fencing_token(),
             Held::Leader(g) => g.fencing_token(),
@@ -87,6 +91,7 @@ impl Held {
         match self {
             Held::Mutex(_) | Held::Leader(_) => Kind::First,
             Held::Permit(_) => Kind::AmongFirst(PERMITS),
+            Held::Weighted(_) => Kind::Weighted(WEIGHTED_PERMITS.into()),
             Held::Read(_) => Kind::Reader,
             Held::Write(_) => Kind::Writer,
         }
@@ -96,7 +101,7 @@ impl Held {
         let value = self.token().to_string();
         let _ = match self {
             Held::Mutex(g) => g.fenced_put(key, value).await,
-            Held::Permit(g) => g.fenced_put(key, value).await,
+            Held::Permit(g) | Held::Weighted(g) => g.fenced_put(key, value).await,
             Held::Write(g) => g.fenced_put(key, value).await,
             Held::Leader(g) => g.fenced_put(key, value).await,
             Held::Read(_) => Ok(()),
@@ -106,7 +111,7 @@ impl Held {
     async fn release(self) {
         let _ = match self {
             Held::Mutex(g) => g.unlock().await,
-            Held::Permit(g) => g.release().await,
+            Held::Permit(g) | Held::Weighted(g) => g.release().await,
             Held::Read(g) => g.unlock().await,
             Held::Write(g) => g.unlock().await,
             Held::Leader(g) => g.resign().await,
@@ -154,7 +159,7 @@ impl Worker {
                 45..60 => self.rwlock().await,
                 60..72 => self.election().await,
                 72..95 => self.register().await,
-                _ => {}
+                _ => self.weighted().await,
             }
             tokio::time::sleep(ms(&mut self.rng, 50)).await;
         }
@@ -279,6 +284,35 @@ impl Worker {
             }
         }
         let held = Held::Permit(permit);
+        self.hold(&name, &held).await;
+        self.end(held).await;
+    }
+
+    /// A semaphore whose acquisitions take 1 to [`WEIGHTED_PERMITS`] permits at once.
+    async fn weighted(&mut self) {
+        let name = self.checker.name("w").clone();
+        let Ok(sem) = Semaphore::new(&self.session, name.name, WEIGHTED_PERMITS) else { return };
+        let sem = sem.with_strategy(strategy(&mut self.rng));
+        let n = self.rng.random_range(1..=WEIGHTED_PERMITS);
+        let got = match self.rng.random_range(0..4) {
+            0 => sem.try_acquire_many(n).await.ok().flatten(),
+            1 => {
+                let t = ms(&mut self.rng, 3000);
+                sem.acquire_many_timeout(n, t).await.ok()
+            }
+            _ => self.acquire(sem.acquire_many(n)).await,
+        };
+        let Some(mut permit) = got else { return };
+        if self.rng.random_bool(0.3) {
+            let held = Held::Weighted(permit);
+            self.hold(&name, &held).await;
+            let Held::Weighted(p) = held else { unreachable!() };
+            permit = p;
+            if sem.reacquire(&mut permit).await.is_err() {
+                return;
+            }
+        }
+        let held = Held::Weighted(permit);
         self.hold(&name, &held).await;
         self.end(held).await;
     }

@@ -8,7 +8,7 @@
 
 use crate::check::{Checker, Kind, Name};
 use crate::faulty::{Fault, Faults, Faulty, Op, Random};
-use crate::workload::{Stats, Worker, PERMITS};
+use crate::workload::{Stats, Worker, PERMITS, WEIGHTED_PERMITS};
 use leasehold::backend::Backend;
 use leasehold::{Client, MemoryBackend, Session};
 use rand::rngs::StdRng;
@@ -78,6 +78,7 @@ fn names() -> Vec<Name> {
         name("m0", Kind::First),
         name("m1", Kind::First),
         name("s", Kind::AmongFirst(PERMITS)),
+        name("w", Kind::Weighted(WEIGHTED_PERMITS.into())),
         name("rw", Kind::Writer),
         name("e", Kind::First),
     ]
