@@ -1,7 +1,7 @@
 //! Metrics through the [`metrics`](https://docs.rs/metrics) facade, behind the `metrics`
 //! feature (without it every function here is empty and compiles away). Install any
 //! recorder (Prometheus exporter, StatsD…) in the application to collect them, and call
-//! [`describe_metrics`](crate::describe_metrics) once after installing it to give each
+//! `leasehold::describe_metrics` once after installing it to give each
 //! metric its unit and description.
 //!
 //! | name | kind | labels | meaning |

@@ -57,8 +57,8 @@ impl Cleanups {
         Running { cleanups: cleanups.clone(), key: None }
     }
 
-    /// Like [`start`](Self::start), for a cleanup that deletes `key`: the key is doomed
-    /// until the token is dropped.
+    /// Counts one more running cleanup, one that deletes `key`, until the token is dropped:
+    /// the key is doomed until then.
     pub(crate) fn start_for(cleanups: &Arc<Self>, key: &str) -> Running {
         let mut inner = cleanups.inner.lock();
         inner.running += 1;
@@ -119,7 +119,7 @@ impl Cleanups {
     }
 }
 
-/// One running cleanup; see [`Cleanups::start`].
+/// One running cleanup; see [`Cleanups::start_for`].
 #[derive(Debug)]
 pub(crate) struct Running {
     cleanups: Arc<Cleanups>,

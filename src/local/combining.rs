@@ -10,7 +10,7 @@
 //! step that tells the next caller to start a new one, so a joined update is never left
 //! without a combiner.
 //!
-//! A caller whose future is dropped [`withdraw`](Joined::withdraw)s: if its update was not
+//! A caller whose future is dropped withdraws (dropping its [`Joined`] leaves): if its update was not
 //! yet taken it is removed and never applied; once taken it is in a batch in flight and is
 //! applied if that batch commits, and its outcome is dropped on delivery.
 
@@ -181,8 +181,8 @@ impl<Op, Out> Combining<Op, Out> {
     }
 }
 
-/// A joined update's outcome, to come. Dropping it withdraws the update
-/// ([`withdraw`](Self::withdraw)).
+/// A joined update's outcome, to come. Dropping it withdraws the update (as `withdraw`,
+/// in tests and the loom models, does).
 #[derive(Debug)]
 pub(crate) struct Joined<Op, Out> {
     queue: Arc<Combining<Op, Out>>,
@@ -190,7 +190,8 @@ pub(crate) struct Joined<Op, Out> {
     id: Option<u64>,
 }
 
-/// What [`Joined::withdraw`] found.
+/// Where a withdrawn update stood (what `Joined::withdraw` returns in tests and the loom
+/// models).
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Withdrawn {
     /// The update was not taken yet: it is removed and never applied.

@@ -86,7 +86,7 @@ fn doomed(session: &Session, key: &str) -> bool {
 /// The create runs in a task of its own, so a caller that is cancelled never leaves an RPC
 /// whose outcome nobody knows. Whatever happens to the caller, a key this acquisition
 /// created (or may have created: an attempt failed after the store may have applied it) is
-/// either handed to the caller ([`keep`](Self::keep)) or deleted, in the background if
+/// either handed to the caller ([`into_holding`](Self::into_holding)) or deleted, in the background if
 /// need be, retried until done or the session ends (`session/cleanup.rs`).
 ///
 /// A guard whose key the create's transaction also deletes (a relock's old key) is owned
