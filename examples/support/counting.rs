@@ -108,4 +108,7 @@ impl Backend for Counting {
     async fn watch_prefix_deletes(&self, prefix: &str) -> Result<Box<dyn WatchStream>> {
         self.inner.watch_prefix_deletes(prefix).await
     }
+    async fn watch_key_and_prefix(&self, key: &str, prefix: &str) -> Result<Box<dyn WatchStream>> {
+        self.inner.watch_key_and_prefix(key, prefix).await
+    }
 }

@@ -26,7 +26,9 @@
 //!    it cannot keep that promise (compaction, cancellation, a broken connection) the next
 //!    call to [`WatchStream::next`] returns an error, and the caller resynchronises.
 //!    [`Backend::watch_prefix_deletes`] keeps the same promise for deletions only (a queue
-//!    waiter needs nothing else; a store that filters at the server sends half the events).
+//!    waiter needs nothing else; a store that filters at the server sends half the events),
+//!    and [`Backend::watch_key_and_prefix`] for one key and one prefix that extends it (a
+//!    register's value and its lock's queue), without the other keys that start with the key.
 //! 6. **Errors.** Transport failures and unavailable members are [`Error::Unavailable`](crate::Error::Unavailable)
 //!    (retried); everything else is permanent. A call never waits longer than the backend's
 //!    request timeout.
@@ -346,6 +348,53 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// store can filter at the server (etcd's `NOPUT`) should, so puts cost no traffic.
     async fn watch_prefix_deletes(&self, prefix: &str) -> Result<Box<dyn WatchStream>> {
         Ok(Box::new(DeletesOnly(self.watch_prefix(prefix).await?)))
+    }
+
+    /// Opens a watch on the key `key` and every key under `prefix`, which extends `key` (a
+    /// register's value and its lock's queue, `<name>` and `<name>/`), and reports nothing
+    /// else: not the keys of other names that merely start with `key` (`<name>2`), whose
+    /// traffic is no concern of the watcher (batches left empty are skipped). The default
+    /// watches every key starting with `key` and drops the others locally; a store that can
+    /// watch a key range should narrow it at the server, as etcd's backend does.
+    async fn watch_key_and_prefix(&self, key: &str, prefix: &str) -> Result<Box<dyn WatchStream>> {
+        Ok(Box::new(KeyAndPrefix::new(self.watch_prefix(key).await?, key, prefix)))
+    }
+}
+
+/// A watch narrowed to one key and one prefix: [`Backend::watch_key_and_prefix`].
+pub(crate) struct KeyAndPrefix {
+    inner: Box<dyn WatchStream>,
+    key: String,
+    prefix: String,
+}
+
+impl KeyAndPrefix {
+    /// Narrows `inner` (a watch covering at least `key` and `prefix`) to them.
+    pub(crate) fn new(inner: Box<dyn WatchStream>, key: &str, prefix: &str) -> Self {
+        Self { inner, key: key.to_owned(), prefix: prefix.to_owned() }
+    }
+}
+
+#[async_trait]
+impl WatchStream for KeyAndPrefix {
+    fn start_revision(&self) -> Revision {
+        self.inner.start_revision()
+    }
+
+    async fn next(&mut self) -> Result<Vec<WatchEvent>> {
+        loop {
+            let mut batch = self.inner.next().await?;
+            batch.retain(|e| {
+                let key = match e {
+                    WatchEvent::Put(kv) => &kv.key,
+                    WatchEvent::Delete { key, .. } => key,
+                };
+                *key == self.key || key.starts_with(&self.prefix)
+            });
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+        }
     }
 }
 

@@ -15,9 +15,11 @@
 //! value and deletes its lock key, so the event that admits the next waiter comes in the
 //! same message as the value it needs. The feed leaves the value in the client's
 //! [`ValueHints`], where the admitted update takes it instead of reading it (one round trip
-//! off every hand-off between processes). Its watch is the prefix `<key>` (which covers
-//! `<key>/`) without a filter; the puts of queue keys it also carries come, in a loop that
-//! keeps its place ([`parked`](super::parked)), in the same message as the write.
+//! off every hand-off between processes). Its watch is the key `<key>` and the prefix
+//! `<key>/` without a filter ([`Backend::watch_key_and_prefix`]: not the other names that
+//! start with `<key>`, whose traffic a watch of the prefix `<key>` brought to every waiting
+//! client); the puts of queue keys it also carries come, in a loop that keeps its place
+//! ([`parked`](super::parked)), in the same message as the write.
 //!
 //! A waiter whose snapshot is older than what the feed can replay (the feed was opened
 //! after the snapshot was read, the watch broke, or the replay log was trimmed) reads the
@@ -244,7 +246,7 @@ async fn feed_session(
     synced: Arc<watch::Sender<bool>>,
 ) -> Result<Infallible> {
     let mut watch = match &value {
-        Some(value) => backend.watch_prefix(&value.0).await?,
+        Some(value) => backend.watch_key_and_prefix(&value.0, &prefix).await?,
         None => backend.watch_prefix_deletes(&prefix).await?,
     };
     state.lock().covers_after = Some(watch.start_revision());
@@ -256,7 +258,7 @@ async fn feed_session(
             let mut keys = Vec::new();
             for event in events {
                 match event {
-                    // A register's watch also covers keys of other names that start with its key.
+                    // Only the lock's keys (the watch's own filter says so too).
                     WatchEvent::Delete { key, .. } if key.starts_with(&prefix) => keys.push(key),
                     // Recorded before the deletion of the same revision wakes anyone.
                     WatchEvent::Put(kv) if value.as_ref().is_some_and(|v| v.0 == kv.key) => {

@@ -141,3 +141,47 @@ pub async fn create_prefix_empty_never_overwrites(client: &Client) {
     assert_eq!(b.get(&key).await.unwrap().unwrap().value, b"first");
     b.revoke_lease(lease).await.unwrap();
 }
+
+/// `Backend::watch_key_and_prefix` (a register's feed: its value `<name>` and its lock's
+/// queue `<name>/`) reports the key and the keys under the prefix, in revision order, and
+/// none of the other names that start with the key (`<name>2`, `<name>x`, `<name>-x`), put
+/// or deleted in between.
+pub async fn watch_key_and_prefix_is_narrow(client: &Client) {
+    use leasehold::backend::WatchEvent;
+    let b = client.backend();
+    let prefix = client.prefix_of("feed-narrow").unwrap();
+    let key = prefix.trim_end_matches('/').to_owned();
+    let mut watch = b.watch_key_and_prefix(&key, &prefix).await.unwrap();
+    let put = |k: &str| Write::Put { key: k.to_owned(), value: b"v".to_vec(), lease: None };
+    let others = [format!("{key}2"), format!("{key}x/y"), format!("{key}-x"), format!("{key}.x/y")];
+    let mut wanted = Vec::new();
+    for (i, mine) in [key.clone(), format!("{prefix}q"), format!("{prefix}r")].into_iter().enumerate() {
+        // Every write of a wanted key is followed and preceded by writes of other names.
+        for other in &others {
+            b.write_if(&[], vec![put(other)]).await.unwrap();
+        }
+        let at = b.write_if(&[], vec![put(&mine)]).await.unwrap().unwrap();
+        wanted.push((format!("put {mine}"), at));
+        for other in &others {
+            b.write_if(&[], vec![Write::Delete { key: other.clone() }]).await.unwrap();
+        }
+        if i == 2 {
+            let at = b.write_if(&[], vec![Write::Delete { key: mine.clone() }]).await.unwrap().unwrap();
+            wanted.push((format!("delete {mine}"), at));
+        }
+    }
+    let mut seen = Vec::new();
+    while seen.len() < wanted.len() {
+        let batch = tokio::time::timeout(std::time::Duration::from_secs(10), watch.next()).await;
+        for event in batch.expect("the wanted events arrive").unwrap() {
+            seen.push(match event {
+                WatchEvent::Put(kv) => (format!("put {}", kv.key), kv.mod_revision),
+                WatchEvent::Delete { key, revision } => (format!("delete {key}"), revision),
+            });
+        }
+    }
+    assert_eq!(seen, wanted, "only the key and the prefix's keys, in order");
+    for k in [key, format!("{prefix}q")] {
+        b.write_if(&[], vec![Write::Delete { key: k }]).await.unwrap();
+    }
+}

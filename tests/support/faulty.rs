@@ -443,6 +443,12 @@ impl Backend for Faulty {
             broken: false,
         }))
     }
+
+    async fn watch_key_and_prefix(&self, key: &str, prefix: &str) -> Result<Box<dyn WatchStream>> {
+        let (inner, k, p) = (self.inner.clone(), key.to_owned(), prefix.to_owned());
+        let watch = self.call(Op::Watch, &[key], async move { inner.watch_key_and_prefix(&k, &p).await }).await?;
+        Ok(Box::new(FaultyWatch { inner: watch, faults: self.faults.clone(), prefix: key.to_owned(), broken: false }))
+    }
 }
 
 /// A keep-alive stream: one task plays the store's end, taking requests in order, renewing

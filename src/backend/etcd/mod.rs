@@ -607,6 +607,14 @@ impl Backend for EtcdBackend {
         // NOPUT: etcd filters at the server, so a waiter's stream carries no puts at all.
         self.watch(prefix, WatchOptions::new().with_prefix().with_filters([WatchFilterType::NoPut])).await
     }
+
+    async fn watch_key_and_prefix(&self, key: &str, prefix: &str) -> Result<Box<dyn WatchStream>> {
+        // The range [key, end of prefix): the key, the prefix's keys, and only the names that
+        // sort between them (`<name>-x`, `<name>.x` before `<name>/`) — not `<name>2` or
+        // `<name>x`, which a prefix watch of the key would bring. Those few are dropped here.
+        let watch = self.watch(key, WatchOptions::new().with_range(prefix_end(prefix))).await?;
+        Ok(Box::new(KeyAndPrefix::new(watch, key, prefix)))
+    }
 }
 
 impl EtcdBackend {
@@ -648,4 +656,25 @@ impl EtcdBackend {
             .map_err(|_| Error::Unavailable("etcd: watch creation timed out".into()))??;
         Ok(Box::new(watch))
     }
+}
+
+/// The end of the key range of `prefix` (exclusive): the prefix with its last byte below
+/// 0xff raised by one, as etcd's own `with_prefix` computes it (`\0`, every key, if none is).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+#[cfg(test)]
+#[test]
+fn the_end_of_a_prefix_range() {
+    assert_eq!(prefix_end("app/stock/"), b"app/stock0");
+    assert_eq!(prefix_end("a\u{7f}"), b"a\x80");
+    assert_eq!(prefix_end(""), b"\0");
 }
