@@ -4,9 +4,10 @@
 #   1. SIM_SEEDS seeds (default 2000) of the fault-injecting world against the library as it
 #      is: every run must be free of violations;
 #   2. each bug of issue 17 planted again behind its own --cfg leasehold_sim_mutation_<name>,
-#      and the weighted semaphore's planted bug (--cfg leasehold_permits_mutation_unweighted,
-#      also run against its conformance test by scripts/test.sh): the simulator must catch
-#      each within the same seed budget. Bug 3 (TiKV) is out of the
+#      and the weighted semaphore's planted bugs (--cfg leasehold_permits_mutation_unweighted,
+#      also run against its conformance test by scripts/test.sh, and
+#      leasehold_permits_mutation_light): the simulator must catch each within the same seed
+#      budget. Bug 3 (TiKV) is out of the
 #      simulator's reach (it runs on the embedded store): its planted bug is run against its
 #      regression test on the TiKV test server instead (skip with SIM_SKIP_TIKV=1).
 # Prints `sim: <N> seeds, <V> violations, <E> events` and `sim mutation <name>: caught at
@@ -38,12 +39,13 @@ declare -A bugs=(
   [cleanup]="4: keys left behind under a live lease"
   [release]="5: a cancelled release leaves the lock held"
   [unweighted]="a weighted semaphore counts every key as one permit"
+  [light]="a key of two permits is written as one of one"
 )
-for name in keepalive adopt cleanup release unweighted; do
+for name in keepalive adopt cleanup release unweighted light; do
   dir="$root/target/sim-mut/$name"
   log="$dir.log"
   cfg="leasehold_sim_mutation_$name"
-  [ "$name" = unweighted ] && cfg=leasehold_permits_mutation_unweighted
+  case "$name" in unweighted | light) cfg="leasehold_permits_mutation_$name" ;; esac
   mkdir -p "$dir"
   start=$(date +%s)
   if ! RUSTFLAGS="--cfg $cfg" CARGO_TARGET_DIR="$dir" \

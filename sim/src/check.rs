@@ -140,6 +140,23 @@ impl Checker {
         }
     }
 
+    /// A guard of the weighted semaphore `name` that asked for `n` permits: its key, if the
+    /// store has it, must weigh `n` (the checker's own reading of the value), or the rule is
+    /// checked against weights nobody asked for.
+    pub fn weighs(&self, who: &str, name: &Name, key: &str, n: u32) {
+        let (keys, rev) = self.store.snapshot(&name.prefix);
+        if let Some(kv) = keys.iter().find(|kv| kv.key == key) {
+            let stored = weight(&kv.value);
+            if stored != u64::from(n) {
+                self.violation(format!(
+                    "{who} asked {} for {n} permits but at revision {rev} its key {key} weighs {stored} ({:?})",
+                    name.name,
+                    String::from_utf8_lossy(&kv.value)
+                ));
+            }
+        }
+    }
+
     /// Applies one batch of the history watch (revisions in order) and checks it.
     pub fn apply(&self, batch: Vec<WatchEvent>) {
         let mut inner = self.inner.lock().unwrap();

@@ -303,6 +303,7 @@ impl Worker {
             _ => self.acquire(sem.acquire_many(n)).await,
         };
         let Some(mut permit) = got else { return };
+        self.checker.weighs(&self.who, &name, permit.key(), n);
         if self.rng.random_bool(0.3) {
             let held = Held::Weighted(permit);
             self.hold(&name, &held).await;
@@ -311,6 +312,7 @@ impl Worker {
             if sem.reacquire(&mut permit).await.is_err() {
                 return;
             }
+            self.checker.weighs(&self.who, &name, permit.key(), n);
         }
         let held = Held::Weighted(permit);
         self.hold(&name, &held).await;

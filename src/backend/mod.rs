@@ -355,8 +355,10 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// else: not the keys of other names that merely start with `key` (`<name>2`), whose
     /// traffic is no concern of the watcher (batches left empty are skipped). The default
     /// watches every key starting with `key` and drops the others locally; a store that can
-    /// watch a key range should narrow it at the server, as etcd's backend does.
+    /// watch a key range should narrow it at the server, as etcd's backend does. A `prefix`
+    /// that does not start with `key` is an [`Error::InvalidArgument`](crate::Error::InvalidArgument).
     async fn watch_key_and_prefix(&self, key: &str, prefix: &str) -> Result<Box<dyn WatchStream>> {
+        KeyAndPrefix::check(key, prefix)?;
         Ok(Box::new(KeyAndPrefix::new(self.watch_prefix(key).await?, key, prefix)))
     }
 }
@@ -369,6 +371,15 @@ pub(crate) struct KeyAndPrefix {
 }
 
 impl KeyAndPrefix {
+    /// The contract's precondition: `prefix` extends `key`.
+    pub(crate) fn check(key: &str, prefix: &str) -> Result<()> {
+        if prefix.starts_with(key) {
+            Ok(())
+        } else {
+            Err(crate::Error::invalid("watch_key_and_prefix", format!("prefix {prefix:?} does not start with {key:?}")))
+        }
+    }
+
     /// Narrows `inner` (a watch covering at least `key` and `prefix`) to them.
     pub(crate) fn new(inner: Box<dyn WatchStream>, key: &str, prefix: &str) -> Self {
         Self { inner, key: key.to_owned(), prefix: prefix.to_owned() }

@@ -41,6 +41,11 @@ pub(crate) fn parse_count(count_key: &str, value: &[u8]) -> Result<u32> {
 /// The value of a semaphore key for an acquisition of `permits` permits: empty for one (as
 /// every version writes it), else the count as decimal text.
 pub(crate) fn weight_value(permits: u32) -> Vec<u8> {
+    // Planted bug (see scripts/sim.sh): a key of two permits is written as one of one.
+    #[cfg(leasehold_permits_mutation_light)]
+    if permits == 2 {
+        return Vec::new();
+    }
     if permits == 1 {
         Vec::new()
     } else {

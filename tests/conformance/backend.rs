@@ -144,8 +144,10 @@ pub async fn create_prefix_empty_never_overwrites(client: &Client) {
 
 /// `Backend::watch_key_and_prefix` (a register's feed: its value `<name>` and its lock's
 /// queue `<name>/`) reports the key and the keys under the prefix, in revision order, and
-/// none of the other names that start with the key (`<name>2`, `<name>x`, `<name>-x`), put
-/// or deleted in between.
+/// none of the other names that start with the key (`<name>2`, `<name>x`, `<name>-x`,
+/// `<name>+x`), put or deleted in between; a step that writes the value and hands the lock
+/// on comes whole in one batch (the hand-off the feed serves); a prefix that does not
+/// extend the key is refused.
 pub async fn watch_key_and_prefix_is_narrow(client: &Client) {
     use leasehold::backend::WatchEvent;
     let b = client.backend();
@@ -153,7 +155,7 @@ pub async fn watch_key_and_prefix_is_narrow(client: &Client) {
     let key = prefix.trim_end_matches('/').to_owned();
     let mut watch = b.watch_key_and_prefix(&key, &prefix).await.unwrap();
     let put = |k: &str| Write::Put { key: k.to_owned(), value: b"v".to_vec(), lease: None };
-    let others = [format!("{key}2"), format!("{key}x/y"), format!("{key}-x"), format!("{key}.x/y")];
+    let others = [format!("{key}2"), format!("{key}x/y"), format!("{key}-x"), format!("{key}.x/y"), format!("{key}+x")];
     let mut wanted = Vec::new();
     for (i, mine) in [key.clone(), format!("{prefix}q"), format!("{prefix}r")].into_iter().enumerate() {
         // Every write of a wanted key is followed and preceded by writes of other names.
@@ -181,7 +183,30 @@ pub async fn watch_key_and_prefix_is_narrow(client: &Client) {
         }
     }
     assert_eq!(seen, wanted, "only the key and the prefix's keys, in order");
-    for k in [key, format!("{prefix}q")] {
+
+    // A write and release in one step, with another name's write in it too: one batch.
+    let (q, s) = (format!("{prefix}q"), format!("{prefix}s"));
+    let step = vec![put(&key), Write::Delete { key: q.clone() }, put(&s), put(&others[0])];
+    let at = b.write_if(&[], step).await.unwrap().unwrap();
+    let batch = tokio::time::timeout(std::time::Duration::from_secs(10), watch.next()).await;
+    let batch: Vec<_> = batch
+        .expect("the step's events arrive")
+        .unwrap()
+        .into_iter()
+        .map(|e| match e {
+            WatchEvent::Put(kv) => (format!("put {}", kv.key), kv.mod_revision),
+            WatchEvent::Delete { key, revision } => (format!("delete {key}"), revision),
+        })
+        .collect();
+    let mut step_seen = batch.clone();
+    step_seen.sort();
+    let mut step_wanted = vec![(format!("put {key}"), at), (format!("delete {q}"), at), (format!("put {s}"), at)];
+    step_wanted.sort();
+    assert_eq!(step_seen, step_wanted, "the value, the release and the next place in one batch: {batch:?}");
+
+    let refused = b.watch_key_and_prefix(&key, "elsewhere/").await;
+    assert!(matches!(refused, Err(leasehold::Error::InvalidArgument { .. })), "a prefix not extending the key");
+    for k in [key, s, others[0].clone()] {
         b.write_if(&[], vec![Write::Delete { key: k }]).await.unwrap();
     }
 }

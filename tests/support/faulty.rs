@@ -446,7 +446,8 @@ impl Backend for Faulty {
 
     async fn watch_key_and_prefix(&self, key: &str, prefix: &str) -> Result<Box<dyn WatchStream>> {
         let (inner, k, p) = (self.inner.clone(), key.to_owned(), prefix.to_owned());
-        let watch = self.call(Op::Watch, &[key], async move { inner.watch_key_and_prefix(&k, &p).await }).await?;
+        let watch =
+            self.call(Op::Watch, &[key, prefix], async move { inner.watch_key_and_prefix(&k, &p).await }).await?;
         Ok(Box::new(FaultyWatch { inner: watch, faults: self.faults.clone(), prefix: key.to_owned(), broken: false }))
     }
 }

@@ -610,8 +610,10 @@ impl Backend for EtcdBackend {
 
     async fn watch_key_and_prefix(&self, key: &str, prefix: &str) -> Result<Box<dyn WatchStream>> {
         // The range [key, end of prefix): the key, the prefix's keys, and only the names that
-        // sort between them (`<name>-x`, `<name>.x` before `<name>/`) — not `<name>2` or
-        // `<name>x`, which a prefix watch of the key would bring. Those few are dropped here.
+        // sort between them (`<name>+x`, `<name>-x`, `<name>.x` before `<name>/`) — not
+        // `<name>2` or `<name>x`, which a prefix watch of the key would bring. Those few are
+        // sent and dropped here.
+        KeyAndPrefix::check(key, prefix)?;
         let watch = self.watch(key, WatchOptions::new().with_range(prefix_end(prefix))).await?;
         Ok(Box::new(KeyAndPrefix::new(watch, key, prefix)))
     }
