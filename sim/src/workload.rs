@@ -273,18 +273,28 @@ impl Worker {
             }
             _ => self.acquire(sem.acquire()).await,
         };
-        let Some(mut permit) = got else { return };
+        let Some(permit) = got else { return };
+        self.hold_permit(&name, &sem, permit, None).await;
+    }
+
+    /// Holds `permit` of `sem` (reacquiring it on the way three times in ten), then ends the
+    /// hold. `weighted`: a permit of the weighted semaphore, of that many permits.
+    async fn hold_permit(&mut self, name: &Name, sem: &Semaphore, mut permit: Permit, weighted: Option<u32>) {
+        let wrap = |p| if weighted.is_some() { Held::Weighted(p) } else { Held::Permit(p) };
         if self.rng.random_bool(0.3) {
-            let held = Held::Permit(permit);
-            self.hold(&name, &held).await;
-            let Held::Permit(p) = held else { unreachable!() };
+            let held = wrap(permit);
+            self.hold(name, &held).await;
+            let (Held::Permit(p) | Held::Weighted(p)) = held else { unreachable!() };
             permit = p;
             if sem.reacquire(&mut permit).await.is_err() {
                 return;
             }
+            if let Some(n) = weighted {
+                self.checker.weighs(&self.who, name, permit.key(), n);
+            }
         }
-        let held = Held::Permit(permit);
-        self.hold(&name, &held).await;
+        let held = wrap(permit);
+        self.hold(name, &held).await;
         self.end(held).await;
     }
 
@@ -302,21 +312,9 @@ impl Worker {
             }
             _ => self.acquire(sem.acquire_many(n)).await,
         };
-        let Some(mut permit) = got else { return };
+        let Some(permit) = got else { return };
         self.checker.weighs(&self.who, &name, permit.key(), n);
-        if self.rng.random_bool(0.3) {
-            let held = Held::Weighted(permit);
-            self.hold(&name, &held).await;
-            let Held::Weighted(p) = held else { unreachable!() };
-            permit = p;
-            if sem.reacquire(&mut permit).await.is_err() {
-                return;
-            }
-            self.checker.weighs(&self.who, &name, permit.key(), n);
-        }
-        let held = Held::Weighted(permit);
-        self.hold(&name, &held).await;
-        self.end(held).await;
+        self.hold_permit(&name, &sem, permit, Some(n)).await;
     }
 
     async fn rwlock(&mut self) {
