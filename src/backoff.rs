@@ -11,7 +11,8 @@
 //! | `Decorrelated` | `min(cap, uniform in [base, 3 · previous])` |
 //!
 //! [`Backoff::retry`] calls an operation until it succeeds, fails with an error for which
-//! [`Error::is_transient`](crate::Error::is_transient) is false, or the policy runs out of attempts or elapsed time.
+//! [`Error::is_transient`](crate::Error::is_transient) is false, or the policy runs out of
+//! attempts or elapsed time.
 
 #[cfg(test)]
 use crate::error::Error;

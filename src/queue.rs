@@ -218,8 +218,8 @@ pub(crate) async fn wait_view<R: Send + 'static>(
 /// late in bursts (625–766 hand-offs/s at 16 clients against the feed's 1,113; see
 /// `docs/performance.md`): etcd's watch server turns "no start revision" into the current
 /// revision + 1 before it registers the watcher, and a write landing in between sends the
-/// watcher to the 100 ms catch-up all the same. One long-lived feed per prefix per client never waits so; its
-/// cost is one event per deletion per client that waits on the prefix.
+/// watcher to the 100 ms catch-up all the same. One long-lived feed per prefix per client
+/// never waits so; its cost is one event per deletion per client that waits on the prefix.
 ///
 /// `register`: the key of the register whose lock this is, to follow the register's feed
 /// (which also brings its values; see [`DeleteFeed::open_register`]).

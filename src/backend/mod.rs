@@ -356,7 +356,8 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// traffic is no concern of the watcher (batches left empty are skipped). The default
     /// watches every key starting with `key` and drops the others locally; a store that can
     /// watch a key range should narrow it at the server, as etcd's backend does. A `prefix`
-    /// that does not start with `key` is an [`Error::InvalidArgument`](crate::Error::InvalidArgument).
+    /// that does not start with `key` is an
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument).
     async fn watch_key_and_prefix(&self, key: &str, prefix: &str) -> Result<Box<dyn WatchStream>> {
         KeyAndPrefix::check(key, prefix)?;
         Ok(Box::new(KeyAndPrefix::new(self.watch_prefix(key).await?, key, prefix)))

@@ -10,9 +10,9 @@
 //! step that tells the next caller to start a new one, so a joined update is never left
 //! without a combiner.
 //!
-//! A caller whose future is dropped withdraws (dropping its [`Joined`] leaves): if its update was not
-//! yet taken it is removed and never applied; once taken it is in a batch in flight and is
-//! applied if that batch commits, and its outcome is dropped on delivery.
+//! A caller whose future is dropped withdraws (dropping its [`Joined`] leaves): if its update
+//! was not yet taken it is removed and never applied; once taken it is in a batch in flight
+//! and is applied if that batch commits, and its outcome is dropped on delivery.
 
 use super::sync::{Arc, Mutex};
 use std::collections::{HashMap, VecDeque};

@@ -18,7 +18,8 @@
 //! off every hand-off between processes). Its watch is the key `<key>` and the prefix
 //! `<key>/` without a filter ([`Backend::watch_key_and_prefix`]: not the other names that
 //! start with `<key>`, whose traffic a watch of the prefix `<key>` brought to every waiting
-//! client; on etcd the names that sort before `/` still come and are dropped locally); the puts of queue keys it also carries come, in a loop that keeps its place
+//! client; on etcd the names that sort before `/` still come and are dropped locally); the
+//! puts of queue keys it also carries come, in a loop that keeps its place
 //! ([`parked`](super::parked)), in the same message as the write.
 //!
 //! A waiter whose snapshot is older than what the feed can replay (the feed was opened
