@@ -2,12 +2,17 @@
 //! embedded backend, each checked on the store's history (see `world.rs`, `check.rs`).
 //!
 //! ```text
-//! leasehold-sim [--seeds N] [--from S] [--until-violation]
+//! leasehold-sim [--seeds N] [--from S] [--until-violation] [--replay]
 //! LEASEHOLD_SIM_SEED=<s> leasehold-sim      # replays one seed and prints what it found
 //! ```
 //!
 //! Prints `sim: <N> seeds, <V> violations, <E> events` and the faults injected; exits 1 if
-//! a run found a violation. With `--until-violation` (a planted bug, `scripts/sim.sh`) it
+//! a run found a violation. With `--replay` every seed runs twice and the two histories
+//! must be the same: a run must be a function of its seed alone, or a violation found in a
+//! batch might not replay from its seed. The second run is on a new runtime in the same
+//! process, so whatever the seed does not fix differs between the two: tokio's own random
+//! draws (its runtime seeds a generator afresh, which `select!` without `biased` and
+//! `sync::watch` receivers use) and the keys of std's `HashMap`s. With `--until-violation` (a planted bug, `scripts/sim.sh`) it
 //! stops at the first seed that finds one, prints `sim: caught at seed <s>`, and exits 1
 //! only if none did.
 
@@ -39,6 +44,7 @@ fn main() {
         Some(Err(_)) => bad("--from"),
     };
     let until_violation = args.iter().any(|a| a == "--until-violation");
+    let replay = args.iter().any(|a| a == "--replay");
 
     if let Ok(seed) = std::env::var("LEASEHOLD_SIM_SEED") {
         let Ok(seed) = seed.parse::<u64>() else { bad("LEASEHOLD_SIM_SEED") };
@@ -57,7 +63,17 @@ fn main() {
     let (mut violations, mut events, mut ops, mut runs) = (0usize, 0u64, 0u64, 0u64);
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
     for seed in from..from + seeds {
-        let report = world::run(seed);
+        let mut report = world::run(seed);
+        if replay {
+            let again = world::run(seed);
+            if (again.digest, again.events) != (report.digest, report.events) {
+                report.violations.push(format!(
+                    "not deterministic: run twice, the seed gave two histories: {} events (digest {:016x}), \
+                     then {} events (digest {:016x})",
+                    report.events, report.digest, again.events, again.digest
+                ));
+            }
+        }
         runs += 1;
         events += report.events;
         ops += report.ops;
