@@ -30,12 +30,13 @@ use super::{revisions, turn, Rule, Turn, View, WatchTask};
 use crate::backend::{Backend, Revision, WatchEvent};
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
+use crate::local::signal::Signal;
 use crate::local::value_hints::ValueHints;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 /// How many recent deletions the feed keeps for waiters whose snapshot is a little older
 /// than the feed's last event (they raced the watch). Older snapshots read the prefix again.
@@ -46,7 +47,6 @@ pub(crate) struct DeleteFeed {
     prefix: String,
     backend: Arc<dyn Backend>,
     state: Arc<Mutex<FeedState>>,
-    synced: watch::Receiver<bool>,
     _task: WatchTask,
 }
 
@@ -60,6 +60,14 @@ impl std::fmt::Debug for DeleteFeed {
 struct FeedState {
     /// While synced: every deletion after this revision is in `log` or still to come.
     covers_after: Option<Revision>,
+    /// Whether the watch is up and `covers_after` set.
+    synced: bool,
+    /// Fired when the feed next syncs (or fails); replaced by an unfired one when a synced
+    /// watch breaks. Not a `tokio::sync::watch`: its receivers wake in an order drawn at
+    /// random, and the waiters that wake here read the prefix, so their order shows in the
+    /// store's history, which must be a function of the simulator's seed
+    /// (`docs/guarantees.md`); a [`Signal`] wakes them in the order they came.
+    sync: Signal,
     failed: Option<String>,
     log: VecDeque<(Revision, String)>,
     waiters: Vec<Waiter>,
@@ -141,36 +149,45 @@ impl DeleteFeed {
         value: Option<Arc<(String, Arc<ValueHints>)>>,
     ) -> Arc<Self> {
         let state = Arc::new(Mutex::new(FeedState::default()));
-        let (synced_tx, synced) = watch::channel(false);
-        let synced_tx = Arc::new(synced_tx);
         let session = {
-            let (backend, prefix, state, synced) = (backend.clone(), prefix.clone(), state.clone(), synced_tx.clone());
-            move || feed_session(backend.clone(), prefix.clone(), value.clone(), state.clone(), synced.clone())
+            let (backend, prefix, state) = (backend.clone(), prefix.clone(), state.clone());
+            move || feed_session(backend.clone(), prefix.clone(), value.clone(), state.clone())
         };
         let broken = {
             let state = state.clone();
             move |err: &Error| {
-                let had_synced = synced_tx.send_replace(false);
                 let mut st = state.lock();
+                let had_synced = std::mem::replace(&mut st.synced, false);
+                if had_synced {
+                    st.sync = Signal::new();
+                }
                 st.covers_after = None;
                 st.log.clear();
                 // Dropping the senders sends every waiter back to read the prefix again.
                 st.waiters.clear();
                 if !err.is_transient() {
                     st.failed = Some(err.to_string());
+                    let sync = st.sync.clone();
                     drop(st);
-                    synced_tx.send_replace(true); // wake readers: they will see `failed`
+                    sync.fire(); // wake readers: they will see `failed`
                 }
                 had_synced
             }
         };
         let task = WatchTask::keep("prefix delete watch", "deletes", prefix.clone(), session, broken);
-        Arc::new(Self { prefix, backend, state, synced, _task: task })
+        Arc::new(Self { prefix, backend, state, _task: task })
     }
 
     /// Whether the feed gave up (a permanent error); the client then opens a new one.
     pub(crate) fn is_failed(&self) -> bool {
         self.state.lock().failed.is_some()
+    }
+
+    /// Waits until the feed is synced (tests).
+    #[cfg(test)]
+    async fn synced(&self) {
+        let sync = self.state.lock().sync.clone();
+        sync.wait().await;
     }
 
     /// Waits until the key `(key, rev)` is decided by `rule`, starting from `view` (a read of
@@ -215,8 +232,13 @@ impl DeleteFeed {
                 // The watch broke (the waiter was dropped with it): read again below.
             }
             // The feed cannot replay from `view`: once it is synced, read the prefix again.
-            let mut synced = self.synced.clone();
-            let _ = synced.wait_for(|s| *s).await;
+            let sync = {
+                let st = self.state.lock();
+                (!st.synced && st.failed.is_none()).then(|| st.sync.clone())
+            };
+            if let Some(sync) = sync {
+                sync.wait().await;
+            }
             let policy = Backoff::default();
             let (kvs, at) = policy.retry(|| self.backend.range_prefix(&self.prefix, 0)).await?;
             view = View::snapshot(kvs, at);
@@ -244,14 +266,18 @@ async fn feed_session(
     prefix: String,
     value: Option<Arc<(String, Arc<ValueHints>)>>,
     state: Arc<Mutex<FeedState>>,
-    synced: Arc<watch::Sender<bool>>,
 ) -> Result<Infallible> {
     let mut watch = match &value {
         Some(value) => backend.watch_key_and_prefix(&value.0, &prefix).await?,
         None => backend.watch_prefix_deletes(&prefix).await?,
     };
-    state.lock().covers_after = Some(watch.start_revision());
-    synced.send_replace(true);
+    let sync = {
+        let mut st = state.lock();
+        st.covers_after = Some(watch.start_revision());
+        st.synced = true;
+        st.sync.clone()
+    };
+    sync.fire();
     loop {
         let batch = watch.next().await?;
         let mut st = state.lock();
@@ -320,7 +346,7 @@ mod tests {
         let snapshot = head(&backend).await; // b waits behind a
         backend.delete_if_created("p/a", a).await.unwrap(); // ... and a goes before any watch
         let feed = DeleteFeed::open(Arc::new(backend.clone()), "p/".into());
-        feed.synced.clone().wait_for(|s| *s).await.unwrap(); // the feed covers only later deletions
+        feed.synced().await; // the feed covers only later deletions
         assert_eq!(decided(&feed, snapshot, "p/b", b).await.0, Turn::Ready, "the waiter reads again");
     }
 
@@ -351,7 +377,7 @@ mod tests {
     async fn cancelled_waiters_of_a_quiet_feed_are_removed() {
         let (backend, _, _, b) = a_then_b().await;
         let feed = DeleteFeed::open(Arc::new(backend.clone()), "p/".into());
-        feed.synced.clone().wait_for(|s| *s).await.unwrap();
+        feed.synced().await;
         for _ in 0..100 {
             let snapshot = head(&backend).await;
             let wait = feed.wait_turn(snapshot, "p/b", b, Rule::First);

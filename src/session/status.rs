@@ -134,6 +134,7 @@ async fn monitor(shared: Weak<Shared>, ttl: Duration, tx: watch::Sender<Health>)
         let lost = strong.lost.wait();
         drop(strong);
         tokio::select! {
+            biased;
             _ = lost => {}
             _ = tokio::time::sleep(every) => {}
         }
