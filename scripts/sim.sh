@@ -2,12 +2,14 @@
 # The deterministic simulation (crate sim/, see docs/guarantees.md "Deterministic
 # simulation"):
 #   1. SIM_SEEDS seeds (default 2000) of the fault-injecting world against the library as it
-#      is: every run must be free of violations;
+#      is: every run must be free of violations, and each seed is run twice (--replay) and
+#      must give the same history both times (a run is a function of its seed);
 #   2. each bug of issue 17 planted again behind its own --cfg leasehold_sim_mutation_<name>,
 #      and the weighted semaphore's planted bugs (--cfg leasehold_permits_mutation_unweighted,
 #      also run against its conformance test by scripts/test.sh, and
-#      leasehold_permits_mutation_light): the simulator must catch each within the same seed
-#      budget. Bug 3 (TiKV) is out of the
+#      leasehold_permits_mutation_light), and wakers woken in an order drawn from the OS
+#      (--cfg leasehold_sim_mutation_wake_order, for the replay check): the simulator must
+#      catch each within the same seed budget. Bug 3 (TiKV) is out of the
 #      simulator's reach (it runs on the embedded store): its planted bug is run against its
 #      regression test on the TiKV test server instead (skip with SIM_SKIP_TIKV=1).
 # Prints `sim: <N> seeds, <V> violations, <E> events` and `sim mutation <name>: caught at
@@ -26,7 +28,7 @@ start_all=$(date +%s)
 
 cargo build -q -p leasehold-sim || exit 1
 start=$(date +%s)
-if ! "$root/target/debug/leasehold-sim" --seeds "$seeds"; then
+if ! "$root/target/debug/leasehold-sim" --seeds "$seeds" --replay; then
   echo "sim: FAILED: violations against the library as it is (replay the seeds above)"
   failed=1
 fi
@@ -40,8 +42,9 @@ declare -A bugs=(
   [release]="5: a cancelled release leaves the lock held"
   [unweighted]="a weighted semaphore counts every key as one permit"
   [light]="a key of two permits is written as one of one"
+  [wake_order]="waiters woken in an order drawn from the OS, not the seed"
 )
-for name in keepalive adopt cleanup release unweighted light; do
+for name in keepalive adopt cleanup release unweighted light wake_order; do
   dir="$root/target/sim-mut/$name"
   log="$dir.log"
   cfg="leasehold_sim_mutation_$name"
@@ -54,7 +57,9 @@ for name in keepalive adopt cleanup release unweighted light; do
     failed=1
     continue
   fi
-  out=$("$dir/debug/leasehold-sim" --seeds "$seeds" --until-violation 2>&1)
+  replay=""
+  [ "$name" = wake_order ] && replay=--replay
+  out=$("$dir/debug/leasehold-sim" --seeds "$seeds" --until-violation $replay 2>&1)
   caught=$(echo "$out" | sed -n 's/^sim: caught at seed \([0-9]*\).*/\1/p')
   if [ -n "$caught" ]; then
     first=$(echo "$out" | grep -m1 'VIOLATION' | sed 's/^sim: seed [0-9]*: VIOLATION //' | cut -c1-160)

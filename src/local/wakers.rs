@@ -34,7 +34,13 @@ impl Wakers {
 
     /// Takes every waker, to be woken once the owner's lock is released.
     pub(crate) fn take_all(&mut self) -> Vec<Waker> {
-        std::mem::take(&mut self.list).into_iter().map(|(_, w)| w).collect()
+        #[allow(unused_mut)]
+        let mut wakers: Vec<Waker> = std::mem::take(&mut self.list).into_iter().map(|(_, w)| w).collect();
+        // Planted bug for the simulator's replay check (`scripts/sim.sh`): wakers in an order
+        // drawn from the OS, as a `tokio::sync::watch` wakes its receivers.
+        #[cfg(leasehold_sim_mutation_wake_order)]
+        rand::seq::SliceRandom::shuffle(&mut wakers[..], &mut rand::rng());
+        wakers
     }
 
     /// How many are registered.
