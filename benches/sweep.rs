@@ -9,6 +9,7 @@
 //! cargo bench --bench sweep -- --backend memory://            # no server
 //! cargo bench --bench sweep -- --cs-ms 0 --rounds 3           # each row 3×, interleaved
 //! cargo bench --bench sweep -- --recipe election              # leader elections instead
+//! cargo bench --bench sweep -- --contenders 64 --only optimistic,pessimistic,adaptive
 //! ```
 //! With `--recipe election` an operation is one term of an [`Election`]: campaign, read the
 //! counter, a fenced put of its increment (refused to a deposed leader), resign; the three
@@ -75,6 +76,10 @@ struct Args {
     /// What contends: `register` (read-modify-write) or `election` (terms of a leader).
     #[arg(long, default_value = "register", value_parser = ["register", "election"])]
     recipe: String,
+    /// Only these ways (comma-separated), e.g. for an A/B run of one row; default: all.
+    /// `adaptive / best` needs optimistic and pessimistic in the run.
+    #[arg(long, value_delimiter = ',', value_parser = ["optimistic", "pessimistic", "adaptive", "grouped", "lock-rpc"])]
+    only: Vec<String>,
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -109,6 +114,13 @@ impl Way {
             Way::Register(strategy) | Way::Election(strategy) => strategy.name(),
             Way::Grouped => "grouped",
             Way::LockRpc => "etcd Lock RPC",
+        }
+    }
+    /// Its name for `--only`.
+    fn key(self) -> &'static str {
+        match self {
+            Way::LockRpc => "lock-rpc",
+            w => w.name(),
         }
     }
     fn color(self) -> RGBColor {
@@ -548,6 +560,7 @@ async fn main() {
     if !matches!(target, Target::Memory(_)) {
         ways.push(Way::LockRpc);
     }
+    ways.retain(|w| args.only.is_empty() || args.only.iter().any(|o| o == w.key()));
     // A grouped update function cannot wait: grouped runs at critical section 0 only.
     let ways_at = |cs: u64| -> Vec<Way> { ways.iter().copied().filter(|&w| cs == 0 || w != Way::Grouped).collect() };
     let total = args.cs_ms.iter().map(|&cs| ways_at(cs).len() * args.contenders.len()).sum::<usize>() as u64
