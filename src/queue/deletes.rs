@@ -155,7 +155,10 @@ impl DeleteFeed {
         };
         let broken = {
             let state = state.clone();
+            // Moved into the task with `broken`: goes when the task does, however it ends.
+            let gone = TaskGone(state.clone());
             move |err: &Error| {
+                let _ = &gone;
                 let mut st = state.lock();
                 let had_synced = std::mem::replace(&mut st.synced, false);
                 if had_synced {
@@ -243,6 +246,28 @@ impl DeleteFeed {
             let (kvs, at) = policy.retry(|| self.backend.range_prefix(&self.prefix, 0)).await?;
             view = View::snapshot(kvs, at);
         }
+    }
+}
+
+/// Fails the feed when its task ends, however it ends: a permanent error has set `failed`
+/// already, but a task that panicked, or whose runtime shut down, ends without one, and its
+/// waiters would otherwise wait for a wake-up no task will send. With `failed` set they
+/// get an error, and the client opens a new feed ([`DeleteFeed::is_failed`]).
+struct TaskGone(Arc<Mutex<FeedState>>);
+
+impl Drop for TaskGone {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        if st.failed.is_none() {
+            st.failed = Some("the feed's task ended".to_owned());
+        }
+        st.synced = false;
+        st.covers_after = None;
+        // Dropping the senders sends every registered waiter back to the loop, to `failed`.
+        st.waiters.clear();
+        let sync = st.sync.clone();
+        drop(st);
+        sync.fire();
     }
 }
 
@@ -384,6 +409,48 @@ mod tests {
             assert!(tokio::time::timeout(Duration::from_millis(1), wait).await.is_err());
         }
         assert_eq!(feed.state.lock().waiters.len(), 0, "cancelled waiters stay until the next deletion");
+    }
+
+    /// A feed whose task ends without an error (its runtime shut down, or it panicked) fails
+    /// its waiters, the registered and those that must read again, instead of leaving them
+    /// waiting for a wake-up no task will send; and it says it failed, so the client opens
+    /// a new one.
+    #[test]
+    fn a_feed_whose_task_is_gone_fails_its_waiters() {
+        let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let first = runtime();
+        let (backend, feed, a, b, snapshot) = first.block_on(async {
+            let (backend, _, a, b) = a_then_b().await;
+            let feed = DeleteFeed::open(Arc::new(backend.clone()), "p/".into());
+            feed.synced().await;
+            let snapshot = head(&backend).await;
+            (backend, feed, a, b, snapshot)
+        });
+        let registered = {
+            let feed = feed.clone();
+            // Registered with the feed (its snapshot is covered), on a runtime of its own.
+            std::thread::spawn(move || {
+                runtime().block_on(async {
+                    let wait = feed.wait_turn(snapshot, "p/b", b, Rule::First);
+                    tokio::time::timeout(Duration::from_secs(10), wait).await
+                })
+            })
+        };
+        while feed.state.lock().waiters.is_empty() {
+            std::thread::yield_now();
+        }
+        drop(first); // the feed's task goes with its runtime, without an error
+        assert!(feed.is_failed(), "a feed without its task says it failed");
+        let registered = registered.join().unwrap();
+        assert!(matches!(registered, Ok(Err(_))), "the registered waiter fails: {registered:?}");
+        runtime().block_on(async {
+            backend.delete_if_created("p/a", a).await.unwrap();
+            // A snapshot the feed cannot replay from: this waiter must read again.
+            let old = View::snapshot(Vec::new(), 0);
+            let wait = feed.wait_turn(old, "p/b", b, Rule::First);
+            let late = tokio::time::timeout(Duration::from_secs(10), wait).await;
+            assert!(matches!(late, Ok(Err(_))), "a later waiter fails too: {late:?}");
+        });
     }
 
     #[tokio::test]
