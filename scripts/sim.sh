@@ -61,6 +61,10 @@ for name in keepalive adopt cleanup release unweighted light wake_order; do
   [ "$name" = wake_order ] && replay=--replay
   out=$("$dir/debug/leasehold-sim" --seeds "$seeds" --until-violation $replay 2>&1)
   caught=$(echo "$out" | sed -n 's/^sim: caught at seed \([0-9]*\).*/\1/p')
+  # The planted nondeterminism counts only if the replay check is what caught it.
+  if [ "$name" = wake_order ] && ! echo "$out" | grep -q 'VIOLATION not deterministic'; then
+    caught=""
+  fi
   if [ -n "$caught" ]; then
     first=$(echo "$out" | grep -m1 'VIOLATION' | sed 's/^sim: seed [0-9]*: VIOLATION //' | cut -c1-160)
     echo "sim mutation $name: caught at seed $caught (bug ${bugs[$name]}; $(( $(date +%s) - start )) s with the build): $first"

@@ -67,11 +67,15 @@ fn main() {
         if replay {
             let again = world::run(seed);
             if (again.digest, again.events) != (report.digest, report.events) {
-                report.violations.push(format!(
-                    "not deterministic: run twice, the seed gave two histories: {} events (digest {:016x}), \
+                // First, so that it is among the violations printed.
+                report.violations.insert(
+                    0,
+                    format!(
+                        "not deterministic: run twice, the seed gave two histories: {} events (digest {:016x}), \
                      then {} events (digest {:016x})",
-                    report.events, report.digest, again.events, again.digest
-                ));
+                        report.events, report.digest, again.events, again.digest
+                    ),
+                );
             }
         }
         runs += 1;
@@ -86,6 +90,9 @@ fn main() {
                 println!("sim: seed {seed}: VIOLATION {v}");
             }
             println!("sim: replay with LEASEHOLD_SIM_SEED={seed}");
+            if replay {
+                println!("sim: check its determinism again with --from {seed} --seeds 1 --replay");
+            }
             if until_violation {
                 println!("sim: caught at seed {seed} (after {runs} seeds, {:.1} s)", started.elapsed().as_secs_f64());
                 return;
