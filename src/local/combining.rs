@@ -15,7 +15,7 @@
 //! and is applied if that batch commits, and its outcome is dropped on delivery.
 
 use super::sync::{Arc, Mutex};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -42,8 +42,9 @@ struct Inner<Op, Out> {
     next_id: u64,
     /// Pending updates in arrival order.
     pending: VecDeque<(u64, Op)>,
-    /// Every update whose caller still waits, by id.
-    entries: HashMap<u64, Entry<Out>>,
+    /// Every update whose caller still waits, by id (ordered: [`abandon`](Combining::abandon)
+    /// wakes them in arrival order, so a simulated run does not depend on a hasher's keys).
+    entries: BTreeMap<u64, Entry<Out>>,
     /// Whether a combiner runs (told to start and not yet stopped).
     combiner: bool,
 }
@@ -57,7 +58,12 @@ pub(crate) struct Combining<Op, Out> {
 impl<Op, Out> Default for Combining<Op, Out> {
     fn default() -> Self {
         Self {
-            inner: Mutex::new(Inner { next_id: 0, pending: VecDeque::new(), entries: HashMap::new(), combiner: false }),
+            inner: Mutex::new(Inner {
+                next_id: 0,
+                pending: VecDeque::new(),
+                entries: BTreeMap::new(),
+                combiner: false,
+            }),
         }
     }
 }

@@ -1,9 +1,12 @@
-//! A one-shot broadcast signal: the session's lost() notification.
+//! A one-shot broadcast signal: the session's lost() notification, a value hint's "done", and
+//! the queue feed's "synced again".
 //!
 //! `fire` wakes every registered waiter once and returns true only for the first call;
 //! a waiter that registers after the signal fired completes at once. Each waiter future
 //! has a slot id; dropping the future removes its waker, so repeated polling and
-//! cancellation leak nothing.
+//! cancellation leak nothing. Waiters are woken in the order they registered (unlike a
+//! `tokio::sync::watch`, whose receivers wake in a random order): a simulated run stays a
+//! function of its seed.
 
 use super::sync::{Arc, Mutex};
 use super::wakers::Wakers;
