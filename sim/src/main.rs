@@ -12,9 +12,9 @@
 //! batch might not replay from its seed. The second run is on a new runtime in the same
 //! process, so whatever the seed does not fix differs between the two: tokio's own random
 //! draws (its runtime seeds a generator afresh, which `select!` without `biased` and
-//! `sync::watch` receivers use) and the keys of std's `HashMap`s. With `--until-violation` (a planted bug, `scripts/sim.sh`) it
-//! stops at the first seed that finds one, prints `sim: caught at seed <s>`, and exits 1
-//! only if none did.
+//! `sync::watch` receivers use) and the keys of std's `HashMap`s. With `--until-violation`
+//! (a planted bug, `scripts/sim.sh`) it stops at the first seed that finds one, prints
+//! `sim: caught at seed <s>`, and exits 1 only if none did.
 
 mod check;
 #[path = "../../tests/support/faulty.rs"]

@@ -58,10 +58,9 @@ impl std::fmt::Debug for DeleteFeed {
 
 #[derive(Default)]
 struct FeedState {
-    /// While synced: every deletion after this revision is in `log` or still to come.
+    /// While synced (the watch is up): every deletion after this revision is in `log` or
+    /// still to come.
     covers_after: Option<Revision>,
-    /// Whether the watch is up and `covers_after` set.
-    synced: bool,
     /// Fired when the feed next syncs (or fails); replaced by an unfired one when a synced
     /// watch breaks. Not a `tokio::sync::watch`: its receivers wake in an order drawn at
     /// random, and the waiters that wake here read the prefix, so their order shows in the
@@ -96,6 +95,26 @@ impl Waiter {
 }
 
 impl FeedState {
+    /// The watch broke (or the task ended): forgets what it covered and sends every
+    /// registered waiter back to read the prefix (dropping their senders). Whether it had
+    /// synced.
+    fn unsync(&mut self) -> bool {
+        let had_synced = self.covers_after.take().is_some();
+        if had_synced {
+            self.sync = Signal::new();
+        }
+        self.log.clear();
+        self.waiters.clear();
+        had_synced
+    }
+
+    /// Fails the feed for good (the first reason is kept); the signal to fire, once the lock
+    /// is released, so that waiters see it.
+    fn fail(&mut self, why: String) -> Signal {
+        self.failed.get_or_insert(why);
+        self.sync.clone()
+    }
+
     /// Applies one revision's deletions: to the log and to every waiter; wakes those decided.
     fn apply(&mut self, rev: Revision, keys: &[String]) {
         for key in keys {
@@ -160,17 +179,9 @@ impl DeleteFeed {
             move |err: &Error| {
                 let _ = &gone;
                 let mut st = state.lock();
-                let had_synced = std::mem::replace(&mut st.synced, false);
-                if had_synced {
-                    st.sync = Signal::new();
-                }
-                st.covers_after = None;
-                st.log.clear();
-                // Dropping the senders sends every waiter back to read the prefix again.
-                st.waiters.clear();
+                let had_synced = st.unsync();
                 if !err.is_transient() {
-                    st.failed = Some(err.to_string());
-                    let sync = st.sync.clone();
+                    let sync = st.fail(err.to_string());
                     drop(st);
                     sync.fire(); // wake readers: they will see `failed`
                 }
@@ -237,7 +248,7 @@ impl DeleteFeed {
             // The feed cannot replay from `view`: once it is synced, read the prefix again.
             let sync = {
                 let st = self.state.lock();
-                (!st.synced && st.failed.is_none()).then(|| st.sync.clone())
+                (st.covers_after.is_none() && st.failed.is_none()).then(|| st.sync.clone())
             };
             if let Some(sync) = sync {
                 sync.wait().await;
@@ -258,14 +269,8 @@ struct TaskGone(Arc<Mutex<FeedState>>);
 impl Drop for TaskGone {
     fn drop(&mut self) {
         let mut st = self.0.lock();
-        if st.failed.is_none() {
-            st.failed = Some("the feed's task ended".to_owned());
-        }
-        st.synced = false;
-        st.covers_after = None;
-        // Dropping the senders sends every registered waiter back to the loop, to `failed`.
-        st.waiters.clear();
-        let sync = st.sync.clone();
+        st.unsync();
+        let sync = st.fail("the feed's task ended".to_owned());
         drop(st);
         sync.fire();
     }
@@ -299,7 +304,6 @@ async fn feed_session(
     let sync = {
         let mut st = state.lock();
         st.covers_after = Some(watch.start_revision());
-        st.synced = true;
         st.sync.clone()
     };
     sync.fire();
