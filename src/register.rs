@@ -605,8 +605,14 @@ impl Register {
                 let timer = crate::metrics::Acquire::start(LOCK);
                 match place.admitted().await {
                     Ok((mut hold, at)) => {
-                        timer.admitted(&mut hold, &tracing::Span::none()); // no span of its own
-                        break (hold, Some(Admitted { at, read: None }));
+                        // No span of its own.
+                        timer.admitted(&mut hold, &tracing::Span::none());
+                        // A place that waited was admitted by the deletion at `at`. One that
+                        // was first already when its follower read the queue has `at` of
+                        // that read, which no write made: whose release admitted it is not
+                        // known (nor counted, `Crowd::admitted_by`), and the value is read.
+                        let by_deletion = hold.was_contended().then_some(Admitted { at, read: None });
+                        break (hold, by_deletion);
                     }
                     // Its key is deleted in the background; queue afresh (a lost session
                     // fails there, and is counted there).
@@ -627,9 +633,13 @@ impl Register {
         let mut known = match admitted {
             Some(Admitted { read: Some(read), .. }) => Some(read.map(|kv| (kv.value, kv.mod_revision))),
             Some(Admitted { at, read: None }) => {
-                // Admitted by a write and release: this client's or another's.
+                // Admitted by a write and release: this client's or another's. Told after
+                // the hint: the admission (a watch event) can come before the writer's
+                // answer, and `take` waits for a write of this client in flight, whose
+                // writer records it as its own before it finishes the hint.
+                let hint = client.value_hints().take(&self.key, at).await;
                 self.crowd().admitted_by(at);
-                client.value_hints().take(&self.key, at).await.map(|v| Some((v, at)))
+                hint.map(|v| Some((v, at)))
             }
             None => None,
         };
@@ -673,10 +683,12 @@ impl Register {
             } else {
                 hold.write_and_release(&[unchanged], vec![put]).await?
             };
+            // Recorded as this client's before the hint is finished: a queued update that
+            // this write admitted waits for the hint, and then asks (`admitted_by`).
+            self.crowd().wrote(written);
             announced.finish(written);
             self.crowd().queued_times(function, writing.elapsed());
             if written.is_some() {
-                self.crowd().wrote(written);
                 let updated = Updated { written: true, previous, conflicts, token: Some(token), revision: written };
                 return Ok(updated);
             }

@@ -195,3 +195,46 @@ fn grouped_update_outside_a_runtime_and_after_its_runtime_ended() {
     assert!(served.written, "a new combiner serves later updates");
     other.block_on(session.close()).unwrap();
 }
+
+/// Two adaptive tasks of one client on a current-thread runtime (what `#[tokio::test]`
+/// gives): their updates are short, so the client measures compare-and-swap cheaper than
+/// its queue and uses it, as on a multi-threaded one (`src/crowd.rs`). On one thread the
+/// next queued task is admitted by the holder's write before the holder has its answer;
+/// that admission was counted as another client's, half of them were, and with other
+/// clients' writes in the queue compare-and-swap was never measured: every update queued,
+/// at a sixth of optimistic's rate.
+#[tokio::test]
+async fn adaptive_tasks_on_one_thread_measure_compare_and_swap() {
+    use leasehold::{Register, Strategy};
+    use std::time::Instant;
+    let client = Client::memory();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..2)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let s = client.session().await.unwrap();
+                let r = Register::new(&s, "one-thread").unwrap().with_strategy(Strategy::Adaptive);
+                // (queued, all) in the second half of the run
+                let (mut queued, mut all) = (0_u64, 0_u64);
+                while started.elapsed() < Duration::from_millis(600) {
+                    let u = r.update(|v| Some(v.map_or(1, |v| v[0].wrapping_add(1)).to_be_bytes().to_vec())).await;
+                    let u = u.unwrap();
+                    if started.elapsed() > Duration::from_millis(300) {
+                        queued += u64::from(u.token.is_some());
+                        all += 1;
+                    }
+                }
+                s.close().await.unwrap();
+                (queued, all)
+            })
+        })
+        .collect();
+    let (mut queued, mut all) = (0, 0);
+    for t in tasks {
+        let (q, a) = t.await.unwrap();
+        (queued, all) = (queued + q, all + a);
+    }
+    assert!(all > 0);
+    assert!(queued * 2 < all, "{queued} of {all} updates queued: the client never took compare-and-swap");
+}
