@@ -58,7 +58,9 @@
 //! measures compare-and-swap cheaper for its concurrent updates (the embedded store, where
 //! a write takes a microsecond) every update compare-and-swaps instead.
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Weight of the newest observation of whether a queued operation waited.
 pub const ALPHA: f64 = 0.25;
@@ -92,6 +94,15 @@ pub(crate) struct Plan {
     /// seen the lock taken since it last was: its compare-and-swaps need not all check the
     /// lock's queue (`Register`).
     pub(crate) quiet: bool,
+}
+
+impl Plan {
+    /// Whether the update numbered `seq` of its handle is a quiet handle's unchecked
+    /// compare-and-swap (`Register`): all but one update in
+    /// [`CHECK_QUEUE_EVERY`](crate::crowd::CHECK_QUEUE_EVERY).
+    pub(crate) fn unchecked(&self, seq: u32) -> bool {
+        self.quiet && self.next == Next::Optimistic && !seq.is_multiple_of(crate::crowd::CHECK_QUEUE_EVERY)
+    }
 }
 
 /// Conflicts per optimistic operation below which a handle counts as meeting no
@@ -149,12 +160,31 @@ impl State {
 #[derive(Debug, Default)]
 pub(crate) struct Adaptive {
     state: Mutex<State>,
+    /// Whether the state is quiet ([`State::quiet`]), read without the lock by
+    /// [`plan`](Adaptive::plan): a lone handle's update then writes nothing shared here
+    /// (on the embedded store, where an update takes a microsecond or two, taking the lock
+    /// each time was measurable). Set under the lock after every change of the state.
+    quiet: AtomicBool,
+}
+
+impl State {
+    /// Optimistic, meeting no contention (its conflict average below [`QUIET`]), and no
+    /// lock seen taken since it last was: its next update is a plain
+    /// [`Plan`] `{ next: Optimistic, look_first: false, quiet: true }`.
+    fn quiet(&self) -> bool {
+        !self.queued && self.conflicts < QUIET && !self.lock_seen
+    }
 }
 
 impl Adaptive {
+    /// The state, locked; dropping the guard records whether it is quiet.
+    fn state(&self) -> StateGuard<'_> {
+        StateGuard { state: self.state.lock(), quiet: &self.quiet }
+    }
+
     /// Whether the next operation should queue.
     pub(crate) fn queue_next(&self) -> bool {
-        self.state.lock().queued
+        self.state().queued
     }
 
     /// Whether an optimistic register update should look at the lock before writing: the
@@ -163,18 +193,18 @@ impl Adaptive {
     /// no queue to yield to, and the read would only delay the write.
     #[cfg(test)]
     pub(crate) fn look_first(&self) -> bool {
-        self.state.lock().look_first()
+        self.state().look_first()
     }
 
     /// Records that the handle found the lock taken (a read of the lock, or a write
     /// conditional on its prefix being empty that failed for it).
     pub(crate) fn saw_lock_taken(&self) {
-        self.state.lock().lock_seen = true;
+        self.state().lock_seen = true;
     }
 
     /// Records an optimistic operation that met `conflicts` failed attempts.
     pub(crate) fn optimistic(&self, conflicts: u32) {
-        let mut s = self.state.lock();
+        let mut s = self.state();
         s.conflicts = (1.0 - CONFLICT_ALPHA) * s.conflicts + CONFLICT_ALPHA * f64::from(conflicts);
         if s.conflicts < CONTENDED {
             s.lock_seen = false; // a quiet spell: look again before reading first
@@ -188,7 +218,10 @@ impl Adaptive {
     /// The next update's [`Next`], whether it reads the lock first, and whether the handle is
     /// quiet, under one lock.
     pub(crate) fn plan(&self) -> Plan {
-        let mut s = self.state.lock();
+        if self.quiet.load(Ordering::Acquire) {
+            return Plan { next: Next::Optimistic, look_first: false, quiet: true };
+        }
+        let mut s = self.state();
         let next = s.next();
         Plan { next, look_first: s.look_first(), quiet: s.conflicts < QUIET && !s.lock_seen }
     }
@@ -200,14 +233,14 @@ impl Adaptive {
     /// may be short while optimistic writers keep yielding to it.)
     #[cfg(test)]
     pub(crate) fn next(&self) -> Next {
-        self.state.lock().next()
+        self.state().next()
     }
 
     /// Records a probe's outcome: `wrote` if its single optimistic attempt succeeded. After
     /// [`PROBES_TO_LEAVE`] successes in a row the handle is optimistic again (one success
     /// can be luck: under heavy contention a single attempt still wins now and then).
     pub(crate) fn probed(&self, wrote: bool) {
-        let mut s = self.state.lock();
+        let mut s = self.state();
         s.probes_won = if wrote { s.probes_won + 1 } else { 0 };
         if s.probes_won >= PROBES_TO_LEAVE {
             tracing::debug!("adaptive: probes succeed; optimistic again");
@@ -217,7 +250,7 @@ impl Adaptive {
 
     /// Switches to the queue now (an optimistic mutex acquisition had to wait for a holder).
     pub(crate) fn force_queue(&self) {
-        let mut s = self.state.lock();
+        let mut s = self.state();
         if !s.queued {
             *s = State::queued();
         }
@@ -225,13 +258,38 @@ impl Adaptive {
 
     /// Records a queued operation; `waited` if another holder was ahead.
     pub(crate) fn queued(&self, waited: bool) {
-        let mut s = self.state.lock();
+        let mut s = self.state();
         s.waited = (1.0 - ALPHA) * s.waited + ALPHA * if waited { 1.0 } else { 0.0 };
         s.run = s.run.saturating_add(1);
         if s.queued && s.run >= MIN_RUN && s.waited < TO_OPTIMISTIC {
             tracing::debug!(waited = s.waited, "adaptive: contention is quiet; optimistic again");
             *s = State::default();
         }
+    }
+}
+
+/// [`Adaptive`]'s state, locked (see [`Adaptive::state`]).
+struct StateGuard<'a> {
+    state: MutexGuard<'a, State>,
+    quiet: &'a AtomicBool,
+}
+
+impl Deref for StateGuard<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        self.quiet.store(self.state.quiet(), Ordering::Release);
     }
 }
 
@@ -268,7 +326,7 @@ mod tests {
     fn looks_at_the_lock_first_only_when_contended_and_a_queue_was_seen() {
         let a = Adaptive::default();
         // Between CONTENDED and TO_QUEUE: contended, still optimistic.
-        let contended = |a: &Adaptive| a.state.lock().conflicts = (CONTENDED + TO_QUEUE) / 2.0;
+        let contended = |a: &Adaptive| a.state().conflicts = (CONTENDED + TO_QUEUE) / 2.0;
         contended(&a);
         assert!(!a.look_first(), "contended, but nobody was seen queueing: write at once");
         a.saw_lock_taken();
@@ -303,5 +361,46 @@ mod tests {
             }
         }
         assert_eq!(a.next(), Next::Optimistic, "PROBES_TO_LEAVE wins in a row: optimistic again");
+    }
+
+    /// `plan` reads a quiet handle's plan without the lock: it is the locked plan in every
+    /// state the handle passes through.
+    #[test]
+    fn the_plan_read_without_the_lock_is_the_locked_plan() {
+        let locked = |a: &Adaptive| {
+            let s = a.state.lock();
+            let quiet = s.conflicts < QUIET && !s.lock_seen;
+            (s.queued, s.look_first(), quiet)
+        };
+        let a = Adaptive::default();
+        let check = |a: &Adaptive, step: &str| {
+            let (queued, look_first, quiet) = locked(a);
+            let plan = a.plan();
+            assert_eq!((plan.look_first, plan.quiet), (look_first, quiet), "{step}");
+            assert_eq!(plan.next == Next::Optimistic, !queued, "{step}");
+        };
+        check(&a, "new");
+        a.optimistic(0);
+        check(&a, "a conflict-free update");
+        a.saw_lock_taken();
+        check(&a, "the lock seen taken");
+        for _ in 0..30 {
+            a.optimistic(0);
+        }
+        check(&a, "quiet again");
+        a.optimistic(1);
+        check(&a, "one conflict");
+        for _ in 0..10 {
+            a.optimistic(3);
+        }
+        check(&a, "switched to the queue");
+        for _ in 0..(PROBE_EVERY * PROBES_TO_LEAVE) {
+            if a.plan().next == Next::Probe {
+                a.probed(true);
+            }
+        }
+        check(&a, "probes won: optimistic again");
+        a.force_queue();
+        check(&a, "forced to the queue");
     }
 }

@@ -267,8 +267,26 @@ impl Register {
                     // one queues. A compare-and-swap would only make theirs fail, and the
                     // queue hands the lock on inside the process without a read (`queued`).
                     // So does an update whose handle kept its place in the queue.
-                    Mode::Queue if running.others() > 0 || self.parking.is_parked() => Box::pin(self.queued(f, true)).await,
-                    Mode::Queue => self.adaptive(f, running.seq()).await,
+                    Mode::Queue if running.others() > 0 || self.parking.is_parked() => {
+                        Box::pin(self.queued(f, true)).await
+                    }
+                    Mode::Queue => {
+                        // The handle's own policy (`adaptive`). Its commonest update, a quiet
+                        // handle's unchecked one, is taken here: one compare-and-swap, with
+                        // no further layer of futures (on the embedded store, where an
+                        // update takes a microsecond or two, that layer was measurable).
+                        let plan = self.adaptive.plan();
+                        if plan.unchecked(running.seq()) {
+                            match self.optimistic(f, Tries { attempts: Some(1), ..Tries::default() }).await {
+                                // Quiet already: a conflict-free update would only lower the average.
+                                Ok(Optimistic::Done(updated)) => Ok(updated),
+                                Ok(Optimistic::Yield { conflicts }) => self.adaptive(f, plan, conflicts).await,
+                                Err(e) => Err(e),
+                            }
+                        } else {
+                            self.adaptive(f, plan, 0).await
+                        }
+                    }
                 };
                 if updated.is_ok() {
                     running.completed();
@@ -283,28 +301,22 @@ impl Register {
         self.member.crowd()
     }
 
-    /// An adaptive update by the handle's own policy (`src/adaptive.rs`).
-    async fn adaptive<F, Fut>(&self, f: &mut F, seq: u32) -> Result<Updated>
+    /// An adaptive update by the handle's own policy (`src/adaptive.rs`), planned by `plan`.
+    /// A handle that meets no contention and has seen no queue checks the lock's queue on
+    /// one update in CHECK_QUEUE_EVERY (and on every retry): a plain compare-and-swap is
+    /// what the others cost, and a queue that appears is seen within a few updates. Those
+    /// others ([`Plan::unchecked`]) try one compare-and-swap first (`update_async`) and
+    /// come here only if it failed, with its `unchecked` conflicts.
+    async fn adaptive<F, Fut>(&self, f: &mut F, plan: Plan, unchecked: u32) -> Result<Updated>
     where
         F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
         Fut: Future<Output = Option<Vec<u8>>> + Send,
     {
-        let Plan { next, look_first, quiet } = self.adaptive.plan();
+        let Plan { next, look_first, .. } = plan;
         if next == Next::Queue {
             return Box::pin(self.queued(f, true)).await;
         }
         let probe = next == Next::Probe;
-        // A handle that meets no contention and has seen no queue checks the lock's queue
-        // on one update in CHECK_QUEUE_EVERY (and on every retry): a plain compare-and-swap
-        // is what the others cost, and a queue that appears is seen within a few updates.
-        let mut unchecked = 0;
-        if quiet && !probe && !seq.is_multiple_of(CHECK_QUEUE_EVERY) {
-            match self.optimistic(f, Tries { attempts: Some(1), ..Tries::default() }).await? {
-                // Quiet already: a conflict-free update would only lower the average.
-                Optimistic::Done(updated) => return Ok(updated),
-                Optimistic::Yield { conflicts } => unchecked = conflicts,
-            }
-        }
         let tries = Tries {
             yield_to_queue: true,
             look_again: false,

@@ -24,8 +24,9 @@ use crate::error::{Error, Result};
 use crate::guard::Holding;
 use crate::local::waiter_queue::WaiterQueue;
 use crate::Session;
-use parking_lot::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use parking_lot::{Mutex, MutexGuard};
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::futures::Notified;
@@ -35,7 +36,7 @@ use tokio::time::Instant;
 /// Where a handle keeps its parked place, and when its last update ended.
 #[derive(Debug)]
 pub(crate) struct Parking {
-    place: Arc<Mutex<Option<Parked>>>,
+    place: Arc<Place>,
     /// When the handle's last update returned: the next one parks only if it started
     /// within [`window`](Self::window) of it.
     last_end: Mutex<Option<Instant>>,
@@ -98,7 +99,7 @@ impl Parking {
 
     /// Whether a place is parked.
     pub(crate) fn is_parked(&self) -> bool {
-        self.place.lock().is_some()
+        self.place.parked.load(Ordering::Acquire)
     }
 
     /// Takes the parked place, if any (it may have been released meanwhile).
@@ -158,8 +159,49 @@ impl Drop for Parking {
     }
 }
 
+/// A handle's parked place, if any, and whether there is one, read without the lock
+/// ([`Parking::is_parked`]: every adaptive update asks, and on the embedded store, where
+/// an update takes a microsecond or two, taking the lock each time was measurable).
+#[derive(Debug, Default)]
+struct Place {
+    slot: Mutex<Option<Parked>>,
+    parked: AtomicBool,
+}
+
+impl Place {
+    /// The slot, locked; dropping the guard records whether a place is in it.
+    fn lock(&self) -> PlaceGuard<'_> {
+        PlaceGuard { slot: self.slot.lock(), parked: &self.parked }
+    }
+}
+
+/// [`Place`]'s slot, locked.
+struct PlaceGuard<'a> {
+    slot: MutexGuard<'a, Option<Parked>>,
+    parked: &'a AtomicBool,
+}
+
+impl Deref for PlaceGuard<'_> {
+    type Target = Option<Parked>;
+    fn deref(&self) -> &Option<Parked> {
+        &self.slot
+    }
+}
+
+impl DerefMut for PlaceGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Option<Parked> {
+        &mut self.slot
+    }
+}
+
+impl Drop for PlaceGuard<'_> {
+    fn drop(&mut self) {
+        self.parked.store(self.slot.is_some(), Ordering::Release);
+    }
+}
+
 /// Releases the place `id` if it is still parked (nobody claimed it).
-fn expire(place: &Weak<Mutex<Option<Parked>>>, id: u64) {
+fn expire(place: &Weak<Place>, id: u64) {
     let Some(place) = place.upgrade() else { return };
     let unclaimed = {
         let mut parked = place.lock();
