@@ -10,6 +10,7 @@
 //! cargo bench --bench sweep -- --cs-ms 0 --rounds 3           # each row 3×, interleaved
 //! cargo bench --bench sweep -- --recipe election              # leader elections instead
 //! cargo bench --bench sweep -- --contenders 64 --only optimistic,pessimistic,adaptive
+//! cargo bench --bench sweep -- --backend memory:// --cs-ms 0 --paired --rounds 100 --seconds 0.1
 //! ```
 //! With `--recipe election` an operation is one term of an [`Election`]: campaign, read the
 //! counter, a fenced put of its increment (refused to a deposed leader), resign; the three
@@ -27,19 +28,34 @@
 //! then shows each way's median over the rounds, and `adaptive / best` also the median,
 //! lowest and highest of the per-round ratios (adaptive against the better mode *of the
 //! same round*; the ratio of medians can pair cells from different rounds).
+//!
+//! With `--paired` a row's contenders of every way connect once and stay connected, and the
+//! ways take turns: one way runs for `--seconds` while the others' contenders wait, `--rounds`
+//! times, the order rotated each round (`support/gate.rs`). A turn ends when its last update
+//! has ended, so nothing spills into the next. Adaptive's per-round ratio then pairs slices a
+//! fraction of a second apart — on the embedded store, where a 2 s cell's rate drifts by
+//! ±15 % with the machine, a much closer comparison — and no cell pays for connecting. The
+//! price: every way idles between its turns, a bursty load. An adaptive client measuring
+//! its compare-and-swap mode charges an idle spell inside an epoch to that mode
+//! (`src/crowd.rs`), so at 2 or more contenders of one client it measures its queue again
+//! more often than under steady load.
 
 #[path = "support/commit.rs"]
 mod commit;
 #[path = "../tests/support/etcd.rs"]
 #[allow(dead_code)]
 mod etcd;
+#[path = "support/gate.rs"]
+mod gate;
+#[path = "support/sweep_plot.rs"]
+mod plot;
 
 use clap::Parser;
 use etcd_client::LockOptions;
+use gate::Gate;
 use indicatif::{ProgressBar, ProgressStyle};
 use leasehold::{Client, Election, EtcdConfig, Register, Strategy};
-use plotters::prelude::*;
-use std::sync::atomic::{AtomicBool, Ordering};
+use plotters::prelude::RGBColor;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Barrier;
@@ -76,6 +92,11 @@ struct Args {
     /// What contends: `register` (read-modify-write) or `election` (terms of a leader).
     #[arg(long, default_value = "register", value_parser = ["register", "election"])]
     recipe: String,
+    /// Run each row's ways in slices of `--seconds`, one way at a time, `--rounds` times,
+    /// with every way's contenders connected throughout (a paired comparison: the ways'
+    /// ratios pair slices seconds apart, and no cell pays for connecting or warming up).
+    #[arg(long)]
+    paired: bool,
     /// Only these ways (comma-separated), e.g. for an A/B run of one row; default: all.
     /// `adaptive / best` needs optimistic and pessimistic in the run.
     #[arg(long, value_delimiter = ',', value_parser = ["optimistic", "pessimistic", "adaptive", "grouped", "lock-rpc"])]
@@ -188,18 +209,19 @@ fn incr(v: Option<Vec<u8>>) -> Vec<u8> {
     (n + 1).to_string().into_bytes()
 }
 
-/// One contender until `stop`: returns (latencies, conflicts).
+/// One contender of way number `slot`, while the gate lets it: returns (latencies, conflicts).
 async fn contend(
     target: Target,
     way: Way,
     name: String,
     cs: Duration,
     start: Arc<Barrier>,
-    stop: Arc<AtomicBool>,
+    (gate, slot): (Arc<Gate>, usize),
     shared: Option<Register>,
 ) -> (Vec<Duration>, u64) {
     let mut latencies = Vec::new();
     let mut conflicts = 0;
+    let mut published = 0;
     match way {
         Way::Grouped => {
             let own = match shared {
@@ -212,7 +234,7 @@ async fn contend(
                 (None, None) => unreachable!(),
             };
             start.wait().await;
-            while !stop.load(Ordering::Relaxed) {
+            while gate.go(slot, latencies.len(), &mut published).await {
                 let t = Instant::now();
                 reg.update_grouped(|v| Some(incr(v.map(<[u8]>::to_vec)))).await.unwrap();
                 latencies.push(t.elapsed());
@@ -227,7 +249,7 @@ async fn contend(
             let window = REQUEUE_WINDOW.get().copied().unwrap_or(leasehold::DEFAULT_REQUEUE_WINDOW);
             let reg = Register::new(&session, &name).unwrap().with_strategy(strategy).with_requeue_window(window);
             start.wait().await;
-            while !stop.load(Ordering::Relaxed) {
+            while gate.go(slot, latencies.len(), &mut published).await {
                 let t = Instant::now();
                 let u = reg
                     .update_async(|v, _| async move {
@@ -249,7 +271,7 @@ async fn contend(
             let election = Election::new(&session, &name).unwrap().with_strategy(strategy);
             let key = format!("{name}.value");
             start.wait().await;
-            while !stop.load(Ordering::Relaxed) {
+            while gate.go(slot, latencies.len(), &mut published).await {
                 let t = Instant::now();
                 let leader = election.campaign("sweep").await.unwrap();
                 let v = client.backend().get(&key).await.unwrap().map(|kv| kv.value);
@@ -280,7 +302,7 @@ async fn contend(
             });
             let key = format!("{name}.value");
             start.wait().await;
-            while !stop.load(Ordering::Relaxed) {
+            while gate.go(slot, latencies.len(), &mut published).await {
                 let t = Instant::now();
                 let lock =
                     c.lock(format!("{name}/").as_str(), Some(LockOptions::new().with_lease(lease))).await.unwrap();
@@ -326,55 +348,152 @@ impl Target {
     }
 }
 
+/// The contenders of one way in one row (and the session of their shared handle, if any).
+struct Crew {
+    way: Way,
+    name: String,
+    tasks: Vec<tokio::task::JoinHandle<(Vec<Duration>, u64)>>,
+    session: Option<leasehold::Session>,
+}
+
+impl Crew {
+    /// Spawns `contenders` contenders of `way` on the register `name`, behind `gate`'s slot.
+    async fn spawn(
+        target: &Target,
+        way: Way,
+        contenders: usize,
+        cs: Duration,
+        name: String,
+        start: &Arc<Barrier>,
+        gate: (&Arc<Gate>, usize),
+    ) -> Crew {
+        // Grouped with one client for all: one handle for all, so their updates are grouped.
+        let session = match (way, target) {
+            (Way::Grouped, Target::Memory(c) | Target::SharedEtcd(c, _)) => Some(c.session().await.unwrap()),
+            _ => None,
+        };
+        let shared = session.as_ref().map(|s| Register::new(s, &name).unwrap().with_strategy(Strategy::Adaptive));
+        let tasks = (0..contenders)
+            .map(|_| {
+                let gate = (gate.0.clone(), gate.1);
+                let task = contend(target.clone(), way, name.clone(), cs, start.clone(), gate, shared.clone());
+                tokio::spawn(task)
+            })
+            .collect();
+        Crew { way, name, tasks, session }
+    }
+
+    /// Joins the contenders (once the gate has stopped them) and checks that no update was
+    /// lost: the cell, at the rate of all their updates over `elapsed()` seconds.
+    async fn finish(self, target: &Target, cs_ms: u64, elapsed: impl FnOnce() -> f64) -> Cell {
+        let contenders = self.tasks.len();
+        let mut all = Vec::new();
+        let mut conflicts = 0;
+        let mut fewest = usize::MAX;
+        for t in self.tasks {
+            let (l, c) = t.await.unwrap();
+            fewest = fewest.min(l.len());
+            all.extend(l);
+            conflicts += c;
+        }
+        let elapsed = elapsed();
+        if let Some(s) = self.session {
+            s.close().await.unwrap();
+        }
+        let way = self.way;
+        let stored = target.read(way, &self.name).await;
+        assert_eq!(stored, all.len() as u64, "{} with {contenders} contenders lost an update", way.name());
+        all.sort();
+        let pct = |p: f64| all[((all.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3;
+        Cell {
+            way,
+            contenders,
+            cs_ms,
+            ops_per_s: all.len() as f64 / elapsed,
+            p50_ms: pct(0.5),
+            p99_ms: pct(0.99),
+            conflicts_per_op: conflicts as f64 / all.len() as f64,
+            fairness: fewest as f64 * contenders as f64 / all.len() as f64,
+            round_ratios: Vec::new(),
+        }
+    }
+}
+
 async fn run_cell(target: &Target, way: Way, contenders: usize, cs_ms: u64, seconds: f64, id: usize) -> Cell {
-    let name = format!("sweep-{id}");
-    let stop = Arc::new(AtomicBool::new(false));
-    let cs = Duration::from_millis(cs_ms);
+    let gate = Arc::new(Gate::new(1, Some(0)));
     let start = Arc::new(Barrier::new(contenders + 1));
-    // Grouped with one client for all: one handle for all, so their updates are grouped.
-    let session = match (way, target) {
-        (Way::Grouped, Target::Memory(c) | Target::SharedEtcd(c, _)) => Some(c.session().await.unwrap()),
-        _ => None,
-    };
-    let shared = session.as_ref().map(|s| Register::new(s, &name).unwrap().with_strategy(Strategy::Adaptive));
-    let tasks: Vec<_> = (0..contenders)
-        .map(|_| {
-            let task = contend(target.clone(), way, name.clone(), cs, start.clone(), stop.clone(), shared.clone());
-            tokio::spawn(task)
-        })
-        .collect();
+    let cs = Duration::from_millis(cs_ms);
+    let crew = Crew::spawn(target, way, contenders, cs, format!("sweep-{id}"), &start, (&gate, 0)).await;
     start.wait().await;
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    let mut conflicts = 0;
-    let mut fewest = usize::MAX;
-    for t in tasks {
-        let (l, c) = t.await.unwrap();
-        fewest = fewest.min(l.len());
-        all.extend(l);
-        conflicts += c;
+    gate.stop();
+    crew.finish(target, cs_ms, || started.elapsed().as_secs_f64()).await
+}
+
+/// One row with `--paired`: every way's contenders connected at once, the ways running one
+/// at a time in slices of `seconds`, `rounds` times (the order rotated each round), so that
+/// the machine's drift hits every way alike and the ways' ratios pair slices seconds
+/// apart. A cell's rate is the median of its slices' (each: its updates over the time
+/// from the slice's start until its last update ended); its other columns are over all
+/// its slices.
+async fn run_row_paired(
+    target: &Target,
+    ways: &[Way],
+    n: usize,
+    cs_ms: u64,
+    args: &Args,
+    id: &mut usize,
+    bar: &ProgressBar,
+) -> Vec<Cell> {
+    let gate = Arc::new(Gate::new(ways.len(), None));
+    let start = Arc::new(Barrier::new(ways.len() * n + 1));
+    let cs = Duration::from_millis(cs_ms);
+    let mut crews = Vec::new();
+    for (slot, &way) in ways.iter().enumerate() {
+        *id += 1;
+        crews.push(Crew::spawn(target, way, n, cs, format!("sweep-{id}"), &start, (&gate, slot)).await);
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    if let Some(s) = session {
-        s.close().await.unwrap();
+    start.wait().await;
+    let (mut counted, mut time) = (vec![0; ways.len()], vec![0.0; ways.len()]);
+    let mut rounds = Vec::new();
+    for r in 0..args.rounds as usize {
+        let mut round = Vec::new();
+        for i in 0..ways.len() {
+            let slot = (i + r) % ways.len();
+            bar.set_message(format!("{} × {n}, cs {cs_ms} ms, slice {}", ways[slot].name(), r + 1));
+            let t = Instant::now();
+            gate.activate(slot);
+            tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
+            gate.pause();
+            let done = gate.drained(slot, n).await;
+            let dt = t.elapsed().as_secs_f64();
+            let updates = done - std::mem::replace(&mut counted[slot], done);
+            time[slot] += dt;
+            let rate = updates as f64 / dt;
+            round.push(Cell {
+                way: ways[slot],
+                contenders: n,
+                cs_ms,
+                ops_per_s: rate,
+                p50_ms: 0.0,
+                p99_ms: 0.0,
+                conflicts_per_op: 0.0,
+                fairness: 0.0,
+                round_ratios: Vec::new(),
+            });
+            bar.inc(1);
+        }
+        rounds.push(round);
     }
-    let stored = target.read(way, &name).await;
-    assert_eq!(stored, all.len() as u64, "{} with {contenders} contenders lost an update", way.name());
-    all.sort();
-    let pct = |p: f64| all[((all.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3;
-    Cell {
-        way,
-        contenders,
-        cs_ms,
-        ops_per_s: all.len() as f64 / elapsed,
-        p50_ms: pct(0.5),
-        p99_ms: pct(0.99),
-        conflicts_per_op: conflicts as f64 / all.len() as f64,
-        fairness: fewest as f64 * contenders as f64 / all.len() as f64,
-        round_ratios: Vec::new(),
+    gate.stop();
+    let mut cells = Vec::new();
+    for (slot, crew) in crews.into_iter().enumerate() {
+        let whole = crew.finish(target, cs_ms, || time[slot]).await;
+        let sliced = merge(&rounds, ways[slot]);
+        cells.push(Cell { ops_per_s: sliced.ops_per_s, round_ratios: sliced.round_ratios, ..whole });
     }
+    cells
 }
 
 fn table(cells: &[Cell], ways: &[Way], args: &Args, backend: &str, commit_ms: Option<(f64, f64)>) -> String {
@@ -469,46 +588,6 @@ fn table(cells: &[Cell], ways: &[Way], args: &Args, backend: &str, commit_ms: Op
     out
 }
 
-fn plot(cells: &[Cell], ways: &[Way], args: &Args, path: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
-    let rows = args.cs_ms.len();
-    let root = SVGBackend::new(path, (1100, 380 * rows as u32)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let panels = root.split_evenly((rows, 2));
-    let max_n = *args.contenders.iter().max().unwrap() as f64;
-    for (r, &cs) in args.cs_ms.iter().enumerate() {
-        for (col, (title, metric)) in [("updates/s", 0usize), ("p99 latency, ms", 1usize)].into_iter().enumerate() {
-            let value = |c: &Cell| if metric == 0 { c.ops_per_s } else { c.p99_ms };
-            let ys: Vec<f64> = cells.iter().filter(|c| c.cs_ms == cs).map(value).collect();
-            let (lo, hi) =
-                (ys.iter().cloned().fold(f64::MAX, f64::min).max(0.01), ys.iter().cloned().fold(0.0, f64::max));
-            let mut chart = ChartBuilder::on(&panels[r * 2 + col])
-                .caption(format!("{title} — critical section {cs} ms"), ("sans-serif", 18))
-                .margin(12)
-                .x_label_area_size(36)
-                .y_label_area_size(60)
-                .build_cartesian_2d((1f64..max_n).log_scale(), (lo * 0.8..hi * 1.25).log_scale())?;
-            chart.configure_mesh().x_desc("contenders").y_desc(title).draw()?;
-            for &w in ways {
-                let pts: Vec<(f64, f64)> = args
-                    .contenders
-                    .iter()
-                    .filter_map(|&n| cells.iter().find(|c| c.way == w && c.contenders == n && c.cs_ms == cs))
-                    .map(|c| (c.contenders as f64, value(c)))
-                    .collect();
-                let color = w.color();
-                chart
-                    .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
-                    .label(w.name())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-                chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
-            }
-            chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw()?;
-        }
-    }
-    root.present()?;
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -573,6 +652,10 @@ async fn main() {
     for &cs in &args.cs_ms {
         let ways = ways_at(cs);
         for &n in &args.contenders {
+            if args.paired {
+                cells.extend(run_row_paired(&target, &ways, n, cs, &args, &mut id, &bar).await);
+                continue;
+            }
             let mut rounds = Vec::new();
             for r in 0..args.rounds as usize {
                 let mut round = Vec::new();
@@ -600,7 +683,7 @@ async fn main() {
         std::fs::write(out, &text).unwrap();
     }
     if let Some(p) = &args.plot {
-        plot(&cells, &ways, &args, p).unwrap();
+        plot::plot(&cells, &ways, &args, p).unwrap();
         println!("plot written to {}", p.display());
     }
 }
