@@ -238,3 +238,24 @@ async fn adaptive_tasks_on_one_thread_measure_compare_and_swap() {
     assert!(all > 0);
     assert!(queued * 2 < all, "{queued} of {all} updates queued: the client never took compare-and-swap");
 }
+
+/// A lease granted after the store learned its soonest expiry, and expiring before it,
+/// still expires on time: its key is gone at its deadline, read by a call or deleted by
+/// the reaper. (The store skips its scan of all leases until the soonest expiry it knows,
+/// which a new lease lowers.)
+#[tokio::test(start_paused = true)]
+async fn a_shorter_lease_granted_later_expires_on_time() {
+    use leasehold::backend::{Backend, Write};
+    let backend = MemoryBackend::new();
+    let long = backend.grant_lease(Duration::from_secs(60)).await.unwrap();
+    let put = |key: &str, lease| Write::Put { key: key.into(), value: b"v".to_vec(), lease: Some(lease) };
+    backend.transact(&[], vec![put("long", long.id)], &[]).await.unwrap();
+    let short = backend.grant_lease(Duration::from_secs(1)).await.unwrap();
+    backend.transact(&[], vec![put("short", short.id)], &[]).await.unwrap();
+    let mut deletes = backend.watch_prefix("short").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(backend.get("short").await.unwrap().is_none(), "the 1 s lease's key outlived it");
+    assert!(backend.get("long").await.unwrap().is_some());
+    let events = tokio::time::timeout(Duration::from_secs(1), deletes.next()).await;
+    assert!(matches!(&events, Ok(Ok(e)) if !e.is_empty()), "no delete was published: {events:?}");
+}
