@@ -1,0 +1,182 @@
+//! A register update under the register's lock (the queued path of every strategy): queue
+//! for the lock reading the value, or claim the handle's parked place; then write and
+//! release in one transaction, keeping the next place when the update follows the previous
+//! one closely.
+
+use super::{Register, Updated, LOCK};
+use crate::backend::{Condition, Write};
+use crate::error::{Error, Result};
+use crate::guard::Holding;
+use crate::queue::Admitted;
+use crate::strategy::Strategy;
+use std::future::Future;
+use tracing::Instrument;
+
+impl Register {
+    /// Tasks of this session waiting for its local slot for the register's lock (one
+    /// acquisition per key per session at a time).
+    fn local_waiters(&self) -> usize {
+        self.session.local_queue(self.lock.key()).waiting()
+    }
+
+    /// Queues for the register's lock, reading the value in the same transaction: held, and
+    /// when it was admitted (with the value if at once). Counted in the metrics as a mutex
+    /// acquisition, as the lock is the mutex of the register's name.
+    async fn lock_reading(&self) -> Result<(Holding, Option<Admitted>)> {
+        let mut timer = crate::metrics::Acquire::start(LOCK);
+        let span = tracing::debug_span!(
+            "register.lock",
+            key = %self.key,
+            token = tracing::field::Empty,
+            wait_ms = tracing::field::Empty
+        );
+        let locked = self.lock.lock_reading(LOCK, &self.key).instrument(span.clone()).await;
+        let (mut hold, admitted) = timer.check(locked)?;
+        timer.admitted(&mut hold, &span);
+        Ok((hold, Some(admitted)))
+    }
+
+    /// Under the lock: read, then write and release in one transaction (again if an
+    /// optimistic writer got in between).
+    ///
+    /// The read is skipped when the value at the lock's admission is already known: read by
+    /// the queueing call itself when the lock was free at once, or (one client's tasks
+    /// handing the lock to each other) left by the previous holder's write, which released
+    /// the lock in the same transaction ([`ValueHints`](crate::local::value_hints)). The
+    /// write stays conditional on the value's revision either way.
+    ///
+    /// The lock is the handle's parked place when it kept one; and the write keeps the next
+    /// one when the update had to wait, follows the previous update closely and no other
+    /// task of this session waits to update the register
+    /// ([`with_requeue_window`](Register::with_requeue_window)).
+    ///
+    /// Its callers await it boxed (`Box::pin`): its future is most of a register update's
+    /// (4.4 of `update_async`'s 5.1 KB), and an update that does not queue would build and
+    /// move it all the same — on the embedded store 400 of a lone optimistic update's 5,900
+    /// instructions (callgrind, 2026-12-04). Queueing costs round trips; the box is nothing
+    /// beside them.
+    pub(super) async fn queued<F, Fut>(&self, f: &mut F, may_keep_place: bool) -> Result<Updated>
+    where
+        F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
+        Fut: Future<Output = Option<Vec<u8>>> + Send,
+    {
+        let _queued = self.crowd().queued_update(self.strategy == Strategy::Adaptive);
+        let follows_closely = may_keep_place && self.parking.begin();
+        let updated = self.queued_update(f, follows_closely).await;
+        self.parking.end();
+        updated
+    }
+
+    async fn queued_update<F, Fut>(&self, f: &mut F, follows_closely: bool) -> Result<Updated>
+    where
+        F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
+        Fut: Future<Output = Option<Vec<u8>>> + Send,
+    {
+        let client = self.session.client();
+        let backend = client.backend();
+        // Counted as waiting until it holds the lock: a task woken to claim a parked place has
+        // left the session's slot queue, and must still stop the holder from keeping a place.
+        let waiting = self.parking.wait();
+        let (mut hold, admitted) = loop {
+            // A place this handle parked holds the session's local slot for the lock: a task
+            // waiting for that slot claims the place instead when one is parked meanwhile.
+            let parked = self.parking.parked();
+            if let Some(place) = self.parking.claim() {
+                // Timed from the claim: the wait before it overlapped the previous update.
+                let timer = crate::metrics::Acquire::start(LOCK);
+                match place.admitted().await {
+                    Ok((mut hold, at)) => {
+                        // No span of its own.
+                        timer.admitted(&mut hold, &tracing::Span::none());
+                        // A place that waited was admitted by the deletion at `at`. One that
+                        // was first already when its follower read the queue has `at` of
+                        // that read, which no write made: whose release admitted it is not
+                        // known (nor counted, `Crowd::admitted_by`), and the value is read.
+                        let by_deletion = hold.was_contended().then_some(Admitted { at, read: None });
+                        break (hold, by_deletion);
+                    }
+                    // Its key is deleted in the background; queue afresh (a lost session
+                    // fails there, and is counted there).
+                    Err(e) => {
+                        timer.abandon();
+                        tracing::debug!(error = %e, "register: parked queue place failed");
+                    }
+                }
+            }
+            tokio::select! {
+                biased;
+                held = self.lock_reading() => break held?,
+                () = parked => {}
+            }
+        };
+        drop(waiting);
+        let token = hold.token();
+        let mut known = match admitted {
+            Some(Admitted { read: Some(read), .. }) => Some(read.map(|kv| (kv.value, kv.mod_revision))),
+            Some(Admitted { at, read: None }) => {
+                // Admitted by a write and release: this client's or another's. Told after
+                // the hint: the admission (a watch event) can come before the writer's
+                // answer, and `take` waits for a write of this client in flight, whose
+                // writer records it as its own before it finishes the hint.
+                let hint = client.value_hints().take(&self.key, at).await;
+                self.crowd().admitted_by(at);
+                hint.map(|v| Some((v, at)))
+            }
+            None => None,
+        };
+        let mut conflicts = 0;
+        loop {
+            let current = match known.take() {
+                Some(current) => current,
+                None => backend.get(&self.key).await?.map(|kv| (kv.value, kv.mod_revision)),
+            };
+            let (previous, revision) = current.map_or((None, None), |(v, r)| (Some(v), Some(r)));
+            let started = tokio::time::Instant::now();
+            let new = f(previous.clone(), Some(token)).await;
+            let function = started.elapsed();
+            let Some(new) = new else {
+                hold.release(LOCK).await?;
+                let updated = Updated { written: false, previous, conflicts, token: Some(token), revision: None };
+                return Ok(updated);
+            };
+            // Write, check that nobody changed the value, and release: one transaction. The
+            // value is announced to this client's next queued update, which that release
+            // may admit before this call has its answer.
+            let unchanged = Condition::Modified { key: self.key.clone(), revision };
+            let announced = client.value_hints().announce(&self.key, new.clone());
+            let put = Write::Put { key: self.key.clone(), value: new, lease: None };
+            // A kept place holds the session's local slot for the lock: not while another
+            // task of this session waits for it, at the slot or for this handle's place.
+            let keep_place =
+                follows_closely && hold.was_contended() && self.local_waiters() == 0 && self.parking.waiting() == 0;
+            let writing = tokio::time::Instant::now();
+            let written = if keep_place {
+                // ... and queue again for this handle's next update.
+                let requeued = self.lock.write_and_requeue(&mut hold, &[unchanged], vec![put]).await?;
+                requeued.map(|(rev, place)| {
+                    if let Some((pending, key)) = place {
+                        let lock = (self.lock_prefix.clone(), self.key.clone());
+                        let local = self.session.local_queue(self.lock.key());
+                        self.parking.park(&self.session, lock, (pending, local), key, rev);
+                    }
+                    rev
+                })
+            } else {
+                hold.write_and_release(&[unchanged], vec![put]).await?
+            };
+            // Recorded as this client's before the hint is finished: a queued update that
+            // this write admitted waits for the hint, and then asks (`admitted_by`).
+            self.crowd().wrote(written);
+            announced.finish(written);
+            self.crowd().queued_times(function, writing.elapsed());
+            if written.is_some() {
+                let updated = Updated { written: true, previous, conflicts, token: Some(token), revision: written };
+                return Ok(updated);
+            }
+            if !hold.is_valid() || backend.get(hold.key()).await?.is_none_or(|kv| kv.create_revision != token as i64) {
+                return Err(Error::NotHeld { what: "register", reason: "the lock was lost during the update".into() });
+            }
+            conflicts += 1; // an optimistic writer got in between
+        }
+    }
+}
