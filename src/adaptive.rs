@@ -216,7 +216,7 @@ impl Adaptive {
     }
 
     /// The next update's [`Next`], whether it reads the lock first, and whether the handle is
-    /// quiet, under one lock.
+    /// quiet: a quiet handle's from its flag, without the lock; any other's under one lock.
     pub(crate) fn plan(&self) -> Plan {
         if self.quiet.load(Ordering::Acquire) {
             return Plan { next: Next::Optimistic, look_first: false, quiet: true };

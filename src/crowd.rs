@@ -325,10 +325,7 @@ impl Crowd {
     /// or end an epoch, or when the last running queued update ends.
     pub(crate) fn finish(&self, ticket: Ticket, completed: bool, now: impl Fn() -> Instant) {
         let last = ticket.counted_running && self.running.0.fetch_sub(1, Ordering::AcqRel) == 1;
-        // The last running queued update leaves the key idle, and idle time is no mode's
-        // cost: its completion starts no clock (the next update's will). So a client that
-        // updates a key one update at a time reads no clock and takes no lock here.
-        if completed && ticket.timed && !last {
+        if completed && ticket.timed {
             let now = now();
             if from_current(self.current.0.load(Ordering::Acquire)).0 == ticket.epoch {
                 let n = self.counted.fetch_add(TIMED_EVERY, Ordering::AcqRel);

@@ -198,11 +198,12 @@ fn grouped_update_outside_a_runtime_and_after_its_runtime_ended() {
 
 /// Two adaptive tasks of one client on a current-thread runtime (what `#[tokio::test]`
 /// gives): their updates are short, so the client measures compare-and-swap cheaper than
-/// its queue and uses it, as on a multi-threaded one (`src/crowd.rs`). On one thread the
-/// next queued task is admitted by the holder's write before the holder has its answer;
-/// that admission was counted as another client's, half of them were, and with other
-/// clients' writes in the queue compare-and-swap was never measured: every update queued,
-/// at a sixth of optimistic's rate.
+/// its queue and uses it, as on a multi-threaded one (`src/crowd.rs`). On one thread a
+/// task's parked queue place was, every other update, first already when its follower read
+/// the queue, after the other task's write and its next queue key: that admission, at the
+/// read's revision, was counted as another client's. With half the admissions "foreign",
+/// compare-and-swap was never measured: every update queued, at a sixth of optimistic's
+/// rate.
 #[tokio::test]
 async fn adaptive_tasks_on_one_thread_measure_compare_and_swap() {
     use leasehold::{Register, Strategy};

@@ -77,6 +77,7 @@ impl Register {
         // Counted as waiting until it holds the lock: a task woken to claim a parked place has
         // left the session's slot queue, and must still stop the holder from keeping a place.
         let waiting = self.parking.wait();
+        let mut admitted_by_value = false;
         let (mut hold, admitted) = loop {
             // A place this handle parked holds the session's local slot for the lock: a task
             // waiting for that slot claims the place instead when one is parked meanwhile.
@@ -90,10 +91,13 @@ impl Register {
                         timer.admitted(&mut hold, &tracing::Span::none());
                         // A place that waited was admitted by the deletion at `at`. One that
                         // was first already when its follower read the queue has `at` of
-                        // that read, which no write made: whose release admitted it is not
-                        // known (nor counted, `Crowd::admitted_by`), and the value is read.
-                        let by_deletion = hold.was_contended().then_some(Admitted { at, read: None });
-                        break (hold, by_deletion);
+                        // that read: this client's own write and release made it only if it
+                        // is the place's own revision (nothing written since). Otherwise
+                        // whose release admitted it is learnt from the value, which is read
+                        // (`Crowd::admitted_by` of the revision that wrote it).
+                        let known = hold.was_contended() || at == hold.token() as i64;
+                        admitted_by_value = !known;
+                        break (hold, known.then_some(Admitted { at, read: None }));
                     }
                     // Its key is deleted in the background; queue afresh (a lost session
                     // fails there, and is counted there).
@@ -128,7 +132,15 @@ impl Register {
         loop {
             let current = match known.take() {
                 Some(current) => current,
-                None => backend.get(&self.key).await?.map(|kv| (kv.value, kv.mod_revision)),
+                None => {
+                    let kv = backend.get(&self.key).await?;
+                    if std::mem::take(&mut admitted_by_value) {
+                        if let Some(kv) = &kv {
+                            self.crowd().admitted_by(kv.mod_revision);
+                        }
+                    }
+                    kv.map(|kv| (kv.value, kv.mod_revision))
+                }
             };
             let (previous, revision) = current.map_or((None, None), |(v, r)| (Some(v), Some(r)));
             let started = tokio::time::Instant::now();
