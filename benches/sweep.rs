@@ -466,8 +466,14 @@ async fn run_row_paired(
             gate.activate(slot);
             tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
             gate.pause();
-            let done = gate.drained(slot, n).await;
-            let dt = t.elapsed().as_secs_f64();
+            let alive = || crews[slot].tasks.iter().all(|t| !t.is_finished());
+            let Some((done, end)) = gate.drained(slot, n, alive).await else {
+                // A contender ended (it panicked): its join says why.
+                let ended = crews.swap_remove(slot).tasks.into_iter().find(|t| t.is_finished());
+                ended.expect("a contender ended").await.unwrap();
+                panic!("a contender of {} ended without an error", ways[slot].name());
+            };
+            let dt = end.saturating_duration_since(t).as_secs_f64().max(1e-9);
             let updates = done - std::mem::replace(&mut counted[slot], done);
             time[slot] += dt;
             let rate = updates as f64 / dt;

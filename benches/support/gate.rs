@@ -7,9 +7,13 @@
 //! updates, parks, and waits for its way's next slice or the end. The conductor ends a
 //! slice by making no way active and waiting until all of the way's contenders are parked
 //! ([`Gate::drained`]): then every update begun in the slice has ended and been counted,
-//! and the slice's time runs to that point, so nothing spills into the next way's slice.
+//! and the slice's time runs to the moment the last of them parked, so nothing spills into
+//! the next way's slice. (A queued way drains later than its updates end: a contender that
+//! parks holding a kept place in the lock's queue releases it after the requeue window,
+//! and one behind it mid-update waits that long.)
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
 use tokio::sync::watch;
 
 /// No way is active (between two slices).
@@ -25,6 +29,9 @@ pub struct Gate {
     parked: Vec<AtomicUsize>,
     /// By way: completed updates published by contenders when they parked.
     done: Vec<AtomicU64>,
+    /// By way: when its last contender parked, in nanoseconds from `base`.
+    parked_at: Vec<AtomicU64>,
+    base: Instant,
 }
 
 impl Gate {
@@ -36,6 +43,8 @@ impl Gate {
             tx: watch::Sender::new(active),
             parked: (0..ways).map(|_| AtomicUsize::new(0)).collect(),
             done: (0..ways).map(|_| AtomicU64::new(0)).collect(),
+            parked_at: (0..ways).map(|_| AtomicU64::new(0)).collect(),
+            base: Instant::now(),
         }
     }
 
@@ -59,13 +68,19 @@ impl Gate {
         self.set(STOP);
     }
 
-    /// Waits until all `contenders` of `way` are parked, and returns the updates they have
-    /// completed so far.
-    pub async fn drained(&self, way: usize, contenders: usize) -> u64 {
+    /// Waits until all `contenders` of `way` are parked: the updates they have completed so
+    /// far, and when the last of them parked (the end of its turn, to the nanosecond, however
+    /// late this poll sees it). `None` once `alive()` says a contender has ended: it would
+    /// never park.
+    pub async fn drained(&self, way: usize, contenders: usize, alive: impl Fn() -> bool) -> Option<(u64, Instant)> {
         while self.parked[way].load(Ordering::SeqCst) < contenders {
+            if !alive() {
+                return None;
+            }
             tokio::time::sleep(std::time::Duration::from_micros(200)).await;
         }
-        self.done[way].load(Ordering::SeqCst)
+        let at = self.base + std::time::Duration::from_nanos(self.parked_at[way].load(Ordering::SeqCst));
+        Some((self.done[way].load(Ordering::SeqCst), at))
     }
 
     /// Whether a contender of `way`, which has completed `completed` updates (of which
@@ -80,6 +95,8 @@ impl Gate {
         // Published before it counts as parked: a drained way's count is complete.
         self.done[way].fetch_add((completed - *published) as u64, Ordering::SeqCst);
         *published = completed;
+        let now = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.parked_at[way].fetch_max(now, Ordering::SeqCst);
         self.parked[way].fetch_add(1, Ordering::SeqCst);
         let next = rx.wait_for(|&a| a == way || a == STOP).await.map(|a| *a).unwrap_or(STOP);
         self.parked[way].fetch_sub(1, Ordering::SeqCst);
