@@ -26,7 +26,11 @@
 //! SIGKILL and restart of an etcd member (the raft leader, or a follower); SIGSTOP of the
 //! leader member (a grey failure) for longer than an election; SIGSTOP of a worker process
 //! **while it holds** something, for [`STOP_FOR`] > TTL, then SIGCONT (its leases expire;
-//! on resume its pending writes must be refused and it must carry on with new sessions);
+//! on resume its pending writes must be refused and it must carry on with new sessions).
+//! "Holds" means a hold's sleep between its `enter` and `exit` writes, which the worker
+//! brackets with `HOLD` lines (a relock's wait in the queue is not one: a stop there loses
+//! a place, not a write); a hold whose sleep overran by more than a TTL says so (`PAUSED`,
+//! with what its exit write got), and the report counts the stops that landed in a hold;
 //! and, inside the workers, acquisitions cancelled at random points. Every signal is sent
 //! with `libc::kill`, its return value checked, and its effect seen in `/proc/<pid>/stat`
 //! ([`Signals`](parent::Signals)); the suite asserts that each fault kind it lists was injected.
@@ -62,10 +66,13 @@ mod checker;
 mod client;
 #[path = "faults/parent.rs"]
 mod parent;
+#[path = "faults/report.rs"]
+mod report;
 #[path = "faults/worker.rs"]
 mod worker;
 
-use parent::{not_injected, planted, publish, run_plan, Fault, Plan};
+use parent::{not_injected, planted, run_plan, Fault, Plan};
+use report::publish;
 use std::fmt::Write as _;
 use std::time::Duration;
 use worker::Plant;

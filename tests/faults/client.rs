@@ -9,6 +9,11 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use std::time::{Duration, Instant};
 
+/// A hold's sleep that overran by more than this (one TTL: no renewal could have kept the
+/// lease) means the worker was stopped while it held: its exit write comes after its lease
+/// could expire, and the fence must refuse it.
+pub(crate) const PAUSED_OVERRUN: Duration = TTL;
+
 /// One client of a worker.
 pub(crate) struct ClientRun {
     pub(crate) client: Client,
@@ -273,15 +278,26 @@ impl ClientRun {
         };
         self.st.acquired += 1;
         let name = self.resource.name();
-        println!("HOLD {} {name} 1", self.worker);
         let mut replace = false;
         let mut rounds = 1 + u32::from(self.rng.random_range(0..3) == 0); // a third relock once
         while rounds > 0 {
             rounds -= 1;
-            if self.write(&held, "enter").await {
+            if self.write(&held, "enter").await != checker::Said::Refused {
+                // `HOLD` brackets the hold's sleep: the parent stops a worker it sees in one,
+                // and a stop there is followed by this hold's fenced exit write after the
+                // lease's TTL. (A relock's wait in the queue is outside it: a stop there loses
+                // the place, not a write.)
                 let hold = Duration::from_millis(self.rng.random_range(HOLD_MS));
+                println!("HOLD {} {name} 1", self.worker);
+                let slept = Instant::now();
                 tokio::time::sleep(hold).await; // a SIGSTOP here is the pause fencing must survive
-                self.write(&held, "exit").await;
+                println!("HOLD {} {name} 0", self.worker);
+                let paused = slept.elapsed() > hold + PAUSED_OVERRUN;
+                let said = self.write(&held, "exit").await;
+                if paused {
+                    self.st.paused_in_hold += 1;
+                    println!("PAUSED {} {name} {}", self.worker, said.word());
+                }
             }
             if rounds == 0 {
                 break;
@@ -311,7 +327,6 @@ impl ClientRun {
                 eprintln!("worker {}: release of {name} hung", self.worker);
             }
         }
-        println!("HOLD {} {name} 0", self.worker);
         replace || !s.is_valid()
     }
 
@@ -344,8 +359,8 @@ impl ClientRun {
         println!("WRITE {} {key}", said.word());
     }
 
-    /// One history entry, fenced (or not, in the control). False if it was refused.
-    async fn write(&mut self, held: &Held, what: &str) -> bool {
+    /// One history entry, fenced (or not, in the control), and what this client saw of it.
+    async fn write(&mut self, held: &Held, what: &str) -> checker::Said {
         let key = self.next_key(held);
         let result = if self.fenced {
             held.fenced(vec![Write::Put { key: key.clone(), value: what.as_bytes().to_vec(), lease: None }]).await
@@ -354,24 +369,19 @@ impl ClientRun {
             let backend = self.client.backend();
             backend.compare_and_swap(&key, None, what.as_bytes().to_vec(), None).await.map(|_| ())
         };
-        match result {
-            Ok(()) => {
-                self.said(checker::Said::Acked, &key);
-                true
-            }
-            Err(Error::NotHeld { .. }) => {
-                self.said(checker::Said::Refused, &key);
-                false
-            }
+        let said = match result {
+            Ok(()) => checker::Said::Acked,
+            Err(Error::NotHeld { .. }) => checker::Said::Refused,
             Err(e) => {
-                self.said(checker::Said::Unknown, &key);
                 if !e.is_transient() {
                     self.st.unexpected += 1;
                     eprintln!("worker {}: write failed: {e}", self.worker);
                 }
-                true
+                checker::Said::Unknown
             }
-        }
+        };
+        self.said(said, &key);
+        said
     }
 }
 

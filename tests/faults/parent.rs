@@ -1,8 +1,9 @@
 //! The parent side: the faults it injects ([`Fault`], with [`Signals`] and the `/proc`
 //! helpers), the worker processes it runs ([`Workers`]), and a run ([`run_plan`]) from its
-//! [`Plan`] to its [`Outcome`], rendered and published.
+//! [`Plan`] to its [`Outcome`] (see [`report`]).
 
 use crate::checker;
+use crate::report::{self, Outcome};
 use crate::support::etcd::EtcdCluster;
 use crate::support::proc::state;
 use crate::worker::{Plant, Stats};
@@ -14,7 +15,6 @@ use leasehold::{Client, EtcdConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex as StdMutex};
@@ -99,6 +99,9 @@ struct Heard {
     plants: Vec<String>,
     /// Keys a worker found gone while its session was valid, with their tokens (`GONE`).
     gone: Vec<(String, i64)>,
+    /// Holds whose sleep overran the lease's TTL: worker, when heard, what its exit write
+    /// got (`PAUSED` lines).
+    paused: Vec<(usize, Instant, checker::Said)>,
 }
 
 /// The worker processes, with what their output says; stopped ones are resumed and every
@@ -131,6 +134,9 @@ impl Workers {
             let heard = heard.clone();
             readers.push(std::thread::spawn(move || {
                 for line in out.lines().map_while(Result::ok) {
+                    // libtest prints `test fault_worker ... ` with no newline, so the worker's
+                    // first line comes after it.
+                    let line = line.strip_prefix("test fault_worker ... ").unwrap_or(&line).to_owned();
                     let Some((first, rest)) = line.split_once(' ') else { continue };
                     let mut heard = heard.lock().unwrap();
                     match first {
@@ -149,6 +155,10 @@ impl Workers {
                             if let Some((key, token)) = rest.split_once(' ') {
                                 heard.gone.push((key.to_owned(), token.parse().unwrap_or(0)));
                             }
+                        }
+                        "PAUSED" => {
+                            let said = rest.split_whitespace().nth(2).and_then(checker::Said::parse);
+                            heard.paused.push((w, Instant::now(), said.expect("PAUSED <w> <name> <said>")));
                         }
                         "PLANT" | "PLANT-FAILED" => heard.plants.push(line.clone()),
                         "FAULTS-SUMMARY" => {
@@ -236,45 +246,6 @@ pub(crate) struct Plan {
     pub(crate) plant: Option<Plant>,
 }
 
-/// What a run produced.
-pub(crate) struct Outcome {
-    /// The members' histories disagree after the run (etcd broke its own consistency): one
-    /// line per member, empty if they agree.
-    pub(crate) diverged: Vec<String>,
-    /// What the store's history says of keys a worker found gone while its session was
-    /// valid (an unexpected `NotHeld`, counted in the totals): who deleted each, and what
-    /// else that revision changed. Diagnostics, not violations.
-    pub(crate) gone: Vec<String>,
-    pub(crate) reports: Vec<(&'static str, checker::Report)>,
-    /// The key-by-key check of the writes.
-    pub(crate) writes: checker::WriteReport,
-    /// The leftover check's findings: keys under live leases owned by no guard.
-    pub(crate) leftovers: Vec<String>,
-    /// Keys under the lock prefixes one TTL after the workers exited.
-    pub(crate) after_exit: Vec<String>,
-    /// A worker's write reports disagreeing with its summary (reports lost on the way).
-    pub(crate) other_violations: Vec<String>,
-    /// The `PLANT` lines of a control.
-    pub(crate) plants: Vec<String>,
-    pub(crate) injected: BTreeMap<Fault, usize>,
-    pub(crate) signals: BTreeMap<&'static str, usize>,
-    pub(crate) totals: Stats,
-    pub(crate) leftover_cleared_after: Duration,
-    pub(crate) runtime: Duration,
-    pub(crate) text: String,
-}
-
-impl Outcome {
-    pub(crate) fn violations(&self) -> usize {
-        self.reports.iter().map(|(_, r)| r.violations()).sum::<usize>()
-            + self.writes.violations()
-            + self.leftovers.len()
-            + self.after_exit.len()
-            + self.other_violations.len()
-            + self.diverged.len()
-    }
-}
-
 /// The fault kinds of `claimed` that were not injected at least once.
 pub(crate) fn not_injected(claimed: &[Fault], injected: &BTreeMap<Fault, usize>) -> Vec<Fault> {
     let mut missing = Vec::new();
@@ -320,6 +291,8 @@ pub(crate) fn run_plan(plan: Plan) -> Outcome {
     let run_started = Instant::now();
     let mut injected: BTreeMap<Fault, usize> = BTreeMap::new();
     let mut signals = Signals::default();
+    // Each worker stop: which worker, when it was stopped.
+    let mut worker_stops: Vec<(usize, Instant)> = Vec::new();
     let mut step = 0;
     // The longest a fault step takes (a member restart may take longer; then the tail is shorter).
     let step_max = CALM + FIND_HOLDER + STOP_FOR;
@@ -363,6 +336,7 @@ pub(crate) fn run_plan(plan: Plan) -> Outcome {
                     Some(w) => (w, Fault::StopWorkerHolding),
                     None => (rng.random_range(0..plan.workers), Fault::StopWorkerIdle),
                 };
+                worker_stops.push((w, Instant::now()));
                 signals.send(workers.pid(w), libc::SIGSTOP);
                 std::thread::sleep(STOP_FOR);
                 signals.send(workers.pid(w), libc::SIGCONT);
@@ -377,6 +351,7 @@ pub(crate) fn run_plan(plan: Plan) -> Outcome {
     eprintln!("[{}] workers exited", elapsed(started));
 
     let heard = std::mem::take(&mut *workers.heard.lock().unwrap());
+    let stops_in_hold = report::stops_in_hold(&worker_stops, &heard.paused);
     let mut other_violations = Vec::new();
     let mut totals = Stats::default();
     for (w, status) in statuses.iter().enumerate() {
@@ -445,128 +420,15 @@ pub(crate) fn run_plan(plan: Plan) -> Outcome {
         other_violations,
         plants: heard.plants,
         injected,
+        stops_in_hold,
         signals: signals.sent,
         totals,
         leftover_cleared_after,
         runtime: started.elapsed(),
         text: String::new(),
     };
-    outcome.text = render(&outcome, &plan, seed);
+    outcome.text = report::render(&outcome, &plan, seed);
     outcome
-}
-
-fn render(o: &Outcome, plan: &Plan, seed: u64) -> String {
-    let mut t = String::new();
-    let fenced = if plan.fenced { "fenced" } else { "UNFENCED (control)" };
-    let plant = plan.plant.map_or(String::new(), |p| format!(", planted {} (control)", p.name()));
-    writeln!(
-        t,
-        "fault suite: {} members, {} workers x 3 clients, {fenced}{plant}, seed {seed}",
-        plan.members, plan.workers
-    )
-    .unwrap();
-    writeln!(t, "  runtime {:.1} s (workers ran {:.0} s)", o.runtime.as_secs_f64(), plan.run.as_secs_f64()).unwrap();
-    let st = &o.totals;
-    writeln!(
-        t,
-        "  operations: {} acquisitions ({} by relock/reacquire), {} writes accepted, {} refused (stale), \
-         {} unknown outcome, {} sessions",
-        st.acquired, st.relocked, st.accepted, st.refused, st.unknown, st.sessions
-    )
-    .unwrap();
-    writeln!(
-        t,
-        "  client-side: {} cancelled acquisitions, {} timeouts, {} sessions lost, {} releases/relocks found their \
-         lock gone with its lost session, {} transient errors, {} unexpected",
-        st.cancelled, st.timeouts, st.session_lost, st.lost_before_release, st.transient, st.unexpected
-    )
-    .unwrap();
-    writeln!(
-        t,
-        "  liveness: longest wait to be admitted {:.1} s queued (fair), {:.1} s optimistic (not fair); \
-         {} waits still open when the run ended",
-        st.max_wait_queued_ms as f64 / 1000.0,
-        st.max_wait_cas_ms as f64 / 1000.0,
-        st.cut_at_end
-    )
-    .unwrap();
-    let faults: Vec<String> = o.injected.iter().map(|(f, n)| format!("{f:?}={n}")).collect();
-    let none = |v: Vec<String>| if v.is_empty() { "none".to_owned() } else { v.join(" ") };
-    writeln!(t, "  faults injected: {}", none(faults)).unwrap();
-    let signals: Vec<String> = o.signals.iter().map(|(s, n)| format!("{s}={n}")).collect();
-    writeln!(t, "  signals sent (libc::kill, effect seen in /proc): {}", none(signals)).unwrap();
-    for p in &o.plants {
-        writeln!(t, "  planted: {p}").unwrap();
-    }
-    for (name, r) in &o.reports {
-        writeln!(
-            t,
-            "  {name}: {} writes by {} holders, max {} at once, {} stale accepted, {} over the limit",
-            r.writes,
-            r.holders,
-            r.max_at_once,
-            r.stale.len(),
-            r.over_limit.len()
-        )
-        .unwrap();
-        for v in r.stale.iter().chain(&r.over_limit).take(5) {
-            writeln!(t, "    violation: {v}").unwrap();
-        }
-    }
-    let w = &o.writes;
-    writeln!(
-        t,
-        "  writes, key by key: {} acknowledged, {} of them not stored; {} refused, {} of them stored; \
-         {} of unknown outcome, {} of them stored; {} stored entries unreported",
-        w.acked,
-        w.lost.len(),
-        w.refused,
-        w.refused_stored.len(),
-        w.unknown,
-        w.unknown_stored,
-        w.unaccounted.len()
-    )
-    .unwrap();
-    for v in w.lost.iter().chain(&w.refused_stored).chain(&w.unaccounted).take(5) {
-        writeln!(t, "    violation: {v}").unwrap();
-    }
-    writeln!(
-        t,
-        "  leftover check (after the run, settled, before close): {} live leases listed, {} keys under them \
-         owned by no guard ({} more deleted meanwhile by the session's audit)",
-        st.leases_listed,
-        o.leftovers.len(),
-        st.audited
-    )
-    .unwrap();
-    for v in o.leftovers.iter().take(5) {
-        writeln!(t, "    violation: {v}").unwrap();
-    }
-    writeln!(t, "  lock prefixes empty {:.1} s after the workers exited", o.leftover_cleared_after.as_secs_f64())
-        .unwrap();
-    if o.diverged.is_empty() {
-        writeln!(t, "  store: the members hold one history (equal hashes at one revision)").unwrap();
-    } else {
-        writeln!(t, "  store: THE MEMBERS DISAGREE (etcd broke its own consistency; the checks above read a mix)")
-            .unwrap();
-        for v in &o.diverged {
-            writeln!(t, "    violation: {v}").unwrap();
-        }
-    }
-    for g in &o.gone {
-        writeln!(t, "  gone while its session lived: {g}").unwrap();
-    }
-    for v in o.after_exit.iter().chain(&o.other_violations) {
-        writeln!(t, "  violation: {v}").unwrap();
-    }
-    writeln!(t, "  VIOLATIONS: {}", o.violations()).unwrap();
-    t
-}
-
-pub(crate) fn publish(name: &str, text: &str) {
-    println!("{text}");
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.txt"));
-    std::fs::write(&path, text).unwrap();
 }
 
 /// A planted control: 1 member, 2 workers, no fault, [`CONTROL_RUN`]; worker 0 makes

@@ -23,6 +23,10 @@ pub(crate) struct Stats {
     pub(crate) accepted: u64,
     pub(crate) refused: u64,
     pub(crate) unknown: u64,
+    /// Holds whose sleep between the enter and exit writes overran by more than
+    /// [`PAUSED_OVERRUN`](crate::client::PAUSED_OVERRUN): the worker was stopped while it held,
+    /// so its exit write came after its lease's TTL.
+    pub(crate) paused_in_hold: u64,
     pub(crate) session_lost: u64,
     /// Releases and relocks refused with `NotHeld` because the session was lost first (a
     /// paused holder: its key went with its lease). With the session still valid that
@@ -47,7 +51,7 @@ pub(crate) struct Stats {
 }
 
 impl Stats {
-    const FIELDS: [&'static str; 19] = [
+    const FIELDS: [&'static str; 20] = [
         "sessions",
         "acquired",
         "relocked",
@@ -56,6 +60,7 @@ impl Stats {
         "accepted",
         "refused",
         "unknown",
+        "paused_in_hold",
         "session_lost",
         "lost_before_release",
         "transient",
@@ -69,7 +74,7 @@ impl Stats {
         "audited",
     ];
 
-    fn values(&self) -> [u64; 19] {
+    fn values(&self) -> [u64; 20] {
         [
             self.sessions,
             self.acquired,
@@ -79,6 +84,7 @@ impl Stats {
             self.accepted,
             self.refused,
             self.unknown,
+            self.paused_in_hold,
             self.session_lost,
             self.lost_before_release,
             self.transient,
@@ -93,7 +99,7 @@ impl Stats {
         ]
     }
 
-    fn values_mut(&mut self) -> [&mut u64; 19] {
+    fn values_mut(&mut self) -> [&mut u64; 20] {
         [
             &mut self.sessions,
             &mut self.acquired,
@@ -103,6 +109,7 @@ impl Stats {
             &mut self.accepted,
             &mut self.refused,
             &mut self.unknown,
+            &mut self.paused_in_hold,
             &mut self.session_lost,
             &mut self.lost_before_release,
             &mut self.transient,
