@@ -29,8 +29,10 @@
 //! on resume its pending writes must be refused and it must carry on with new sessions).
 //! "Holds" means a hold's sleep between its `enter` and `exit` writes, which the worker
 //! brackets with `HOLD` lines (a relock's wait in the queue is not one: a stop there loses
-//! a place, not a write); a hold whose sleep overran by more than a TTL says so (`PAUSED`,
-//! with what its exit write got), and the report counts the stops that landed in a hold;
+//! a place, not a write). The parent stops a worker it saw in one, and once the lines the
+//! stopped worker wrote are read, checks that it still is; if not, it resumes it at once
+//! and tries another. A hold whose sleep overran by more than a TTL says so (`PAUSED`, with
+//! what its exit write got), and the report counts the stops that landed in a hold;
 //! and, inside the workers, acquisitions cancelled at random points. Every signal is sent
 //! with `libc::kill`, its return value checked, and its effect seen in `/proc/<pid>/stat`
 //! ([`Signals`](parent::Signals)); the suite asserts that each fault kind it lists was injected.
@@ -168,6 +170,11 @@ fn fault_suite_all_faults_on_three_members() {
     }
     assert_eq!(o.signals.get("SIGSTOP"), o.signals.get("SIGCONT"), "a stopped process was not resumed\n{}", o.text);
     assert!(st.refused > 0, "no stale write was attempted, so the fence was never tested\n{}", o.text);
+    assert!(
+        o.stops_in_hold.refused > 0,
+        "no worker stopped in a hold had its exit write refused: the stops missed the holds\n{}",
+        o.text
+    );
     assert!(st.cancelled > 0 && st.session_lost > 0, "{}", o.text);
     assert!(st.relocked > 0, "no relock or reacquire happened\n{}", o.text);
     for (name, r) in &o.reports {

@@ -10,8 +10,9 @@ use rand::Rng;
 use std::time::{Duration, Instant};
 
 /// A hold's sleep that overran by more than this (one TTL: no renewal could have kept the
-/// lease) means the worker was stopped while it held: its exit write comes after its lease
-/// could expire, and the fence must refuse it.
+/// lease) means the worker was stopped (or starved) while it held: its exit write comes
+/// after its lease could expire, and the fence refuses it unless the lease was kept
+/// (an etcd election extends every lease).
 pub(crate) const PAUSED_OVERRUN: Duration = TTL;
 
 /// One client of a worker.
@@ -287,12 +288,12 @@ impl ClientRun {
                 // and a stop there is followed by this hold's fenced exit write after the
                 // lease's TTL. (A relock's wait in the queue is outside it: a stop there loses
                 // the place, not a write.)
-                let hold = Duration::from_millis(self.rng.random_range(HOLD_MS));
+                let until = Instant::now() + Duration::from_millis(self.rng.random_range(HOLD_MS));
                 println!("HOLD {} {name} 1", self.worker);
-                let slept = Instant::now();
-                tokio::time::sleep(hold).await; // a SIGSTOP here is the pause fencing must survive
+                // A SIGSTOP here is the pause fencing must survive.
+                tokio::time::sleep_until(until.into()).await;
                 println!("HOLD {} {name} 0", self.worker);
-                let paused = slept.elapsed() > hold + PAUSED_OVERRUN;
+                let paused = until.elapsed() > PAUSED_OVERRUN;
                 let said = self.write(&held, "exit").await;
                 if paused {
                     self.st.paused_in_hold += 1;

@@ -79,6 +79,41 @@ fn signal_took(sig: libc::c_int, state: Option<char>) -> bool {
     }
 }
 
+/// Stops a worker in a hold (preferring a mutex's: its lock is taken by another worker
+/// meanwhile) and returns it with [`Fault::StopWorkerHolding`]; or, if none is found within
+/// [`FIND_HOLDER`], picks one to stop idle ([`Fault::StopWorkerIdle`], not stopped yet).
+///
+/// A worker seen in a hold may leave it before the SIGSTOP lands (a hold's sleep is
+/// 30–200 ms). A stopped worker prints nothing more, so once the lines it wrote before the
+/// stop are read ([`HOLD_SETTLE`]) its `HOLD` state says whether the stop landed in a hold;
+/// one that did not is resumed at once (counted in `missed`) and another is tried.
+fn stop_a_holder(workers: &Workers, signals: &mut Signals, rng: &mut StdRng, missed: &mut usize) -> (usize, Fault) {
+    let looking = Instant::now();
+    loop {
+        let within = FIND_HOLDER.saturating_sub(looking.elapsed());
+        let w = workers
+            .holder(|n| n.starts_with("fault-mx"), within, rng)
+            .or_else(|| workers.holder(|_| true, Duration::ZERO, rng));
+        let Some(w) = w else {
+            return (rng.random_range(0..workers.children.len()), Fault::StopWorkerIdle);
+        };
+        signals.send(workers.pid(w), libc::SIGSTOP);
+        std::thread::sleep(HOLD_SETTLE);
+        if workers.holds(w) {
+            return (w, Fault::StopWorkerHolding);
+        }
+        signals.send(workers.pid(w), libc::SIGCONT);
+        *missed += 1;
+        if looking.elapsed() >= FIND_HOLDER {
+            return (rng.random_range(0..workers.children.len()), Fault::StopWorkerIdle);
+        }
+    }
+}
+
+/// How long the parent lets its reader threads read what a worker wrote before it was
+/// stopped, before it looks at the worker's `HOLD` state.
+const HOLD_SETTLE: Duration = Duration::from_millis(50);
+
 /// The pid of member `i` of `etcd`.
 fn member_pid(etcd: &EtcdCluster, i: usize) -> u32 {
     etcd.pid(i).unwrap_or_else(|| panic!("member {i} is not running"))
@@ -175,6 +210,11 @@ impl Workers {
 
     fn pid(&self, w: usize) -> u32 {
         self.children[w].id()
+    }
+
+    /// Whether worker `w`'s last `HOLD` lines say it is in a hold.
+    fn holds(&self, w: usize) -> bool {
+        self.heard.lock().unwrap().holding.get(&w).is_some_and(|h| h.values().any(|&on| on))
     }
 
     /// A worker (picked at random) that holds something `wanted` accepts, if one is seen
@@ -291,8 +331,11 @@ pub(crate) fn run_plan(plan: Plan) -> Outcome {
     let run_started = Instant::now();
     let mut injected: BTreeMap<Fault, usize> = BTreeMap::new();
     let mut signals = Signals::default();
-    // Each worker stop: which worker, when it was stopped.
+    // Each worker stop: which worker, when it was stopped (about: `stop_a_holder` stopped a
+    // holder a moment before, to see it still held).
     let mut worker_stops: Vec<(usize, Instant)> = Vec::new();
+    // Stops resumed at once because the worker had left its hold first.
+    let mut missed_holds = 0;
     let mut step = 0;
     // The longest a fault step takes (a member restart may take longer; then the tail is shorter).
     let step_max = CALM + FIND_HOLDER + STOP_FOR;
@@ -328,16 +371,11 @@ pub(crate) fn run_plan(plan: Plan) -> Outcome {
                 fault
             }
             Fault::StopWorkerHolding | Fault::StopWorkerIdle => {
-                // Prefer a mutex holder: its lock will be taken by another worker meanwhile.
-                let w = workers
-                    .holder(|n| n.starts_with("fault-mx"), FIND_HOLDER, &mut rng)
-                    .or_else(|| workers.holder(|_| true, Duration::ZERO, &mut rng));
-                let (w, kind) = match w {
-                    Some(w) => (w, Fault::StopWorkerHolding),
-                    None => (rng.random_range(0..plan.workers), Fault::StopWorkerIdle),
-                };
+                let (w, kind) = stop_a_holder(&workers, &mut signals, &mut rng, &mut missed_holds);
                 worker_stops.push((w, Instant::now()));
-                signals.send(workers.pid(w), libc::SIGSTOP);
+                if kind == Fault::StopWorkerIdle {
+                    signals.send(workers.pid(w), libc::SIGSTOP);
+                }
                 std::thread::sleep(STOP_FOR);
                 signals.send(workers.pid(w), libc::SIGCONT);
                 eprintln!("[{}] {kind:?}: worker {w} for {STOP_FOR:?}", elapsed(started));
@@ -351,7 +389,8 @@ pub(crate) fn run_plan(plan: Plan) -> Outcome {
     eprintln!("[{}] workers exited", elapsed(started));
 
     let heard = std::mem::take(&mut *workers.heard.lock().unwrap());
-    let stops_in_hold = report::stops_in_hold(&worker_stops, &heard.paused);
+    let mut stops_in_hold = report::stops_in_hold(&worker_stops, &heard.paused);
+    stops_in_hold.missed = missed_holds;
     let mut other_violations = Vec::new();
     let mut totals = Stats::default();
     for (w, status) in statuses.iter().enumerate() {
@@ -362,6 +401,13 @@ pub(crate) fn run_plan(plan: Plan) -> Outcome {
         assert_eq!(st.finished, 3, "worker {w}: a client did not finish: {line}");
         // The key-by-key check is only as good as the write reports: none may be missing.
         other_violations.extend(reports_disagree(w, &heard.writes, &st));
+        let paused = heard.paused.iter().filter(|p| p.0 == w).count() as u64;
+        if paused != st.paused_in_hold {
+            other_violations.push(format!(
+                "worker {w}: {paused} PAUSED lines heard, its summary says {} holds overran",
+                st.paused_in_hold
+            ));
+        }
         totals.add(&st);
     }
 

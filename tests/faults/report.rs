@@ -4,6 +4,7 @@
 use crate::checker;
 use crate::parent::{Fault, Plan};
 use crate::worker::Stats;
+use crate::{OP_LIMIT, STOP_FOR};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -52,30 +53,41 @@ impl Outcome {
 /// What the worker stops hit.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct StopsInHold {
-    /// Worker stops made.
+    /// Worker stops made (for [`STOP_FOR`]).
     pub(crate) stops: usize,
-    /// Of them, those that landed in a hold's sleep: a hold of that worker reported its
-    /// sleep overrun after the stop and before that worker's next stop.
+    /// Stops resumed at once because the worker had left its hold before the stop landed
+    /// (not in `stops`; see `parent::stop_a_holder`).
+    pub(crate) missed: usize,
+    /// Of the stops, those that landed in a hold's sleep: a hold of that worker reported
+    /// its sleep overrun after the stop, before that worker's next stop and within
+    /// [`STOP_FOR`] + [`OP_LIMIT`] of it.
     pub(crate) in_hold: usize,
     /// What the exit writes of those holds got.
     pub(crate) refused: usize,
     pub(crate) unknown: usize,
-    /// Accepted: the lease outlived the stop (an election extends every lease).
+    /// Accepted: the lease outlived the stop (an election extends every lease), or the
+    /// writes were not fenced (the control).
     pub(crate) acked: usize,
+    /// Holds that overran with no stop to credit them to (a worker starved of the CPU).
+    pub(crate) unmatched: usize,
 }
 
 /// Which of the worker stops `stops` (worker, stopped at) landed in a hold, from `paused`
-/// (worker, heard at, exit write). A stopped worker prints nothing, and the line of an
-/// earlier stop comes within milliseconds of that stop's resume, long before the next.
+/// (worker, heard at, exit write). A stopped worker prints nothing, so a hold's line comes
+/// after its stop's resume and its exit write.
 pub(crate) fn stops_in_hold(stops: &[(usize, Instant)], paused: &[(usize, Instant, checker::Said)]) -> StopsInHold {
     let mut r = StopsInHold { stops: stops.len(), ..StopsInHold::default() };
+    let mut credited = vec![false; paused.len()];
     for (i, &(w, stopped)) in stops.iter().enumerate() {
         let next = stops[i + 1..].iter().find(|s| s.0 == w).map(|s| s.1);
+        let end = next.map_or(stopped + STOP_FOR + OP_LIMIT, |n| n.min(stopped + STOP_FOR + OP_LIMIT));
         let mut hit = false;
-        for &(_, _, said) in
-            paused.iter().filter(|&&(pw, at, _)| pw == w && at >= stopped && next.is_none_or(|n| at < n))
-        {
+        for (j, &(pw, at, said)) in paused.iter().enumerate() {
+            if pw != w || at < stopped || at >= end {
+                continue;
+            }
             hit = true;
+            credited[j] = true;
             match said {
                 checker::Said::Refused => r.refused += 1,
                 checker::Said::Unknown => r.unknown += 1,
@@ -84,6 +96,7 @@ pub(crate) fn stops_in_hold(stops: &[(usize, Instant)], paused: &[(usize, Instan
         }
         r.in_hold += usize::from(hit);
     }
+    r.unmatched = credited.iter().filter(|&&c| !c).count();
     r
 }
 
@@ -124,14 +137,17 @@ pub(crate) fn render(o: &Outcome, plan: &Plan, seed: u64) -> String {
     .unwrap();
     writeln!(
         t,
-        "  worker stops: {} of {} landed in a hold's sleep; those holds' exit writes, after the lease's TTL: \
-         {} refused, {} of unknown outcome, {} accepted ({})",
+        "  worker stops: {} of {} landed in a hold's sleep ({} more resumed at once: the worker had left its hold); \
+         those holds' exit writes, after the lease's TTL: {} refused, {} of unknown outcome, {} accepted{}; \
+         {} holds overran by a TTL with no stop",
         o.stops_in_hold.in_hold,
         o.stops_in_hold.stops,
+        o.stops_in_hold.missed,
         o.stops_in_hold.refused,
         o.stops_in_hold.unknown,
         o.stops_in_hold.acked,
-        if plan.fenced { "the lease outlived the stop" } else { "unfenced: the stale writes the control must catch" }
+        if plan.fenced { "" } else { " (unfenced: the stale writes the control must catch)" },
+        o.stops_in_hold.unmatched
     )
     .unwrap();
     let faults: Vec<String> = o.injected.iter().map(|(f, n)| format!("{f:?}={n}")).collect();
@@ -230,7 +246,11 @@ mod tests {
             (2, at(40), checker::Said::Acked),   // before worker 2's stop: not its
             (1, at(120), checker::Said::Refused),
         ];
-        let r = stops_in_hold(&stops, &paused);
-        assert_eq!(r, StopsInHold { stops: 3, in_hold: 2, refused: 2, unknown: 1, acked: 0 });
+        let mut r = stops_in_hold(&stops, &paused);
+        assert_eq!(r, StopsInHold { stops: 3, missed: 0, in_hold: 2, refused: 2, unknown: 1, acked: 0, unmatched: 1 });
+        // Long after its worker's last stop, an overrun is no stop's.
+        let late = [(1, at(100) + STOP_FOR + OP_LIMIT, checker::Said::Refused)];
+        r = stops_in_hold(&stops, &late);
+        assert_eq!((r.in_hold, r.unmatched), (0, 1));
     }
 }

@@ -24,8 +24,8 @@ pub(crate) struct Stats {
     pub(crate) refused: u64,
     pub(crate) unknown: u64,
     /// Holds whose sleep between the enter and exit writes overran by more than
-    /// [`PAUSED_OVERRUN`](crate::client::PAUSED_OVERRUN): the worker was stopped while it held,
-    /// so its exit write came after its lease's TTL.
+    /// [`PAUSED_OVERRUN`](crate::client::PAUSED_OVERRUN): the worker was stopped (or starved)
+    /// while it held, so its exit write came after its lease's TTL.
     pub(crate) paused_in_hold: u64,
     pub(crate) session_lost: u64,
     /// Releases and relocks refused with `NotHeld` because the session was lost first (a
