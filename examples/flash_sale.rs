@@ -513,6 +513,14 @@ const MIN_SECONDS: f64 = 1.0;
 /// The most units a chosen sale gets.
 const MAX_UNITS: u64 = 2_000_000;
 
+/// The units of the next sizing sale after one of `units` that sold at `rate` orders/s
+/// and was too short: enough for [`TARGET_SECONDS`] at that rate, at least twice as many,
+/// at most [`MAX_UNITS`].
+fn next_units(units: u64, rate: f64) -> u64 {
+    // Not `clamp(units * 2, MAX_UNITS)`: that panics once `units` passes half the cap.
+    ((rate * TARGET_SECONDS) as u64).max(units.saturating_mul(2)).min(MAX_UNITS)
+}
+
 /// One way's sale on the example's store.
 struct Sale<'a> {
     args: &'a Args,
@@ -628,8 +636,7 @@ async fn main() -> AnyResult<()> {
                             units_of[i] = Some(units);
                             break (outcome, ok);
                         }
-                        let rate = outcome.sold as f64 / outcome.elapsed.as_secs_f64();
-                        units = ((rate * TARGET_SECONDS) as u64).clamp(units * 2, MAX_UNITS);
+                        units = next_units(units, outcome.sold as f64 / outcome.elapsed.as_secs_f64());
                     }
                 }
             };
@@ -670,4 +677,20 @@ async fn main() -> AnyResult<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A way that sells over a million orders a second (grouped, on the embedded store)
+    /// sizes its sales past half of [`MAX_UNITS`]: the next size is the cap, not a panic.
+    #[test]
+    fn sale_sizes_grow_to_the_cap_and_stop_there() {
+        assert_eq!(next_units(PROBE_UNITS, 1_000.0), 1_500);
+        assert_eq!(next_units(PROBE_UNITS, 10.0), 2 * PROBE_UNITS);
+        assert_eq!(next_units(1_020_970, 1_500_000.0), MAX_UNITS);
+        assert_eq!(next_units(MAX_UNITS, 1e12), MAX_UNITS);
+        assert_eq!(next_units(1, f64::NAN), 2);
+    }
 }

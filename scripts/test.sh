@@ -18,7 +18,7 @@ echo "test: etcd from $LEASEHOLD_ETCD_BIN_DIR ($("$LEASEHOLD_ETCD_BIN_DIR/etcd" 
 # 2-core machine from starving etcd's fsyncs.
 # Libtest flags go only to libtest binaries: the benches (harness = false) parse their own
 # arguments and would reject them, so they run apart, in test mode (they only say hello).
-cargo test --workspace --lib --bins --tests -- --test-threads=2 --skip fault_suite --skip partition_suite
+cargo test --workspace --lib --bins --tests --example flash_sale -- --test-threads=2 --skip fault_suite --skip partition_suite
 # The adaptive register's queue check in its measured compare-and-swap mode, planted out
 # (--cfg leasehold_crowd_mutation_unchecked): its conformance check must catch it.
 crowd_log=target/crowd-mut.log
