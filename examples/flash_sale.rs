@@ -257,7 +257,8 @@ fn grouped_out_of_order(orders: &mut [(i64, u64, u64, usize)], units: u64) -> u6
     orders.sort_unstable_by_key(|&(rev, index, ..)| (rev, index));
     let mut bad = u64::from(orders.len() as u64 != units);
     for (i, &(_, _, seen, _)) in orders.iter().enumerate() {
-        bad += u64::from(seen != units - i as u64);
+        // An order past the stock (an oversell) saw no unit it could have sold.
+        bad += u64::from(units.checked_sub(i as u64) != Some(seen));
     }
     bad
 }
@@ -692,5 +693,15 @@ mod tests {
         assert_eq!(next_units(1_020_970, 1_500_000.0), MAX_UNITS);
         assert_eq!(next_units(MAX_UNITS, 1e12), MAX_UNITS);
         assert_eq!(next_units(1, f64::NAN), 2);
+    }
+
+    /// An oversold grouped sale (more orders than units) is reported, not a panic.
+    #[test]
+    fn an_oversold_grouped_sale_is_counted_out_of_order() {
+        let mut fine = vec![(5, 0, 2, 0), (5, 1, 1, 1)];
+        assert_eq!(grouped_out_of_order(&mut fine, 2), 0);
+        let mut oversold = vec![(5, 0, 1, 0), (6, 0, 0, 1), (7, 0, 0, 2)];
+        // Three orders for one unit (1), the third past the stock (1).
+        assert_eq!(grouped_out_of_order(&mut oversold, 1), 2);
     }
 }

@@ -29,9 +29,9 @@
 //! on resume its pending writes must be refused and it must carry on with new sessions).
 //! "Holds" means a hold's sleep between its `enter` and `exit` writes, which the worker
 //! brackets with `HOLD` lines (a relock's wait in the queue is not one: a stop there loses
-//! a place, not a write). The parent stops a worker it saw in one, and once the lines the
-//! stopped worker wrote are read, checks that it still is; if not, it resumes it at once
-//! and tries another. A hold whose sleep overran by more than a TTL says so (`PAUSED`, with
+//! a place, not a write). The parent stops a worker it saw in one and, 50 ms later (time
+//! for its reader threads to read what the stopped worker wrote), checks that it still is;
+//! if not, it resumes it at once and tries another. A hold whose sleep overran by more than a TTL says so (`PAUSED`, with
 //! what its exit write got), and the report counts the stops that landed in a hold;
 //! and, inside the workers, acquisitions cancelled at random points. Every signal is sent
 //! with `libc::kill`, its return value checked, and its effect seen in `/proc/<pid>/stat`

@@ -31,7 +31,8 @@ pub(crate) enum Fault {
     PauseLeader,
     /// SIGSTOP of a worker process that holds something, for [`STOP_FOR`], then SIGCONT.
     StopWorkerHolding,
-    /// The same, when no worker was seen holding within [`FIND_HOLDER`].
+    /// The same, when no worker was found in a hold within [`FIND_HOLDER`] (none seen in
+    /// one, or every one stopped had left it).
     StopWorkerIdle,
 }
 
@@ -84,9 +85,12 @@ fn signal_took(sig: libc::c_int, state: Option<char>) -> bool {
 /// [`FIND_HOLDER`], picks one to stop idle ([`Fault::StopWorkerIdle`], not stopped yet).
 ///
 /// A worker seen in a hold may leave it before the SIGSTOP lands (a hold's sleep is
-/// 30–200 ms). A stopped worker prints nothing more, so once the lines it wrote before the
-/// stop are read ([`HOLD_SETTLE`]) its `HOLD` state says whether the stop landed in a hold;
-/// one that did not is resumed at once (counted in `missed`) and another is tried.
+/// 30–200 ms). A stopped worker prints nothing more, so once the reader threads have read
+/// the lines it wrote before the stop, its `HOLD` state says whether the stop landed in a
+/// hold; one that did not is resumed at once (counted in `missed`) and another is tried.
+/// The parent gives the readers [`HOLD_SETTLE`] for that, which is no barrier: a reader
+/// starved of the CPU that long still shows the hold, and the stop counts as a hold's
+/// (its `PAUSED` line, which never comes, is what the report then misses).
 fn stop_a_holder(workers: &Workers, signals: &mut Signals, rng: &mut StdRng, missed: &mut usize) -> (usize, Fault) {
     let looking = Instant::now();
     loop {
