@@ -89,19 +89,24 @@ async fn pessimistic_lock_waits_for_the_holder() {
     let mut holder = c.begin_with_options(pessimistic()).await.unwrap();
     holder.lock_keys(vec!["lock".to_owned()]).await.unwrap();
     let c2 = c.clone();
+    let (locking, asked) = tokio::sync::oneshot::channel();
     let waiter = tokio::spawn(async move {
         let mut t = c2.begin_with_options(pessimistic()).await.unwrap();
         let started = Instant::now();
+        locking.send(()).unwrap();
         t.lock_keys(vec!["lock".to_owned()]).await.unwrap();
         let waited = started.elapsed();
         t.rollback().await.unwrap();
         waited
     });
+    // The holder lets go 300 ms after the waiter asked (not after it was spawned: its
+    // transaction's begin takes a round trip of its own).
+    asked.await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiter.is_finished(), "the second lock must wait");
     holder.rollback().await.unwrap();
     let waited = waiter.await.unwrap();
-    assert!(waited >= Duration::from_millis(250), "{waited:?}");
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
     assert_eq!(server.lock_count(), 0);
 }
 
@@ -144,8 +149,13 @@ async fn pessimistic_heartbeat_keeps_the_lock() {
         .heartbeat_option(tikv_client::transaction::HeartbeatOption::FixedTime(Duration::from_millis(100)));
     let mut t = c.begin_with_options(opts).await.unwrap();
     t.lock_keys(vec!["hb".to_owned()]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(350)).await;
-    assert!(server.calls("KvTxnHeartBeat") >= 2);
+    // Every 100 ms: two within 10 s even on a machine that stalls (a liveness bound, not a
+    // speed; a fixed sleep of 350 ms left a stall of 150 ms to fail it).
+    let asked = Instant::now();
+    while server.calls("KvTxnHeartBeat") < 2 {
+        assert!(asked.elapsed() < Duration::from_secs(10), "fewer than 2 heartbeats in 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     t.rollback().await.unwrap();
     assert_eq!(server.lock_count(), 0);
 }
