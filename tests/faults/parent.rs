@@ -81,7 +81,7 @@ fn signal_took(sig: libc::c_int, state: Option<char>) -> bool {
 }
 
 /// Stops a worker in a hold (preferring a mutex's: its lock is taken by another worker
-/// meanwhile) and returns it with [`Fault::StopWorkerHolding`]; or, if none is found within
+/// meanwhile; a worker picked for one must still be in one) and returns it with [`Fault::StopWorkerHolding`]; or, if none is found within
 /// [`FIND_HOLDER`], picks one to stop idle ([`Fault::StopWorkerIdle`], not stopped yet).
 ///
 /// A worker seen in a hold may leave it before the SIGSTOP lands (a hold's sleep is
@@ -95,15 +95,20 @@ fn stop_a_holder(workers: &Workers, signals: &mut Signals, rng: &mut StdRng, mis
     let looking = Instant::now();
     loop {
         let within = FIND_HOLDER.saturating_sub(looking.elapsed());
-        let w = workers
-            .holder(|n| n.starts_with("fault-mx"), within, rng)
-            .or_else(|| workers.holder(|_| true, Duration::ZERO, rng));
-        let Some(w) = w else {
+        let mutex = |n: &str| n.starts_with("fault-mx");
+        let found = workers
+            .holder(mutex, within, rng)
+            .map(|w| (w, true))
+            .or_else(|| workers.holder(|_| true, Duration::ZERO, rng).map(|w| (w, false)));
+        let Some((w, of_mutex)) = found else {
             return (rng.random_range(0..workers.children.len()), Fault::StopWorkerIdle);
         };
         signals.send(workers.pid(w), libc::SIGSTOP);
         std::thread::sleep(HOLD_SETTLE);
-        if workers.holds(w) {
+        // Still in a hold of the kind it was picked for: a worker picked for a mutex's may
+        // hold the (uncontended) semaphore all along, and only a mutex's late write comes
+        // after the next holder's (what the unfenced control must see).
+        if workers.holds(w, |n| !of_mutex || mutex(n)) {
             return (w, Fault::StopWorkerHolding);
         }
         signals.send(workers.pid(w), libc::SIGCONT);
@@ -216,9 +221,11 @@ impl Workers {
         self.children[w].id()
     }
 
-    /// Whether worker `w`'s last `HOLD` lines say it is in a hold.
-    fn holds(&self, w: usize) -> bool {
-        self.heard.lock().unwrap().holding.get(&w).is_some_and(|h| h.values().any(|&on| on))
+    /// Whether worker `w`'s last `HOLD` lines say it is in a hold of something `wanted`
+    /// accepts.
+    fn holds(&self, w: usize, wanted: impl Fn(&str) -> bool) -> bool {
+        let heard = self.heard.lock().unwrap();
+        heard.holding.get(&w).is_some_and(|h| h.iter().any(|(n, &on)| on && wanted(n)))
     }
 
     /// A worker (picked at random) that holds something `wanted` accepts, if one is seen
