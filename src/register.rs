@@ -254,7 +254,7 @@ impl Register {
                 // Counted for this client's adaptive updates of the register (they queue
                 // while others run); not measured (`src/crowd.rs` times adaptive updates).
                 let _running = RunningUpdate::start(self.crowd(), self.member.sampler());
-                Box::pin(self.queued(f, true)).await
+                self.queued(f, true).await
             }
             Strategy::Adaptive => {
                 let running = RunningUpdate::start(self.crowd(), self.member.sampler());
@@ -266,9 +266,7 @@ impl Register {
                     // one queues. A compare-and-swap would only make theirs fail, and the
                     // queue hands the lock on inside the process without a read (`queued`).
                     // So does an update whose handle kept its place in the queue.
-                    Mode::Queue if running.others() > 0 || self.parking.is_parked() => {
-                        Box::pin(self.queued(f, true)).await
-                    }
+                    Mode::Queue if running.others() > 0 || self.parking.is_parked() => self.queued(f, true).await,
                     Mode::Queue => {
                         // The handle's own policy (`adaptive`). Its commonest update, a quiet
                         // handle's unchecked one, is taken here: one compare-and-swap, with
@@ -313,7 +311,7 @@ impl Register {
     {
         let Plan { next, look_first, .. } = plan;
         if next == Next::Queue {
-            return Box::pin(self.queued(f, true)).await;
+            return self.queued(f, true).await;
         }
         let probe = next == Next::Probe;
         let tries = Tries {
@@ -341,7 +339,7 @@ impl Register {
                 } else {
                     self.adaptive.optimistic(conflicts);
                 }
-                let mut updated = Box::pin(self.queued(f, true)).await?;
+                let mut updated = self.queued(f, true).await?;
                 updated.conflicts += conflicts;
                 Ok(updated)
             }
@@ -386,7 +384,7 @@ impl Register {
         Fut: Future<Output = Option<Vec<u8>>> + Send,
     {
         if self.parking.is_parked() {
-            return Box::pin(self.queued(f, false)).await;
+            return self.queued(f, false).await;
         }
         if self.crowd().feed_to_close() && self.session.client().close_idle_register_feed(&self.key) {
             self.crowd().feed_closed();
@@ -416,7 +414,7 @@ impl Register {
                     let own = self.crowd().own_queue();
                     (yields, busy, conflicts) = (yields + u32::from(!own), busy + 1, conflicts + c);
                     if yields >= YIELDS_TO_QUEUE || busy >= HANDOVER_TRIES {
-                        let mut updated = Box::pin(self.queued(f, false)).await?;
+                        let mut updated = self.queued(f, false).await?;
                         updated.conflicts += conflicts;
                         return Ok(updated);
                     }

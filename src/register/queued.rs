@@ -10,6 +10,7 @@ use crate::guard::Holding;
 use crate::queue::Admitted;
 use crate::strategy::Strategy;
 use std::future::Future;
+use std::pin::Pin;
 use tracing::Instrument;
 
 impl Register {
@@ -50,21 +51,26 @@ impl Register {
     /// task of this session waits to update the register
     /// ([`with_requeue_window`](Register::with_requeue_window)).
     ///
-    /// Its callers await it boxed (`Box::pin`): its future is most of a register update's
-    /// (4.4 of `update_async`'s 5.1 KB), and an update that does not queue would build and
-    /// move it all the same — on the embedded store 400 of a lone optimistic update's 5,900
-    /// instructions (callgrind, 2026-12-04). Queueing costs round trips; the box is nothing
-    /// beside them.
-    pub(super) async fn queued<F, Fut>(&self, f: &mut F, may_keep_place: bool) -> Result<Updated>
+    /// Its future is boxed: it is most of a register update's (4.4 of `update_async`'s
+    /// 5.1 KB), and an update that does not queue would build and move it all the same — on
+    /// the embedded store 400 of a lone optimistic update's 5,900 instructions (callgrind,
+    /// 2026-12-04). Queueing costs round trips; the box is nothing beside them.
+    pub(super) fn queued<'a, F, Fut>(
+        &'a self,
+        f: &'a mut F,
+        may_keep_place: bool,
+    ) -> Pin<Box<impl Future<Output = Result<Updated>> + Send + 'a>>
     where
         F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
         Fut: Future<Output = Option<Vec<u8>>> + Send,
     {
-        let _queued = self.crowd().queued_update(self.strategy == Strategy::Adaptive);
-        let follows_closely = may_keep_place && self.parking.begin();
-        let updated = self.queued_update(f, follows_closely).await;
-        self.parking.end();
-        updated
+        Box::pin(async move {
+            let _queued = self.crowd().queued_update(self.strategy == Strategy::Adaptive);
+            let follows_closely = may_keep_place && self.parking.begin();
+            let updated = self.queued_update(f, follows_closely).await;
+            self.parking.end();
+            updated
+        })
     }
 
     async fn queued_update<F, Fut>(&self, f: &mut F, follows_closely: bool) -> Result<Updated>
