@@ -38,17 +38,22 @@ echo "test: planted unchecked optimistic writes caught: $(grep -m1 -o 'the queue
 # must deadlock its check (which then fails after 30 s without progress); the semaphore's
 # weighted rule planted to count every key as 1 (--cfg leasehold_permits_mutation_unweighted)
 # must let a try take permits beyond the count; a revocation without its create-revision
-# check (--cfg leasehold_revoke_mutation_unchecked) must remove a newer holder.
+# check (--cfg leasehold_revoke_mutation_unchecked) must remove a newer holder; a session
+# fence that never moves (--cfg leasehold_fence_mutation_frozen) must let a create that
+# arrives after its key was released make the key again.
 plant_flags="--cfg leasehold_cas_mutation_blind --cfg leasehold_multilock_mutation_unordered"
 plant_flags="$plant_flags --cfg leasehold_permits_mutation_unweighted --cfg leasehold_revoke_mutation_unchecked"
-for plant in "election_strategies_keep_one_leader:two leaders at once" \
-             "multi_lock_excludes_and_never_deadlocks_pessimistic:a deadlock?): no progress" \
-             "semaphore_permits_weights_respected:a try for 3 took permits with 3 of 5 held" \
-             "revoke_mutex:a stale revocation removed"; do
+plant_flags="$plant_flags --cfg leasehold_fence_mutation_frozen"
+for plant in "memory:election_strategies_keep_one_leader:two leaders at once" \
+             "memory:multi_lock_excludes_and_never_deadlocks_pessimistic:a deadlock?): no progress" \
+             "memory:semaphore_permits_weights_respected:a try for 3 took permits with 3 of 5 held" \
+             "memory:revoke_mutex:a stale revocation removed" \
+             "safety:a_create_arriving_after_its_key_was_released_and_audited_is_refused:the late create landed"; do
+  test_file=${plant%%:*}; plant=${plant#*:}
   test_name=${plant%%:*}; expected=${plant#*:}
   plant_log=target/plant-$test_name.log
   if RUSTFLAGS="$plant_flags" CARGO_TARGET_DIR=target/cas-mut \
-      cargo test --no-default-features --test memory "$test_name" >"$plant_log" 2>&1; then
+      cargo test --no-default-features --test "$test_file" "$test_name" >"$plant_log" 2>&1; then
     echo "test: planted bug NOT caught by $test_name" >&2
     exit 1
   elif ! grep -qF "$expected" "$plant_log"; then

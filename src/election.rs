@@ -281,6 +281,7 @@ impl Election {
                 head_limit: 1,
                 replaces: None,
                 read: None,
+                fence: None,
             };
             let adaptive = self.strategy == Strategy::Adaptive;
             let queued = match self.strategy {

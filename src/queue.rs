@@ -440,6 +440,7 @@ mod tests {
             head_limit: 0,
             replaces: None,
             read: None,
+            fence: None,
         }
     }
 }

@@ -250,6 +250,7 @@ impl RwLock {
                     head_limit: if mode == Mode::Write { 1 } else { 0 },
                     replaces: None,
                     read: None,
+                    fence: None,
                 };
                 let adaptive = self.strategy == Strategy::Adaptive;
                 if !queued {

@@ -18,9 +18,11 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 mod cleanup;
+mod fence;
 mod status;
 
 pub(crate) use cleanup::{delete_if_ours, Target};
+pub(crate) use fence::{move_fence, FenceState};
 pub use status::Health;
 
 /// Default lease TTL: 10 s, renewed every TTL/3 (3.3 s), so two renewals can fail in a row
@@ -77,11 +79,12 @@ impl SessionBuilder {
         }
         let backend = self.client.backend().clone();
         let mut leftovers = Vec::new();
-        let (lease, ttl, sent) = match self.attach {
+        let fence = |lease| FenceState::new(self.client.namespace(), lease);
+        let (lease, ttl, sent, fence) = match self.attach {
             None => {
                 let sent = Instant::now();
                 let l = Backoff::default().retry(|| backend.grant_lease(self.ttl)).await?;
-                (l.id, l.ttl, sent)
+                (l.id, l.ttl, sent, fence(l.id))
             }
             Some(id) => {
                 backend.lease_ttl(id).await?.ok_or(Error::LeaseNotFound { lease: id })?;
@@ -97,7 +100,11 @@ impl SessionBuilder {
                 // itself are not its to take over or release.
                 let namespace = self.client.namespace();
                 leftovers.retain(|key| is_recipe_key(namespace, id, key));
-                (id, ttl, sent)
+                // A create of the earlier process may still be on its way: fence it off
+                // (`session/fence.rs`) before this session creates anything.
+                let fence = fence(id);
+                move_fence(&*backend, &fence, id).await?;
+                (id, ttl, sent, fence)
             }
         };
         // Keys numbered by an earlier process on this lease (`…<lease hex>-<n>`): new ones
@@ -116,6 +123,7 @@ impl SessionBuilder {
             cleanups,
             audit: Mutex::new(cleanup::Audit::default()),
             health: Mutex::new(None),
+            fence,
         });
         let inner = Arc::new(SessionInner {
             client: self.client.clone(),
@@ -133,7 +141,8 @@ impl SessionBuilder {
         tracing::debug!(lease = format_args!("{lease:x}"), ?ttl, "session opened");
         let session = Session { inner };
         if self.attach.is_some() {
-            // A request of the earlier process may still land under the lease: look again later.
+            // A request of the earlier process may still land under the lease: look again
+            // later (its creates are fenced off; a key one made meanwhile is not).
             session.schedule_audit();
         }
         Ok(session)
@@ -212,6 +221,8 @@ struct Shared {
     audit: Mutex<cleanup::Audit>,
     /// The channel of [`Session::status`], once asked for (see `session/status.rs`).
     health: status::HealthChannel,
+    /// The fence every create of the session carries (see `session/fence.rs`).
+    fence: FenceState,
 }
 
 impl Session {
@@ -223,6 +234,20 @@ impl Session {
     /// The TTL the server granted.
     pub fn ttl(&self) -> Duration {
         self.inner.ttl
+    }
+
+    /// The session's fence key, `<namespace>./fence/<lease hex>`: a key under the lease
+    /// that no recipe reads as a lock, permit or place. The session writes it only after a
+    /// create's outcome was unknown (or when it re-attaches a lease), so that a late copy
+    /// of that create can never land; every create of the session is conditional on it.
+    /// A check for keys left under a live lease should pass over it.
+    pub fn fence_key(&self) -> &str {
+        self.inner.shared.fence.key()
+    }
+
+    /// The fence state shared with background tasks.
+    pub(crate) fn fence(&self) -> &FenceState {
+        &self.inner.shared.fence
     }
 
     /// The client this session belongs to.

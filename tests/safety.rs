@@ -276,11 +276,12 @@ async fn failed_release_is_retried_until_the_key_is_gone() {
 }
 
 /// A create that the store gets after its caller gave up (every attempt failed; the first
-/// timed out while still on its way, and lands after the cleanup that followed found
-/// nothing): the key belongs to nothing, so the session's audit deletes it (reviewer's
-/// finding on issue 17's fixes).
+/// timed out while still on its way, and arrives after the cleanup that followed found
+/// nothing). Its key would belong to nothing (reviewer's finding on issue 17's fixes; the
+/// audit deleted it then): the cleanup moved the session's fence first, so the store
+/// refuses it.
 #[tokio::test(start_paused = true)]
-async fn a_create_that_lands_after_its_cleanup_is_deleted() {
+async fn a_create_that_arrives_after_its_cleanup_is_refused() {
     let store = MemoryBackend::new();
     let (client, faults) = faulty(&store);
     let s = client.session().await.unwrap();
@@ -288,9 +289,11 @@ async fn a_create_that_lands_after_its_cleanup_is_deleted() {
     faults.inject(Op::Create, Some("slots/"), Fault::FailBefore, None);
     assert!(Semaphore::new(&s, "slots", 1).unwrap().acquire().await.is_err(), "gives up after the retry budget");
     faults.clear(Op::Create);
-    s.settle().await; // the cleanup found nothing: the create had not landed yet
+    s.settle().await; // the cleanup found nothing: the create had not arrived yet
+    assert_eq!(faults.late_arrived(), 0);
     tokio::time::sleep(Duration::from_secs(6)).await;
-    assert_eq!(keys(&store, "slots/").await.len(), 1, "the late create landed under A's live lease");
+    assert_eq!(faults.late_arrived(), 1, "the late create reached the store");
+    assert_eq!(keys(&store, "slots/").await, Vec::<String>::new(), "the late create landed under A's live lease");
     let b = other_session(&store).await;
     let got = timeout(Duration::from_secs(60), Semaphore::new(&b, "slots", 1).unwrap().acquire()).await;
     assert!(got.is_ok(), "the late key holds the only permit for good: {:?}", keys(&store, "slots/").await);
@@ -298,12 +301,12 @@ async fn a_create_that_lands_after_its_cleanup_is_deleted() {
 
 /// An acquisition dropped while its create is retried, whose retry succeeds while the first
 /// attempt (timed out) is still on its way: the dropped acquisition's cleanup deletes the
-/// retry's key, then the first attempt lands and makes the key again. Nothing owns it; the
-/// session's audit must delete it. The old code scheduled an audit only when the create
-/// ended in an error, and the key held the only permit for good (found by the simulator,
-/// seeds 1767 and 1990, once the first renewal moved earlier).
+/// retry's key, then the first attempt arrives. It would make the key again, owned by
+/// nothing (an early fix scheduled an audit only when the create ended in an error, and
+/// the key held the only permit for good: the simulator, seeds 1767 and 1990). The retry
+/// moved the session's fence first, so the store refuses it.
 #[tokio::test(start_paused = true)]
-async fn a_first_attempt_landing_after_a_dropped_acquisitions_cleanup_is_deleted() {
+async fn a_first_attempt_arriving_after_a_dropped_acquisitions_cleanup_is_refused() {
     let store = MemoryBackend::new();
     let (client, faults) = faulty(&store);
     let s = client.session().await.unwrap();
@@ -312,16 +315,18 @@ async fn a_first_attempt_landing_after_a_dropped_acquisitions_cleanup_is_deleted
     let acquiring = Semaphore::new(&s, "slots", 1).unwrap();
     assert!(timeout(Duration::from_millis(100), acquiring.acquire()).await.is_err(), "dropped while retrying");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(keys(&store, "slots/").await.len(), 1, "the first attempt landed after the cleanup");
+    assert_eq!(faults.late_arrived(), 1, "the first attempt reached the store");
+    assert_eq!(keys(&store, "slots/").await, Vec::<String>::new(), "the first attempt landed after the cleanup");
     let b = other_session(&store).await;
     let got = timeout(Duration::from_secs(60), Semaphore::new(&b, "slots", 1).unwrap().acquire()).await;
     assert!(got.is_ok(), "the late key holds the only permit for good: {:?}", keys(&store, "slots/").await);
 }
 
-/// A request of a process that lands after its successor re-attached the lease (the
-/// simulator's seeds 754 and 1425): the successor's audit deletes the key nobody owns.
+/// A create of a process that arrives after its successor re-attached the lease (the
+/// simulator's seeds 754 and 1425; the successor's audit deleted the key then): the
+/// successor moved the fence when it attached, so the store refuses it.
 #[tokio::test(start_paused = true)]
-async fn a_predecessors_late_create_is_deleted_after_the_takeover() {
+async fn a_predecessors_late_create_is_refused_after_the_takeover() {
     let store = MemoryBackend::new();
     let (client, faults) = faulty(&store);
     let before = client.session().await.unwrap();
@@ -340,7 +345,8 @@ async fn a_predecessors_late_create_is_deleted_after_the_takeover() {
     let after = successor.session_builder().attach(lease).open().await.unwrap();
     assert_eq!(after.release_leftovers().await.unwrap(), 0, "nothing had landed yet");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(keys(&store, "slots/").await.len(), 1, "the late create landed under the lease");
+    assert!(faults.late_arrived() >= 1, "the late create reached the store");
+    assert_eq!(keys(&store, "slots/").await, Vec::<String>::new(), "the late create landed under the lease");
     let b = other_session(&store).await;
     let got = timeout(Duration::from_secs(60), Semaphore::new(&b, "slots", 1).unwrap().acquire()).await;
     assert!(got.is_ok(), "the late key holds the only permit for good: {:?}", keys(&store, "slots/").await);
@@ -530,4 +536,28 @@ async fn an_acquisition_answered_after_the_deadline_is_not_admitted() {
         assert!(matches!(held, Err(Error::SessionLost { .. })), "{what}: admitted after the deadline: {held:?}");
         assert!(faults.calls(late) > 0, "{what}: the late call was never made");
     }
+}
+
+/// A first create attempt that arrives long after its acquisition was answered by a retry,
+/// held and released, and after the audit one TTL later (the partition suite's flapping
+/// links, ci53, 2026-12-04: "left under a live lease"). The old code had nothing more to
+/// catch it: the key held the only permit until the session ended. The retry moved the
+/// session's fence first, so the store refuses the late copy, however late.
+#[tokio::test(start_paused = true)]
+async fn a_create_arriving_after_its_key_was_released_and_audited_is_refused() {
+    let store = MemoryBackend::new();
+    let (client, faults) = faulty(&store);
+    let s = client.session().await.unwrap();
+    faults.inject(Op::Create, Some("slots/"), Fault::Late(Duration::from_secs(30)), Some(1));
+    let p = Semaphore::new(&s, "slots", 1).unwrap().acquire().await.unwrap();
+    p.release().await.unwrap();
+    s.settle().await;
+    assert_eq!(faults.late_arrived(), 0);
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert_eq!(faults.late_arrived(), 1, "the late create reached the store");
+    assert_eq!(keys(&store, "slots/").await, Vec::<String>::new(), "the late create landed under A's live lease");
+    let b = other_session(&store).await;
+    let got = timeout(Duration::from_secs(60), Semaphore::new(&b, "slots", 1).unwrap().acquire()).await;
+    assert!(s.is_valid());
+    assert!(got.is_ok(), "the replayed key holds the only permit: {:?}", keys(&store, "slots/").await);
 }

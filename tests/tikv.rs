@@ -70,6 +70,7 @@ async fn unrenewed_lease_expires_and_watchers_see_the_delete() {
         head_limit: 0,
         replaces: None,
         read: None,
+        fence: None,
     };
     let created = backend.create(req("exp/a", lease.id)).await.unwrap();
     assert!(created.created);
@@ -109,6 +110,7 @@ async fn expired_keys_are_absent_before_the_reaper_runs() {
         head_limit: 0,
         replaces: None,
         read: None,
+        fence: None,
     };
     let first = backend.create(req(short.id)).await.unwrap();
     assert!(first.created);
@@ -397,6 +399,7 @@ async fn a_renewal_cannot_revive_a_lease_a_read_saw_expire() {
         head_limit: 0,
         replaces: None,
         read: None,
+        fence: None,
     };
     assert!(a.create(req).await.unwrap().created);
     // The lease record's key (see the module docs of the backend): `<root>l/<id, 16 hex>`.

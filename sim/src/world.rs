@@ -305,7 +305,8 @@ impl World {
         tokio::time::sleep(Duration::from_secs(6)).await;
         let (keys, rev) = self.store.snapshot("");
         for kv in keys.iter().filter(|kv| kv.lease != 0) {
-            let owner = live.iter().find(|(_, s)| s.lease_id() == kv.lease && s.is_valid());
+            // The session's fence key is no lock, permit or place (`Session::fence_key`).
+            let owner = live.iter().find(|(_, s)| s.lease_id() == kv.lease && s.is_valid() && kv.key != s.fence_key());
             if let Some((id, _)) = owner {
                 self.checker.violation(format!(
                     "c{id}: key {} (token {}) left under its live lease at revision {rev}, held by nothing",

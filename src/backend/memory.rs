@@ -369,12 +369,17 @@ impl Backend for MemoryBackend {
 
     async fn create(&self, req: CreateRequest) -> Result<CreateResponse> {
         let mut st = self.call().await?;
-        let ok = match req.precondition {
-            Precondition::KeyAbsent => !st.kvs.contains_key(&req.key),
-            Precondition::PrefixEmpty => !st.kvs.contains_key(&req.key) && st.prefix(&req.prefix, 1).is_empty(),
-        };
+        let fence_moved = req.fence.as_ref().and_then(|fence| {
+            let now = st.kvs.get(&fence.key).map(|kv| kv.mod_revision);
+            (now != fence.revision).then_some(now.unwrap_or(0))
+        });
+        let ok = fence_moved.is_none()
+            && match req.precondition {
+                Precondition::KeyAbsent => !st.kvs.contains_key(&req.key),
+                Precondition::PrefixEmpty => !st.kvs.contains_key(&req.key) && st.prefix(&req.prefix, 1).is_empty(),
+            };
         let mut writes = Vec::new();
-        if let Some(Replaced { key, revision }) = req.replaces {
+        if let Some(Replaced { key, revision }) = req.replaces.filter(|_| fence_moved.is_none()) {
             let current = st.kvs.get(&key).map(|kv| kv.create_revision);
             if current.is_some() && (revision.is_none() || current == revision) {
                 writes.push(Write::Delete { key });
@@ -392,6 +397,7 @@ impl Backend for MemoryBackend {
             head: st.prefix(&req.prefix, req.head_limit),
             revision: st.revision,
             read: req.read.and_then(|k| st.kvs.get(&k).cloned()),
+            fence_moved,
         })
     }
 

@@ -102,6 +102,21 @@ pub struct CreateRequest {
     /// queued [`Register`](crate::Register) update reads its value while it queues, so
     /// when it is admitted at once it needs no read of its own.
     pub read: Option<String>,
+    /// A guard against a late copy of this request: when given, the call changes nothing
+    /// (neither the create nor `replaces`) unless [`Fence::key`] has [`Fence::revision`]. A
+    /// session moves its fence key on after a request's outcome was unknown, so a copy of
+    /// that request which reaches the store later (a retransmission, a proposal committed
+    /// after its caller timed out) can never create a key that nothing of the session owns.
+    pub fence: Option<Fence>,
+}
+
+/// What must hold for a [`CreateRequest`] to change anything (see [`CreateRequest::fence`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The fence key.
+    pub key: String,
+    /// Its expected `mod_revision`; `None`: the key is absent.
+    pub revision: Option<Revision>,
 }
 
 /// The key a [`CreateRequest`] deletes in the same step (see [`CreateRequest::replaces`]).
@@ -128,6 +143,10 @@ pub struct CreateResponse {
     pub revision: Revision,
     /// [`CreateRequest::read`] as of `revision` (`None` if not asked for or absent).
     pub read: Option<KeyValue>,
+    /// `Some(r)` if the request's [fence](CreateRequest::fence) did not hold: nothing was
+    /// written (`created` is false) and the fence key's `mod_revision` is now `r` (0 if it
+    /// is absent). `None` if it held or there was none.
+    pub fence_moved: Option<Revision>,
 }
 
 /// The outcome of [`Backend::compare_and_swap`].
@@ -309,7 +328,9 @@ pub trait Backend: Send + Sync + Debug + 'static {
 
     /// Deletes `req.replaces` (if given), then creates `req.key` if `req.precondition` holds,
     /// and reads the prefix head (and `req.read`), atomically: the precondition is checked
-    /// before the delete, the head, `mine` and `read` are read after it.
+    /// before the delete, the head, `mine` and `read` are read after it. If `req.fence` is
+    /// given and does not hold, nothing is deleted or created (see
+    /// [`CreateResponse::fence_moved`]).
     async fn create(&self, req: CreateRequest) -> Result<CreateResponse>;
     /// Deletes `key` only if its `create_revision` is `create_revision`. True if deleted.
     async fn delete_if_created(&self, key: &str, create_revision: Revision) -> Result<bool>;

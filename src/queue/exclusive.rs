@@ -77,6 +77,7 @@ impl Exclusive {
             head_limit: 1,
             replaces,
             read: None,
+            fence: None,
         }
     }
 

@@ -2,13 +2,13 @@
 //! that one acquisition per key per session holds while it creates and holds the key.
 
 use super::{with_deadline, Wait};
-use crate::backend::{Backend, Condition, CreateRequest, CreateResponse, KeyValue, Revision, Write};
+use crate::backend::{Backend, Condition, CreateRequest, CreateResponse, KeyValue, Read, ReadValue, Revision, Write};
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::guard::Holding;
 use crate::local::cleanups::Owned;
 use crate::local::waiter_queue::{Slot, WaiterQueue};
-use crate::session::Target;
+use crate::session::{move_fence, Target};
 use crate::Session;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -135,18 +135,33 @@ impl Pending {
         let backend = session.client().backend().clone();
         let key = req.key.clone();
         let unknown = Arc::new(AtomicBool::new(false));
-        let flag = unknown.clone();
+        let (flag, session_) = (unknown.clone(), session.clone());
         // Retrying is safe: the key is this session's own, so a retry after an attempt that
-        // did write finds the key already there (with this lease) and reports it.
+        // did write finds the key already there (with this lease) and reports it. And no
+        // attempt lands after a later one was sent: the fence moves in between
+        // (`session/fence.rs`).
         let task = tokio::spawn(async move {
+            let unfenced = AtomicBool::new(false);
             let attempt = || {
-                let (backend, req, flag) = (backend.clone(), req.clone(), flag.clone());
+                let (backend, req, flag, session, unfenced) = (&backend, &req, &flag, &session_, &unfenced);
                 async move {
-                    let r = backend.create(req).await;
-                    if r.as_ref().is_err_and(Error::is_transient) {
-                        flag.store(true, Ordering::Release);
+                    if unfenced.load(Ordering::Acquire) {
+                        move_fence(&**backend, session.fence(), session.lease_id()).await?;
+                        unfenced.store(false, Ordering::Release);
                     }
-                    r
+                    loop {
+                        let req = CreateRequest { fence: Some(session.fence().current()), ..req.clone() };
+                        match backend.create(req).await {
+                            Err(e) if e.is_transient() => {
+                                flag.store(true, Ordering::Release);
+                                unfenced.store(true, Ordering::Release);
+                                return Err(e);
+                            }
+                            // Refused, not applied: another task moved the fence meanwhile.
+                            Ok(CreateResponse { fence_moved: Some(now), .. }) => session.fence().seen(now),
+                            other => return other,
+                        }
+                    }
                 }
             };
             Backoff::default().retry(attempt).await
@@ -175,13 +190,26 @@ impl Pending {
         let backend = session.client().backend().clone();
         let (lease, created_key) = (session.lease_id(), key.clone());
         let unknown = Arc::new(AtomicBool::new(false));
-        let flag = unknown.clone();
+        let (flag, session_) = (unknown.clone(), session.clone());
         let task = tokio::spawn(async move {
-            let applied = backend.write_if(&conditions, writes).await.inspect_err(|e| {
+            // Fenced like a create (`session/fence.rs`); the fence is read in the same step
+            // so that a write refused by a moved fence learns where it is now.
+            let fence = session_.fence().current();
+            let mut conditions = conditions;
+            conditions.push(Condition::Modified { key: fence.key.clone(), revision: fence.revision });
+            let step = backend.transact(&conditions, writes, &[Read::Key(fence.key.clone())]).await;
+            let step = step.inspect_err(|e| {
                 if e.is_transient() {
                     flag.store(true, Ordering::Release);
                 }
             })?;
+            if let (None, Some(ReadValue::Key(now))) = (step.applied, step.reads.first()) {
+                let now = now.as_ref().map(|kv| kv.mod_revision);
+                if now != fence.revision {
+                    session_.fence().seen(now.unwrap_or(0));
+                }
+            }
+            let applied = step.applied;
             let mine = applied.map(|rev| KeyValue {
                 key: created_key,
                 value: Vec::new(),
@@ -195,6 +223,7 @@ impl Pending {
                 head: Vec::new(),
                 revision: applied.unwrap_or(0),
                 read: None,
+                fence_moved: None,
             })
         });
         let stage = Stage::InFlight(task, unknown);
@@ -321,8 +350,8 @@ impl Drop for Pending {
                         },
                         Ok(Err(e)) if !unknown.load(Ordering::Acquire) && !e.is_transient() => None,
                         _ => {
-                            session.schedule_audit(); // an attempt may still land
-                            Some(Target::IfOurs(key))
+                            session.schedule_audit(); // an attempt may still have landed
+                            Some(Target::Unknown(key))
                         }
                     };
                     match target {

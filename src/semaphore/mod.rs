@@ -490,6 +490,7 @@ impl Semaphore {
             replaces: None,
             // The count as of this very step: checked by `count_check`.
             read: Some(self.count_key.clone()),
+            fence: None,
         }
     }
 

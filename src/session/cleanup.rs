@@ -16,13 +16,15 @@
 //!
 //! A request can also land after its caller gave up: a create whose every attempt failed,
 //! but one of which reaches the store later; or a request of the process that held the
-//! lease before a [re-attach](crate::SessionBuilder::attach). Its key belongs to nothing.
-//! So after each such event (an attempt with an unknown outcome, an attach) the session
-//! **audits** its lease one TTL later: every key of a recipe's shape under the lease that
-//! nothing of the session owns — no acquisition, guard, parked place or leftover — is
-//! deleted like the others. (A request that lands later still is not covered.)
+//! lease before a [re-attach](crate::SessionBuilder::attach). Its key would belong to
+//! nothing. The session's **fence** (`session/fence.rs`) keeps such a create from landing
+//! at all once the session has moved on, however late it arrives. As a second line, after
+//! each such event (an attempt with an unknown outcome, an attach) the session **audits**
+//! its lease one TTL later: every key of a recipe's shape under the lease that nothing of
+//! the session owns — no acquisition, guard, parked place or leftover — is deleted like the
+//! others (a request of an earlier process that landed before the attach, say).
 
-use super::{is_recipe_key, Session, Shared};
+use super::{is_recipe_key, move_fence, Session, Shared};
 use crate::backend::{Backend, Condition, LeaseId, Revision, Write};
 use crate::backoff::Backoff;
 use crate::error::Result;
@@ -51,11 +53,12 @@ impl Session {
         self.delete_in_background(doom, Target::Created(key, revision, extra), local);
     }
 
-    /// After a create whose outcome is unknown: deletes `key` in the background if it
-    /// exists under this session's lease, retrying until done or the session ends.
+    /// After a create whose outcome is unknown: moves the session's fence, so that no copy
+    /// of it can land any more, then deletes `key` in the background if it exists under
+    /// this session's lease, retrying until done or the session ends.
     pub(crate) fn cleanup_unknown(&self, key: String, local: Option<Slot>) {
         let doom = self.doom(&key);
-        self.delete_in_background(doom, Target::IfOurs(key), local);
+        self.delete_in_background(doom, Target::Unknown(key), local);
     }
 
     /// Marks `key` doomed until the token is dropped (see the [module docs](self)).
@@ -194,12 +197,15 @@ pub(crate) enum Target {
     Created(String, Revision, Vec<Write>),
     /// The key, if it exists under the session's lease (its revision is not known).
     IfOurs(String),
+    /// Like `IfOurs`, for a key whose create's outcome is unknown: the session's fence
+    /// moves first, so that the create cannot land after the delete.
+    Unknown(String),
 }
 
 impl Target {
     fn key(&self) -> &str {
         match self {
-            Target::Created(key, ..) | Target::IfOurs(key) => key,
+            Target::Created(key, ..) | Target::IfOurs(key) | Target::Unknown(key) => key,
         }
     }
 
@@ -210,6 +216,12 @@ impl Target {
                 let mut writes = vec![Write::Delete { key: key.clone() }];
                 writes.extend(extra);
                 persist(shared, &key, || backend.write_if(&held, writes.clone())).await;
+            }
+            Target::Unknown(key) => {
+                let fenced = persist(shared, &key, || move_fence(backend, &shared.fence, lease)).await;
+                if fenced.is_some() {
+                    Box::pin(Target::IfOurs(key).run(backend, shared, lease)).await;
+                }
             }
             Target::IfOurs(key) => {
                 // Read once, then delete that revision only: a retry after a delete whose

@@ -129,6 +129,7 @@ pub async fn create_prefix_empty_never_overwrites(client: &Client) {
         head_limit: 1,
         replaces: None,
         read: None,
+        fence: None,
     };
     let first = b.create(req(b"first")).await.unwrap();
     assert!(first.created && first.head.is_empty(), "{first:?}");
@@ -139,6 +140,57 @@ pub async fn create_prefix_empty_never_overwrites(client: &Client) {
     let mine = again.mine.expect("the key as it is");
     assert_eq!((mine.value.as_slice(), mine.create_revision), (&b"first"[..], stored.create_revision));
     assert_eq!(b.get(&key).await.unwrap().unwrap().value, b"first");
+    b.revoke_lease(lease).await.unwrap();
+}
+
+/// `Backend::create` with a fence (`CreateRequest::fence`): while the fence key has the
+/// revision the request names (absent: `None`) the create works as without one; once it has
+/// moved, the request changes nothing — no key, no delete of `replaces`, no new revision —
+/// and says where the fence is now, so the caller can send it again. This is what keeps a
+/// late copy of a create whose outcome was unknown from making a key nothing owns.
+pub async fn create_with_a_moved_fence_changes_nothing(client: &Client) {
+    use leasehold::backend::{CreateRequest, Fence, Precondition, Replaced};
+    let b = client.backend();
+    let lease = b.grant_lease(std::time::Duration::from_secs(30)).await.unwrap().id;
+    let base = client.prefix_of(&format!("fenced-create-{}", std::process::id())).unwrap();
+    let fence_key = format!("{base}fence");
+    let queue = format!("{base}q/");
+    let req = |n: u32, fence: Option<i64>, replaces: Option<Replaced>| CreateRequest {
+        key: format!("{queue}{lease:x}-{n}"),
+        value: b"v".to_vec(),
+        lease,
+        precondition: Precondition::KeyAbsent,
+        prefix: queue.clone(),
+        head_limit: 0,
+        replaces,
+        read: Some(fence_key.clone()),
+        fence: Some(Fence { key: fence_key.clone(), revision: fence }),
+    };
+    // The fence is absent and the request says so: created, as without a fence.
+    let first = b.create(req(0, None, None)).await.unwrap();
+    assert!(first.created && first.fence_moved.is_none(), "{first:?}");
+    // The fence moves; a copy of a request sent before that is refused whole.
+    let put = Write::Put { key: fence_key.clone(), value: Vec::new(), lease: Some(lease) };
+    let moved = b.write_if(&[], vec![put.clone()]).await.unwrap().expect("unconditional");
+    let old = Replaced { key: format!("{queue}{lease:x}-0"), revision: None };
+    let late = b.create(req(1, None, Some(old.clone()))).await.unwrap();
+    assert!(!late.created, "a create past a moved fence wrote its key: {late:?}");
+    assert_eq!(late.fence_moved, Some(moved), "the refusal says where the fence is: {late:?}");
+    assert_eq!(late.revision, moved, "a refused create advanced the revision: {late:?}");
+    let (keys, _) = b.range_prefix(&queue, 0).await.unwrap();
+    let names: Vec<&str> = keys.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(names, [old.key.as_str()], "a refused create deleted what it replaces, or made its key");
+    // With the fence's new revision the same request goes through, replaces included.
+    let again = b.create(req(1, Some(moved), Some(old.clone()))).await.unwrap();
+    assert!(again.created && again.fence_moved.is_none(), "{again:?}");
+    assert!(b.get(&old.key).await.unwrap().is_none(), "the replaced key stayed");
+    // A key that exists is reported as without a fence (created false, no fence moved).
+    let exists = b.create(req(1, Some(moved), None)).await.unwrap();
+    assert!(!exists.created && exists.fence_moved.is_none() && exists.mine.is_some(), "{exists:?}");
+    // A fence expected present but absent (deleted with its lease) has moved too: to 0.
+    b.write_if(&[], vec![Write::Delete { key: fence_key.clone() }]).await.unwrap();
+    let gone = b.create(req(2, Some(moved), None)).await.unwrap();
+    assert!(!gone.created && gone.fence_moved == Some(0), "{gone:?}");
     b.revoke_lease(lease).await.unwrap();
 }
 

@@ -64,6 +64,7 @@ macro_rules! conformance_suite {
             keep_alive_contract => |c| mx::keep_alive_contract(c);
             transact_contract => |c| bk::transact_contract(c);
             create_prefix_empty_never_overwrites => |c| bk::create_prefix_empty_never_overwrites(c);
+            create_with_a_moved_fence_changes_nothing => |c| bk::create_with_a_moved_fence_changes_nothing(c);
             watch_key_and_prefix_is_narrow => |c| bk::watch_key_and_prefix_is_narrow(c);
             write_under_a_gone_lease => |c| bk::write_under_a_gone_lease(c);
             reattach_takes_over_leftovers => |c| rc::reattach_takes_over_leftovers(c);

@@ -92,6 +92,7 @@ pub async fn leftover_key(client: &Client, key: &str, lease: i64, prefix: &str) 
         head_limit: 1,
         replaces: None,
         read: None,
+        fence: None,
     };
     assert!(client.backend().create(create).await.unwrap().created);
 }

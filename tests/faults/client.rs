@@ -132,7 +132,8 @@ impl ClientRun {
         let started = Instant::now();
         loop {
             match tokio::time::timeout(OP_LIMIT, self.client.backend().lease_keys(s.lease_id())).await {
-                Ok(Ok(keys)) => return Some(keys),
+                // The session's fence key is no lock, permit or place (`Session::fence_key`).
+                Ok(Ok(keys)) => return Some(keys.into_iter().filter(|k| k != s.fence_key()).collect()),
                 Ok(Err(e)) if e.is_transient() && started.elapsed() < OP_LIMIT => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }

@@ -183,8 +183,10 @@ async fn mixed_client(
     let mut left = Vec::new();
     if let Some(s) = session.filter(|s| s.is_valid()) {
         let _ = tokio::time::timeout(Duration::from_secs(20), s.settle()).await;
+        // The session's fence key is no lock, permit or place (`Session::fence_key`).
+        let fence = s.fence_key().to_owned();
         if let Ok(keys) = s.client().backend().lease_keys(s.lease_id()).await {
-            left = keys;
+            left = keys.into_iter().filter(|k| *k != fence).collect();
         }
         if !left.is_empty() {
             tokio::time::sleep(ttl + Duration::from_secs(1)).await;

@@ -126,6 +126,8 @@ struct State {
     /// Faults injected so far, by kind.
     injected: Vec<(&'static str, u64)>,
     calls: Vec<(Op, u64)>,
+    /// `Late` requests that reached the store (after their delay).
+    late_arrived: u64,
 }
 
 /// The fault plan of one client's view of the store; cheap to clone (clones share it).
@@ -181,6 +183,11 @@ impl Faults {
     /// Faults injected so far, by kind.
     pub fn injected(&self) -> Vec<(&'static str, u64)> {
         self.state.lock().unwrap().injected.clone()
+    }
+
+    /// How many `Late` requests have reached the store so far (applied or refused by it).
+    pub fn late_arrived(&self) -> u64 {
+        self.state.lock().unwrap().late_arrived
     }
 
     /// How many calls of `op` were made.
@@ -317,6 +324,7 @@ impl Faulty {
                     tokio::time::sleep(d).await;
                     faults.gate().await;
                     let _ = apply.await;
+                    faults.state.lock().unwrap().late_arrived += 1;
                 });
                 return Err(unavailable("request timed out (it is still on its way)"));
             }

@@ -492,28 +492,39 @@ impl Backend for EtcdBackend {
 
     async fn create(&self, req: CreateRequest) -> Result<CreateResponse> {
         let absent = compare(&Condition::Modified { key: req.key.clone(), revision: None });
-        let conds = match req.precondition {
+        let mut conds = match req.precondition {
             Precondition::KeyAbsent => vec![absent],
             Precondition::PrefixEmpty => vec![absent, compare(&Condition::PrefixEmpty { prefix: req.prefix.clone() })],
         };
+        let fence =
+            req.fence.as_ref().map(|f| compare(&Condition::Modified { key: f.key.clone(), revision: f.revision }));
+        conds.extend(fence.clone());
         let head = || TxnOp::get(req.prefix.clone(), Some(head_options(req.head_limit)));
         let put = TxnOp::put(req.key.clone(), req.value.clone(), Some(PutOptions::new().with_lease(req.lease)));
         // The replaced key is deleted first in both branches (a nested Txn when the delete
-        // has its own condition), so the head read after it no longer lists it.
-        let replace: Vec<TxnOp> = match &req.replaces {
-            None => Vec::new(),
-            Some(Replaced { key, revision: None }) => vec![TxnOp::delete(key.clone(), None)],
-            Some(Replaced { key, revision: Some(r) }) => vec![TxnOp::txn(
-                Txn::new()
-                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, *r)])
-                    .and_then([TxnOp::delete(key.clone(), None)]),
-            )],
+        // has its own condition, or when a fence must hold for it in the failure branch), so
+        // the head read after it no longer lists it.
+        let delete = |with: Vec<Compare>, key: &str| match with.is_empty() {
+            true => TxnOp::delete(key.to_owned(), None),
+            false => TxnOp::txn(Txn::new().when(with).and_then([TxnOp::delete(key.to_owned(), None)])),
         };
-        let skip = replace.len();
+        let replace = |fenced: bool| -> Vec<TxnOp> {
+            let Some(Replaced { key, revision }) = &req.replaces else { return Vec::new() };
+            let owned = revision.map(|r| Compare::create_revision(key.clone(), CompareOp::Equal, r));
+            let with = owned.into_iter().chain(fence.clone().filter(|_| fenced)).collect();
+            vec![delete(with, key)]
+        };
+        let skip = usize::from(req.replaces.is_some());
         let read = || req.read.iter().map(|k| TxnOp::get(k.clone(), None));
-        let then: Vec<TxnOp> = replace.iter().cloned().chain([put, head()]).chain(read()).collect();
-        let otherwise: Vec<TxnOp> =
-            replace.into_iter().chain([TxnOp::get(req.key.clone(), None), head()]).chain(read()).collect();
+        let then: Vec<TxnOp> = replace(false).into_iter().chain([put, head()]).chain(read()).collect();
+        // The failure branch also reads the fence key, last, to tell a moved fence apart.
+        let fence_get = req.fence.iter().map(|f| TxnOp::get(f.key.clone(), None));
+        let otherwise: Vec<TxnOp> = replace(true)
+            .into_iter()
+            .chain([TxnOp::get(req.key.clone(), None), head()])
+            .chain(read())
+            .chain(fence_get)
+            .collect();
         // On success the key is exactly what was put, at the Txn's revision: no need to read it.
         let txn = Txn::new().when(conds).and_then(then).or_else(otherwise);
         let resp = self.txn(txn, Some(req.lease).filter(|&l| l != 0)).await?;
@@ -525,7 +536,15 @@ impl Backend for EtcdBackend {
             range_at(&resp, skip).into_iter().next()
         };
         let read = if req.read.is_some() { range_at(&resp, skip + 2).into_iter().next() } else { None };
-        Ok(CreateResponse { created, mine, head: range_at(&resp, skip + 1), revision: at, read })
+        let fence_moved = match &req.fence {
+            Some(f) if !created => {
+                let now = range_at(&resp, skip + 2 + usize::from(req.read.is_some())).into_iter().next();
+                let now = now.map(|kv| kv.mod_revision);
+                (now != f.revision).then_some(now.unwrap_or(0))
+            }
+            _ => None,
+        };
+        Ok(CreateResponse { created, mine, head: range_at(&resp, skip + 1), revision: at, read, fence_moved })
     }
 
     async fn delete_if_created(&self, key: &str, create_revision: Revision) -> Result<bool> {

@@ -267,13 +267,21 @@ impl Backend for TikvBackend {
             Arc::new(move |tx| {
                 let req = req.clone();
                 Box::pin(async move {
-                    let ok = match req.precondition {
-                        Precondition::KeyAbsent => tx.get(&req.key).await?.is_none(),
-                        Precondition::PrefixEmpty => {
-                            tx.get(&req.key).await?.is_none() && tx.scan(&req.prefix).await?.is_empty()
+                    let fence_moved = match &req.fence {
+                        Some(fence) => {
+                            let now = tx.get(&fence.key).await?.map(|kv| kv.mod_revision);
+                            (now != fence.revision).then_some(now.unwrap_or(0))
                         }
+                        None => None,
                     };
-                    if let Some(Replaced { key, revision }) = &req.replaces {
+                    let ok = fence_moved.is_none()
+                        && match req.precondition {
+                            Precondition::KeyAbsent => tx.get(&req.key).await?.is_none(),
+                            Precondition::PrefixEmpty => {
+                                tx.get(&req.key).await?.is_none() && tx.scan(&req.prefix).await?.is_empty()
+                            }
+                        };
+                    if let Some(Replaced { key, revision }) = req.replaces.as_ref().filter(|_| fence_moved.is_none()) {
                         let current = tx.get(key).await?.map(|kv| kv.create_revision);
                         if current.is_some() && (revision.is_none() || current == *revision) {
                             tx.delete(key).await?;
@@ -291,7 +299,7 @@ impl Backend for TikvBackend {
                         Some(k) => tx.get(k).await?,
                         None => None,
                     };
-                    Ok(CreateResponse { created: ok, mine, head, revision: tx.rev, read })
+                    Ok(CreateResponse { created: ok, mine, head, revision: tx.rev, read, fence_moved })
                 })
             }),
         )
