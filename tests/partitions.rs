@@ -314,7 +314,9 @@ mod partition_suite {
     /// before its session opens, three trials. What must hold (issue 19): the session
     /// survives or is reported lost in time — its deadline, counted from each renewal's
     /// request, stays before the server's expiry, and it is never valid after the server
-    /// expired it. And renewals work over this link: some trial renews. Survival is not
+    /// expired it. And renewals work over this link: some trial renews (trials go on, up to
+    /// eight, until one has; each trial renews with a fair chance, so three alone all failed
+    /// to, by a code-read estimate, about once in 25 runs). Survival is not
     /// asserted: renewals go one at a time, each sent once the one before is answered, so a
     /// session lasts while every round trip stays under TTL / 2 — the top of this range, with
     /// a retransmission or chunks queued behind each other, goes past it (CI, 2026-12-03:
@@ -328,7 +330,7 @@ mod partition_suite {
             loss: 0.05,
             retransmit: Duration::from_millis(200),
         };
-        let trials = slow_link("a_slow_link_within_the_renewal_budget", "slow", ttl, each_way, false, 3);
+        let trials = slow_link("a_slow_link_within_the_renewal_budget", "slow", ttl, each_way, false, 3..=8);
         // Safety is asserted in `slow_link` for every trial; here, that renewals get through
         // at all (a session that could never renew over this link, as before dc2c0a7, fails).
         assert!(trials.iter().any(|&(renewals, _)| renewals >= 1), "no trial renewed over the slow link: {trials:?}");
@@ -349,7 +351,7 @@ mod partition_suite {
             loss: 0.05,
             retransmit: Duration::from_millis(200),
         };
-        slow_link("a_slow_link_beyond_the_renewal_budget", "slower", ttl, each_way, true, 2);
+        slow_link("a_slow_link_beyond_the_renewal_budget", "slower", ttl, each_way, true, 2..=2);
     }
 
     /// Holder A behind `link` (to the only member; from the moment it holds if `once_held`)
@@ -362,9 +364,9 @@ mod partition_suite {
         ttl: Duration,
         link: Link,
         once_held: bool,
-        trials: usize,
+        trials: std::ops::RangeInclusive<usize>,
     ) -> Vec<(usize, bool)> {
-        let Some(net) = Net::new_or_skip(3, test) else { return vec![(usize::MAX, true); trials] };
+        let Some(net) = Net::new_or_skip(3, test) else { return vec![(usize::MAX, true); *trials.start()] };
         let etcd = NetEtcd::start(&net, &[0]);
         let rt = runtime();
         let client: Client = rt.block_on(Client::connect(&etcd.url(&[0]))).unwrap();
@@ -373,7 +375,11 @@ mod partition_suite {
         let mut margins = Vec::new();
         let mut outcomes = Vec::new();
         let mut renewals = Vec::new();
-        for trial in 0..trials {
+        // At least `trials.start()` trials; more, up to `trials.end()`, while none renewed.
+        for trial in 0..*trials.end() {
+            if trial >= *trials.start() && renewals.iter().any(|&r| r >= 1) {
+                break;
+            }
             let name = format!("{prefix}-{trial}");
             let deletes = Deletes::watch(&rt, &client, &format!("{name}/"));
             proxy.set(if once_held { Link::FAST } else { link });
