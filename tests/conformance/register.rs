@@ -255,30 +255,45 @@ pub async fn adaptive_tasks_of_one_client_queue_for_each_other(client: &Client, 
 /// each with the check left out: until the tasks next measured the queue); they fail at most
 /// twice, and nothing is lost. Where the queue is the measured mode (etcd) nobody fails.
 pub async fn adaptive_optimistic_mode_yields_to_a_queue(client: &Client, tasks: usize) {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let name = "reg-crowd-yield";
     let setup = client.session().await.unwrap();
     Register::new(&setup, name).unwrap().update(|_| Some(b"0".to_vec())).await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    // Tasks that made `STREAK` compare-and-swap updates in a row (no token: not queued).
+    const STREAK: u32 = 20;
+    let unqueued = Arc::new(AtomicUsize::new(0));
     // The tasks' own client (its own measurements), on the same store.
     let crowd = Client::from_arc(client.backend().clone());
     let mut handles = Vec::new();
     for _ in 0..tasks {
-        let (crowd, stop) = (crowd.clone(), stop.clone());
+        let (crowd, stop, unqueued) = (crowd.clone(), stop.clone(), unqueued.clone());
         handles.push(tokio::spawn(async move {
             let s = crowd.session().await.unwrap();
             let r = Register::new(&s, name).unwrap().with_strategy(Strategy::Adaptive);
-            let mut n = 0_u64;
+            let (mut n, mut streak) = (0_u64, 0_u32);
             while !stop.load(Ordering::Relaxed) {
-                assert!(r.update(incr).await.unwrap().written);
+                let u = r.update(incr).await.unwrap();
+                assert!(u.written);
+                streak = if u.token.is_none() { streak + 1 } else { 0 };
+                if streak == STREAK {
+                    unqueued.fetch_add(1, Ordering::Relaxed);
+                }
                 n += 1;
             }
             s.close().await.unwrap();
             n
         }));
     }
-    // Time to measure both modes and settle (epochs of at least 5 ms).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Time to measure both modes and settle (epochs of at least 5 ms): where compare-and-
+    // swap is measured cheaper (the embedded store), until every task has used it for a
+    // while; where the queue is (etcd), that never comes, and 3 s are plenty. (A fixed
+    // 300 ms before: a slow start on a loaded machine left the tasks queued, and the
+    // planted check in `scripts/test.sh` would have had nothing to catch.)
+    let settle = tokio::time::Instant::now() + Duration::from_secs(3);
+    while unqueued.load(Ordering::Relaxed) < tasks && tokio::time::Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let queued = Register::new(&setup, name).unwrap().with_strategy(Strategy::Pessimistic);
     let slow = |v: Option<Vec<u8>>, _| async move {
         tokio::time::sleep(Duration::from_millis(2)).await;
