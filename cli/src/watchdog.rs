@@ -368,6 +368,10 @@ impl Watchdog {
         let boot = boottime_ns();
         let left = deadline.saturating_duration_since(std::time::Instant::now()).saturating_sub(margin);
         let kill = kill_instant(boot, left, suspended_now, suspended_before);
+        // Mutation (docs/cli.md): the kill 1.5 s late, past the lease; the kill-margin test
+        // must catch it.
+        #[cfg(leasehold_cli_mutation_late_kill)]
+        let kill = kill + 1_500_000_000;
         (kill.saturating_sub(grace.as_nanos() as u64), kill)
     }
 

@@ -280,10 +280,15 @@ fn a_worker_left_behind_by_the_command_is_ended_before_the_release() {
 /// time from the command's death (its process turns zombie: its parent is stopped) to the
 /// server-side expiry of A's lease (the delete event of A's key, as a watcher sees it) must
 /// never be negative. Printed: the minimum and the median.
+///
+/// The expiry is stamped by a task that reads the watch all along, on a runtime thread of
+/// its own, when the delete arrives. (Until 2026-12-04 it was stamped when the test read
+/// the watch, which it did only after it saw the command dead: the margin could not come
+/// out negative, and a watchdog planted to kill late passed.)
 #[test]
 fn the_command_dies_before_the_server_expires_the_lease() {
     let etcd = EtcdCluster::single();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let client = rt.block_on(etcd.client());
     let mut margins = Vec::new();
     for trial in 0..20 {
@@ -292,6 +297,14 @@ fn the_command_dies_before_the_server_expires_the_lease() {
         let name = format!("margin-{trial}");
         let mut procs = Procs(Vec::new());
         let mut watch = rt.block_on(client.backend().watch_prefix(&format!("{name}/"))).unwrap();
+        let expiry = rt.spawn(async move {
+            loop {
+                let batch = watch.next().await.expect("the watch broke");
+                if batch.iter().any(|e| matches!(e, leasehold::backend::WatchEvent::Delete { .. })) {
+                    return Instant::now();
+                }
+            }
+        });
         let a = procs.add(holder(&etcd, &name, "A", &log, WRITER));
         assert!(wait_until(Duration::from_secs(15), || wrote(&log, "A")), "trial {trial}: A never ran");
         let dog = watchdog_of(a).expect("a watchdog");
@@ -300,14 +313,7 @@ fn the_command_dies_before_the_server_expires_the_lease() {
         let stopped = Instant::now();
         assert!(wait_until(TTL_D * 2, || !alive(cmd)), "trial {trial}: the command was not killed");
         let died = Instant::now();
-        let expired = rt.block_on(async {
-            loop {
-                let batch = tokio::time::timeout(TTL_D * 3, watch.next()).await.expect("no expiry").unwrap();
-                if batch.iter().any(|e| matches!(e, leasehold::backend::WatchEvent::Delete { .. })) {
-                    return Instant::now();
-                }
-            }
-        });
+        let expired = rt.block_on(async { tokio::time::timeout(TTL_D * 3, expiry).await }).expect("no expiry").unwrap();
         let margin = expired.saturating_duration_since(died).as_secs_f64() * 1e3
             - died.saturating_duration_since(expired).as_secs_f64() * 1e3;
         assert!(
