@@ -193,6 +193,13 @@ impl Drop for Deletes {
 }
 
 /// A holder's last validity deadline and its `LOST` time, from its lines.
+///
+/// What the holder believed is its deadline: `is_valid()` is false from it on, whatever the
+/// scheduler does, so the scenarios compare the server's expiry with the deadline. The
+/// `LOST` stamp is when a task of the worker ran after the `lost` signal fired (by a timer
+/// at the deadline): on a loaded machine it comes later by the scheduling delay of two
+/// tasks (a CI run saw it only 51 ms before the expiry), which says nothing about what the
+/// holder believed; it is required, and reported.
 fn loss(a: &Worker, limit: Duration) -> (u64, u64) {
     let until = Instant::now() + limit;
     let mut deadline = 0u64;
@@ -231,7 +238,7 @@ mod partition_suite {
         let client: Client = rt.block_on(Client::connect(&etcd.url(&[0]))).unwrap();
         let endpoints = etcd.endpoints(&[0]).join(",");
         let ttl = Duration::from_secs(2);
-        let mut margins = Vec::new();
+        let (mut margins, mut signal) = (Vec::new(), Vec::new());
         for trial in 0..3 {
             let name = format!("cut-{trial}");
             let deletes = Deletes::watch(&rt, &client, &format!("{name}/"));
@@ -243,13 +250,14 @@ mod partition_suite {
             let (deadline, lost) = loss(&a, ttl * 3);
             let expired = deletes.of(&key, held, ttl * 5);
             b.expect("HELD", Duration::from_secs(10));
-            let margin = expired as i128 - lost.max(deadline) as i128;
+            let margin = expired as i128 - deadline as i128;
             assert!(
                 margin >= 0,
                 "trial {trial}: A believed it held until {:.0} ms after the server expired its lease",
                 ms(-margin)
             );
             margins.push(ms(margin));
+            signal.push(ms(lost as i128 - deadline as i128));
             net.heal(1);
             a.say("write");
             let fenced = a.expect("FENCED", Duration::from_secs(15));
@@ -260,7 +268,10 @@ mod partition_suite {
             );
             assert_eq!(a.expect("VALID", Duration::from_secs(5)), ["false"], "trial {trial}");
         }
-        println!("cut off from every member: margin before the server's expiry {margins:.0?} ms (TTL 2 s)");
+        println!(
+            "cut off from every member: the deadline before the server's expiry by {margins:.0?} ms, LOST stamped \
+             {signal:.0?} ms after the deadline (TTL 2 s)"
+        );
     }
 
     /// Scenario 2: the raft leader isolated from the other members, with a client that talks to
@@ -294,7 +305,7 @@ mod partition_suite {
         let (deadline, lost) = loss(&a, Duration::from_secs(30));
         let expired = deletes.of(&key, held, Duration::from_secs(30));
         b.expect("HELD", Duration::from_secs(15));
-        let margin = expired as i128 - lost.max(deadline) as i128;
+        let margin = expired as i128 - deadline as i128;
         assert!(
             margin >= 0,
             "A (on the minority) believed it held {:.0} ms after the majority expired its lease",
@@ -304,8 +315,10 @@ mod partition_suite {
         assert!(new_leader.is_some_and(|l| l != leader), "the majority has no new leader: {new_leader:?}");
         net.heal_links();
         println!(
-            "leader isolated: A lost its session {:.0} ms before the majority expired its lease (TTL 3 s)",
-            ms(margin)
+            "leader isolated: A's deadline {:.0} ms before the majority expired its lease, LOST stamped {:.0} ms \
+             after the deadline (TTL 3 s)",
+            ms(margin),
+            ms(lost as i128 - deadline as i128)
         );
     }
 
