@@ -95,15 +95,16 @@ impl SessionBuilder {
                     Err(Error::LeaseNotFound { .. }) => return Err(Error::LeaseNotFound { lease: id }),
                     other => other?,
                 };
+                // A create of the earlier process may still be on its way: fence it off
+                // (`session/fence.rs`) before the keys are listed, so that none lands after
+                // the list without being a leftover.
+                let fence = fence(id);
+                move_fence(&*backend, &fence, id).await?;
                 leftovers = Backoff::default().retry(|| backend.lease_keys(id)).await?;
                 // Only keys leasehold makes: keys the application attached to the lease
                 // itself are not its to take over or release.
                 let namespace = self.client.namespace();
                 leftovers.retain(|key| is_recipe_key(namespace, id, key));
-                // A create of the earlier process may still be on its way: fence it off
-                // (`session/fence.rs`) before this session creates anything.
-                let fence = fence(id);
-                move_fence(&*backend, &fence, id).await?;
                 (id, ttl, sent, fence)
             }
         };
@@ -236,7 +237,7 @@ impl Session {
         self.inner.ttl
     }
 
-    /// The session's fence key, `<namespace>./fence/<lease hex>`: a key under the lease
+    /// The session's fence key, `<namespace>~leasehold/fence/<lease hex>`: a key under the lease
     /// that no recipe reads as a lock, permit or place. The session writes it only after a
     /// create's outcome was unknown (or when it re-attaches a lease), so that a late copy
     /// of that create can never land; every create of the session is conditional on it.

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::guard::Holding;
 use crate::local::cleanups::Owned;
 use crate::local::waiter_queue::{Slot, WaiterQueue};
-use crate::session::{move_fence, Target};
+use crate::session::{move_fence, FenceState, Target};
 use crate::Session;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -150,15 +150,18 @@ impl Pending {
                         unfenced.store(false, Ordering::Release);
                     }
                     loop {
-                        let req = CreateRequest { fence: Some(session.fence().current()), ..req.clone() };
-                        match backend.create(req).await {
+                        let fence = session.fence().current();
+                        let sent = fence.revision;
+                        match backend.create(CreateRequest { fence: Some(fence), ..req.clone() }).await {
                             Err(e) if e.is_transient() => {
                                 flag.store(true, Ordering::Release);
                                 unfenced.store(true, Ordering::Release);
                                 return Err(e);
                             }
                             // Refused, not applied: another task moved the fence meanwhile.
-                            Ok(CreateResponse { fence_moved: Some(now), .. }) => session.fence().seen(now),
+                            Ok(CreateResponse { fence_moved: Some(now), .. }) => {
+                                refused(session, &**backend, now, sent).await?;
+                            }
                             other => return other,
                         }
                     }
@@ -192,8 +195,11 @@ impl Pending {
         let unknown = Arc::new(AtomicBool::new(false));
         let (flag, session_) = (unknown.clone(), session.clone());
         let task = tokio::spawn(async move {
-            // Fenced like a create (`session/fence.rs`); the fence is read in the same step
-            // so that a write refused by a moved fence learns where it is now.
+            // Fenced like a create (`session/fence.rs`); the fence is read in the same step.
+            // A write refused by a moved fence (nothing was written) is not sent again here,
+            // since `writes` is not kept (a copy per write would cost every queued update):
+            // its caller sees its conditions fail, reads the value again and retries (a
+            // conflict more), with the fence followed or moved by then.
             let fence = session_.fence().current();
             let mut conditions = conditions;
             conditions.push(Condition::Modified { key: fence.key.clone(), revision: fence.revision });
@@ -206,7 +212,7 @@ impl Pending {
             if let (None, Some(ReadValue::Key(now))) = (step.applied, step.reads.first()) {
                 let now = now.as_ref().map(|kv| kv.mod_revision);
                 if now != fence.revision {
-                    session_.fence().seen(now.unwrap_or(0));
+                    refused(&session_, &*backend, now.unwrap_or(0), fence.revision).await?;
                 }
             }
             let applied = step.applied;
@@ -361,6 +367,18 @@ impl Drop for Pending {
                 });
             }
         }
+    }
+}
+
+/// A create or write of `session` refused because its fence (`sent`) had moved to `now` (0:
+/// absent): a newer fence is followed; one absent or behind is moved again, so that what
+/// was sent while it was absent cannot become valid (`session/fence.rs`).
+async fn refused(session: &Session, backend: &dyn Backend, now: Revision, sent: Option<Revision>) -> Result<()> {
+    if FenceState::ahead(now, sent) {
+        session.fence().seen(now);
+        Ok(())
+    } else {
+        move_fence(backend, session.fence(), session.lease_id()).await
     }
 }
 

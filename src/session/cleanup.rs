@@ -218,10 +218,10 @@ impl Target {
                 persist(shared, &key, || backend.write_if(&held, writes.clone())).await;
             }
             Target::Unknown(key) => {
-                let fenced = persist(shared, &key, || move_fence(backend, &shared.fence, lease)).await;
-                if fenced.is_some() {
-                    Box::pin(Target::IfOurs(key).run(backend, shared, lease)).await;
-                }
+                // Even if the fence could not be moved (a permanent error, the session alive:
+                // the delete is still worth trying; the audit looks again later).
+                persist(shared, &key, || move_fence(backend, &shared.fence, lease)).await;
+                Box::pin(Target::IfOurs(key).run(backend, shared, lease)).await;
             }
             Target::IfOurs(key) => {
                 // Read once, then delete that revision only: a retry after a delete whose

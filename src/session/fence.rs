@@ -8,19 +8,26 @@
 //! (`session/cleanup.rs`) catches one that lands early; nothing bounds how late one lands.
 //!
 //! So every create of the session carries a [`Fence`]: it changes nothing unless the
-//! session's **fence key** (`<namespace>./fence/<lease hex>`, under the lease; `.` is no
-//! valid recipe name, so no recipe's prefix holds it) has the revision the session knew
-//! when it sent the create. After an attempt whose outcome is unknown, the session
+//! session's **fence key** (`<namespace>~leasehold/fence/<lease hex>`, under the lease, in
+//! the reserved area no recipe's prefix holds: `crate::name`) has the revision the session
+//! knew when it sent the create. After an attempt whose outcome is unknown, the session
 //! **moves the fence** (one conditional put) before it tries again or cleans up, so every
 //! copy of that attempt, and of any earlier one, is refused by the store whenever it
-//! arrives. A re-attached session moves it too, fencing off the earlier process's
-//! requests. Another task's create that was in flight meanwhile is refused with the
-//! fence's new revision ([`CreateResponse::fence_moved`](crate::backend::CreateResponse))
-//! and sent again: a definite refusal, not an unknown outcome.
+//! arrives. A re-attached session moves it too, before it lists the lease's keys, fencing
+//! off the earlier process's creates. Another task's create that was in flight meanwhile
+//! is refused with the fence's new revision
+//! ([`CreateResponse::fence_moved`](crate::backend::CreateResponse)) and sent again: a
+//! definite refusal, not an unknown outcome. A fence found absent, or behind what the
+//! session knew (deleted by hand; a store restored from a snapshot), is moved again rather
+//! than followed back: a create sent while the fence was absent would otherwise be valid
+//! again. (Creates sent before the fence first moved carry "absent", so deleting the fence
+//! key by hand while such a copy is still on its way lets it land; the audit is the line
+//! behind that.)
 
 use crate::backend::{Backend, Condition, Fence, LeaseId, Revision, Write};
 use crate::backoff::Backoff;
 use crate::error::Result;
+use crate::name::reserved_key;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
@@ -38,7 +45,7 @@ pub(crate) struct FenceState {
 
 impl FenceState {
     pub(crate) fn new(namespace: &str, lease: LeaseId) -> Self {
-        Self { key: format!("{namespace}./fence/{lease:x}"), revision: AtomicI64::new(0) }
+        Self { key: reserved_key(namespace, "fence", &format!("{lease:x}")), revision: AtomicI64::new(0) }
     }
 
     pub(crate) fn key(&self) -> &str {
@@ -51,15 +58,25 @@ impl FenceState {
         Fence { key: self.key.clone(), revision }
     }
 
-    /// The store says the fence is at `now` (0: absent). Revisions of a live fence only
-    /// grow, so an older answer read after a newer one changes nothing; an absent fence
-    /// (the lease is gone) is taken as it is, so a create fails on the lease instead.
+    /// The store said the fence is at `now`, ahead of what the create that learnt it
+    /// carried. Revisions of a fence only grow, so an older answer read after a newer one
+    /// changes nothing.
     pub(crate) fn seen(&self, now: Revision) {
-        if now == 0 {
-            self.revision.store(0, Ordering::Release);
-        } else {
-            self.revision.fetch_max(now, Ordering::AcqRel);
-        }
+        self.revision.fetch_max(now, Ordering::AcqRel);
+    }
+
+    /// The session's own move of the fence applied at `rev`: the fence is there now,
+    /// whatever the session knew (which is ahead only if the store went backwards, or
+    /// another task's move applied after this one: its creates then learn it again).
+    fn moved_to(&self, rev: Revision) {
+        self.revision.store(rev, Ordering::Release);
+    }
+
+    /// Whether a refusal that found the fence at `now` (0: absent) is one to follow (a
+    /// newer revision than the refused create carried, `sent`), rather than a fence to
+    /// move again (absent, or behind: see the module docs).
+    pub(crate) fn ahead(now: Revision, sent: Option<Revision>) -> bool {
+        now > sent.unwrap_or(0)
     }
 }
 
@@ -85,17 +102,14 @@ pub(crate) async fn move_fence(backend: &dyn Backend, fence: &FenceState, lease:
         let outcome = match backend.write_if(&held, vec![put]).await {
             Ok(Some(rev)) => {
                 tracing::debug!(key, rev, "fence moved: no earlier create of the session can land");
-                fence.seen(rev);
+                fence.moved_to(rev);
                 return Ok(());
             }
             Ok(None) => backend.get(&key).await.map(|kv| kv.map(|kv| kv.mod_revision)),
             Err(e) => Err(e),
         };
         match outcome {
-            Ok(now) => {
-                fence.seen(now.unwrap_or(0));
-                at = now;
-            }
+            Ok(now) => at = now, // moved elsewhere (or gone): move it from there
             Err(e) if e.is_transient() => match delays.next() {
                 Some(delay) if started.elapsed() + delay <= MOVE_FOR => tokio::time::sleep(delay).await,
                 _ => return Err(e),
