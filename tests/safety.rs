@@ -612,3 +612,25 @@ async fn a_fence_deleted_by_hand_is_moved_again_not_followed_back() {
     assert!(again.mod_revision > moved.mod_revision && again.lease == s.lease_id(), "{again:?} after {moved:?}");
     permit.release().await.unwrap();
 }
+
+/// An acquisition still retrying its create when its session is detached (the lease handed
+/// to a successor): it sends nothing more. (Found by review: it moved the fence past the
+/// successor's and made its key, which the successor had not listed and nothing owned.)
+#[tokio::test(start_paused = true)]
+async fn an_acquisition_of_a_detached_session_creates_nothing_more() {
+    let store = MemoryBackend::new();
+    let (client, faults) = faulty(&store);
+    let before = client.session().await.unwrap();
+    faults.inject(Op::Create, Some("slots/"), Fault::FailBefore, None);
+    let slots = Semaphore::new(&before, "slots", 1).unwrap();
+    let acquiring = tokio::spawn(async move { slots.acquire().await.map(|p| p.key().to_owned()) });
+    tokio::time::sleep(Duration::from_millis(300)).await; // retrying into the fault
+    let lease = before.detach();
+    let after = Client::new(store.clone()).session_builder().attach(lease).open().await.unwrap();
+    faults.clear(Op::Create);
+    let got = timeout(LIMIT, acquiring).await.expect("the acquisition ended").unwrap();
+    assert!(matches!(got, Err(Error::SessionClosed { .. })), "{got:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(keys(&store, "slots/").await, Vec::<String>::new(), "a detached session's create landed");
+    drop(after);
+}

@@ -145,11 +145,15 @@ impl Pending {
             let attempt = || {
                 let (backend, req, flag, session, unfenced) = (&backend, &req, &flag, &session_, &unfenced);
                 async move {
+                    // Nothing more is sent for a session that ended (a detached one's lease
+                    // may be another process's by now) or whose deadline passed.
+                    session.check()?;
                     if unfenced.load(Ordering::Acquire) {
                         move_fence(&**backend, session.fence(), session.lease_id()).await?;
                         unfenced.store(false, Ordering::Release);
                     }
-                    loop {
+                    for _ in 0..MAX_REFUSALS {
+                        session.check()?;
                         let fence = session.fence().current();
                         let sent = fence.revision;
                         match backend.create(CreateRequest { fence: Some(fence), ..req.clone() }).await {
@@ -165,6 +169,7 @@ impl Pending {
                             other => return other,
                         }
                     }
+                    Err(Error::Unavailable(format!("the session's fence moved {MAX_REFUSALS} times in a row").into()))
                 }
             };
             Backoff::default().retry(attempt).await
@@ -369,6 +374,12 @@ impl Drop for Pending {
         }
     }
 }
+
+/// How many times in a row one create attempt is refused by a moved fence before it counts
+/// as a transient failure (retried after a pause): each refusal follows or moves the fence,
+/// which moves only after an unknown outcome, so this is never reached unless something
+/// else keeps moving it.
+const MAX_REFUSALS: u32 = 64;
 
 /// A create or write of `session` refused because its fence (`sent`) had moved to `now` (0:
 /// absent): a newer fence is followed; one absent or behind is moved again, so that what

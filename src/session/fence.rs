@@ -97,6 +97,10 @@ pub(crate) async fn move_fence(backend: &dyn Backend, fence: &FenceState, lease:
     let policy = Backoff::default();
     let (mut delays, started) = (policy.delays(), tokio::time::Instant::now());
     loop {
+        if started.elapsed() > MOVE_FOR {
+            let why = format!("the session's fence kept moving for {MOVE_FOR:?}");
+            return Err(crate::Error::Unavailable(why.into()));
+        }
         let held = [Condition::Modified { key: key.clone(), revision: at }];
         let put = Write::Put { key: key.clone(), value: Vec::new(), lease: Some(lease) };
         let outcome = match backend.write_if(&held, vec![put]).await {
