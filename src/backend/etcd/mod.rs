@@ -10,12 +10,14 @@ use super::*;
 use crate::error::{Cause, Error};
 
 mod config;
+mod streams;
 pub use config::{EtcdConfig, TlsConfig};
 use etcd_client::{
-    Certificate, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, LeaseTimeToLiveOptions,
+    Certificate, Compare, CompareOp, ConnectOptions, GetOptions, Identity, LeaseTimeToLiveOptions,
     LeaseTimeToLiveResponse, PutOptions, SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
     WatchFilterType, WatchOptions,
 };
+use streams::{EtcdKeepAlive, EtcdWatch};
 
 /// The etcd backend. Cheap to clone.
 #[derive(Clone)]
@@ -328,92 +330,6 @@ where
                 None => return Err(map_err(e)),
             },
             Err(e) => return Err(map_err(e)),
-        }
-    }
-}
-
-struct EtcdKeepAlive {
-    lease: LeaseId,
-    timeout: Duration,
-    keeper: etcd_client::LeaseKeeper,
-    stream: etcd_client::LeaseKeepAliveStream,
-    /// A request was sent whose answer was not read (its `renew` was dropped, or timed
-    /// out): the stream's next answer may be that one's, so the stream is not used again.
-    abandoned: bool,
-}
-
-#[async_trait]
-impl KeepAlive for EtcdKeepAlive {
-    async fn renew(&mut self) -> Result<Duration> {
-        if self.abandoned {
-            return Err(Error::Unavailable("etcd: keep-alive stream has an unanswered request; open a new one".into()));
-        }
-        let once = async {
-            self.abandoned = true;
-            let lease = Some(self.lease);
-            self.keeper.keep_alive().await.map_err(|e| for_lease(map_err(e), lease))?;
-            let answer = self.stream.message().await.map_err(|e| for_lease(map_err(e), lease))?;
-            self.abandoned = false;
-            match answer {
-                Some(resp) if resp.ttl() > 0 => Ok(Duration::from_secs(resp.ttl() as u64)),
-                Some(_) => Err(Error::LeaseNotFound { lease: self.lease }),
-                None => Err(Error::Unavailable("etcd: keep-alive stream closed".into())),
-            }
-        };
-        match tokio::time::timeout(self.timeout, once).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Unavailable("etcd: keep-alive timed out".into())),
-        }
-    }
-
-    fn renewed_on_open(&self) -> bool {
-        true
-    }
-}
-
-struct EtcdWatch {
-    start: Revision,
-    stream: etcd_client::WatchStream,
-}
-
-#[async_trait]
-impl WatchStream for EtcdWatch {
-    fn start_revision(&self) -> Revision {
-        self.start
-    }
-
-    async fn next(&mut self) -> Result<Vec<WatchEvent>> {
-        loop {
-            let Some(resp) = self.stream.message().await.map_err(map_err)? else {
-                return Err(Error::Unavailable("etcd: watch stream ended".into()));
-            };
-            if resp.canceled() {
-                return Err(Error::Unavailable(
-                    format!(
-                        "etcd: watch canceled (compact revision {}): {}",
-                        resp.compact_revision(),
-                        resp.cancel_reason()
-                    )
-                    .into(),
-                ));
-            }
-            let events: Vec<WatchEvent> = resp
-                .events()
-                .iter()
-                .filter_map(|e| {
-                    let k = e.kv()?;
-                    Some(match e.event_type() {
-                        EventType::Put => WatchEvent::Put(kv(k)),
-                        EventType::Delete => WatchEvent::Delete {
-                            key: String::from_utf8_lossy(k.key()).into_owned(),
-                            revision: k.mod_revision(),
-                        },
-                    })
-                })
-                .collect();
-            if !events.is_empty() {
-                return Ok(events);
-            }
         }
     }
 }
