@@ -170,10 +170,10 @@ impl Exclusive {
             // The other key is being deleted: no place can be kept with it.
             return Ok(hold.write_and_release(conditions, writes).await?.map(|rev| (rev, None)));
         };
-        let mut all = vec![
-            Condition::Created { key: old.clone(), revision: rev },
-            Condition::Modified { key: key.clone(), revision: None },
-        ];
+        // Room for the session fence's condition too (`Pending::write` adds it).
+        let mut all = Vec::with_capacity(3 + conditions.len());
+        all.push(Condition::Created { key: old.clone(), revision: rev });
+        all.push(Condition::Modified { key: key.clone(), revision: None });
         all.extend_from_slice(conditions);
         writes.push(Write::Delete { key: old });
         writes.push(Write::Put { key: key.clone(), value: Vec::new(), lease: Some(self.session.lease_id()) });
