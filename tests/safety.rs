@@ -40,6 +40,13 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
     panic!("never: {what}");
 }
 
+/// Another session gets the only permit of "slots" within `within`: no key of A holds it.
+async fn permit_free(store: &MemoryBackend, within: Duration, what: &str) {
+    let b = other_session(store).await;
+    let got = timeout(within, Semaphore::new(&b, "slots", 1).unwrap().acquire()).await;
+    assert!(got.is_ok(), "{what}: {:?}", keys(store, "slots/").await);
+}
+
 /// What the sessions' fence keys contain (`Session::fence_key`: `~leasehold/fence/<lease>`).
 const FENCE: &str = "~leasehold/fence/";
 
@@ -237,9 +244,7 @@ async fn unknown_create_is_cleaned_up_after_the_outage() {
     assert!(timeout(LIMIT, slots.acquire()).await.unwrap().is_err(), "gives up after the retry budget");
     faults.clear(Op::Create);
     timeout(LIMIT, s.settle()).await.unwrap();
-    let b = other_session(&store).await;
-    let got = timeout(Duration::from_secs(30), Semaphore::new(&b, "slots", 1).unwrap().acquire()).await;
-    assert!(got.is_ok(), "the only permit is still held by A's lost create: {:?}", keys(&store, "slots/").await);
+    permit_free(&store, Duration::from_secs(30), "the only permit is still held by A's lost create").await;
 }
 
 /// (c) An acquisition dropped while its create is in flight, when that create ends in an
@@ -273,9 +278,7 @@ async fn failed_release_is_retried_until_the_key_is_gone() {
     assert!(timeout(LIMIT, permit.release()).await.unwrap().is_err(), "the release could not be done in time");
     tokio::time::sleep(Duration::from_secs(5)).await;
     faults.clear_all();
-    let b = other_session(&store).await;
-    let got = timeout(Duration::from_secs(30), Semaphore::new(&b, "slots", 1).unwrap().acquire()).await;
-    assert!(got.is_ok(), "A's permit was never returned: {:?}", keys(&store, "slots/").await);
+    permit_free(&store, Duration::from_secs(30), "A's permit was never returned").await;
 }
 
 /// A create that the store gets after its caller gave up (every attempt failed; the first
@@ -297,9 +300,7 @@ async fn a_create_that_arrives_after_its_cleanup_is_refused() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(faults.late_arrived(), 1, "the late create reached the store");
     assert_eq!(keys(&store, "slots/").await, Vec::<String>::new(), "the late create landed under A's live lease");
-    let b = other_session(&store).await;
-    let got = timeout(Duration::from_secs(60), Semaphore::new(&b, "slots", 1).unwrap().acquire()).await;
-    assert!(got.is_ok(), "the late key holds the only permit for good: {:?}", keys(&store, "slots/").await);
+    permit_free(&store, Duration::from_secs(60), "the late key holds the only permit for good").await;
 }
 
 /// An acquisition dropped while its create is retried, whose retry succeeds while the first
@@ -320,9 +321,24 @@ async fn a_first_attempt_arriving_after_a_dropped_acquisitions_cleanup_is_refuse
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(faults.late_arrived(), 1, "the first attempt reached the store");
     assert_eq!(keys(&store, "slots/").await, Vec::<String>::new(), "the first attempt landed after the cleanup");
-    let b = other_session(&store).await;
-    let got = timeout(Duration::from_secs(60), Semaphore::new(&b, "slots", 1).unwrap().acquire()).await;
-    assert!(got.is_ok(), "the late key holds the only permit for good: {:?}", keys(&store, "slots/").await);
+    permit_free(&store, Duration::from_secs(60), "the late key holds the only permit for good").await;
+}
+
+/// A process killed while its create is on its way (1 s late): nothing more it sends
+/// arrives — the create task of its dropped acquisition keeps retrying into the faults, its
+/// fence moves included, as a dead process sends nothing. (With the faults cleared instead,
+/// a retry of that task due at the same instant landed before the takeover's audit, 1 run
+/// in ~150, and the audit found a key that a killed process could not have made.) Its
+/// faults, and its lease, detached for a successor.
+async fn killed_with_a_create_on_its_way(store: &MemoryBackend) -> (Faults, leasehold::backend::LeaseId) {
+    let (client, faults) = faulty(store);
+    let before = client.session().await.unwrap();
+    faults.inject(Op::Create, Some("slots/"), Fault::Late(Duration::from_secs(1)), Some(1));
+    faults.inject(Op::Create, Some("slots/"), Fault::FailBefore, None);
+    faults.inject(Op::WriteIf, Some(FENCE), Fault::FailBefore, None);
+    let acquiring = Semaphore::new(&before, "slots", 1).unwrap();
+    assert!(timeout(Duration::from_millis(100), acquiring.acquire()).await.is_err());
+    (faults, before.detach())
 }
 
 /// A create of a process that arrives after its successor re-attached the lease (the
@@ -331,29 +347,15 @@ async fn a_first_attempt_arriving_after_a_dropped_acquisitions_cleanup_is_refuse
 #[tokio::test(start_paused = true)]
 async fn a_predecessors_late_create_is_refused_after_the_takeover() {
     let store = MemoryBackend::new();
-    let (client, faults) = faulty(&store);
-    let before = client.session().await.unwrap();
-    faults.inject(Op::Create, Some("slots/"), Fault::Late(Duration::from_secs(1)), Some(1));
-    faults.inject(Op::Create, Some("slots/"), Fault::FailBefore, None);
-    faults.inject(Op::WriteIf, Some(FENCE), Fault::FailBefore, None);
-    let acquiring = Semaphore::new(&before, "slots", 1).unwrap();
-    // The process is killed while its create is on its way: nothing more it sends arrives
-    // (the create task of the dropped acquisition keeps retrying into the faults, its fence
-    // moves included, as a dead process sends nothing), and its successor, a new process
-    // with a client of its own, takes the lease. (With the fault cleared instead, a retry of that task due at the
-    // same instant landed before the takeover's audit, 1 run in ~150, and the audit found
-    // a key that a killed process could not have made.)
-    assert!(timeout(Duration::from_millis(100), acquiring.acquire()).await.is_err());
-    let lease = before.detach();
+    let (faults, lease) = killed_with_a_create_on_its_way(&store).await;
+    // Its successor, a new process with a client of its own, takes the lease.
     let successor = Client::new(store.clone());
     let after = successor.session_builder().attach(lease).open().await.unwrap();
     assert_eq!(after.release_leftovers().await.unwrap(), 0, "nothing had landed yet");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(faults.late_arrived() >= 1, "the late create reached the store");
     assert_eq!(keys(&store, "slots/").await, Vec::<String>::new(), "the late create landed under the lease");
-    let b = other_session(&store).await;
-    let got = timeout(Duration::from_secs(60), Semaphore::new(&b, "slots", 1).unwrap().acquire()).await;
-    assert!(got.is_ok(), "the late key holds the only permit for good: {:?}", keys(&store, "slots/").await);
+    permit_free(&store, Duration::from_secs(60), "the late key holds the only permit for good").await;
     drop(after);
 }
 
@@ -560,10 +562,8 @@ async fn a_create_arriving_after_its_key_was_released_and_audited_is_refused() {
     tokio::time::sleep(Duration::from_secs(31)).await;
     assert_eq!(faults.late_arrived(), 1, "the late create reached the store");
     assert_eq!(keys(&store, "slots/").await, Vec::<String>::new(), "the late create landed under A's live lease");
-    let b = other_session(&store).await;
-    let got = timeout(Duration::from_secs(60), Semaphore::new(&b, "slots", 1).unwrap().acquire()).await;
     assert!(s.is_valid());
-    assert!(got.is_ok(), "the replayed key holds the only permit: {:?}", keys(&store, "slots/").await);
+    permit_free(&store, Duration::from_secs(60), "the replayed key holds the only permit").await;
 }
 
 /// A predecessor's create that arrives while its successor attaches, after the successor
@@ -573,23 +573,14 @@ async fn a_create_arriving_after_its_key_was_released_and_audited_is_refused() {
 #[tokio::test(start_paused = true)]
 async fn a_predecessors_create_arriving_during_the_takeover_is_refused() {
     let store = MemoryBackend::new();
-    let (client, faults) = faulty(&store);
-    let before = client.session().await.unwrap();
-    faults.inject(Op::Create, Some("slots/"), Fault::Late(Duration::from_secs(1)), Some(1));
-    faults.inject(Op::Create, Some("slots/"), Fault::FailBefore, None);
-    faults.inject(Op::WriteIf, Some(FENCE), Fault::FailBefore, None);
-    let acquiring = Semaphore::new(&before, "slots", 1).unwrap();
-    assert!(timeout(Duration::from_millis(100), acquiring.acquire()).await.is_err());
-    let lease = before.detach();
+    let (faults, lease) = killed_with_a_create_on_its_way(&store).await;
     let (successor, its_faults) = faulty(&store);
     its_faults.inject(Op::LeaseKeys, None, Fault::DelayAnswer(Duration::from_secs(2)), Some(1));
     let after = successor.session_builder().attach(lease).open().await.unwrap();
     assert!(faults.late_arrived() >= 1, "the late create reached the store during the takeover");
     assert_eq!(keys(&store, "slots/").await, Vec::<String>::new(), "the late create landed under the lease");
     assert_eq!(after.release_leftovers().await.unwrap(), 0);
-    let b = other_session(&store).await;
-    let got = timeout(Duration::from_secs(5), Semaphore::new(&b, "slots", 1).unwrap().acquire()).await;
-    assert!(got.is_ok(), "the late key holds the only permit: {:?}", keys(&store, "slots/").await);
+    permit_free(&store, Duration::from_secs(5), "the late key holds the only permit").await;
     drop(after);
 }
 
