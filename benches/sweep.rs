@@ -288,7 +288,7 @@ async fn contend(
             let mut c = match target {
                 Target::Etcd(endpoints) => etcd_client::Client::connect(endpoints, None).await.unwrap(),
                 Target::SharedEtcd(_, raw) => *raw,
-                Target::Memory(_) => unreachable!("Lock RPC needs etcd"),
+                Target::Memory(..) => unreachable!("Lock RPC needs etcd"),
             };
             let lease = c.lease_grant(10, None).await.unwrap().id();
             let (mut keeper, mut stream) = c.lease_keep_alive(lease).await.unwrap();
@@ -323,7 +323,10 @@ async fn contend(
 
 #[derive(Clone)]
 enum Target {
-    Memory(Client),
+    /// The embedded store; `true` if the contenders share the client, otherwise each has a
+    /// client of its own over the one store (like processes: its own register crowds,
+    /// feeds and sessions).
+    Memory(Client, bool),
     /// A client per contender.
     Etcd(Vec<String>),
     /// One client for all (and one etcd-client connection for the Lock RPC peer).
@@ -333,7 +336,8 @@ enum Target {
 impl Target {
     async fn client(&self) -> Client {
         match self {
-            Target::Memory(c) | Target::SharedEtcd(c, _) => c.clone(),
+            Target::Memory(c, true) | Target::SharedEtcd(c, _) => c.clone(),
+            Target::Memory(c, false) => Client::from_arc(c.backend().clone()),
             Target::Etcd(e) => Client::etcd(EtcdConfig::new(e.clone())).await.unwrap(),
         }
     }
@@ -369,7 +373,7 @@ impl Crew {
     ) -> Crew {
         // Grouped with one client for all: one handle for all, so their updates are grouped.
         let session = match (way, target) {
-            (Way::Grouped, Target::Memory(c) | Target::SharedEtcd(c, _)) => Some(c.session().await.unwrap()),
+            (Way::Grouped, Target::Memory(c, _) | Target::SharedEtcd(c, _)) => Some(c.session().await.unwrap()),
             _ => None,
         };
         let shared = session.as_ref().map(|s| Register::new(s, &name).unwrap().with_strategy(Strategy::Adaptive));
@@ -606,7 +610,7 @@ async fn main() {
     }
     let mut _etcd = None;
     let (target, backend) = match args.backend.as_deref() {
-        Some("memory://") => (Target::Memory(Client::memory()), "the embedded memory backend".to_owned()),
+        Some("memory://") => (Target::Memory(Client::memory(), args.shared_client), "the embedded memory backend".to_owned()),
         Some(url) => {
             let eps: Vec<String> = url.trim_start_matches("etcd://").split(',').map(str::to_owned).collect();
             (Target::Etcd(eps), format!("etcd at {url}"))
@@ -642,7 +646,7 @@ async fn main() {
     if !election {
         ways.push(Way::Grouped);
     }
-    if !matches!(target, Target::Memory(_)) {
+    if !matches!(target, Target::Memory(..)) {
         ways.push(Way::LockRpc);
     }
     ways.retain(|w| args.only.is_empty() || args.only.iter().any(|o| o == w.key()));
