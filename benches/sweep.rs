@@ -610,7 +610,9 @@ async fn main() {
     }
     let mut _etcd = None;
     let (target, backend) = match args.backend.as_deref() {
-        Some("memory://") => (Target::Memory(Client::memory(), args.shared_client), "the embedded memory backend".to_owned()),
+        Some("memory://") => {
+            (Target::Memory(Client::memory(), args.shared_client), "the embedded memory backend".to_owned())
+        }
         Some(url) => {
             let eps: Vec<String> = url.trim_start_matches("etcd://").split(',').map(str::to_owned).collect();
             (Target::Etcd(eps), format!("etcd at {url}"))
