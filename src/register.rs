@@ -92,6 +92,15 @@ enum Optimistic {
 ///   compare-and-swap, looking at the queue on one update in eight per handle and on every
 ///   retry, and leaving it alone while it is busy.
 ///
+///   Across clients (processes) each handle decides by its own conflicts and probes, which
+///   suits etcd, where the queue is the faster mode once processes contend. Where the
+///   queue is far dearer than a compare-and-swap — several clients over one embedded
+///   store — handles that meet a burst of conflicts switch to the queue and stay there
+///   (a queue they have all joined never empties for a probe): adaptive then runs at the
+///   queue's speed, 0.01–0.13× optimistic at 2–64 clients (`docs/performance.md`, "The
+///   embedded sweep's own clients were one client"). There, prefer one client per process
+///   (its tasks measure the two modes) or [`Strategy::Optimistic`].
+///
 /// Clients may use different strategies on the same register at once: no update is lost.
 /// The value lives at the key `<namespace><name>` (no lease), and the lock under
 /// `<namespace><name>/`, so a register shares its name with the [`Mutex`](crate::Mutex) of that name.
