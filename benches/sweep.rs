@@ -323,9 +323,7 @@ async fn contend(
 
 #[derive(Clone)]
 enum Target {
-    /// The embedded store; `true` if the contenders share the client, otherwise each has a
-    /// client of its own over the one store (like processes: its own register crowds,
-    /// feeds and sessions).
+    /// The embedded store, the client shared if `true` (else one per contender, as etcd's).
     Memory(Client, bool),
     /// A client per contender.
     Etcd(Vec<String>),
