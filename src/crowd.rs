@@ -65,6 +65,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
+mod samples;
+pub(crate) use samples::Samples;
+
 /// Completions that make one epoch of measurement, at least.
 pub const EPOCH: u32 = 32;
 /// The shortest epoch: on the embedded store 32 updates take 40 µs, and one preemption of
@@ -656,34 +659,6 @@ impl State {
         self.mode = next;
         self.epoch += 1;
         self.clock = None;
-    }
-}
-
-/// The last [`SAMPLES`] measurements of a mode.
-#[derive(Debug, Default)]
-struct Samples {
-    last: [f64; SAMPLES],
-    len: usize,
-    next: usize,
-}
-
-impl Samples {
-    fn push(&mut self, x: f64) {
-        self.last[self.next] = x;
-        self.next = (self.next + 1) % SAMPLES;
-        self.len = (self.len + 1).min(SAMPLES);
-    }
-
-    /// The median (of two: their mean).
-    fn median(&self) -> Option<f64> {
-        let mut v = self.last;
-        let v = &mut v[..self.len];
-        v.sort_by(f64::total_cmp);
-        match v.len() {
-            0 => None,
-            n if n % 2 == 1 => Some(v[n / 2]),
-            n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-        }
     }
 }
 
