@@ -19,18 +19,26 @@ echo "test: etcd from $LEASEHOLD_ETCD_BIN_DIR ($("$LEASEHOLD_ETCD_BIN_DIR/etcd" 
 # Libtest flags go only to libtest binaries: the benches (harness = false) parse their own
 # arguments and would reject them, so they run apart, in test mode (they only say hello).
 cargo test --workspace --lib --bins --tests --example flash_sale -- --test-threads=2 --skip fault_suite --skip partition_suite
-# The adaptive register's queue check in its measured compare-and-swap mode, planted out
-# (--cfg leasehold_crowd_mutation_unchecked): its conformance check must catch it.
-crowd_log=target/crowd-mut.log
-if RUSTFLAGS="--cfg leasehold_crowd_mutation_unchecked" CARGO_TARGET_DIR=target/crowd-mut \
-    cargo test --no-default-features --test memory register_adaptive_optimistic_mode_yields_to_a_queue >"$crowd_log" 2>&1; then
-  echo "test: planted unchecked optimistic writes NOT caught" >&2
-  exit 1
-elif ! grep -q "barged past the queue" "$crowd_log"; then
-  echo "test: the planted-bug run failed otherwise (see $crowd_log)" >&2
-  exit 1
-fi
-echo "test: planted unchecked optimistic writes caught: $(grep -m1 -o 'the queued updates failed [^(]*' "$crowd_log")"
+# Two planted bugs of the adaptive register, in one build: the queue check in its measured
+# compare-and-swap mode planted out (--cfg leasehold_crowd_mutation_unchecked), and handles
+# that ignore what their queue's hand-offs cost (--cfg leasehold_adaptive_mutation_dear_ignored).
+# Each one's conformance check must catch it.
+crowd_flags="--cfg leasehold_crowd_mutation_unchecked --cfg leasehold_adaptive_mutation_dear_ignored"
+for plant in "register_adaptive_optimistic_mode_yields_to_a_queue:barged past the queue:the queued updates failed [^(]*" \
+             "register_adaptive_leaves_a_dear_queue:stayed in a dear queue:[0-9]* of the last [0-9]* updates queued"; do
+  test_name=${plant%%:*}; plant=${plant#*:}
+  expected=${plant%%:*}; shown=${plant#*:}
+  crowd_log=target/crowd-mut-$test_name.log
+  if RUSTFLAGS="$crowd_flags" CARGO_TARGET_DIR=target/crowd-mut \
+      cargo test --no-default-features --test memory "$test_name" >"$crowd_log" 2>&1; then
+    echo "test: planted bug NOT caught by $test_name" >&2
+    exit 1
+  elif ! grep -q "$expected" "$crowd_log"; then
+    echo "test: the planted-bug run of $test_name failed otherwise (see $crowd_log)" >&2
+    exit 1
+  fi
+  echo "test: planted bug caught by $test_name: $(grep -m1 -o "$shown" "$crowd_log")"
+done
 # Four planted bugs, in one build: the optimistic (compare-and-swap) acquisition planted
 # blind (--cfg leasehold_cas_mutation_blind: it creates its key whoever holds the name and
 # counts it as held) must make the election's strategy check see two leaders; a multi-lock

@@ -10,6 +10,7 @@
 //! | optimistic | conflicts per operation (failed compare-and-swaps) | above [`TO_QUEUE`]; a [`Mutex`](crate::Mutex) also at once when it had to wait for a holder |
 //! | queued (mutex) | share of operations that had to wait behind another holder | below [`TO_OPTIMISTIC`], after at least [`MIN_RUN`] queued operations |
 //! | queued (register) | probes: one optimistic attempt every [`PROBE_EVERY`] updates | [`PROBES_TO_LEAVE`] probes in a row write at once |
+//! | queued (register) | the queue's time per hand-off over a store round trip and the update function | above [`DEAR`] (the median of the last three); then conflicts do not switch it back for [`DEAR_FOR`] |
 //!
 //! Optimistic costs nothing extra when alone but wastes work and time on retries under
 //! contention; the queue costs a lock's round trips but turns contention into an orderly
@@ -50,6 +51,18 @@
 //! it only delays the write (at 4 contenders a short run of conflicts put handles over
 //! [`CONTENDED`] and their p50 went from 1.10 to 1.23 ms).
 //!
+//! That a busy queue keeps a queued handle in it is right where the queue is the faster
+//! mode, and wrong where its hand-offs are far dearer than compare-and-swaps: several
+//! clients over one embedded store, where a startup burst of conflicts sent some handles
+//! to the queue, the others followed through their yields, and all stayed (0.01–0.13×
+//! optimistic at 2–64 clients). So a queued update also weighs the queue's time per
+//! hand-off against a store round trip and its own function ([`Adaptive::queue_measured`]):
+//! where a hand-off costs more than [`DEAR`] times that, the handle leaves the queue, keeps
+//! no place in it, does not switch back on conflicts for [`DEAR_FOR`], and an update that
+//! finds the lock taken waits for the queue to drain ([`Adaptive::drain_wait`]) before it
+//! joins. On etcd the ratio is about 1 (0.5–1.8 at 8–64 contenders), on the embedded store
+//! 10 and more.
+//!
 //! All of this is about other processes. Several tasks of one client updating a register at
 //! once are the client's own business, decided by measurement (`src/crowd.rs`): by default
 //! an update that starts while another of the same client runs queues at once, before any
@@ -58,9 +71,12 @@
 //! measures compare-and-swap cheaper for its concurrent updates (the embedded store, where
 //! a write takes a microsecond) every update compare-and-swaps instead.
 
+use crate::crowd::Samples;
 use parking_lot::{Mutex, MutexGuard};
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Weight of the newest observation of whether a queued operation waited.
 pub const ALPHA: f64 = 0.25;
@@ -81,6 +97,14 @@ pub const MIN_RUN: u32 = 8;
 pub const PROBE_EVERY: u32 = 8;
 /// Successful probes in a row after which a queued register handle goes back to optimistic.
 pub const PROBES_TO_LEAVE: u32 = 3;
+/// A register handle's queue is *dear* while the median of its last measurements of the
+/// queue's time per hand-off is above this many times a store round trip and the handle's
+/// own update function ([`Adaptive::queue_measured`]).
+pub const DEAR: f64 = 4.0;
+/// How long a verdict that the queue is dear holds without a newer one.
+pub const DEAR_FOR: Duration = Duration::from_secs(1);
+/// A store round trip is the least of the handle's last this many timed reads.
+pub const TRIPS: usize = 8;
 
 /// What a [`Register`](crate::Register) handle's next update does, and how
 /// ([`Adaptive::plan`]).
@@ -131,6 +155,36 @@ struct State {
     /// failed against the lock's prefix) since its conflict average last was below
     /// [`CONTENDED`].
     lock_seen: bool,
+    /// What its queued updates measured of the queue; kept across switches.
+    queue: QueueCost,
+}
+
+/// A register handle's measurements of its lock's queue ([`Adaptive::queue_measured`]).
+#[derive(Debug, Default, Clone)]
+struct QueueCost {
+    /// Its last [`TRIPS`] timed reads, in seconds.
+    trips: [f64; TRIPS],
+    /// Reads timed (the next goes to `trips[timed % TRIPS]`).
+    timed: usize,
+    /// The queue's time per hand-off over a round trip and the handle's update function,
+    /// the last few measurements.
+    ratios: Samples,
+    /// Until when the queue counts as dear (the last verdict, [`DEAR_FOR`] after it).
+    dear_until: Option<Instant>,
+    /// The last measured time for a hand-off to every key in the queue (its length, with
+    /// the handle's own, times the time per hand-off).
+    round: Duration,
+}
+
+impl QueueCost {
+    fn dear(&self) -> bool {
+        self.dear_until.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// A store round trip: the least of the reads kept, if any.
+    fn trip(&self) -> Option<f64> {
+        self.trips[..self.timed.min(TRIPS)].iter().copied().reduce(f64::min)
+    }
 }
 
 impl State {
@@ -150,9 +204,15 @@ impl State {
         self.conflicts >= CONTENDED && self.lock_seen
     }
 
-    /// Just switched to the queue (a mutex counts every recent operation as having waited).
-    fn queued() -> Self {
-        Self { queued: true, waited: 1.0, ..Self::default() }
+    /// Just switched to the queue (a mutex counts every recent operation as having waited),
+    /// keeping what was measured of the queue.
+    fn queued(&self) -> Self {
+        Self { queued: true, waited: 1.0, queue: self.queue.clone(), ..Self::default() }
+    }
+
+    /// Optimistic afresh, keeping what was measured of the queue.
+    fn optimistic(&self) -> Self {
+        Self { queue: self.queue.clone(), ..Self::default() }
     }
 }
 
@@ -210,9 +270,71 @@ impl Adaptive {
             s.lock_seen = false; // a quiet spell: look again before reading first
         }
         if !s.queued && s.conflicts > TO_QUEUE {
+            if s.queue.dear() {
+                return; // conflicts cost less than this queue (`queue_measured`)
+            }
             tracing::debug!(conflicts = s.conflicts, "adaptive: switching to the queue");
-            *s = State::queued();
+            *s = s.queued();
         }
+    }
+
+    /// Records that an optimistic write of the register handle (a conditional write that
+    /// also asks whether the lock is taken) took `took`: a store round trip.
+    pub(crate) fn write_took(&self, took: Duration) {
+        let mut s = self.state();
+        let slot = s.queue.timed % TRIPS;
+        s.queue.trips[slot] = took.as_secs_f64();
+        s.queue.timed += 1;
+    }
+
+    /// Records what a queued update of a register handle measured: it waited `took` for
+    /// `ahead` holders, and its own update function ran `function`.
+    ///
+    /// Each handle sees only its own time per update in either mode, and the mode it is
+    /// alone in always looks cheaper: a lone queued handle has the queue to itself, a lone
+    /// optimistic handle amid a queue finds it busy. So what is compared is the store's
+    /// character, which is the same for every handle: the queue's time per hand-off
+    /// (`took / ahead`) against what one holder's work needs at least — its update
+    /// function and a store round trip (the least of its last [`TRIPS`] reads). On etcd a
+    /// hand-off is a commit and a watch event, a few round trips (2–3 times a read at 2–8
+    /// contenders), and the queue's fairness and its fewer wasted writes decide. On the
+    /// embedded store a round trip takes a microsecond and a hand-off (watch events to
+    /// every waiting client, and a task's wake-up) tens to hundreds: the queue runs many
+    /// times slower than compare-and-swaps would. Once the median of the last ratios
+    /// passes [`DEAR`] the handle leaves the queue, conflicts do not send it back, its
+    /// queued updates keep no place, and an optimistic update that finds the lock taken
+    /// waits a few backoff pauses before joining (`Register::adaptive`) — for [`DEAR_FOR`]
+    /// after the last such measurement. (Before this, handles that had all queued stayed
+    /// there: with a client per contender on the embedded store adaptive ran at 0.01–0.13
+    /// times optimistic's updates per second.)
+    pub(crate) fn queue_measured(&self, took: Duration, ahead: u32, function: Duration) {
+        if cfg!(leasehold_adaptive_mutation_dear_ignored) || ahead == 0 {
+            return;
+        }
+        let mut s = self.state();
+        let Some(trip) = s.queue.trip() else { return };
+        let handoff = took.as_secs_f64() / f64::from(ahead);
+        s.queue.round = took / ahead * (ahead.saturating_add(1));
+        s.queue.ratios.push(handoff / (trip + function.as_secs_f64()).max(1e-9));
+        let dear = s.queue.ratios.median().is_some_and(|r| r > DEAR);
+        s.queue.dear_until = dear.then(|| Instant::now() + DEAR_FOR);
+        if dear && s.queued {
+            tracing::debug!(ratios = ?s.queue.ratios, "adaptive: the queue's hand-offs are dear; optimistic again");
+            *s = s.optimistic();
+        }
+    }
+
+    /// Whether the register handle's queue measured dear lately ([`queue_measured`](Self::queue_measured)).
+    pub(crate) fn queue_is_dear(&self) -> bool {
+        self.state().queue.dear()
+    }
+
+    /// How long an optimistic update that found the lock taken waits for the queue to
+    /// drain before it joins: `None` unless the queue measured dear lately; then twice the
+    /// last measured time for the queue to hand the lock to each of its keys.
+    pub(crate) fn drain_wait(&self) -> Option<Duration> {
+        let s = self.state();
+        s.queue.dear().then(|| s.queue.round * 2)
     }
 
     /// The next update's [`Next`], whether it reads the lock first, and whether the handle is
@@ -244,7 +366,7 @@ impl Adaptive {
         s.probes_won = if wrote { s.probes_won + 1 } else { 0 };
         if s.probes_won >= PROBES_TO_LEAVE {
             tracing::debug!("adaptive: probes succeed; optimistic again");
-            *s = State::default();
+            *s = s.optimistic();
         }
     }
 
@@ -252,7 +374,7 @@ impl Adaptive {
     pub(crate) fn force_queue(&self) {
         let mut s = self.state();
         if !s.queued {
-            *s = State::queued();
+            *s = s.queued();
         }
     }
 
@@ -263,7 +385,7 @@ impl Adaptive {
         s.run = s.run.saturating_add(1);
         if s.queued && s.run >= MIN_RUN && s.waited < TO_OPTIMISTIC {
             tracing::debug!(waited = s.waited, "adaptive: contention is quiet; optimistic again");
-            *s = State::default();
+            *s = s.optimistic();
         }
     }
 }
@@ -361,6 +483,54 @@ mod tests {
             }
         }
         assert_eq!(a.next(), Next::Optimistic, "PROBES_TO_LEAVE wins in a row: optimistic again");
+    }
+
+    /// A queue whose hand-offs cost many round trips (the embedded store's) is left, and
+    /// conflicts do not send the handle back until the verdict is [`DEAR_FOR`] old.
+    #[tokio::test(start_paused = true)]
+    async fn a_dear_queue_is_left_and_not_rejoined_for_a_while() {
+        let a = Adaptive::default();
+        a.force_queue();
+        a.queue_measured(Duration::from_micros(400), 4, Duration::ZERO);
+        assert!(a.queue_next() && !a.queue_is_dear(), "no round trip measured yet: no verdict");
+        a.write_took(Duration::from_micros(30));
+        a.write_took(Duration::from_micros(2)); // the least counts
+        a.queue_measured(Duration::from_micros(40), 1, Duration::ZERO);
+        assert!(a.queue_is_dear(), "40 µs per hand-off against a 2 µs round trip");
+        assert!(!a.queue_next(), "a dear queue is left");
+        // 40 µs per hand-off, two keys in the queue: 80 µs to drain; waited twice that.
+        assert_eq!(a.drain_wait(), Some(Duration::from_micros(160)));
+        for _ in 0..30 {
+            a.optimistic(3);
+        }
+        assert!(!a.queue_next(), "conflicts do not send it back while the queue is dear");
+        tokio::time::advance(DEAR_FOR).await;
+        assert!(!a.queue_is_dear() && a.drain_wait().is_none(), "the verdict holds DEAR_FOR");
+        a.optimistic(3);
+        assert!(a.queue_next(), "then conflicts switch to the queue again");
+        // The ratios measured before count: one more dear measurement leaves again.
+        a.queue_measured(Duration::from_micros(40), 1, Duration::ZERO);
+        assert!(!a.queue_next());
+    }
+
+    /// A hand-off that costs about a round trip (etcd's), or one that is mostly the
+    /// holders' update functions, is no reason to leave.
+    #[tokio::test(start_paused = true)]
+    async fn a_queue_is_kept_where_hand_offs_cost_round_trips_or_functions() {
+        let a = Adaptive::default();
+        a.write_took(Duration::from_millis(1));
+        a.force_queue();
+        for _ in 0..5 {
+            a.queue_measured(Duration::from_micros(4_500), 3, Duration::ZERO); // 1.5 ms each
+        }
+        assert!(a.queue_next() && !a.queue_is_dear(), "1.5 round trips per hand-off");
+        let b = Adaptive::default();
+        b.write_took(Duration::from_micros(2));
+        b.force_queue();
+        for _ in 0..5 {
+            b.queue_measured(Duration::from_micros(2_100), 1, Duration::from_millis(2));
+        }
+        assert!(b.queue_next() && !b.queue_is_dear(), "the hand-off is the holder's 2 ms function");
     }
 
     /// `plan` reads a quiet handle's plan without the lock: it is the locked plan in every

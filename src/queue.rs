@@ -310,6 +310,31 @@ pub(crate) struct Admitted {
     /// [`CreateRequest::read`] as of `at`, when the key was admitted at once (`None` if it
     /// waited: the create call's read is older than its admission).
     pub(crate) read: Option<Option<KeyValue>>,
+    /// How long it waited, for how many holders ahead (`None` if admitted at once).
+    pub(crate) waited: Option<Waited>,
+}
+
+/// A queued key's wait from its create call's answer to its admission: `took` for the
+/// `ahead` keys created before it that were in the queue then. `took /
+/// ahead` is the queue's time per hand-off as this waiter saw it (the adaptive register
+/// weighs it, `src/adaptive.rs`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Waited {
+    pub(crate) ahead: u32,
+    pub(crate) took: std::time::Duration,
+}
+
+impl Waited {
+    /// Starts timing a wait behind the keys of `head` created before `rev`.
+    pub(crate) fn start(head: &View, rev: Revision) -> (u32, tokio::time::Instant) {
+        let ahead = head.entries().take_while(|kv| kv.create_revision < rev).count();
+        (u32::try_from(ahead).unwrap_or(u32::MAX), tokio::time::Instant::now())
+    }
+
+    /// The wait started by [`start`](Self::start), ended now.
+    pub(crate) fn end((ahead, at): (u32, tokio::time::Instant)) -> Self {
+        Self { ahead, took: at.elapsed() }
+    }
 }
 
 /// The pessimistic (queued, fair) acquisition every queue recipe runs: create the key under
@@ -354,15 +379,16 @@ pub(crate) async fn enqueue(session: &Session, ticket: Ticket, wait: Wait, rule:
             pending.abandon().await?;
             return Ok(Admission::NotAdmitted);
         }
+        let started = Waited::start(&head, rev);
         match with_deadline(wait, wait_turn(session, &prefix, &key, rev, head, rule, register.as_deref())).await {
-            Some(at) => Admitted { at: at?, read: None },
+            Some(at) => Admitted { at: at?, read: None, waited: Some(Waited::end(started)) },
             None => {
                 pending.abandon().await?;
                 return Ok(Admission::NotAdmitted);
             }
         }
     } else {
-        Admitted { at: resp.revision, read: Some(resp.read) }
+        Admitted { at: resp.revision, read: Some(resp.read), waited: None }
     };
     Ok(Admission::Held(pending.into_holding(rev)?.contended(waited), mine, admitted))
 }

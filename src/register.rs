@@ -92,14 +92,15 @@ enum Optimistic {
 ///   compare-and-swap, looking at the queue on one update in eight per handle and on every
 ///   retry, and leaving it alone while it is busy.
 ///
-///   Across clients (processes) each handle decides by its own conflicts and probes, which
-///   suits etcd, where the queue is the faster mode once processes contend. Where the
-///   queue is far dearer than a compare-and-swap — several clients over one embedded
-///   store — handles that meet a burst of conflicts switch to the queue and stay there
-///   (a queue they have all joined never empties for a probe): adaptive then runs at the
-///   queue's speed, 0.01–0.13× optimistic at 2–64 clients (`docs/performance.md`, "The
-///   embedded sweep's own clients were one client"). There, prefer one client per process
-///   (its tasks measure the two modes) or [`Strategy::Optimistic`].
+///   Across clients (processes) each handle decides by its own conflicts and probes, and by
+///   what its queue's hand-offs cost: a handle whose queued updates measure a hand-off at
+///   more than four times a store round trip and its own update function (the embedded
+///   store: microseconds per compare-and-swap, tens to hundreds per hand-off) leaves the
+///   queue, stops switching to it for a second, and waits for another client's queue to
+///   drain before joining it. On etcd a hand-off costs about a commit, and the queue is
+///   the faster mode once processes contend. (Without that measurement, handles of
+///   several clients over one embedded store that had all joined the queue stayed there,
+///   at 0.01–0.13× optimistic's speed: `docs/performance.md`, "Leaving a dear queue".)
 ///
 /// Clients may use different strategies on the same register at once: no update is lost.
 /// The value lives at the key `<namespace><name>` (no lease), and the lock under
@@ -323,34 +324,58 @@ impl Register {
             return self.queued(f, true).await;
         }
         let probe = next == Next::Probe;
-        let tries = Tries {
+        let mut tries = Tries {
             yield_to_queue: true,
             look_again: false,
             look_first: probe || look_first,
             attempts: probe.then_some(1),
         };
-        match self.optimistic(f, tries).await? {
-            Optimistic::Done(mut updated) => {
-                updated.conflicts += unchecked;
-                if probe {
-                    self.adaptive.probed(true);
-                } else {
-                    self.adaptive.optimistic(updated.conflicts);
+        let (mut conflicts, mut yields, mut yielded) = (unchecked, 0, None);
+        let mut delays = self.backoff.delays();
+        loop {
+            match self.optimistic(f, tries).await? {
+                Optimistic::Done(mut updated) => {
+                    updated.conflicts += conflicts;
+                    if probe {
+                        self.adaptive.probed(true);
+                    } else {
+                        self.adaptive.optimistic(updated.conflicts);
+                    }
+                    return Ok(updated);
                 }
-                Ok(updated)
-            }
-            // Someone is queued, or the probe lost: this update joins the queue rather
-            // than fight it (a yield counts as conflicts; it does not switch the handle).
-            Optimistic::Yield { conflicts } => {
-                let conflicts = conflicts + unchecked;
-                if probe {
-                    self.adaptive.probed(false);
-                } else {
-                    self.adaptive.optimistic(conflicts);
+                // Someone is queued, or the probe lost: this update joins the queue rather
+                // than fight it (a yield counts as conflicts; it does not switch the handle)
+                // — unless the handle measured the queue dear (`Adaptive::queue_measured`):
+                // then it first waits for the queue to drain, so that one update that queued
+                // does not pull every other in.
+                Optimistic::Yield { conflicts: c } => {
+                    conflicts += c;
+                    let drain = if probe { None } else { self.adaptive.drain_wait() };
+                    let since = *yielded.get_or_insert_with(tokio::time::Instant::now);
+                    if let Some(drain) = drain {
+                        // First by yielding to the runtime between looks, for about as long
+                        // as the queue measured to drain; then backoff pauses.
+                        let spin = since.elapsed() < drain;
+                        if spin || yields < YIELDS_TO_QUEUE {
+                            if spin {
+                                tokio::task::yield_now().await;
+                            } else {
+                                yields += 1;
+                                tokio::time::sleep(delays.next().unwrap_or(self.backoff.cap)).await;
+                            }
+                            tries.look_first = true; // the lock was seen taken: look before writing
+                            continue;
+                        }
+                    }
+                    if probe {
+                        self.adaptive.probed(false);
+                    } else {
+                        self.adaptive.optimistic(conflicts);
+                    }
+                    let mut updated = self.queued(f, true).await?;
+                    updated.conflicts += conflicts;
+                    return Ok(updated);
                 }
-                let mut updated = self.queued(f, true).await?;
-                updated.conflicts += conflicts;
-                Ok(updated)
             }
         }
     }
@@ -552,7 +577,9 @@ impl Register {
             [ReadValue::Occupied(locked)] => Ok(*locked),
             _ => Err(Error::Store("register: the store answered other reads than asked".into())),
         };
+        let started = tokio::time::Instant::now();
         let done = backend.transact(&conditions, vec![put], &occupied).await?;
+        self.adaptive.write_took(started.elapsed());
         Ok((done.applied, done.applied.is_none() && locked(&done)?))
     }
 }

@@ -18,7 +18,7 @@
 //! than that. Dropping the handle, or the update that claimed the place while it waits,
 //! deletes the key in the background ([`Pending`]), like any cancelled acquisition.
 
-use super::{turn, wait_turn, Pending, Rule, Turn, View};
+use super::{turn, wait_turn, Pending, Rule, Turn, View, Waited};
 use crate::backend::Revision;
 use crate::error::{Error, Result};
 use crate::guard::Holding;
@@ -220,20 +220,24 @@ fn expire(place: &Weak<Place>, id: u64) {
 }
 
 /// Reads the queue, then follows the delete feed until the key `(key, rev)` is first:
-/// the revision from which it holds, and whether it had to wait for another holder.
+/// the revision from which it holds, and its wait if it had to wait for another holder.
 async fn wait_for_place(
     session: &Session,
     (prefix, register): (&str, &str),
     key: &str,
     rev: Revision,
-) -> Result<(Revision, bool)> {
+) -> Result<(Revision, Option<Waited>)> {
     let backend = session.client().backend().clone();
     let (kvs, at) = crate::Backoff::default().retry(|| backend.range_prefix(prefix, 0)).await?;
     let head = View::snapshot(kvs, at);
     match turn(&head, key, rev, &Rule::First) {
-        Some(Turn::Ready) => Ok((at, false)),
+        Some(Turn::Ready) => Ok((at, None)),
         Some(Turn::Gone) => Err(Error::SessionLost { lease: session.lease_id() }),
-        _ => Ok((wait_turn(session, prefix, key, rev, head, Rule::First, Some(register)).await?, true)),
+        _ => {
+            let started = Waited::start(&head, rev);
+            let at = wait_turn(session, prefix, key, rev, head, Rule::First, Some(register)).await?;
+            Ok((at, Some(Waited::end(started))))
+        }
     }
 }
 
@@ -245,19 +249,19 @@ pub(crate) struct Parked {
     pending: Option<Pending>,
     key: String,
     rev: Revision,
-    admitted: oneshot::Receiver<Result<(Revision, bool)>>,
+    admitted: oneshot::Receiver<Result<(Revision, Option<Waited>)>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Parked {
     /// Waits until the place is first in the queue: the held key, the revision from
-    /// which it holds, and whether it waited for another holder.
-    pub(crate) async fn admitted(mut self) -> Result<(Holding, Revision)> {
+    /// which it holds, and its wait if it waited for another holder.
+    pub(crate) async fn admitted(mut self) -> Result<(Holding, Revision, Option<Waited>)> {
         let outcome = (&mut self.admitted).await;
         let (at, waited) = outcome.map_err(|_| Error::Store("parked queue place: follower ended".into()))??;
         let pending = self.pending.take().ok_or_else(|| Error::Store("parked queue place: claimed twice".into()))?;
-        let hold = pending.into_holding(self.rev)?.contended(waited);
-        Ok((hold, at))
+        let hold = pending.into_holding(self.rev)?.contended(waited.is_some());
+        Ok((hold, at, waited))
     }
 }
 

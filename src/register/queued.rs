@@ -7,7 +7,7 @@ use super::{Register, Updated, LOCK};
 use crate::backend::{Condition, Write};
 use crate::error::{Error, Result};
 use crate::guard::Holding;
-use crate::queue::Admitted;
+use crate::queue::{Admitted, Waited};
 use crate::strategy::Strategy;
 use std::future::Future;
 use std::pin::Pin;
@@ -69,6 +69,12 @@ impl Register {
             let follows_closely = may_keep_place && self.parking.begin();
             let updated = self.queued_update(f, follows_closely).await;
             self.parking.end();
+            // An adaptive handle that measured its queue dear is leaving it: its optimistic
+            // writes would each send this client's register feed an event to no use (on the
+            // embedded store a task's wake-up, dearer than the write).
+            if self.strategy == Strategy::Adaptive && self.adaptive.queue_is_dear() {
+                self.session.client().close_idle_register_feed(&self.key);
+            }
             updated
         })
     }
@@ -84,7 +90,7 @@ impl Register {
         // left the session's slot queue, and must still stop the holder from keeping a place.
         let waiting = self.parking.wait();
         let mut admitted_by_value = false;
-        let (mut hold, admitted) = loop {
+        let (mut hold, admitted, mut waited) = loop {
             // A place this handle parked holds the session's local slot for the lock: a task
             // waiting for that slot claims the place instead when one is parked meanwhile.
             let parked = self.parking.parked();
@@ -92,7 +98,7 @@ impl Register {
                 // Timed from the claim: the wait before it overlapped the previous update.
                 let timer = crate::metrics::Acquire::start(LOCK);
                 match place.admitted().await {
-                    Ok((mut hold, at)) => {
+                    Ok((mut hold, at, waited)) => {
                         // No span of its own.
                         timer.admitted(&mut hold, &tracing::Span::none());
                         // A place that waited was admitted by the deletion at `at`. One that
@@ -103,7 +109,7 @@ impl Register {
                         // (`Crowd::admitted_by` of the revision that wrote it).
                         let known = hold.was_contended() || at == hold.token() as i64;
                         admitted_by_value = !known;
-                        break (hold, known.then_some(Admitted { at, read: None }));
+                        break (hold, known.then_some(Admitted { at, read: None, waited }), waited);
                     }
                     // Its key is deleted in the background; queue afresh (a lost session
                     // fails there, and is counted there).
@@ -115,7 +121,11 @@ impl Register {
             }
             tokio::select! {
                 biased;
-                held = self.lock_reading() => break held?,
+                held = self.lock_reading() => {
+                    let (hold, admitted) = held?;
+                    let waited = admitted.as_ref().and_then(|a| a.waited);
+                    break (hold, admitted, waited);
+                }
                 () = parked => {}
             }
         };
@@ -123,7 +133,7 @@ impl Register {
         let token = hold.token();
         let mut known = match admitted {
             Some(Admitted { read: Some(read), .. }) => Some(read.map(|kv| (kv.value, kv.mod_revision))),
-            Some(Admitted { at, read: None }) => {
+            Some(Admitted { at, read: None, .. }) => {
                 // Admitted by a write and release: this client's or another's. Told after
                 // the hint: the admission (a watch event) can come before the writer's
                 // answer, and `take` waits for a write of this client in flight, whose
@@ -165,8 +175,12 @@ impl Register {
             let put = Write::Put { key: self.key.clone(), value: new, lease: None };
             // A kept place holds the session's local slot for the lock: not while another
             // task of this session waits for it, at the slot or for this handle's place.
-            let keep_place =
-                follows_closely && hold.was_contended() && self.local_waiters() == 0 && self.parking.waiting() == 0;
+            // Nor when an adaptive handle measured its queue dear: it is leaving the queue.
+            let keep_place = follows_closely
+                && hold.was_contended()
+                && self.local_waiters() == 0
+                && self.parking.waiting() == 0
+                && !(self.strategy == Strategy::Adaptive && self.adaptive.queue_is_dear());
             let writing = tokio::time::Instant::now();
             let written = if keep_place {
                 // ... and queue again for this handle's next update.
@@ -187,6 +201,10 @@ impl Register {
             self.crowd().wrote(written);
             announced.finish(written);
             self.crowd().queued_times(function, writing.elapsed());
+            // An adaptive handle weighs its queue's hand-offs (`src/adaptive.rs`).
+            if let Some(Waited { ahead, took }) = waited.take().filter(|_| self.strategy == Strategy::Adaptive) {
+                self.adaptive.queue_measured(took, ahead, function);
+            }
             if written.is_some() {
                 let updated = Updated { written: true, previous, conflicts, token: Some(token), revision: written };
                 return Ok(updated);

@@ -121,6 +121,7 @@ macro_rules! conformance_suite {
             register_mixed_strategies_lose_no_update => |c| rg::mixed_strategies_lose_no_update(c, 6, 10);
             register_adaptive_follows_contention => |c| rg::adaptive_follows_contention(c, 8, 20);
             register_adaptive_yields_to_a_busy_queue => |c| rg::adaptive_yields_to_a_busy_queue(c);
+            register_adaptive_leaves_a_dear_queue => |c| rg::adaptive_leaves_a_dear_queue(c, 8);
             register_declined_update_writes_nothing => |c| rg::declined_update_writes_nothing(c);
             register_queued_update_reads_only_when_needed => |c| rg::queued_update_reads_only_when_needed(c);
             register_adaptive_tasks_of_one_client_queue_for_each_other => |c| rg::adaptive_tasks_of_one_client_queue_for_each_other(c, 6, 8);
