@@ -19,26 +19,33 @@ echo "test: etcd from $LEASEHOLD_ETCD_BIN_DIR ($("$LEASEHOLD_ETCD_BIN_DIR/etcd" 
 # Libtest flags go only to libtest binaries: the benches (harness = false) parse their own
 # arguments and would reject them, so they run apart, in test mode (they only say hello).
 cargo test --workspace --lib --bins --tests --example flash_sale -- --test-threads=2 --skip fault_suite --skip partition_suite
+# A conformance check run in a build with planted bugs must fail, saying `expected`:
+# plant_caught FLAGS TARGET_DIR TEST_FILE TEST_NAME EXPECTED [SHOWN, a regex of what to echo]
+plant_caught() {
+  local flags=$1 dir=$2 file=$3 name=$4 expected=$5 shown=${6:-}
+  local log=target/plant-$name.log
+  if RUSTFLAGS="$flags" CARGO_TARGET_DIR=$dir \
+      cargo test --no-default-features --test "$file" "$name" >"$log" 2>&1; then
+    echo "test: planted bug NOT caught by $name" >&2
+    exit 1
+  elif ! grep -qF "$expected" "$log"; then
+    echo "test: the planted-bug run of $name failed otherwise (see $log)" >&2
+    exit 1
+  fi
+  if [ -n "$shown" ]; then
+    echo "test: planted bug caught by $name: $(grep -m1 -o "$shown" "$log")"
+  else
+    echo "test: planted bug caught by $name: $(grep -m1 -oF "$expected" "$log")"
+  fi
+}
 # Two planted bugs of the adaptive register, in one build: the queue check in its measured
 # compare-and-swap mode planted out (--cfg leasehold_crowd_mutation_unchecked), and handles
 # that ignore what their queue's hand-offs cost (--cfg leasehold_adaptive_mutation_dear_ignored).
-# Each one's conformance check must catch it.
 crowd_flags="--cfg leasehold_crowd_mutation_unchecked --cfg leasehold_adaptive_mutation_dear_ignored"
-for plant in "register_adaptive_optimistic_mode_yields_to_a_queue:barged past the queue:the queued updates failed [^(]*" \
-             "register_adaptive_leaves_a_dear_queue:stayed in a dear queue:[0-9]* of the last [0-9]* updates queued"; do
-  test_name=${plant%%:*}; plant=${plant#*:}
-  expected=${plant%%:*}; shown=${plant#*:}
-  crowd_log=target/crowd-mut-$test_name.log
-  if RUSTFLAGS="$crowd_flags" CARGO_TARGET_DIR=target/crowd-mut \
-      cargo test --no-default-features --test memory "$test_name" >"$crowd_log" 2>&1; then
-    echo "test: planted bug NOT caught by $test_name" >&2
-    exit 1
-  elif ! grep -q "$expected" "$crowd_log"; then
-    echo "test: the planted-bug run of $test_name failed otherwise (see $crowd_log)" >&2
-    exit 1
-  fi
-  echo "test: planted bug caught by $test_name: $(grep -m1 -o "$shown" "$crowd_log")"
-done
+plant_caught "$crowd_flags" target/crowd-mut memory register_adaptive_optimistic_mode_yields_to_a_queue \
+  "barged past the queue" "the queued updates failed [^(]*"
+plant_caught "$crowd_flags" target/crowd-mut memory register_adaptive_leaves_a_dear_queue \
+  "stayed in a dear queue" "[0-9]* of the last [0-9]* updates queued"
 # Four planted bugs, in one build: the optimistic (compare-and-swap) acquisition planted
 # blind (--cfg leasehold_cas_mutation_blind: it creates its key whoever holds the name and
 # counts it as held) must make the election's strategy check see two leaders; a multi-lock
@@ -52,24 +59,14 @@ done
 plant_flags="--cfg leasehold_cas_mutation_blind --cfg leasehold_multilock_mutation_unordered"
 plant_flags="$plant_flags --cfg leasehold_permits_mutation_unweighted --cfg leasehold_revoke_mutation_unchecked"
 plant_flags="$plant_flags --cfg leasehold_fence_mutation_frozen"
-for plant in "memory:election_strategies_keep_one_leader:two leaders at once" \
-             "memory:multi_lock_excludes_and_never_deadlocks_pessimistic:a deadlock?): no progress" \
-             "memory:semaphore_permits_weights_respected:a try for 3 took permits with 3 of 5 held" \
-             "memory:revoke_mutex:a stale revocation removed" \
-             "safety:a_create_arriving_after_its_key_was_released_and_audited_is_refused:the late create landed"; do
-  test_file=${plant%%:*}; plant=${plant#*:}
-  test_name=${plant%%:*}; expected=${plant#*:}
-  plant_log=target/plant-$test_name.log
-  if RUSTFLAGS="$plant_flags" CARGO_TARGET_DIR=target/cas-mut \
-      cargo test --no-default-features --test "$test_file" "$test_name" >"$plant_log" 2>&1; then
-    echo "test: planted bug NOT caught by $test_name" >&2
-    exit 1
-  elif ! grep -qF "$expected" "$plant_log"; then
-    echo "test: the planted-bug run of $test_name failed otherwise (see $plant_log)" >&2
-    exit 1
-  fi
-  echo "test: planted bug caught by $test_name: $(grep -m1 -oF "$expected" "$plant_log")"
-done
+plant_caught "$plant_flags" target/cas-mut memory election_strategies_keep_one_leader "two leaders at once"
+plant_caught "$plant_flags" target/cas-mut memory multi_lock_excludes_and_never_deadlocks_pessimistic \
+  "a deadlock?): no progress"
+plant_caught "$plant_flags" target/cas-mut memory semaphore_permits_weights_respected \
+  "a try for 3 took permits with 3 of 5 held"
+plant_caught "$plant_flags" target/cas-mut memory revoke_mutex "a stale revocation removed"
+plant_caught "$plant_flags" target/cas-mut safety a_create_arriving_after_its_key_was_released_and_audited_is_refused \
+  "the late create landed"
 cargo test --workspace --doc
 # Examples and benches: built, and benches smoke-run once (criterion's test mode; the
 # etcd benches only measure under `cargo bench`).
