@@ -10,7 +10,7 @@
 //! | optimistic | conflicts per operation (failed compare-and-swaps) | above [`TO_QUEUE`]; a [`Mutex`](crate::Mutex) also at once when it had to wait for a holder |
 //! | queued (mutex) | share of operations that had to wait behind another holder | below [`TO_OPTIMISTIC`], after at least [`MIN_RUN`] queued operations |
 //! | queued (register) | probes: one optimistic attempt every [`PROBE_EVERY`] updates | [`PROBES_TO_LEAVE`] probes in a row write at once |
-//! | queued (register) | the queue's time per hand-off over a store round trip and the update function | above [`DEAR`] (the median of the last three); then conflicts do not switch it back for [`DEAR_FOR`] |
+//! | queued (register) | the queue's time per hand-off over a store round trip and the update function | above [`DEAR`] in two of the last three measurements; then conflicts do not switch it back for [`DEAR_FOR`] |
 //!
 //! Optimistic costs nothing extra when alone but wastes work and time on retries under
 //! contention; the queue costs a lock's round trips but turns contention into an orderly
@@ -97,14 +97,17 @@ pub const MIN_RUN: u32 = 8;
 pub const PROBE_EVERY: u32 = 8;
 /// Successful probes in a row after which a queued register handle goes back to optimistic.
 pub const PROBES_TO_LEAVE: u32 = 3;
-/// A register handle's queue is *dear* while the median of its last measurements of the
-/// queue's time per hand-off is above this many times a store round trip and the handle's
-/// own update function ([`Adaptive::queue_measured`]).
+/// A register handle's queue is *dear* while two of its last three measurements of the
+/// queue's time per hand-off are above this many times a store round trip and the
+/// handle's own update function ([`Adaptive::queue_measured`]).
 pub const DEAR: f64 = 4.0;
 /// How long a verdict that the queue is dear holds without a newer one.
 pub const DEAR_FOR: Duration = Duration::from_secs(1);
-/// A store round trip is the least of the handle's last this many timed reads.
+/// A store round trip is the least of the handle's last this many timed optimistic writes.
 pub const TRIPS: usize = 8;
+/// The longest an update of a handle whose queue is dear waits for another client's queue
+/// to drain ([`Adaptive::drain_wait`]).
+pub const MAX_DRAIN_WAIT: Duration = Duration::from_millis(100);
 
 /// What a [`Register`](crate::Register) handle's next update does, and how
 /// ([`Adaptive::plan`]).
@@ -162,9 +165,9 @@ struct State {
 /// A register handle's measurements of its lock's queue ([`Adaptive::queue_measured`]).
 #[derive(Debug, Default, Clone)]
 struct QueueCost {
-    /// Its last [`TRIPS`] timed reads, in seconds.
+    /// Its last [`TRIPS`] timed optimistic writes, in seconds.
     trips: [f64; TRIPS],
-    /// Reads timed (the next goes to `trips[timed % TRIPS]`).
+    /// Writes timed (the next goes to `trips[timed % TRIPS]`).
     timed: usize,
     /// The queue's time per hand-off over a round trip and the handle's update function,
     /// the last few measurements.
@@ -181,7 +184,7 @@ impl QueueCost {
         self.dear_until.is_some_and(|until| Instant::now() < until)
     }
 
-    /// A store round trip: the least of the reads kept, if any.
+    /// A store round trip: the least of the writes kept, if any.
     fn trip(&self) -> Option<f64> {
         self.trips[..self.timed.min(TRIPS)].iter().copied().reduce(f64::min)
     }
@@ -288,23 +291,33 @@ impl Adaptive {
     }
 
     /// Records what a queued update of a register handle measured: it waited `took` for
-    /// `ahead` holders, and its own update function ran `function`.
+    /// `ahead` keys (holders, waiters and kept places), and its own update function ran
+    /// `function`.
     ///
     /// Each handle sees only its own time per update in either mode, and the mode it is
     /// alone in always looks cheaper: a lone queued handle has the queue to itself, a lone
     /// optimistic handle amid a queue finds it busy. So what is compared is the store's
     /// character, which is the same for every handle: the queue's time per hand-off
     /// (`took / ahead`) against what one holder's work needs at least — its update
-    /// function and a store round trip (the least of its last [`TRIPS`] reads). On etcd a
-    /// hand-off is a commit and a watch event, a few round trips (2–3 times a read at 2–8
-    /// contenders), and the queue's fairness and its fewer wasted writes decide. On the
+    /// function and a store round trip (the least of its last [`TRIPS`] optimistic writes,
+    /// each a conditional write that also asks whether the lock is taken). On etcd a
+    /// hand-off is a commit and a watch event, and costs about what such a write does under
+    /// the same load (0.5–1.8 times at 8–64 contenders); the queue's fairness and its fewer
+    /// wasted writes decide. On the
     /// embedded store a round trip takes a microsecond and a hand-off (watch events to
     /// every waiting client, and a task's wake-up) tens to hundreds: the queue runs many
-    /// times slower than compare-and-swaps would. Once the median of the last ratios
-    /// passes [`DEAR`] the handle leaves the queue, conflicts do not send it back, its
-    /// queued updates keep no place, and an optimistic update that finds the lock taken
-    /// waits a few backoff pauses before joining (`Register::adaptive`) — for [`DEAR_FOR`]
-    /// after the last such measurement. (Before this, handles that had all queued stayed
+    /// times slower than compare-and-swaps would. Once two of the last three ratios pass
+    /// [`DEAR`] (not one alone: one wait can be slow for other reasons, a feed being
+    /// opened, a crashed holder's lease running out) the handle leaves the queue,
+    /// conflicts do not send it back, its queued updates keep no place, and an optimistic
+    /// update that finds the lock taken waits for the queue to drain before joining it
+    /// ([`drain_wait`](Self::drain_wait), `Register::adaptive`) — for [`DEAR_FOR`] after
+    /// the last such measurement.
+    ///
+    /// Two limits of the measure: the round trips are the handle's own optimistic writes,
+    /// which a handle that stays queued does not renew; and a hand-off includes the other
+    /// holders' update functions, of which only the handle's own is known (a handle with
+    /// a fast function among clients with slow ones may find their queue dear). (Before this, handles that had all queued stayed
     /// there: with a client per contender on the embedded store adaptive ran at 0.01–0.13
     /// times optimistic's updates per second.)
     pub(crate) fn queue_measured(&self, took: Duration, ahead: u32, function: Duration) {
@@ -316,7 +329,7 @@ impl Adaptive {
         let handoff = took.as_secs_f64() / f64::from(ahead);
         s.queue.round = took / ahead * (ahead.saturating_add(1));
         s.queue.ratios.push(handoff / (trip + function.as_secs_f64()).max(1e-9));
-        let dear = s.queue.ratios.median().is_some_and(|r| r > DEAR);
+        let dear = s.queue.ratios.above(DEAR) >= 2;
         s.queue.dear_until = dear.then(|| Instant::now() + DEAR_FOR);
         if dear && s.queued {
             tracing::debug!(ratios = ?s.queue.ratios, "adaptive: the queue's hand-offs are dear; optimistic again");
@@ -331,10 +344,11 @@ impl Adaptive {
 
     /// How long an optimistic update that found the lock taken waits for the queue to
     /// drain before it joins: `None` unless the queue measured dear lately; then twice the
-    /// last measured time for the queue to hand the lock to each of its keys.
+    /// last measured time for the queue to hand the lock to each of its keys, at most
+    /// [`MAX_DRAIN_WAIT`].
     pub(crate) fn drain_wait(&self) -> Option<Duration> {
         let s = self.state();
-        s.queue.dear().then(|| s.queue.round * 2)
+        s.queue.dear().then(|| (s.queue.round * 2).min(MAX_DRAIN_WAIT))
     }
 
     /// The next update's [`Next`], whether it reads the lock first, and whether the handle is
@@ -496,10 +510,14 @@ mod tests {
         a.write_took(Duration::from_micros(30));
         a.write_took(Duration::from_micros(2)); // the least counts
         a.queue_measured(Duration::from_micros(40), 1, Duration::ZERO);
-        assert!(a.queue_is_dear(), "40 µs per hand-off against a 2 µs round trip");
+        assert!(a.queue_next() && !a.queue_is_dear(), "one measurement alone is no verdict");
+        a.queue_measured(Duration::from_micros(40), 1, Duration::ZERO);
+        assert!(a.queue_is_dear(), "40 µs per hand-off against a 2 µs round trip, twice");
         assert!(!a.queue_next(), "a dear queue is left");
         // 40 µs per hand-off, two keys in the queue: 80 µs to drain; waited twice that.
         assert_eq!(a.drain_wait(), Some(Duration::from_micros(160)));
+        a.queue_measured(Duration::from_secs(2), 1, Duration::ZERO);
+        assert_eq!(a.drain_wait(), Some(MAX_DRAIN_WAIT), "a wait is bounded");
         for _ in 0..30 {
             a.optimistic(3);
         }

@@ -310,7 +310,7 @@ pub(crate) struct Admitted {
     /// [`CreateRequest::read`] as of `at`, when the key was admitted at once (`None` if it
     /// waited: the create call's read is older than its admission).
     pub(crate) read: Option<Option<KeyValue>>,
-    /// How long it waited, for how many holders ahead (`None` if admitted at once).
+    /// How long it waited, for how many keys ahead (`None` if admitted at once).
     pub(crate) waited: Option<Waited>,
 }
 

@@ -19,6 +19,12 @@ mod queued;
 use grouped::Group;
 pub use grouped::{GroupToken, GroupUpdated, Grouping};
 
+/// Looks at a dear queue, yielding to the runtime in between, that an update of an
+/// adaptive handle makes at most while it waits for the queue to drain (`Register::adaptive`).
+const SPIN_LOOKS: u32 = 256;
+/// Backoff pauses it makes at most while it waits for the queue to drain.
+const DRAIN_PAUSES: u32 = 8;
+
 /// The register's lock in errors and metrics: the mutex of the register's name.
 const LOCK: &str = "mutex";
 
@@ -330,7 +336,7 @@ impl Register {
             look_first: probe || look_first,
             attempts: probe.then_some(1),
         };
-        let (mut conflicts, mut yields, mut yielded) = (unchecked, 0, None);
+        let (mut conflicts, mut yields, mut yielded, mut waits) = (unchecked, 0, None, (0, 0));
         let mut delays = self.backoff.delays();
         loop {
             match self.optimistic(f, tries).await? {
@@ -349,19 +355,40 @@ impl Register {
                 // then it first waits for the queue to drain, so that one update that queued
                 // does not pull every other in.
                 Optimistic::Yield { conflicts: c } => {
-                    conflicts += c;
+                    // Waiting for a queue to drain (below) counts as one conflict however
+                    // often it looks.
+                    if yielded.is_none() {
+                        conflicts += c;
+                    }
                     let drain = if probe { None } else { self.adaptive.drain_wait() };
                     let since = *yielded.get_or_insert_with(tokio::time::Instant::now);
                     if let Some(drain) = drain {
-                        // First by yielding to the runtime between looks, for about as long
-                        // as the queue measured to drain; then backoff pauses.
-                        let spin = since.elapsed() < drain;
-                        if spin || yields < YIELDS_TO_QUEUE {
-                            if spin {
-                                tokio::task::yield_now().await;
-                            } else {
-                                yields += 1;
-                                tokio::time::sleep(delays.next().unwrap_or(self.backoff.cap)).await;
+                        // For about as long as the queue measured to drain, then up to
+                        // YIELDS_TO_QUEUE backoff pauses. A wait shorter than the timer's
+                        // millisecond yields to the runtime between looks, up to SPIN_LOOKS
+                        // times (a count, not a time: under a paused clock the time does not
+                        // pass while a task keeps yielding); a longer one takes the backoff's
+                        // pauses, up to DRAIN_PAUSES. So the wait ends on any clock.
+                        let left = drain.saturating_sub(since.elapsed());
+                        let pause = if !left.is_zero() && left < Duration::from_millis(1) && waits.0 < SPIN_LOOKS {
+                            waits.0 += 1;
+                            Some(None)
+                        } else if !left.is_zero() && waits.1 < DRAIN_PAUSES {
+                            waits.1 += 1;
+                            Some(Some(left))
+                        } else if yields < YIELDS_TO_QUEUE {
+                            yields += 1;
+                            Some(Some(Duration::MAX))
+                        } else {
+                            None
+                        };
+                        if let Some(pause) = pause {
+                            match pause {
+                                None => tokio::task::yield_now().await,
+                                Some(at_most) => {
+                                    let pause = delays.next().unwrap_or(self.backoff.cap);
+                                    tokio::time::sleep(pause.min(at_most)).await;
+                                }
                             }
                             tries.look_first = true; // the lock was seen taken: look before writing
                             continue;

@@ -18,6 +18,11 @@ impl Samples {
         self.len = (self.len + 1).min(SAMPLES);
     }
 
+    /// How many of the measurements kept are above `x`.
+    pub(crate) fn above(&self, x: f64) -> usize {
+        self.last[..self.len].iter().filter(|&&v| v > x).count()
+    }
+
     /// The median (of two: their mean).
     pub(crate) fn median(&self) -> Option<f64> {
         let mut v = self.last;
