@@ -25,6 +25,46 @@ const SPIN_LOOKS: u32 = 256;
 /// Backoff pauses it makes at most while it waits for the queue to drain.
 const DRAIN_PAUSES: u32 = 8;
 
+/// How an update of an adaptive handle whose queue is dear waits for another client's
+/// queue to drain before it joins it (`Register::adaptive`): for about as long as the
+/// queue measured to drain, then up to [`YIELDS_TO_QUEUE`] backoff pauses. A wait shorter
+/// than the timer's millisecond yields to the runtime between looks, up to [`SPIN_LOOKS`]
+/// times (a count, not a time: under a paused clock the time does not pass while a task
+/// keeps yielding); a longer one takes the backoff's pauses, up to [`DRAIN_PAUSES`]. So
+/// the wait ends on any clock.
+#[derive(Debug, Default)]
+struct DrainWait {
+    looks: u32,
+    drain_pauses: u32,
+    pauses: u32,
+}
+
+/// The next step of a [`DrainWait`].
+enum Pause {
+    /// Yield to the runtime, then look again.
+    Look,
+    /// A backoff pause of at most this long, then look again.
+    Sleep(Duration),
+}
+
+impl DrainWait {
+    /// The next step with `left` of the measured drain time to go; `None`: join the queue.
+    fn next(&mut self, left: Duration) -> Option<Pause> {
+        if !left.is_zero() && left < Duration::from_millis(1) && self.looks < SPIN_LOOKS {
+            self.looks += 1;
+            Some(Pause::Look)
+        } else if !left.is_zero() && self.drain_pauses < DRAIN_PAUSES {
+            self.drain_pauses += 1;
+            Some(Pause::Sleep(left))
+        } else if self.pauses < YIELDS_TO_QUEUE {
+            self.pauses += 1;
+            Some(Pause::Sleep(Duration::MAX))
+        } else {
+            None
+        }
+    }
+}
+
 /// The register's lock in errors and metrics: the mutex of the register's name.
 const LOCK: &str = "mutex";
 
@@ -336,7 +376,7 @@ impl Register {
             look_first: probe || look_first,
             attempts: probe.then_some(1),
         };
-        let (mut conflicts, mut yields, mut yielded, mut waits) = (unchecked, 0, None, (0, 0));
+        let (mut conflicts, mut yielded, mut waits) = (unchecked, None, DrainWait::default());
         let mut delays = self.backoff.delays();
         loop {
             match self.optimistic(f, tries).await? {
@@ -352,8 +392,8 @@ impl Register {
                 // Someone is queued, or the probe lost: this update joins the queue rather
                 // than fight it (a yield counts as conflicts; it does not switch the handle)
                 // — unless the handle measured the queue dear (`Adaptive::queue_measured`):
-                // then it first waits for the queue to drain, so that one update that queued
-                // does not pull every other in.
+                // then it first waits for the queue to drain ([`DrainWait`]), so that one
+                // update that queued does not pull every other in.
                 Optimistic::Yield { conflicts: c } => {
                     // Waiting for a queue to drain (below) counts as one conflict however
                     // often it looks.
@@ -362,37 +402,17 @@ impl Register {
                     }
                     let drain = if probe { None } else { self.adaptive.drain_wait() };
                     let since = *yielded.get_or_insert_with(tokio::time::Instant::now);
-                    if let Some(drain) = drain {
-                        // For about as long as the queue measured to drain, then up to
-                        // YIELDS_TO_QUEUE backoff pauses. A wait shorter than the timer's
-                        // millisecond yields to the runtime between looks, up to SPIN_LOOKS
-                        // times (a count, not a time: under a paused clock the time does not
-                        // pass while a task keeps yielding); a longer one takes the backoff's
-                        // pauses, up to DRAIN_PAUSES. So the wait ends on any clock.
-                        let left = drain.saturating_sub(since.elapsed());
-                        let pause = if !left.is_zero() && left < Duration::from_millis(1) && waits.0 < SPIN_LOOKS {
-                            waits.0 += 1;
-                            Some(None)
-                        } else if !left.is_zero() && waits.1 < DRAIN_PAUSES {
-                            waits.1 += 1;
-                            Some(Some(left))
-                        } else if yields < YIELDS_TO_QUEUE {
-                            yields += 1;
-                            Some(Some(Duration::MAX))
-                        } else {
-                            None
-                        };
-                        if let Some(pause) = pause {
-                            match pause {
-                                None => tokio::task::yield_now().await,
-                                Some(at_most) => {
-                                    let pause = delays.next().unwrap_or(self.backoff.cap);
-                                    tokio::time::sleep(pause.min(at_most)).await;
-                                }
+                    let left = drain.map(|drain| drain.saturating_sub(since.elapsed()));
+                    if let Some(pause) = left.and_then(|left| waits.next(left)) {
+                        match pause {
+                            Pause::Look => tokio::task::yield_now().await,
+                            Pause::Sleep(at_most) => {
+                                let pause = delays.next().unwrap_or(self.backoff.cap);
+                                tokio::time::sleep(pause.min(at_most)).await;
                             }
-                            tries.look_first = true; // the lock was seen taken: look before writing
-                            continue;
                         }
+                        tries.look_first = true; // the lock was seen taken: look before writing
+                        continue;
                     }
                     if probe {
                         self.adaptive.probed(false);
