@@ -103,7 +103,8 @@ pub const PROBES_TO_LEAVE: u32 = 3;
 pub const DEAR: f64 = 4.0;
 /// How long a verdict that the queue is dear holds without a newer one.
 pub const DEAR_FOR: Duration = Duration::from_secs(1);
-/// A store round trip is the least of the handle's last this many timed optimistic writes.
+/// A store round trip is the least of the handle's last this many timed writes (optimistic
+/// or queued).
 pub const TRIPS: usize = 8;
 /// The longest an update of a handle whose queue is dear waits for another client's queue
 /// to drain ([`Adaptive::drain_wait`]).
@@ -281,8 +282,10 @@ impl Adaptive {
         }
     }
 
-    /// Records that an optimistic write of the register handle (a conditional write that
-    /// also asks whether the lock is taken) took `took`: a store round trip.
+    /// Records that a write of the register handle took `took`: a store round trip. Its
+    /// optimistic writes (a conditional write that also asks whether the lock is taken) and
+    /// its queued ones (a conditional write that also releases the lock) both count, so a
+    /// handle that stays queued renews its round trips.
     pub(crate) fn write_took(&self, took: Duration) {
         let mut s = self.state();
         let slot = s.queue.timed % TRIPS;
@@ -299,8 +302,8 @@ impl Adaptive {
     /// optimistic handle amid a queue finds it busy. So what is compared is the store's
     /// character, which is the same for every handle: the queue's time per hand-off
     /// (`took / ahead`) against what one holder's work needs at least — its update
-    /// function and a store round trip (the least of its last [`TRIPS`] optimistic writes,
-    /// each a conditional write that also asks whether the lock is taken). On etcd a
+    /// function and a store round trip (the least of its last [`TRIPS`] writes, each one
+    /// conditional write, [`write_took`](Self::write_took)). On etcd a
     /// hand-off is a commit and a watch event, and costs about what such a write does under
     /// the same load (0.5–1.8 times at 8–64 contenders); the queue's fairness and its fewer
     /// wasted writes decide. On the
@@ -314,12 +317,14 @@ impl Adaptive {
     /// ([`drain_wait`](Self::drain_wait), `Register::adaptive`) — for [`DEAR_FOR`] after
     /// the last such measurement.
     ///
-    /// Two limits of the measure: the round trips are the handle's own optimistic writes,
-    /// which a handle that stays queued does not renew; and a hand-off includes the other
-    /// holders' update functions, of which only the handle's own is known (a handle with
-    /// a fast function among clients with slow ones may find their queue dear). (Before this, handles that had all queued stayed
-    /// there: with a client per contender on the embedded store adaptive ran at 0.01–0.13
-    /// times optimistic's updates per second.)
+    /// A limit of the measure: a hand-off includes the other holders' update functions, of
+    /// which only the handle's own is known (a handle with a fast function among clients
+    /// with slow ones may find their queue dear). (Before this, handles that had all queued
+    /// stayed there: with a client per contender on the embedded store adaptive ran at
+    /// 0.01–0.13 times optimistic's updates per second. And until the queued writes counted
+    /// as round trips, the least of a queued handle's old optimistic writes did: timed while
+    /// 64 contenders competed for the runtime, 10–90 µs instead of 1–2, and some sweep
+    /// rounds at 64 clients kept every handle queued.)
     pub(crate) fn queue_measured(&self, took: Duration, ahead: u32, function: Duration) {
         if cfg!(leasehold_adaptive_mutation_dear_ignored) || ahead == 0 {
             return;

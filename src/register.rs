@@ -16,6 +16,8 @@ use std::time::Duration;
 
 mod grouped;
 mod queued;
+#[cfg(test)]
+mod tests;
 use grouped::Group;
 pub use grouped::{GroupToken, GroupUpdated, Grouping};
 

@@ -200,10 +200,16 @@ impl Register {
             // this write admitted waits for the hint, and then asks (`admitted_by`).
             self.crowd().wrote(written);
             announced.finish(written);
-            self.crowd().queued_times(function, writing.elapsed());
-            // An adaptive handle weighs its queue's hand-offs (`src/adaptive.rs`).
-            if let Some(Waited { ahead, took }) = waited.take().filter(|_| self.strategy == Strategy::Adaptive) {
-                self.adaptive.queue_measured(took, ahead, function);
+            let write = writing.elapsed();
+            self.crowd().queued_times(function, write);
+            // An adaptive handle weighs its queue's hand-offs (`src/adaptive.rs`) against
+            // store round trips, of which this write is one: so a handle that stays queued
+            // renews them.
+            if self.strategy == Strategy::Adaptive {
+                self.adaptive.write_took(write);
+                if let Some(Waited { ahead, took }) = waited.take() {
+                    self.adaptive.queue_measured(took, ahead, function);
+                }
             }
             if written.is_some() {
                 let updated = Updated { written: true, previous, conflicts, token: Some(token), revision: written };
