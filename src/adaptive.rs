@@ -342,6 +342,24 @@ impl Adaptive {
         }
     }
 
+    /// Records that a queued update of the register handle was admitted at once, nobody
+    /// ahead of it: no measure of a hand-off ([`queue_measured`](Self::queue_measured)).
+    /// A handle that went back to the queue once its last verdict was [`DEAR_FOR`] old, on
+    /// conflicts, finds it empty where the others stayed optimistic, and so measured
+    /// nothing new there: it stayed until its probes won (at least
+    /// [`PROBE_EVERY`] × [`PROBES_TO_LEAVE`] updates), its queue key making the others'
+    /// checked writes yield and its client's feed bringing an event per write. Now, while
+    /// the ratios it keeps still say dear, such an update renews the verdict and the handle
+    /// leaves.
+    pub(crate) fn queued_at_once(&self) {
+        let mut s = self.state();
+        if s.queued && s.queue.ratios.above(DEAR) >= 2 {
+            tracing::debug!(ratios = ?s.queue.ratios, "adaptive: an empty queue, still dear; optimistic again");
+            s.queue.dear_until = Some(Instant::now() + DEAR_FOR);
+            *s = s.optimistic();
+        }
+    }
+
     /// Whether the register handle's queue measured dear lately ([`queue_measured`](Self::queue_measured)).
     pub(crate) fn queue_is_dear(&self) -> bool {
         self.state().queue.dear()

@@ -219,6 +219,12 @@ impl Client {
         &self.inner.value_hints
     }
 
+    /// Whether the register feed of `key` is open (tests).
+    #[cfg(test)]
+    pub(crate) fn register_feed_is_open(&self, key: &str) -> bool {
+        self.inner.views.lock().register_feeds.open.contains_key(key)
+    }
+
     /// Closes the register feed of `key` if it is open and nobody waits on it (its watch
     /// brings an event per write, a cost for nothing while this client's updates of the
     /// register compare-and-swap). Whether none is open now.

@@ -207,8 +207,9 @@ impl Register {
             // renews them.
             if self.strategy == Strategy::Adaptive {
                 self.adaptive.write_took(write);
-                if let Some(Waited { ahead, took }) = waited.take() {
-                    self.adaptive.queue_measured(took, ahead, function);
+                match waited.take() {
+                    Some(Waited { ahead, took }) => self.adaptive.queue_measured(took, ahead, function),
+                    None => self.adaptive.queued_at_once(),
                 }
             }
             if written.is_some() {

@@ -28,32 +28,107 @@ async fn a_queued_handle_times_its_writes_as_round_trips() {
             r.adaptive.queue_next() && !r.adaptive.queue_is_dear(),
             "round {round}: queued (one measurement is no verdict)"
         );
-        // The other client holds the lock for 2 ms while this handle's update queues behind it.
-        let holding = Arc::new(Notify::new());
-        let held = {
-            let (holder, holding) = (holder.clone(), holding.clone());
-            tokio::spawn(async move {
-                holder
-                    .update_async(|v, _| {
-                        let holding = holding.clone();
-                        async move {
-                            holding.notify_one();
-                            tokio::time::sleep(Duration::from_millis(2)).await;
-                            Some(v.unwrap_or_default())
-                        }
-                    })
-                    .await
-                    .unwrap();
-            })
-        };
-        holding.notified().await;
-        assert!(r.update(|v| Some(v.unwrap_or_default().to_vec())).await.unwrap().token.is_some(), "queued");
-        held.await.unwrap();
+        update_behind_a_holder(&r, &holder).await;
     }
     assert!(
         r.adaptive.queue_is_dear() && !r.adaptive.queue_next(),
         "2 ms per hand-off against writes that take no time: the queue is dear and left"
     );
+    other_session.close().await.unwrap();
+    s.close().await.unwrap();
+}
+
+/// One update of `r` that queues behind `holder` (a pessimistic handle of another client),
+/// which holds the lock for 2 ms.
+async fn update_behind_a_holder(r: &Register, holder: &Register) {
+    let holding = Arc::new(Notify::new());
+    let held = {
+        let (holder, holding) = (holder.clone(), holding.clone());
+        tokio::spawn(async move {
+            holder
+                .update_async(|v, _| {
+                    let holding = holding.clone();
+                    async move {
+                        holding.notify_one();
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        Some(v.unwrap_or_default())
+                    }
+                })
+                .await
+                .unwrap();
+        })
+    };
+    holding.notified().await;
+    assert!(r.update(|v| Some(v.unwrap_or_default().to_vec())).await.unwrap().token.is_some(), "queued");
+    held.await.unwrap();
+}
+
+/// Makes the handle's queue measure dear and leave, as several clients over one embedded
+/// store do, then lets the verdict run out and sends the handle back to the queue on
+/// conflicts (paused clock).
+async fn dear_then_back_in_the_queue(r: &Register) {
+    r.adaptive.write_took(Duration::from_micros(2));
+    r.adaptive.force_queue();
+    for _ in 0..2 {
+        r.adaptive.queue_measured(Duration::from_micros(400), 1, Duration::ZERO);
+    }
+    assert!(r.adaptive.queue_is_dear() && !r.adaptive.queue_next(), "left a dear queue");
+    tokio::time::advance(crate::adaptive::DEAR_FOR).await;
+    for _ in 0..30 {
+        r.adaptive.optimistic(3);
+    }
+    assert!(r.adaptive.queue_next() && !r.adaptive.queue_is_dear(), "back in the queue on conflicts");
+}
+
+/// A handle back in the queue once its last verdict that the queue is dear ran out finds
+/// the queue empty (the others stayed optimistic): its update is admitted at once and
+/// measures no hand-off. While the ratios it keeps still say dear it leaves at once, and
+/// closes its client's register feed. (Before, it stayed queued until its probes won, at
+/// least 24 updates, its queue key making the others' checked writes yield and its feed
+/// bringing an event per write.)
+#[tokio::test(start_paused = true)]
+async fn an_empty_queue_still_dear_is_left_at_once() {
+    let client = Client::memory();
+    let s = client.session().await.unwrap();
+    let r = Register::new(&s, "reg").unwrap().with_strategy(Strategy::Adaptive).with_requeue_window(Duration::ZERO);
+    let other = Client::from_arc(client.backend().clone());
+    let other_session = other.session().await.unwrap();
+    let holder = Register::new(&other_session, "reg").unwrap().with_strategy(Strategy::Pessimistic);
+    r.adaptive.force_queue();
+    update_behind_a_holder(&r, &holder).await; // no round trip timed yet: no verdict
+    dear_then_back_in_the_queue(&r).await;
+    assert!(client.register_feed_is_open(&r.key), "waiting in the queue opened the feed");
+    let updated = r.update(|v| Some(v.unwrap_or_default().to_vec())).await.unwrap();
+    assert!(updated.token.is_some(), "the update queued");
+    assert!(!r.adaptive.queue_next() && r.adaptive.queue_is_dear(), "the verdict renewed: the queue is left");
+    assert!(!client.register_feed_is_open(&r.key), "the feed is closed once the handle is out");
+    let updated = r.update(|v| Some(v.unwrap_or_default().to_vec())).await.unwrap();
+    assert!(updated.token.is_none(), "the next update compare-and-swaps");
+    other_session.close().await.unwrap();
+    s.close().await.unwrap();
+}
+
+/// A queued handle whose probes win goes back to optimistic and closes its client's
+/// register feed: its compare-and-swaps have no use for an event per write.
+#[tokio::test(start_paused = true)]
+async fn a_handle_that_leaves_the_queue_by_probes_closes_its_feed() {
+    let client = Client::memory();
+    let s = client.session().await.unwrap();
+    let r = Register::new(&s, "reg").unwrap().with_strategy(Strategy::Adaptive).with_requeue_window(Duration::ZERO);
+    let other = Client::from_arc(client.backend().clone());
+    let other_session = other.session().await.unwrap();
+    let holder = Register::new(&other_session, "reg").unwrap().with_strategy(Strategy::Pessimistic);
+    r.adaptive.force_queue();
+    update_behind_a_holder(&r, &holder).await;
+    assert!(r.adaptive.queue_next(), "still queued");
+    assert!(client.register_feed_is_open(&r.key), "waiting in the queue opened the feed");
+    let mut updates = 0;
+    while r.adaptive.queue_next() {
+        updates += 1;
+        assert!(updates <= 64, "the probes of a lone handle win");
+        r.update(|v| Some(v.unwrap_or_default().to_vec())).await.unwrap();
+    }
+    assert!(!client.register_feed_is_open(&r.key), "out of the queue: the feed is closed");
     other_session.close().await.unwrap();
     s.close().await.unwrap();
 }
