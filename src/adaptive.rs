@@ -10,7 +10,7 @@
 //! | optimistic | conflicts per operation (failed compare-and-swaps) | above [`TO_QUEUE`]; a [`Mutex`](crate::Mutex) also at once when it had to wait for a holder |
 //! | queued (mutex) | share of operations that had to wait behind another holder | below [`TO_OPTIMISTIC`], after at least [`MIN_RUN`] queued operations |
 //! | queued (register) | probes: one optimistic attempt every [`PROBE_EVERY`] updates | [`PROBES_TO_LEAVE`] probes in a row write at once |
-//! | queued (register) | the queue's time per hand-off over a store round trip and the update function | above [`DEAR`] in two of the last three measurements; then conflicts do not switch it back for [`DEAR_FOR`] |
+//! | queued (register) | the queue's time per hand-off over a store round trip and the update function | above [`DEAR`] in two of the last three measurements; then conflicts do not switch it back for [`DEAR_FOR`]; once that ran out, an update admitted at once while those measurements still say so leaves again |
 //!
 //! Optimistic costs nothing extra when alone but wastes work and time on retries under
 //! contention; the queue costs a lock's round trips but turns contention into an orderly
@@ -61,7 +61,12 @@
 //! no place in it, does not switch back on conflicts for [`DEAR_FOR`], and an update that
 //! finds the lock taken waits for the queue to drain ([`Adaptive::drain_wait`]) before it
 //! joins. On etcd the ratio is about 1 (0.5–1.8 at 8–64 contenders), on the embedded store
-//! 10 and more.
+//! 10 and more. The round trip is the least of the handle's recent writes, queued ones
+//! included (a handle that stays queued renews it). When conflicts send the handle back
+//! after [`DEAR_FOR`], the others have mostly stayed optimistic and the queue is empty: an
+//! update admitted at once measures nothing, and while the kept measurements still say
+//! dear the handle leaves again ([`Adaptive::queued_at_once`]). A handle out of the queue
+//! closes its client's idle register feed, which would bring an event per write.
 //!
 //! All of this is about other processes. Several tasks of one client updating a register at
 //! once are the client's own business, decided by measurement (`src/crowd.rs`): by default
@@ -166,7 +171,7 @@ struct State {
 /// A register handle's measurements of its lock's queue ([`Adaptive::queue_measured`]).
 #[derive(Debug, Default, Clone)]
 struct QueueCost {
-    /// Its last [`TRIPS`] timed optimistic writes, in seconds.
+    /// Its last [`TRIPS`] timed writes (optimistic or queued), in seconds.
     trips: [f64; TRIPS],
     /// Writes timed (the next goes to `trips[timed % TRIPS]`).
     timed: usize,

@@ -369,9 +369,7 @@ impl Register {
     {
         let Plan { next, look_first, .. } = plan;
         if next == Next::Queue {
-            let updated = self.queued(f, true).await;
-            self.close_feed_if_out();
-            return updated;
+            return self.queued(f, true).await;
         }
         let probe = next == Next::Probe;
         let mut tries = Tries {
@@ -424,9 +422,7 @@ impl Register {
                     } else {
                         self.adaptive.optimistic(conflicts);
                     }
-                    let updated = self.queued(f, true).await;
-                    self.close_feed_if_out();
-                    let mut updated = updated?;
+                    let mut updated = self.queued(f, true).await?;
                     updated.conflicts += conflicts;
                     return Ok(updated);
                 }
@@ -434,12 +430,14 @@ impl Register {
         }
     }
 
-    /// After an adaptive update by the handle's own policy that queued or probed: a handle
-    /// that is out of the queue (it left, or only yielded to it for one update) and keeps
-    /// no place in it closes its client's register feed if nobody waits on it. The feed
-    /// brings an event per write of the register, of no use to compare-and-swaps; on the
-    /// embedded store each is a task's wake-up, and feeds left open by handles that had
-    /// left the queue took 10–30% of the updates per second at 32–64 clients.
+    /// After a probe that won: a handle whose probes took it out of the queue, and that
+    /// keeps no place in it, closes its client's register feed if nobody waits on it. The
+    /// feed brings an event per write of the register, of no use to compare-and-swaps (on
+    /// the embedded store each is a task's wake-up: one open feed costs it 11–13% of its
+    /// updates per second). A handle that leaves because the queue is dear closes it in
+    /// `queued`. One that only yielded to the queue for an update keeps it: on etcd,
+    /// reopening the watch at each such update would cost a sync, up to etcd's 100 ms
+    /// catch-up, inside the wait that is weighed against a round trip.
     fn close_feed_if_out(&self) {
         if !self.adaptive.queue_next() && !self.parking.is_parked() {
             self.session.client().close_idle_register_feed(&self.key);

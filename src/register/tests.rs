@@ -95,7 +95,9 @@ async fn an_empty_queue_still_dear_is_left_at_once() {
     let other_session = other.session().await.unwrap();
     let holder = Register::new(&other_session, "reg").unwrap().with_strategy(Strategy::Pessimistic);
     r.adaptive.force_queue();
-    update_behind_a_holder(&r, &holder).await; // no round trip timed yet: no verdict
+    // Opens the feed. Its queued write is the first round trip timed (0 s on the paused
+    // clock): one measurement, no verdict yet.
+    update_behind_a_holder(&r, &holder).await;
     dear_then_back_in_the_queue(&r).await;
     assert!(client.register_feed_is_open(&r.key), "waiting in the queue opened the feed");
     let updated = r.update(|v| Some(v.unwrap_or_default().to_vec())).await.unwrap();
