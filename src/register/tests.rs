@@ -4,6 +4,28 @@ use super::*;
 use crate::Client;
 use tokio::sync::Notify;
 
+/// An adaptive handle `r` (no kept places) of one client, and a pessimistic `holder` of
+/// another client over the same embedded store, both of the register `reg`.
+struct Pair {
+    client: Client,
+    s: crate::Session,
+    r: Register,
+    other_session: crate::Session,
+    holder: Register,
+}
+
+impl Pair {
+    async fn new() -> Self {
+        let client = Client::memory();
+        let s = client.session().await.unwrap();
+        let r = Register::new(&s, "reg").unwrap().with_strategy(Strategy::Adaptive).with_requeue_window(Duration::ZERO);
+        let other = Client::from_arc(client.backend().clone());
+        let other_session = other.session().await.unwrap();
+        let holder = Register::new(&other_session, "reg").unwrap().with_strategy(Strategy::Pessimistic);
+        Self { client, s, r, other_session, holder }
+    }
+}
+
 /// A handle that stays queued renews its round trips with its queued writes: the round
 /// trips its optimistic writes timed while every contender competed for the runtime
 /// (here 1 ms) do not make a queue whose hand-offs are many times dearer than its writes
@@ -13,16 +35,11 @@ use tokio::sync::Notify;
 /// 2 ms per hand-off, and a write takes no time.
 #[tokio::test(start_paused = true)]
 async fn a_queued_handle_times_its_writes_as_round_trips() {
-    let client = Client::memory();
-    let s = client.session().await.unwrap();
-    let r = Register::new(&s, "reg").unwrap().with_strategy(Strategy::Adaptive).with_requeue_window(Duration::ZERO);
+    let Pair { s, r, other_session, holder, .. } = Pair::new().await;
     for _ in 0..crate::adaptive::TRIPS {
         r.adaptive.write_took(Duration::from_millis(1));
     }
     r.adaptive.force_queue();
-    let other = Client::from_arc(client.backend().clone());
-    let other_session = other.session().await.unwrap();
-    let holder = Register::new(&other_session, "reg").unwrap().with_strategy(Strategy::Pessimistic);
     for round in 0..2 {
         assert!(
             r.adaptive.queue_next() && !r.adaptive.queue_is_dear(),
@@ -88,12 +105,7 @@ async fn dear_then_back_in_the_queue(r: &Register) {
 /// bringing an event per write.)
 #[tokio::test(start_paused = true)]
 async fn an_empty_queue_still_dear_is_left_at_once() {
-    let client = Client::memory();
-    let s = client.session().await.unwrap();
-    let r = Register::new(&s, "reg").unwrap().with_strategy(Strategy::Adaptive).with_requeue_window(Duration::ZERO);
-    let other = Client::from_arc(client.backend().clone());
-    let other_session = other.session().await.unwrap();
-    let holder = Register::new(&other_session, "reg").unwrap().with_strategy(Strategy::Pessimistic);
+    let Pair { client, s, r, other_session, holder } = Pair::new().await;
     r.adaptive.force_queue();
     // Opens the feed. Its queued write is the first round trip timed (0 s on the paused
     // clock): one measurement, no verdict yet.
@@ -114,12 +126,7 @@ async fn an_empty_queue_still_dear_is_left_at_once() {
 /// register feed: its compare-and-swaps have no use for an event per write.
 #[tokio::test(start_paused = true)]
 async fn a_handle_that_leaves_the_queue_by_probes_closes_its_feed() {
-    let client = Client::memory();
-    let s = client.session().await.unwrap();
-    let r = Register::new(&s, "reg").unwrap().with_strategy(Strategy::Adaptive).with_requeue_window(Duration::ZERO);
-    let other = Client::from_arc(client.backend().clone());
-    let other_session = other.session().await.unwrap();
-    let holder = Register::new(&other_session, "reg").unwrap().with_strategy(Strategy::Pessimistic);
+    let Pair { client, s, r, other_session, holder } = Pair::new().await;
     r.adaptive.force_queue();
     update_behind_a_holder(&r, &holder).await;
     assert!(r.adaptive.queue_next(), "still queued");
