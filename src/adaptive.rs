@@ -65,8 +65,9 @@
 //! included (a handle that stays queued renews it). When conflicts send the handle back
 //! after [`DEAR_FOR`], the others have mostly stayed optimistic and the queue is empty: an
 //! update admitted at once measures nothing, and while the kept measurements still say
-//! dear the handle leaves again ([`Adaptive::queued_at_once`]). A handle out of the queue
-//! closes its client's idle register feed, which would bring an event per write.
+//! dear the handle leaves again ([`Adaptive::queued_at_once`]). A handle that leaves the
+//! queue, dear or by its probes, closes its client's idle register feed, which would bring
+//! an event per write.
 //!
 //! All of this is about other processes. Several tasks of one client updating a register at
 //! once are the client's own business, decided by measurement (`src/crowd.rs`): by default

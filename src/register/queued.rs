@@ -90,7 +90,7 @@ impl Register {
         // left the session's slot queue, and must still stop the holder from keeping a place.
         let waiting = self.parking.wait();
         let mut admitted_by_value = false;
-        let (mut hold, admitted, mut waited) = loop {
+        let (mut hold, admitted, waited) = loop {
             // A place this handle parked holds the session's local slot for the lock: a task
             // waiting for that slot claims the place instead when one is parked meanwhile.
             let parked = self.parking.parked();
@@ -204,12 +204,15 @@ impl Register {
             self.crowd().queued_times(function, write);
             // An adaptive handle weighs its queue's hand-offs (`src/adaptive.rs`) against
             // store round trips, of which this write is one: so a handle that stays queued
-            // renews them.
+            // renews them. Its wait is weighed once, at the first write (a retry after an
+            // optimistic writer got in between was not admitted again).
             if self.strategy == Strategy::Adaptive {
                 self.adaptive.write_took(write);
-                match waited.take() {
-                    Some(Waited { ahead, took }) => self.adaptive.queue_measured(took, ahead, function),
-                    None => self.adaptive.queued_at_once(),
+                if conflicts == 0 {
+                    match waited {
+                        Some(Waited { ahead, took }) => self.adaptive.queue_measured(took, ahead, function),
+                        None => self.adaptive.queued_at_once(),
+                    }
                 }
             }
             if written.is_some() {
