@@ -191,6 +191,11 @@ impl QueueCost {
         self.dear_until.is_some_and(|until| Instant::now() < until)
     }
 
+    /// Whether two of the last three measurements are above [`DEAR`].
+    fn ratios_say_dear(&self) -> bool {
+        self.ratios.above(DEAR) >= 2
+    }
+
     /// A store round trip: the least of the writes kept, if any.
     fn trip(&self) -> Option<f64> {
         self.trips[..self.timed.min(TRIPS)].iter().copied().reduce(f64::min)
@@ -218,6 +223,15 @@ impl State {
     /// keeping what was measured of the queue.
     fn queued(&self) -> Self {
         Self { queued: true, waited: 1.0, queue: self.queue.clone(), ..Self::default() }
+    }
+
+    /// The queue is dear from now for [`DEAR_FOR`]; a queued handle leaves it.
+    fn dear_queue(&mut self) {
+        self.queue.dear_until = Some(Instant::now() + DEAR_FOR);
+        if self.queued {
+            tracing::debug!(ratios = ?self.queue.ratios, "adaptive: the queue's hand-offs are dear; optimistic again");
+            *self = self.optimistic();
+        }
     }
 
     /// Optimistic afresh, keeping what was measured of the queue.
@@ -340,11 +354,10 @@ impl Adaptive {
         let handoff = took.as_secs_f64() / f64::from(ahead);
         s.queue.round = took / ahead * (ahead.saturating_add(1));
         s.queue.ratios.push(handoff / (trip + function.as_secs_f64()).max(1e-9));
-        let dear = s.queue.ratios.above(DEAR) >= 2;
-        s.queue.dear_until = dear.then(|| Instant::now() + DEAR_FOR);
-        if dear && s.queued {
-            tracing::debug!(ratios = ?s.queue.ratios, "adaptive: the queue's hand-offs are dear; optimistic again");
-            *s = s.optimistic();
+        let dear = s.queue.ratios_say_dear();
+        s.queue.dear_until = None;
+        if dear {
+            s.dear_queue();
         }
     }
 
@@ -359,10 +372,8 @@ impl Adaptive {
     /// leaves.
     pub(crate) fn queued_at_once(&self) {
         let mut s = self.state();
-        if s.queued && s.queue.ratios.above(DEAR) >= 2 {
-            tracing::debug!(ratios = ?s.queue.ratios, "adaptive: an empty queue, still dear; optimistic again");
-            s.queue.dear_until = Some(Instant::now() + DEAR_FOR);
-            *s = s.optimistic();
+        if s.queued && s.queue.ratios_say_dear() {
+            s.dear_queue();
         }
     }
 
@@ -404,13 +415,16 @@ impl Adaptive {
     /// Records a probe's outcome: `wrote` if its single optimistic attempt succeeded. After
     /// [`PROBES_TO_LEAVE`] successes in a row the handle is optimistic again (one success
     /// can be luck: under heavy contention a single attempt still wins now and then).
-    pub(crate) fn probed(&self, wrote: bool) {
+    /// Whether the handle left the queue now.
+    pub(crate) fn probed(&self, wrote: bool) -> bool {
         let mut s = self.state();
         s.probes_won = if wrote { s.probes_won + 1 } else { 0 };
-        if s.probes_won >= PROBES_TO_LEAVE {
+        let leaves = s.probes_won >= PROBES_TO_LEAVE;
+        if leaves {
             tracing::debug!("adaptive: probes succeed; optimistic again");
             *s = s.optimistic();
         }
+        leaves
     }
 
     /// Switches to the queue now (an optimistic mutex acquisition had to wait for a holder).

@@ -385,8 +385,19 @@ impl Register {
                 Optimistic::Done(mut updated) => {
                     updated.conflicts += conflicts;
                     if probe {
-                        self.adaptive.probed(true);
-                        self.close_feed_if_out();
+                        if self.adaptive.probed(true) {
+                            // Out of the queue: an event per write of the register is of
+                            // no use to compare-and-swaps (on the embedded store each is a
+                            // task's wake-up; one open feed costs it 11–13% of its
+                            // updates per second). A probe never runs while the handle
+                            // keeps a place (its update claims the place instead). A
+                            // handle that leaves because the queue is dear closes the feed
+                            // in `queued`; one that only yields to the queue for an update
+                            // keeps it: on etcd, reopening the watch at each such update
+                            // would cost a sync, up to etcd's 100 ms catch-up, inside the
+                            // wait weighed against a round trip.
+                            self.session.client().close_idle_register_feed(&self.key);
+                        }
                     } else {
                         self.adaptive.optimistic(updated.conflicts);
                     }
@@ -427,20 +438,6 @@ impl Register {
                     return Ok(updated);
                 }
             }
-        }
-    }
-
-    /// After a probe that won: a handle whose probes took it out of the queue, and that
-    /// keeps no place in it, closes its client's register feed if nobody waits on it. The
-    /// feed brings an event per write of the register, of no use to compare-and-swaps (on
-    /// the embedded store each is a task's wake-up: one open feed costs it 11–13% of its
-    /// updates per second). A handle that leaves because the queue is dear closes it in
-    /// `queued`. One that only yielded to the queue for an update keeps it: on etcd,
-    /// reopening the watch at each such update would cost a sync, up to etcd's 100 ms
-    /// catch-up, inside the wait that is weighed against a round trip.
-    fn close_feed_if_out(&self) {
-        if !self.adaptive.queue_next() && !self.parking.is_parked() {
-            self.session.client().close_idle_register_feed(&self.key);
         }
     }
 
