@@ -124,7 +124,7 @@ macro_rules! conformance_suite {
             register_adaptive_leaves_a_dear_queue => |c| rg::adaptive_leaves_a_dear_queue(c, 8);
             register_declined_update_writes_nothing => |c| rg::declined_update_writes_nothing(c);
             register_queued_update_reads_only_when_needed => |c| rg::queued_update_reads_only_when_needed(c);
-            register_adaptive_tasks_of_one_client_queue_for_each_other => |c| rg::adaptive_tasks_of_one_client_queue_for_each_other(c, 6, 8);
+            register_adaptive_tasks_of_one_client_queue_for_each_other => |c| rg::adaptive_tasks_of_one_client_queue_for_each_other(c, 6, 16);
             register_adaptive_optimistic_mode_yields_to_a_queue => |c| rg::adaptive_optimistic_mode_yields_to_a_queue(c, 8);
             register_adaptive_tasks_progress_beside_pessimistic_loops => |c| rg::adaptive_tasks_progress_beside_pessimistic_loops(c, 8);
             register_queued_loop_keeps_its_place => |c| rg::queued_loop_keeps_its_place(c, 4, 20, false);

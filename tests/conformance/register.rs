@@ -264,11 +264,20 @@ pub async fn queued_update_reads_only_when_needed(client: &Client) {
 
 /// An adaptive update that starts while another update of the same register by the same
 /// client runs goes through the queue when the update functions are long against the
-/// queue's hand-over (here 1 ms; the client never even measures compare-and-swap then,
-/// `src/crowd.rs`): however many tasks of one process update a register at once, at most
-/// one of them is optimistic at a time, so no update fails more than once (an optimistic
-/// one that meets the queue yields to it), and nothing is lost.
+/// queue's hand-over (here [`FUNCTION`]; the client never even measures compare-and-swap
+/// then, `src/crowd.rs`): however many tasks of one process update a register at once, at
+/// most one of them is optimistic at a time, so no update fails more than once (an
+/// optimistic one that meets the queue yields to it), and nothing is lost.
+///
+/// The function must be at least the queue's hand-over on every backend: the crowd
+/// measures compare-and-swap where a function is under half the queue's time per update.
+/// It was 1 ms, and on the TiKV test server (a debug build; about 17 ms per hand-over
+/// between these tasks) the client measured compare-and-swap, rightly — six tasks with 1 or
+/// 10 ms functions finished there in about half the queue's time, failing up to six times
+/// each. With 8 rounds that came only at the last few updates; with 24, 2 of 3 runs failed.
 pub async fn adaptive_tasks_of_one_client_queue_for_each_other(client: &Client, tasks: usize, rounds: usize) {
+    /// Each update function's time: at least the queue's hand-over on every backend.
+    const FUNCTION: Duration = Duration::from_millis(25);
     let name = "reg-local";
     let mut handles = Vec::new();
     for _ in 0..tasks {
@@ -279,7 +288,7 @@ pub async fn adaptive_tasks_of_one_client_queue_for_each_other(client: &Client, 
             let mut queued = 0;
             for _ in 0..rounds {
                 let slow = |v: Option<Vec<u8>>, _| async move {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    tokio::time::sleep(FUNCTION).await;
                     incr(v.as_deref())
                 };
                 let u = r.update_async(slow).await.unwrap();
