@@ -323,8 +323,16 @@ impl Register {
                     // seen: while another update of this register by this client runs, this
                     // one queues. A compare-and-swap would only make theirs fail, and the
                     // queue hands the lock on inside the process without a read (`queued`).
-                    // So does an update whose handle kept its place in the queue.
-                    Mode::Queue if running.others() > 0 || self.parking.is_parked() => self.queued(f, true).await,
+                    // So does an update whose handle kept its place in the queue. Should the
+                    // mode turn to compare-and-swap before the lock admits it, it leaves the
+                    // queue and compare-and-swaps (`Crowd::turned_optimistic`).
+                    Mode::Queue if running.others() > 0 || self.parking.is_parked() => {
+                        match self.queued_unless_turned(f).await {
+                            Ok(Some(updated)) => Ok(updated),
+                            Ok(None) => self.crowded_optimistic(f, running.seq()).await,
+                            Err(e) => Err(e),
+                        }
+                    }
                     Mode::Queue => {
                         // The handle's own policy (`adaptive`). Its commonest update, a quiet
                         // handle's unchecked one, is taken here: one compare-and-swap, with
@@ -469,8 +477,8 @@ impl Register {
     /// unless fed, and joining it kept it fed (the mode measured its own hand-over: 88 ms
     /// per update against the queue's 30 on the TiKV test server). Queued updates of this
     /// client's other strategies count as another client's would: they need not ever drain
-    /// (conformance `register_adaptive_tasks_progress_beside_pessimistic_loops`). A handle's kept place
-    /// is used (the queue is fair to those behind it) but not kept again. The handle's own
+    /// (conformance `register_adaptive_tasks_progress_beside_pessimistic_loops`). A place the
+    /// handle kept in the queue is given up (deleted in the background), not used. The handle's own
     /// policy is left alone: the conflicts here are mostly this client's own tasks', which
     /// the measurement weighs.
     async fn crowded_optimistic<F, Fut>(&self, f: &mut F, seq: u32) -> Result<Updated>
@@ -478,8 +486,11 @@ impl Register {
         F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
         Fut: Future<Output = Option<Vec<u8>>> + Send,
     {
+        // A place the handle kept in the queue is given up, not used: this client's queued
+        // updates are leaving the queue (`Crowd::turned_optimistic`), and each kept place
+        // used would be one more hand-off that the mode's updates wait for.
         if self.parking.is_parked() {
-            return self.queued(f, false).await;
+            drop(self.parking.claim());
         }
         if self.crowd().feed_to_close() && self.session.client().close_idle_register_feed(&self.key) {
             self.crowd().feed_closed();

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::guard::Holding;
 use crate::queue::{Admitted, Waited};
 use crate::strategy::Strategy;
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use tracing::Instrument;
@@ -65,69 +66,119 @@ impl Register {
         Fut: Future<Output = Option<Vec<u8>>> + Send,
     {
         Box::pin(async move {
-            let _queued = self.crowd().queued_update(self.strategy == Strategy::Adaptive);
-            let follows_closely = may_keep_place && self.parking.begin();
-            let updated = self.queued_update(f, follows_closely).await;
-            self.parking.end();
-            // An adaptive handle that measured its queue dear is leaving it: its optimistic
-            // writes would each send this client's register feed an event to no use (on the
-            // embedded store a task's wake-up, dearer than the write).
-            if self.strategy == Strategy::Adaptive && self.adaptive.queue_is_dear() {
-                self.session.client().close_idle_register_feed(&self.key);
+            match self.queued_until(f, may_keep_place, std::future::pending::<Infallible>()).await? {
+                Ok(updated) => Ok(updated),
+                Err(never) => match never {},
             }
-            updated
         })
     }
 
-    async fn queued_update<F, Fut>(&self, f: &mut F, follows_closely: bool) -> Result<Updated>
+    /// Like [`queued`](Self::queued), for an update that queued by the in-process rule
+    /// (another update of the register by this client runs, `Mode::Queue`): `None` if this
+    /// client's adaptive updates of the key turned to compare-and-swap before the lock
+    /// admitted it ([`Crowd::turned_optimistic`](crate::crowd::Crowd::turned_optimistic)).
+    /// It then left the queue without running `f`, its key deleted in the background as a
+    /// cancelled acquisition's is, and the caller updates by compare-and-swap.
+    pub(super) fn queued_unless_turned<'a, F, Fut>(
+        &'a self,
+        f: &'a mut F,
+    ) -> Pin<Box<impl Future<Output = Result<Option<Updated>>> + Send + 'a>>
     where
         F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
         Fut: Future<Output = Option<Vec<u8>>> + Send,
+    {
+        Box::pin(async move { Ok(self.queued_until(f, true, self.crowd().turned_optimistic()).await?.ok()) })
+    }
+
+    /// A queued update, which leaves the queue with `leave`'s output if that completes
+    /// before the lock admits it.
+    async fn queued_until<F, Fut, L>(
+        &self,
+        f: &mut F,
+        may_keep_place: bool,
+        leave: L,
+    ) -> Result<std::result::Result<Updated, L::Output>>
+    where
+        F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
+        Fut: Future<Output = Option<Vec<u8>>> + Send,
+        L: Future + Send,
+    {
+        let _queued = self.crowd().queued_update(self.strategy == Strategy::Adaptive);
+        let follows_closely = may_keep_place && self.parking.begin();
+        let updated = self.queued_update(f, follows_closely, leave).await;
+        self.parking.end();
+        // An adaptive handle that measured its queue dear is leaving it: its optimistic
+        // writes would each send this client's register feed an event to no use (on the
+        // embedded store a task's wake-up, dearer than the write).
+        if self.strategy == Strategy::Adaptive && self.adaptive.queue_is_dear() {
+            self.session.client().close_idle_register_feed(&self.key);
+        }
+        updated
+    }
+
+    async fn queued_update<F, Fut, L>(
+        &self,
+        f: &mut F,
+        follows_closely: bool,
+        leave: L,
+    ) -> Result<std::result::Result<Updated, L::Output>>
+    where
+        F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
+        Fut: Future<Output = Option<Vec<u8>>> + Send,
+        L: Future + Send,
     {
         let client = self.session.client();
         let backend = client.backend();
         // Counted as waiting until it holds the lock: a task woken to claim a parked place has
         // left the session's slot queue, and must still stop the holder from keeping a place.
         let waiting = self.parking.wait();
-        let mut admitted_by_value = false;
-        let (mut hold, admitted, waited) = loop {
-            // A place this handle parked holds the session's local slot for the lock: a task
-            // waiting for that slot claims the place instead when one is parked meanwhile.
-            let parked = self.parking.parked();
-            if let Some(place) = self.parking.claim() {
-                // Timed from the claim: the wait before it overlapped the previous update.
-                let timer = crate::metrics::Acquire::start(LOCK);
-                match place.admitted().await {
-                    Ok((mut hold, at, waited)) => {
-                        // No span of its own.
-                        timer.admitted(&mut hold, &tracing::Span::none());
-                        // A place that waited was admitted by the deletion at `at`. One that
-                        // was first already when its follower read the queue has `at` of
-                        // that read: this client's own write and release made it only if it
-                        // is the place's own revision (nothing written since). Otherwise
-                        // whose release admitted it is learnt from the value, which is read
-                        // (`Crowd::admitted_by` of the revision that wrote it).
-                        let known = hold.was_contended() || at == hold.token() as i64;
-                        admitted_by_value = !known;
-                        break (hold, known.then_some(Admitted { at, read: None, waited }), waited);
-                    }
-                    // Its key is deleted in the background; queue afresh (a lost session
-                    // fails there, and is counted there).
-                    Err(e) => {
-                        timer.abandon();
-                        tracing::debug!(error = %e, "register: parked queue place failed");
+        let admission = async {
+            loop {
+                // A place this handle parked holds the session's local slot for the lock: a task
+                // waiting for that slot claims the place instead when one is parked meanwhile.
+                let parked = self.parking.parked();
+                if let Some(place) = self.parking.claim() {
+                    // Timed from the claim: the wait before it overlapped the previous update.
+                    let timer = crate::metrics::Acquire::start(LOCK);
+                    match place.admitted().await {
+                        Ok((mut hold, at, waited)) => {
+                            // No span of its own.
+                            timer.admitted(&mut hold, &tracing::Span::none());
+                            // A place that waited was admitted by the deletion at `at`. One that
+                            // was first already when its follower read the queue has `at` of
+                            // that read: this client's own write and release made it only if it
+                            // is the place's own revision (nothing written since). Otherwise
+                            // whose release admitted it is learnt from the value, which is read
+                            // (`Crowd::admitted_by` of the revision that wrote it).
+                            let known = hold.was_contended() || at == hold.token() as i64;
+                            let admitted = known.then_some(Admitted { at, read: None, waited });
+                            break Ok::<_, Error>((hold, admitted, waited, !known));
+                        }
+                        // Its key is deleted in the background; queue afresh (a lost session
+                        // fails there, and is counted there).
+                        Err(e) => {
+                            timer.abandon();
+                            tracing::debug!(error = %e, "register: parked queue place failed");
+                        }
                     }
                 }
-            }
-            tokio::select! {
-                biased;
-                held = self.lock_reading() => {
-                    let (hold, admitted) = held?;
-                    let waited = admitted.as_ref().and_then(|a| a.waited);
-                    break (hold, admitted, waited);
+                tokio::select! {
+                    biased;
+                    held = self.lock_reading() => {
+                        let (hold, admitted) = held?;
+                        let waited = admitted.as_ref().and_then(|a| a.waited);
+                        break Ok((hold, admitted, waited, false));
+                    }
+                    () = parked => {}
                 }
-                () = parked => {}
             }
+        };
+        let (mut hold, admitted, waited, mut admitted_by_value) = tokio::select! {
+            biased;
+            admitted = admission => admitted?,
+            // Left before admitted: the lock's key goes in the background (the admission
+            // dropped mid-way is a cancelled acquisition), and `f` has not run.
+            left = leave => return Ok(Err(left)),
         };
         drop(waiting);
         let token = hold.token();
@@ -165,7 +216,7 @@ impl Register {
             let Some(new) = new else {
                 hold.release(LOCK).await?;
                 let updated = Updated { written: false, previous, conflicts, token: Some(token), revision: None };
-                return Ok(updated);
+                return Ok(Ok(updated));
             };
             // Write, check that nobody changed the value, and release: one transaction. The
             // value is announced to this client's next queued update, which that release
@@ -217,7 +268,7 @@ impl Register {
             }
             if written.is_some() {
                 let updated = Updated { written: true, previous, conflicts, token: Some(token), revision: written };
-                return Ok(updated);
+                return Ok(Ok(updated));
             }
             if !hold.is_valid() || backend.get(hold.key()).await?.is_none_or(|kv| kv.create_revision != token as i64) {
                 return Err(Error::NotHeld { what: "register", reason: "the lock was lost during the update".into() });
