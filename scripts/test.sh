@@ -87,7 +87,7 @@ for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$client_port") 2>/dev/null &&
 cargo run --example flash_sale -- --backend "etcd://127.0.0.1:$client_port" --processes 3 --buyers 6 --units 60
 kill "$etcd_pid"; wait "$etcd_pid" 2>/dev/null || true; rm -rf "$etcd_dir"; trap - EXIT
 cargo test --workspace --benches
-cargo test --features metrics --test metrics
+cargo test --features metrics --lib --test metrics
 # The fault-injection suite on its own, printing its figures (ops, faults, violations).
 cargo test --test faults -- --nocapture --test-threads=2
 

@@ -56,8 +56,8 @@
 //! [`Mode::Queue`], up to [`HANDOVER_TRIES`] (`Register::crowded_optimistic`). The
 //! hand-over itself is short: when the mode turns to [`Mode::Optimistic`], this client's
 //! updates that queued by the in-process rule and are not yet admitted leave the queue and
-//! compare-and-swap ([`Crowd::turned_optimistic`]), and kept places are given up, not
-//! used. (They used to drain one hand-off at a time: on the TiKV test server's flash sale
+//! compare-and-swap ([`Crowd::turned_optimistic`]); from then on no place is kept, and
+//! one kept before is given up, not used. (They used to drain one hand-off at a time: on the TiKV test server's flash sale
 //! 90–130 ms from the switch to the mode's first timed update, a tenth of its sale.) Updates in
 //! this mode may fail more than once (it is chosen only where they rarely fail at all); in
 //! [`Mode::Queue`] tasks of one
@@ -455,18 +455,27 @@ impl Crowd {
 
     /// Completes once the mode is [`Mode::Optimistic`] (at once if it is now). An update
     /// that queued by the in-process rule leaves the queue when this completes before it is
-    /// admitted (`Register::crowd_queued`): otherwise the tasks queued at the switch drain
-    /// one hand-off at a time while the mode's own updates wait for them (on the TiKV test
-    /// server's flash sale 90–130 ms, a tenth of a sale, from the switch to the first
-    /// update the mode timed).
+    /// admitted (`Register::queued_unless_turned`): otherwise the tasks queued at the
+    /// switch drain one hand-off at a time while the mode's own updates wait for them (on
+    /// the TiKV test server's flash sale 90–130 ms, a tenth of a sale, from the switch to
+    /// the first update the mode timed).
     pub(crate) async fn turned_optimistic(&self) {
-        let turned = self.turned.notified();
-        tokio::pin!(turned);
-        // Registered before the mode is read: a switch after the read wakes it.
-        turned.as_mut().enable();
-        if from_current(self.current.0.load(Ordering::Acquire)).1 != Mode::Optimistic {
+        loop {
+            let turned = self.turned.notified();
+            tokio::pin!(turned);
+            // Registered before the mode is read: a switch after the read wakes it.
+            turned.as_mut().enable();
+            if self.mode_now() == Mode::Optimistic {
+                return;
+            }
+            // Woken by a turn, the mode is read again: it may have turned back since.
             turned.await;
         }
+    }
+
+    /// The mode of the current epoch.
+    pub(crate) fn mode_now(&self) -> Mode {
+        from_current(self.current.0.load(Ordering::Acquire)).1
     }
 
     /// Whether the register's feed should be closed when idle (the mode turned optimistic

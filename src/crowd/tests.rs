@@ -299,3 +299,19 @@ async fn a_mode_with_fewer_updates_per_second_is_dropped() {
     assert!(share > 0.0, "compare-and-swap was measured");
     assert!(share < 0.1, "compare-and-swap ran {:.0} % of the time", share * 100.0);
 }
+
+/// A turn of the mode to compare-and-swap wakes the updates waiting for it
+/// (`Crowd::turned_optimistic`: this client's updates queued by the in-process rule leave
+/// the queue), and it completes at once while the mode is compare-and-swap.
+#[tokio::test(start_paused = true)]
+async fn a_turn_to_compare_and_swap_wakes_those_waiting_for_it() {
+    let crowd = Crowd::default();
+    let mut now = Instant::now();
+    let turned = crowd.turned_optimistic();
+    tokio::pin!(turned);
+    assert!(futures::poll!(turned.as_mut()).is_pending(), "the queue's mode");
+    assert_eq!(epoch(&crowd, &mut now, Duration::from_micros(30)), Mode::Queue);
+    assert_eq!(crowd.mode_now(), Mode::Optimistic, "a queue epoch dearer than its window: compare-and-swap measured");
+    assert!(futures::poll!(turned.as_mut()).is_ready(), "the turn woke it");
+    assert!(futures::poll!(Box::pin(crowd.turned_optimistic())).is_ready(), "at once in compare-and-swap's mode");
+}

@@ -7,6 +7,7 @@ use super::{Register, Updated, LOCK};
 use crate::backend::{Condition, Write};
 use crate::error::{Error, Result};
 use crate::guard::Holding;
+use crate::metrics::Acquire;
 use crate::queue::{Admitted, Waited};
 use crate::strategy::Strategy;
 use std::convert::Infallible;
@@ -23,18 +24,22 @@ impl Register {
 
     /// Queues for the register's lock, reading the value in the same transaction: held, and
     /// when it was admitted (with the value if at once). Counted in the metrics as a mutex
-    /// acquisition, as the lock is the mutex of the register's name.
-    async fn lock_reading(&self) -> Result<(Holding, Option<Admitted>)> {
-        let mut timer = crate::metrics::Acquire::start(LOCK);
+    /// acquisition, as the lock is the mutex of the register's name; its timer is kept in
+    /// `timer` until it settles, so that an update that leaves the queue can end it without
+    /// counting a cancelled acquisition (`queued_update`).
+    async fn lock_reading(&self, timer: &mut Option<Acquire>) -> Result<(Holding, Option<Admitted>)> {
         let span = tracing::debug_span!(
             "register.lock",
             key = %self.key,
             token = tracing::field::Empty,
             wait_ms = tracing::field::Empty
         );
+        let started = timer.insert(Acquire::start(LOCK));
         let locked = self.lock.lock_reading(LOCK, &self.key).instrument(span.clone()).await;
-        let (mut hold, admitted) = timer.check(locked)?;
-        timer.admitted(&mut hold, &span);
+        let (mut hold, admitted) = started.check(locked)?;
+        if let Some(started) = timer.take() {
+            started.admitted(&mut hold, &span);
+        }
         Ok((hold, Some(admitted)))
     }
 
@@ -132,6 +137,9 @@ impl Register {
         // Counted as waiting until it holds the lock: a task woken to claim a parked place has
         // left the session's slot queue, and must still stop the holder from keeping a place.
         let waiting = self.parking.wait();
+        // The acquisition's metrics timer, outside the admission: an update that leaves
+        // the queue ends it without counting a failure (it was not cancelled by anyone).
+        let mut timer = None;
         let admission = async {
             loop {
                 // A place this handle parked holds the session's local slot for the lock: a task
@@ -139,11 +147,13 @@ impl Register {
                 let parked = self.parking.parked();
                 if let Some(place) = self.parking.claim() {
                     // Timed from the claim: the wait before it overlapped the previous update.
-                    let timer = crate::metrics::Acquire::start(LOCK);
+                    timer = Some(Acquire::start(LOCK));
                     match place.admitted().await {
                         Ok((mut hold, at, waited)) => {
                             // No span of its own.
-                            timer.admitted(&mut hold, &tracing::Span::none());
+                            if let Some(timer) = timer.take() {
+                                timer.admitted(&mut hold, &tracing::Span::none());
+                            }
                             // A place that waited was admitted by the deletion at `at`. One that
                             // was first already when its follower read the queue has `at` of
                             // that read: this client's own write and release made it only if it
@@ -157,14 +167,16 @@ impl Register {
                         // Its key is deleted in the background; queue afresh (a lost session
                         // fails there, and is counted there).
                         Err(e) => {
-                            timer.abandon();
+                            if let Some(timer) = timer.take() {
+                                timer.abandon();
+                            }
                             tracing::debug!(error = %e, "register: parked queue place failed");
                         }
                     }
                 }
                 tokio::select! {
                     biased;
-                    held = self.lock_reading() => {
+                    held = self.lock_reading(&mut timer) => {
                         let (hold, admitted) = held?;
                         let waited = admitted.as_ref().and_then(|a| a.waited);
                         break Ok((hold, admitted, waited, false));
@@ -173,12 +185,21 @@ impl Register {
                 }
             }
         };
-        let (mut hold, admitted, waited, mut admitted_by_value) = tokio::select! {
+        let admission = tokio::select! {
             biased;
-            admitted = admission => admitted?,
-            // Left before admitted: the lock's key goes in the background (the admission
-            // dropped mid-way is a cancelled acquisition), and `f` has not run.
-            left = leave => return Ok(Err(left)),
+            admitted = admission => Ok(admitted?),
+            left = leave => Err(left),
+        };
+        let (mut hold, admitted, waited, mut admitted_by_value) = match admission {
+            Ok(admitted) => admitted,
+            Err(left) => {
+                // Left before admitted: the lock's key goes in the background (the admission
+                // dropped mid-way is a cancelled acquisition), and `f` has not run.
+                if let Some(timer) = timer.take() {
+                    timer.abandon();
+                }
+                return Ok(Err(left));
+            }
         };
         drop(waiting);
         let token = hold.token();
@@ -226,12 +247,15 @@ impl Register {
             let put = Write::Put { key: self.key.clone(), value: new, lease: None };
             // A kept place holds the session's local slot for the lock: not while another
             // task of this session waits for it, at the slot or for this handle's place.
-            // Nor when an adaptive handle measured its queue dear: it is leaving the queue.
+            // Nor when an adaptive handle measured its queue dear, or its client's updates of
+            // the key turned to compare-and-swap: it is leaving the queue (its next update
+            // would give the place up, `Register::crowded_optimistic`).
             let keep_place = follows_closely
                 && hold.was_contended()
                 && self.local_waiters() == 0
                 && self.parking.waiting() == 0
-                && !(self.strategy == Strategy::Adaptive && self.adaptive.queue_is_dear());
+                && !(self.strategy == Strategy::Adaptive
+                    && (self.adaptive.queue_is_dear() || self.crowd().mode_now() == crate::crowd::Mode::Optimistic));
             let writing = tokio::time::Instant::now();
             let written = if keep_place {
                 // ... and queue again for this handle's next update.

@@ -151,6 +151,11 @@ async fn a_handle_that_leaves_the_queue_by_probes_closes_its_feed() {
 /// lost or applied twice. The clock is paused and the holder holds until told.
 #[tokio::test(start_paused = true)]
 async fn tasks_queued_by_the_in_process_rule_leave_when_the_mode_turns() {
+    // A leave is no failed acquisition in the metrics (nobody cancelled it).
+    #[cfg(feature = "metrics")]
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    #[cfg(feature = "metrics")]
+    let _local = metrics::set_default_local_recorder(&recorder);
     let Pair { s, r, other_session, holder, .. } = Pair::new().await;
     let (holding, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let held = {
@@ -196,6 +201,14 @@ async fn tasks_queued_by_the_in_process_rule_leave_when_the_mode_turns() {
     assert_eq!(r.get().await.unwrap().as_deref(), Some(&b"4"[..]), "four updates, none lost or applied twice");
     other_session.close().await.unwrap();
     s.close().await.unwrap();
+    #[cfg(feature = "metrics")]
+    {
+        let failures: Vec<_> = (recorder.snapshotter().snapshot().into_vec().into_iter())
+            .filter(|(key, ..)| key.key().name() == "leasehold_acquire_failures_total")
+            .map(|(key, _, _, value)| (key.key().labels().map(|l| l.value().to_owned()).collect::<Vec<_>>(), value))
+            .collect();
+        assert!(failures.is_empty(), "acquisitions counted as failed: {failures:?}");
+    }
 }
 
 /// A counter's next value.
