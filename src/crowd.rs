@@ -111,6 +111,14 @@ pub const WARM_UP_ABORT: f64 = 2.0;
 /// One update in this many (per handle) is timed and counted (the clock and a shared
 /// counter cost a share of a microsecond update).
 pub const TIMED_EVERY: u32 = 8;
+/// A store round trip (the quickest queued write of a queue epoch) from which every update
+/// is timed instead: sampled one in [`TIMED_EVERY`], an epoch of [`EPOCH`] completions is
+/// the time between five of them, and on etcd such epochs of one mode read 28–60 ms
+/// (sixteen tasks of one client compare-and-swapping): now and then two cheap ones in three
+/// made compare-and-swap the mode, at two thirds of the queue's speed until it was measured
+/// again. Where a round trip takes this long, a clock read and a shared count per update
+/// cost nothing beside it.
+pub const TIME_ALL_FROM: Duration = Duration::from_micros(100);
 /// Epochs whose median is a mode's cost.
 pub const SAMPLES: usize = 3;
 /// In [`Mode::Optimistic`], one update in this many of a handle checks that the lock's
@@ -210,7 +218,10 @@ pub(crate) struct Crowd {
     /// [`Mode::Optimistic`] do not touch it, nor anything shared but `current`, unless
     /// timed).
     running: Padded<AtomicUsize>,
-    /// Completions counted in the current epoch, [`TIMED_EVERY`] per timed one (the first
+    /// One update in this many (per handle) is timed: [`TIMED_EVERY`], or 1 once a store
+    /// round trip measured [`TIME_ALL_FROM`] or more (set between two epochs, never back).
+    every: AtomicU32,
+    /// Completions counted in the current epoch, `every` per timed one (the first
     /// starts its clock).
     counted: AtomicU32,
     state: Mutex<State>,
@@ -264,6 +275,7 @@ impl Default for Crowd {
             current: Padded(AtomicU64::new(current(0, Mode::Queue))),
             exploring: AtomicBool::new(false),
             running: Padded(AtomicUsize::new(0)),
+            every: AtomicU32::new(TIMED_EVERY),
             counted: AtomicU32::new(0),
             state: Mutex::new(state),
             feed_idle: AtomicBool::new(false),
@@ -289,8 +301,9 @@ pub(crate) struct Ticket {
     /// The mode to use.
     pub(crate) mode: Mode,
     epoch: u64,
-    /// Whether it is timed: one update in [`TIMED_EVERY`] (its end counts for the epoch).
-    timed: bool,
+    /// The completions its end counts for the epoch: 0 if not timed, else one update in
+    /// this many is timed ([`TIMED_EVERY`], or 1: see [`TIME_ALL_FROM`]).
+    weight: u32,
     /// Its number among its handle's updates.
     pub(crate) seq: u32,
 }
@@ -313,35 +326,41 @@ impl Crowd {
     }
 
     /// An update starts; `sampler` is its handle's count of updates (one in
-    /// [`TIMED_EVERY`] is timed: the clock costs a share of a microsecond update).
+    /// [`TIMED_EVERY`] is timed: the clock costs a share of a microsecond update; every one
+    /// on a store whose round trips take [`TIME_ALL_FROM`] or more).
     pub(crate) fn start(&self, sampler: &Sampler) -> Ticket {
         let (epoch, mode) = from_current(self.current.0.load(Ordering::Acquire));
         let counted_running = mode == Mode::Queue;
         let others = if counted_running { self.running.0.fetch_add(1, Ordering::AcqRel) } else { 0 };
         let seq = sampler.count.fetch_add(1, Ordering::Relaxed);
+        // Read after `current`, which is stored after it: an update of a new epoch sees the
+        // sampling chosen for it.
+        let every = self.every.load(Ordering::Acquire);
         // Not timed in the hand-over from the queue to compare-and-swap: while updates
         // started in the queue's epochs still run, this one waits for them or races them,
         // and its time is the switch's, not the mode's (on the TiKV test server sixteen
         // queued updates take 30 ms to drain, twenty of the mode's own times per update).
-        // At most HANDOVER_SKIPS such turns: a queued update that never ends (another
-        // client's long holder ahead) must not keep the epoch from ending.
-        let timed = seq.wrapping_add(sampler.offset).is_multiple_of(TIMED_EVERY)
+        // At most HANDOVER_SKIPS such turns of TIMED_EVERY updates: a queued update that
+        // never ends (another client's long holder ahead) must not keep the epoch from ending.
+        let timed = seq.wrapping_add(sampler.offset).is_multiple_of(every)
             && (counted_running
                 || self.running.0.load(Ordering::Acquire) == 0
-                || self.handover_skips.fetch_add(1, Ordering::Relaxed) >= HANDOVER_SKIPS);
-        Ticket { others, counted_running, mode, epoch, timed, seq }
+                || self.handover_skips.fetch_add(1, Ordering::Relaxed) >= HANDOVER_SKIPS * (TIMED_EVERY / every));
+        Ticket { others, counted_running, mode, epoch, weight: if timed { every } else { 0 }, seq }
     }
 
     /// The update of `ticket` ends now (`now` reads the clock); `completed` if it returned
     /// its outcome (an error or a dropped future is not measured). Only timed updates
-    /// count: each stands for [`TIMED_EVERY`] completions. The lock is taken only to start
+    /// count: each stands for its ticket's weight of completions. The lock is taken only to start
     /// or end an epoch, or when the last running queued update ends.
     pub(crate) fn finish(&self, ticket: Ticket, completed: bool, now: impl Fn() -> Instant) {
         let last = ticket.counted_running && self.running.0.fetch_sub(1, Ordering::AcqRel) == 1;
-        if completed && ticket.timed {
+        if completed && ticket.weight > 0 {
             let now = now();
+            // An epoch's timed updates all have the weight chosen for it: `every` changes
+            // only between epochs, and an update of another epoch does not count.
             if from_current(self.current.0.load(Ordering::Acquire)).0 == ticket.epoch {
-                let n = self.counted.fetch_add(TIMED_EVERY, Ordering::AcqRel);
+                let n = self.counted.fetch_add(ticket.weight, Ordering::AcqRel);
                 if n.is_multiple_of(EPOCH) || self.exploring.load(Ordering::Relaxed) {
                     self.epoch_step(ticket.epoch, n, now);
                 }
@@ -369,6 +388,9 @@ impl Crowd {
                 let took = now.saturating_duration_since(started);
                 let before = s.mode;
                 s.close_epoch(took, n, now);
+                if s.round_trip.is_some_and(|rt| rt >= TIME_ALL_FROM.as_secs_f64()) {
+                    self.every.store(1, Ordering::Release);
+                }
                 self.counted.store(0, Ordering::Release);
                 self.current.0.store(current(s.epoch, s.mode), Ordering::Release);
                 self.exploring.store(s.mode != s.best, Ordering::Relaxed);

@@ -315,3 +315,34 @@ async fn a_turn_to_compare_and_swap_wakes_those_waiting_for_it() {
     assert!(futures::poll!(turned.as_mut()).is_ready(), "the turn woke it");
     assert!(futures::poll!(Box::pin(crowd.turned_optimistic())).is_ready(), "at once in compare-and-swap's mode");
 }
+
+/// Where a store round trip takes [`TIME_ALL_FROM`] or more, every update is timed from
+/// the first queue epoch on (an epoch of one in eight is the time between five updates,
+/// too few for etcd's or the TiKV test server's uneven completions); on a faster store one
+/// in [`TIMED_EVERY`].
+#[tokio::test(start_paused = true)]
+async fn on_a_slow_store_every_update_is_timed() {
+    for (write, every) in [(Duration::from_micros(500), 1), (Duration::from_micros(5), TIMED_EVERY)] {
+        let crowd = Crowd::default();
+        let (mut now, sampler) = (Instant::now(), Sampler::default());
+        // Two updates always running, each taking 1 ms, until the first (queue) epoch ends.
+        let mut keep = crowd.start(&sampler);
+        let first = keep.epoch;
+        assert_eq!(keep.weight, TIMED_EVERY, "one in {TIMED_EVERY} before a round trip is known");
+        loop {
+            let next = crowd.start(&sampler);
+            now += Duration::from_millis(1);
+            crowd.queued_times(Duration::from_nanos(100), write);
+            crowd.finish(keep, true, || now);
+            keep = next;
+            if from_current(crowd.current.0.load(Ordering::Acquire)).0 != first {
+                break;
+            }
+        }
+        crowd.finish(keep, false, || now);
+        let weights: Vec<u32> = (0..TIMED_EVERY).map(|_| crowd.start(&sampler).weight).collect();
+        let timed = weights.iter().filter(|&&w| w > 0).count() as u32;
+        assert_eq!(timed, TIMED_EVERY / every, "round trips of {write:?}: {weights:?}");
+        assert!(weights.iter().all(|&w| w == 0 || w == every), "each timed one counts for {every}: {weights:?}");
+    }
+}
