@@ -10,7 +10,8 @@
 //! updates in each [`Mode`] — an epoch's length over its completions, where one update in
 //! [`TIMED_EVERY`] per handle is timed and stands for that many (the handles of a key
 //! are timed at successive residues, [`Crowd::sampler`], so that buyers
-//! that begin together do not time their updates together) — and uses the cheaper mode.
+//! that begin together do not time their updates together; every update is timed once a
+//! store round trip measured [`TIME_ALL_FROM`] or more) — and uses the cheaper mode.
 //! (It was the mean latency of the timed updates, start to end. But compare-and-swap's
 //! latencies are heavy-tailed — on the TiKV test server's flash sale p50 1.2 ms, p99
 //! 400 ms — so one late timed update decided an epoch's figure, and the mode was dropped
