@@ -58,9 +58,9 @@
 //! hand-over itself is short: when the mode turns to [`Mode::Optimistic`], this client's
 //! updates that queued by the in-process rule and are not yet admitted leave the queue and
 //! compare-and-swap ([`Crowd::turned_optimistic`]); from then on no place is kept, and
-//! one kept before is given up, not used. (They used to drain one hand-off at a time: on the TiKV test server's flash sale
-//! 90–130 ms from the switch to the mode's first timed update, a tenth of its sale.) Updates in
-//! this mode may fail more than once (it is chosen only where they rarely fail at all); in
+//! one kept before is given up, not used. (They used to drain one hand-off at a time: on
+//! the TiKV test server's flash sale 90–130 ms from the switch to the mode's first timed
+//! update, a tenth of its sale.) Updates in this mode may fail more than once (it is chosen only where they rarely fail at all); in
 //! [`Mode::Queue`] tasks of one
 //! client never make each other's writes fail. Its conflicts do not feed the handle's own
 //! policy: conflicts between tasks of one process are what this measures.
@@ -352,8 +352,8 @@ impl Crowd {
 
     /// The update of `ticket` ends now (`now` reads the clock); `completed` if it returned
     /// its outcome (an error or a dropped future is not measured). Only timed updates
-    /// count: each stands for its ticket's weight of completions. The lock is taken only to start
-    /// or end an epoch, or when the last running queued update ends.
+    /// count: each stands for its ticket's weight of completions. The lock is taken only to
+    /// start or end an epoch, or when the last running queued update ends.
     pub(crate) fn finish(&self, ticket: Ticket, completed: bool, now: impl Fn() -> Instant) {
         let last = ticket.counted_running && self.running.0.fetch_sub(1, Ordering::AcqRel) == 1;
         if completed && ticket.weight > 0 {
