@@ -72,7 +72,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 mod samples;
+mod state;
 pub(crate) use samples::Samples;
+use state::State;
 
 /// Completions that make one epoch of measurement, at least.
 pub const EPOCH: u32 = 32;
@@ -170,42 +172,6 @@ impl Mode {
     }
 }
 
-#[derive(Debug)]
-struct State {
-    /// The mode of the current epoch.
-    mode: Mode,
-    /// The mode in use between measurements of the other.
-    best: Mode,
-    epoch: u64,
-    /// The first counted completion of this epoch.
-    clock: Option<Instant>,
-    /// The last [`SAMPLES`] epochs' seconds per completion, by [`Mode::index`]: the mode's
-    /// cost.
-    samples: [Samples; 2],
-    /// The last epoch's seconds per completion, by [`Mode::index`].
-    per_update: [Option<f64>; 2],
-    /// The last epoch's length, by [`Mode::index`].
-    took: [Option<Duration>; 2],
-    /// When the current run of `best` began.
-    settled: Option<Instant>,
-    /// Seconds a queued update's function takes (averaged).
-    function: Option<f64>,
-    /// A store round trip: the quickest queued write of the last queue epoch (the quickest,
-    /// because a write's time also holds whatever else the process ran meanwhile; on the
-    /// embedded store that is most of it), and of the current one so far.
-    round_trip: Option<f64>,
-    round_trip_now: Option<f64>,
-    /// Share of this client's queued updates admitted by another client's write
-    /// (averaged).
-    foreign: f64,
-    /// The revisions of this client's last [`OWN_WRITES`] queued writes (a ring).
-    own: [i64; OWN_WRITES],
-    own_next: usize,
-    /// Whether a mode had its first exploration's warm-up epoch (see `close_epoch`), by
-    /// [`Mode::index`].
-    warmed: [bool; 2],
-}
-
 /// One client's running updates of one register key and its choice of [`Mode`].
 #[derive(Debug)]
 pub(crate) struct Crowd {
@@ -254,23 +220,7 @@ pub(crate) struct Crowd {
 
 impl Default for Crowd {
     fn default() -> Self {
-        let state = State {
-            mode: Mode::Queue,
-            best: Mode::Queue,
-            epoch: 0,
-            clock: None,
-            samples: [Samples::default(), Samples::default()],
-            per_update: [None, None],
-            took: [None, None],
-            settled: None,
-            function: None,
-            round_trip: None,
-            round_trip_now: None,
-            foreign: 0.0,
-            own: [0; OWN_WRITES],
-            own_next: 0,
-            warmed: [false; 2],
-        };
+        let state = State::default();
         let (queued, drained) = (AtomicUsize::new(0), tokio::sync::Notify::new());
         Self {
             current: Padded(AtomicU64::new(current(0, Mode::Queue))),
@@ -600,137 +550,6 @@ impl Drop for QueuedUpdate<'_> {
         if self.0.queued.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.drained.notify_waiters();
         }
-    }
-}
-
-impl State {
-    fn cost(&self, mode: Mode) -> Option<f64> {
-        self.samples[mode.index()].median()
-    }
-
-    /// Whether compare-and-swap may beat the queue. Concurrent compare-and-swaps that read
-    /// the same value collide — one of them wins per window, about — so they gain only
-    /// where an update's window, its function and two store round trips (read, write), is
-    /// below the queue's time per update ([`WINDOW_SHARE`]): the embedded store (a window of
-    /// ~3 µs against 14–45 µs) and the TiKV test server (quickest round trip 0.6–0.9 ms
-    /// against the queue's 1.6–2.0 ms per update; compare-and-swap sold 1.4 times as many
-    /// orders), not etcd, where a round trip is most of a hand-over. Nor a function that
-    /// takes a share of the queue's time ([`FUNCTION_SHARE`]: 1 ms among six tasks, nearly
-    /// every attempt fails and the losers' work is wasted). Nor
-    /// where other clients update the register too ([`MAX_FOREIGN`]): their queue would
-    /// make this client's writes yield and wait (one exploration at the start of an etcd
-    /// flash sale of four processes took 130–220 ms of its 650), and the handles' own
-    /// policy (`src/adaptive.rs`) is what weighs contention between processes. Measuring
-    /// would only waste work.
-    fn optimistic_may_pay(&self) -> bool {
-        match (self.function, self.round_trip, self.per_update[Mode::Queue.index()]) {
-            (Some(function), Some(round_trip), Some(queue)) => {
-                function + 2.0 * round_trip < WINDOW_SHARE * queue
-                    && function < FUNCTION_SHARE * queue
-                    && self.foreign < MAX_FOREIGN
-            }
-            _ => false,
-        }
-    }
-
-    /// Whether an epoch with `n` completions (counted from its timed ones) over `elapsed` is
-    /// over: [`EPOCH`] completions and [`MIN_EPOCH_TIME`]; or, measuring the mode not in
-    /// use, as soon as it is plainly dearer: after the time the mode in use needs for [`ABORT_UPDATES`] updates it
-    /// has completed fewer than 1/[`ABORT_AFTER`] as many. Measuring it longer would only
-    /// cost: on etcd, sixteen tasks of one process compare-and-swapping collide (all read
-    /// the same value, one write wins) and did 767 updates/s against the queue's 1,233.
-    fn epoch_done(&self, n: u32, elapsed: Duration) -> bool {
-        if n >= EPOCH && elapsed >= MIN_EPOCH_TIME {
-            return true;
-        }
-        match self.per_update[self.best.index()] {
-            Some(best) if self.mode != self.best => {
-                // A warm-up epoch (see `close_epoch`) is cut short only if far dearer.
-                let k = if self.warmed[self.mode.index()] { 1.0 } else { WARM_UP_ABORT };
-                let elapsed = elapsed.as_secs_f64();
-                elapsed >= k * f64::from(ABORT_UPDATES) * best && f64::from(n) < elapsed / (k * ABORT_AFTER * best)
-            }
-            _ => false,
-        }
-    }
-
-    /// Ends the current epoch: `n` completions in `took`.
-    fn close_epoch(&mut self, took: Duration, n: u32, now: Instant) {
-        let (m, other) = (self.mode, self.mode.other());
-        if m != self.best && !std::mem::replace(&mut self.warmed[m.index()], true) && n >= EPOCH {
-            // The first exploration of a mode begins with a warm-up epoch, neither cut short
-            // nor counted: it carries the switch (on the TiKV test server sixteen tasks
-            // starting compare-and-swap together after the queue drained: 4 ms per update
-            // against 0.4–0.9 after, under load). Cut short and counted, it made the mode's
-            // one sample and kept it from being measured again for five seconds. One cut
-            // short (far dearer, [`WARM_UP_ABORT`]) counts.
-            self.epoch += 1;
-            self.clock = None;
-            return;
-        }
-        let per_update = took.as_secs_f64() / f64::from(n.max(1));
-        if m == Mode::Queue {
-            if let Some(rt) = self.round_trip_now.take() {
-                self.round_trip = Some(rt);
-            }
-        }
-        self.per_update[m.index()] = Some(per_update);
-        self.took[m.index()] = Some(took);
-        self.samples[m.index()].push(per_update);
-        let cheaper = |a: Mode, b: Mode| match (self.cost(a), self.cost(b)) {
-            (Some(a), Some(b)) => a < SWITCH_BELOW * b,
-            _ => false,
-        };
-        let next = if m != self.best {
-            // An exploration ends. One cut short is dearer by its completions, even where
-            // too few of its timed updates have ended to show it.
-            let aborted = n < EPOCH || took < MIN_EPOCH_TIME;
-            if !aborted && cheaper(m, self.best) {
-                self.best = m;
-            } else if !aborted && self.samples[m.index()].len < SAMPLES && !cheaper(self.best, m) {
-                // Too close to tell, and measured too little: measure it again at once. (Going
-                // back first costs two hand-overs, and the epoch after a switch is the dearest
-                // — its tasks start together. On the TiKV test server a first sale flipped
-                // between the modes three times this way, 242 of its 800 orders queued.)
-                self.epoch += 1;
-                self.clock = None;
-                return;
-            }
-            self.settled = Some(now);
-            self.best
-        } else if other == Mode::Optimistic && !self.optimistic_may_pay() {
-            m
-        } else if self.samples[other.index()].len < SAMPLES
-            && self.cost(other).is_none_or(|c| self.cost(m).is_some_and(|m| c * SWITCH_BELOW < m))
-            || cheaper(other, m)
-        {
-            // Not measured enough yet (the first epochs, while sessions and watches open,
-            // can be slow), or the mode in use became dearer than the other was: measure
-            // the other now (its figure may be old).
-            other
-        } else {
-            // What a whole epoch of the other takes (one cut short took less).
-            let full = Duration::from_secs_f64(self.per_update[other.index()].unwrap_or(0.0) * f64::from(EPOCH));
-            let other_epoch = self.took[other.index()].unwrap_or(Duration::ZERO).max(full);
-            let gap = MIN_EXPLORE_GAP.max(other_epoch * EXPLORE_SHARE);
-            if self.settled.is_none_or(|t| now.saturating_duration_since(t) >= gap) {
-                other
-            } else {
-                m
-            }
-        };
-        if next != m || next != self.best {
-            tracing::debug!(
-                queue = ?self.cost(Mode::Queue),
-                optimistic = ?self.cost(Mode::Optimistic),
-                from = ?m,
-                to = ?next,
-                "adaptive register: seconds per update by mode"
-            );
-        }
-        self.mode = next;
-        self.epoch += 1;
-        self.clock = None;
     }
 }
 
