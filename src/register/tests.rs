@@ -228,3 +228,33 @@ async fn queued_now(r: &Register, n: usize) -> bool {
     }
     false
 }
+
+/// Once the client's updates of the key turned to compare-and-swap, a place the handle
+/// kept in the queue is given up, not used: its next update compare-and-swaps, and the
+/// place's key goes. (Before, the next update used the place: one more hand-off that the
+/// mode's updates waited for.) Paused clock; the handle keeps places (the default window).
+#[tokio::test(start_paused = true)]
+async fn a_kept_place_is_given_up_once_the_mode_turns() {
+    let Pair { client, s, other_session, holder, .. } = Pair::new().await;
+    let r = Register::new(&s, "reg").unwrap().with_strategy(Strategy::Adaptive);
+    r.adaptive.force_queue();
+    for _ in 0..2 {
+        update_behind_a_holder(&r, &holder).await;
+    }
+    assert!(r.parking.is_parked(), "an update that waited and followed the last closely kept a place");
+    r.crowd().turn_optimistic();
+    let updated = r.update(|v| Some(increment(v))).await.unwrap();
+    assert!(updated.written && updated.token.is_none(), "compare-and-swapped, not queued: {updated:?}");
+    assert!(!r.parking.is_parked(), "the place was given up");
+    let mut gone = false;
+    for _ in 0..10_000 {
+        if client.backend().range_prefix(&r.lock_prefix, 1).await.unwrap().0.is_empty() {
+            gone = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(gone, "the place's key is deleted");
+    other_session.close().await.unwrap();
+    s.close().await.unwrap();
+}
