@@ -656,7 +656,7 @@ impl Register {
         };
         let started = tokio::time::Instant::now();
         let done = backend.transact(&conditions, vec![put], &occupied).await?;
-        self.adaptive.write_took(started.elapsed());
+        self.adaptive.optimistic_write_took(started.elapsed());
         Ok((done.applied, done.applied.is_none() && locked(&done)?))
     }
 }
