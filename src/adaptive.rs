@@ -62,7 +62,8 @@
 //! finds the lock taken waits for the queue to drain ([`Adaptive::drain_wait`]) before it
 //! joins. On etcd the ratio is about 1 (0.5–1.8 at 8–64 contenders), on the embedded store
 //! 10 and more. The round trip is the least of the handle's recent writes, queued ones
-//! included (a handle that stays queued renews it). When conflicts send the handle back
+//! included (a handle that stays queued renews it), and of its last optimistic writes
+//! (which queued writes, each a watch event to every waiting client, do not push out). When conflicts send the handle back
 //! after [`DEAR_FOR`], the others have mostly stayed optimistic and the queue is empty: an
 //! update admitted at once measures nothing, and while the kept measurements still say
 //! dear the handle leaves again ([`Adaptive::queued_at_once`]). A handle that leaves the
@@ -110,7 +111,7 @@ pub const DEAR: f64 = 4.0;
 /// How long a verdict that the queue is dear holds without a newer one.
 pub const DEAR_FOR: Duration = Duration::from_secs(1);
 /// A store round trip is the least of the handle's last this many timed writes (optimistic
-/// or queued).
+/// or queued) and of its last this many optimistic writes.
 pub const TRIPS: usize = 8;
 /// The longest an update of a handle whose queue is dear waits for another client's queue
 /// to drain ([`Adaptive::drain_wait`]).
@@ -343,7 +344,8 @@ impl Adaptive {
     /// character, which is the same for every handle: the queue's time per hand-off
     /// (`took / ahead`) against what one holder's work needs at least — its update
     /// function and a store round trip (the least of its last [`TRIPS`] writes, each one
-    /// conditional write, [`write_took`](Self::write_took)). On etcd a
+    /// conditional write, [`write_took`](Self::write_took), and of its last [`TRIPS`]
+    /// optimistic ones). On etcd a
     /// hand-off is a commit and a watch event, and costs about what such a write does under
     /// the same load (0.5–1.8 times at 8–64 contenders); the queue's fairness and its fewer
     /// wasted writes decide. On the
