@@ -204,6 +204,17 @@ impl QueueCost {
         self.ratios.above(DEAR) >= 2
     }
 
+    /// Keeps a write that took `took` among the last [`TRIPS`], and among the last
+    /// optimistic ones if it was one.
+    fn timed_write(&mut self, took: Duration, optimistic: bool) {
+        self.trips[self.timed % TRIPS] = took.as_secs_f64();
+        self.timed += 1;
+        if optimistic {
+            self.optimistic_trips[self.optimistic_timed % TRIPS] = took.as_secs_f64();
+            self.optimistic_timed += 1;
+        }
+    }
+
     /// A store round trip: the least of the writes kept, if any.
     fn trip(&self) -> Option<f64> {
         let kept = self.trips[..self.timed.min(TRIPS)].iter();
@@ -316,22 +327,14 @@ impl Adaptive {
     /// its queued ones (a conditional write that also releases the lock) both count, so a
     /// handle that stays queued renews its round trips.
     pub(crate) fn write_took(&self, took: Duration) {
-        let mut s = self.state();
-        let slot = s.queue.timed % TRIPS;
-        s.queue.trips[slot] = took.as_secs_f64();
-        s.queue.timed += 1;
+        self.state().queue.timed_write(took, false);
     }
 
     /// Records that an optimistic write of the register handle took `took`
     /// ([`write_took`](Self::write_took)), also kept among its last optimistic writes, which
     /// its queued writes do not push out.
     pub(crate) fn optimistic_write_took(&self, took: Duration) {
-        let mut s = self.state();
-        let (slot, other) = (s.queue.timed % TRIPS, s.queue.optimistic_timed % TRIPS);
-        s.queue.trips[slot] = took.as_secs_f64();
-        s.queue.optimistic_trips[other] = took.as_secs_f64();
-        s.queue.timed += 1;
-        s.queue.optimistic_timed += 1;
+        self.state().queue.timed_write(took, true);
     }
 
     /// Records what a queued update of a register handle measured: it waited `took` for
