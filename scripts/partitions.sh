@@ -18,6 +18,7 @@ set -uo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+. scripts/common.sh
 export CARGO_TERM_COLOR=never
 failed=0
 start=$(date +%s)
@@ -39,6 +40,7 @@ for name in answer_time renew_on_error; do
   if ! RUSTFLAGS="--cfg leasehold_part_mutation_$name" CARGO_TARGET_DIR="$dir" \
       cargo test --no-run -q --workspace --test partitions >"$dir.build.log" 2>&1; then
     echo "partitions mutation $name: FAILED to build (see $dir.build.log)"
+    show_log "$dir.build.log"
     failed=1
     continue
   fi
@@ -47,12 +49,14 @@ for name in answer_time renew_on_error; do
     if RUSTFLAGS="--cfg leasehold_part_mutation_$name" CARGO_TARGET_DIR="$dir" \
         cargo test -q --workspace --test partitions -- --exact "$scenario" --test-threads=1 >"$log" 2>&1; then
       echo "partitions mutation $name: NOT caught by $scenario (see $log)"
+      show_log "$log"
       failed=1
     else
       why=$(grep -m1 -A1 "panicked at" "$log" | tail -n1 | cut -c1-200)
       echo "partitions mutation $name: caught by $scenario: $why"
     fi
   done
+  drop_build "$dir"
 done
 echo "partitions: $(( $(date +%s) - start )) s in all"
 exit $failed

@@ -21,6 +21,7 @@ set -uo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+. scripts/common.sh
 export CARGO_TERM_COLOR=never
 seeds="${SIM_SEEDS:-2000}"
 failed=0
@@ -54,6 +55,7 @@ for name in keepalive adopt cleanup release unweighted light wake_order; do
   if ! RUSTFLAGS="--cfg $cfg" CARGO_TARGET_DIR="$dir" \
       cargo build -q -p leasehold-sim >"$log" 2>&1; then
     echo "sim mutation $name: FAILED to build (see $log)"
+    show_log "$log"
     failed=1
     continue
   fi
@@ -72,6 +74,7 @@ for name in keepalive adopt cleanup release unweighted light wake_order; do
     echo "sim mutation $name: NOT caught in $seeds seeds (bug ${bugs[$name]})"
     failed=1
   fi
+  drop_build "$dir"
 done
 
 # Bug 3 lives in the TiKV backend: its regression test must fail with the bug planted.
@@ -88,8 +91,10 @@ else
     echo "sim mutation tikv_read: caught by tests/tikv.rs a_renewal_cannot_revive_a_lease_a_read_saw_expire (bug 3: a renewal revives a lease a read saw expire; out of the simulator's reach; $(( $(date +%s) - start )) s with the build)"
   else
     echo "sim mutation tikv_read: NOT caught by its regression test (rc $rc, see $dir.log)"
+    show_log "$dir.log"
     failed=1
   fi
+  drop_build "$dir"
 fi
 
 echo "sim: done in $(( $(date +%s) - start_all )) s"

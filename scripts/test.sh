@@ -7,6 +7,7 @@
 #   scripts/test.sh --no-loom  # skip the loom models
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/common.sh
 
 deps=$(bash scripts/install-deps.sh)
 etcd_line=$(echo "$deps" | grep '^ETCD_BIN_DIR=' | tail -n1)
@@ -30,6 +31,7 @@ plant_caught() {
     exit 1
   elif ! grep -qF "$expected" "$log"; then
     echo "test: the planted-bug run of $name failed otherwise (see $log)" >&2
+    show_log "$log" >&2
     exit 1
   fi
   if [ -n "$shown" ]; then
@@ -46,6 +48,7 @@ plant_caught "$crowd_flags" target/crowd-mut memory register_adaptive_optimistic
   "barged past the queue" "the queued updates failed [^(]*"
 plant_caught "$crowd_flags" target/crowd-mut memory register_adaptive_leaves_a_dear_queue \
   "stayed in a dear queue" "[0-9]* of the last [0-9]* updates queued"
+drop_build target/crowd-mut
 # Four planted bugs, in one build: the optimistic (compare-and-swap) acquisition planted
 # blind (--cfg leasehold_cas_mutation_blind: it creates its key whoever holds the name and
 # counts it as held) must make the election's strategy check see two leaders; a multi-lock
@@ -67,6 +70,7 @@ plant_caught "$plant_flags" target/cas-mut memory semaphore_permits_weights_resp
 plant_caught "$plant_flags" target/cas-mut memory revoke_mutex "a stale revocation removed"
 plant_caught "$plant_flags" target/cas-mut safety a_create_arriving_after_its_key_was_released_and_audited_is_refused \
   "the late create landed"
+drop_build target/cas-mut
 cargo test --workspace --doc
 # Examples and benches: built, and benches smoke-run once (criterion's test mode; the
 # etcd benches only measure under `cargo bench`).
