@@ -341,6 +341,11 @@ impl<'a> RunningUpdate<'a> {
         self.ticket.mode
     }
 
+    /// It left the queue at a turn to compare-and-swap ([`Crowd::left_queue`]).
+    pub(crate) fn left_queue(&mut self) {
+        self.crowd.left_queue(&mut self.ticket);
+    }
+
     /// The update returned its outcome: its time counts for its mode.
     pub(crate) fn completed(mut self) {
         self.completed = true;

@@ -35,7 +35,10 @@
 //!   dearest; a measurement of the mode not in use stops as soon as it is plainly dearer
 //!   ([`ABORT_AFTER`], [`ABORT_UPDATES`]). A mode's first exploration begins with a
 //!   warm-up epoch that is not counted (and stops only if far dearer, [`WARM_UP_ABORT`]):
-//!   it carries the switch. After that the client uses the
+//!   it carries the switch. So does the client's first epoch, of the queue (it carries the
+//!   start: the register's feed opening, every task's first place in the queue), and the
+//!   first epoch back in the mode in use after an exploration (it carries the hand-over
+//!   back). After that the client uses the
 //!   cheaper mode (switching only below [`SWITCH_BELOW`] of the current one's cost, so noise
 //!   does not flap it) and measures the other again after a run of the current one
 //!   [`EXPLORE_SHARE`] times as long as an epoch of the other — and at least
@@ -54,7 +57,8 @@
 //! lock's queue is empty, with the value. One that finds it busy waits (for this client's
 //! queued updates to end, or a backoff pause) and tries again, joining the queue after
 //! [`YIELDS_TO_QUEUE`] such tries — not counting those during the hand-over from
-//! [`Mode::Queue`], up to [`HANDOVER_TRIES`] (`Register::crowded_optimistic`). The
+//! [`Mode::Queue`], up to [`HANDOVER_TRIES`] (`Register::crowded_optimistic`); one that
+//! finds the mode turned back to [`Mode::Queue`] joins this client's queue at once. The
 //! hand-over itself is short: when the mode turns to [`Mode::Optimistic`], this client's
 //! updates that queued by the in-process rule and are not yet admitted leave the queue and
 //! compare-and-swap ([`Crowd::turned_optimistic`]); from then on no place is kept, and
@@ -90,8 +94,10 @@ pub const EXPLORE_SHARE: u32 = 40;
 /// The shortest run of the current mode between two measurements of the other.
 pub const MIN_EXPLORE_GAP: Duration = Duration::from_millis(200);
 /// [`Mode::Optimistic`] is tried only while an update's window (its function and two store
-/// round trips) is less than this share of the queue's time per update ...
-pub const WINDOW_SHARE: f64 = 1.0;
+/// round trips) is less than this share of the queue's time per update (see
+/// `State::optimistic_may_pay`: on the slow stores the window is at the queue's time
+/// whichever mode is cheaper) ...
+pub const WINDOW_SHARE: f64 = 1.25;
 /// ... and its function less than this share of it.
 pub const FUNCTION_SHARE: f64 = 0.5;
 /// Weight of the newest function time in its average.
@@ -304,8 +310,8 @@ impl Crowd {
     /// its outcome (an error or a dropped future is not measured). Only timed updates
     /// count: each stands for its ticket's weight of completions. The lock is taken only to
     /// start or end an epoch, or when the last running queued update ends.
-    pub(crate) fn finish(&self, ticket: Ticket, completed: bool, now: impl Fn() -> Instant) {
-        let last = ticket.counted_running && self.running.0.fetch_sub(1, Ordering::AcqRel) == 1;
+    pub(crate) fn finish(&self, mut ticket: Ticket, completed: bool, now: impl Fn() -> Instant) {
+        let last = self.stop_running(&mut ticket);
         if completed && ticket.weight > 0 {
             let now = now();
             // An epoch's timed updates all have the weight chosen for it: `every` changes
@@ -317,7 +323,33 @@ impl Crowd {
                 }
             }
         }
-        if last && self.counted.load(Ordering::Acquire) > 0 {
+        if last {
+            self.none_running();
+        }
+    }
+
+    /// The update of `ticket`, which queued by the in-process rule, left the queue at a
+    /// turn to [`Mode::Optimistic`] (`Crowd::turned_optimistic`) and compare-and-swaps: it
+    /// is the mode's now, no longer a queued update the mode's hand-over waits for. (Counted
+    /// until it ended, the hand-over lasted until the slowest leaver's compare-and-swap
+    /// succeeded, through its retries: on etcd, sixteen tasks of one process, 0.15–0.2 s
+    /// from the turn to the mode's first timed update, and in that time nothing measured
+    /// the mode or could cut its exploration short.)
+    pub(crate) fn left_queue(&self, ticket: &mut Ticket) {
+        if self.stop_running(ticket) {
+            self.none_running();
+        }
+    }
+
+    /// No longer counts the update of `ticket` as running in the queue's mode: whether it
+    /// was the last.
+    fn stop_running(&self, ticket: &mut Ticket) -> bool {
+        std::mem::take(&mut ticket.counted_running) && self.running.0.fetch_sub(1, Ordering::AcqRel) == 1
+    }
+
+    /// The last running update of the queue's mode ended.
+    fn none_running(&self) {
+        if self.counted.load(Ordering::Acquire) > 0 {
             // Idle time is no mode's cost.
             let mut s = self.state.lock();
             if self.running.0.load(Ordering::Acquire) == 0 {
@@ -471,6 +503,22 @@ impl Crowd {
         s.epoch += 1;
         self.current.0.store(current(s.epoch, s.mode), Ordering::Release);
         self.turned.notify_waiters();
+    }
+
+    /// Turns the mode back to [`Mode::Queue`] now, as an exploration of compare-and-swap
+    /// that found it dearer does, for tests.
+    #[cfg(test)]
+    pub(crate) fn turn_queue(&self) {
+        let mut s = self.state.lock();
+        (s.mode, s.best, s.clock) = (Mode::Queue, Mode::Queue, None);
+        s.epoch += 1;
+        self.current.0.store(current(s.epoch, s.mode), Ordering::Release);
+    }
+
+    /// Updates started in the queue's mode that still count as running, for tests.
+    #[cfg(test)]
+    pub(crate) fn running(&self) -> usize {
+        self.running.0.load(Ordering::Acquire)
     }
 
     /// Handles of the key made so far, for tests.

@@ -315,7 +315,7 @@ impl Register {
                 self.queued(f, true).await
             }
             Strategy::Adaptive => {
-                let running = RunningUpdate::start(self.crowd(), self.member.sampler());
+                let mut running = RunningUpdate::start(self.crowd(), self.member.sampler());
                 let updated = match running.mode() {
                     // Measured cheaper for this client: every update compare-and-swaps.
                     Mode::Optimistic => self.crowded_optimistic(f, running.seq()).await,
@@ -334,7 +334,10 @@ impl Register {
                             // of a holder of this client it left behind fail, was slower: on
                             // the TiKV test server's flash sale 0.86-0.87 of optimistic's
                             // orders/s against 0.89-0.99, 09:24-09:28 UTC.)
-                            Ok(None) => self.crowded_optimistic(f, running.seq()).await,
+                            Ok(None) => {
+                                running.left_queue();
+                                self.crowded_optimistic(f, running.seq()).await
+                            }
                             Err(e) => Err(e),
                         }
                     }
@@ -523,6 +526,22 @@ impl Register {
                     // Waiting for the adaptive handles' own queue is not a yield (see above),
                     // for HANDOVER_TRIES at most.
                     let own = self.crowd().own_queue();
+                    if own && self.crowd().mode_now() == Mode::Queue {
+                        // The mode turned back to the queue: this client's queued updates
+                        // are no hand-over that drains, they are the mode's, and its new
+                        // updates keep feeding them. Waiting for them to end, this update
+                        // slept through backoff pauses (on etcd, sixteen tasks of one
+                        // process after an exploration of compare-and-swap: 60–80 such
+                        // pauses, 0.2–0.5 s of tasks' time, per epoch for the next four).
+                        // It joins them, as an update starting now would.
+                        if let Some(mut updated) = self.queued_unless_turned(f).await? {
+                            updated.conflicts += conflicts + c;
+                            return Ok(updated);
+                        }
+                        // Turned to compare-and-swap again before the lock admitted it.
+                        conflicts += c;
+                        continue;
+                    }
                     (yields, busy, conflicts) = (yields + u32::from(!own), busy + 1, conflicts + c);
                     if yields >= YIELDS_TO_QUEUE || busy >= HANDOVER_TRIES {
                         let mut updated = self.queued(f, false).await?;

@@ -38,6 +38,9 @@ pub(super) struct State {
     /// Whether a mode had its first exploration's warm-up epoch (see `close_epoch`), by
     /// [`Mode::index`].
     pub(super) warmed: [bool; 2],
+    /// The current epoch is the first back in the mode in use after an exploration of the
+    /// other (see `close_epoch`).
+    pub(super) back: bool,
 }
 
 impl Default for State {
@@ -58,6 +61,7 @@ impl Default for State {
             own: [0; OWN_WRITES],
             own_next: 0,
             warmed: [false; 2],
+            back: false,
         }
     }
 }
@@ -70,19 +74,25 @@ impl State {
     /// Whether compare-and-swap may beat the queue. Concurrent compare-and-swaps that read
     /// the same value collide — one of them wins per window, about — so they gain only
     /// where an update's window, its function and two store round trips (read, write), is
-    /// below the queue's time per update ([`WINDOW_SHARE`]): the embedded store (a window of
-    /// ~3 µs against 14–45 µs) and the TiKV test server (quickest round trip 0.6–0.9 ms
-    /// against the queue's 1.6–2.0 ms per update; compare-and-swap sold 1.4 times as many
-    /// orders), not etcd, where a round trip is most of a hand-over. Nor a function that
-    /// takes a share of the queue's time ([`FUNCTION_SHARE`]: 1 ms among six tasks, nearly
-    /// every attempt fails and the losers' work is wasted). Nor
-    /// where other clients update the register too ([`MAX_FOREIGN`]): their queue would
-    /// make this client's writes yield and wait (one exploration at the start of an etcd
-    /// flash sale of four processes took 130–220 ms of its 650), and the handles' own
-    /// policy (`src/adaptive.rs`) is what weighs contention between processes. Measuring
-    /// would only waste work.
+    /// below about the queue's time per update ([`WINDOW_SHARE`]): the embedded store (a
+    /// window of ~3 µs against 14–45 µs). The window is only a rough guide where a round trip
+    /// is most of a hand-over, and measuring decides: on the TiKV test server (quickest
+    /// round trip 0.9–1.0 ms against the queue's 1.9 ms per update, 2026-12-05) the window
+    /// is at the queue's time, yet compare-and-swap runs 1.2 ms per update and sold 1.4 times
+    /// as many orders, since a failed compare-and-swap costs the store little; on etcd (0.4–0.5 ms against 0.7–0.8) compare-and-swap runs 1.2–1.5
+    /// ms per update, every failed attempt being a commit. So the gate lets both be measured
+    /// (at 1.0 it kept the TiKV test server's sale in the queue for a third of a second), and
+    /// an exploration of the dearer mode costs little: it is cut short, its hand-overs are
+    /// short and not counted. Nor a function that takes a share of the queue's time
+    /// ([`FUNCTION_SHARE`]: 1 ms among six tasks, nearly every attempt fails and the losers'
+    /// work is wasted). Nor where other clients update the register too ([`MAX_FOREIGN`]):
+    /// their queue would make this client's writes yield and wait (one exploration at the
+    /// start of an etcd flash sale of four processes took 130–220 ms of its 650), and the
+    /// handles' own policy (`src/adaptive.rs`) is what weighs contention between processes.
+    /// Measuring would only waste work. The queue's time per update is its cost, the median
+    /// of its last epochs, not the last epoch's: one slow epoch does not open the gate.
     pub(super) fn optimistic_may_pay(&self) -> bool {
-        match (self.function, self.round_trip, self.per_update[Mode::Queue.index()]) {
+        match (self.function, self.round_trip, self.cost(Mode::Queue)) {
             (Some(function), Some(round_trip), Some(queue)) => {
                 function + 2.0 * round_trip < WINDOW_SHARE * queue
                     && function < FUNCTION_SHARE * queue
@@ -116,23 +126,41 @@ impl State {
     /// Ends the current epoch: `n` completions in `took`.
     pub(super) fn close_epoch(&mut self, took: Duration, n: u32, now: Instant) {
         let (m, other) = (self.mode, self.mode.other());
-        if m != self.best && !std::mem::replace(&mut self.warmed[m.index()], true) && n >= EPOCH {
+        // The quickest write is a round trip in any epoch of the queue, counted or not.
+        if m == Mode::Queue {
+            if let Some(rt) = self.round_trip_now.take() {
+                self.round_trip = Some(rt);
+            }
+        }
+        if !std::mem::replace(&mut self.warmed[m.index()], true) && n >= EPOCH {
             // The first exploration of a mode begins with a warm-up epoch, neither cut short
             // nor counted: it carries the switch (on the TiKV test server sixteen tasks
             // starting compare-and-swap together after the queue drained: 4 ms per update
             // against 0.4–0.9 after, under load). Cut short and counted, it made the mode's
             // one sample and kept it from being measured again for five seconds. One cut
             // short (far dearer, [`WARM_UP_ABORT`]) counts.
+            //
+            // So is the client's first epoch, of the queue: it carries the start (the
+            // register's feed opening, every task's first place in the queue). On etcd,
+            // sixteen tasks of one process, it read 1.0–1.7 ms per update against 0.7–1.0
+            // after, and made compare-and-swap (1.2–1.8) look worth measuring, or once even
+            // cheaper: 0.2 s of a 1.5 s sale spent in the dearer mode.
+            self.epoch += 1;
+            self.clock = None;
+            return;
+        }
+        if std::mem::take(&mut self.back) && m == self.best {
+            // The first epoch back in the mode in use after an exploration carries the
+            // hand-over back, and is not counted either. On etcd, sixteen tasks of one
+            // process back in the queue after compare-and-swap ran 5.0 ms per update in that
+            // epoch against 1.0–1.4 before and after. Counted, it made the queue's median
+            // 3.2 ms, so compare-and-swap (3.0) was measured again at once, twice, and then
+            // that hand-over back was paid once more: 0.5 s of a 2.5 s sale.
             self.epoch += 1;
             self.clock = None;
             return;
         }
         let per_update = took.as_secs_f64() / f64::from(n.max(1));
-        if m == Mode::Queue {
-            if let Some(rt) = self.round_trip_now.take() {
-                self.round_trip = Some(rt);
-            }
-        }
         self.per_update[m.index()] = Some(per_update);
         self.took[m.index()] = Some(took);
         self.samples[m.index()].push(per_update);
@@ -156,6 +184,7 @@ impl State {
                 return;
             }
             self.settled = Some(now);
+            self.back = self.best != m;
             self.best
         } else if other == Mode::Optimistic && !self.optimistic_may_pay() {
             m
