@@ -498,10 +498,7 @@ impl Crowd {
     /// does, for tests.
     #[cfg(test)]
     pub(crate) fn turn_optimistic(&self) {
-        let mut s = self.state.lock();
-        (s.mode, s.best, s.clock) = (Mode::Optimistic, Mode::Optimistic, None);
-        s.epoch += 1;
-        self.current.0.store(current(s.epoch, s.mode), Ordering::Release);
+        self.turn(Mode::Optimistic);
         self.turned.notify_waiters();
     }
 
@@ -509,8 +506,13 @@ impl Crowd {
     /// that found it dearer does, for tests.
     #[cfg(test)]
     pub(crate) fn turn_queue(&self) {
+        self.turn(Mode::Queue);
+    }
+
+    #[cfg(test)]
+    fn turn(&self, mode: Mode) {
         let mut s = self.state.lock();
-        (s.mode, s.best, s.clock) = (Mode::Queue, Mode::Queue, None);
+        (s.mode, s.best, s.clock) = (mode, mode, None);
         s.epoch += 1;
         self.current.0.store(current(s.epoch, s.mode), Ordering::Release);
     }

@@ -158,14 +158,7 @@ async fn tasks_queued_by_the_in_process_rule_leave_when_the_mode_turns() {
     #[cfg(feature = "metrics")]
     let _local = metrics::set_default_local_recorder(&recorder);
     let Pair { s, r, other_session, holder, .. } = Pair::new().await;
-    let (held, release) = hold(&holder).await;
-    let updates: Vec<_> = (0..3)
-        .map(|_| {
-            let r = r.clone();
-            tokio::spawn(async move { r.update(|v| Some(increment(v))).await.unwrap() })
-        })
-        .collect();
-    assert!(queued_now(&r, 3).await, "the three updates queue behind the other client's holder");
+    let (held, release, updates) = three_behind_a_holder(&r, &holder).await;
     r.crowd().turn_optimistic();
     assert!(
         queued_now(&r, 1).await,
@@ -203,14 +196,7 @@ async fn tasks_queued_by_the_in_process_rule_leave_when_the_mode_turns() {
 #[tokio::test(start_paused = true)]
 async fn updates_that_left_the_queue_do_not_hold_up_the_hand_over() {
     let Pair { s, r, other_session, holder, .. } = Pair::new().await;
-    let (held, release) = hold(&holder).await;
-    let updates: Vec<_> = (0..3)
-        .map(|_| {
-            let r = r.clone();
-            tokio::spawn(async move { r.update(|v| Some(increment(v))).await.unwrap() })
-        })
-        .collect();
-    assert!(queued_now(&r, 3).await, "the three updates queue behind the other client's holder");
+    let (held, release, updates) = three_behind_a_holder(&r, &holder).await;
     assert_eq!(r.crowd().running(), 3);
     // A queue was seen: the leavers look at the lock, find it taken, and wait.
     r.crowd().saw_queue(true);
@@ -305,6 +291,24 @@ async fn hold(holder: &Register) -> (tokio::task::JoinHandle<Updated>, Arc<Notif
     };
     holding.notified().await;
     (held, release)
+}
+
+/// `holder` holds the lock ([`hold`]) and three increments of `r` queue behind it: the
+/// first by its handle's own policy (the lock is another client's), the other two by the
+/// in-process rule. The holder's task, its `release`, and the three updates' tasks.
+async fn three_behind_a_holder(
+    r: &Register,
+    holder: &Register,
+) -> (tokio::task::JoinHandle<Updated>, Arc<Notify>, Vec<tokio::task::JoinHandle<Updated>>) {
+    let (held, release) = hold(holder).await;
+    let updates: Vec<_> = (0..3)
+        .map(|_| {
+            let r = r.clone();
+            tokio::spawn(async move { r.update(|v| Some(increment(v))).await.unwrap() })
+        })
+        .collect();
+    assert!(queued_now(r, 3).await, "the three updates queue behind the other client's holder");
+    (held, release, updates)
 }
 
 /// A counter's next value.
