@@ -346,6 +346,11 @@ impl<'a> RunningUpdate<'a> {
         self.crowd.left_queue(&mut self.ticket);
     }
 
+    /// It joined the queue after a turn back to it ([`Crowd::rejoined_queue`]).
+    pub(crate) fn rejoined_queue(&mut self) {
+        self.crowd.rejoined_queue(&mut self.ticket);
+    }
+
     /// The update returned its outcome: its time counts for its mode.
     pub(crate) fn completed(mut self) {
         self.completed = true;

@@ -20,7 +20,8 @@
 //! - An epoch lasts at least [`EPOCH`] completions (counted from the timed updates that
 //!   started in it) and [`MIN_EPOCH_TIME`]; its clock starts at the first such completion
 //!   (so the hand-over from the previous mode is not charged to its length) and restarts
-//!   when no queued update of the key runs, or when the key's last handle goes (the crowd
+//!   when no update of the queue's mode runs (those that started in it or joined its
+//!   queue since, less those that left at a turn), or when the key's last handle goes (the crowd
 //!   itself is kept while idle, `Client::register_crowd`). An update that starts in [`Mode::Optimistic`]
 //!   while updates started in the queue's epochs still run is not timed either: it waits
 //!   for them or races them, and its time is the switch's. A client that never runs two
@@ -58,7 +59,8 @@
 //! queued updates to end, or a backoff pause) and tries again, joining the queue after
 //! [`YIELDS_TO_QUEUE`] such tries — not counting those during the hand-over from
 //! [`Mode::Queue`], up to [`HANDOVER_TRIES`] (`Register::crowded_optimistic`); one that
-//! finds the mode turned back to [`Mode::Queue`] joins this client's queue at once. The
+//! finds the mode turned back to [`Mode::Queue`] (a turn ends its wait) joins this
+//! client's queue and counts as one of the mode's ([`Crowd::rejoined_queue`]). The
 //! hand-over itself is short: when the mode turns to [`Mode::Optimistic`], this client's
 //! updates that queued by the in-process rule and are not yet admitted leave the queue and
 //! compare-and-swap ([`Crowd::turned_optimistic`]); from then on no place is kept, and
@@ -187,9 +189,11 @@ pub(crate) struct Crowd {
     /// Whether the current epoch measures the mode not in use (its end is checked at every
     /// timed completion, to cut it short).
     exploring: AtomicBool,
-    /// Updates started in [`Mode::Queue`] and running now (the in-process rule; updates in
-    /// [`Mode::Optimistic`] do not touch it, nor anything shared but `current`, unless
-    /// timed).
+    /// Updates of [`Mode::Queue`] running now: started in it, or joined its queue after a
+    /// turn back ([`rejoined_queue`](Crowd::rejoined_queue)), less those that left at a turn
+    /// to [`Mode::Optimistic`] ([`left_queue`](Crowd::left_queue)). The in-process rule
+    /// counts them; updates in [`Mode::Optimistic`] do not touch it, nor anything shared
+    /// but `current`, unless timed.
     running: Padded<AtomicUsize>,
     /// One update in this many (per handle) is timed: [`TIMED_EVERY`], or 1 once a store
     /// round trip measured [`TIME_ALL_FROM`] or more (set between two epochs, never back).
@@ -209,9 +213,11 @@ pub(crate) struct Crowd {
     /// Those of adaptive handles (see [`own_queue`](Crowd::own_queue)).
     queued_adaptive: AtomicUsize,
     drained: tokio::sync::Notify,
-    /// Woken when the mode turns to [`Mode::Optimistic`]: this client's updates that queued
-    /// by the in-process rule and wait to be admitted leave the queue
-    /// ([`turned_optimistic`](Crowd::turned_optimistic)).
+    /// Woken at every turn of the mode ([`turn`](Crowd::turn)): to [`Mode::Optimistic`],
+    /// this client's updates that queued by the in-process rule and wait to be admitted
+    /// leave the queue ([`turned_optimistic`](Crowd::turned_optimistic)); to
+    /// [`Mode::Queue`], its compare-and-swaps that wait for its own queue join it
+    /// (`Register::crowded_optimistic`).
     turned: tokio::sync::Notify,
     /// Handles of the key made so far (see [`sampler`](Crowd::sampler)).
     handles: AtomicU32,
@@ -251,8 +257,8 @@ impl Default for Crowd {
 /// What [`Crowd::start`] tells an update.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ticket {
-    /// Updates of the key by this client that were running when this one started (counted
-    /// in [`Mode::Queue`] only; 0 in [`Mode::Optimistic`]).
+    /// Updates of the key by this client in [`Mode::Queue`] that were running when this
+    /// one started (the count `Crowd::running` keeps; 0 in [`Mode::Optimistic`]).
     pub(crate) others: usize,
     counted_running: bool,
     /// The mode to use.
@@ -341,6 +347,17 @@ impl Crowd {
         }
     }
 
+    /// The update of `ticket`, which began as a compare-and-swap, joined this client's queue
+    /// after the mode turned back to [`Mode::Queue`] (`Register::crowded_optimistic`): it
+    /// counts as running in the queue's mode again, as an update starting now would, so
+    /// that the next updates queue behind it by the in-process rule and a turn's hand-over
+    /// waits for it.
+    pub(crate) fn rejoined_queue(&self, ticket: &mut Ticket) {
+        if !std::mem::replace(&mut ticket.counted_running, true) {
+            self.running.0.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
     /// No longer counts the update of `ticket` as running in the queue's mode: whether it
     /// was the last.
     fn stop_running(&self, ticket: &mut Ticket) -> bool {
@@ -380,9 +397,7 @@ impl Crowd {
                 if s.mode != before {
                     self.feed_idle.store(s.mode == Mode::Optimistic, Ordering::Relaxed);
                     self.handover_skips.store(0, Ordering::Relaxed);
-                    if s.mode == Mode::Optimistic {
-                        self.turned.notify_waiters();
-                    }
+                    self.turned.notify_waiters();
                 }
             }
             Some(_) => {}
@@ -458,6 +473,12 @@ impl Crowd {
         self.drained.notified()
     }
 
+    /// Completes at the next turn of the mode (enable it before reading
+    /// [`mode_now`](Self::mode_now)).
+    pub(crate) fn turn(&self) -> tokio::sync::futures::Notified<'_> {
+        self.turned.notified()
+    }
+
     /// Completes once the mode is [`Mode::Optimistic`] (at once if it is now). An update
     /// that queued by the in-process rule leaves the queue when this completes before it is
     /// admitted (`Register::queued_unless_turned`): otherwise the tasks queued at the
@@ -498,23 +519,23 @@ impl Crowd {
     /// does, for tests.
     #[cfg(test)]
     pub(crate) fn turn_optimistic(&self) {
-        self.turn(Mode::Optimistic);
-        self.turned.notify_waiters();
+        self.turn_to(Mode::Optimistic);
     }
 
     /// Turns the mode back to [`Mode::Queue`] now, as an exploration of compare-and-swap
     /// that found it dearer does, for tests.
     #[cfg(test)]
     pub(crate) fn turn_queue(&self) {
-        self.turn(Mode::Queue);
+        self.turn_to(Mode::Queue);
     }
 
     #[cfg(test)]
-    fn turn(&self, mode: Mode) {
+    fn turn_to(&self, mode: Mode) {
         let mut s = self.state.lock();
         (s.mode, s.best, s.clock) = (mode, mode, None);
         s.epoch += 1;
         self.current.0.store(current(s.epoch, s.mode), Ordering::Release);
+        self.turned.notify_waiters();
     }
 
     /// Updates started in the queue's mode that still count as running, for tests.

@@ -318,7 +318,7 @@ impl Register {
                 let mut running = RunningUpdate::start(self.crowd(), self.member.sampler());
                 let updated = match running.mode() {
                     // Measured cheaper for this client: every update compare-and-swaps.
-                    Mode::Optimistic => self.crowded_optimistic(f, running.seq()).await,
+                    Mode::Optimistic => self.crowded_optimistic(f, &mut running).await,
                     // Contention between tasks of this client needs no measuring to be
                     // seen: while another update of this register by this client runs, this
                     // one queues. A compare-and-swap would only make theirs fail, and the
@@ -336,7 +336,7 @@ impl Register {
                             // orders/s against 0.89-0.99, 09:24-09:28 UTC.)
                             Ok(None) => {
                                 running.left_queue();
-                                self.crowded_optimistic(f, running.seq()).await
+                                self.crowded_optimistic(f, &mut running).await
                             }
                             Err(e) => Err(e),
                         }
@@ -485,11 +485,14 @@ impl Register {
     /// unless fed, and joining it kept it fed (the mode measured its own hand-over: 88 ms
     /// per update against the queue's 30 on the TiKV test server). Queued updates of this
     /// client's other strategies count as another client's would: they need not ever drain
-    /// (conformance `register_adaptive_tasks_progress_beside_pessimistic_loops`). A place the
+    /// (conformance `register_adaptive_tasks_progress_beside_pessimistic_loops`). Once the
+    /// mode has turned back to [`Mode::Queue`] (a turn also ends the wait), the next try
+    /// that finds this client's queue busy joins it, leaving it again should the mode turn
+    /// to compare-and-swap before the lock admits it. A place the
     /// handle kept in the queue is given up (deleted in the background), not used. The handle's own
     /// policy is left alone: the conflicts here are mostly this client's own tasks', which
     /// the measurement weighs.
-    async fn crowded_optimistic<F, Fut>(&self, f: &mut F, seq: u32) -> Result<Updated>
+    async fn crowded_optimistic<F, Fut>(&self, f: &mut F, running: &mut RunningUpdate<'_>) -> Result<Updated>
     where
         F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
         Fut: Future<Output = Option<Vec<u8>>> + Send,
@@ -504,7 +507,7 @@ impl Register {
             self.crowd().feed_closed();
         }
         let (mut yields, mut busy, mut conflicts) = (0, 0, 0);
-        let mut unchecked = !seq.is_multiple_of(CHECK_QUEUE_EVERY) && !self.crowd().queue_seen();
+        let mut unchecked = !running.seq().is_multiple_of(CHECK_QUEUE_EVERY) && !self.crowd().queue_seen();
         let mut delays = self.backoff.delays();
         loop {
             // The reads look at the lock (see above); the retries of one call share one
@@ -526,6 +529,11 @@ impl Register {
                     // Waiting for the adaptive handles' own queue is not a yield (see above),
                     // for HANDOVER_TRIES at most.
                     let own = self.crowd().own_queue();
+                    // Registered before the mode is read: a turn after the read ends the
+                    // pause below.
+                    let turn = self.crowd().turn();
+                    tokio::pin!(turn);
+                    turn.as_mut().enable();
                     if own && self.crowd().mode_now() == Mode::Queue {
                         // The mode turned back to the queue: this client's queued updates
                         // are no hand-over that drains, they are the mode's, and its new
@@ -533,12 +541,15 @@ impl Register {
                         // slept through backoff pauses (on etcd, sixteen tasks of one
                         // process after an exploration of compare-and-swap: 60–80 such
                         // pauses, 0.2–0.5 s of tasks' time, per epoch for the next four).
-                        // It joins them, as an update starting now would.
+                        // It joins them, as an update starting now would, and counts as
+                        // one (`Crowd::rejoined_queue`).
+                        running.rejoined_queue();
                         if let Some(mut updated) = self.queued_unless_turned(f).await? {
                             updated.conflicts += conflicts + c;
                             return Ok(updated);
                         }
                         // Turned to compare-and-swap again before the lock admitted it.
+                        running.left_queue();
                         conflicts += c;
                         continue;
                     }
@@ -554,9 +565,12 @@ impl Register {
                     tokio::pin!(drained);
                     drained.as_mut().enable();
                     if self.crowd().queued() > 0 {
+                        // A turn back to the queue ends the wait too: then this client's
+                        // queue will not drain, and the next try joins it.
                         tokio::select! {
                             biased;
                             () = drained => {}
+                            () = turn => {}
                             () = pause => {}
                         }
                     } else {

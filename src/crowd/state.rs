@@ -38,6 +38,8 @@ pub(super) struct State {
     /// Whether a mode had its first exploration's warm-up epoch (see `close_epoch`), by
     /// [`Mode::index`].
     pub(super) warmed: [bool; 2],
+    /// The client's first epoch, the start's, has ended (see `close_epoch`).
+    pub(super) started: bool,
     /// The current epoch is the first back in the mode in use after an exploration of the
     /// other (see `close_epoch`).
     pub(super) back: bool,
@@ -61,6 +63,7 @@ impl Default for State {
             own: [0; OWN_WRITES],
             own_next: 0,
             warmed: [false; 2],
+            started: false,
             back: false,
         }
     }
@@ -132,7 +135,9 @@ impl State {
                 self.round_trip = Some(rt);
             }
         }
-        if !std::mem::replace(&mut self.warmed[m.index()], true) && n >= EPOCH {
+        if !std::mem::replace(&mut self.started, true)
+            || m != self.best && !std::mem::replace(&mut self.warmed[m.index()], true) && n >= EPOCH
+        {
             // The first exploration of a mode begins with a warm-up epoch, neither cut short
             // nor counted: it carries the switch (on the TiKV test server sixteen tasks
             // starting compare-and-swap together after the queue drained: 4 ms per update
@@ -140,11 +145,13 @@ impl State {
             // one sample and kept it from being measured again for five seconds. One cut
             // short (far dearer, [`WARM_UP_ABORT`]) counts.
             //
-            // So is the client's first epoch, of the queue: it carries the start (the
-            // register's feed opening, every task's first place in the queue). On etcd,
+            // Nor is the client's first epoch, of the queue, counted: it carries the start
+            // (the register's feed opening, every task's first place in the queue). On etcd,
             // sixteen tasks of one process, it read 1.0–1.7 ms per update against 0.7–1.0
             // after, and made compare-and-swap (1.2–1.8) look worth measuring, or once even
-            // cheaper: 0.2 s of a 1.5 s sale spent in the dearer mode.
+            // cheaper: 0.2 s of a 1.5 s sale spent in the dearer mode. (The queue's first
+            // exploration, should compare-and-swap be the mode by then, still has its
+            // warm-up.)
             self.epoch += 1;
             self.clock = None;
             return;

@@ -79,7 +79,9 @@ impl Register {
     }
 
     /// Like [`queued`](Self::queued), for an update that queued by the in-process rule
-    /// (another update of the register by this client runs, `Mode::Queue`): `None` if this
+    /// (another update of the register by this client runs, `Mode::Queue`), or that began
+    /// as a compare-and-swap and joined its client's queue after the mode turned back to
+    /// it (`Register::crowded_optimistic`): `None` if this
     /// client's adaptive updates of the key turned to compare-and-swap before the lock
     /// admitted it ([`Crowd::turned_optimistic`](crate::crowd::Crowd::turned_optimistic)).
     /// It then left the queue without running `f`, its key deleted in the background as a
