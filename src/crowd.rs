@@ -334,8 +334,9 @@ impl Crowd {
         }
     }
 
-    /// The update of `ticket`, which queued by the in-process rule, left the queue at a
-    /// turn to [`Mode::Optimistic`] (`Crowd::turned_optimistic`) and compare-and-swaps: it
+    /// The update of `ticket`, which queued by the in-process rule (or rejoined the queue,
+    /// [`rejoined_queue`](Crowd::rejoined_queue)), left the queue at a turn to
+    /// [`Mode::Optimistic`] (`Crowd::turned_optimistic`) and compare-and-swaps: it
     /// is the mode's now, no longer a queued update the mode's hand-over waits for. (Counted
     /// until it ended, the hand-over lasted until the slowest leaver's compare-and-swap
     /// succeeded, through its retries: on etcd, sixteen tasks of one process, 0.15–0.2 s

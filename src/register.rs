@@ -327,17 +327,14 @@ impl Register {
                     // mode turn to compare-and-swap before the lock admits it, it leaves the
                     // queue and compare-and-swaps (`Crowd::turned_optimistic`).
                     Mode::Queue if running.others() > 0 || self.parking.is_parked() => {
-                        match self.queued_unless_turned(f).await {
+                        match self.queued_unless_turned(f, &mut running).await {
                             Ok(Some(updated)) => Ok(updated),
                             // Checked or not as its number says, like any update of the
                             // mode. (Looking at the lock first, so as not to make the write
                             // of a holder of this client it left behind fail, was slower: on
                             // the TiKV test server's flash sale 0.86-0.87 of optimistic's
                             // orders/s against 0.89-0.99, 09:24-09:28 UTC.)
-                            Ok(None) => {
-                                running.left_queue();
-                                self.crowded_optimistic(f, &mut running).await
-                            }
+                            Ok(None) => self.crowded_optimistic(f, &mut running).await,
                             Err(e) => Err(e),
                         }
                     }
@@ -544,12 +541,12 @@ impl Register {
                         // It joins them, as an update starting now would, and counts as
                         // one (`Crowd::rejoined_queue`).
                         running.rejoined_queue();
-                        if let Some(mut updated) = self.queued_unless_turned(f).await? {
+                        if let Some(mut updated) = self.queued_unless_turned(f, running).await? {
                             updated.conflicts += conflicts + c;
                             return Ok(updated);
                         }
-                        // Turned to compare-and-swap again before the lock admitted it.
-                        running.left_queue();
+                        // Turned to compare-and-swap again before the lock admitted it (and
+                        // left, uncounted).
                         conflicts += c;
                         continue;
                     }

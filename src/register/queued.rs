@@ -5,6 +5,7 @@
 
 use super::{Register, Updated, LOCK};
 use crate::backend::{Condition, Write};
+use crate::client::RunningUpdate;
 use crate::error::{Error, Result};
 use crate::guard::Holding;
 use crate::metrics::Acquire;
@@ -85,16 +86,25 @@ impl Register {
     /// client's adaptive updates of the key turned to compare-and-swap before the lock
     /// admitted it ([`Crowd::turned_optimistic`](crate::crowd::Crowd::turned_optimistic)).
     /// It then left the queue without running `f`, its key deleted in the background as a
-    /// cancelled acquisition's is, and the caller updates by compare-and-swap.
-    pub(super) fn queued_unless_turned<'a, F, Fut>(
+    /// cancelled acquisition's is, no longer counts as running in the queue's mode
+    /// (`RunningUpdate::left_queue`, on `running`), and the caller updates by
+    /// compare-and-swap.
+    pub(super) fn queued_unless_turned<'a, 'r: 'a, F, Fut>(
         &'a self,
         f: &'a mut F,
-    ) -> Pin<Box<impl Future<Output = Result<Option<Updated>>> + Send + 'a>>
+        running: &'a mut RunningUpdate<'r>,
+    ) -> Pin<Box<impl Future<Output = Result<Option<Updated>>> + Send + use<'a, 'r, F, Fut>>>
     where
         F: FnMut(Option<Vec<u8>>, Option<u64>) -> Fut + Send,
         Fut: Future<Output = Option<Vec<u8>>> + Send,
     {
-        Box::pin(async move { Ok(self.queued_until(f, true, self.crowd().turned_optimistic()).await?.ok()) })
+        Box::pin(async move {
+            let updated = self.queued_until(f, true, self.crowd().turned_optimistic()).await?.ok();
+            if updated.is_none() {
+                running.left_queue();
+            }
+            Ok(updated)
+        })
     }
 
     /// A queued update, which leaves the queue with `leave`'s output if that completes
