@@ -1,13 +1,12 @@
 //! A distributed mutex with a fencing token, under a session's lease.
 
 use crate::adaptive::Adaptive;
-use crate::backend::{CreateRequest, Precondition, Replaced, Write};
+use crate::backend::{CreateRequest, Precondition, Write};
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::guard::{fenced_writes, held_accessors, Holder, Holding};
-use crate::local::waiter_queue::Slot;
 use crate::lock_delay::{self, LockDelay};
-use crate::queue::{acquire_cas, enqueue, Admission, Cas, CasAttempt, Exclusive, Rule, Ticket, Wait};
+use crate::queue::{acquire_cas, enqueue, Admission, Cas, CasAttempt, Exclusive, Prepared, Rule, Ticket, Wait};
 use crate::strategy::Strategy;
 use crate::Session;
 use std::sync::Arc;
@@ -326,7 +325,8 @@ impl Mutex {
             self.session.check()?;
             // A re-attached lease's key for this name is adopted, and its relock key deleted
             // in the create step (by its revision: see `Exclusive::prepare`).
-            let Some(prepared) = self.queue.prepare(wait).await? else { return Ok(None) };
+            // Deleted in the background if this acquisition ends without holding.
+            let Some((prepared, stale_key)) = self.queue.prepare(wait).await? else { return Ok(None) };
             let guard = match self.strategy {
                 Strategy::Pessimistic => self.acquire_queued(wait, prepared).await,
                 Strategy::Optimistic => match self.cas(wait, prepared, false).await? {
@@ -364,6 +364,9 @@ impl Mutex {
                     }
                 }
             }?;
+            if guard.is_some() {
+                stale_key.landed();
+            }
             match (guard, &self.lock_delay) {
                 (Some(guard), Some(delay)) => Self::after_delay(guard, delay, wait).await,
                 (guard, _) => Ok(guard),
@@ -380,7 +383,7 @@ impl Mutex {
         Ok(held.map(|(hold, marker)| MutexGuard { hold, marker: Some(marker) }))
     }
 
-    async fn acquire_queued(&self, wait: Wait, prepared: (Slot, Option<Replaced>)) -> Result<Option<MutexGuard>> {
+    async fn acquire_queued(&self, wait: Wait, prepared: Prepared) -> Result<Option<MutexGuard>> {
         let held = self.queue.queued(WHAT, wait, prepared, None).await?;
         Ok(held.map(|(hold, _)| MutexGuard { hold, marker: None }))
     }
@@ -391,9 +394,9 @@ impl Mutex {
     async fn cas(
         &self,
         wait: Wait,
-        (local, stale): (Slot, Option<Replaced>),
+        (local, stale): Prepared,
         give_way: bool,
-    ) -> Result<std::result::Result<Option<MutexGuard>, (Slot, Option<Replaced>)>> {
+    ) -> Result<std::result::Result<Option<MutexGuard>, Prepared>> {
         let req = self.queue.request(Precondition::PrefixEmpty, stale.clone());
         let attempt = CasAttempt { local: Some(local), adopt: true, give_way };
         Ok(match acquire_cas(&self.session, WHAT, req, attempt, wait, &self.backoff).await?.0 {

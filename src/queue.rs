@@ -69,7 +69,7 @@ pub(crate) mod parked;
 mod pending;
 mod view;
 pub(crate) use deletes::DeleteFeed;
-pub(crate) use exclusive::{acquire_cas, Cas, CasAttempt, Exclusive};
+pub(crate) use exclusive::{acquire_cas, Cas, CasAttempt, Exclusive, Prepared};
 pub(crate) use pending::{claim, create, local_slot, Pending};
 pub(crate) use view::{revisions, PrefixView, Subscription, View, WatchTask};
 

@@ -56,6 +56,56 @@ fn a_key_stays_doomed_while_a_cleanup_of_it_runs() {
     });
 }
 
+/// Property: a cleanup that has ended its key's doom (`Running::undoom`: its delete is done,
+/// and it hands on the session's slot for the key next) still counts as running: waiting
+/// for every cleanup (`Cleanups::idle`, what `Session::settle` waits on) completes only once
+/// it is dropped, after the slot went on; and the key stays doomed while another cleanup of
+/// it runs. One thread undooms the first cleanup, hands on (a flag) and drops it; another
+/// polls `idle` once; the main thread checks the key, then drops the second cleanup.
+///
+/// Preemption bound: 3 (module docs). Three threads, one to three lock acquisitions each.
+#[test]
+// Mutation `leasehold_loom_mutation_doom`: the undoom forgets every doom of the key while
+// the second cleanup still deletes it; loom must find the key free too early.
+#[cfg_attr(leasehold_loom_mutation_doom, should_panic(expected = "a doomed key looked free"))]
+fn an_undoomed_cleanup_runs_until_it_is_dropped() {
+    check("an_undoomed_cleanup_runs_until_it_is_dropped", || {
+        let cleanups = Arc::new(Cleanups::new());
+        let mut first = Cleanups::start_for(&cleanups, "k");
+        let second = Cleanups::start_for(&cleanups, "k");
+        let handed_on = Arc::new(AtomicBool::new(false));
+        let waker = std::sync::Arc::<CountingWaker>::default();
+        let waiter = {
+            let (cleanups, handed_on, waker) = (cleanups.clone(), handed_on.clone(), waker.clone());
+            thread::spawn(move || {
+                let mut idle = Box::pin(Cleanups::idle(&cleanups));
+                let done = poll_with(idle.as_mut(), &waker);
+                if done {
+                    assert!(handed_on.load(Ordering::SeqCst), "idle before the slot was handed on");
+                }
+                (done, idle)
+            })
+        };
+        let cleaner = {
+            let handed_on = handed_on.clone();
+            thread::spawn(move || {
+                first.undoom();
+                handed_on.store(true, Ordering::SeqCst);
+                drop(first);
+            })
+        };
+        assert!(cleanups.is_doomed("k"), "a doomed key looked free");
+        drop(second);
+        cleaner.join().unwrap();
+        let (done, mut idle) = waiter.join().unwrap();
+        assert!(!cleanups.is_doomed("k"));
+        if !done {
+            assert!(waker.wakes() >= 1, "the idle waiter was never woken");
+            assert!(poll_with(idle.as_mut(), &waker), "woken but not done");
+        }
+    });
+}
+
 /// Property: an acquisition's claim on a key and the audit's doom of it (which deletes
 /// keys nothing owns) exclude each other: of a thread that claims the key and one that
 /// dooms it as unowned, at most one succeeds while both hold what they got; and a third

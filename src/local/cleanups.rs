@@ -25,7 +25,7 @@ use super::sync::{Arc, Mutex};
 use super::wakers::Wakers;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -126,24 +126,45 @@ pub(crate) struct Running {
     key: Option<String>,
 }
 
+impl Running {
+    /// Ends the doom of its key (every key waiter looks again) while the cleanup still
+    /// counts as running: what the cleanup must do after its delete — hand on the
+    /// session's local slot for the key — is done before [`Cleanups::idle`] completes, and
+    /// the next task to get the slot finds the key no longer doomed.
+    pub(crate) fn undoom(&mut self) {
+        if self.key.is_none() {
+            return;
+        }
+        let waiters = self.cleanups.inner.lock().undoom(&mut self.key);
+        for waker in waiters {
+            waker.wake();
+        }
+    }
+}
+
+impl Inner {
+    /// Removes one doom of `key` (taken) and returns the key waiters to wake.
+    fn undoom(&mut self, key: &mut Option<String>) -> Vec<Waker> {
+        let Some(key) = key.take() else { return Vec::new() };
+        #[cfg(not(leasehold_loom_mutation_doom))]
+        if let Some(at) = self.doomed.iter().position(|k| *k == key) {
+            self.doomed.remove(at);
+        }
+        // Mutation (loom-tests): every entry of the key goes with the first cleanup
+        // that ends, while another may still be deleting it.
+        #[cfg(leasehold_loom_mutation_doom)]
+        self.doomed.retain(|k| *k != key);
+        // Every key waiter looks again (each for its own key).
+        self.key_waiters.take_all()
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let waiters = {
             let mut inner = self.cleanups.inner.lock();
             inner.running -= 1;
-            let mut waiters = Vec::new();
-            if let Some(key) = &self.key {
-                #[cfg(not(leasehold_loom_mutation_doom))]
-                if let Some(at) = inner.doomed.iter().position(|k| k == key) {
-                    inner.doomed.remove(at);
-                }
-                // Mutation (loom-tests): every entry of the key goes with the first cleanup
-                // that ends, while another may still be deleting it.
-                #[cfg(leasehold_loom_mutation_doom)]
-                inner.doomed.retain(|k| k != key);
-                // Every key waiter looks again (each for its own key).
-                waiters = inner.key_waiters.take_all();
-            }
+            let mut waiters = inner.undoom(&mut self.key);
             if inner.running == 0 {
                 waiters.extend(inner.idle_waiters.take_all());
             }

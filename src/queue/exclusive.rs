@@ -28,6 +28,44 @@ pub(crate) struct Exclusive {
     key: String,
 }
 
+/// What [`Exclusive::prepare`] gives an acquisition: the session's local slot for the key,
+/// and a re-attached lease's relock key for its create to delete in the same step.
+pub(crate) type Prepared = (Slot, Option<Replaced>);
+
+/// A re-attached lease's relock key that an acquisition took over from the session's
+/// leftovers ([`Exclusive::prepare`]) for its create to delete. If the acquisition ends
+/// without holding — failed, timed out or dropped, before its create landed or after —
+/// the key is deleted in the background by its create revision, which does nothing once
+/// a create deleted it; one that holds says so ([`landed`](StaleKey::landed)). (Before, an acquisition dropped between the take-over and its create
+/// left the key to nobody: the session's next key queued behind its own leftover, and so
+/// did everyone else, until the session's audit deleted the key one TTL later.)
+#[derive(Debug)]
+pub(crate) struct StaleKey {
+    session: Session,
+    key: Option<String>,
+    revision: Option<Revision>,
+}
+
+impl StaleKey {
+    fn none(session: &Session) -> Self {
+        Self { session: session.clone(), key: None, revision: None }
+    }
+
+    /// The acquisition holds: a create of it landed, and deleted the key in the same step
+    /// (a create deletes what it replaces whether or not its own precondition held).
+    pub(crate) fn landed(mut self) {
+        self.key = None;
+    }
+}
+
+impl Drop for StaleKey {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.session.delete_leftover_in_background(key, self.revision);
+        }
+    }
+}
+
 /// A place queued in the same transaction as a write: the new key, pending until someone
 /// keeps it (see [`Exclusive::write_and_requeue`]).
 pub(crate) type Requeued = (Pending, String);
@@ -89,19 +127,28 @@ impl Exclusive {
     /// otherwise queue behind it. By its revision, read now: a delete of "whatever it is"
     /// could land late, after a relock of this session made the key anew and holds with
     /// it.
-    pub(crate) async fn prepare(&self, wait: Wait) -> Result<Option<(Slot, Option<Replaced>)>> {
+    pub(crate) async fn prepare(&self, wait: Wait) -> Result<Option<(Prepared, StaleKey)>> {
         let Some(local) = local_slot(&self.session, &self.key, wait).await else { return Ok(None) };
         let claimed = self.session.claim_leftovers(|| [self.key.clone(), self.relock_key()]);
         let key = self.relock_key();
         if !claimed.contains(&key) {
-            return Ok(Some((local, None)));
+            return Ok(Some(((local, None), StaleKey::none(&self.session))));
         }
+        // From here the key is this acquisition's to delete, whenever it ends.
+        #[cfg(not(leasehold_leftover_mutation_kept))]
+        let mut stale_key = StaleKey { session: self.session.clone(), key: Some(key.clone()), revision: None };
+        #[cfg(leasehold_leftover_mutation_kept)]
+        let mut stale_key = StaleKey::none(&self.session);
         let backend = self.session.client().backend();
         let kv = Backoff::default().retry(|| backend.get(&key)).await?;
         let stale = kv
             .filter(|kv| kv.lease == self.session.lease_id())
             .map(|kv| Replaced { key, revision: Some(kv.create_revision) });
-        Ok(Some((local, stale)))
+        match &stale {
+            Some(replaced) => stale_key.revision = replaced.revision,
+            None => stale_key.key = None, // gone, or not this lease's: nothing to delete
+        }
+        Ok(Some(((local, stale), stale_key)))
     }
 
     /// The queued (fair) acquisition with the slot and stale key [`prepare`](Self::prepare)
@@ -111,7 +158,7 @@ impl Exclusive {
         &self,
         what: &'static str,
         wait: Wait,
-        (local, stale): (Slot, Option<Replaced>),
+        (local, stale): Prepared,
         read: Option<&str>,
     ) -> Result<Option<(Holding, Admitted)>> {
         let ticket = Ticket {
@@ -136,8 +183,9 @@ impl Exclusive {
     /// As [`enqueue`]: a dropped call leaves no key behind.
     pub(crate) async fn lock_reading(&self, what: &'static str, read: &str) -> Result<(Holding, Admitted)> {
         self.session.check()?;
-        let prepared = self.prepare(Wait::Forever).await?.expect("waits until the slot is free");
+        let (prepared, stale_key) = self.prepare(Wait::Forever).await?.expect("waits until the slot is free");
         let held = self.queued(what, Wait::Forever, prepared, Some(read)).await?;
+        stale_key.landed();
         Ok(held.expect("waits until held"))
     }
 

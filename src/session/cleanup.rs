@@ -53,6 +53,20 @@ impl Session {
         self.delete_in_background(doom, Target::Created(key, revision, extra), local);
     }
 
+    /// Deletes `key`, a leftover this session took over only to delete it (a re-attached
+    /// lease's relock key, `Exclusive::prepare`), in the background: while it still has
+    /// `revision`, or, if that was not read yet, if it exists under the session's lease.
+    /// The key is doomed from this call on.
+    pub(crate) fn delete_leftover_in_background(&self, key: String, revision: Option<Revision>) {
+        match revision {
+            Some(revision) => self.release_in_background(key, revision, Vec::new(), None),
+            None => {
+                let doom = self.doom(&key);
+                self.delete_in_background(doom, Target::IfOurs(key), None);
+            }
+        }
+    }
+
     /// After a create whose outcome is unknown: moves the session's fence, so that no copy
     /// of it can land any more, then deletes `key` in the background if it exists under
     /// this session's lease, retrying until done or the session ends.
@@ -129,10 +143,13 @@ fn spawn_delete(
         return;
     };
     handle.spawn(async move {
+        let mut doom = doom;
         target.run(&*backend, &shared, lease).await;
-        // The key is no longer doomed by the time the next task of the session gets the slot.
-        drop(doom);
+        // The key is no longer doomed by the time the next task of the session gets the
+        // slot, and the slot is free by the time `Session::settle` returns.
+        doom.undoom();
         drop(local);
+        drop(doom);
     });
 }
 
