@@ -49,7 +49,7 @@ plant_caught "$crowd_flags" target/crowd-mut memory register_adaptive_optimistic
 plant_caught "$crowd_flags" target/crowd-mut memory register_adaptive_leaves_a_dear_queue \
   "stayed in a dear queue" "[0-9]* of the last [0-9]* updates queued"
 drop_build target/crowd-mut
-# Six planted bugs, in one build: the optimistic (compare-and-swap) acquisition planted
+# Seven planted bugs, in one build: the optimistic (compare-and-swap) acquisition planted
 # blind (--cfg leasehold_cas_mutation_blind: it creates its key whoever holds the name and
 # counts it as held) must make the election's strategy check see two leaders; a multi-lock
 # that takes its names in the order given (--cfg leasehold_multilock_mutation_unordered)
@@ -60,10 +60,13 @@ drop_build target/crowd-mut
 # fence that never moves (--cfg leasehold_fence_mutation_frozen) must let a create that
 # arrives after its key was released make the key again; a re-attached session's leftover
 # relock key that a dropped lock took over and then left to nobody
-# (--cfg leasehold_leftover_mutation_kept) must keep the lock taken once the session settled.
+# (--cfg leasehold_leftover_mutation_kept) must keep the lock taken once the session settled;
+# and the lease's other key taken off the leftovers before the create that adopts it
+# (--cfg leasehold_leftover_mutation_early) must be left holding, listed nowhere.
 plant_flags="--cfg leasehold_cas_mutation_blind --cfg leasehold_multilock_mutation_unordered"
 plant_flags="$plant_flags --cfg leasehold_permits_mutation_unweighted --cfg leasehold_revoke_mutation_unchecked"
 plant_flags="$plant_flags --cfg leasehold_fence_mutation_frozen --cfg leasehold_leftover_mutation_kept"
+plant_flags="$plant_flags --cfg leasehold_leftover_mutation_early"
 plant_caught "$plant_flags" target/cas-mut memory election_strategies_keep_one_leader "two leaders at once"
 plant_caught "$plant_flags" target/cas-mut memory multi_lock_excludes_and_never_deadlocks_pessimistic \
   "a deadlock?): no progress"
@@ -74,6 +77,8 @@ plant_caught "$plant_flags" target/cas-mut safety a_create_arriving_after_its_ke
   "the late create landed"
 plant_caught "$plant_flags" target/cas-mut memory relock_leftover_survives_a_cancelled_lock \
   "the lock is not free" "dropped after [0-9]* polls: the lock is not free"
+plant_caught "$plant_flags" target/cas-mut memory leftover_key_survives_a_cancelled_lock \
+  "the earlier key holds, and is no leftover" "dropped after [0-9]* polls: the earlier key holds, and is no leftover"
 drop_build target/cas-mut
 cargo test --workspace --doc
 # Examples and benches: built, and benches smoke-run once (criterion's test mode; the

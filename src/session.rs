@@ -441,26 +441,6 @@ impl Session {
         }
     }
 
-    /// Marks the keys `keys()` names as taken over (recipes whose key is fixed per session
-    /// adopt it) and returns those that were leftovers. `keys` runs only while leftovers
-    /// remain.
-    pub(crate) fn claim_leftovers<const N: usize>(&self, keys: impl FnOnce() -> [String; N]) -> Vec<String> {
-        let mut left = self.inner.leftovers.lock();
-        if left.is_empty() {
-            return Vec::new();
-        }
-        let keys = keys();
-        let mut claimed = Vec::new();
-        left.retain(|(k, _)| {
-            let taken = keys.contains(k);
-            if taken {
-                claimed.push(k.clone());
-            }
-            !taken
-        });
-        claimed
-    }
-
     /// A number this session has not handed out before, for per-acquisition keys. A
     /// re-attached session starts above the numbers of its leftover keys; a key made from
     /// it can still exist if an earlier process of the lease made keys after the session

@@ -106,6 +106,37 @@ fn an_undoomed_cleanup_runs_until_it_is_dropped() {
     });
 }
 
+/// Property: ending a cleanup's doom (`Running::undoom`) frees the key at once, before the
+/// cleanup is dropped, and wakes a waiter for the key: an acquisition of the session that
+/// waits for the key (`Cleanups::key_idle`) goes on while the cleanup still hands on the
+/// slot. One thread undooms, checks the key and drops; another polls the key's waiter once.
+///
+/// Preemption bound: 3 (module docs). Two threads, one to two lock acquisitions each.
+#[test]
+fn undoom_frees_the_key_and_wakes_its_waiter() {
+    check("undoom_frees_the_key_and_wakes_its_waiter", || {
+        let cleanups = Arc::new(Cleanups::new());
+        let mut running = Cleanups::start_for(&cleanups, "k");
+        let waker = std::sync::Arc::<CountingWaker>::default();
+        let waiter = {
+            let (cleanups, waker) = (cleanups.clone(), waker.clone());
+            thread::spawn(move || {
+                let mut idle = Box::pin(Cleanups::key_idle(&cleanups, "k"));
+                let done = poll_with(idle.as_mut(), &waker);
+                (done, idle)
+            })
+        };
+        running.undoom();
+        assert!(!cleanups.is_doomed("k"), "still doomed after its undoom");
+        let (done, mut idle) = waiter.join().unwrap();
+        if !done {
+            assert!(waker.wakes() >= 1, "the key's waiter was not woken by the undoom");
+            assert!(poll_with(idle.as_mut(), &waker), "woken but not done");
+        }
+        drop(running);
+    });
+}
+
 /// Property: an acquisition's claim on a key and the audit's doom of it (which deletes
 /// keys nothing owns) exclude each other: of a thread that claims the key and one that
 /// dooms it as unowned, at most one succeeds while both hold what they got; and a third

@@ -140,6 +140,14 @@ impl Running {
             waker.wake();
         }
     }
+
+    /// Ends the cleanup, handing on `slot` (the session's local slot for its key) in
+    /// between: the key is no longer doomed when the next task gets the slot, and the slot
+    /// is free when [`Cleanups::idle`] completes.
+    pub(crate) fn end_handing_on<T>(mut self, slot: T) {
+        self.undoom();
+        drop(slot);
+    }
 }
 
 impl Inner {

@@ -121,17 +121,22 @@ impl Exclusive {
 
     /// What every acquisition of the name does first: waits for the session's local slot
     /// for the key (one acquisition per key per session at a time; `None` if `wait` ran
-    /// out), and takes over a re-attached lease's keys for the name. The second value is
-    /// the re-attached lease's relock key as a key the create deletes in the same step:
+    /// out), and takes over a re-attached lease's relock key for the name (its other key,
+    /// if a leftover, is taken over by the create that adopts it). The second value is
+    /// that relock key as a key the create deletes in the same step:
     /// its earlier process may have held the lock with it, and the new key would
     /// otherwise queue behind it. By its revision, read now: a delete of "whatever it is"
     /// could land late, after a relock of this session made the key anew and holds with
     /// it.
     pub(crate) async fn prepare(&self, wait: Wait) -> Result<Option<(Prepared, StaleKey)>> {
         let Some(local) = local_slot(&self.session, &self.key, wait).await else { return Ok(None) };
-        let claimed = self.session.claim_leftovers(|| [self.key.clone(), self.relock_key()]);
+        // The session's own key, if a leftover, is taken over by the create that adopts it.
         let key = self.relock_key();
-        if !claimed.contains(&key) {
+        #[cfg(not(leasehold_leftover_mutation_early))]
+        let taken = self.session.take_leftover_key(&key);
+        #[cfg(leasehold_leftover_mutation_early)]
+        let taken = self.session.take_leftover_key(&key) | self.session.take_leftover_key(&self.key);
+        if !taken {
             return Ok(Some(((local, None), StaleKey::none(&self.session))));
         }
         // From here the key is this acquisition's to delete, whenever it ends.

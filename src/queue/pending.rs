@@ -377,7 +377,7 @@ impl Drop for Pending {
                     };
                     match target {
                         Some(target) => session.delete_in_background(doom, target, local),
-                        None => drop((doom, local)),
+                        None => doom.end_handing_on(local), // as a background delete ends
                     }
                 });
             }

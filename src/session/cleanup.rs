@@ -80,9 +80,20 @@ impl Session {
         Cleanups::start_for(&self.inner.shared.cleanups, key)
     }
 
-    /// Claims `key` for an acquisition, unless it is doomed (see [`Cleanups::claim`]).
+    /// Claims `key` for an acquisition, unless it is doomed (see [`Cleanups::claim`]). A
+    /// [leftover](Session::leftover_keys) of a re-attached lease is taken over here, as the
+    /// create that adopts it starts, and not before: an acquisition dropped earlier leaves
+    /// it listed (until 2026-12-05 `Exclusive::prepare` took the session's key off the list
+    /// before a read, and a lock dropped in that read left the old key holding the lock,
+    /// listed nowhere). Under the leftovers' lock, so `release_leftovers` either dooms the
+    /// key first (and this claim is refused) or no longer finds it listed.
     pub(crate) fn claim(&self, key: &str) -> Option<Owned> {
-        Cleanups::claim(&self.inner.shared.cleanups, key)
+        let mut left = self.inner.leftovers.lock();
+        let owned = Cleanups::claim(&self.inner.shared.cleanups, key)?;
+        if let Some(at) = left.iter().position(|(k, _)| k == key) {
+            left.remove(at); // its own claim goes only now, with `owned` already held
+        }
+        Some(owned)
     }
 
     /// Claims `key` whether or not it is doomed.
@@ -143,13 +154,10 @@ fn spawn_delete(
         return;
     };
     handle.spawn(async move {
-        let mut doom = doom;
         target.run(&*backend, &shared, lease).await;
         // The key is no longer doomed by the time the next task of the session gets the
         // slot, and the slot is free by the time `Session::settle` returns.
-        doom.undoom();
-        drop(local);
-        drop(doom);
+        doom.end_handing_on(local);
     });
 }
 

@@ -81,6 +81,7 @@ macro_rules! conformance_suite {
             relock_cancellation => |c| mx::relock_cancellation(c, 60);
             relock_leftover_is_reclaimed => |c| mx::relock_leftover_is_reclaimed(c);
             relock_leftover_survives_a_cancelled_lock => |c| mx::relock_leftover_survives_a_cancelled_lock(c);
+            leftover_key_survives_a_cancelled_lock => |c| mx::leftover_key_survives_a_cancelled_lock(c);
             settle_frees_the_slot => |c| mx::settle_frees_the_slot(c);
             revoke_mutex => |c| rv::revoke_mutex(c);
             revoke_each_recipe => |c| rv::revoke_each_recipe(c);

@@ -451,6 +451,42 @@ pub async fn relock_leftover_survives_a_cancelled_lock(client: &Client) {
     }
 }
 
+/// The key an earlier process of a re-attached lease held the lock with stays a leftover
+/// until an acquisition's create takes it over: a lock dropped before its create (here
+/// while it reads the old relock key, which a failed release also left) leaves it listed,
+/// so `release_leftovers` frees the lock. (It was taken off the list before that read: a
+/// dropped lock left the key holding the lock for everyone, listed nowhere, until the
+/// session locked the name again or ended.)
+pub async fn leftover_key_survives_a_cancelled_lock(client: &Client) {
+    for polls in 1..=12 {
+        let name = format!("leftover-cancelled-{polls}");
+        let prefix = client.prefix_of(&name).unwrap();
+        let a = client.session().await.unwrap();
+        let ma = Mutex::new(&a, &name).unwrap();
+        // The earlier process held the lock, and a failed release left its relock key.
+        super::recipes::leftover_key(client, ma.key(), a.lease_id(), &prefix).await;
+        super::recipes::leftover_key(client, &ma.relock_key(), a.lease_id(), &prefix).await;
+        let again = client.session_builder().attach(a.lease_id()).open().await.unwrap();
+        let m = Mutex::new(&again, &name).unwrap();
+        if let Some(g) = super::recipes::poll_then_drop(m.lock(), polls).await {
+            g.unwrap().unlock().await.unwrap();
+        }
+        again.settle().await;
+        let exists = keys(client, &name).await.contains(&m.key().to_owned());
+        let listed = again.leftover_keys().contains(&m.key().to_owned());
+        assert!(!exists || listed, "dropped after {polls} polls: the earlier key holds, and is no leftover");
+        again.release_leftovers().await.unwrap();
+        let b = client.session().await.unwrap();
+        let g = Mutex::new(&b, &name).unwrap().try_lock().await.unwrap();
+        g.unwrap_or_else(|| panic!("dropped after {polls} polls: the lock is not free after release_leftovers"))
+            .unlock()
+            .await
+            .unwrap();
+        b.close().await.unwrap();
+        again.close().await.unwrap();
+    }
+}
+
 /// Once [`Session::settle`](leasehold::Session::settle) returns, a guard dropped before it
 /// is released and its session's slot for the key is free: a try of the same session gets
 /// the lock. (The background release used to hand the slot on after `settle` could see
@@ -469,6 +505,26 @@ pub async fn settle_frees_the_slot(client: &Client) {
         let g = g.unwrap_or_else(|| panic!("round {round}: settled, yet a try found the lock taken"));
         g.unlock().await.unwrap();
     }
+    // The same after a compare-and-swap acquisition dropped while its create was in flight
+    // against another session's holder (its cleanup finds no key of its own to delete).
+    // The other session holds throughout; with the slot free, the try of this session
+    // creates its key and deletes it again (the store's revision moves), with the slot
+    // still out it answers at once.
+    let other = client.session().await.unwrap();
+    let _held = Mutex::new(&other, "settle-slot").unwrap().lock().await.unwrap();
+    let optimistic = Mutex::new(&s, "settle-slot").unwrap().with_strategy(Strategy::Optimistic);
+    let pessimistic = Mutex::new(&s, "settle-slot").unwrap().with_strategy(Strategy::Pessimistic);
+    let prefix = client.prefix_of("settle-slot").unwrap();
+    let revision = || async { client.backend().range_prefix(&prefix, 1).await.unwrap().1 };
+    let start = std::time::Instant::now();
+    for round in (0..1000).take_while(|&r| r < 100 || start.elapsed() < Duration::from_secs(3)) {
+        super::recipes::poll_then_drop(optimistic.lock(), 1 + round % 3).await.map(|r| r.unwrap_err());
+        s.settle().await;
+        let before = revision().await;
+        assert!(pessimistic.try_lock().await.unwrap().is_none(), "the other session holds");
+        assert!(revision().await > before, "round {round}: settled, yet the session's slot was still out");
+    }
+    other.close().await.unwrap();
     s.close().await.unwrap();
 }
 
