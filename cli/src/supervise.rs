@@ -127,34 +127,45 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
 
 /// Ends what is left of the process group `pgid` (the command exited, a `worker &` it
 /// started may not have; or it was killed): SIGTERM, then SIGKILL after `grace`, and waits
-/// until no process of the group lives. True once none does; false if the session was lost
-/// first (then nothing may be released: the lease is gone or going anyway).
-pub async fn end_group(pgid: i32, grace: Duration, session: &Session) -> bool {
+/// until no process of the group lives. True once none does while the lock still held;
+/// false if the session was lost or `lost` (the guard's) completed first — then what is
+/// left is killed at once, without waiting out the grace (the lock may be another's
+/// already), and nothing may be released. (Until 2026-12-05 a lost session made it return
+/// at once with the group alive, and the watchdog was disarmed after it.)
+pub async fn end_group(pgid: i32, grace: Duration, session: &Session, lost: Lost) -> bool {
     if !group_alive(pgid) {
         return true;
     }
-    signal_group(pgid, libc::SIGTERM);
-    signal_group(pgid, libc::SIGCONT);
-    say!("leasehold: ending what is left of the command's process group before the release");
-    let until = Instant::now() + grace;
-    while group_alive(pgid) && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut lost = lost;
+    let mut held = session.is_valid();
+    if held {
+        signal_group(pgid, libc::SIGTERM);
+        signal_group(pgid, libc::SIGCONT);
+        say!("leasehold: ending what is left of the command's process group before the release");
+        let until = Instant::now() + grace;
+        while held && group_alive(pgid) && Instant::now() < until {
+            tokio::select! {
+                biased;
+                _ = &mut lost => held = false,
+                _ = tokio::time::sleep(Duration::from_millis(20)) => held = session.is_valid(),
+            }
+        }
     }
     let mut next_word = Instant::now() + Duration::from_secs(10);
     while group_alive(pgid) {
-        if !session.is_valid() {
-            return false;
-        }
         signal_group(pgid, libc::SIGKILL);
         if Instant::now() >= next_word {
-            say!(
-                "leasehold: processes of the command's group still live after SIGKILL; the lock is kept until they end"
-            );
+            let why = if held { "the lock is kept until they end" } else { "the lock is lost" };
+            say!("leasehold: processes of the command's group still live after SIGKILL; {why}");
             next_word += Duration::from_secs(10);
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::select! {
+            biased;
+            _ = &mut lost, if held => held = false,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => held &= session.is_valid(),
+        }
     }
-    true
+    held
 }
 
 /// The two stages of the kill budget.
@@ -237,7 +248,7 @@ pub async fn supervise(mut started: Started, held: &Held<'_>, grace: Duration, s
         }
     };
     let _ = started.child.wait().await;
-    let ended = end_group(pgid, budget.grace, session).await;
+    let ended = end_group(pgid, budget.grace, session, (held.lost)()).await;
     dog.disarm().await;
     match outcome {
         _ if !ended => Outcome::Lost,
@@ -330,5 +341,69 @@ async fn watch(
                 Err(SendError::Io(e)) => say!("leasehold: cannot reach the watchdog ({e})"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::BufRead;
+
+    /// A process group whose members ignore SIGTERM (`sh` sets the trap, then says so; the
+    /// `sleep` it starts inherits the ignored signal).
+    fn stubborn_group() -> (std::process::Child, i32) {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "trap '' TERM; echo ready; sleep 30"])
+            .stdout(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line, "ready\n");
+        let pgid = child.id() as i32;
+        (child, pgid)
+    }
+
+    /// Kills and reaps what a test started, whatever it asserted.
+    struct Reap(std::process::Child, i32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            signal_group(self.1, libc::SIGKILL);
+            let _ = self.0.wait();
+        }
+    }
+
+    /// What is left of the command's group is killed when the session is lost (the server
+    /// said the lease is gone), not left running because nothing may be released: the lock
+    /// may be another's already. It used to return at once without a SIGKILL, and the
+    /// watchdog was disarmed after it.
+    #[tokio::test]
+    async fn a_lost_session_kills_what_is_left_of_the_group() {
+        let client = leasehold::Client::memory();
+        let session = client.session_builder().ttl(Duration::from_secs(1)).open().await.unwrap();
+        let (child, pgid) = stubborn_group();
+        let _reap = Reap(child, pgid);
+        client.backend().revoke_lease(session.lease_id()).await.unwrap();
+        session.lost().await;
+        let never: Lost = Box::pin(std::future::pending());
+        assert!(!end_group(pgid, Duration::from_millis(300), &session, never).await, "the session was lost");
+        assert!(!group_alive(pgid), "the group lives on after the session was lost");
+    }
+
+    /// The same when the guard's key is revoked (`leasehold release`) while the group is
+    /// given its grace: it is killed at once, and the run counts as lost.
+    #[tokio::test]
+    async fn a_revoked_key_during_the_grace_kills_the_group_at_once() {
+        let client = leasehold::Client::memory();
+        let session = client.session().await.unwrap();
+        let (child, pgid) = stubborn_group();
+        let _reap = Reap(child, pgid);
+        let revoked: Lost = Box::pin(tokio::time::sleep(Duration::from_millis(50)));
+        let start = Instant::now();
+        assert!(!end_group(pgid, Duration::from_secs(20), &session, revoked).await, "the key was revoked");
+        assert!(!group_alive(pgid));
+        assert!(start.elapsed() < Duration::from_secs(20), "waited out the grace");
     }
 }
