@@ -34,7 +34,9 @@ macro_rules! held_accessors {
             self.hold.is_valid()
         }
 
-        /// Completes when what was held must be treated as gone: the session is lost, or
+        /// Completes when what was held must be treated as gone: the session is lost,
+        /// [closed](crate::Session::close) (through any of its handles: the close revokes
+        /// the lease) or [detached](crate::Session::detach), or
         /// this acquisition's key was deleted by someone else while the session lives (an
         /// operator's [`Client::revoke`](crate::Client::revoke); then
         /// [`is_valid`](Self::is_valid) turns false too). It also completes once the key is
@@ -223,9 +225,10 @@ impl Holding {
         self.release.is_held() && self.session.is_valid() && !self.gone.load(Ordering::Acquire)
     }
 
-    /// Completes when the session is lost or the key is gone (see `held_accessors!`).
+    /// Completes when the session ends (lost, closed or detached) or the key is gone (see
+    /// `held_accessors!`).
     pub(crate) fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
-        let session_lost = self.session.lost();
+        let session_lost = self.session.ended();
         let key_gone = gone::key_gone(self.session.clone(), self.key.clone(), self.revision, self.gone.clone());
         async move {
             tokio::select! {

@@ -188,19 +188,19 @@ pub(crate) async fn with_deadline<T>(wait: Wait, fut: impl Future<Output = T>) -
 }
 
 /// Waits until `pred` returns `Some` on the live view of `prefix`. Fails with `SessionLost`
-/// if the session is lost first.
+/// or `SessionClosed` if the session ends first.
 pub(crate) async fn wait_view<R: Send + 'static>(
     session: &Session,
     prefix: &str,
     pred: impl FnMut(&View) -> Option<R> + Send + 'static,
 ) -> Result<R> {
     let view = session.client().view(prefix);
-    let lost = session.lost();
+    let ended = session.ended();
     // Biased, here and in every `select!` of the library: the order never depends on a
     // random draw, so a simulation replays exactly from its seed.
     tokio::select! {
         biased;
-        _ = lost => Err(Error::SessionLost { lease: session.lease_id() }),
+        _ = ended => Err(session.ended_error()),
         r = view.wait_for(pred) => r,
     }
 }
@@ -236,15 +236,15 @@ pub(crate) async fn wait_turn(
         Some(register) => session.client().register_feed(prefix, register),
         None => session.client().delete_feed(prefix),
     };
-    let lost = session.lost();
+    let ended = session.ended();
     let t = tokio::select! {
         biased;
-        _ = lost => return Err(Error::SessionLost { lease: session.lease_id() }),
+        _ = ended => return Err(session.ended_error()),
         r = feed.wait_turn(head, key, rev, rule) => r?,
     };
     match t {
         (Turn::Ready, at) => Ok(at),
-        _ => Err(Error::SessionLost { lease: session.lease_id() }),
+        _ => Err(session.ended_error()), // its key went: with the lease, or deleted
     }
 }
 

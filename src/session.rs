@@ -121,6 +121,7 @@ impl SessionBuilder {
         let shared = Arc::new(Shared {
             state: SessionState::new((sent + ttl).into_std()),
             lost: Signal::new(),
+            ended: Signal::new(),
             cleanups,
             audit: Mutex::new(cleanup::Audit::default()),
             health: Mutex::new(None),
@@ -216,6 +217,8 @@ struct SessionInner {
 struct Shared {
     state: SessionState,
     lost: Signal,
+    /// Fired by `close` and `detach` (see [`Session::ended`]).
+    ended: Signal,
     /// Background cleanups (releases on drop, cancelled acquisitions), doomed and owned keys.
     cleanups: Arc<Cleanups>,
     /// When the audit of the lease's keys runs next (see `session/cleanup.rs`).
@@ -324,6 +327,7 @@ impl Session {
             task.abort();
         }
         self.inner.shared.state.close();
+        self.inner.shared.ended.fire();
         status::closed(&self.inner.shared);
         self.inner.client.backend().revoke_lease(self.inner.lease).await
     }
@@ -338,6 +342,7 @@ impl Session {
         }
         // Closed locally, so dropping the last handle does not revoke.
         self.inner.shared.state.close();
+        self.inner.shared.ended.fire();
         status::closed(&self.inner.shared);
         self.inner.lease
     }

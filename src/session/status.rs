@@ -35,6 +35,30 @@ pub enum Health {
 pub(super) type HealthChannel = parking_lot::Mutex<Option<watch::Sender<Health>>>;
 
 impl Session {
+    /// Completes when the session ends: lost, [closed](Session::close) (through any
+    /// handle) or [detached](Session::detach). What waits on the session's behalf, and a
+    /// guard's `lost()`, follow this, not [`lost`](Session::lost) alone: a close revokes
+    /// the lease and so ends everything held through it, but is no loss. (Until
+    /// 2026-12-05 they followed the loss alone: a guard's `lost()` never completed after a
+    /// close through another handle, and a compare-and-swap campaign of a closed session
+    /// waited until the leader left.)
+    pub(crate) fn ended(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (lost, ended) = (self.inner.shared.lost.wait(), self.inner.shared.ended.wait());
+        async move {
+            tokio::select! {
+                biased;
+                _ = lost => {}
+                _ = ended => {}
+            }
+        }
+    }
+
+    /// The error for what waited on a session that [ended](Session::ended):
+    /// `SessionClosed` once closed or detached, else `SessionLost`.
+    pub(crate) fn ended_error(&self) -> crate::Error {
+        self.check().err().unwrap_or(crate::Error::SessionLost { lease: self.inner.lease })
+    }
+
     /// The session's health as a watch channel: [`Health::Healthy`], [`Health::AtRisk`]
     /// while a renewal is late (less than half the TTL of validity left), then
     /// [`Health::Lost`] or [`Health::Closed`] (final: the channel then closes, and

@@ -325,3 +325,33 @@ pub async fn leader_loop_optimistic(client: &Client) {
     assert!(within("b's work", rx.recv()).await.unwrap() > a_token);
     b_task.abort();
 }
+
+/// A session closed through another of its handles ends what it holds and waits for: the
+/// leadership's `lost()` completes (its key went with the revoked lease) and a campaign
+/// that waits — queued, or compare-and-swap waiting for the leader to leave — fails with
+/// `SessionClosed`, for every strategy. (`lost()` waited for a loss that a close never
+/// reports, and the compare-and-swap candidate waited until the leader left.)
+pub async fn closing_the_session_ends_its_leadership_and_campaigns(client: &Client) {
+    let name = fresh("closed-campaign");
+    let (a, b) = (client.session().await.unwrap(), client.session().await.unwrap());
+    let leader = Election::new(&a, &name).unwrap().campaign("a").await.unwrap();
+    for strategy in [Strategy::Pessimistic, Strategy::Optimistic, Strategy::Adaptive] {
+        let c = client.session().await.unwrap();
+        let campaign = {
+            let e = Election::new(&c, &name).unwrap().with_strategy(strategy);
+            tokio::spawn(async move { e.campaign("c").await.map(|_| ()) })
+        };
+        // Time to begin waiting (the check does not depend on it: a campaign that had not
+        // would fail at once, as closed).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!campaign.is_finished(), "{strategy:?}: the campaign did not wait for the leader");
+        c.clone().close().await.unwrap();
+        let what = format!("{strategy:?}: a campaign of a closed session");
+        let ended = within(&what, campaign).await.unwrap();
+        assert!(matches!(ended, Err(Error::SessionClosed { .. })), "{strategy:?}: {ended:?}");
+    }
+    let lost = leader.lost();
+    a.clone().close().await.unwrap();
+    within("a closed session's leadership's lost()", lost).await;
+    b.close().await.unwrap();
+}

@@ -71,6 +71,7 @@ macro_rules! conformance_suite {
             reads_without_a_session => |c| rc::reads_without_a_session(c);
             leader_loop => |c| rc::leader_loop(c);
             leader_loop_optimistic => |c| el::leader_loop_optimistic(c);
+            closing_the_session_ends_its_leadership_and_campaigns => |c| el::closing_the_session_ends_its_leadership_and_campaigns(c);
             bad_input => |c| mx::bad_input(c);
             close_releases => |c| mx::close_releases(c);
             relock => |c| mx::relock(c);
