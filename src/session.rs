@@ -11,7 +11,7 @@ use crate::Client;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -122,6 +122,7 @@ impl SessionBuilder {
             state: SessionState::new((sent + ttl).into_std()),
             lost: Signal::new(),
             ended: Signal::new(),
+            revoke_owed: AtomicBool::new(false),
             cleanups,
             audit: Mutex::new(cleanup::Audit::default()),
             health: Mutex::new(None),
@@ -219,6 +220,8 @@ struct Shared {
     lost: Signal,
     /// Fired by `close` and `detach` (see [`Session::ended`]).
     ended: Signal,
+    /// A `close` began to revoke the lease and has not seen it done (see `Drop`).
+    revoke_owed: AtomicBool,
     /// Background cleanups (releases on drop, cancelled acquisitions), doomed and owned keys.
     cleanups: Arc<Cleanups>,
     /// When the audit of the lease's keys runs next (see `session/cleanup.rs`).
@@ -318,6 +321,9 @@ impl Session {
     /// (only the extra writes of a clean release — a lock-delay marker's removal — are then
     /// not made).
     ///
+    /// A revoke that fails is returned, and made again in the background once the last
+    /// handle of the session is gone (as dropping the session would).
+    ///
     /// # Cancel safety
     /// Dropping the future leaves the session as dropping the session does: once the last
     /// handle is gone the lease is revoked in the background.
@@ -329,7 +335,14 @@ impl Session {
         self.inner.shared.state.close();
         self.inner.shared.ended.fire();
         status::closed(&self.inner.shared);
-        self.inner.client.backend().revoke_lease(self.inner.lease).await
+        // Owed until it is done: if it fails, or this future is dropped, the drop of the
+        // last handle revokes in the background as it would have without `close`.
+        self.inner.shared.revoke_owed.store(true, Ordering::Release);
+        let revoked = self.inner.client.backend().revoke_lease(self.inner.lease).await;
+        if matches!(revoked, Ok(()) | Err(Error::LeaseNotFound { .. })) {
+            self.inner.shared.revoke_owed.store(false, Ordering::Release);
+        }
+        revoked
     }
 
     /// Stops renewing **without** revoking, and returns the lease id: what the store sees
@@ -474,7 +487,7 @@ impl Drop for SessionInner {
         }
         let closing = self.shared.state.close();
         status::closed(&self.shared);
-        if closing {
+        if closing || self.shared.revoke_owed.load(Ordering::Acquire) {
             let backend = self.client.backend().clone();
             let lease = self.lease;
             if let Ok(h) = tokio::runtime::Handle::try_current() {

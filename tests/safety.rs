@@ -479,6 +479,28 @@ async fn unlock_of_a_lost_lock_is_an_error() {
     assert!(matches!(permit.release().await, Err(Error::NotHeld { .. })));
 }
 
+/// A close whose revoke fails leaves the session as dropping it does: once its last handle
+/// is gone the lease is revoked in the background, not left to hold its keys for a TTL
+/// (here an hour). (Found by a review, 2026-12-05: `close` marked the session closed before
+/// it revoked, so the drop of the last handle found it closed and revoked nothing.)
+#[tokio::test(start_paused = true)]
+async fn a_close_whose_revoke_failed_still_revokes_when_the_last_handle_goes() {
+    let store = MemoryBackend::new();
+    let (client, faults) = faulty(&store);
+    let s = client.session_builder().ttl(Duration::from_secs(3600)).open().await.unwrap();
+    let lease = s.lease_id();
+    faults.inject(Op::Revoke, None, Fault::FailBefore, Some(1));
+    assert!(s.clone().close().await.is_err(), "the revoke failed");
+    drop(s); // the last handle
+    for _ in 0..6000 {
+        if store.lease_ttl(lease).await.unwrap().is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the closed session's lease still lives a minute after its last handle went");
+}
+
 // ---------------------------------------------------------------------------------------
 // Found by the partition suite (slow link): an acquisition answered after the deadline.
 
