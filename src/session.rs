@@ -11,7 +11,7 @@ use crate::Client;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -122,7 +122,7 @@ impl SessionBuilder {
             state: SessionState::new((sent + ttl).into_std()),
             lost: Signal::new(),
             ended: Signal::new(),
-            revoke_owed: AtomicBool::new(false),
+            end: AtomicU8::new(END_OPEN),
             cleanups,
             audit: Mutex::new(cleanup::Audit::default()),
             health: Mutex::new(None),
@@ -214,14 +214,23 @@ struct SessionInner {
 }
 
 /// State shared with the keep-alive task.
+/// [`Shared::end`]: nothing owed.
+const END_OPEN: u8 = 0;
+/// [`Shared::end`]: a `close` owes the revoke.
+const END_REVOKE_OWED: u8 = 1;
+/// [`Shared::end`]: detached; never revoked by this process.
+const END_DETACHED: u8 = 2;
+
 #[derive(Debug)]
 struct Shared {
     state: SessionState,
     lost: Signal,
     /// Fired by `close` and `detach` (see [`Session::ended`]).
     ended: Signal,
-    /// A `close` began to revoke the lease and has not seen it done (see `Drop`).
-    revoke_owed: AtomicBool,
+    /// Whether a `close` owes the lease's revoke (it began it and has not seen it done: the
+    /// drop of the last handle makes it) or the session was detached (its lease is its
+    /// successor's: never revoked here). `END_*`.
+    end: AtomicU8,
     /// Background cleanups (releases on drop, cancelled acquisitions), doomed and owned keys.
     cleanups: Arc<Cleanups>,
     /// When the audit of the lease's keys runs next (see `session/cleanup.rs`).
@@ -322,7 +331,9 @@ impl Session {
     /// not made).
     ///
     /// A revoke that fails is returned, and made again in the background once the last
-    /// handle of the session is gone (as dropping the session would).
+    /// handle of the session is gone (as dropping the session would). A session
+    /// [detached](Session::detach) through another handle is not revoked (its lease is
+    /// its successor's): `Error::SessionClosed`.
     ///
     /// # Cancel safety
     /// Dropping the future leaves the session as dropping the session does: once the last
@@ -336,11 +347,15 @@ impl Session {
         self.inner.shared.ended.fire();
         status::closed(&self.inner.shared);
         // Owed until it is done: if it fails, or this future is dropped, the drop of the
-        // last handle revokes in the background as it would have without `close`.
-        self.inner.shared.revoke_owed.store(true, Ordering::Release);
+        // last handle revokes in the background as it would have without `close`. Never
+        // for a detached session: its lease is its successor's.
+        let end = &self.inner.shared.end;
+        if end.compare_exchange(END_OPEN, END_REVOKE_OWED, Ordering::AcqRel, Ordering::Acquire) == Err(END_DETACHED) {
+            return Err(Error::SessionClosed { lease: self.inner.lease });
+        }
         let revoked = self.inner.client.backend().revoke_lease(self.inner.lease).await;
         if matches!(revoked, Ok(()) | Err(Error::LeaseNotFound { .. })) {
-            self.inner.shared.revoke_owed.store(false, Ordering::Release);
+            let _ = end.compare_exchange(END_REVOKE_OWED, END_OPEN, Ordering::AcqRel, Ordering::Acquire);
         }
         revoked
     }
@@ -350,6 +365,9 @@ impl Session {
     /// expires, or until a new session [attaches](SessionBuilder::attach) to the lease and
     /// takes them over (a restarting process handing its locks to its successor).
     pub fn detach(self) -> LeaseId {
+        // No revoke of this process may reach the lease from now: not a close's that
+        // failed before, nor one through another handle after.
+        self.inner.shared.end.store(END_DETACHED, Ordering::Release);
         if let Some(task) = self.inner.keepalive.lock().take() {
             task.abort();
         }
@@ -487,7 +505,7 @@ impl Drop for SessionInner {
         }
         let closing = self.shared.state.close();
         status::closed(&self.shared);
-        if closing || self.shared.revoke_owed.load(Ordering::Acquire) {
+        if closing || self.shared.end.load(Ordering::Acquire) == END_REVOKE_OWED {
             let backend = self.client.backend().clone();
             let lease = self.lease;
             if let Ok(h) = tokio::runtime::Handle::try_current() {

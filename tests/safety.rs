@@ -501,6 +501,37 @@ async fn a_close_whose_revoke_failed_still_revokes_when_the_last_handle_goes() {
     panic!("the closed session's lease still lives a minute after its last handle went");
 }
 
+/// A session detached (its lease handed to a successor) is never revoked by the process
+/// that detached it: not by a close that failed before the detach, nor by a close that
+/// comes after it (through another handle). (The review of the test above found the
+/// first: the revoke that close left owed was made when the last handle went, taking the
+/// successor's keys.)
+#[tokio::test(start_paused = true)]
+async fn a_detached_lease_is_never_revoked_by_its_old_process() {
+    let store = MemoryBackend::new();
+    let (client, faults) = faulty(&store);
+    let open = || client.session_builder().ttl(Duration::from_secs(3600)).open();
+    // A close that failed, then the detach (of the last handle).
+    let s = open().await.unwrap();
+    faults.inject(Op::Revoke, None, Fault::FailBefore, Some(1));
+    assert!(s.clone().close().await.is_err(), "the revoke failed");
+    let first = s.detach();
+    // A detach, then a close through another handle.
+    let s = open().await.unwrap();
+    let late = s.clone();
+    let second = s.detach();
+    assert!(matches!(late.close().await, Err(Error::SessionClosed { .. })), "closed after its detach");
+    for lease in [first, second] {
+        let successor = Client::new(store.clone()).session_builder().attach(lease).open().await.unwrap();
+        let guard = Mutex::new(&successor, "m").unwrap().lock().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await; // what the old process left to run
+        assert!(store.lease_ttl(lease).await.unwrap().is_some(), "the successor's lease was revoked");
+        assert!(guard.is_valid());
+        guard.unlock().await.unwrap();
+        successor.close().await.unwrap();
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Found by the partition suite (slow link): an acquisition answered after the deadline.
 
