@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 mod cleanup;
+mod end;
 mod fence;
 mod status;
 
@@ -122,7 +123,7 @@ impl SessionBuilder {
             state: SessionState::new((sent + ttl).into_std()),
             lost: Signal::new(),
             ended: Signal::new(),
-            end: AtomicU8::new(END_OPEN),
+            end: AtomicU8::new(end::END_OPEN),
             cleanups,
             audit: Mutex::new(cleanup::Audit::default()),
             health: Mutex::new(None),
@@ -214,13 +215,6 @@ struct SessionInner {
 }
 
 /// State shared with the keep-alive task.
-/// [`Shared::end`]: nothing owed.
-const END_OPEN: u8 = 0;
-/// [`Shared::end`]: a `close` owes the revoke.
-const END_REVOKE_OWED: u8 = 1;
-/// [`Shared::end`]: detached; never revoked by this process.
-const END_DETACHED: u8 = 2;
-
 #[derive(Debug)]
 struct Shared {
     state: SessionState,
@@ -320,62 +314,6 @@ impl Session {
     /// Cancel-safe: dropping it stops the waiting, not the cleanups.
     pub async fn settle(&self) {
         Cleanups::idle(&self.inner.shared.cleanups).await
-    }
-
-    /// Stops renewing, waits for background releases, and revokes the lease (deleting every
-    /// key held through it).
-    ///
-    /// Background releases are waited for at most one TTL: they retry until the store
-    /// answers, and if it keeps failing them the revoke deletes their keys all the same
-    /// (only the extra writes of a clean release — a lock-delay marker's removal — are then
-    /// not made).
-    ///
-    /// A revoke that fails is returned, and made again in the background once the last
-    /// handle of the session is gone (as dropping the session would). A session
-    /// [detached](Session::detach) through another handle is not revoked (its lease is
-    /// its successor's): `Error::SessionClosed`.
-    ///
-    /// # Cancel safety
-    /// Dropping the future leaves the session as dropping the session does: once the last
-    /// handle is gone the lease is revoked in the background.
-    pub async fn close(self) -> Result<()> {
-        let _ = tokio::time::timeout(self.inner.ttl, self.settle()).await;
-        if let Some(task) = self.inner.keepalive.lock().take() {
-            task.abort();
-        }
-        self.inner.shared.state.close();
-        self.inner.shared.ended.fire();
-        status::closed(&self.inner.shared);
-        // Owed until it is done: if it fails, or this future is dropped, the drop of the
-        // last handle revokes in the background as it would have without `close`. Never
-        // for a detached session: its lease is its successor's.
-        let end = &self.inner.shared.end;
-        if end.compare_exchange(END_OPEN, END_REVOKE_OWED, Ordering::AcqRel, Ordering::Acquire) == Err(END_DETACHED) {
-            return Err(Error::SessionClosed { lease: self.inner.lease });
-        }
-        let revoked = self.inner.client.backend().revoke_lease(self.inner.lease).await;
-        if matches!(revoked, Ok(()) | Err(Error::LeaseNotFound { .. })) {
-            let _ = end.compare_exchange(END_REVOKE_OWED, END_OPEN, Ordering::AcqRel, Ordering::Acquire);
-        }
-        revoked
-    }
-
-    /// Stops renewing **without** revoking, and returns the lease id: what the store sees
-    /// when a process crashes. The keys held through the session stay until the lease
-    /// expires, or until a new session [attaches](SessionBuilder::attach) to the lease and
-    /// takes them over (a restarting process handing its locks to its successor).
-    pub fn detach(self) -> LeaseId {
-        // No revoke of this process may reach the lease from now: not a close's that
-        // failed before, nor one through another handle after.
-        self.inner.shared.end.store(END_DETACHED, Ordering::Release);
-        if let Some(task) = self.inner.keepalive.lock().take() {
-            task.abort();
-        }
-        // Closed locally, so dropping the last handle does not revoke.
-        self.inner.shared.state.close();
-        self.inner.shared.ended.fire();
-        status::closed(&self.inner.shared);
-        self.inner.lease
     }
 
     /// The keys of a [re-attached](SessionBuilder::attach) lease that no acquisition of this
@@ -495,25 +433,6 @@ impl Session {
         let q = Arc::new(WaiterQueue::new());
         locals.insert(key.to_owned(), Arc::downgrade(&q));
         q
-    }
-}
-
-impl Drop for SessionInner {
-    fn drop(&mut self) {
-        if let Some(task) = self.keepalive.lock().take() {
-            task.abort();
-        }
-        let closing = self.shared.state.close();
-        status::closed(&self.shared);
-        if closing || self.shared.end.load(Ordering::Acquire) == END_REVOKE_OWED {
-            let backend = self.client.backend().clone();
-            let lease = self.lease;
-            if let Ok(h) = tokio::runtime::Handle::try_current() {
-                h.spawn(async move {
-                    let _ = backend.revoke_lease(lease).await;
-                });
-            }
-        }
     }
 }
 
