@@ -108,6 +108,27 @@ pub async fn write_under_a_gone_lease(client: &Client) {
     assert!(backend.get("gone-lease.key").await.unwrap().is_none(), "nothing written");
 }
 
+/// `Backend::lease_ttl` and `lease_keys` of a lease with less than a second left: it still
+/// exists, with its keys (`None` and no keys are for a lease that is gone). (etcd answers a
+/// TimeToLive in whole seconds, rounded down, so such a lease read TTL 0, and the etcd
+/// backend took that for gone: a guard whose key an operator deleted while renewals were
+/// late then waited for a session loss that never came.)
+pub async fn lease_ttl_in_its_last_second(client: &Client) {
+    let backend = client.backend();
+    let granted = backend.grant_lease(std::time::Duration::from_secs(2)).await.unwrap();
+    let start = tokio::time::Instant::now();
+    let put = vec![Write::Put { key: "last-second.key".into(), value: b"x".to_vec(), lease: Some(granted.id) }];
+    backend.write_if(&[], put).await.unwrap();
+    // Into the lease's last second, unrenewed (a granted TTL is at least the one asked).
+    tokio::time::sleep_until(start + granted.ttl - std::time::Duration::from_millis(700)).await;
+    let ttl = backend.lease_ttl(granted.id).await.unwrap();
+    let keys = backend.lease_keys(granted.id).await.unwrap();
+    assert!(start.elapsed() < granted.ttl, "too late to tell: {:?} of {:?}", start.elapsed(), granted.ttl);
+    assert!(ttl.is_some_and(|t| t < std::time::Duration::from_secs(1)), "a live lease in its last second: {ttl:?}");
+    assert_eq!(keys, ["last-second.key"], "its keys");
+    backend.revoke_lease(granted.id).await.unwrap();
+}
+
 /// `Backend::create` with `Precondition::PrefixEmpty` for a key outside the prefix (an
 /// optimistic read lock: its key is created while no writer's key exists): it creates a new
 /// key, and never overwrites one that exists — `created` is false and `mine` is the key as

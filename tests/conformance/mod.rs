@@ -67,6 +67,7 @@ macro_rules! conformance_suite {
             create_with_a_moved_fence_changes_nothing => |c| bk::create_with_a_moved_fence_changes_nothing(c);
             watch_key_and_prefix_is_narrow => |c| bk::watch_key_and_prefix_is_narrow(c);
             write_under_a_gone_lease => |c| bk::write_under_a_gone_lease(c);
+            lease_ttl_in_its_last_second => |c| bk::lease_ttl_in_its_last_second(c);
             reattach_takes_over_leftovers => |c| rc::reattach_takes_over_leftovers(c);
             reads_without_a_session => |c| rc::reads_without_a_session(c);
             leader_loop => |c| rc::leader_loop(c);

@@ -556,6 +556,9 @@ impl Backend for EtcdBackend {
 
 impl EtcdBackend {
     /// The lease's TimeToLive answer (with its keys if `keys`), or `None` if it is gone.
+    /// etcd answers -1 for a lease it does not know, and whole seconds rounded down for one
+    /// it does: 0 in its last second (taken for gone until 2026-12-05, conformance check
+    /// `lease_ttl_in_its_last_second`).
     async fn time_to_live(&self, lease: LeaseId, keys: bool) -> Result<Option<LeaseTimeToLiveResponse>> {
         let ttl = unsent_retry(|| {
             let mut c = self.client.lease_client();
@@ -563,7 +566,7 @@ impl EtcdBackend {
             async move { c.time_to_live(lease, options).await }
         });
         match ttl.await {
-            Ok(r) if r.ttl() > 0 => Ok(Some(r)),
+            Ok(r) if r.ttl() >= 0 => Ok(Some(r)),
             Ok(_) | Err(Error::LeaseNotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
