@@ -436,3 +436,57 @@ async fn a_renewal_cannot_revive_a_lease_a_read_saw_expire() {
         assert!(renewed.is_ok(), "B's read saw the lease alive, so the renewal must have committed: {renewed:?}");
     }
 }
+
+/// A create under a lease that has no keys yet, racing the lease's revoke by another
+/// process, must not be left behind: either it fails (its lease is gone) or its key goes
+/// with the lease, with a delete event. The test server holds A's create between its reads
+/// and its commit while B revokes the lease.
+///
+/// Before the fix both committed: the reap of a keyless lease wrote only the lease's own
+/// records, and the create only read them (a write skew, which optimistic transactions do
+/// not catch). The key stayed stored under a lease that no longer existed, hidden from
+/// reads, never reaped, and its put in every watcher's view with no delete to follow (a
+/// reviewer's reading, 2026-12-05). Now every reap also writes the revision counter, which
+/// every change writes, so the two conflict and the create runs again and fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_racing_the_revoke_of_its_lease_is_not_left_behind() {
+    let server = TestServer::start().await;
+    let quiet = || config(&server).reap_interval(Duration::from_secs(600)); // no background reaps
+    let a = TikvBackend::connect(quiet()).await.unwrap();
+    let b = TikvBackend::connect(quiet()).await.unwrap();
+    let lease = a.grant_lease(Duration::from_secs(10)).await.unwrap().id;
+    let mut watch = b.watch_prefix("orphan/").await.unwrap();
+    let req = CreateRequest {
+        key: "orphan/a".into(),
+        value: Vec::new(),
+        lease,
+        precondition: Precondition::KeyAbsent,
+        prefix: "orphan/".into(),
+        head_limit: 0,
+        replaces: None,
+        read: None,
+        fence: None,
+    };
+    let held = server.hold_next_prewrite(b"k/orphan/a");
+    let create = tokio::spawn({
+        let a = a.clone();
+        async move { a.create(req).await }
+    });
+    tokio::time::timeout(Duration::from_secs(5), held.reached()).await.expect("the create reached its commit");
+    b.revoke_lease(lease).await.unwrap();
+    held.release();
+    match create.await.unwrap() {
+        Err(Error::LeaseNotFound { .. }) => {}
+        Ok(resp) if resp.created => {
+            // Its key must go with the lease: the put, then the delete.
+            let mut events = wait_event(&mut watch).await;
+            while !events.iter().any(|e| matches!(e, WatchEvent::Delete { key, .. } if key == "orphan/a")) {
+                events = tokio::time::timeout(Duration::from_secs(3), watch.next())
+                    .await
+                    .expect("created under a revoked lease, and never deleted")
+                    .expect("watch alive");
+            }
+        }
+        other => panic!("the create: {other:?}"),
+    }
+}

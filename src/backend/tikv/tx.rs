@@ -119,6 +119,8 @@ pub(super) struct Tx {
     pub(super) reaped: HashSet<LeaseId>,
     /// Whether anything was written (including lease records, which have no revision).
     pub(super) dirty: bool,
+    /// Whether the revision counter is written even if unchanged: a reap (see [`Tx::reap`]).
+    pub(super) touch_rev: bool,
     /// Reap expired leases inline (writes) or only leave their keys out (reads).
     pub(super) reap_inline: bool,
     pub(super) met_expired: bool,
@@ -146,6 +148,7 @@ impl Tx {
             leases: HashMap::new(),
             reaped: HashSet::new(),
             dirty: false,
+            touch_rev: false,
             reap_inline,
             met_expired: false,
         })
@@ -284,10 +287,20 @@ impl Tx {
     }
 
     /// Deletes the lease and every key attached to it, in one revision of its own.
+    ///
+    /// It also writes the revision counter, changed or not (a lease with no keys opens no
+    /// revision): every change writes it, so a create under the lease that read the lease
+    /// alive and commits after this reap conflicts with it and runs again, finding the
+    /// lease gone. (Without it the two wrote disjoint keys — this the lease's records, the
+    /// create its key and the lease's index — and both committed, an optimistic
+    /// transaction's write skew: the key stayed under a lease that no longer existed,
+    /// never reaped, with no delete event; test
+    /// `a_create_racing_the_revoke_of_its_lease_is_not_left_behind`.)
     pub(super) async fn reap(&mut self, id: LeaseId) -> TxResult<()> {
         if id == 0 || !self.reaped.insert(id) {
             return Ok(());
         }
+        self.touch_rev = true;
         self.end_change();
         let start = self.keys().with("x/", format!("{}/", hex16(id as u64)).as_bytes());
         let end = prefix_end(&start);
@@ -324,7 +337,7 @@ impl Tx {
                 wrote_revisions = true;
             }
         }
-        if self.rev != self.base {
+        if self.rev != self.base || self.touch_rev {
             self.txn.put(self.keys().rev(), (self.rev as u64).to_be_bytes().to_vec()).await?;
         }
         if let Err(e) = self.txn.commit().await {
