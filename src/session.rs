@@ -113,7 +113,9 @@ impl SessionBuilder {
         // start above them. Oldest first within a name, so takeovers go in that order.
         let numbered = format!("{lease:x}-");
         let number = |key: &str| -> Option<u64> { key.rsplit_once(&numbered)?.1.parse().ok() };
-        let next_seq = leftovers.iter().filter_map(|k| number(k)).max().map_or(0, |n| n + 1);
+        // (Saturating: a foreign key numbered u64::MAX must not fail the attach; a number
+        // handed out twice only makes its create find the key taken and try the next.)
+        let next_seq = leftovers.iter().filter_map(|k| number(k)).max().map_or(0, |n| n.saturating_add(1));
         leftovers.sort_by(|a, b| (number(a), a).cmp(&(number(b), b)));
         let cleanups = Arc::new(Cleanups::new());
         // The leftovers are owned until taken over or released: the audit leaves them alone.

@@ -532,6 +532,26 @@ async fn a_detached_lease_is_never_revoked_by_its_old_process() {
     }
 }
 
+/// A re-attach whose lease holds a key of a recipe's shape numbered `u64::MAX` (written by
+/// something else) opens all the same, and its acquisitions still get keys. (New keys are
+/// numbered above the leftovers': `u64::MAX + 1` panicked in debug builds, "attempt to add
+/// with overflow"; found by a review, 2026-12-05.)
+#[tokio::test(start_paused = true)]
+async fn a_leftover_numbered_u64_max_does_not_fail_the_attach() {
+    let store = MemoryBackend::new();
+    let client = Client::new(store.clone());
+    let s = client.session().await.unwrap();
+    let key = format!("slots/{:x}-{}", s.lease_id(), u64::MAX);
+    let put = vec![leasehold::Write::Put { key: key.clone(), value: b"1".to_vec(), lease: Some(s.lease_id()) }];
+    store.write_if(&[], put).await.unwrap();
+    let lease = s.detach();
+    let again = client.session_builder().attach(lease).open().await.unwrap();
+    assert_eq!(again.leftover_keys(), [key]);
+    let permit = Semaphore::new(&again, "other", 1).unwrap().acquire().await.unwrap();
+    permit.release().await.unwrap();
+    assert_eq!(again.release_leftovers().await.unwrap(), 1);
+}
+
 // ---------------------------------------------------------------------------------------
 // Found by the partition suite (slow link): an acquisition answered after the deadline.
 

@@ -490,3 +490,18 @@ async fn a_create_racing_the_revoke_of_its_lease_is_not_left_behind() {
         other => panic!("the create: {other:?}"),
     }
 }
+
+/// A TTL past what the clock counts is a lease that never expires, as on the embedded
+/// store (`tests/safety.rs`), not an overflow: the expiry was `now + ttl` in milliseconds,
+/// which panicked in debug builds ("request task failed") and wrapped in release, a lease
+/// that expired at once (a review found it, 2026-12-05).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_lease_ttl_never_expires() {
+    let server = TestServer::start().await;
+    let backend = TikvBackend::connect(config(&server)).await.unwrap();
+    let lease = backend.grant_lease(Duration::MAX).await.unwrap();
+    assert!(backend.lease_ttl(lease.id).await.unwrap().is_some_and(|t| t > Duration::from_secs(3600)));
+    let mut keeper = backend.keep_alive(lease.id).await.unwrap();
+    assert!(keeper.renew().await.unwrap() > Duration::from_secs(3600));
+    backend.revoke_lease(lease.id).await.unwrap();
+}

@@ -235,10 +235,13 @@ impl Register {
     async fn apply_batch(&self, batch: Batch<GroupFn>) -> Vec<(u64, Outcome)> {
         let max_batch = self.group.grouping.max_batch;
         let (mut ids, mut fns): (Vec<u64>, Vec<GroupFn>) = batch.into_iter().unzip();
+        // Room for the batch as it is: `max_batch` is a bound, not a size (reserved up
+        // front, `usize::MAX` panicked and a huge one aborted the allocation).
+        let reserve = fns.len();
         // The panic of each update function that panicked (never called again).
-        let mut panicked: Vec<Option<Box<dyn std::any::Any + Send>>> = Vec::with_capacity(max_batch);
+        let mut panicked: Vec<Option<Box<dyn std::any::Any + Send>>> = Vec::with_capacity(reserve);
         // Per update of the last run of the batch: the value it saw, and whether it wrote.
-        let mut seen: Vec<(Option<Vec<u8>>, bool)> = Vec::with_capacity(max_batch);
+        let mut seen: Vec<(Option<Vec<u8>>, bool)> = Vec::with_capacity(reserve);
         let span = tracing::debug_span!("register.batch", key = %self.key);
         let queue = &self.group.queue;
         let run = self.update_with_token(|value, _| {

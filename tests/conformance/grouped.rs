@@ -162,3 +162,23 @@ pub async fn grouped_panicking_update_fails_only_its_caller(client: &Client) {
     assert_eq!(number(reg.get().await.unwrap().as_deref()), 6, "the five others and the later update applied");
     s.close().await.unwrap();
 }
+
+/// Batch sizes are bounds, not reservations: `max_batch(usize::MAX)` ("no limit") groups as
+/// asked. (The combiner reserved room for `max_batch` outcomes up front: `usize::MAX` made
+/// it panic, "capacity overflow", and every grouped update of the handle failed; `1 << 40`
+/// would have aborted the process on the failed allocation. A review found it, 2026-12-05.)
+pub async fn grouped_unbounded_batches(client: &Client) {
+    let s = client.session().await.unwrap();
+    let reg = Register::new(&s, "grp-unbounded").unwrap().with_grouping(Grouping::default().max_batch(usize::MAX));
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let reg = reg.clone();
+            tokio::spawn(async move { reg.update_grouped(incr).await })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.unwrap().unwrap().written);
+    }
+    assert_eq!(number(reg.get().await.unwrap().as_deref()), 8);
+    s.close().await.unwrap();
+}

@@ -140,6 +140,7 @@ macro_rules! conformance_suite {
             grouped_adaptive => |c| gr::grouped_updates_are_exact_and_ordered(c, leasehold::Strategy::Adaptive, 8, 25);
             grouped_cancellation => |c| gr::grouped_cancellation_loses_nothing_and_applies_nothing_twice(c);
             grouped_panicking_update => |c| gr::grouped_panicking_update_fails_only_its_caller(c);
+            grouped_unbounded_batches => |c| gr::grouped_unbounded_batches(c);
         }
     };
 }

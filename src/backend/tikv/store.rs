@@ -120,7 +120,7 @@ impl TikvBackend {
                         tx.reap(lease).await?;
                         return Ok(None);
                     }
-                    let renewed = LeaseRec { ttl_ms: rec.ttl_ms, expires_ms: tx.now_ms + rec.ttl_ms };
+                    let renewed = LeaseRec { ttl_ms: rec.ttl_ms, expires_ms: tx.now_ms.saturating_add(rec.ttl_ms) };
                     tx.txn.delete(tx.keys().expiry(rec.expires_ms, lease)).await?;
                     tx.txn.put(tx.keys().expiry(renewed.expires_ms, lease), Vec::new()).await?;
                     tx.txn.put(tx.keys().lease(lease), encode_lease(renewed)).await?;
@@ -173,14 +173,15 @@ impl Backend for TikvBackend {
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<Lease> {
-        let ttl_ms = (ttl.as_millis() as u64).max(1);
+        // Saturating: a TTL past what the clock counts is a lease that never expires.
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let id = self
             .run(
                 true,
                 Arc::new(move |tx| {
                     Box::pin(async move {
                         let id = tx.txn.start_timestamp().version() as LeaseId;
-                        let rec = LeaseRec { ttl_ms, expires_ms: tx.now_ms + ttl_ms };
+                        let rec = LeaseRec { ttl_ms, expires_ms: tx.now_ms.saturating_add(ttl_ms) };
                         tx.txn.put(tx.keys().lease(id), encode_lease(rec)).await?;
                         tx.txn.put(tx.keys().expiry(rec.expires_ms, id), Vec::new()).await?;
                         tx.dirty = true;
