@@ -88,7 +88,13 @@ impl SessionBuilder {
                 (l.id, l.ttl, sent, fence(l.id))
             }
             Some(id) => {
-                backend.lease_ttl(id).await?.ok_or(Error::LeaseNotFound { lease: id })?;
+                let left = backend.lease_ttl(id).await?.ok_or(Error::LeaseNotFound { lease: id })?;
+                // A lease granted by something else may run longer than a session takes
+                // (the deadline is the clock plus its TTL).
+                let too_long = |ttl| Error::TtlOutOfRange { ttl, min: MIN_TTL, max: MAX_TTL };
+                if left > MAX_TTL {
+                    return Err(too_long(left));
+                }
                 // Renew at once so the deadline is a full TTL from now.
                 let mut keeper = backend.keep_alive(id).await?;
                 let sent = Instant::now();
@@ -96,6 +102,9 @@ impl SessionBuilder {
                     Err(Error::LeaseNotFound { .. }) => return Err(Error::LeaseNotFound { lease: id }),
                     other => other?,
                 };
+                if ttl > MAX_TTL {
+                    return Err(too_long(ttl));
+                }
                 // A create of the earlier process may still be on its way: fence it off
                 // (`session/fence.rs`) before the keys are listed, so that none lands after
                 // the list without being a leftover.
@@ -113,9 +122,10 @@ impl SessionBuilder {
         // start above them. Oldest first within a name, so takeovers go in that order.
         let numbered = format!("{lease:x}-");
         let number = |key: &str| -> Option<u64> { key.rsplit_once(&numbered)?.1.parse().ok() };
-        // (Saturating: a foreign key numbered u64::MAX must not fail the attach; a number
-        // handed out twice only makes its create find the key taken and try the next.)
-        let next_seq = leftovers.iter().filter_map(|k| number(k)).max().map_or(0, |n| n.saturating_add(1));
+        // Numbers from 2^63 up are no process's (a session numbers from 0): a foreign key
+        // numbered u64::MAX must neither fail the attach (`n + 1` overflowed) nor start the
+        // numbers where they wrap round to reuse one.
+        let next_seq = leftovers.iter().filter_map(|k| number(k)).filter(|&n| n < 1 << 63).max().map_or(0, |n| n + 1);
         leftovers.sort_by(|a, b| (number(a), a).cmp(&(number(b), b)));
         let cleanups = Arc::new(Cleanups::new());
         // The leftovers are owned until taken over or released: the audit leaves them alone.
@@ -328,7 +338,7 @@ impl Session {
     /// let client = Client::memory();
     /// let before = client.session().await?;
     /// std::mem::forget(Semaphore::new(&before, "slots", 2)?.acquire().await?); // "crash"
-    /// let lease = before.detach();
+    /// let lease = before.detach()?;
     /// let after = client.session_builder().attach(lease).open().await?;
     /// assert_eq!(after.leftover_keys().len(), 1);
     /// let permit = Semaphore::new(&after, "slots", 2)?.acquire().await?; // takes it over
@@ -347,7 +357,9 @@ impl Session {
     /// A leftover whose delete fails for the whole retry budget (10 s of store failures) is
     /// deleted in the background, retried until done or the session ends
     /// ([`settle`](Session::settle) waits for it), and the call fails with the error. An
-    /// acquisition of this session never takes over a key being deleted.
+    /// acquisition of this session never takes over a key being deleted. Once the session
+    /// ends (detached through another handle: its lease is a successor's), nothing more is
+    /// deleted, and the call fails with `SessionClosed` or `SessionLost`.
     ///
     /// # Cancel safety
     /// Dropping the future hands the deletes not yet done to the background: the keys are
@@ -373,7 +385,16 @@ impl Session {
         let (mut deleted, mut failed) = (0, None);
         while let Some((key, _)) = rest.1.first() {
             let key = key.clone();
-            let outcome = Backoff::default().retry(|| delete_if_ours(&**backend, &key, self.inner.lease)).await;
+            // Not once the session ended: detached, its lease is a successor's, which may
+            // have taken this key over (lost or closed, the lease takes it anyway).
+            let outcome = Backoff::default()
+                .retry(|| async {
+                    if self.is_ended() {
+                        return Err(self.ended_error());
+                    }
+                    delete_if_ours(&**backend, &key, self.inner.lease).await
+                })
+                .await;
             let (key, doom) = rest.1.remove(0);
             match outcome {
                 Ok(gone) => deleted += usize::from(gone),

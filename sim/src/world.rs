@@ -261,7 +261,7 @@ impl World {
             w.abort();
         }
         let Some(old) = sim.session.take() else { return };
-        let lease = old.detach();
+        let Ok(lease) = old.detach() else { return }; // no close of it began: it detaches
         let mut sim = self.sims.remove(i);
         sim.restarts += 1;
         match sim.client.session_builder().ttl(sim.ttl).attach(lease).open().await {

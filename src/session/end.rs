@@ -7,12 +7,15 @@ use crate::backend::LeaseId;
 use crate::error::{Error, Result};
 use std::sync::atomic::Ordering;
 
-/// [`Shared::end`](super::Shared::end): nothing owed.
+/// [`Shared::end`](super::Shared::end): open (neither closing nor detached).
 pub(super) const END_OPEN: u8 = 0;
-/// [`Shared::end`](super::Shared::end): a `close` owes the revoke.
+/// [`Shared::end`](super::Shared::end): a `close` began to revoke and has not seen it done
+/// (the drop of the last handle revokes). Never detachable again: the revoke may land.
 const END_REVOKE_OWED: u8 = 1;
 /// [`Shared::end`](super::Shared::end): detached; never revoked by this process.
 const END_DETACHED: u8 = 2;
+/// [`Shared::end`](super::Shared::end): a `close` saw its revoke done.
+const END_REVOKED: u8 = 3;
 
 impl Session {
     /// Stops renewing, waits for background releases, and revokes the lease (deleting every
@@ -48,7 +51,7 @@ impl Session {
         }
         let revoked = self.inner.client.backend().revoke_lease(self.inner.lease).await;
         if matches!(revoked, Ok(()) | Err(Error::LeaseNotFound { .. })) {
-            let _ = end.compare_exchange(END_REVOKE_OWED, END_OPEN, Ordering::AcqRel, Ordering::Acquire);
+            let _ = end.compare_exchange(END_REVOKE_OWED, END_REVOKED, Ordering::AcqRel, Ordering::Acquire);
         }
         revoked
     }
@@ -56,11 +59,22 @@ impl Session {
     /// Stops renewing **without** revoking, and returns the lease id: what the store sees
     /// when a process crashes. The keys held through the session stay until the lease
     /// expires, or until a new session [attaches](crate::SessionBuilder::attach) to the lease and
-    /// takes them over (a restarting process handing its locks to its successor).
-    pub fn detach(self) -> LeaseId {
-        // No revoke of this process may reach the lease from now: not a close's that
-        // failed before, nor one through another handle after.
-        self.inner.shared.end.store(END_DETACHED, Ordering::Release);
+    /// takes them over (a restarting process handing its locks to its successor). From
+    /// here no revoke of this process reaches the lease: not by the drop of its last
+    /// handle, nor by a [`close`](Session::close) through another handle, which then fails
+    /// with `SessionClosed`.
+    ///
+    /// Fails with [`Error::SessionClosed`] once a `close` (through any handle) began to
+    /// revoke the lease: that revoke may still land, after a successor attached, and take
+    /// its keys, so the lease must not be handed on. (Until 2026-12-05 it was handed on,
+    /// and a revoke a failed close left owed was made when the last handle went.)
+    /// Detaching twice answers the lease both times.
+    pub fn detach(self) -> Result<LeaseId> {
+        let end = &self.inner.shared.end;
+        match end.compare_exchange(END_OPEN, END_DETACHED, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) | Err(END_DETACHED) => {}
+            Err(_) => return Err(Error::SessionClosed { lease: self.inner.lease }),
+        }
         if let Some(task) = self.inner.keepalive.lock().take() {
             task.abort();
         }
@@ -68,7 +82,7 @@ impl Session {
         self.inner.shared.state.close();
         self.inner.shared.ended.fire();
         status::closed(&self.inner.shared);
-        self.inner.lease
+        Ok(self.inner.lease)
     }
 }
 

@@ -230,7 +230,7 @@ pub async fn reattach_takes_over_by_weight(client: &Client) {
     let three = Semaphore::new(&before, &name, 4).unwrap().acquire_many(3).await.unwrap();
     let old = (three.key().to_owned(), three.fencing_token());
     std::mem::forget(three); // the earlier process "crashes", its successor keeps the lease
-    let lease = before.detach();
+    let lease = before.detach().unwrap();
     let after = client.session_builder().attach(lease).open().await.unwrap();
     assert_eq!(after.leftover_keys(), std::slice::from_ref(&old.0));
     let sem = Semaphore::new(&after, &name, 4).unwrap();

@@ -483,7 +483,7 @@ pub async fn reattach_takes_over_leftovers(client: &Client) {
     assert!(put.unwrap().swapped);
     // The earlier process "crashes": nothing released, the lease kept by its successor.
     std::mem::forget((p0, p1, read, lead));
-    let lease = before.detach();
+    let lease = before.detach().unwrap();
 
     // Someone else waits for a permit: both are held by the leftovers.
     let other = client.session().await.unwrap();

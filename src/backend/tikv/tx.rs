@@ -288,8 +288,8 @@ impl Tx {
 
     /// Deletes the lease and every key attached to it, in one revision of its own.
     ///
-    /// It also writes the revision counter, changed or not (a lease with no keys opens no
-    /// revision): every change writes it, so a create under the lease that read the lease
+    /// If the lease exists, it also writes the revision counter, changed or not (a lease
+    /// with no keys opens no revision): every change writes it, so a create under the lease that read the lease
     /// alive and commits after this reap conflicts with it and runs again, finding the
     /// lease gone. (Without it the two wrote disjoint keys — this the lease's records, the
     /// create its key and the lease's index — and both committed, an optimistic
@@ -300,7 +300,6 @@ impl Tx {
         if id == 0 || !self.reaped.insert(id) {
             return Ok(());
         }
-        self.touch_rev = true;
         self.end_change();
         let start = self.keys().with("x/", format!("{}/", hex16(id as u64)).as_bytes());
         let end = prefix_end(&start);
@@ -314,6 +313,7 @@ impl Tx {
             self.txn.delete(raw).await?;
         }
         if let Some(rec) = self.lease(id).await? {
+            self.touch_rev = true; // (a lease that does not exist has no create to conflict with)
             self.txn.delete(self.keys().lease(id)).await?;
             self.txn.delete(self.keys().expiry(rec.expires_ms, id)).await?;
         }
