@@ -185,7 +185,8 @@ impl Election {
     /// If the session's key already exists (a re-attached session), it is taken over and
     /// its value replaced by `value` once elected.
     ///
-    /// Fails with [`Error::SessionLost`](crate::Error::SessionLost) if the session is lost while waiting.
+    /// Fails with [`Error::SessionLost`](crate::Error::SessionLost) if the session is lost while waiting
+    /// ([`Error::SessionClosed`](crate::Error::SessionClosed) if it is closed or detached through another handle).
     ///
     /// # Cancel safety
     /// Dropping the future at any point withdraws the candidacy: no key is left behind (see

@@ -467,8 +467,9 @@ impl Drop for Holding {
 }
 
 /// The body of `Mutex::with_lock`, `Semaphore::with_permit` and
-/// `Election::with_leadership`: runs `work` with `guard` unless the session is lost first
-/// (then `work` is dropped at its await: [`Error::SessionLost`]) or its key is revoked
+/// `Election::with_leadership`: runs `work` with `guard` unless the session ends first
+/// (then `work` is dropped at its await: [`Error::SessionLost`], or
+/// [`Error::SessionClosed`] when closed or detached through another handle) or its key is revoked
 /// ([`Error::NotHeld`]), then releases the guard
 /// with `release`; a release that fails is left to the lease (logged), since the work did
 /// run while it was held.
@@ -487,8 +488,8 @@ pub(crate) async fn run_held<G, T>(
                 tracing::warn!(what, "key deleted (revoked) while running work under it; work stopped");
                 return Err(Error::NotHeld { what, reason: "its key was deleted (revoked) while the work ran".into() });
             }
-            tracing::warn!(what, "session lost while running work under it; work stopped");
-            return Err(Error::SessionLost { lease: session.lease_id() });
+            tracing::warn!(what, "session ended while running work under it; work stopped");
+            return Err(session.ended_error()); // lost, or closed or detached through another handle
         }
         out = work(&guard) => out,
     };

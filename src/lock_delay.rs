@@ -141,7 +141,7 @@ impl LockDelay {
                 };
                 tokio::select! {
                     biased;
-                    _ = lost => return Err(Error::SessionLost { lease: hold.session().lease_id() }),
+                    _ = lost => return Err(hold.session().ended_error()),
                     _ = delay => {}
                 }
             }

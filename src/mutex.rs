@@ -154,7 +154,8 @@ impl Mutex {
 
     /// Waits until the lock is held.
     ///
-    /// Fails with [`Error::SessionLost`] if the session is lost while waiting.
+    /// Fails with [`Error::SessionLost`] if the session is lost while waiting
+    /// ([`Error::SessionClosed`] if it is closed or detached through another handle).
     ///
     /// # Cancel safety
     /// Dropping the future at any point leaves nothing held and no key behind: a key that
@@ -167,7 +168,8 @@ impl Mutex {
     /// Runs `work` under the lock: waits for the lock, runs `work` with the guard, and
     /// unlocks when it returns. The lock-lost notification is built in: if the session is
     /// lost while `work` runs, `work` is dropped at once — it does not get past the await
-    /// it is at — and the call fails with [`Error::SessionLost`]; if its key is revoked
+    /// it is at — and the call fails with [`Error::SessionLost`] ([`Error::SessionClosed`]
+    /// if the session is closed or detached through another handle); if its key is revoked
     /// ([`Client::revoke`](crate::Client::revoke)) while the session lives, likewise with
     /// [`Error::NotHeld`]. (With [`lock`](Self::lock), watching [`MutexGuard::lost`] is the
     /// caller's job.)

@@ -146,7 +146,8 @@ impl RwLock {
 
     /// Waits until the lock is held for reading.
     ///
-    /// Fails with [`Error::SessionLost`] if the session is lost while waiting.
+    /// Fails with [`Error::SessionLost`] if the session is lost while waiting
+    /// ([`Error::SessionClosed`] if it is closed or detached through another handle).
     ///
     /// # Cancel safety
     /// Dropping the future at any point leaves nothing held and no key behind: a key that
@@ -183,7 +184,8 @@ impl RwLock {
 
     /// Waits until the lock is held for writing.
     ///
-    /// Fails with [`Error::SessionLost`] if the session is lost while waiting.
+    /// Fails with [`Error::SessionLost`] if the session is lost while waiting
+    /// ([`Error::SessionClosed`] if it is closed or detached through another handle).
     ///
     /// # Cancel safety
     /// Dropping the future at any point leaves nothing held and no key behind: a key that

@@ -171,7 +171,8 @@ impl Semaphore {
     /// Waits until a permit is held.
     ///
     /// Fails with [`Error::PermitMismatch`] if the stored count differs, and with
-    /// [`Error::SessionLost`] if the session is lost while waiting.
+    /// [`Error::SessionLost`] if the session is lost while waiting ([`Error::SessionClosed`]
+    /// if it is closed or detached through another handle).
     ///
     /// # Cancel safety
     /// Dropping the future at any point leaves nothing held and no key behind: a key that

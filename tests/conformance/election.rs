@@ -353,5 +353,22 @@ pub async fn closing_the_session_ends_its_leadership_and_campaigns(client: &Clie
     let lost = leader.lost();
     a.clone().close().await.unwrap();
     within("a closed session's leadership's lost()", lost).await;
+    // Work under a lock stops the same way, and says why.
+    let d = client.session().await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let work = {
+        let m = leasehold::Mutex::new(&d, &fresh("closed-work")).unwrap();
+        tokio::spawn(async move {
+            m.with_lock(async |_| {
+                tx.send(()).unwrap();
+                std::future::pending::<()>().await
+            })
+            .await
+        })
+    };
+    within("the work started", rx).await.unwrap();
+    d.clone().close().await.unwrap();
+    let stopped = within("work under a closed session's lock", work).await.unwrap();
+    assert!(matches!(stopped, Err(Error::SessionClosed { .. })), "{stopped:?}");
     b.close().await.unwrap();
 }
