@@ -518,6 +518,16 @@ async fn a_detached_lease_is_never_revoked_by_its_old_process() {
     faults.inject(Op::Revoke, None, Fault::FailBefore, Some(1));
     assert!(s.clone().close().await.is_err(), "the revoke failed");
     assert!(matches!(s.detach(), Err(Error::SessionClosed { .. })), "detached after a close began");
+    // A session lost at its deadline, whose keep-alive then revoked the lease (its answer
+    // lost here: the revoke may land any time): not handed on either.
+    let s = open().await.unwrap();
+    faults.inject(Op::Renew, None, Fault::FailBefore, None);
+    faults.inject(Op::OpenKeepAlive, None, Fault::FailBefore, None);
+    faults.inject(Op::Revoke, None, Fault::LoseAnswer, None);
+    s.lost().await;
+    until("the keep-alive revoked", || faults.calls(Op::Revoke) >= 2).await;
+    faults.clear_all();
+    assert!(matches!(s.detach(), Err(Error::SessionLost { .. })), "detached after its keep-alive's revoke");
     // A detach, then a close through another handle.
     let s = open().await.unwrap();
     let late = s.clone();

@@ -261,7 +261,11 @@ impl World {
             w.abort();
         }
         let Some(old) = sim.session.take() else { return };
-        let Ok(lease) = old.detach() else { return }; // no close of it began: it detaches
+        let Ok(lease) = old.detach() else {
+            // Lost, and its keep-alive began to revoke the lease: not to be handed on.
+            sim.crashed = true;
+            return;
+        };
         let mut sim = self.sims.remove(i);
         sim.restarts += 1;
         match sim.client.session_builder().ttl(sim.ttl).attach(lease).open().await {

@@ -5,7 +5,7 @@
 use super::{status, Session, SessionInner};
 use crate::backend::LeaseId;
 use crate::error::{Error, Result};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// [`Shared::end`](super::Shared::end): open (neither closing nor detached).
 pub(super) const END_OPEN: u8 = 0;
@@ -16,6 +16,21 @@ const END_REVOKE_OWED: u8 = 1;
 const END_DETACHED: u8 = 2;
 /// [`Shared::end`](super::Shared::end): a `close` saw its revoke done.
 const END_REVOKED: u8 = 3;
+
+/// Marks the lease's revoke as begun (owed until [`revoked`] says it is done), unless the
+/// session was detached: then the lease is a successor's and must not be revoked (false).
+/// A close and the keep-alive task at the deadline both call it before they revoke, so a
+/// detach after either fails.
+pub(super) fn begin_revoke(end: &AtomicU8) -> bool {
+    end.compare_exchange(END_OPEN, END_REVOKE_OWED, Ordering::AcqRel, Ordering::Acquire) != Err(END_DETACHED)
+}
+
+/// Records a revoke's answer: done (or the lease was gone already), nothing is owed.
+pub(super) fn revoked(end: &AtomicU8, answer: &Result<()>) {
+    if matches!(answer, Ok(()) | Err(Error::LeaseNotFound { .. })) {
+        let _ = end.compare_exchange(END_REVOKE_OWED, END_REVOKED, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
 
 impl Session {
     /// Stops renewing, waits for background releases, and revokes the lease (deleting every
@@ -45,15 +60,12 @@ impl Session {
         // Owed until it is done: if it fails, or this future is dropped, the drop of the
         // last handle revokes in the background as it would have without `close`. Never
         // for a detached session: its lease is its successor's.
-        let end = &self.inner.shared.end;
-        if end.compare_exchange(END_OPEN, END_REVOKE_OWED, Ordering::AcqRel, Ordering::Acquire) == Err(END_DETACHED) {
+        if !begin_revoke(&self.inner.shared.end) {
             return Err(Error::SessionClosed { lease: self.inner.lease });
         }
-        let revoked = self.inner.client.backend().revoke_lease(self.inner.lease).await;
-        if matches!(revoked, Ok(()) | Err(Error::LeaseNotFound { .. })) {
-            let _ = end.compare_exchange(END_REVOKE_OWED, END_REVOKED, Ordering::AcqRel, Ordering::Acquire);
-        }
-        revoked
+        let answer = self.inner.client.backend().revoke_lease(self.inner.lease).await;
+        revoked(&self.inner.shared.end, &answer);
+        answer
     }
 
     /// Stops renewing **without** revoking, and returns the lease id: what the store sees
@@ -64,16 +76,17 @@ impl Session {
     /// handle, nor by a [`close`](Session::close) through another handle, which then fails
     /// with `SessionClosed`.
     ///
-    /// Fails with [`Error::SessionClosed`] once a `close` (through any handle) began to
-    /// revoke the lease: that revoke may still land, after a successor attached, and take
-    /// its keys, so the lease must not be handed on. (Until 2026-12-05 it was handed on,
-    /// and a revoke a failed close left owed was made when the last handle went.)
-    /// Detaching twice answers the lease both times.
+    /// Fails once a revoke of the lease began — a `close` through any handle
+    /// ([`Error::SessionClosed`]), or the session's own at its validity deadline, when it
+    /// was lost ([`Error::SessionLost`]): that revoke may still land, after a successor
+    /// attached, and take its keys, so the lease must not be handed on. (Until 2026-12-05
+    /// it was handed on, and a revoke a failed close left owed was made when the last
+    /// handle went.) Detaching twice answers the lease both times.
     pub fn detach(self) -> Result<LeaseId> {
         let end = &self.inner.shared.end;
         match end.compare_exchange(END_OPEN, END_DETACHED, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) | Err(END_DETACHED) => {}
-            Err(_) => return Err(Error::SessionClosed { lease: self.inner.lease }),
+            Err(_) => return Err(self.ended_error()),
         }
         if let Some(task) = self.inner.keepalive.lock().take() {
             task.abort();
