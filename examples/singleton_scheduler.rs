@@ -107,7 +107,7 @@ async fn instance(id: usize, world: World, mut crash: mpsc::UnboundedReceiver<()
     // drops then deletes nothing, and its key stays until the lease expires, as after a
     // crash.
     let (session, token) = leading.lock().unwrap().take()?;
-    let _ = session.detach(); // a close never began here: it detaches
+    let _ = session.detach(); // fails only once a revoke began (then the key goes with the lease)
     Some(token)
 }
 

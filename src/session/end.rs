@@ -76,9 +76,9 @@ impl Session {
     /// handle, nor by a [`close`](Session::close) through another handle, which then fails
     /// with `SessionClosed`.
     ///
-    /// Fails once a revoke of the lease began — a `close` through any handle
-    /// ([`Error::SessionClosed`]), or the session's own at its validity deadline, when it
-    /// was lost ([`Error::SessionLost`]): that revoke may still land, after a successor
+    /// Fails once a revoke of the lease began — a `close` through any handle, or the
+    /// session's own at its validity deadline, when it was lost — with
+    /// [`Error::SessionLost`] if the session was lost, else [`Error::SessionClosed`]: that revoke may still land, after a successor
     /// attached, and take its keys, so the lease must not be handed on. (Until 2026-12-05
     /// it was handed on, and a revoke a failed close left owed was made when the last
     /// handle went.) Detaching twice answers the lease both times.
