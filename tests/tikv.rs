@@ -505,3 +505,42 @@ async fn a_huge_lease_ttl_never_expires() {
     assert!(keeper.renew().await.unwrap() > Duration::from_secs(3600));
     backend.revoke_lease(lease.id).await.unwrap();
 }
+
+/// A TxnLock granted after a long wait is as safe as one granted at once. TiKV measures a
+/// pessimistic lock's 20 s TTL (tikv-client's, fixed) from its transaction's start, and
+/// the first heartbeat comes one interval after the grant: a waiter whose transaction had
+/// begun before a wait of more than 15 s got a lock that had expired already, a third
+/// acquisition resolved it and took the lock, and both held it (a reviewer's reading,
+/// 2026-12-05; the test server measures as TiKV does, on its wall-clock TSO, so this takes
+/// 25 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn txn_lock_granted_after_a_long_wait_is_not_already_expired() {
+    let server = TestServer::start().await;
+    let backend = TikvBackend::connect(config(&server)).await.unwrap();
+    let lock = TxnLock::new(&backend, "txn-long-wait").unwrap();
+    let first = lock.lock().await.unwrap();
+    let waiter = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.lock().await }
+    });
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    first.unlock().await.unwrap();
+    let second = tokio::time::timeout(mx::SOON, waiter).await.expect("the waiter was admitted").unwrap().unwrap();
+    let third = lock.lock_timeout(Duration::from_secs(3)).await;
+    assert!(matches!(third, Err(Error::Timeout { .. })), "two holders: {third:?}");
+    second.unlock().await.unwrap();
+}
+
+/// A TxnLock heartbeat interval that would let a held lock expire between two heartbeats
+/// (TiKV keeps it 20 s past the last), or spin (zero), is refused at connect: it used to
+/// be taken as given (a review found it, 2026-12-05).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn txn_lock_heartbeat_out_of_range_is_refused() {
+    let server = TestServer::start().await;
+    for heartbeat in [Duration::ZERO, Duration::from_secs(20)] {
+        let mut cfg = config(&server);
+        cfg.txn_lock_heartbeat = heartbeat;
+        let r = TikvBackend::connect(cfg).await;
+        assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{heartbeat:?}: {r:?}");
+    }
+}

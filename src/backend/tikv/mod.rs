@@ -157,11 +157,17 @@ pub struct TikvConfig {
     /// How many revisions the change log keeps for watchers that lag (default 10 000).
     pub log_retention: u64,
     /// Heartbeat interval of [`TxnLock`] transactions (default 5 s; TiKV keeps the lock
-    /// 20 s past the last heartbeat).
+    /// 20 s past the last heartbeat). Above 0 and at most [`MAX_TXN_LOCK_HEARTBEAT`]:
+    /// [`TikvBackend::connect`] refuses others.
     pub txn_lock_heartbeat: Duration,
     /// The key prefix everything is stored under (default `leasehold/`).
     pub root: String,
 }
+
+/// The longest [`TikvConfig::txn_lock_heartbeat`]: half of the 20 s TiKV keeps a
+/// pessimistic lock past its last heartbeat (a longer one let a held lock expire between
+/// two heartbeats, and `Duration::ZERO` made the heartbeat task spin).
+pub const MAX_TXN_LOCK_HEARTBEAT: Duration = Duration::from_secs(10);
 
 impl TikvConfig {
     /// Defaults for these PD endpoints.

@@ -13,6 +13,13 @@ impl TikvBackend {
         if config.root.is_empty() {
             return Err(Error::invalid("tikv", "the key root must not be empty"));
         }
+        // TiKV keeps a TxnLock 20 s past its last heartbeat: one interval must leave room.
+        if config.txn_lock_heartbeat.is_zero() || config.txn_lock_heartbeat > MAX_TXN_LOCK_HEARTBEAT {
+            return Err(Error::invalid(
+                "tikv",
+                format!("txn_lock_heartbeat must be above 0 and at most {MAX_TXN_LOCK_HEARTBEAT:?}"),
+            ));
+        }
         let endpoints: Vec<String> = config
             .pd_endpoints
             .iter()

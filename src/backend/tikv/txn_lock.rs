@@ -9,7 +9,9 @@ use super::*;
 /// waits in TiKV's lock-wait queue (and the client retries after TiKV's wait timeout), so
 /// a release wakes the next waiter at once. The transaction's heartbeat keeps the lock
 /// ([`TikvConfig::txn_lock_heartbeat`]); if the holder dies, TiKV lets others resolve the
-/// lock 20 s after its last heartbeat (tikv-client's fixed lock TTL). Unlock rolls the
+/// lock 20 s after its last heartbeat (tikv-client's fixed lock TTL). TiKV counts that TTL
+/// from the transaction's start, so a waiting acquisition begins a fresh transaction every
+/// few seconds and renews a granted lock before it returns it. Unlock rolls the
 /// transaction back.
 ///
 /// The fencing token is a TSO timestamp fetched after the lock was granted: the previous
@@ -95,6 +97,22 @@ impl TxnLock {
     }
 }
 
+/// How long a waiting acquisition keeps one pessimistic transaction before it begins a new
+/// one (see `lock_in_txn`).
+const FRESH_FOR: Duration = Duration::from_secs(4);
+
+/// Whether a heartbeat failed because the transaction's lock is no longer there (resolved
+/// by another transaction after it expired).
+fn is_lock_gone(e: &tikv_client::Error) -> bool {
+    use tikv_client::Error as E;
+    match e {
+        E::TxnNotFound(_) => true,
+        E::KeyError(k) => k.txn_not_found.is_some() || k.abort.contains("not exist") || k.abort.contains("not found"),
+        E::ExtractedErrors(v) | E::MultipleKeyErrors(v) => v.iter().any(is_lock_gone),
+        _ => false,
+    }
+}
+
 async fn lock_in_txn(
     client: &TransactionClient,
     key: Vec<u8>,
@@ -105,22 +123,53 @@ async fn lock_in_txn(
     // One lock request waits in TiKV (1 s by default); a lock still held after that is
     // checked once (and cleaned up if its holder is gone), then this loop asks again, so
     // the deadline is looked at about once per TiKV lock wait.
-    let mut retry = RetryOptions::default_pessimistic();
-    retry.lock_backoff = tikv_client::Backoff::no_jitter_backoff(1, 1, 1);
-    let options = TransactionOptions::new_pessimistic()
-        .drop_check(CheckLevel::Warn)
-        .heartbeat_option(HeartbeatOption::FixedTime(heartbeat))
-        .retry_options(retry);
-    let mut txn = client.begin_with_options(options).await.map_err(map_err)?;
+    //
+    // TiKV measures a pessimistic lock's TTL (tikv-client's fixed 20 s) from its
+    // transaction's start, and the first heartbeat comes one interval after the grant. So
+    // the transaction is begun afresh every `FRESH_FOR` while waiting, and a granted lock is
+    // renewed from now before anyone is told it is held: a waiter whose transaction had
+    // begun more than 15 s before its grant got a lock already expired, which another
+    // acquisition resolved and took while it held (until 2026-12-05; test
+    // `txn_lock_granted_after_a_long_wait_is_not_already_expired`).
+    let begin = || {
+        let mut retry = RetryOptions::default_pessimistic();
+        retry.lock_backoff = tikv_client::Backoff::no_jitter_backoff(1, 1, 1);
+        let options = TransactionOptions::new_pessimistic()
+            .drop_check(CheckLevel::Warn)
+            .heartbeat_option(HeartbeatOption::FixedTime(heartbeat))
+            .retry_options(retry);
+        client.begin_with_options(options)
+    };
+    let mut txn = begin().await.map_err(map_err)?;
+    let mut begun = tokio::time::Instant::now();
     let mut pause = Backoff::new(Duration::from_millis(1), Duration::from_millis(20)).delays();
     loop {
         if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
             let _ = txn.rollback().await;
             return Err(Error::Timeout { what: "txn lock", after: timeout.unwrap_or_default() });
         }
-        match txn.lock_keys(vec![key.clone()]).await {
+        if begun.elapsed() >= FRESH_FOR {
+            let _ = txn.rollback().await;
+            txn = begin().await.map_err(map_err)?;
+            begun = tokio::time::Instant::now();
+        }
+        let got = match txn.lock_keys(vec![key.clone()]).await {
+            // (`send_heart_beat` is public but hidden in tikv-client 0.4: it sets the
+            // lock's TTL to the transaction's age plus 20 s.)
+            Ok(()) => txn.send_heart_beat().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match got {
             Ok(()) => break,
-            Err(e) if is_conflict(&e) => tokio::time::sleep(pause.next().unwrap_or(Duration::from_millis(20))).await,
+            Err(e) if is_conflict(&e) || is_lock_gone(&e) => {
+                if is_lock_gone(&e) {
+                    // Resolved by another before the renewal: this transaction holds nothing.
+                    let _ = txn.rollback().await;
+                    txn = begin().await.map_err(map_err)?;
+                    begun = tokio::time::Instant::now();
+                }
+                tokio::time::sleep(pause.next().unwrap_or(Duration::from_millis(20))).await
+            }
             Err(e) => {
                 let _ = txn.rollback().await;
                 return Err(map_err(e));
