@@ -123,6 +123,25 @@ impl ViewState {
     }
 }
 
+/// Fails the view when its task ends, however it ends: a permanent error has set `failed`
+/// already, but a task that panicked, or whose runtime shut down, ends without one, and its
+/// waiters and subscriptions would wait for changes no task will apply (as `deletes.rs`'s
+/// feed). With `failed` set they get an error, and the client opens a new view
+/// ([`PrefixView::is_failed`]).
+struct TaskGone(Arc<Mutex<ViewState>>);
+
+impl Drop for TaskGone {
+    fn drop(&mut self) {
+        let waiters = {
+            let mut st = self.0.lock();
+            st.synced = false;
+            st.failed.get_or_insert_with(|| "the view's task ended".to_owned());
+            std::mem::take(&mut st.waiters) // dropping the senders fails every waiter
+        };
+        drop(waiters); // outside the lock: a waiter's drop may take it
+    }
+}
+
 /// Removes a waiter's predicate when the waiter goes away, so waiters that give up on a
 /// quiet prefix do not pile up until its next change.
 #[derive(Debug)]
@@ -166,7 +185,10 @@ impl PrefixView {
         };
         let broken = {
             let state = state.clone();
+            // Moved into the task with `broken`: goes when the task does, however it ends.
+            let gone = TaskGone(state.clone());
             move |err: &Error| {
+                let _ = &gone;
                 let mut st = state.lock();
                 let had_synced = std::mem::replace(&mut st.synced, false);
                 if !err.is_transient() {
@@ -445,5 +467,43 @@ mod tests {
         let sub = view.subscribe(None, |v| v.revision());
         drop(sub);
         assert_eq!(view.state.lock().waiters.len(), 0, "cancelled waiters stay until the next event");
+    }
+
+    /// A view whose task ends without an error (its runtime shut down while the client
+    /// lives on, or it panicked) fails its waiters and subscriptions and says it failed,
+    /// so the client opens a new one, as a delete feed does. (It used to stay "synced":
+    /// its waiters waited for good, and an election observer on it reported a frozen
+    /// leader; a review found it, 2026-12-05.)
+    #[test]
+    fn a_view_whose_task_is_gone_fails_its_waiters() {
+        let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let first = runtime();
+        let (client, view) = first.block_on(async {
+            let client = Client::new(MemoryBackend::new());
+            let view = client.view("p/");
+            count_is(&view, 0).await;
+            (client, view)
+        });
+        let waiting = {
+            let view = view.clone();
+            std::thread::spawn(move || {
+                runtime().block_on(async {
+                    let mut sub = view.subscribe(None, |v| v.entries().count());
+                    let first = sub.next().await;
+                    let wait = view.wait_for(|v| (v.entries().count() > 0).then_some(()));
+                    (first, tokio::time::timeout(Duration::from_secs(10), wait).await, sub.next().await)
+                })
+            })
+        };
+        while view.state.lock().waiters.len() < 2 {
+            std::thread::yield_now();
+        }
+        drop(first); // the view's task goes with its runtime, without an error
+        assert!(view.is_failed(), "a view without its task says it failed");
+        let (first, waited, next) = waiting.join().unwrap();
+        assert_eq!(first.unwrap(), 0);
+        assert!(matches!(waited, Ok(Err(_))), "the waiter fails: {waited:?}");
+        assert!(next.is_err(), "the subscription fails");
+        drop(client);
     }
 }
