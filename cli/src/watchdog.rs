@@ -139,10 +139,17 @@ fn set_timer(timer: &OwnedFd, at: Option<u64>) -> io::Result<()> {
 /// The watchdog process's main; returns its exit code.
 pub fn run() -> i32 {
     log::start();
-    let code = match watch() {
+    let mut state = State { pgid: None, grace_ns: 0, term_at: None, kill_at: None, termed: false };
+    let code = match watch(&mut state) {
         Ok(code) => code,
         Err(e) => {
             log::say(e.to_string());
+            // Armed, it cannot guard the group any more: the group goes now, rather than
+            // run on unguarded.
+            if let Some(pgid) = state.pgid {
+                signal_group(pgid, libc::SIGKILL);
+                log::say("killed the command: the watchdog cannot go on".into());
+            }
             3
         }
     };
@@ -150,7 +157,7 @@ pub fn run() -> i32 {
     code
 }
 
-fn watch() -> io::Result<i32> {
+fn watch(state: &mut State) -> io::Result<i32> {
     // SAFETY: plain signal dispositions, set before anything else runs.
     unsafe {
         for sig in [libc::SIGPIPE, libc::SIGINT, libc::SIGHUP, libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU] {
@@ -165,7 +172,6 @@ fn watch() -> io::Result<i32> {
     // SAFETY: raw is a fresh, valid fd nobody else owns.
     let timer = unsafe { OwnedFd::from_raw_fd(raw) };
     let mut input = BufReader::new(io::stdin().lock());
-    let mut state = State { pgid: None, grace_ns: 0, term_at: None, kill_at: None, termed: false };
     let mut supervisor_gone = false;
     loop {
         set_timer(&timer, state.next())?;
@@ -206,9 +212,12 @@ fn watch() -> io::Result<i32> {
                     ["arm", pgid, grace] => {
                         state.pgid = pgid.parse().ok().filter(|&p: &i32| p > 1);
                         state.grace_ns = grace.parse().unwrap_or(0);
+                        // A supervisor gone before this answer (killed while a replacement
+                        // started) closed its end: the write fails, and the group is still
+                        // this watchdog's to guard (it used to exit 3 here, the command
+                        // running on unguarded).
                         let mut out = io::stdout().lock();
-                        writeln!(out, "armed")?;
-                        out.flush()?;
+                        let _ = writeln!(out, "armed").and_then(|()| out.flush());
                     }
                     ["at", term, kill] => {
                         state.term_at = term.parse().ok();

@@ -359,3 +359,36 @@ fn ctrl_z_stops_the_command_and_never_lets_it_outlive_the_lock() {
         std::thread::sleep(TTL_D * 3); // suspended past the lease
     });
 }
+
+/// A watchdog whose supervisor is gone before it could answer "armed" (killed while a
+/// replacement watchdog started: the supervisor's end of its stdout is closed) still
+/// guards the group it was armed for: it kills it once its input ends, rather than exiting
+/// on the failed write. (It exited 3 and the command ran on unguarded; a review found it,
+/// 2026-12-05.) No etcd here: the watchdog is driven by hand, as the supervisor drives it.
+#[test]
+fn a_watchdog_whose_supervisor_went_before_it_answered_still_kills_the_group() {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    let mut victim = Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
+    let pgid = victim.id();
+    let mut dog = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+        .arg("__watchdog")
+        .stdin(Stdio::piped())
+        .stdout(broken_pipe())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    let later = (ts.tv_sec as u64 + 60) * 1_000_000_000; // deadlines far off: only the end of input acts
+    let mut input = dog.stdin.take().unwrap();
+    write!(input, "arm {pgid} 100000000\nat {later} {}\n", later + 200_000_000).unwrap();
+    drop(input); // the supervisor is gone
+    let killed = wait_until(Duration::from_secs(5), || matches!(victim.try_wait(), Ok(Some(_))));
+    let _ = victim.kill();
+    let _ = victim.wait();
+    let _ = dog.kill();
+    let status = dog.wait().unwrap();
+    assert!(killed, "the group outlived its watchdog's supervisor (watchdog: {status})");
+}
