@@ -252,6 +252,7 @@ impl Holding {
         if !self.release.is_held() {
             return Err(Error::NotHeld { what, reason: "already released".into() });
         }
+        self.not_closed()?;
         let backend = self.session.client().backend();
         let mut all = vec![Condition::Created { key: self.key.clone(), revision: self.revision }];
         all.extend_from_slice(conditions);
@@ -268,11 +269,25 @@ impl Holding {
         }
     }
 
+    /// Fails once the session was closed or detached: then nothing may be written or
+    /// deleted on this guard's behalf. Detached, its key may be a successor's, taken over
+    /// with the same create revision, which every write of a guard is conditional on: the
+    /// old guard's release or fenced write would reach the successor's lock (until
+    /// 2026-12-05; `a_guard_of_a_detached_session_touches_nothing`). (A session merely lost
+    /// is left to the store, which refuses what its gone key no longer holds: `NotHeld`.)
+    fn not_closed(&self) -> Result<()> {
+        if self.session.is_closed() {
+            return Err(Error::SessionClosed { lease: self.session.lease_id() });
+        }
+        Ok(())
+    }
+
     /// Applies `writes` in the store only while this key still exists with this revision.
     pub(crate) async fn fenced(&self, what: &'static str, writes: Vec<Write>) -> Result<()> {
         if !self.release.is_held() {
             return Err(Error::NotHeld { what, reason: "already released".into() });
         }
+        self.not_closed()?;
         let backend = self.session.client().backend();
         let held = [Condition::Created { key: self.key.clone(), revision: self.revision }];
         if backend.write_if(&held, writes).await?.is_some() {
@@ -294,6 +309,7 @@ impl Holding {
         if !self.release.is_held() {
             return Err(Error::NotHeld { what: "guard", reason: "already released".into() });
         }
+        self.not_closed()?;
         let mut all = vec![Condition::Created { key: self.key.clone(), revision: self.revision }];
         all.extend_from_slice(conditions);
         writes.push(Write::Delete { key: self.key.clone() });
@@ -410,7 +426,9 @@ impl Holding {
         let unknown = std::sync::atomic::AtomicBool::new(false);
         let attempt = || {
             let attempt = backend.write_if(&held, writes.clone());
+            let ended = self.not_closed();
             async {
+                ended?; // not a try: the guard is left to the lease (Drop deletes nothing)
                 let r = attempt.await;
                 if r.as_ref().is_err_and(Error::is_transient) {
                     unknown.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -440,6 +458,9 @@ impl Holding {
                     }),
                 }
             }
+            // Closed or detached: the lease frees the key, or it is a successor's (Drop
+            // deletes nothing then).
+            Err(_) if self.session.is_closed() => Err(Error::SessionClosed { lease: self.session.lease_id() }),
             // The lease frees the key (Drop does nothing for a lost session).
             Err(_) if !self.session.is_valid() => Err(lost()),
             // Drop hands it to the background.

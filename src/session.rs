@@ -22,7 +22,7 @@ mod end;
 mod fence;
 mod status;
 
-pub(crate) use cleanup::{delete_if_ours, Target};
+pub(crate) use cleanup::Target;
 pub(crate) use fence::{move_fence, FenceState};
 pub use status::Health;
 
@@ -387,12 +387,19 @@ impl Session {
             let key = key.clone();
             // Not once the session ended: detached, its lease is a successor's, which may
             // have taken this key over (lost or closed, the lease takes it anyway).
+            // Looked at again between the read and the delete: a detach while the read was
+            // on its way must not be followed by a delete of what the read found.
             let outcome = Backoff::default()
                 .retry(|| async {
-                    if self.is_ended() {
-                        return Err(self.ended_error());
+                    let still = || if self.is_ended() { Err(self.ended_error()) } else { Ok(()) };
+                    still()?;
+                    match backend.get(&key).await? {
+                        Some(kv) if kv.lease == self.inner.lease => {
+                            still()?;
+                            backend.delete_if_created(&key, kv.create_revision).await
+                        }
+                        _ => Ok(false),
                     }
-                    delete_if_ours(&**backend, &key, self.inner.lease).await
                 })
                 .await;
             let (key, doom) = rest.1.remove(0);

@@ -576,6 +576,60 @@ async fn release_leftovers_stops_at_a_detach() {
     assert!(store.lease_ttl(handed_on).await.unwrap().is_some());
 }
 
+/// A guard of a detached session deletes and writes nothing any more: its key may be a
+/// successor's now (adopted with the same create revision, so a release or fenced write
+/// conditional on it would reach the successor's lock). Its `unlock` and fenced writes fail
+/// with `SessionClosed` and leave the key to the successor. (A review found it,
+/// 2026-12-05: the old guard's unlock deleted the successor's key, and a third session
+/// took the lock while the successor's guard said it held.)
+#[tokio::test(start_paused = true)]
+async fn a_guard_of_a_detached_session_touches_nothing() {
+    let store = MemoryBackend::new();
+    let before = Client::new(store.clone()).session().await.unwrap();
+    let old = Mutex::new(&before, "job").unwrap().lock().await.unwrap();
+    let lease = before.clone().detach().unwrap();
+    let after = Client::new(store.clone()).session_builder().attach(lease).open().await.unwrap();
+    let new = Mutex::new(&after, "job").unwrap().lock().await.unwrap();
+    assert_eq!(new.fencing_token(), old.fencing_token(), "taken over with its token");
+    let wrote = old.fenced_put("job.out", "stale").await;
+    assert!(matches!(wrote, Err(Error::SessionClosed { .. })), "{wrote:?}");
+    assert!(store.get("job.out").await.unwrap().is_none(), "the old guard wrote under the successor's lock");
+    let released = old.unlock().await;
+    assert!(matches!(released, Err(Error::SessionClosed { .. })), "{released:?}");
+    let c = other_session(&store).await;
+    let third = Mutex::new(&c, "job").unwrap().try_lock().await.unwrap();
+    assert!(third.is_none(), "two holders: the old guard's unlock freed the successor's lock");
+    assert!(new.is_valid());
+    new.unlock().await.unwrap();
+}
+
+/// The same when the detach comes while a leftover's read is on its way: the delete that
+/// would follow it is not sent (it was: the read's answer came after the detach, and the
+/// delete by the revision it read removed the key the successor had taken over; a review
+/// of `release_leftovers_stops_at_a_detach` found it, 2026-12-05).
+#[tokio::test(start_paused = true)]
+async fn release_leftovers_sends_no_delete_after_a_detach() {
+    let store = MemoryBackend::new();
+    let before = Client::new(store.clone()).session().await.unwrap();
+    std::mem::forget(Mutex::new(&before, "la").unwrap().lock().await.unwrap()); // "crash"
+    let lease = before.detach().unwrap();
+    let (client, faults) = faulty(&store);
+    let again = client.session_builder().attach(lease).open().await.unwrap();
+    faults.inject(Op::Get, Some("la/"), Fault::DelayAnswer(Duration::from_secs(1)), Some(1));
+    let releasing = tokio::spawn({
+        let again = again.clone();
+        async move { again.release_leftovers().await }
+    });
+    until("the leftover's read was sent", || faults.calls(Op::Get) >= 1).await;
+    let handed_on = again.detach().unwrap();
+    let successor = Client::new(store.clone()).session_builder().attach(handed_on).open().await.unwrap();
+    let held = Mutex::new(&successor, "la").unwrap().lock().await.unwrap();
+    let released = releasing.await.unwrap();
+    assert!(matches!(released, Err(Error::SessionClosed { .. })), "{released:?}");
+    assert!(store.get(held.key()).await.unwrap().is_some(), "the successor's key was deleted");
+    held.unlock().await.unwrap();
+}
+
 /// Attaching to a lease whose TTL is past what a session takes (granted through the
 /// backend by something else, here one that never expires) fails with `TtlOutOfRange`, as
 /// opening a session with such a TTL does; it used to panic adding the TTL to the clock

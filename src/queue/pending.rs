@@ -334,6 +334,11 @@ impl Pending {
     /// it in the background.
     pub(crate) async fn abandon(mut self) -> Result<()> {
         if let Stage::Exists(rev) = self.stage {
+            if self.session.is_closed() {
+                // Detached, the key may be a successor's by now; closed, the lease takes it.
+                self.stage = Stage::Done;
+                return Ok(());
+            }
             let backend = self.session.client().backend().clone();
             release_retry(&*backend, &self.key, rev).await?;
             self.stage = Stage::Done;

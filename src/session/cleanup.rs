@@ -260,15 +260,6 @@ impl Target {
     }
 }
 
-/// Deletes `key` if it exists under `lease`, checked by its create revision: true if this
-/// call deleted it.
-pub(crate) async fn delete_if_ours(backend: &dyn Backend, key: &str, lease: LeaseId) -> Result<bool> {
-    match backend.get(key).await? {
-        Some(kv) if kv.lease == lease => backend.delete_if_created(key, kv.create_revision).await,
-        _ => Ok(false),
-    }
-}
-
 /// After this long of failures a background delete says so in the log (it keeps trying).
 const NOTE_AFTER: Duration = Duration::from_secs(10);
 

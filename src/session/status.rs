@@ -53,6 +53,11 @@ impl Session {
         }
     }
 
+    /// Whether the session was closed or detached (through any handle).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.inner.shared.state.status() == crate::local::session_state::SessionStatus::Closed
+    }
+
     /// The error for what waited on a session that [ended](Session::ended):
     /// `SessionClosed` once closed or detached, else `SessionLost`.
     pub(crate) fn ended_error(&self) -> crate::Error {
