@@ -387,6 +387,12 @@ impl Watchdog {
     /// Tells the watchdog the session's validity `deadline` (a monotonic instant), less
     /// `margin`: SIGKILL then, SIGTERM `grace` before. Never waits.
     pub fn deadline(&mut self, deadline: std::time::Instant, margin: Duration) -> Result<(), SendError> {
+        // A stopped watchdog reads nothing; its pipe fills only after some 2,000 deadlines
+        // (hours at the default TTL), and a supervisor killed meanwhile would leave the
+        // command unguarded. So it counts as stuck at once (replaced by the caller).
+        if self.child.id().is_some_and(is_stopped) {
+            return Err(SendError::Stuck);
+        }
         let suspended = suspended_ns();
         let (term, kill) = Self::kill_times(self.grace, deadline, margin, suspended, self.suspended);
         send_line(&self.input, &format!("at {term} {kill}\n"))?;
@@ -412,6 +418,15 @@ impl Watchdog {
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await;
     }
+}
+
+/// Whether process `pid` is stopped (state `T`, or `t` under a tracer, in
+/// `/proc/<pid>/stat`); false if it cannot be read.
+fn is_stopped(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // "pid (comm) state …": comm may hold spaces and parentheses.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    matches!(state, Some("T" | "t"))
 }
 
 /// A pipe whose both ends close on exec (the write end must never reach the watchdog, or

@@ -237,20 +237,38 @@ fn a_watchdog_is_replaced_after_the_binary_was_removed() {
     });
 }
 
-/// The watchdog stopped: the supervisor runs on, renews and still holds (B waits); killed:
-/// the supervisor starts another, which then does its job when the supervisor is stopped.
+/// The watchdog stopped: the supervisor runs on, renews and still holds (B waits), and
+/// replaces it (`a_stopped_watchdog_is_replaced`); killed: the supervisor starts another,
+/// which then does its job when the supervisor is stopped.
 #[test]
 fn a_stopped_or_killed_watchdog_changes_nothing() {
     b_after_a("dog-fault", |a, _| {
         let dog = watchdog_of(a).expect("A has a watchdog");
         assert!(signal(dog, libc::SIGSTOP));
         std::thread::sleep(TTL_D * 2); // A renews meanwhile: B must still wait
-        signal(dog, libc::SIGCONT);
+        signal(dog, libc::SIGCONT); // (replaced by now: gone)
+        let dog = watchdog_of(a).expect("A has a watchdog");
         assert!(signal(dog, libc::SIGKILL));
         let again = wait_until(Duration::from_secs(5), || watchdog_of(a).is_some_and(|d| d != dog));
         assert!(again, "no new watchdog after the first was killed");
         assert!(signal(a, libc::SIGSTOP));
         std::thread::sleep(TTL_D * 3);
+    });
+}
+
+/// A stopped watchdog is replaced at the next deadline sent, and the new one does its job
+/// when the supervisor is then killed, the old one still stopped. (A stopped watchdog was
+/// noticed only once its input pipe was full, 64 KiB of deadlines, about two hours at the
+/// default TTL; a supervisor killed meanwhile left the command running past the lease
+/// until someone resumed the old watchdog. A review found it, 2026-12-05.)
+#[test]
+fn a_stopped_watchdog_is_replaced() {
+    b_after_a("dog-stop", |a, _| {
+        let dog = watchdog_of(a).expect("A has a watchdog");
+        assert!(signal(dog, libc::SIGSTOP));
+        let again = wait_until(TTL_D * 2, || watchdog_of(a).is_some_and(|d| d != dog));
+        assert!(again, "no new watchdog within 2 TTL of the first being stopped");
+        assert!(signal(a, libc::SIGKILL));
     });
 }
 
