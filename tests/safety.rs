@@ -603,6 +603,26 @@ async fn a_guard_of_a_detached_session_touches_nothing() {
     new.unlock().await.unwrap();
 }
 
+/// The same for a session that was lost before it was detached (its status stays "lost",
+/// not "closed"): a detach hands the lease on all the same, so its guards touch nothing
+/// either. (The gate looked at the status alone: a detach that came after the loss left
+/// the old guards free to write; a review found the race with the keep-alive's loss,
+/// 2026-12-05. Here the loss is the server's "lease not found", so the keep-alive revokes
+/// nothing and the detach succeeds.)
+#[tokio::test(start_paused = true)]
+async fn a_guard_of_a_session_lost_then_detached_touches_nothing() {
+    let store = MemoryBackend::new();
+    let s = Client::new(store.clone()).session().await.unwrap();
+    let old = Mutex::new(&s, "job").unwrap().lock().await.unwrap();
+    store.revoke_lease(s.lease_id()).await.unwrap(); // the server's "lease not found"
+    s.lost().await;
+    s.clone().detach().unwrap();
+    let r = old.fenced_put("job.out", "stale").await;
+    assert!(matches!(r, Err(Error::SessionClosed { .. })), "{r:?}");
+    let r = old.unlock().await;
+    assert!(matches!(r, Err(Error::SessionClosed { .. })), "{r:?}");
+}
+
 /// The same when the detach comes while a leftover's read is on its way: the delete that
 /// would follow it is not sent (it was: the read's answer came after the detach, and the
 /// delete by the revision it read removed the key the successor had taken over; a review

@@ -33,6 +33,11 @@ pub(super) fn revoked(end: &AtomicU8, answer: &Result<()>) {
 }
 
 impl Session {
+    /// Whether [`detach`](Session::detach) succeeded (through any handle).
+    pub(crate) fn is_detached(&self) -> bool {
+        self.inner.shared.end.load(Ordering::Acquire) == END_DETACHED
+    }
+
     /// Stops renewing, waits for background releases, and revokes the lease (deleting every
     /// key held through it).
     ///

@@ -53,9 +53,11 @@ impl Session {
         }
     }
 
-    /// Whether the session was closed or detached (through any handle).
+    /// Whether the session was closed or detached (through any handle). Detached counts
+    /// whatever the status says: a session lost before its detach keeps the status
+    /// "lost", and its lease has been handed on all the same.
     pub(crate) fn is_closed(&self) -> bool {
-        self.inner.shared.state.status() == crate::local::session_state::SessionStatus::Closed
+        self.inner.shared.state.status() == crate::local::session_state::SessionStatus::Closed || self.is_detached()
     }
 
     /// The error for what waited on a session that [ended](Session::ended):
