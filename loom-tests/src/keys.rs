@@ -68,6 +68,9 @@ fn a_key_stays_doomed_while_a_cleanup_of_it_runs() {
 // Mutation `leasehold_loom_mutation_doom`: the undoom forgets every doom of the key while
 // the second cleanup still deletes it; loom must find the key free too early.
 #[cfg_attr(leasehold_loom_mutation_doom, should_panic(expected = "a doomed key looked free"))]
+// Mutation `leasehold_loom_mutation_cleanups` (the idle future reads the count and registers
+// its waker in two steps) loses the idle waiter's wake-up here too.
+#[cfg_attr(leasehold_loom_mutation_cleanups, should_panic(expected = "the idle waiter was never woken"))]
 fn an_undoomed_cleanup_runs_until_it_is_dropped() {
     check("an_undoomed_cleanup_runs_until_it_is_dropped", || {
         let cleanups = Arc::new(Cleanups::new());
