@@ -497,28 +497,27 @@ async fn keep_alive(client: Client, lease: LeaseId, ttl: Duration, shared: Arc<S
         }
         true
     };
+    // Best effort, once lost at the deadline: if the server still has the lease, free its
+    // keys now (not once detached: the lease is then a successor's).
+    let revoke_expired = || async {
+        if end::begin_revoke(&shared.end) {
+            if let Ok(answer) = tokio::time::timeout(ttl, backend.revoke_lease(lease)).await {
+                end::revoked(&shared.end, &answer);
+            }
+        }
+    };
     loop {
         let deadline = Instant::from_std(shared.state.deadline());
         if let Due::Deadline = first_due(deadline, next).await {
             if expired() {
-                // Best effort: if the server still has the lease, free its keys now (not
-                // once detached: the lease is then a successor's).
-                if end::begin_revoke(&shared.end) {
-                    if let Ok(answer) = tokio::time::timeout(ttl, backend.revoke_lease(lease)).await {
-                        end::revoked(&shared.end, &answer);
-                    }
-                }
+                revoke_expired().await;
                 return;
             }
             continue; // renewed meanwhile (or closed: `renewed` below tells)
         }
         #[cfg(not(leasehold_sim_mutation_keepalive))]
         if expired() {
-            if end::begin_revoke(&shared.end) {
-                if let Ok(answer) = tokio::time::timeout(ttl, backend.revoke_lease(lease)).await {
-                    end::revoked(&shared.end, &answer);
-                }
-            }
+            revoke_expired().await;
             return;
         }
         let sent = Instant::now();
