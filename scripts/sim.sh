@@ -8,7 +8,9 @@
 #      and the weighted semaphore's planted bugs (--cfg leasehold_permits_mutation_unweighted,
 #      also run against its conformance test by scripts/test.sh, and
 #      leasehold_permits_mutation_light), and wakers woken in an order drawn from the OS
-#      (--cfg leasehold_sim_mutation_wake_order, for the replay check): the simulator must
+#      (--cfg leasehold_sim_mutation_wake_order, for the replay check), and a background
+#      task that panics after its work (--cfg leasehold_sim_mutation_panic: every panic of
+#      a run, in any task, is a violation): the simulator must
 #      catch each within the same seed budget. Bug 3 (TiKV) is out of the
 #      simulator's reach (it runs on the embedded store): its planted bug is run against its
 #      regression test on the TiKV test server instead (skip with SIM_SKIP_TIKV=1).
@@ -44,8 +46,9 @@ declare -A bugs=(
   [unweighted]="a weighted semaphore counts every key as one permit"
   [light]="a key of two permits is written as one of one"
   [wake_order]="waiters woken in an order drawn from the OS, not the seed"
+  [panic]="a background task that panics once its work is done (only the panic shows it)"
 )
-for name in keepalive adopt cleanup release unweighted light wake_order; do
+for name in keepalive adopt cleanup release unweighted light wake_order panic; do
   dir="$root/target/sim-mut/$name"
   log="$dir.log"
   cfg="leasehold_sim_mutation_$name"

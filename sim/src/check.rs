@@ -5,7 +5,8 @@
 //!   value is the writer's token) was accepted from a key that held `<name>` at that
 //!   revision (the first key of a mutex, election or write lock; among the first N of a
 //!   semaphore, or, for the weighted one, the weights up to its own at most N; no older
-//!   writer for a reader), and that each name's holder token only grows.
+//!   writer for a reader); and that each write of the counter register adds one to the
+//!   count it replaced and is an increment not written before.
 //! - **Beliefs**: whenever a client's guard says `is_valid()`, the workload asks at once
 //!   (no await in between) whether the store, at that instant, has the guard's key with its
 //!   token and admits it. A guard that believes it holds while the store says otherwise is
@@ -75,6 +76,19 @@ fn weight(value: &[u8]) -> u64 {
     }
 }
 
+/// The counter register the workers increment (`workload.rs`).
+pub const COUNTER: &str = "ctr";
+
+/// The count in a value of the counter register (`<count> <increment number>`).
+pub fn count(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.split(' ').next()?.parse().ok()
+}
+
+/// The increment number in a value of the counter register.
+fn increment(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.split(' ').nth(1)?.parse().ok()
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     violations: Vec<String>,
@@ -84,8 +98,8 @@ struct Inner {
     digest: u64,
     /// The store as of the last revision applied, by key.
     replica: BTreeMap<String, KeyValue>,
-    /// The highest holder token seen per name.
-    holders: BTreeMap<&'static str, u64>,
+    /// The counter's writes in the history: increment number -> revision.
+    increments: BTreeMap<u64, Revision>,
 }
 
 /// Shared by the world, the workload and the history task.
@@ -114,6 +128,16 @@ impl Checker {
 
     pub fn violations(&self) -> Vec<String> {
         self.inner.lock().unwrap().violations.clone()
+    }
+
+    /// The revision the history wrote increment `id` of the counter at, if it did.
+    pub fn increment_written(&self, id: u64) -> Option<Revision> {
+        self.inner.lock().unwrap().increments.get(&id).copied()
+    }
+
+    /// Writes of the counter in the history.
+    pub fn increments(&self) -> u64 {
+        self.inner.lock().unwrap().increments.len() as u64
     }
 
     pub fn events(&self) -> u64 {
@@ -175,6 +199,9 @@ impl Checker {
                     if let Some(name) = self.names.iter().find(|n| n.data == kv.key) {
                         self.check_fenced(&mut inner, name, kv, rev);
                     }
+                    if kv.key == COUNTER {
+                        check_increment(&mut inner, kv, rev);
+                    }
                 }
             }
             for event in &batch[i..j] {
@@ -201,19 +228,6 @@ impl Checker {
                     }
                 }
             }
-            for name in self.names.iter().filter(|n| matches!(n.writes, Kind::First | Kind::Writer)) {
-                let first = keys_under(&inner.replica, &name.prefix).first().map(|kv| kv.create_revision as u64);
-                if let Some(token) = first {
-                    let last = inner.holders.get(name.name).copied().unwrap_or(0);
-                    if token < last {
-                        inner.violations.push(format!(
-                            "{}: holder token went down at revision {rev}: {token} after {last}",
-                            name.name
-                        ));
-                    }
-                    inner.holders.insert(name.name, token.max(last));
-                }
-            }
             i = j;
         }
     }
@@ -234,6 +248,33 @@ impl Checker {
                 keys.iter().take(3).map(|k| format!("{}@{}", k.key, k.create_revision)).collect::<Vec<_>>()
             ));
         }
+    }
+}
+
+/// A write of the counter at `rev` (judged on the value before it): it must add one to the
+/// count it replaced (else it was computed from a stale value: an increment lost) and be an
+/// increment not written before (else one increment counted twice).
+fn check_increment(inner: &mut Inner, kv: &KeyValue, rev: Revision) {
+    let before = inner.replica.get(COUNTER).map_or(Some(0), |kv| count(&kv.value));
+    let (n, id) = (count(&kv.value), increment(&kv.value));
+    if before.is_none() || n.is_none() || n != before.map(|b| b + 1) {
+        inner.violations.push(format!(
+            "register: write {:?} at revision {rev} replaced count {before:?}: not one more (an increment lost)",
+            String::from_utf8_lossy(&kv.value)
+        ));
+    }
+    match id {
+        Some(id) => {
+            if let Some(earlier) = inner.increments.insert(id, rev) {
+                inner.violations.push(format!(
+                    "register: increment {id} written twice, at revisions {earlier} and {rev} (counted twice)"
+                ));
+            }
+        }
+        None => inner.violations.push(format!(
+            "register: write {:?} at revision {rev} names no increment",
+            String::from_utf8_lossy(&kv.value)
+        )),
     }
 }
 

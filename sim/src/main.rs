@@ -44,6 +44,7 @@ fn main() {
         Some(Err(_)) => bad("--from"),
     };
     let until_violation = args.iter().any(|a| a == "--until-violation");
+    world::catch_panics();
     let replay = args.iter().any(|a| a == "--replay");
 
     if let Ok(seed) = std::env::var("LEASEHOLD_SIM_SEED") {

@@ -30,6 +30,11 @@ pub struct Stats {
     pub started: AtomicU64,
     /// Register increments acknowledged as written.
     pub acked: AtomicU64,
+    /// The next increment's number (each increment writes its own, see [`Worker::register`]).
+    pub next_increment: AtomicU64,
+    /// The acknowledged increments: their numbers and the revisions their writes were
+    /// reported at (the world checks each against the store's history).
+    pub acknowledged: std::sync::Mutex<Vec<(u64, i64)>>,
 }
 
 /// One worker task's context.
@@ -353,17 +358,21 @@ impl Worker {
         self.end(held).await;
     }
 
-    /// One increment of the counter register, with a random strategy; started and
-    /// acknowledged increments are counted for the world's final check.
+    /// One increment of the counter register, with a random strategy. Its value is
+    /// `<count> <increment number>`: the checker sees which increment each write of the
+    /// history is (none may be written twice, each must add one to the count before it),
+    /// and the world checks that every acknowledged one was written, at the revision
+    /// reported.
     async fn register(&mut self) {
         if self.register.is_none() || self.rng.random_bool(0.1) {
             let Ok(r) = Register::new(&self.session, "ctr") else { return };
             self.register = Some(r.with_strategy(strategy(&mut self.rng)));
         }
         let register = self.register.clone().expect("set above");
+        let id = self.stats.next_increment.fetch_add(1, Ordering::Relaxed);
         let increment = |v: Option<&[u8]>| {
-            let n: u64 = v.and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()).unwrap_or(0);
-            Some((n + 1).to_string().into_bytes())
+            let n = v.map_or(0, |v| crate::check::count(v).unwrap_or(u64::MAX - 1));
+            Some(format!("{} {id}", n + 1).into_bytes())
         };
         self.stats.started.fetch_add(1, Ordering::Relaxed);
         let outcome = if self.rng.random_bool(0.15) {
@@ -375,6 +384,9 @@ impl Worker {
         if let Some(Ok(updated)) = outcome {
             if updated.written {
                 self.stats.acked.fetch_add(1, Ordering::Relaxed);
+                // A written update without its revision is caught by the world's check.
+                let revision = updated.revision.unwrap_or(0);
+                self.stats.acknowledged.lock().unwrap().push((id, revision));
             }
         }
     }

@@ -158,6 +158,10 @@ fn spawn_delete(
         // The key is no longer doomed by the time the next task of the session gets the
         // slot, and the slot is free by the time `Session::settle` returns.
         doom.end_handing_on(local);
+        // Planted for scripts/sim.sh: a background task that panics once its work is done,
+        // which nothing but the panic itself shows (the simulator must count it).
+        #[cfg(leasehold_sim_mutation_panic)]
+        panic!("planted: a background delete panics after its work");
     });
 }
 
