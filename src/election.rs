@@ -271,7 +271,7 @@ impl Election {
         );
         let acquired = async {
             self.session.check()?;
-            let Some(local) = local_slot(&self.session, &self.key, wait).await else { return Ok(None) };
+            let Some(local) = local_slot(&self.session, &self.key, wait).await? else { return Ok(None) };
             // A re-attached lease's key is adopted by the create, which takes it over then.
             let req = CreateRequest {
                 key: self.key.clone(),

@@ -129,7 +129,7 @@ impl Exclusive {
     /// could land late, after a relock of this session made the key anew and holds with
     /// it.
     pub(crate) async fn prepare(&self, wait: Wait) -> Result<Option<(Prepared, StaleKey)>> {
-        let Some(local) = local_slot(&self.session, &self.key, wait).await else { return Ok(None) };
+        let Some(local) = local_slot(&self.session, &self.key, wait).await? else { return Ok(None) };
         // The session's own key, if a leftover, is taken over by the create that adopts it.
         let key = self.relock_key();
         #[cfg(not(leasehold_leftover_mutation_early))]

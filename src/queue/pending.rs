@@ -15,12 +15,20 @@ use std::sync::Arc;
 
 /// Takes this session's local queue slot for `key` (one acquisition per key per session at
 /// a time), waiting as `wait` allows. `None` if another task of the session holds it and
-/// `wait` ran out (at once for `Wait::No`).
-pub(crate) async fn local_slot(session: &Session, key: &str, wait: Wait) -> Option<Slot> {
+/// `wait` ran out (at once for `Wait::No`). Fails with the session's
+/// [ended error](Session::ended_error) if the session ends (lost, closed or detached)
+/// while it waits: the other task may keep its guard for good. (Until 2026-12-05 this
+/// waited for it all the same.)
+pub(crate) async fn local_slot(session: &Session, key: &str, wait: Wait) -> Result<Option<Slot>> {
     let queue = session.local_queue(key);
-    match wait {
-        Wait::No => WaiterQueue::try_acquire(&queue),
-        _ => with_deadline(wait, WaiterQueue::acquire(&queue)).await,
+    if wait == Wait::No {
+        return Ok(WaiterQueue::try_acquire(&queue));
+    }
+    let slot = with_deadline(wait, WaiterQueue::acquire(&queue));
+    tokio::select! {
+        biased;
+        slot = slot => Ok(slot),
+        () = session.ended() => Err(session.ended_error()),
     }
 }
 

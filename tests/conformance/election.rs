@@ -372,3 +372,37 @@ pub async fn closing_the_session_ends_its_leadership_and_campaigns(client: &Clie
     assert!(matches!(stopped, Err(Error::SessionClosed { .. })), "{stopped:?}");
     b.close().await.unwrap();
 }
+
+/// An acquisition waiting behind another task of its own session (for the session's one
+/// place per key) ends when the session does, like one waiting behind another session's
+/// holder: it used to wait for the other task's guard, for good if that guard was kept.
+pub async fn a_wait_behind_the_sessions_own_holder_ends_with_the_session(client: &Client) {
+    let name = fresh("own-holder");
+    // A mutex, then a campaign, each behind a holder of the same session.
+    for campaign in [false, true] {
+        let c = client.session().await.unwrap();
+        let held: Box<dyn std::any::Any + Send> = if campaign {
+            Box::new(Election::new(&c, &name).unwrap().campaign("first").await.unwrap())
+        } else {
+            Box::new(leasehold::Mutex::new(&c, &name).unwrap().lock().await.unwrap())
+        };
+        let second = {
+            let c = c.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                if campaign {
+                    Election::new(&c, &name).unwrap().campaign("second").await.map(|_| ())
+                } else {
+                    leasehold::Mutex::new(&c, &name).unwrap().lock().await.map(|_| ())
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!second.is_finished(), "campaign {campaign}: the second did not wait for the first");
+        c.clone().close().await.unwrap();
+        let what = format!("campaign {campaign}: a wait behind its own session's holder, the session closed");
+        let ended = within(&what, second).await.unwrap();
+        assert!(matches!(ended, Err(Error::SessionClosed { .. })), "campaign {campaign}: {ended:?}");
+        drop(held);
+    }
+}

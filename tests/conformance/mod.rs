@@ -73,6 +73,7 @@ macro_rules! conformance_suite {
             leader_loop => |c| rc::leader_loop(c);
             leader_loop_optimistic => |c| el::leader_loop_optimistic(c);
             closing_the_session_ends_its_leadership_and_campaigns => |c| el::closing_the_session_ends_its_leadership_and_campaigns(c);
+            a_wait_behind_the_sessions_own_holder_ends_with_the_session => |c| el::a_wait_behind_the_sessions_own_holder_ends_with_the_session(c);
             bad_input => |c| mx::bad_input(c);
             close_releases => |c| mx::close_releases(c);
             relock => |c| mx::relock(c);
