@@ -399,7 +399,10 @@ impl Holding {
     /// attempt that did apply finds the key gone and writes nothing.
     ///
     /// Errors: [`Error::NotHeld`] if the key was already gone (the lock was lost before the
-    /// release: its lease expired, or someone deleted it), [`Error::SessionLost`] if the
+    /// release: its lease expired, or someone deleted it) — also when an attempt failed on
+    /// the way and the retry found the key gone, which may be that attempt's own work (its
+    /// answer lost) or a revocation before it: the lock cannot be shown held until its
+    /// release, so it is not reported as clean — [`Error::SessionLost`] if the
     /// store could not be reached and the session is lost (the lease frees the key), and the
     /// store's error if it could not be reached in time while the session lives: the release
     /// then goes on in the background until the key is gone or the session ends.
@@ -446,9 +449,21 @@ impl Holding {
                 self.held.end();
                 match applied {
                     Some(_) => Ok(()),
-                    // An earlier attempt may have applied (its answer lost): while the session
-                    // lives, nothing else deletes this key, so that attempt did.
-                    None if unknown.load(std::sync::atomic::Ordering::Relaxed) && self.session.is_valid() => Ok(()),
+                    // An earlier attempt may have applied (its answer lost), or the key was
+                    // revoked (`Client::revoke`, or a delete from outside) before any attempt
+                    // landed: the store cannot tell which, so the lock cannot be shown held
+                    // until its release. (Until 2026-12-05 this answered Ok, taking the
+                    // first for granted: "nothing else deletes this key while the session
+                    // lives", which revocation makes untrue.)
+                    None if unknown.load(std::sync::atomic::Ordering::Relaxed) => Err(Error::NotHeld {
+                        what,
+                        reason: format!(
+                            "{} was gone when the release was retried: an attempt whose answer was lost \
+                             may have deleted it, or it was revoked before the release (the store cannot \
+                             tell which)",
+                            self.key
+                        ),
+                    }),
                     None => Err(Error::NotHeld {
                         what,
                         reason: format!(
