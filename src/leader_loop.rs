@@ -117,7 +117,9 @@ impl LeaderLoop {
     ///   is at (a deposed leader stops), and the loop campaigns again on a new session;
     /// - when its leadership's key is revoked by an operator
     ///   ([`Client::revoke`](crate::Client::revoke)) while the session lives, `work`'s future
-    ///   is dropped likewise and the loop campaigns again on the same session;
+    ///   is dropped likewise and the loop campaigns again on the same session (on a new
+    ///   one if `work` kept a clone of the leadership, see below); so it does, after the
+    ///   retry policy's delay, when the key of its waiting campaign is revoked;
     /// - when the store cannot be reached, it tries again after the [`retry`](Self::retry)
     ///   policy's delays, without end.
     ///
@@ -174,6 +176,13 @@ impl LeaderLoop {
                     Err(Error::SessionLost { .. } | Error::SessionClosed { .. } | Error::LeaseNotFound { .. }) => {
                         break;
                     }
+                    // Its waiting key was revoked while the session lives: campaign again
+                    // on it, as after a revoked leadership.
+                    Err(Error::NotHeld { .. }) if session.is_valid() => {
+                        tracing::warn!(name = %self.name, "leader loop: campaign revoked; campaigning again");
+                        tokio::time::sleep(delays.next().unwrap_or(self.retry.cap)).await;
+                        continue;
+                    }
                     Err(e) => return Err(e),
                 };
                 delays = self.retry.delays();
@@ -185,10 +194,20 @@ impl LeaderLoop {
                     _ = work(leadership.clone()) => true,
                 };
                 leads.end();
-                if !done && session.is_valid() {
+                if !done && session.is_valid() && Arc::strong_count(&leadership) == 1 {
                     // Its key was revoked while the session lives: campaign again on it.
                     tracing::warn!(name = %self.name, "leader loop: leadership revoked; campaigning again");
                     continue;
+                }
+                if !done && session.is_valid() {
+                    // Revoked, but the work kept a clone, which keeps the session's one
+                    // place for the key: a campaign on this session would wait for it.
+                    // (Until 2026-12-05 it did, and the loop hung until the clone went.)
+                    tracing::warn!(
+                        name = %self.name,
+                        "leader loop: leadership revoked and kept by the work; campaigning on a new session"
+                    );
+                    break;
                 }
                 if !done {
                     tracing::info!(name = %self.name, "leader loop: session lost while leading; a new session");

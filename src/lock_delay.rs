@@ -141,7 +141,8 @@ impl LockDelay {
                 };
                 tokio::select! {
                     biased;
-                    _ = lost => return Err(hold.session().ended_error()),
+                    // Its key went: with the lease, or revoked while the session lives.
+                    _ = lost => return Err(hold.session().gone_error("lock-delay", hold.key()).await),
                     _ = delay => {}
                 }
             }
@@ -149,8 +150,8 @@ impl LockDelay {
         let record = || Write::Put { key: self.marker.clone(), value: token.to_string().into_bytes(), lease: None };
         match Backoff::default().retry(|| hold.fenced(what, vec![record()])).await {
             Ok(()) => Ok(Admit::Hold),
-            // Our key is gone: the lease expired while we waited.
-            Err(Error::NotHeld { .. }) => Err(Error::SessionLost { lease: hold.session().lease_id() }),
+            // Our key is gone: the lease expired while we waited, or it was revoked.
+            Err(Error::NotHeld { .. }) => Err(hold.session().gone_error("lock-delay", hold.key()).await),
             Err(e) => Err(e),
         }
     }

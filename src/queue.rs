@@ -207,7 +207,8 @@ pub(crate) async fn wait_view<R: Send + 'static>(
 
 /// Waits for the key `(key, rev)` to be admitted by `rule`, starting from `head` (a read of
 /// the whole prefix at or after `rev`) and following the prefix's [`DeleteFeed`]. Fails
-/// with `SessionLost` if the key disappears or the session is lost meanwhile. Returns the
+/// with the session's ended error if it ends meanwhile, and with `NotHeld` if the key is
+/// deleted (revoked) while the session lives ([`Session::gone_error`]). Returns the
 /// revision of the deletion that admitted it.
 ///
 /// Why not wait herd-free for the one key ahead, as ZooKeeper's lock recipe does: on etcd
@@ -244,7 +245,8 @@ pub(crate) async fn wait_turn(
     };
     match t {
         (Turn::Ready, at) => Ok(at),
-        _ => Err(session.ended_error()), // its key went: with the lease, or deleted
+        // Its key went: with the lease, or deleted (revoked) while the session lives.
+        _ => Err(session.gone_error("queue", key).await),
     }
 }
 

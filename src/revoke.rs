@@ -46,7 +46,8 @@ impl Client {
     /// fenced writes are refused with [`Error::NotHeld`], being conditional on the same
     /// create revision. Its session is untouched (revoke the lease,
     /// [`Backend::revoke_lease`](crate::Backend::revoke_lease), to end the whole process's
-    /// hold). Works for waiters' keys too: the waiter's acquisition then fails.
+    /// hold). Works for waiters' keys too: the waiter's acquisition then fails with
+    /// [`Error::NotHeld`] (its session lives on; a lock-delay's wait ends the same way).
     ///
     /// Fails with [`Error::InvalidName`] for a bad name and [`Error::InvalidArgument`] if
     /// the holder's key is not a key of `name` in this client's namespace.

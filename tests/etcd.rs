@@ -36,6 +36,7 @@ on_etcd! {
     lock_delay_expiry_delays_a_newcomer => |c| ld::expiry_delays_a_newcomer(c, &conformance::crash(c), Pessimistic, LOCK_DELAY);
     lock_delay_election_expiry_delays_the_next_leader => |c| ld::election_expiry_delays_the_next_leader(c, &conformance::crash(c), LOCK_DELAY);
     lock_delay_dropped_guard_is_not_clean => |c| ld::dropped_guard_is_not_clean(c, LOCK_DELAY);
+    lock_delay_revoked_during_the_delay => |c| ld::revoked_during_the_delay(c, LOCK_DELAY);
     lock_delay_session_lost_during_the_delay => |c| ld::session_lost_during_the_delay(c, &conformance::crash(c), LOCK_DELAY);
 }
 

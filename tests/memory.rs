@@ -135,6 +135,11 @@ mod lock_delay {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn revoked_during_the_delay() {
+        ld::revoked_during_the_delay(&memory().1, DELAY).await;
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn session_lost_during_the_delay() {
         let (backend, client) = memory();
         ld::session_lost_during_the_delay(&client, &|l| backend.expire_lease(l), DELAY).await;

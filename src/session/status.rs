@@ -66,6 +66,26 @@ impl Session {
         self.check().err().unwrap_or(crate::Error::SessionLost { lease: self.inner.lease })
     }
 
+    /// The error for an acquisition whose own key (`key`, of `what`) went before it held:
+    /// the session's [ended error](Session::ended_error) if the session ended, or
+    /// `SessionLost` if its lease is gone from the store (the key went with it; the session
+    /// has yet to notice), else [`NotHeld`](crate::Error::NotHeld): the key was deleted
+    /// from outside (revoked, `Client::revoke`) while the session lives on. A failed look at
+    /// the lease says `SessionLost`, as before. (Until 2026-12-05 this said `SessionLost`
+    /// in every case, and a caller that believed it threw away a healthy session.)
+    pub(crate) async fn gone_error(&self, what: &'static str, key: &str) -> crate::Error {
+        if self.check().is_err() || self.is_closed() {
+            return self.ended_error();
+        }
+        match self.client().backend().lease_ttl(self.inner.lease).await {
+            Ok(Some(_)) if self.check().is_ok() && !self.is_closed() => crate::Error::NotHeld {
+                what,
+                reason: format!("{key} was deleted (revoked) before it held; the session lives on"),
+            },
+            _ => self.ended_error(),
+        }
+    }
+
     /// The session's health as a watch channel: [`Health::Healthy`], [`Health::AtRisk`]
     /// while a renewal is late (less than half the TTL of validity left), then
     /// [`Health::Lost`] or [`Health::Closed`] (final: the channel then closes, and

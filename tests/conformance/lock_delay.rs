@@ -154,6 +154,25 @@ pub async fn dropped_guard_is_not_clean(client: &Client, delay: Duration) {
     assert!(Mutex::new(&b, &format!("{name}-plain")).unwrap().try_lock().await.unwrap().is_some());
 }
 
+/// An acquirer whose key is revoked during the delay fails with `NotHeld`: its session
+/// lives on (the old code said `SessionLost`).
+pub async fn revoked_during_the_delay(client: &Client, delay: Duration) {
+    let name = fresh("ld-revoked");
+    let (a, b) = (client.session().await.unwrap(), client.session().await.unwrap());
+    drop(Mutex::new(&a, &name).unwrap().with_lock_delay(delay).lock().await.unwrap());
+    a.settle().await; // not a clean release: the next acquirer waits the delay
+    let mb = Mutex::new(&b, &name).unwrap().with_lock_delay(delay);
+    let waiting = tokio::spawn(async move { mb.lock().await.map(|g| g.fencing_token()) });
+    until_keys(client, &name, 1).await; // b is admitted and waiting out the delay
+    let holder = client.holder(&name).await.unwrap().expect("b's key");
+    assert_eq!(holder.lease, b.lease_id());
+    assert!(client.revoke(&name, &holder).await.unwrap());
+    let r = tokio::time::timeout(LIMIT + delay, waiting).await.expect("returned").unwrap();
+    assert!(matches!(r, Err(Error::NotHeld { .. })), "{r:?}");
+    assert!(b.is_valid(), "the acquirer's session lives on");
+    assert_eq!(keys(client, &name).await, 0);
+}
+
 /// An acquirer whose own lease expires during the delay fails with `SessionLost`, leaving
 /// nothing behind.
 pub async fn session_lost_during_the_delay(client: &Client, crash: Crash<'_>, delay: Duration) {

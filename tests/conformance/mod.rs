@@ -89,6 +89,8 @@ macro_rules! conformance_suite {
             revoke_mutex => |c| rv::revoke_mutex(c);
             revoke_each_recipe => |c| rv::revoke_each_recipe(c);
             revoke_leader_loop => |c| rv::revoke_leader_loop(c);
+            revoking_a_waiter_fails_it_with_not_held => |c| rv::revoking_a_waiter_fails_it_with_not_held(c);
+            revoke_leader_loop_waiting_or_kept => |c| rv::revoke_leader_loop_waiting_or_kept(c);
 
             semaphore_limit_holds_under_contention => |c| rc::semaphore_limit_holds_under_contention(c, Mix::Queued);
             semaphore_limit_holds_with_mixed_strategies => |c| rc::semaphore_limit_holds_under_contention(c, Mix::Mixed);

@@ -2,7 +2,7 @@
 //! lease and create revision. Every wait is on a signal (a watch, a task's end) bounded by
 //! [`LIMIT`]; no check sleeps to let something happen.
 
-use leasehold::{Client, Election, Error, Holder, Mutex, RwLock, Semaphore};
+use leasehold::{Client, Election, Error, Holder, Mutex, RwLock, Semaphore, Strategy};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -175,4 +175,106 @@ pub async fn revoke_leader_loop(client: &Client) {
     let (second, again) = next().await;
     assert!(second > first, "{second} after {first}");
     assert_eq!(again, lease, "campaigned again on the same session");
+}
+
+/// Revoking a waiter's key fails its acquisition with `NotHeld` — not `SessionLost`, since
+/// its session lives on (the old code said `SessionLost`, and a caller that followed it
+/// threw away a healthy session; a `LeaderLoop` did). Queued waiters of a mutex, a
+/// semaphore and an election.
+pub async fn revoking_a_waiter_fails_it_with_not_held(client: &Client) {
+    let (a, b) = (client.session().await.unwrap(), client.session().await.unwrap());
+    for recipe in ["mutex", "semaphore", "election"] {
+        let name = fresh(&format!("revoke-waiter-{recipe}"));
+        let held: Box<dyn std::any::Any + Send> = match recipe {
+            "mutex" => Box::new(Mutex::new(&a, &name).unwrap().lock().await.unwrap()),
+            "semaphore" => Box::new(Semaphore::new(&a, &name, 1).unwrap().acquire().await.unwrap()),
+            _ => Box::new(Election::new(&a, &name).unwrap().campaign("a").await.unwrap()),
+        };
+        let waiter = {
+            let (b, name) = (b.clone(), name.clone());
+            tokio::spawn(async move {
+                match recipe {
+                    "mutex" => {
+                        Mutex::new(&b, &name).unwrap().with_strategy(Strategy::Pessimistic).lock().await.map(drop)
+                    }
+                    "semaphore" => Semaphore::new(&b, &name, 1)
+                        .unwrap()
+                        .with_strategy(Strategy::Pessimistic)
+                        .acquire()
+                        .await
+                        .map(drop),
+                    _ => Election::new(&b, &name)
+                        .unwrap()
+                        .with_strategy(Strategy::Pessimistic)
+                        .campaign("b")
+                        .await
+                        .map(drop),
+                }
+            })
+        };
+        until_entries(client, &name, 2).await;
+        assert!(client.revoke(&name, &entry_of(client, &name, b.lease_id()).await).await.unwrap());
+        let ended = within(&format!("{recipe}: the revoked waiter's acquisition ends"), waiter).await.unwrap();
+        assert!(matches!(ended, Err(Error::NotHeld { .. })), "{recipe}: {ended:?}");
+        assert!(b.is_valid(), "{recipe}: the waiter's session lives on");
+        drop(held);
+    }
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+/// A `LeaderLoop` whose waiting campaign is revoked campaigns again (the old code ended the
+/// loop with `SessionLost`); and one whose work kept a clone of a revoked leadership leads
+/// again, on a new session (the old code campaigned on the same session, behind the clone's
+/// place for the key, and hung until the clone went).
+pub async fn revoke_leader_loop_waiting_or_kept(client: &Client) {
+    let name = fresh("revoke-loop2");
+    let other = client.session().await.unwrap();
+    let first = Election::new(&other, &name).unwrap().campaign("other").await.unwrap();
+    let leader = leasehold::LeaderLoop::new(client, &name, "loop").unwrap();
+    let (tx, mut led) = tokio::sync::mpsc::unbounded_channel();
+    let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = kept.clone();
+    let mut run = Box::pin(leader.run(|l| {
+        let (tx, keep) = (tx.clone(), keep.clone());
+        async move {
+            tx.send((l.fencing_token(), l.session().lease_id())).unwrap();
+            keep.lock().unwrap().push(l); // a clone kept past the work
+            std::future::pending::<()>().await
+        }
+    }));
+    let mut next = async |what: &str| {
+        within(what, async {
+            tokio::select! {
+                r = &mut run => panic!("{what}: the loop ended: {r:?}"),
+                got = led.recv() => got.unwrap(),
+            }
+        })
+        .await
+    };
+    // The loop's campaign waits behind `other`: revoke its key.
+    let waiting = async {
+        until_entries(client, &name, 2).await;
+        let holders = client.entries(&name).await.unwrap();
+        let mine = holders.into_iter().find(|h| h.lease != other.lease_id()).expect("the loop's key");
+        assert!(client.revoke(&name, &mine).await.unwrap());
+        // It campaigns again: its key comes back; then the leader leaves.
+        until_entries(client, &name, 2).await;
+        first.resign().await.unwrap();
+        std::future::pending::<()>().await
+    };
+    let (token, lease) = tokio::select! {
+        got = next("the loop leads after its campaign was revoked") => got,
+        _ = waiting => unreachable!(),
+    };
+    // Revoke the leadership the work kept a clone of.
+    let holder = client.holder(&name).await.unwrap().expect("a leader");
+    assert_eq!((holder.token, holder.lease), (token, lease));
+    assert!(client.revoke(&name, &holder).await.unwrap());
+    let (again, new_lease) = next("the loop leads again after a revoke, its work keeping a clone").await;
+    assert!(again > token, "{again} after {token}");
+    assert_ne!(new_lease, lease, "a new session: the old one's place is the clone's");
+    drop(run);
+    kept.lock().unwrap().clear();
+    other.close().await.unwrap();
 }
