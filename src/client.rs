@@ -225,6 +225,17 @@ impl Client {
         self.inner.views.lock().register_feeds.open.contains_key(key)
     }
 
+    /// The open deletes-only feeds' prefixes and register feeds' keys (tests).
+    #[cfg(test)]
+    pub(crate) fn open_feeds(&self) -> (Vec<String>, Vec<String>) {
+        let views = self.inner.views.lock();
+        let (mut deletes, mut registers): (Vec<String>, Vec<String>) =
+            (views.feeds.open.keys().cloned().collect(), views.register_feeds.open.keys().cloned().collect());
+        deletes.sort();
+        registers.sort();
+        (deletes, registers)
+    }
+
     /// Closes the register feed of `key` if it is open and nobody waits on it (its watch
     /// brings an event per write, a cost for nothing while this client's updates of the
     /// register compare-and-swap). Whether none is open now.

@@ -313,7 +313,7 @@ impl Election {
                     Cas::KeyTaken => unreachable!("adopt is set"),
                 }
             }
-            let ticket = Ticket { what: WHAT, req, local, adopt: true, replaces: None, check: None };
+            let ticket = Ticket { what: WHAT, req, local, adopt: true, replaces: None, check: None, register: None };
             let (hold, kv) = match enqueue(&self.session, ticket, wait, Rule::First).await? {
                 Admission::Held(hold, kv, _) => (hold, kv),
                 Admission::NotAdmitted => return Ok(None),

@@ -285,7 +285,8 @@ impl Mutex {
         let key = self.queue.other_key(hold.key());
         let req = CreateRequest { key, ..self.queue.request(Precondition::KeyAbsent, None) };
         let local = hold.take_local();
-        let ticket = Ticket { what: "mutex", req, local, adopt: true, replaces: Some(hold), check: None };
+        let ticket =
+            Ticket { what: "mutex", req, local, adopt: true, replaces: Some(hold), check: None, register: None };
         let span = tracing::debug_span!(
             "mutex.relock",
             name = %self.name,

@@ -278,6 +278,12 @@ pub(crate) struct Ticket {
     /// and fails the acquisition with it (a semaphore checks the permit count it read in
     /// the same transaction).
     pub(crate) check: Option<CreateCheck>,
+    /// The key of the register whose lock this is: its waiter follows the register's feed,
+    /// which also brings the register's values ([`DeleteFeed::open_register`]); any other
+    /// waiter follows the prefix's deletes-only feed. (It was taken from the create's
+    /// `read`, so a semaphore, which reads its count key there, followed a register's
+    /// feed: an event per new waiter's key and per count write, to every waiting client.)
+    pub(crate) register: Option<String>,
 }
 
 /// See [`Ticket::check`].
@@ -348,7 +354,7 @@ impl Waited {
 /// read (the whole prefix, when the caller may wait) decides it at once, and deletions are
 /// all that can change it afterwards.
 pub(crate) async fn enqueue(session: &Session, ticket: Ticket, wait: Wait, rule: Rule) -> Result<Admission> {
-    let Ticket { what, mut req, local, adopt, replaces, check } = ticket;
+    let Ticket { what, mut req, local, adopt, replaces, check, register } = ticket;
     if wait != Wait::No {
         // A waiter follows only deletions from here on, so it needs every key ahead of it.
         req.head_limit = 0;
@@ -356,7 +362,7 @@ pub(crate) async fn enqueue(session: &Session, ticket: Ticket, wait: Wait, rule:
     if let Some(old) = &replaces {
         req.replaces = Some(Replaced { key: old.key().to_owned(), revision: Some(old.revision()) });
     }
-    let (key, prefix, register) = (req.key.clone(), req.prefix.clone(), req.read.clone());
+    let (key, prefix) = (req.key.clone(), req.prefix.clone());
     let Some((pending, resp)) = create(session, req, local, replaces, wait).await? else {
         return Ok(Admission::NotAdmitted); // its key was being deleted, and `wait` ran out
     };

@@ -279,7 +279,15 @@ impl RwLock {
                         Cas::Busy(_) => {}
                     }
                 }
-                let ticket = Ticket { what: "rwlock", req, local: None, adopt: leftover, replaces: None, check: None };
+                let ticket = Ticket {
+                    what: "rwlock",
+                    req,
+                    local: None,
+                    adopt: leftover,
+                    replaces: None,
+                    check: None,
+                    register: None,
+                };
                 let admission = match mode {
                     Mode::Read => enqueue(&self.session, ticket, wait, Rule::NoOlderUnder(writers)).await?,
                     Mode::Write => enqueue(&self.session, ticket, wait, Rule::First).await?,

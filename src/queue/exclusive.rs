@@ -173,6 +173,7 @@ impl Exclusive {
             adopt: true,
             replaces: None,
             check: None,
+            register: read.map(str::to_owned),
         };
         match enqueue(&self.session, ticket, wait, Rule::First).await? {
             Admission::Held(hold, _, admitted) => Ok(Some((hold, admitted))),

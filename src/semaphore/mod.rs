@@ -373,6 +373,7 @@ impl Semaphore {
             adopt: false,
             replaces: Some(hold),
             check: Some(self.count_check()),
+            register: None,
         };
         let rule = Rule::Weighted(limit.into());
         let admission = enqueue(&self.session, ticket, Wait::Forever, rule).instrument(span.clone()).await;
@@ -533,6 +534,7 @@ impl Semaphore {
                 adopt: leftover,
                 replaces: None,
                 check: Some(self.count_check()),
+                register: None,
             };
             match enqueue(&self.session, ticket, wait, Rule::Weighted(limit.into())).await? {
                 Admission::Held(hold, ..) => return Ok(Some(Permit { hold, permits: weight })),
@@ -590,5 +592,38 @@ impl Semaphore {
                 return Ok(None);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Client, Semaphore, Strategy};
+
+    /// A queued semaphore waiter follows the name's deletes-only feed, as every queue
+    /// waiter but a register's does: no event for each new waiter's key or count write.
+    /// (It followed a register's feed of the count key, which brings every put under the
+    /// prefix and the count's values, because the engine took any create that reads a key
+    /// for a register's.)
+    #[tokio::test]
+    async fn a_waiting_permit_follows_the_deletes_only_feed() {
+        let client = Client::memory();
+        let (a, b) = (client.session().await.unwrap(), client.session().await.unwrap());
+        let held = Semaphore::new(&a, "sem", 1).unwrap().acquire().await.unwrap();
+        let sb = Semaphore::new(&b, "sem", 1).unwrap().with_strategy(Strategy::Pessimistic);
+        let waiting = tokio::spawn(async move { sb.acquire().await.map(drop) });
+        let feeds = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            loop {
+                let feeds = client.open_feeds();
+                if !feeds.0.is_empty() || !feeds.1.is_empty() {
+                    return feeds;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the waiter opened a feed");
+        assert_eq!(feeds, (vec![client.prefix_of("sem").unwrap()], vec![]));
+        held.release().await.unwrap();
+        waiting.await.unwrap().unwrap();
     }
 }
