@@ -35,6 +35,9 @@ pub struct Report {
     pub digest: u64,
     /// Operations the workers started.
     pub ops: u64,
+    /// Acquisitions that held, and those in the run's second half.
+    pub held: u64,
+    pub held_late: u64,
     /// Faults injected, by kind.
     pub faults: BTreeMap<&'static str, u64>,
 }
@@ -88,6 +91,8 @@ struct Sim {
     crashed: bool,
     /// How many times it restarted (its workers are named `c<id>'…`).
     restarts: usize,
+    /// Sessions its workers opened after theirs was lost (`Worker::run`).
+    opened: Arc<std::sync::Mutex<Vec<Session>>>,
 }
 
 struct World {
@@ -169,6 +174,8 @@ impl World {
             events: world.checker.events(),
             digest: world.checker.digest(),
             ops: world.stats.ops.load(Ordering::Relaxed),
+            held: world.stats.held.load(Ordering::Relaxed),
+            held_late: world.stats.held_late.load(Ordering::Relaxed),
             faults: world.faults,
         };
         for sim in &world.sims {
@@ -184,7 +191,17 @@ impl World {
         faults.set_random(profile(&mut self.rng, self.seed.wrapping_mul(31).wrapping_add(id as u64)));
         let client = Client::new(Faulty::new(Arc::new(self.store.clone()), faults.clone()));
         let ttl = Duration::from_secs([2, 3, 5][self.rng.random_range(0..3)]);
-        let mut sim = Sim { id, faults, client, ttl, session: None, workers: Vec::new(), crashed: false, restarts: 0 };
+        let mut sim = Sim {
+            id,
+            faults,
+            client,
+            ttl,
+            session: None,
+            workers: Vec::new(),
+            crashed: false,
+            restarts: 0,
+            opened: Arc::default(),
+        };
         for _ in 0..20 {
             match sim.client.session_builder().ttl(ttl).open().await {
                 Ok(session) => {
@@ -203,8 +220,9 @@ impl World {
         for w in 0..self.rng.random_range(2..=3) {
             let rng = StdRng::seed_from_u64(self.rng.random());
             let who = format!("c{}{}.w{w}", sim.id, "'".repeat(sim.restarts));
-            let worker =
-                Worker::new(who, session.clone(), self.checker.clone(), rng, self.stop.clone(), self.stats.clone());
+            let (checker, stop, stats, opened) =
+                (self.checker.clone(), self.stop.clone(), self.stats.clone(), sim.opened.clone());
+            let worker = Worker::new(who, session.clone(), checker, rng, stop, stats, sim.ttl, opened);
             sim.workers.push(tokio::spawn(worker.run()));
         }
     }
@@ -219,8 +237,12 @@ impl World {
     /// Injects the world's faults while the workload runs.
     async fn drive(&mut self) {
         let end = Instant::now() + RUN;
+        let half = Instant::now() + RUN / 2;
         let (mut crashed, mut restarted) = (false, false);
         while Instant::now() < end {
+            if Instant::now() >= half {
+                self.stats.late.store(true, Ordering::Relaxed);
+            }
             let gap = Duration::from_millis(self.rng.random_range(200..3000));
             tokio::time::sleep(gap).await;
             let i = self.rng.random_range(0..self.sims.len());
@@ -277,6 +299,9 @@ impl World {
         if let Some(session) = sim.session.take() {
             std::mem::forget(session); // no revoke: a crashed process revokes nothing
         }
+        for session in sim.opened.lock().unwrap().drain(..) {
+            std::mem::forget(session);
+        }
     }
 
     /// The client restarts and hands its locks to its successor: the old process's tasks
@@ -291,19 +316,28 @@ impl World {
             w.abort();
         }
         let Some(old) = sim.session.take() else { return };
-        let Ok(lease) = old.detach() else {
-            // Lost, and its keep-alive began to revoke the lease: not to be handed on.
-            sim.crashed = true;
-            return;
-        };
+        // None: lost, and its keep-alive began to revoke the lease: nothing to hand on, the
+        // new process starts afresh.
+        let lease = old.detach().ok();
+        // The old process's other sessions end with it, unrevoked: left to expire.
+        for session in sim.opened.lock().unwrap().drain(..) {
+            let _ = session.detach();
+        }
         let mut sim = self.sims.remove(i);
         sim.restarts += 1;
-        match sim.client.session_builder().ttl(sim.ttl).attach(lease).open().await {
+        let builder = sim.client.session_builder().ttl(sim.ttl);
+        let opened = match lease {
+            Some(lease) => builder.attach(lease).open().await,
+            None => builder.open().await,
+        };
+        match opened {
             Ok(session) => {
-                let s = session.clone();
-                sim.workers.push(tokio::spawn(async move {
-                    let _ = s.release_leftovers().await;
-                }));
+                if lease.is_some() {
+                    let s = session.clone();
+                    sim.workers.push(tokio::spawn(async move {
+                        let _ = s.release_leftovers().await;
+                    }));
+                }
                 sim.session = Some(session);
                 self.spawn_workers(&mut sim);
             }
@@ -328,6 +362,9 @@ impl World {
             }
             if let Some(session) = sim.session.take() {
                 live.push((sim.id, session));
+            }
+            if !sim.crashed {
+                live.extend(sim.opened.lock().unwrap().drain(..).map(|s| (sim.id, s)));
             }
         }
         for (id, session) in &live {
