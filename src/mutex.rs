@@ -450,6 +450,10 @@ impl MutexGuard {
     /// # Ok(()) }
     /// ```
     ///
+    /// Writes that name one key twice, or the guard's own key (which the release deletes in
+    /// the same transaction), are refused with [`Error::InvalidArgument`]: nothing is
+    /// written, and the lock is released in the background as by dropping the guard.
+    ///
     /// # Cancel safety
     /// Dropping the future does not leave the lock held: the release goes on in the
     /// background. The writes were applied only if the transaction reached the store

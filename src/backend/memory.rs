@@ -205,8 +205,11 @@ impl State {
         });
     }
 
-    /// Applies writes in one new revision.
+    /// Applies writes in one new revision. Writes that name a key twice are refused, as
+    /// etcd refuses them (see [`Backend::transact`]); the embedded store applied them in
+    /// order until 2026-12-05, so such a write list worked in tests and failed on etcd.
     fn apply(&mut self, writes: Vec<Write>) -> Result<()> {
+        crate::guard::distinct_keys("transaction", &writes)?;
         for w in &writes {
             if let Write::Put { lease: Some(l), .. } = w {
                 if *l != 0 && !self.leases.contains_key(l) {

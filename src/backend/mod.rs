@@ -348,6 +348,11 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// they were applied, and otherwise the store as the failed check saw it. With no
     /// conditions and no writes this is a consistent read of several things at once.
     ///
+    /// The writes' keys must differ: etcd refuses a transaction that names a key twice
+    /// (as a permanent error), and every backend fails such a call with
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) or a store error, writing
+    /// nothing (the library's callers check first: `guard::distinct_keys`).
+    ///
     /// The recipes' multi-key steps are built from it: the fenced write (a
     /// [`Condition::Created`] on a guard's key: nothing is written once the key is gone,
     /// released or expired with its lease), write-and-release, and the adaptive register's

@@ -56,6 +56,7 @@ macro_rules! conformance_suite {
             ownership_safe_unlock => |c| mx::ownership_safe_unlock(c);
             lost_session => |c| mx::lost_session(c);
             fenced_write_if => |c| mx::fenced_write_if(c);
+            writes_naming_a_key_twice_are_refused => |c| mx::writes_naming_a_key_twice_are_refused(c);
             with_lock_runs_under_the_lock_and_stops_when_lost => |c| mx::with_lock(c);
             with_permit_and_with_leadership => |c| rc::with_permit_and_with_leadership(c);
             waiter_loses_its_key_pessimistic => |c| mx::waiter_loses_its_key(c, Pessimistic);

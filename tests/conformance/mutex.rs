@@ -607,3 +607,38 @@ pub async fn optimistic_give_up_deletes_an_adopted_leftover(client: &Client) {
     again.unlock().await.unwrap();
     after.close().await.unwrap();
 }
+
+/// Writes that name one key twice in one transaction — twice among the caller's, or the
+/// guard's own key or lock-delay marker, which a release deletes in the same step — are
+/// refused with `InvalidArgument` before anything is sent, on every backend, and the lock
+/// is still held. (etcd refuses such a transaction as a permanent error, "duplicate key
+/// given in txn request", where the embedded store applied the writes in order: a fenced
+/// write or `unlock_with` that worked in tests failed for good on etcd.)
+pub async fn writes_naming_a_key_twice_are_refused(client: &Client) {
+    use leasehold::Write;
+    let s = client.session().await.unwrap();
+    let name = format!("mx-dup-{}", std::process::id());
+    let mutex = Mutex::new(&s, &name).unwrap().with_lock_delay(Duration::from_millis(1));
+    let guard = mutex.lock().await.unwrap();
+    let put = |k: &str| Write::Put { key: k.into(), value: b"v".to_vec(), lease: None };
+    let twice = vec![put("dup.a"), Write::Delete { key: "dup.a".into() }];
+    let r = guard.fenced_write(twice.clone()).await;
+    assert!(matches!(r, Err(Error::InvalidArgument { .. })), "fenced_write: {r:?}");
+    let r = guard.fenced_write_if(&[], twice.clone()).await;
+    assert!(matches!(r, Err(Error::InvalidArgument { .. })), "fenced_write_if: {r:?}");
+    assert_eq!(client.backend().get("dup.a").await.unwrap(), None, "nothing written");
+    // unlock_with deletes the guard's key (and the marker): naming it too is refused, and
+    // the guard is still held afterwards... which `unlock_with` consumes, so take it again.
+    let own = guard.key().to_owned();
+    let r = guard.unlock_with(vec![put(&own)]).await;
+    assert!(matches!(r, Err(Error::InvalidArgument { .. })), "unlock_with naming the guard's key: {r:?}");
+    s.settle().await;
+    let guard = tokio::time::timeout(SOON, mutex.lock()).await.unwrap().unwrap();
+    let r = guard.unlock_with(twice).await;
+    assert!(matches!(r, Err(Error::InvalidArgument { .. })), "unlock_with: {r:?}");
+    s.settle().await;
+    let guard = tokio::time::timeout(SOON, mutex.lock()).await.unwrap().unwrap();
+    guard.unlock_with(vec![put("dup.a")]).await.unwrap();
+    assert!(client.backend().get("dup.a").await.unwrap().is_some());
+    s.close().await.unwrap();
+}
