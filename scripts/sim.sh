@@ -10,7 +10,10 @@
 #      leasehold_permits_mutation_light), and wakers woken in an order drawn from the OS
 #      (--cfg leasehold_sim_mutation_wake_order, for the replay check), and a background
 #      task that panics after its work (--cfg leasehold_sim_mutation_panic: every panic of
-#      a run, in any task, is a violation): the simulator must
+#      a run, in any task, is a violation), and a delete feed that takes a watch batch of
+#      several revisions for one (--cfg leasehold_sim_mutation_batch: only the fault
+#      injector's coalesced watch batches, as etcd sends a watcher it catches up, reach
+#      it): the simulator must
 #      catch each within the same seed budget. Bug 3 (TiKV) is out of the
 #      simulator's reach (it runs on the embedded store): its planted bug is run against its
 #      regression test on the TiKV test server instead (skip with SIM_SKIP_TIKV=1).
@@ -47,8 +50,9 @@ declare -A bugs=(
   [light]="a key of two permits is written as one of one"
   [wake_order]="waiters woken in an order drawn from the OS, not the seed"
   [panic]="a background task that panics once its work is done (only the panic shows it)"
+  [batch]="a delete feed that stamps a watch batch's deletions with its first revision"
 )
-for name in keepalive adopt cleanup release unweighted light wake_order panic; do
+for name in keepalive adopt cleanup release unweighted light wake_order panic batch; do
   dir="$root/target/sim-mut/$name"
   log="$dir.log"
   cfg="leasehold_sim_mutation_$name"

@@ -310,7 +310,13 @@ async fn feed_session(
     loop {
         let batch = watch.next().await?;
         let mut st = state.lock();
+        // Planted for scripts/sim.sh: a batch's deletions all stamped with its first
+        // revision (a feed that takes a watch batch for one revision).
+        #[cfg(leasehold_sim_mutation_batch)]
+        let first = batch.first().map(WatchEvent::revision);
         for (rev, events) in revisions(batch) {
+            #[cfg(leasehold_sim_mutation_batch)]
+            let rev = first.unwrap_or(rev);
             let mut keys = Vec::new();
             for event in events {
                 match event {

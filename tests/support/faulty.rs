@@ -180,6 +180,15 @@ impl Faults {
         st.stalled_until = Some(st.stalled_until.map_or(until, |u| u.max(until)));
     }
 
+    /// Counts one fault of `kind` (one that `pick` does not draw itself).
+    fn count(&self, kind: &'static str) {
+        let mut st = self.state.lock().unwrap();
+        match st.injected.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => st.injected.push((kind, 1)),
+        }
+    }
+
     /// Faults injected so far, by kind.
     pub fn injected(&self) -> Vec<(&'static str, u64)> {
         self.state.lock().unwrap().injected.clone()
@@ -438,6 +447,7 @@ impl Backend for Faulty {
             faults: self.faults.clone(),
             prefix: prefix.to_owned(),
             broken: false,
+            failed: None,
         }))
     }
 
@@ -449,6 +459,7 @@ impl Backend for Faulty {
             faults: self.faults.clone(),
             prefix: prefix.to_owned(),
             broken: false,
+            failed: None,
         }))
     }
 
@@ -456,7 +467,13 @@ impl Backend for Faulty {
         let (inner, k, p) = (self.inner.clone(), key.to_owned(), prefix.to_owned());
         let watch =
             self.call(Op::Watch, &[key, prefix], async move { inner.watch_key_and_prefix(&k, &p).await }).await?;
-        Ok(Box::new(FaultyWatch { inner: watch, faults: self.faults.clone(), prefix: key.to_owned(), broken: false }))
+        Ok(Box::new(FaultyWatch {
+            inner: watch,
+            faults: self.faults.clone(),
+            prefix: key.to_owned(),
+            broken: false,
+            failed: None,
+        }))
     }
 }
 
@@ -524,6 +541,8 @@ struct FaultyWatch {
     faults: Faults,
     prefix: String,
     broken: bool,
+    /// An error of the inner stream met while coalescing, for the next call.
+    failed: Option<leasehold::Error>,
 }
 
 #[async_trait]
@@ -536,14 +555,35 @@ impl WatchStream for FaultyWatch {
         if self.broken {
             return Err(unavailable("watch broken"));
         }
-        let batch = self.inner.next().await?;
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        let mut batch = self.inner.next().await?;
         match self.faults.pick(Op::WatchNext, &[&self.prefix]) {
             Some(Fault::FailBefore | Fault::LoseAnswer) => {
                 self.broken = true;
                 return Err(unavailable("watch broken"));
             }
             Some(Fault::Delay(d) | Fault::InFlight(d) | Fault::Late(d) | Fault::DelayAnswer(d)) => {
-                tokio::time::sleep(d).await
+                tokio::time::sleep(d).await;
+                // What queued up meanwhile comes in the same batch, several revisions in
+                // one, as etcd sends a watcher it catches up (up to 1,000 revisions per
+                // response): the embedded store sends one revision per batch.
+                let revisions = batch.last().map(WatchEvent::revision);
+                loop {
+                    let mut next = self.inner.next();
+                    match std::future::poll_fn(|cx| std::task::Poll::Ready(next.as_mut().poll(cx))).await {
+                        std::task::Poll::Ready(Ok(more)) => batch.extend(more),
+                        std::task::Poll::Ready(Err(e)) => {
+                            self.failed = Some(e);
+                            break;
+                        }
+                        std::task::Poll::Pending => break,
+                    }
+                }
+                if batch.last().map(WatchEvent::revision) != revisions {
+                    self.faults.count("coalesced-watch");
+                }
             }
             None => {}
         }
