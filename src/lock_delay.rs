@@ -24,6 +24,13 @@
 //! expiry; no wall clocks are compared. One that arrives long after a crash therefore still
 //! waits the delay once (conservative). A handle remembers the stale token it saw and when,
 //! so repeated `try_lock`s or timeouts do not restart the delay.
+//!
+//! A session that re-attaches a lease ([`SessionBuilder::attach`](crate::SessionBuilder::attach))
+//! and takes over its key finds the marker holding its own token: it is the same holder
+//! going on, and waits nothing. That is right for the hand-over it is made for (the
+//! earlier process detached, and sent nothing after), and wrong after a crash whose
+//! unfenced writes may still be on their way: re-attach a crashed process's lease only
+//! once they cannot land, or let it expire instead.
 
 use crate::backend::Write;
 use crate::backoff::Backoff;
