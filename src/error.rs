@@ -68,7 +68,9 @@ pub enum Error {
         after: Duration,
     },
     /// The caller no longer holds what it tried to use (a fenced write or proclaim after
-    /// losing the lock or leadership).
+    /// losing the lock or leadership), or its release found it already gone; or a waiting
+    /// acquisition's key was revoked ([`Client::revoke`](crate::Client::revoke)) before it
+    /// held, its session living on.
     #[error("{what}: not held: {reason}")]
     NotHeld {
         /// The subsystem.

@@ -183,6 +183,8 @@ impl LeaderLoop {
                         tokio::time::sleep(delays.next().unwrap_or(self.retry.cap)).await;
                         continue;
                     }
+                    // Revoked as the session was lost meanwhile: a new session.
+                    Err(Error::NotHeld { .. }) => break,
                     Err(e) => return Err(e),
                 };
                 delays = self.retry.delays();

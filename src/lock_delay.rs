@@ -101,7 +101,8 @@ impl LockDelay {
 
     /// Runs once `hold` has been admitted: waits out the delay if the previous holder did
     /// not release cleanly (see the [module docs](self)), then records `hold` as the holder.
-    /// Fails with [`Error::SessionLost`] if the key or the session is lost meanwhile.
+    /// Fails with the session's ended error if it ends meanwhile, and with
+    /// [`Error::NotHeld`] if the key is revoked while the session lives.
     async fn admit(&self, what: &'static str, hold: &Holding, wait: Wait) -> Result<Admit> {
         let admitted = Instant::now();
         let backend = hold.session().client().backend().clone();

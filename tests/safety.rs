@@ -456,27 +456,35 @@ async fn unlock_of_a_lost_lock_is_an_error() {
 }
 
 /// The same when the release's first attempt fails on the way (a transient error, the
-/// attempt not applied) and its retry finds the key gone: revoked by an operator before the
-/// release. The old code answered `Ok(())`, taking it for granted that the first attempt
-/// had deleted the key, since "while the session lives, nothing else deletes this key" —
-/// which `Client::revoke` (and any delete from outside) makes untrue. The release cannot
-/// tell that from its own attempt applied with its answer lost, so either way the lock
-/// cannot be shown held until its release: `NotHeld`, saying so.
+/// attempt not applied) and its retry finds the key gone, revoked by an operator before the
+/// release and seen going by the guard's `lost()`. The old code answered `Ok(())`, taking it
+/// for granted that the first attempt had deleted the key ("while the session lives,
+/// nothing else deletes this key"), which `Client::revoke` makes untrue. A release whose
+/// attempt did apply and whose answer was lost is still a clean release: the store cannot
+/// tell it from a revocation nobody saw, and it is by far the common case (an etcd leader
+/// killed mid-release).
 #[tokio::test(start_paused = true)]
 async fn a_release_retried_onto_a_revoked_key_is_not_reported_clean() {
     let store = MemoryBackend::new();
     let (client, faults) = faulty(&store);
     let s = client.session().await.unwrap();
     let guard = Mutex::new(&s, "job").unwrap().lock().await.unwrap();
+    let lost = tokio::spawn(guard.lost());
     let operator = Client::new(store.clone());
     let holder = operator.holder("job").await.unwrap().expect("held");
     assert!(operator.revoke("job", &holder).await.unwrap());
+    timeout(Duration::from_secs(30), lost).await.expect("the guard saw its key go").unwrap();
     faults.inject(Op::WriteIf, Some(guard.key()), Fault::FailBefore, Some(1));
     match guard.unlock().await {
         Err(Error::NotHeld { .. }) => {}
         other => panic!("a release retried onto a revoked key returned {other:?}"),
     }
     assert!(s.is_valid(), "the session lives on");
+    // Its own attempt applied, the answer lost: a clean release.
+    let guard = Mutex::new(&s, "job").unwrap().lock().await.unwrap();
+    faults.inject(Op::WriteIf, Some(guard.key()), Fault::LoseAnswer, Some(1));
+    let released = guard.unlock().await;
+    assert!(released.is_ok(), "a release whose answer was lost: {released:?}");
 }
 
 // ---------------------------------------------------------------------------------------

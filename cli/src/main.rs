@@ -276,7 +276,8 @@ impl From<Error> for Fail {
     fn from(e: Error) -> Self {
         let code = match e {
             Error::Timeout { .. } => EXIT_TIMEOUT,
-            Error::SessionLost { .. } => EXIT_LOST,
+            // Lost, or revoked (`release`): a holder's, or a waiter's before it held.
+            Error::SessionLost { .. } | Error::NotHeld { .. } => EXIT_LOST,
             Error::InvalidName { .. } | Error::InvalidArgument { .. } | Error::TtlOutOfRange { .. } => EXIT_USAGE,
             _ => EXIT_FAILED,
         };

@@ -1,5 +1,6 @@
 //! The `leasehold` binary's strategies and weights, against a real etcd started by the
-//! harness: weighted permits, and elections and read-write locks of every strategy.
+//! harness: weighted permits, and elections and read-write locks of every strategy; and a
+//! waiter revoked by `release`.
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
@@ -144,4 +145,59 @@ fn rwlock_strategies_keep_writers_alone() {
         done += usize::from(!start);
     }
     assert_eq!(done, 8);
+}
+
+/// Ends a child (SIGTERM, then waits) when dropped, also when the test fails.
+struct Ended(std::process::Child);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on a pid this test spawned and has not yet waited for.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// A waiter whose key `release --lease` revokes exits 122 ("lost or revoked") without
+/// running its command, and the holder runs on. (Until 2026-12-05 it exited 125, as if
+/// leasehold itself had failed: the library now says `NotHeld` for a revoked waiter, where
+/// it said `SessionLost`.)
+#[test]
+fn a_revoked_waiter_exits_122_without_running_its_command() {
+    let etcd = EtcdCluster::single();
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    let name = "cli-revoked-waiter";
+    let status = || String::from_utf8(leasehold(&etcd).args(["status", name]).output().unwrap().stdout).unwrap();
+    let until = |what: &str| {
+        for _ in 0..500 {
+            if status().starts_with(what) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("never {what:?}: {}", status());
+    };
+    let mut holder = Ended(leasehold(&etcd).args(["lock", name, "--", "sleep", "60"]).spawn().unwrap());
+    until(&format!("{name}: 1 holding, 0 waiting"));
+    let waiter = leasehold(&etcd)
+        .args(["lock", name, "--", "touch"])
+        .arg(&ran)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    until(&format!("{name}: 1 holding, 1 waiting"));
+    let now = status();
+    let lease = now
+        .lines()
+        .find_map(|l| l.strip_prefix("waiting token="))
+        .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("lease=")))
+        .expect("the waiter's lease")
+        .to_owned();
+    let released = leasehold(&etcd).args(["release", name, "--lease", &lease]).output().unwrap();
+    assert!(released.status.success(), "{released:?}");
+    let out = waiter.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(122), "{out:?}");
+    assert!(!ran.exists(), "the revoked waiter ran its command");
+    assert!(holder.0.try_wait().unwrap().is_none(), "the holder ran on");
 }

@@ -350,8 +350,8 @@ pub trait Backend: Send + Sync + Debug + 'static {
     ///
     /// The writes' keys must differ: etcd refuses a transaction that names a key twice
     /// (as a permanent error), and every backend fails such a call with
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) or a store error, writing
-    /// nothing (the library's callers check first: `guard::distinct_keys`).
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) before sending it, writing
+    /// nothing (`guard::distinct_keys`; conformance check `transact_contract`).
     ///
     /// The recipes' multi-key steps are built from it: the fenced write (a
     /// [`Condition::Created`] on a guard's key: nothing is written once the key is gone,

@@ -232,7 +232,8 @@ async fn wait_for_place(
     let head = View::snapshot(kvs, at);
     match turn(&head, key, rev, &Rule::First) {
         Some(Turn::Ready) => Ok((at, None)),
-        Some(Turn::Gone) => Err(Error::SessionLost { lease: session.lease_id() }),
+        // Gone: with the lease, or revoked while the session lives (the caller queues anew).
+        Some(Turn::Gone) => Err(session.gone_error("register", key).await),
         _ => {
             let started = Waited::start(&head, rev);
             let at = wait_turn(session, prefix, key, rev, head, Rule::First, Some(register)).await?;

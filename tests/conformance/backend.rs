@@ -94,6 +94,13 @@ pub async fn transact_contract(client: &Client) {
     assert!(free.applied.is_some(), "lock released: written");
     assert_eq!(b.get(&value).await.unwrap().map(|kv| kv.value), Some(b"2".to_vec()));
     s.close().await.unwrap();
+
+    // Writes naming a key twice: refused by every backend as etcd refuses them, with a
+    // typed error, writing nothing (the embedded store applied them in order).
+    let twice = vec![put(&x, b"dup"), Write::Delete { key: x.clone() }];
+    let r = b.transact(&[], twice, &[]).await;
+    assert!(matches!(r, Err(leasehold::Error::InvalidArgument { .. })), "a key named twice: {r:?}");
+    assert_ne!(b.get(&x).await.unwrap().map(|kv| kv.value), Some(b"dup".to_vec()), "nothing written");
 }
 
 /// A write under a lease that is gone fails with `LeaseNotFound` naming that lease (etcd's
