@@ -174,6 +174,13 @@ async fn run_held(
             EXIT_LOST,
             format!("lock {:?}: too little of its lease left to start the command; it did not run", held.name),
         )),
+        Outcome::RevokedBeforeStart => Err(Fail(
+            EXIT_LOST,
+            format!(
+                "lock {:?} lost or revoked (leasehold release) before the command started; it did not run",
+                held.name
+            ),
+        )),
         Outcome::Failed(e) => Err(Fail(EXIT_FAILED, format!("supervising the command: {e}"))),
     }
 }

@@ -42,6 +42,9 @@ pub enum Outcome {
     Lost,
     /// The lease had too little time left to start the command; it did not run.
     NotStarted,
+    /// The lock's key was revoked (`leasehold release`), or the session lost, before the
+    /// command started; it did not run.
+    RevokedBeforeStart,
     /// Supervising failed; the command's group was killed and ended (the lock is still held
     /// and may be released).
     Failed(String),
@@ -213,6 +216,14 @@ pub async fn supervise(mut started: Started, held: &Held<'_>, grace: Duration, s
     let ttl = session.ttl();
     let budget = Budget { grace: grace.min(ttl / 4), margin: Duration::from_millis(500).min(ttl / 10) };
     let pgid = started.pgid;
+    // Followed from before the watchdog arms: a revocation from here on keeps the command
+    // from starting, or ends it (until 2026-12-05 the key was first followed once the
+    // command ran, so one revoked while the watchdog armed, or while the supervisor was
+    // stopped, started all the same, after the next holder's).
+    let mut lost = (held.lost)();
+    if poll_once(&mut lost) {
+        return Outcome::RevokedBeforeStart;
+    }
     let mut dog = match guard(pgid, budget, session, ARM_WITHIN).await {
         Ok(dog) => dog,
         // The gate never opens: dropping it ends the gate process; the command never runs.
@@ -225,8 +236,23 @@ pub async fn supervise(mut started: Started, held: &Held<'_>, grace: Duration, s
         dog.disarm().await;
         return Outcome::NotStarted;
     }
+    // Still this acquisition's key, read now, right before the gate opens; and not seen
+    // going since. (A revocation after this read is the `lost` future's: the command is
+    // killed as soon as it is seen. Only one landing between this read and the gate's
+    // opening, with the supervisor stopped in between, gets past both: the window no
+    // check-then-start can close, which fencing tokens cover.)
+    let still = session.client().backend().get(held.key).await;
+    let mine = matches!(&still, Ok(Some(kv)) if u64::try_from(kv.create_revision).ok() == Some(held.token));
+    if !mine || poll_once(&mut lost) {
+        drop(started);
+        dog.disarm().await;
+        return match still {
+            Err(e) => Outcome::Failed(format!("cannot confirm the lock before starting the command: {e}")),
+            Ok(_) => Outcome::RevokedBeforeStart,
+        };
+    }
     let watched = match started.open() {
-        Ok(()) => watch(&mut started.child, pgid, &mut dog, session, (held.lost)(), budget, signals).await,
+        Ok(()) => watch(&mut started.child, pgid, &mut dog, session, lost, budget, signals).await,
         Err(e) => Err(std::io::Error::other(format!("cannot open the command's gate: {e}"))),
     };
     let outcome = match watched {
@@ -254,6 +280,12 @@ pub async fn supervise(mut started: Started, held: &Held<'_>, grace: Duration, s
         _ if !ended => Outcome::Lost,
         outcome => outcome,
     }
+}
+
+/// Polls `lost` once (which also starts its following of the key): whether it completed.
+fn poll_once(lost: &mut Lost) -> bool {
+    let waker = std::task::Waker::noop();
+    lost.as_mut().poll(&mut std::task::Context::from_waker(waker)).is_ready()
 }
 
 /// Waits for the command while the lease lasts. `Some` when it exited, `None` when it must

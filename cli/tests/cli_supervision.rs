@@ -410,3 +410,65 @@ fn a_watchdog_whose_supervisor_went_before_it_answered_still_kills_the_group() {
     let status = dog.wait().unwrap();
     assert!(killed, "the group outlived its watchdog's supervisor (watchdog: {status})");
 }
+
+/// A holder whose key is revoked (`leasehold release`) after its acquisition and before its
+/// command starts never runs the command, and exits 122; the next holder runs. Holder A's
+/// supervisor is stopped as soon as its command's gate is there and before its watchdog is
+/// (so before its last look at the key), the key is released, B runs, and A is continued.
+/// (Until 2026-12-05 the key was first followed once the command ran: A's command ran
+/// after B's, and A exited 0; an adversarial review found it.) A trial whose stop came after
+/// the watchdog had started proves nothing here and is run again with a new name.
+#[test]
+fn a_holder_revoked_before_its_command_started_never_runs_it() {
+    let etcd = EtcdCluster::single();
+    let dir = tempfile::tempdir().unwrap();
+    let mut procs = Procs(Vec::new());
+    let kids = |pid: u32, what: &str| children(pid).into_iter().filter(|&k| args(k).iter().any(|a| a == what)).count();
+    let mut caught = false;
+    for trial in 0..20 {
+        let (name, log) = (format!("cli-revoked-before-start-{trial}"), dir.path().join(format!("log{trial}")));
+        let a = procs.add(holder(&etcd, &name, "A", &log, r#"echo "$WHO" >> "$LOG""#));
+        // The gate opens within milliseconds of appearing: look without pausing.
+        let until = Instant::now() + Duration::from_secs(10);
+        while kids(a, "__gate") == 0 && Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        signal(a, libc::SIGSTOP);
+        if kids(a, "__gate") == 0 {
+            signal(a, libc::SIGCONT); // missed it (or no gate within 10 s): try again
+            continue;
+        }
+        if kids(a, "__watchdog") > 0 {
+            signal(a, libc::SIGCONT); // too late to prove anything: let it run, try again
+            continue;
+        }
+        let status = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+            .env("LEASEHOLD_ENDPOINTS", etcd.url())
+            .args(["status", &name])
+            .output()
+            .unwrap();
+        let status = String::from_utf8(status.stdout).unwrap();
+        let lease = status
+            .lines()
+            .find_map(|l| l.strip_prefix("holding token="))
+            .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("lease=")))
+            .unwrap_or_else(|| panic!("A holds: {status}"))
+            .to_owned();
+        let released = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+            .env("LEASEHOLD_ENDPOINTS", etcd.url())
+            .args(["release", &name, "--lease", &lease])
+            .output()
+            .unwrap();
+        assert!(released.status.success(), "{released:?}");
+        let mut b = holder(&etcd, &name, "B", &log, r#"echo "$WHO" >> "$LOG""#);
+        assert!(b.wait().unwrap().success(), "B ran");
+        signal(a, libc::SIGCONT);
+        let ended = procs.0.last_mut().unwrap().wait().unwrap();
+        let written = std::fs::read_to_string(&log).unwrap_or_default();
+        assert_eq!(written, "B\n", "A's command ran after its lock was released (A: {ended})");
+        assert_eq!(ended.code(), Some(122), "A: {ended}");
+        caught = true;
+        break;
+    }
+    assert!(caught, "no trial stopped A between its gate and its watchdog");
+}
