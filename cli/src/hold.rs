@@ -145,8 +145,9 @@ pub async fn run_guarded(
 /// `leasehold lock NAME` without a command: prints the key and the fencing token, and holds
 /// until SIGINT or SIGTERM (exit 0), or until the lock is lost or revoked (exit 122).
 async fn hold_until_signal(session: &Session, guard: &Guard, signals: &mut Signals) -> Result<u8, Fail> {
-    println!("{}", guard.key());
-    println!("token {}", guard.token());
+    // Holding goes on whether anyone reads this or not (`out!`: no panic on a closed pipe).
+    let _ = out!("{}", guard.key());
+    let _ = out!("token {}", guard.token());
     tokio::select! {
         _ = signals.int.recv() => Ok(0),
         _ = signals.term.recv() => Ok(0),

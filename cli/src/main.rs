@@ -17,6 +17,17 @@ macro_rules! say {
     }};
 }
 
+/// A line to standard output: its `io::Result`, not a panic (`println!` panics when stdout
+/// is a pipe whose reader went: `leasehold lock NAME | head -1`, `elect --observe | head`,
+/// and a `release` piped into `grep -q` then left its later keys unrevoked, or a holder
+/// exited 101 with its lock held until the TTL; until 2026-12-05).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)
+    }};
+}
+
 mod duration;
 mod hold;
 mod show;
@@ -389,7 +400,12 @@ async fn run(cli: Cli) -> Result<u8, Fail> {
             let mut observer = Election::observer(&client, &name)?;
             loop {
                 tokio::select! {
-                    change = observer.changed() => println!("{}", show::describe(&change?, json)),
+                    change = observer.changed() => {
+                        // Nobody reads any more (`| head -1`): done.
+                        if out!("{}", show::describe(&change?, json)).is_err() {
+                            return Ok(0);
+                        }
+                    }
                     _ = tokio::signal::ctrl_c() => return Ok(0),
                 }
             }
@@ -421,14 +437,14 @@ async fn run(cli: Cli) -> Result<u8, Fail> {
                 None => show::stored_permits(client.backend().get(prefix.trim_end_matches('/')).await?.as_ref()),
             };
             let holding = show::holding(&entries, &prefix, permits);
-            println!("{}", show::status(&name, &entries, holding, permits, json));
+            let _ = out!("{}", show::status(&name, &entries, holding, permits, json));
             Ok(0)
         }
         Cmd::Release { name, lease, token } => release(&client, &name, lease, token).await,
         Cmd::Leader { name, json } => {
             // A read: no session, so no lease to open and close.
             let leader = client.leader(&name).await?;
-            println!("{}", show::describe(&leader, json));
+            let _ = out!("{}", show::describe(&leader, json));
             Ok(0)
         }
     }
@@ -450,7 +466,8 @@ async fn release(client: &Client, name: &str, lease: i64, token: Option<u64>) ->
     let mut released = 0;
     for holder in entries.iter().filter(|h| h.lease == lease && token.is_none_or(|t| h.token == t)) {
         if client.revoke(name, holder).await? {
-            println!("released token={} lease={:x} key={}", holder.token, holder.lease, holder.key);
+            // Every matching key is revoked, read or not.
+            let _ = out!("released token={} lease={:x} key={}", holder.token, holder.lease, holder.key);
             released += 1;
         }
     }

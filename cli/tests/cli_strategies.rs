@@ -147,14 +147,22 @@ fn rwlock_strategies_keep_writers_alone() {
     assert_eq!(done, 8);
 }
 
-/// Ends a child (SIGTERM, then waits) when dropped, also when the test fails.
-struct Ended(std::process::Child);
+/// Ends a child (SIGTERM, then waits) when dropped, also when the test fails, unless taken.
+struct Ended(Option<std::process::Child>);
+
+impl Ended {
+    fn child(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("not taken")
+    }
+}
 
 impl Drop for Ended {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on a pid this test spawned and has not yet waited for.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
+        if let Some(c) = &mut self.0 {
+            // SAFETY: kill(2) on a pid this test spawned and has not yet waited for.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
     }
 }
 
@@ -178,7 +186,7 @@ fn a_revoked_waiter_exits_122_without_running_its_command() {
         }
         panic!("never {what:?}: {}", status());
     };
-    let mut holder = Ended(leasehold(&etcd).args(["lock", name, "--", "sleep", "60"]).spawn().unwrap());
+    let mut holder = Ended(Some(leasehold(&etcd).args(["lock", name, "--", "sleep", "60"]).spawn().unwrap()));
     until(&format!("{name}: 1 holding, 0 waiting"));
     let waiter = leasehold(&etcd)
         .args(["lock", name, "--", "touch"])
@@ -199,5 +207,53 @@ fn a_revoked_waiter_exits_122_without_running_its_command() {
     let out = waiter.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(122), "{out:?}");
     assert!(!ran.exists(), "the revoked waiter ran its command");
-    assert!(holder.0.try_wait().unwrap().is_none(), "the holder ran on");
+    assert!(holder.child().try_wait().unwrap().is_none(), "the holder ran on");
+}
+
+/// The write end of a pipe whose read end is closed: every write fails (EPIPE).
+fn broken_pipe() -> std::process::Stdio {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 fills two fresh fds; the read end is closed at once, the write end owned.
+    unsafe {
+        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        libc::close(fds[0]);
+        std::process::Stdio::from(std::os::fd::OwnedFd::from_raw_fd(fds[1]))
+    }
+}
+
+/// `lock NAME` (no command) whose standard output nobody reads (`| head -0`) holds all the
+/// same and releases on SIGINT. (Until 2026-12-05 `println!` panicked on the closed pipe:
+/// the holder exited 101 with its lock held until the TTL. `status`, `leader`, `release`
+/// and `elect --observe` print through the same `out!` now.)
+#[test]
+fn a_closed_standard_output_panics_nothing() {
+    let etcd = EtcdCluster::single();
+    let name = "cli-closed-stdout";
+    let status = || String::from_utf8(leasehold(&etcd).args(["status", name]).output().unwrap().stdout).unwrap();
+    let mut holder = Ended(Some(
+        leasehold(&etcd)
+            .args(["lock", name])
+            .stdout(broken_pipe())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let mut held = false;
+    for _ in 0..500 {
+        held = status().starts_with(&format!("{name}: 1 holding"));
+        if held || holder.child().try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on the pid this test spawned.
+    unsafe { libc::kill(holder.child().id() as i32, libc::SIGINT) };
+    let out = holder.0.take().unwrap().wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(held, "it held: {stderr}");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let free = leasehold(&etcd).args(["lock", "--try", name, "--", "true"]).status().unwrap();
+    assert!(free.success(), "the name is free after SIGINT");
 }
