@@ -67,34 +67,43 @@ pub enum How {
     Forever,
 }
 
-/// SIGINT and SIGTERM, listened to from before the acquisition until the release: one that
-/// comes in between is not lost (the command does not start then).
+/// SIGINT, SIGTERM and SIGHUP, listened to from before the acquisition until the release:
+/// one that comes in between is not lost (the command does not start then). (SIGHUP was
+/// listened to only while the command ran, until 2026-12-05: one before, a terminal
+/// closed, killed `leasehold` with nothing released, its key held or queued for a TTL.)
 pub struct Signals {
     pub int: Signal,
     pub term: Signal,
+    pub hup: Signal,
 }
 
 impl Signals {
     /// Starts listening.
     pub fn new() -> Result<Self, Fail> {
         let listen = |kind| signal(kind).map_err(|e| Fail(EXIT_FAILED, format!("signals: {e}")));
-        Ok(Self { int: listen(SignalKind::interrupt())?, term: listen(SignalKind::terminate())? })
+        Ok(Self {
+            int: listen(SignalKind::interrupt())?,
+            term: listen(SignalKind::terminate())?,
+            hup: listen(SignalKind::hangup())?,
+        })
     }
 
-    /// A SIGINT (130) or SIGTERM (143) that came and was not handled yet; does not wait.
+    /// A SIGINT (130), SIGTERM (143) or SIGHUP (129) that came and was not handled yet;
+    /// does not wait.
     pub async fn pending(&mut self) -> Option<(&'static str, u8)> {
         tokio::select! {
             biased;
             _ = self.int.recv() => Some(("interrupted", 130)),
             _ = self.term.recv() => Some(("terminated", 143)),
+            _ = self.hup.recv() => Some(("hung up", 129)),
             _ = std::future::ready(()) => None,
         }
     }
 }
 
-/// Waits for `fut` unless SIGINT or SIGTERM comes first: then the session is closed — its
-/// lease revoked, so a queued key goes at once, not a TTL later — and the exit is 130
-/// (SIGINT) or 143 (SIGTERM).
+/// Waits for `fut` unless SIGINT, SIGTERM or SIGHUP comes first: then the session is
+/// closed — its lease revoked, so a queued key goes at once, not a TTL later — and the exit
+/// is 130 (SIGINT), 143 (SIGTERM) or 129 (SIGHUP).
 pub async fn interruptible<T>(
     session: &Session,
     signals: &mut Signals,
@@ -104,6 +113,7 @@ pub async fn interruptible<T>(
         r = fut => return Ok(r?),
         _ = signals.int.recv() => ("interrupted", 130),
         _ = signals.term.recv() => ("terminated", 143),
+        _ = signals.hup.recv() => ("hung up", 129),
     };
     // The acquisition was dropped: its key is deleted in the background; closing the
     // session waits for that and revokes the lease.
@@ -120,7 +130,7 @@ pub fn taken<T>(got: Option<T>, what: &str, name: &str) -> Result<T, Fail> {
 }
 
 /// Runs `cmd` under `guard`, then releases it (unless it was lost) and closes the session.
-/// With no command, holds until SIGINT or SIGTERM (as `etcdctl lock NAME` does).
+/// With no command, holds until SIGINT, SIGTERM or SIGHUP (as `etcdctl lock NAME` does).
 pub async fn run_guarded(
     name: &str,
     session: Session,
@@ -151,6 +161,7 @@ async fn hold_until_signal(session: &Session, guard: &Guard, signals: &mut Signa
     tokio::select! {
         _ = signals.int.recv() => Ok(0),
         _ = signals.term.recv() => Ok(0),
+        _ = signals.hup.recv() => Ok(0),
         _ = guard.lost() => {
             let why = if session.is_valid() { "revoked" } else { "lost" };
             Err(Fail(EXIT_LOST, format!("{} {why}", guard.key())))

@@ -299,7 +299,6 @@ async fn watch(
     budget: Budget,
     signals: &mut Signals,
 ) -> std::io::Result<Option<Outcome>> {
-    let mut sighup = signal(SignalKind::hangup())?;
     let mut sigtstp = signal(SignalKind::from_raw(libc::SIGTSTP))?;
     tokio::pin!(lost);
     // The deadline a SIGTERM was sent for: a renewal that moves the deadline past it
@@ -324,7 +323,7 @@ async fn watch(
             }
             _ = signals.int.recv() => { signal_group(pgid, libc::SIGINT); }
             _ = signals.term.recv() => { signal_group(pgid, libc::SIGTERM); }
-            _ = sighup.recv() => { signal_group(pgid, libc::SIGHUP); }
+            _ = signals.hup.recv() => { signal_group(pgid, libc::SIGHUP); }
             _ = sigtstp.recv() => {
                 // Ctrl-Z: the command's group stops, then this process (as the default
                 // action would). The watchdog, in a session of its own, runs on.

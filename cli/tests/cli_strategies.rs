@@ -257,3 +257,43 @@ fn a_closed_standard_output_panics_nothing() {
     let free = leasehold(&etcd).args(["lock", "--try", name, "--", "true"]).status().unwrap();
     assert!(free.success(), "the name is free after SIGINT");
 }
+
+/// SIGHUP (a terminal closed) ends a `lock NAME` hold as SIGINT does: released at once,
+/// exit 0; and a waiter's: its queued key released, exit 129. (Until 2026-12-05 SIGHUP was
+/// listened to only while a command ran: before, it killed `leasehold` with nothing
+/// released, and the name stayed held, or a dead waiter's key queued, for a TTL.)
+#[test]
+fn sighup_releases_a_hold_and_a_wait() {
+    let etcd = EtcdCluster::single();
+    let name = "cli-sighup";
+    let status = || String::from_utf8(leasehold(&etcd).args(["status", name]).output().unwrap().stdout).unwrap();
+    let until = |what: &str| {
+        for _ in 0..500 {
+            if status().starts_with(what) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("never {what:?}: {}", status());
+    };
+    let spawn = || {
+        let mut c = leasehold(&etcd);
+        c.args(["lock", "--ttl", "30s", name]).stdout(std::process::Stdio::null());
+        Ended(Some(c.spawn().unwrap()))
+    };
+    let mut holder = spawn();
+    until(&format!("{name}: 1 holding, 0 waiting"));
+    let mut waiter = spawn();
+    until(&format!("{name}: 1 holding, 1 waiting"));
+    // SAFETY: kill(2) on the pid this test spawned.
+    unsafe { libc::kill(waiter.child().id() as i32, libc::SIGHUP) };
+    let waited = waiter.0.take().unwrap().wait().unwrap();
+    assert_eq!(waited.code(), Some(129), "the waiter: {waited:?}");
+    until(&format!("{name}: 1 holding, 0 waiting"));
+    // SAFETY: as above.
+    unsafe { libc::kill(holder.child().id() as i32, libc::SIGHUP) };
+    let held = holder.0.take().unwrap().wait().unwrap();
+    assert_eq!(held.code(), Some(0), "the holder: {held:?}");
+    let free = leasehold(&etcd).args(["lock", "--try", name, "--", "true"]).status().unwrap();
+    assert!(free.success(), "the name is free at once after SIGHUP");
+}
