@@ -289,7 +289,10 @@ impl From<Error> for Fail {
             Error::Timeout { .. } => EXIT_TIMEOUT,
             // Lost, or revoked (`release`): a holder's, or a waiter's before it held.
             Error::SessionLost { .. } | Error::NotHeld { .. } => EXIT_LOST,
-            Error::InvalidName { .. } | Error::InvalidArgument { .. } | Error::TtlOutOfRange { .. } => EXIT_USAGE,
+            Error::InvalidName { .. }
+            | Error::InvalidArgument { .. }
+            | Error::TtlOutOfRange { .. }
+            | Error::PermitMismatch { .. } => EXIT_USAGE,
             _ => EXIT_FAILED,
         };
         Fail(code, e.to_string())
