@@ -139,16 +139,16 @@ pub async fn run_guarded(
     grace: Duration,
     signals: &mut Signals,
 ) -> Result<u8, Fail> {
-    let result = if let Some((interrupted, code)) = signals.pending().await {
-        Err(Fail(code, format!("{interrupted} while acquiring; the command did not run")))
+    let (result, clean) = if let Some((interrupted, code)) = signals.pending().await {
+        (Err(Fail(code, format!("{interrupted} while acquiring; the command did not run"))), true)
     } else if cmd.is_empty() {
-        hold_until_signal(&session, &guard, signals).await
+        (hold_until_signal(&session, &guard, signals).await, true)
     } else {
         let lost = || guard.lost();
         let held = Held { name, key: guard.key(), token: guard.token(), session: &session, lost: &lost };
         run_held(cmd, held, grace, signals).await
     };
-    finish(session.clone(), guard.release(), &result, session.ttl()).await;
+    finish(session.clone(), guard.release(), &result, clean, session.ttl()).await;
     result
 }
 
@@ -169,18 +169,26 @@ async fn hold_until_signal(session: &Session, guard: &Guard, signals: &mut Signa
     }
 }
 
+/// Runs the command under `held`: its exit code (or why not), and whether its end was clean:
+/// not by a signal, which may have cut its writes off mid-way (then the release is not
+/// clean either, and a `--lock-delay` holds the next holder back).
 async fn run_held(
     cmd: &[std::ffi::OsString],
     held: Held<'_>,
     grace: Duration,
     signals: &mut Signals,
-) -> Result<u8, Fail> {
-    let started = supervise::spawn(cmd, &held).map_err(|e| {
-        let code = if e.kind() == std::io::ErrorKind::NotFound { EXIT_NOT_FOUND } else { EXIT_CANNOT_RUN };
-        Fail(code, format!("cannot run {:?}: {e}", cmd[0]))
-    })?;
-    match supervise::supervise(started, &held, grace, signals).await {
-        Outcome::Exited(code) => Ok(code.clamp(0, 255) as u8),
+) -> (Result<u8, Fail>, bool) {
+    let started = match supervise::spawn(cmd, &held) {
+        Ok(started) => started,
+        Err(e) => {
+            let code = if e.kind() == std::io::ErrorKind::NotFound { EXIT_NOT_FOUND } else { EXIT_CANNOT_RUN };
+            return (Err(Fail(code, format!("cannot run {:?}: {e}", cmd[0]))), true);
+        }
+    };
+    let outcome = supervise::supervise(started, &held, grace, signals).await;
+    let clean = !matches!(outcome, Outcome::Exited { by_signal: true, .. });
+    let result = match outcome {
+        Outcome::Exited { code, .. } => Ok(code.clamp(0, 255) as u8),
         Outcome::Lost => Err(Fail(EXIT_LOST, format!("lock {:?} lost; the command was killed", held.name))),
         Outcome::NotStarted => Err(Fail(
             EXIT_LOST,
@@ -194,7 +202,8 @@ async fn run_held(
             ),
         )),
         Outcome::Failed(e) => Err(Fail(EXIT_FAILED, format!("supervising the command: {e}"))),
-    }
+    };
+    (result, clean)
 }
 
 /// Releases what was held and closes the session, unless the lock was lost (then the
@@ -204,8 +213,21 @@ async fn finish(
     session: Session,
     release: impl Future<Output = leasehold::Result<()>>,
     result: &Result<u8, Fail>,
+    clean: bool,
     ttl: Duration,
 ) {
+    if !clean && !matches!(result, Err(Fail(EXIT_LOST, _))) {
+        // A command ended by a signal (an OOM kill, say) may have had writes on their way:
+        // no clean release, so that a lock-delay holds the next holder back. The guard,
+        // dropped, deletes its key in the background; closing the session waits for that
+        // and revokes the lease. (Until 2026-12-05 such an end was released cleanly, and
+        // the next holder skipped the delay.)
+        drop(release);
+        if tokio::time::timeout(Duration::from_secs(5), session.close()).await.is_err() {
+            say!("leasehold: warning: release did not finish; the lease expires on its own within {ttl:?}");
+        }
+        return;
+    }
     if matches!(result, Err(Fail(EXIT_LOST, _))) {
         if session.is_valid() {
             // Revoked (`leasehold release`): the key is gone but the lease lives; end it now

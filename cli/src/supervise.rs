@@ -36,8 +36,9 @@ use tokio::time::Instant;
 
 /// How a supervised run ended.
 pub enum Outcome {
-    /// The child exited on its own (or after a forwarded signal) with this exit code.
-    Exited(i32),
+    /// The child exited on its own (or after a forwarded signal) with this exit code;
+    /// `by_signal` if a signal ended it (its writes may have been cut off mid-way).
+    Exited { code: i32, by_signal: bool },
     /// The lease was (about to be) lost; the child was killed.
     Lost,
     /// The lease had too little time left to start the command; it did not run.
@@ -319,7 +320,7 @@ async fn watch(
                 // watchdog's), the command ended because the lease was going.
                 let now_term_at = budget.term_at(Instant::from_std(session.deadline()));
                 let gone = !session.is_valid() || Instant::now() >= now_term_at;
-                return Ok(Some(if gone { Outcome::Lost } else { Outcome::Exited(exit_code(status)) }));
+                return Ok(Some(if gone { Outcome::Lost } else { Outcome::Exited { code: exit_code(status), by_signal: status.code().is_none() } }));
             }
             _ = signals.int.recv() => { signal_group(pgid, libc::SIGINT); }
             _ = signals.term.recv() => { signal_group(pgid, libc::SIGTERM); }

@@ -297,3 +297,26 @@ fn sighup_releases_a_hold_and_a_wait() {
     let free = leasehold(&etcd).args(["lock", "--try", name, "--", "true"]).status().unwrap();
     assert!(free.success(), "the name is free at once after SIGHUP");
 }
+
+/// A command ended by a signal (an OOM kill, say) may have had writes on their way: with
+/// `--lock-delay`, the next holder waits the delay, as after a holder that died. (Until
+/// 2026-12-05 leasehold released such an end cleanly and the next holder ran at once.)
+#[test]
+fn a_command_killed_by_a_signal_is_no_clean_release() {
+    let etcd = EtcdCluster::single();
+    let name = "cli-killed-command";
+    let lock = |cmd: &[&str]| {
+        leasehold(&etcd).args(["lock", "--ttl", "2s", "--lock-delay", "30s", "--try", name, "--"]).args(cmd).status()
+    };
+    let killed = lock(&["sh", "-c", "kill -9 $$"]).unwrap();
+    assert_eq!(killed.code(), Some(137), "{killed:?}");
+    let next = lock(&["true"]).unwrap();
+    assert_eq!(next.code(), Some(123), "the next holder did not wait the delay: {next:?}");
+    // An exit of its own, whatever its code, is a clean release.
+    let name2 = format!("{name}-2");
+    let lock2 = |cmd: &[&str]| {
+        leasehold(&etcd).args(["lock", "--ttl", "2s", "--lock-delay", "30s", "--try", &name2, "--"]).args(cmd).status()
+    };
+    assert_eq!(lock2(&["sh", "-c", "exit 3"]).unwrap().code(), Some(3));
+    assert!(lock2(&["true"]).unwrap().success(), "a clean end delays nobody");
+}
