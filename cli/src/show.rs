@@ -11,7 +11,7 @@ pub fn describe(leader: &Option<LeaderInfo>, as_json: bool) -> String {
     match (leader, as_json) {
         (None, false) => "no leader".into(),
         (None, true) => json!({ "leader": null }).to_string(),
-        (Some(l), false) => format!("leader {} token={} key={}", String::from_utf8_lossy(&l.value), l.token, l.key),
+        (Some(l), false) => format!("leader {} token={} key={}", printable(&l.value), l.token, l.key),
         (Some(l), true) => json!({
             "leader": String::from_utf8_lossy(&l.value),
             "token": l.token,
@@ -20,6 +20,17 @@ pub fn describe(leader: &Option<LeaderInfo>, as_json: bool) -> String {
         })
         .to_string(),
     }
+}
+
+/// A candidate's value as text on one line: control characters escaped (`\n`, `\u{1b}`),
+/// so that a value cannot forge lines of `leader` or `elect --observe` (a candidate with
+/// `--value $'x\nleader evil token=1'` did, until 2026-12-05); JSON output is escaped by
+/// serde.
+fn printable(value: &[u8]) -> String {
+    String::from_utf8_lossy(value)
+        .chars()
+        .map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() })
+        .collect()
 }
 
 /// The permit count stored with a semaphore of this name (its count key's value), if the
@@ -137,6 +148,9 @@ mod tests {
         let kv =
             KeyValue { key: "a\"b".into(), value: b"v\n1".to_vec(), create_revision: 3, mod_revision: 3, lease: 0xff };
         let leader = LeaderInfo::from(&kv);
+        let text =
+            describe(&Some(LeaderInfo::from(&KeyValue { value: b"x\nleader evil\x1b".to_vec(), ..kv.clone() })), false);
+        assert_eq!(text, "leader x\\nleader evil\\u{1b} token=3 key=a\"b", "one line, control characters escaped");
         let line = describe(&Some(leader), true);
         let v: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["leader"], "v\n1");
