@@ -3,15 +3,15 @@
 # "Model-checked local state"):
 #   1. every model against the library's code, under --cfg leasehold_loom;
 #   2. once per mutation cfg (--cfg leasehold_loom_mutation_{release,fence,deadline,queue,cleanups,hints,seen,doom,claim,
-#      combine,order,withdraw}),
+#      combine,order,withdraw,revive,arrival,fire,ids,unlanded,undoom}),
 #      where the matching model is #[should_panic] and must catch the planted bug, and
 #      the other models must still pass.
 # Prints one summary line per run and exits non-zero if any run fails. Builds in
 # target/loom (override with LEASEHOLD_LOOM_TARGET_DIR) so the cfgs do not invalidate
-# the normal build cache. Each of the thirteen cfg sets (the models, then twelve mutations)
+# the normal build cache. Each of the nineteen cfg sets (the models, then eighteen mutations)
 # builds loom and its dependencies once:
-# from an empty target/loom the script took about 3 minutes on 2 busy cores, a warm run
-# about 25 s.
+# from an empty target dir the script took 488 s on 2 busy cores (2026-12-05, nineteen
+# sets), a warm mutation run about 8 s.
 #
 #   LOOM_MAX_PREEMPTIONS  preemption bound (default 3; why: loom-tests/src/models.rs)
 #   LOOM_RUN_TIMEOUT      seconds allowed per run, build included (default 600)
@@ -84,6 +84,12 @@ run mutation-claim a_claimed_key_is_never_doomed_by_the_audit "--cfg leasehold_l
 run mutation-combine grouped_updates_taken_once_in_order_and_answered "--cfg leasehold_loom --cfg leasehold_loom_mutation_combine"
 run mutation-order grouped_updates_taken_once_in_order_and_answered "--cfg leasehold_loom --cfg leasehold_loom_mutation_order"
 run mutation-withdraw withdrawn_update_is_never_applied "--cfg leasehold_loom --cfg leasehold_loom_mutation_withdraw"
+run mutation-revive lost_session_never_revives "--cfg leasehold_loom --cfg leasehold_loom_mutation_revive"
+run mutation-arrival local_waiters_served_in_arrival_order "--cfg leasehold_loom --cfg leasehold_loom_mutation_arrival"
+run mutation-fire lost_signal_reaches_every_waiter_once "--cfg leasehold_loom --cfg leasehold_loom_mutation_fire"
+run mutation-ids cancelled_signal_waiter_leaves_nothing "--cfg leasehold_loom --cfg leasehold_loom_mutation_ids"
+run mutation-unlanded unlanded_write_wakes_the_waiter_with_nothing "--cfg leasehold_loom --cfg leasehold_loom_mutation_unlanded"
+run mutation-undoom undoom_frees_the_key_and_wakes_its_waiter "--cfg leasehold_loom --cfg leasehold_loom_mutation_undoom"
 
 total_s=$(( $(date +%s) - start_all ))
 if [ "$failed" = 0 ]; then

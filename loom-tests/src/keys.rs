@@ -116,6 +116,9 @@ fn an_undoomed_cleanup_runs_until_it_is_dropped() {
 ///
 /// Preemption bound: 3 (module docs). Two threads, one to two lock acquisitions each.
 #[test]
+// Mutation `leasehold_loom_mutation_undoom`: the undoom frees the key but wakes nobody (and
+// the drop, its key gone, wakes no key waiter); loom must find the waiter queued first.
+#[cfg_attr(leasehold_loom_mutation_undoom, should_panic(expected = "the key's waiter was not woken by the undoom"))]
 fn undoom_frees_the_key_and_wakes_its_waiter() {
     check("undoom_frees_the_key_and_wakes_its_waiter", || {
         let cleanups = Arc::new(Cleanups::new());

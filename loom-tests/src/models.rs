@@ -11,7 +11,7 @@
 //! is more than every bug we know of in this kind of code needs: the fence and deadline
 //! mutations below are found with a bound of 1 and the release one with 0 (its second
 //! caller's plain load may read the older `HELD`), and studies of real concurrency bugs
-//! find nearly all of them within two or three preemptions. At 3, all sixteen models together
+//! find nearly all of them within two or three preemptions. At 3, all eighteen models together
 //! take about 8 s in release mode on two cores. Without a bound,
 //! `lost_session_never_revives` alone needs over a million executions and
 //! `lost_signal_reaches_every_waiter_once` did not finish in 6 minutes.
@@ -35,6 +35,12 @@
 //! | `leasehold_loom_mutation_hints` | `Announced::finish` wakes the waiters before it records the write, so a waiter can look again, still find the write in flight and give up | [`value_hint_reaches_the_next_holder`] |
 //! | `leasehold_loom_mutation_doom` | a cleanup of a key that ends forgets every entry of the key, while another cleanup still deletes it | [`keys::a_key_stays_doomed_while_a_cleanup_of_it_runs`](crate::keys) |
 //! | `leasehold_loom_mutation_claim` | `Cleanups::claim` does not look whether the key is doomed | [`keys::a_claimed_key_is_never_doomed_by_the_audit`](crate::keys) |
+//! | `leasehold_loom_mutation_revive` | `SessionState::renewed` refuses only a closed session, and a success sets a lost one `Alive` again | [`lost_session_never_revives`] (and [`session_deadline_never_moves_back`]) |
+//! | `leasehold_loom_mutation_arrival` | `WaiterQueue` grants a given-back slot to the newest waiter, not the oldest | [`local_waiters_served_in_arrival_order`] |
+//! | `leasehold_loom_mutation_fire` | `Signal::fire` looks whether it fired under one acquisition of the lock and fires under another, so two callers can both win | [`lost_signal_reaches_every_waiter_once`] |
+//! | `leasehold_loom_mutation_ids` | `Wakers::register` gives a new future the number of registered wakers as its id, which a removal makes the id of a future still registered | [`cancelled_signal_waiter_leaves_nothing`] |
+//! | `leasehold_loom_mutation_unlanded` | `Announced` wakes the waiters only for a write that landed (`finish` with a revision): a failed or dropped one wakes nobody | [`unlanded_write_wakes_the_waiter_with_nothing`] |
+//! | `leasehold_loom_mutation_undoom` | `Running::undoom` frees the key but wakes none of its waiters | [`keys::undoom_frees_the_key_and_wakes_its_waiter`](crate::keys) |
 
 use crate::local::cleanups::Cleanups;
 use crate::local::fence::HighWater;
@@ -48,7 +54,7 @@ use loom::sync::Arc;
 use loom::thread;
 use std::future::Future;
 use std::pin::pin;
-use std::task::{Context, Wake, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 /// Preemption bound used when `LOOM_MAX_PREEMPTIONS` is not set; see the module docs.
@@ -181,6 +187,9 @@ fn fence_never_accepts_lower_after_higher() {
 // Mutation `leasehold_loom_mutation_deadline`: renewed() stores its deadline even when it is
 // earlier; loom must find the +1 s renewal finishing after the +2 s one.
 #[cfg_attr(leasehold_loom_mutation_deadline, should_panic(expected = "deadline moved back"))]
+// Mutation `leasehold_loom_mutation_revive` (renewed() revives a lost session) is caught here
+// too: the expired session is renewed after all.
+#[cfg_attr(leasehold_loom_mutation_revive, should_panic(expected = "a renewal succeeded after the session expired"))]
 fn session_deadline_never_moves_back() {
     check("session_deadline_never_moves_back", || {
         let base = Instant::now();
@@ -213,7 +222,7 @@ fn session_deadline_never_moves_back() {
         let expected = ok.iter().filter(|(ok, _)| *ok).map(|(_, sent)| at(*sent) + ttl).max().unwrap_or(at(10_000));
         assert_eq!(state.deadline(), expected, "deadline moved back: not the latest successful renewal's");
         // expire_if_due(+10.5 s) can only win before any renewal, and then stops both.
-        assert_eq!(expired, ok.iter().all(|(ok, _)| !ok));
+        assert_eq!(expired, ok.iter().all(|(ok, _)| !ok), "a renewal succeeded after the session expired");
         assert_eq!(state.is_valid(at(10_500)), !expired);
     });
 }
@@ -228,6 +237,9 @@ fn session_deadline_never_moves_back() {
 ///
 /// Preemption bound: 3 (module docs). Three threads, two to four lock acquisitions each.
 #[test]
+// Mutation `leasehold_loom_mutation_revive`: renewed() refuses only a closed session and
+// revives a lost one; loom must find the session lost twice (expired, renewed, marked lost).
+#[cfg_attr(leasehold_loom_mutation_revive, should_panic(expected = "transitions:"))]
 fn lost_session_never_revives() {
     check("lost_session_never_revives", || {
         let base = Instant::now();
@@ -292,6 +304,9 @@ fn lost_session_never_revives() {
 /// Preemption bound: 3 (module docs). Four threads (two waiters, two firers), each with
 /// one to three lock acquisitions; with no bound this model did not finish in 6 minutes.
 #[test]
+// Mutation `leasehold_loom_mutation_fire`: fire() checks under one lock acquisition and
+// fires under another; loom must find both fire() calls returning true.
+#[cfg_attr(leasehold_loom_mutation_fire, should_panic(expected = "fire() returned"))]
 fn lost_signal_reaches_every_waiter_once() {
     check("lost_signal_reaches_every_waiter_once", || {
         let signal = Signal::new();
@@ -357,6 +372,10 @@ pub(crate) fn poll_with(
 ///
 /// Preemption bound: 3 (module docs). Three threads, two to three lock acquisitions each.
 #[test]
+// Mutation `leasehold_loom_mutation_ids`: a waiter's id is the number of wakers registered;
+// loom must find a dropped waiter's id given to a later one, whose drop takes the kept
+// waiter's waker with it.
+#[cfg_attr(leasehold_loom_mutation_ids, should_panic(expected = "the kept waiter's waker is not registered"))]
 fn cancelled_signal_waiter_leaves_nothing() {
     check("cancelled_signal_waiter_leaves_nothing", || {
         let signal = Signal::new();
@@ -401,6 +420,9 @@ fn cancelled_signal_waiter_leaves_nothing() {
 /// Preemption bound: 3 (module docs). Three threads (the holder and two waiters), two to
 /// four lock acquisitions each.
 #[test]
+// Mutation `leasehold_loom_mutation_arrival`: a given-back slot goes to the newest waiter;
+// loom must find `b` queued before the holder gives the slot back, and served first.
+#[cfg_attr(leasehold_loom_mutation_arrival, should_panic(expected = "waiters served out of arrival order"))]
 fn local_waiters_served_in_arrival_order() {
     check("local_waiters_served_in_arrival_order", || {
         let queue = Arc::new(WaiterQueue::new());
@@ -524,7 +546,7 @@ fn settle_waits_for_every_cleanup() {
 }
 
 /// How a writer's announced value ends in [`value_hint_model`].
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum HintOutcome {
     Written,
     Failed,
@@ -532,18 +554,29 @@ enum HintOutcome {
 }
 
 /// The writer announces before the waiter exists, as in the library (the waiter is
-/// admitted by the write it announced), then settles `outcome` while the waiter takes;
-/// `block_on` makes a lost wake-up a loom deadlock. Returns what the waiter took.
+/// admitted by the write it announced), then settles `outcome` while the waiter takes.
+/// For a write that landed the waiter runs under `block_on`, so that its second look races
+/// the writer's answer (a lost wake-up would be a loom deadlock); for one that did not, it
+/// polls once by hand with a counting waker (as `settle_waits_for_every_cleanup` does), so
+/// that a waiter left waiting is this model's assertion rather than a loom deadlock.
 fn value_hint_model(name: &str, outcome: HintOutcome) {
     check(name, move || {
         let hints = Arc::new(ValueHints::default());
+        let waker = std::sync::Arc::<CountingWaker>::default();
         let writer = {
-            let hints = hints.clone();
+            let (hints, waker) = (hints.clone(), waker.clone());
             thread::spawn(move || {
                 let announced = hints.announce("k", b"v".to_vec());
                 let waiter = {
                     let hints = hints.clone();
-                    thread::spawn(move || loom::future::block_on(hints.take("k", 5)))
+                    thread::spawn(move || {
+                        let mut take = Box::pin(async move { hints.take("k", 5).await });
+                        let taken = match outcome {
+                            HintOutcome::Written => Poll::Ready(loom::future::block_on(take.as_mut())),
+                            _ => take.as_mut().poll(&mut Context::from_waker(&Waker::from(waker))),
+                        };
+                        (taken, take)
+                    })
                 };
                 match outcome {
                     HintOutcome::Written => announced.finish(Some(5)),
@@ -553,10 +586,19 @@ fn value_hint_model(name: &str, outcome: HintOutcome) {
                 waiter.join().unwrap()
             })
         };
-        let taken = writer.join().unwrap();
+        let (taken, mut take) = writer.join().unwrap();
+        let taken = match taken {
+            Poll::Ready(taken) => taken,
+            Poll::Pending => {
+                assert!(waker.wakes() >= 1, "the waiter was left waiting for a write that did not land ({outcome:?})");
+                let again = take.as_mut().poll(&mut Context::from_waker(&Waker::from(waker.clone())));
+                let Poll::Ready(taken) = again else { panic!("woken, but still waiting ({outcome:?})") };
+                taken
+            }
+        };
         match outcome {
             HintOutcome::Written => assert_eq!(taken.as_deref(), Some(&b"v"[..]), "the write was not handed over"),
-            _ => assert_eq!(taken, None, "a write that did not land was handed over"),
+            _ => assert_eq!(taken, None, "a write that did not land was handed over ({outcome:?})"),
         }
         assert_eq!(loom::future::block_on(hints.take("k", 5)), None, "a hint is taken once");
     });
@@ -579,11 +621,20 @@ fn value_hint_reaches_the_next_holder() {
 /// failed, or whose announcement was dropped unfinished (a cancelled update), wakes it with
 /// nothing to take.
 ///
-/// Preemption bound: 3 (module docs). Checked once per outcome.
+/// Preemption bound: 3 (module docs). Checked once per outcome. The waiter polls by hand
+/// (see [`value_hint_model`]), so a waiter nobody wakes fails an assertion.
 #[test]
+// Mutation `leasehold_loom_mutation_unlanded`: only a write that landed wakes the waiters;
+// loom must find the waiter queued before the failed write's answer, and left waiting.
+#[cfg_attr(
+    leasehold_loom_mutation_unlanded,
+    should_panic(expected = "the waiter was left waiting for a write that did not land")
+)]
 fn unlanded_write_wakes_the_waiter_with_nothing() {
-    value_hint_model("unlanded_write_wakes_the_waiter_failed", HintOutcome::Failed);
-    value_hint_model("unlanded_write_wakes_the_waiter_dropped", HintOutcome::Dropped);
+    // Both under the test's name, which `scripts/loom.sh` looks for in a VIOLATION line;
+    // the assertions name the outcome.
+    value_hint_model("unlanded_write_wakes_the_waiter_with_nothing", HintOutcome::Failed);
+    value_hint_model("unlanded_write_wakes_the_waiter_with_nothing", HintOutcome::Dropped);
 }
 
 /// Property: a value the register queue's feed saw (another client's write, at an older

@@ -136,6 +136,11 @@ impl Running {
             return;
         }
         let waiters = self.cleanups.inner.lock().undoom(&mut self.key);
+        // Mutation for the loom suite: the undoom frees the key but wakes none of its
+        // waiters (and the drop, its key gone, wakes none either).
+        #[cfg(leasehold_loom_mutation_undoom)]
+        drop(waiters);
+        #[cfg(not(leasehold_loom_mutation_undoom))]
         for waker in waiters {
             waker.wake();
         }

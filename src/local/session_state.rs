@@ -47,8 +47,18 @@ impl SessionState {
     /// false (and changes nothing) if the session is no longer alive.
     pub(crate) fn renewed(&self, sent: Instant, ttl: Duration) -> bool {
         let mut inner = self.inner.lock();
+        #[cfg(not(leasehold_loom_mutation_revive))]
         if inner.status != SessionStatus::Alive {
             return false;
+        }
+        // Mutation for the loom suite: only a closed session refuses a renewal; a success
+        // (the server extended the lease, after all) revives a lost one.
+        #[cfg(leasehold_loom_mutation_revive)]
+        {
+            if inner.status == SessionStatus::Closed {
+                return false;
+            }
+            inner.status = SessionStatus::Alive;
         }
         let candidate = sent + ttl;
         #[cfg(not(leasehold_loom_mutation_deadline))]

@@ -34,8 +34,15 @@ impl Signal {
 
     /// Fires the signal. True only for the first call.
     pub(crate) fn fire(&self) -> bool {
+        // Mutation for the loom suite: look whether it fired under one acquisition of the
+        // lock and fire under another, so that two callers can both see it unfired.
+        #[cfg(leasehold_loom_mutation_fire)]
+        if self.is_fired() {
+            return false;
+        }
         let waiters = {
             let mut inner = self.inner.lock();
+            #[cfg(not(leasehold_loom_mutation_fire))]
             if inner.fired {
                 return false;
             }

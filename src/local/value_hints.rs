@@ -143,6 +143,11 @@ impl Announced<'_> {
         self.done.fire();
         self.hints.settle(&self.key, self.id, at);
         // Drop fires the signal.
+        // (Mutation `unlanded`, with `drop`'s: only a write that landed wakes the waiters.)
+        #[cfg(leasehold_loom_mutation_unlanded)]
+        if at.is_some() {
+            self.done.fire();
+        }
     }
 }
 
@@ -151,6 +156,9 @@ impl Drop for Announced<'_> {
         // Settle as failed unless `finish` already settled (then this finds a newer entry or
         // a written one, and leaves it), and wake whoever waits for the outcome.
         self.hints.settle(&self.key, self.id, None);
+        // Mutation for the loom suite: a write that failed or was dropped leaves nothing to
+        // take, so nobody is woken (only `finish` with a revision wakes the waiters).
+        #[cfg(not(leasehold_loom_mutation_unlanded))]
         self.done.fire();
     }
 }

@@ -40,6 +40,12 @@ impl Inner {
     #[must_use]
     fn give_back(&mut self) -> Option<Waker> {
         debug_assert!(self.out, "a slot given back that was not out");
+        // Mutation for the loom suite: the newest waiter gets the slot (a stack, not a queue).
+        #[cfg(leasehold_loom_mutation_arrival)]
+        if let Some(next) = self.waiters.back_mut() {
+            next.granted = true;
+            return next.waker.take();
+        }
         if let Some(next) = self.waiters.front_mut() {
             next.granted = true;
             return next.waker.take();
@@ -133,6 +139,13 @@ impl Future for Acquire {
             this.id = Some(id);
             return Poll::Pending;
         };
+        // (Mutation `arrival`, with `give_back`'s: the granted waiter claims it where it stands.)
+        #[cfg(leasehold_loom_mutation_arrival)]
+        if let Some(at) = inner.waiters.iter().position(|w| w.id == id && w.granted) {
+            inner.waiters.remove(at);
+            this.id = None;
+            return Poll::Ready(Slot { queue: this.queue.clone() });
+        }
         if inner.waiters.front().is_some_and(|w| w.id == id && w.granted) {
             inner.waiters.pop_front();
             this.id = None;

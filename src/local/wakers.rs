@@ -15,10 +15,15 @@ impl Wakers {
     /// Registers `waker` for the future whose id is in `id` (giving it one on its first
     /// call), replacing its earlier waker, or adding it again if it was taken.
     pub(crate) fn register(&mut self, id: &mut Option<u64>, waker: &Waker) {
+        #[cfg(not(leasehold_loom_mutation_ids))]
         let id = *id.get_or_insert_with(|| {
             self.next_id += 1;
             self.next_id
         });
+        // Mutation for the loom suite: a new future's id is the number of wakers registered,
+        // which a removal makes the id of a future still registered.
+        #[cfg(leasehold_loom_mutation_ids)]
+        let id = *id.get_or_insert(self.list.len() as u64);
         match self.list.iter_mut().find(|(i, _)| *i == id) {
             Some(slot) => slot.1.clone_from(waker),
             None => self.list.push((id, waker.clone())),
