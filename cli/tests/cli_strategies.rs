@@ -166,6 +166,22 @@ impl Drop for Ended {
     }
 }
 
+/// `leasehold status NAME`'s output.
+fn status(etcd: &EtcdCluster, name: &str) -> String {
+    String::from_utf8(leasehold(etcd).args(["status", name]).output().unwrap().stdout).unwrap()
+}
+
+/// Waits (polling `status`, bounded) until its output starts with `what`.
+fn until(etcd: &EtcdCluster, name: &str, what: &str) {
+    for _ in 0..500 {
+        if status(etcd, name).starts_with(what) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("never {what:?}: {}", status(etcd, name));
+}
+
 /// A waiter whose key `release --lease` revokes exits 122 ("lost or revoked") without
 /// running its command, and the holder runs on. (Until 2026-12-05 it exited 125, as if
 /// leasehold itself had failed: the library now says `NotHeld` for a revoked waiter, where
@@ -176,16 +192,8 @@ fn a_revoked_waiter_exits_122_without_running_its_command() {
     let dir = tempfile::tempdir().unwrap();
     let ran = dir.path().join("ran");
     let name = "cli-revoked-waiter";
-    let status = || String::from_utf8(leasehold(&etcd).args(["status", name]).output().unwrap().stdout).unwrap();
-    let until = |what: &str| {
-        for _ in 0..500 {
-            if status().starts_with(what) {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        panic!("never {what:?}: {}", status());
-    };
+    let status = || status(&etcd, name);
+    let until = |what: &str| until(&etcd, name, what);
     let mut holder = Ended(Some(leasehold(&etcd).args(["lock", name, "--", "sleep", "60"]).spawn().unwrap()));
     until(&format!("{name}: 1 holding, 0 waiting"));
     let waiter = leasehold(&etcd)
@@ -230,7 +238,7 @@ fn broken_pipe() -> std::process::Stdio {
 fn a_closed_standard_output_panics_nothing() {
     let etcd = EtcdCluster::single();
     let name = "cli-closed-stdout";
-    let status = || String::from_utf8(leasehold(&etcd).args(["status", name]).output().unwrap().stdout).unwrap();
+    let status = || status(&etcd, name);
     let mut holder = Ended(Some(
         leasehold(&etcd)
             .args(["lock", name])
@@ -266,16 +274,7 @@ fn a_closed_standard_output_panics_nothing() {
 fn sighup_releases_a_hold_and_a_wait() {
     let etcd = EtcdCluster::single();
     let name = "cli-sighup";
-    let status = || String::from_utf8(leasehold(&etcd).args(["status", name]).output().unwrap().stdout).unwrap();
-    let until = |what: &str| {
-        for _ in 0..500 {
-            if status().starts_with(what) {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        panic!("never {what:?}: {}", status());
-    };
+    let until = |what: &str| until(&etcd, name, what);
     let spawn = || {
         let mut c = leasehold(&etcd);
         c.args(["lock", "--ttl", "30s", name]).stdout(std::process::Stdio::null());
