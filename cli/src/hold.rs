@@ -71,10 +71,14 @@ pub enum How {
 /// one that comes in between is not lost (the command does not start then). (SIGHUP was
 /// listened to only while the command ran, until 2026-12-05: one before, a terminal
 /// closed, killed `leasehold` with nothing released, its key held or queued for a TTL.)
+///
+/// A SIGHUP ignored when leasehold started (`nohup`) stays ignored: leasehold does not
+/// listen to it, and the command inherits the ignoring, as `nohup` means.
 pub struct Signals {
     pub int: Signal,
     pub term: Signal,
-    pub hup: Signal,
+    /// `None` if SIGHUP was ignored at the start (see [`hangup`]).
+    pub hup: Option<Signal>,
 }
 
 impl Signals {
@@ -84,7 +88,7 @@ impl Signals {
         Ok(Self {
             int: listen(SignalKind::interrupt())?,
             term: listen(SignalKind::terminate())?,
-            hup: listen(SignalKind::hangup())?,
+            hup: if hangup_ignored() { None } else { Some(listen(SignalKind::hangup())?) },
         })
     }
 
@@ -95,9 +99,28 @@ impl Signals {
             biased;
             _ = self.int.recv() => Some(("interrupted", 130)),
             _ = self.term.recv() => Some(("terminated", 143)),
-            _ = self.hup.recv() => Some(("hung up", 129)),
+            _ = hangup(&mut self.hup) => Some(("hung up", 129)),
             _ = std::future::ready(()) => None,
         }
+    }
+}
+
+/// The next SIGHUP of [`Signals::hup`] (never, if it is ignored).
+pub async fn hangup(hup: &mut Option<Signal>) {
+    match hup {
+        Some(hup) => {
+            hup.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether SIGHUP is ignored in this process (started under `nohup`).
+fn hangup_ignored() -> bool {
+    // SAFETY: sigaction with a null new action only reads the current one into `old`.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
     }
 }
 
@@ -113,7 +136,7 @@ pub async fn interruptible<T>(
         r = fut => return Ok(r?),
         _ = signals.int.recv() => ("interrupted", 130),
         _ = signals.term.recv() => ("terminated", 143),
-        _ = signals.hup.recv() => ("hung up", 129),
+        _ = hangup(&mut signals.hup) => ("hung up", 129),
     };
     // The acquisition was dropped: its key is deleted in the background; closing the
     // session waits for that and revokes the lease.
@@ -153,7 +176,7 @@ pub async fn run_guarded(
 }
 
 /// `leasehold lock NAME` without a command: prints the key and the fencing token, and holds
-/// until SIGINT or SIGTERM (exit 0), or until the lock is lost or revoked (exit 122).
+/// until SIGINT, SIGTERM or SIGHUP (exit 0), or until the lock is lost or revoked (exit 122).
 async fn hold_until_signal(session: &Session, guard: &Guard, signals: &mut Signals) -> Result<u8, Fail> {
     // Holding goes on whether anyone reads this or not (`out!`: no panic on a closed pipe).
     let _ = out!("{}", guard.key());
@@ -161,7 +184,7 @@ async fn hold_until_signal(session: &Session, guard: &Guard, signals: &mut Signa
     tokio::select! {
         _ = signals.int.recv() => Ok(0),
         _ = signals.term.recv() => Ok(0),
-        _ = signals.hup.recv() => Ok(0),
+        _ = hangup(&mut signals.hup) => Ok(0),
         _ = guard.lost() => {
             let why = if session.is_valid() { "revoked" } else { "lost" };
             Err(Fail(EXIT_LOST, format!("{} {why}", guard.key())))
@@ -186,7 +209,10 @@ async fn run_held(
         }
     };
     let outcome = supervise::supervise(started, &held, grace, signals).await;
-    let clean = !matches!(outcome, Outcome::Exited { by_signal: true, .. });
+    // A command killed by leasehold (supervising failed: its group got SIGKILL) is no clean
+    // end either; one that never ran is.
+    let clean =
+        matches!(outcome, Outcome::Exited { by_signal: false, .. } | Outcome::NotStarted | Outcome::RevokedBeforeStart);
     let result = match outcome {
         Outcome::Exited { code, .. } => Ok(code.clamp(0, 255) as u8),
         Outcome::Lost => Err(Fail(EXIT_LOST, format!("lock {:?} lost; the command was killed", held.name))),
@@ -223,8 +249,10 @@ async fn finish(
         // and revokes the lease. (Until 2026-12-05 such an end was released cleanly, and
         // the next holder skipped the delay.)
         drop(release);
-        if tokio::time::timeout(Duration::from_secs(5), session.close()).await.is_err() {
-            say!("leasehold: warning: release did not finish; the lease expires on its own within {ttl:?}");
+        match tokio::time::timeout(Duration::from_secs(5), session.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => say!("leasehold: warning: release failed ({e}); the lease expires on its own within {ttl:?}"),
+            Err(_) => say!("leasehold: warning: release did not finish; the lease expires on its own within {ttl:?}"),
         }
         return;
     }

@@ -5,8 +5,8 @@
 //! Exit codes: the command's own status when it ran (128 + N if a signal N ended it);
 //! 1 `release` found nothing to release; 2 bad usage; 122 the lock was lost and the command was killed; 123 `--try` and the lock
 //! is taken; 124 `--timeout` ran out; 125 leasehold itself failed (connect, store, auth);
-//! 126 the command cannot be run; 127 the command was not found; 130 (143) interrupted by
-//! SIGINT (SIGTERM) while waiting.
+//! 126 the command cannot be run; 127 the command was not found; 130 (143, 129) interrupted
+//! by SIGINT (SIGTERM, SIGHUP) while waiting.
 
 /// `eprintln!` that never panics: a stderr that fails (a closed pipe, a terminal that hung
 /// up) must not stop leasehold in the middle of ending or releasing something.
@@ -72,7 +72,8 @@ also if leasehold itself is stopped or killed (a watchdog process sees to it).
 
 Exit codes: the command's status; 1 nothing to release (release); 2 usage; 122 lock lost
 or revoked (command killed); 123 busy (--try); 124 timed out (--timeout); 125 leasehold
-failed; 126 command cannot run; 127 command not found; 130 interrupted while waiting.";
+failed; 126 command cannot run; 127 command not found; 130 (143, 129) interrupted (SIGINT,
+SIGTERM, SIGHUP) while waiting.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -143,7 +144,7 @@ enum StrategyArg {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Acquire a lock, run CMD, release when it exits. Without CMD, print the key and the
-    /// fencing token and hold until SIGINT or SIGTERM.
+    /// fencing token and hold until SIGINT, SIGTERM or SIGHUP.
     Lock {
         /// Lock name (A-Z a-z 0-9 . _ - : @ + =).
         name: String,

@@ -230,28 +230,27 @@ pub async fn supervise(mut started: Started, held: &Held<'_>, grace: Duration, s
         // The gate never opens: dropping it ends the gate process; the command never runs.
         Err(e) => return Outcome::Failed(format!("cannot start the watchdog: {e}")),
     };
-    // Started only with time enough left to end it before the deadline.
+    // Read once more, right before the gate opens: still this acquisition's key? (A failed
+    // read is tried again while the lease has time for the command; each read is bounded
+    // by that time.) Then not seen going meanwhile, and time enough left to end the
+    // command before the deadline. A revocation the store applies after this read reaches
+    // the `lost` future and ends the command as soon as it is seen: no check-then-start
+    // closes that window; fencing tokens cover it.
+    let still = still_held(held, session, budget).await;
+    let revoked = matches!(still, Ok(Some(false))) || poll_once(&mut lost);
     let left = session.deadline().saturating_duration_since(std::time::Instant::now());
-    if !session.is_valid() || left <= budget.margin + budget.grace {
-        drop(started);
-        dog.disarm().await;
-        return Outcome::NotStarted;
-    }
-    // Still this acquisition's key, read now, right before the gate opens; and not seen
-    // going since. (A revocation after this read is the `lost` future's: the command is
-    // killed as soon as it is seen. Only one landing between this read and the gate's
-    // opening, with the supervisor stopped in between, gets past both: the window no
-    // check-then-start can close, which fencing tokens cover.)
-    let still = session.client().backend().get(held.key).await;
-    let mine = matches!(&still, Ok(Some(kv)) if u64::try_from(kv.create_revision).ok() == Some(held.token));
-    if !mine || poll_once(&mut lost) {
+    if revoked || !matches!(still, Ok(Some(true))) || !session.is_valid() || left <= budget.margin + budget.grace {
         drop(started);
         dog.disarm().await;
         return match still {
+            _ if revoked => Outcome::RevokedBeforeStart,
             Err(e) => Outcome::Failed(format!("cannot confirm the lock before starting the command: {e}")),
-            Ok(_) => Outcome::RevokedBeforeStart,
+            Ok(_) => Outcome::NotStarted,
         };
     }
+    // The watchdog was armed with the deadline before that read: a renewal meanwhile moved
+    // it (the supervision below sends only later changes).
+    let _ = dog.deadline(session.deadline(), budget.margin);
     let watched = match started.open() {
         Ok(()) => watch(&mut started.child, pgid, &mut dog, session, lost, budget, signals).await,
         Err(e) => Err(std::io::Error::other(format!("cannot open the command's gate: {e}"))),
@@ -280,6 +279,26 @@ pub async fn supervise(mut started: Started, held: &Held<'_>, grace: Duration, s
     match outcome {
         _ if !ended => Outcome::Lost,
         outcome => outcome,
+    }
+}
+
+/// Whether the lock's key is still this acquisition's (read from the store): `None` if the
+/// lease has no time left to run the command before an answer came (each read is bounded
+/// by that time; a failed one is tried again every 100 ms within it).
+async fn still_held(held: &Held<'_>, session: &Session, budget: Budget) -> Result<Option<bool>, leasehold::Error> {
+    loop {
+        let left = session.deadline().saturating_duration_since(std::time::Instant::now());
+        let Some(time) = left.checked_sub(budget.margin + budget.grace).filter(|t| !t.is_zero()) else {
+            return Ok(None);
+        };
+        match tokio::time::timeout(time, session.client().backend().get(held.key)).await {
+            Err(_) => return Ok(None),
+            Ok(Ok(kv)) => {
+                return Ok(Some(kv.is_some_and(|kv| u64::try_from(kv.create_revision).ok() == Some(held.token))));
+            }
+            Ok(Err(e)) if !e.is_transient() => return Err(e),
+            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(100).min(time)).await,
+        }
     }
 }
 
@@ -324,7 +343,7 @@ async fn watch(
             }
             _ = signals.int.recv() => { signal_group(pgid, libc::SIGINT); }
             _ = signals.term.recv() => { signal_group(pgid, libc::SIGTERM); }
-            _ = signals.hup.recv() => { signal_group(pgid, libc::SIGHUP); }
+            _ = crate::hold::hangup(&mut signals.hup) => { signal_group(pgid, libc::SIGHUP); }
             _ = sigtstp.recv() => {
                 // Ctrl-Z: the command's group stops, then this process (as the default
                 // action would). The watchdog, in a session of its own, runs on.

@@ -319,3 +319,32 @@ fn a_command_killed_by_a_signal_is_no_clean_release() {
     assert_eq!(lock2(&["sh", "-c", "exit 3"]).unwrap().code(), Some(3));
     assert!(lock2(&["true"]).unwrap().success(), "a clean end delays nobody");
 }
+
+/// Under `nohup` (SIGHUP ignored when leasehold starts) a SIGHUP changes nothing: the
+/// command inherits the ignoring and runs to its end, and leasehold exits with its status.
+/// (Listening to SIGHUP from the start, as a review found, replaced the inherited ignoring
+/// with a handler, which exec resets to the default: the command died of the SIGHUP.)
+#[test]
+fn nohup_keeps_sighup_ignored() {
+    use std::os::unix::process::CommandExt;
+    let etcd = EtcdCluster::single();
+    let name = "cli-nohup";
+    let dir = tempfile::tempdir().unwrap();
+    let done = dir.path().join("done");
+    let mut c = leasehold(&etcd);
+    c.args(["lock", name, "--", "sh", "-c", "sleep 1; echo ok > \"$DONE\""]).env("DONE", &done);
+    // SAFETY: signal(2) in the child between fork and exec, as nohup does.
+    unsafe {
+        c.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            Ok(())
+        })
+    };
+    let mut holder = Ended(Some(c.spawn().unwrap()));
+    until(&etcd, name, &format!("{name}: 1 holding"));
+    // SAFETY: kill(2) on the pid this test spawned.
+    unsafe { libc::kill(holder.child().id() as i32, libc::SIGHUP) };
+    let ended = holder.0.take().unwrap().wait().unwrap();
+    assert_eq!(ended.code(), Some(0), "{ended:?}");
+    assert_eq!(std::fs::read_to_string(&done).unwrap_or_default(), "ok\n", "the command ran to its end");
+}
