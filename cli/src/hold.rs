@@ -211,8 +211,14 @@ async fn run_held(
     let outcome = supervise::supervise(started, &held, grace, signals).await;
     // A command killed by leasehold (supervising failed: its group got SIGKILL) is no clean
     // end either; one that never ran is.
-    let clean =
-        matches!(outcome, Outcome::Exited { by_signal: false, .. } | Outcome::NotStarted | Outcome::RevokedBeforeStart);
+    let clean = matches!(
+        outcome,
+        Outcome::Exited { by_signal: false, .. }
+            | Outcome::NotStarted
+            | Outcome::RevokedBeforeStart
+            | Outcome::NotStartedFailed(_)
+            | Outcome::Interrupted(..)
+    );
     let result = match outcome {
         Outcome::Exited { code, .. } => Ok(code.clamp(0, 255) as u8),
         Outcome::Lost => Err(Fail(EXIT_LOST, format!("lock {:?} lost; the command was killed", held.name))),
@@ -228,6 +234,10 @@ async fn run_held(
             ),
         )),
         Outcome::Failed(e) => Err(Fail(EXIT_FAILED, format!("supervising the command: {e}"))),
+        Outcome::NotStartedFailed(e) => Err(Fail(EXIT_FAILED, format!("{e}; the command did not run"))),
+        Outcome::Interrupted(what, code) => {
+            Err(Fail(code, format!("{what} before the command started; it did not run")))
+        }
     };
     (result, clean)
 }

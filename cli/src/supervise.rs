@@ -49,6 +49,10 @@ pub enum Outcome {
     /// Supervising failed; the command's group was killed and ended (the lock is still held
     /// and may be released).
     Failed(String),
+    /// Starting failed (the watchdog, or the last look at the key): the command did not run.
+    NotStartedFailed(String),
+    /// SIGINT, SIGTERM or SIGHUP came before the gate opened: the command did not run.
+    Interrupted(&'static str, u8),
 }
 
 /// A guard's `lost()`: completes when the session is lost or the key is revoked.
@@ -225,10 +229,13 @@ pub async fn supervise(mut started: Started, held: &Held<'_>, grace: Duration, s
     if poll_once(&mut lost) {
         return Outcome::RevokedBeforeStart;
     }
+    // The deadline the watchdog is armed with: it kills at this one until it is sent a
+    // later one, so the look at the key below must end within it.
+    let armed_with = session.deadline();
     let mut dog = match guard(pgid, budget, session, ARM_WITHIN).await {
         Ok(dog) => dog,
         // The gate never opens: dropping it ends the gate process; the command never runs.
-        Err(e) => return Outcome::Failed(format!("cannot start the watchdog: {e}")),
+        Err(e) => return Outcome::NotStartedFailed(format!("cannot start the watchdog: {e}")),
     };
     // Read once more, right before the gate opens: still this acquisition's key? (A failed
     // read is tried again while the lease has time for the command; each read is bounded
@@ -236,7 +243,7 @@ pub async fn supervise(mut started: Started, held: &Held<'_>, grace: Duration, s
     // command before the deadline. A revocation the store applies after this read reaches
     // the `lost` future and ends the command as soon as it is seen: no check-then-start
     // closes that window; fencing tokens cover it.
-    let still = still_held(held, session, budget).await;
+    let still = still_held(held, session, budget, armed_with).await;
     let revoked = matches!(still, Ok(Some(false))) || poll_once(&mut lost);
     let left = session.deadline().saturating_duration_since(std::time::Instant::now());
     if revoked || !matches!(still, Ok(Some(true))) || !session.is_valid() || left <= budget.margin + budget.grace {
@@ -244,13 +251,36 @@ pub async fn supervise(mut started: Started, held: &Held<'_>, grace: Duration, s
         dog.disarm().await;
         return match still {
             _ if revoked => Outcome::RevokedBeforeStart,
-            Err(e) => Outcome::Failed(format!("cannot confirm the lock before starting the command: {e}")),
+            Err(e) => Outcome::NotStartedFailed(format!("cannot confirm the lock before starting the command: {e}")),
             Ok(_) => Outcome::NotStarted,
         };
     }
+    // A signal that came meanwhile keeps the command from starting (it is not forwarded
+    // to a command that has not run).
+    if let Some((what, code)) = signals.pending().await {
+        drop(started);
+        dog.disarm().await;
+        return Outcome::Interrupted(what, code);
+    }
     // The watchdog was armed with the deadline before that read: a renewal meanwhile moved
-    // it (the supervision below sends only later changes).
-    let _ = dog.deadline(session.deadline(), budget.margin);
+    // it (the supervision below sends only later changes). One that does not take it is
+    // replaced (stopped) or ends the start (gone): the command never runs unguarded.
+    match dog.deadline(session.deadline(), budget.margin) {
+        Ok(()) => {}
+        Err(SendError::Stuck) => match replace(pgid, budget, session).await {
+            Ok(new) => std::mem::replace(&mut dog, new).abandon().await,
+            Err(e) => {
+                drop(started);
+                dog.disarm().await;
+                return Outcome::NotStartedFailed(format!("cannot replace a stopped watchdog: {e}"));
+            }
+        },
+        Err(SendError::Io(e)) => {
+            drop(started);
+            dog.disarm().await;
+            return Outcome::NotStartedFailed(format!("the watchdog is gone: {e}"));
+        }
+    }
     let watched = match started.open() {
         Ok(()) => watch(&mut started.child, pgid, &mut dog, session, lost, budget, signals).await,
         Err(e) => Err(std::io::Error::other(format!("cannot open the command's gate: {e}"))),
@@ -283,11 +313,18 @@ pub async fn supervise(mut started: Started, held: &Held<'_>, grace: Duration, s
 }
 
 /// Whether the lock's key is still this acquisition's (read from the store): `None` if the
-/// lease has no time left to run the command before an answer came (each read is bounded
-/// by that time; a failed one is tried again every 100 ms within it).
-async fn still_held(held: &Held<'_>, session: &Session, budget: Budget) -> Result<Option<bool>, leasehold::Error> {
+/// lease (or the watchdog's deadline, `armed_with`) has no time left to run the command
+/// before an answer came (each read is bounded by that time; a failed one is tried again
+/// every 100 ms within it).
+async fn still_held(
+    held: &Held<'_>,
+    session: &Session,
+    budget: Budget,
+    armed_with: std::time::Instant,
+) -> Result<Option<bool>, leasehold::Error> {
     loop {
-        let left = session.deadline().saturating_duration_since(std::time::Instant::now());
+        // Within the watchdog's deadline, which may be older than the session's.
+        let left = session.deadline().min(armed_with).saturating_duration_since(std::time::Instant::now());
         let Some(time) = left.checked_sub(budget.margin + budget.grace).filter(|t| !t.is_zero()) else {
             return Ok(None);
         };
