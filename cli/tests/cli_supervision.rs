@@ -411,6 +411,26 @@ fn a_watchdog_whose_supervisor_went_before_it_answered_still_kills_the_group() {
     assert!(killed, "the group outlived its watchdog's supervisor (watchdog: {status})");
 }
 
+/// Stops `a`'s watchdog as soon as it is there, which holds `a` before the start of its
+/// command until the watchdog is continued (unless it had already said "armed"). `None` if
+/// `a` ended first: the watchdog answers within milliseconds of starting, and on a busy
+/// machine `a` may run its command to the end between two looks.
+fn stop_watchdog(a: &mut Child) -> Option<u32> {
+    let pid = a.id();
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(dog) = children(pid).into_iter().find(|&k| args(k).iter().any(|x| x == "__watchdog")) {
+            signal(dog, libc::SIGSTOP);
+            return Some(dog);
+        }
+        if !alive(pid) || a.try_wait().unwrap().is_some() {
+            return None;
+        }
+        assert!(Instant::now() < until, "no watchdog within 30 s");
+        std::hint::spin_loop();
+    }
+}
+
 /// A holder whose key is revoked (`leasehold release`) after its acquisition and before its
 /// command starts never runs the command, and exits 122; the next holder runs. Holder A's
 /// watchdog is stopped as soon as it is there: A then waits for it to say "armed", before
@@ -424,7 +444,6 @@ fn a_holder_revoked_before_its_command_started_never_runs_it() {
     let etcd = EtcdCluster::single();
     let dir = tempfile::tempdir().unwrap();
     let mut procs = Procs(Vec::new());
-    let kid = |pid: u32, what: &str| children(pid).into_iter().find(|&k| args(k).iter().any(|a| a == what));
     let cli = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_leasehold"))
             .env("LEASEHOLD_ENDPOINTS", etcd.url())
@@ -435,23 +454,8 @@ fn a_holder_revoked_before_its_command_started_never_runs_it() {
     let mut conclusive = 0;
     for trial in 0..40 {
         let (name, log) = (format!("cli-revoked-before-start-{trial}"), dir.path().join(format!("log{trial}")));
-        let a = procs.add(holder(&etcd, &name, "A", &log, r#"echo "$WHO" >> "$LOG""#));
-        // The watchdog answers within milliseconds of starting: look without pausing.
-        // (On a busy machine A may run its command to the end between two looks: then
-        // there is nothing to prove, and the trial is run again.)
-        let until = Instant::now() + Duration::from_secs(30);
-        let dog = loop {
-            if let Some(dog) = kid(a, "__watchdog") {
-                signal(dog, libc::SIGSTOP);
-                break Some(dog);
-            }
-            if !alive(a) || procs.0.last_mut().unwrap().try_wait().unwrap().is_some() {
-                break None;
-            }
-            assert!(Instant::now() < until, "no watchdog for A within 30 s");
-            std::hint::spin_loop();
-        };
-        let Some(dog) = dog else {
+        procs.add(holder(&etcd, &name, "A", &log, r#"echo "$WHO" >> "$LOG""#));
+        let Some(dog) = stop_watchdog(procs.0.last_mut().unwrap()) else {
             procs.0.last_mut().unwrap().wait().unwrap();
             continue;
         };
@@ -483,4 +487,46 @@ fn a_holder_revoked_before_its_command_started_never_runs_it() {
         }
     }
     assert!(conclusive > 0, "no trial stopped A's watchdog before it answered");
+}
+
+/// SIGINT while the watchdog arms (before the command's gate opens) keeps the command from
+/// starting: exit 130, and a clean release, so a `--lock-delay` holds nobody back. (Until
+/// 2026-12-05 the signal was forwarded to the command just started: it died of it, an
+/// unclean end, and the next holder waited the delay; found by a review.) A trial whose
+/// watchdog had already answered (the command ran at once) proves nothing and is run again.
+#[test]
+fn a_signal_before_the_command_started_keeps_it_from_starting() {
+    let etcd = EtcdCluster::single();
+    let dir = tempfile::tempdir().unwrap();
+    let mut procs = Procs(Vec::new());
+    let lock = |name: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_leasehold"));
+        c.env("LEASEHOLD_ENDPOINTS", etcd.url()).args(["lock", "--ttl", TTL, "--lock-delay", "30s", name]);
+        c
+    };
+    let mut conclusive = false;
+    for trial in 0..40 {
+        let (name, log) = (format!("cli-signal-before-start-{trial}"), dir.path().join(format!("log{trial}")));
+        let a = lock(&name).args(["--", "sh", "-c", r#"echo A >> "$LOG""#]).env("LOG", &log).spawn().unwrap();
+        procs.add(a);
+        let a = procs.0.last_mut().unwrap();
+        let Some(dog) = stop_watchdog(a) else {
+            a.wait().unwrap();
+            continue;
+        };
+        signal(a.id(), libc::SIGINT);
+        // tokio's signal driver records the signal on its next turn; a signal that lands in
+        // the same microseconds as the gate's opening is the command's, as it must be.
+        std::thread::sleep(Duration::from_millis(100));
+        signal(dog, libc::SIGCONT);
+        let ended = a.wait().unwrap();
+        if std::fs::read_to_string(&log).unwrap_or_default().is_empty() {
+            assert_eq!(ended.code(), Some(130), "A: {ended}");
+            let next = lock(&name).args(["--try", "--", "true"]).status().unwrap();
+            assert!(next.success(), "the next holder was held back: {next} (an unclean release)");
+            conclusive = true;
+            break;
+        }
+    }
+    assert!(conclusive, "no trial stopped A's watchdog before it answered");
 }
