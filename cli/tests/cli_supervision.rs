@@ -412,16 +412,24 @@ fn a_watchdog_whose_supervisor_went_before_it_answered_still_kills_the_group() {
 }
 
 /// Stops `a`'s watchdog as soon as it is there, which holds `a` before the start of its
-/// command until the watchdog is continued (unless it had already said "armed"). `None` if
-/// `a` ended first: the watchdog answers within milliseconds of starting, and on a busy
-/// machine `a` may run its command to the end between two looks.
+/// command until the watchdog is continued, and returns it if that worked: if `a`'s gate
+/// (its command not yet started) is still there 200 ms after the stop. `None` if `a` ended
+/// first, or its watchdog had already said "armed" (the watchdog answers within
+/// milliseconds of starting; on a busy machine `a` may run its command between two looks):
+/// the watchdog is then continued, and the caller waits for `a` and tries again.
 fn stop_watchdog(a: &mut Child) -> Option<u32> {
     let pid = a.id();
     let until = Instant::now() + Duration::from_secs(30);
+    let gate = |pid: u32| children(pid).into_iter().any(|k| args(k).iter().any(|x| x == "__gate"));
     loop {
         if let Some(dog) = children(pid).into_iter().find(|&k| args(k).iter().any(|x| x == "__watchdog")) {
             signal(dog, libc::SIGSTOP);
-            return Some(dog);
+            std::thread::sleep(Duration::from_millis(200));
+            if gate(pid) {
+                return Some(dog);
+            }
+            signal(dog, libc::SIGCONT);
+            return None;
         }
         if !alive(pid) || a.try_wait().unwrap().is_some() {
             return None;
