@@ -34,6 +34,10 @@ pub(crate) struct ClientRun {
 impl ClientRun {
     pub(crate) async fn run(mut self) -> Stats {
         let mut session: Option<Session> = None;
+        let stuck = match self.plant {
+            Some(Plant::StuckHolder) => self.hold_for_the_run().await,
+            _ => None,
+        };
         while tokio::time::Instant::now() < self.end {
             let s = match &session {
                 Some(s) if s.is_valid() => s.clone(),
@@ -61,10 +65,14 @@ impl ClientRun {
                 session = None;
             }
         }
+        if let Some((held, s)) = stuck {
+            let _ = tokio::time::timeout(OP_LIMIT, held.release()).await;
+            let _ = tokio::time::timeout(OP_LIMIT, s.close()).await;
+        }
         // The run is over: the plant (a control's), then the leftover check while the
         // session still lives, then close (which revokes the lease, deleting every key).
         let mut session = session.filter(Session::is_valid);
-        if let Some(plant) = self.plant {
+        if let Some(plant) = self.plant.filter(|&p| p != Plant::StuckHolder) {
             if session.is_none() {
                 session = tokio::time::timeout(OP_LIMIT, self.client.session_builder().ttl(TTL).open())
                     .await
@@ -147,11 +155,28 @@ impl ClientRun {
     }
 
     /// Makes `plant` (see [`Plant`]) and says so: `PLANT <name> <what>`, or `PLANT-FAILED`.
+    /// [`Plant::StuckHolder`]: this client's mutex, acquired at the start on a session of
+    /// its own and held until the end of the run (the caller releases it then).
+    async fn hold_for_the_run(&mut self) -> Option<(Held, Session)> {
+        let s = tokio::time::timeout(OP_LIMIT, self.client.session_builder().ttl(TTL).open()).await.ok()?.ok()?;
+        match tokio::time::timeout(OP_LIMIT, self.target(&s).lock()).await {
+            Ok(Ok(held)) => {
+                println!("PLANT {} {}", Plant::StuckHolder.name(), held.key());
+                Some((held, s))
+            }
+            other => {
+                println!("PLANT-FAILED stuck-holder: {:?}", other.map(|r| r.map(|h| h.token())));
+                None
+            }
+        }
+    }
+
     async fn plant(&mut self, plant: Plant, s: &Session) {
         let name = plant.name();
         let target = match plant {
             Plant::OverAdmission => Target::Semaphore(Semaphore::new(s, PLANT_SEMAPHORE, PERMITS + 1).unwrap()),
             Plant::SkippedRelease | Plant::LostAck => self.target(s),
+            Plant::StuckHolder => return, // made during the run (`hold_for_the_run`)
         };
         let mut held = Vec::new();
         let wanted = if plant == Plant::OverAdmission { PERMITS as usize + 1 } else { 1 };
@@ -197,6 +222,7 @@ impl ClientRun {
                 let _ = tokio::time::timeout(OP_LIMIT, h.release()).await;
                 println!("PLANT {name} {lost}");
             }
+            Plant::StuckHolder => unreachable!("returned above"),
         }
     }
 
@@ -241,6 +267,14 @@ impl ClientRun {
                     }
                     Err(_) => {
                         self.st.cut_at_end += 1;
+                        // A wait still going at the end counts for the liveness bound as one
+                        // that ended: a waiter whose wake-up was lost is one that never ends.
+                        // (Only ended waits counted until 2026-12-05, so the bound could not
+                        // see the stuck waiter its message names: `Plant::StuckHolder`.)
+                        if self.strategy != Strategy::Optimistic {
+                            let waited = started.elapsed().as_millis() as u64;
+                            self.st.max_wait_queued_ms = self.st.max_wait_queued_ms.max(waited);
+                        }
                         eprintln!(
                             "worker {}: {} {:?} still waiting at the end, after {:?}",
                             self.worker,

@@ -491,7 +491,12 @@ pub(crate) fn run_plan(plan: Plan) -> Outcome {
 /// A planted control: 1 member, 2 workers, no fault, [`CONTROL_RUN`]; worker 0 makes
 /// `plant` after its run. Returns the outcome and what the plant line says (asserted made).
 pub(crate) fn planted(plant: Plant) -> (Outcome, String) {
-    let plan = Plan { members: 1, workers: 2, run: CONTROL_RUN, fenced: true, faults: &[], plant: Some(plant) };
+    planted_for(plant, CONTROL_RUN)
+}
+
+/// [`planted`] with a run of `run`.
+pub(crate) fn planted_for(plant: Plant, run: Duration) -> (Outcome, String) {
+    let plan = Plan { members: 1, workers: 2, run, fenced: true, faults: &[], plant: Some(plant) };
     let o = run_plan(plan);
     let prefix = format!("PLANT {} ", plant.name());
     let made = o.plants.iter().find_map(|p| p.strip_prefix(&prefix)).map(str::to_owned);

@@ -128,8 +128,8 @@ pub(crate) fn render(o: &Outcome, plan: &Plan, seed: u64) -> String {
     .unwrap();
     writeln!(
         t,
-        "  liveness: longest wait to be admitted {:.1} s queued (fair), {:.1} s optimistic (not fair); \
-         {} waits still open when the run ended",
+        "  liveness: longest wait to be admitted {:.1} s queued (fair; also counting waits still open at the end), \
+         {:.1} s optimistic (not fair); {} waits still open when the run ended",
         st.max_wait_queued_ms as f64 / 1000.0,
         st.max_wait_cas_ms as f64 / 1000.0,
         st.cut_at_end

@@ -283,6 +283,12 @@ pub(crate) enum Plant {
     /// per-worker counts balance (one entry stored; one acknowledged plus one unknown), so
     /// only the key-by-key check can see the loss; it must report that key.
     LostAck,
+    /// A holder that never lets go: the first mutex client acquires its mutex at the start
+    /// of the run (on a session of its own) and holds it until the end, so every queued
+    /// wait for that mutex is still open when the run ends. The liveness bound must see
+    /// them (it counted only waits that ended until 2026-12-05). Made during the run, not
+    /// after it as the others are.
+    StuckHolder,
 }
 
 impl Plant {
@@ -291,18 +297,21 @@ impl Plant {
             Plant::OverAdmission => "over-admission",
             Plant::SkippedRelease => "skipped-release",
             Plant::LostAck => "lost-ack",
+            Plant::StuckHolder => "stuck-holder",
         }
     }
 
     fn parse(s: &str) -> Option<Plant> {
-        [Plant::OverAdmission, Plant::SkippedRelease, Plant::LostAck].into_iter().find(|p| p.name() == s)
+        [Plant::OverAdmission, Plant::SkippedRelease, Plant::LostAck, Plant::StuckHolder]
+            .into_iter()
+            .find(|p| p.name() == s)
     }
 
     /// The client of worker 0 that makes it.
     fn client(self) -> usize {
         match self {
             Plant::OverAdmission => 2,
-            Plant::SkippedRelease | Plant::LostAck => 0,
+            Plant::SkippedRelease | Plant::LostAck | Plant::StuckHolder => 0,
         }
     }
 }
