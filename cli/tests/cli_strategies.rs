@@ -276,8 +276,18 @@ fn sighup_releases_a_hold_and_a_wait() {
     let name = "cli-sighup";
     let until = |what: &str| until(&etcd, name, what);
     let spawn = || {
+        use std::os::unix::process::CommandExt;
         let mut c = leasehold(&etcd);
         c.args(["lock", "--ttl", "30s", name]).stdout(std::process::Stdio::null());
+        // SIGHUP at its default, whatever this test runs under (`nohup` ignores it, and an
+        // ignored SIGHUP stays ignored: `nohup_keeps_sighup_ignored`).
+        // SAFETY: signal(2) in the child between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_DFL);
+                Ok(())
+            })
+        };
         Ended(Some(c.spawn().unwrap()))
     };
     let mut holder = spawn();
