@@ -256,7 +256,6 @@ impl Holding {
             return Err(Error::NotHeld { what, reason: "already released".into() });
         }
         self.not_closed()?;
-        distinct_keys(what, &writes)?;
         let backend = self.session.client().backend();
         let mut all = vec![Condition::Created { key: self.key.clone(), revision: self.revision }];
         all.extend_from_slice(conditions);
@@ -292,7 +291,6 @@ impl Holding {
             return Err(Error::NotHeld { what, reason: "already released".into() });
         }
         self.not_closed()?;
-        distinct_keys(what, &writes)?;
         let backend = self.session.client().backend();
         let held = [Condition::Created { key: self.key.clone(), revision: self.revision }];
         if backend.write_if(&held, writes).await?.is_some() {
@@ -316,7 +314,6 @@ impl Holding {
         }
         self.not_closed()?;
         writes.push(Write::Delete { key: self.key.clone() });
-        distinct_keys("guard", &writes)?;
         let mut all = vec![Condition::Created { key: self.key.clone(), revision: self.revision }];
         all.extend_from_slice(conditions);
         let applied = self.session.client().backend().write_if(&all, writes).await?;
@@ -537,24 +534,4 @@ pub(crate) async fn run_held<G, T>(
         tracing::warn!(what, error = %e, "release after the work failed; the lease will free the key");
     }
     Ok(out)
-}
-
-/// Refuses `writes` that name one key twice, with [`Error::InvalidArgument`] before
-/// anything is sent: etcd refuses such a transaction ("duplicate key given in txn
-/// request") as a permanent error, where the embedded store applied the writes in order,
-/// so a write list that worked in tests failed for good on etcd. The library's own writes
-/// in the same transaction (a release's delete of the guard's key, a lock-delay marker's)
-/// count: the caller may not name those keys either.
-pub(crate) fn distinct_keys(what: &'static str, writes: &[Write]) -> Result<()> {
-    let mut seen = std::collections::HashSet::with_capacity(writes.len());
-    for write in writes {
-        let key = match write {
-            Write::Put { key, .. } | Write::Delete { key } => key,
-        };
-        if !seen.insert(key.as_str()) {
-            let reason = format!("{key:?} is named twice in one transaction (or is a key the release itself deletes)");
-            return Err(Error::invalid(what, reason));
-        }
-    }
-    Ok(())
 }

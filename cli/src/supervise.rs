@@ -237,49 +237,12 @@ pub async fn supervise(mut started: Started, held: &Held<'_>, grace: Duration, s
         // The gate never opens: dropping it ends the gate process; the command never runs.
         Err(e) => return Outcome::NotStartedFailed(format!("cannot start the watchdog: {e}")),
     };
-    // Read once more, right before the gate opens: still this acquisition's key? (A failed
-    // read is tried again while the lease has time for the command; each read is bounded
-    // by that time.) Then not seen going meanwhile, and time enough left to end the
-    // command before the deadline. A revocation the store applies after this read reaches
-    // the `lost` future and ends the command as soon as it is seen: no check-then-start
-    // closes that window; fencing tokens cover it.
-    let still = still_held(held, session, budget, armed_with).await;
-    let revoked = matches!(still, Ok(Some(false))) || poll_once(&mut lost);
-    let left = session.deadline().saturating_duration_since(std::time::Instant::now());
-    if revoked || !matches!(still, Ok(Some(true))) || !session.is_valid() || left <= budget.margin + budget.grace {
+    let start = Start { held, session, budget, armed_with, pgid };
+    if let Some(outcome) = start.checked(&mut dog, &mut lost, signals).await {
+        // The gate never opens: dropping it ends the gate process; the command never runs.
         drop(started);
         dog.disarm().await;
-        return match still {
-            _ if revoked => Outcome::RevokedBeforeStart,
-            Err(e) => Outcome::NotStartedFailed(format!("cannot confirm the lock before starting the command: {e}")),
-            Ok(_) => Outcome::NotStarted,
-        };
-    }
-    // A signal that came meanwhile keeps the command from starting (it is not forwarded
-    // to a command that has not run).
-    if let Some((what, code)) = signals.pending().await {
-        drop(started);
-        dog.disarm().await;
-        return Outcome::Interrupted(what, code);
-    }
-    // The watchdog was armed with the deadline before that read: a renewal meanwhile moved
-    // it (the supervision below sends only later changes). One that does not take it is
-    // replaced (stopped) or ends the start (gone): the command never runs unguarded.
-    match dog.deadline(session.deadline(), budget.margin) {
-        Ok(()) => {}
-        Err(SendError::Stuck) => match replace(pgid, budget, session).await {
-            Ok(new) => std::mem::replace(&mut dog, new).abandon().await,
-            Err(e) => {
-                drop(started);
-                dog.disarm().await;
-                return Outcome::NotStartedFailed(format!("cannot replace a stopped watchdog: {e}"));
-            }
-        },
-        Err(SendError::Io(e)) => {
-            drop(started);
-            dog.disarm().await;
-            return Outcome::NotStartedFailed(format!("the watchdog is gone: {e}"));
-        }
+        return outcome;
     }
     let watched = match started.open() {
         Ok(()) => watch(&mut started.child, pgid, &mut dog, session, lost, budget, signals).await,
@@ -309,6 +272,60 @@ pub async fn supervise(mut started: Started, held: &Held<'_>, grace: Duration, s
     match outcome {
         _ if !ended => Outcome::Lost,
         outcome => outcome,
+    }
+}
+
+/// What the last looks before the gate opens need ([`Start::checked`]): with the watchdog
+/// armed, `Some` with the outcome if the command must not start.
+///
+/// Read once more, right before the gate opens: still this acquisition's key? (A failed
+/// read is tried again while the lease has time for the command; each read is bounded by
+/// that time.) Then not seen going meanwhile, and time enough left to end the command
+/// before the deadline. A revocation the store applies after this read reaches the `lost`
+/// future and ends the command as soon as it is seen: no check-then-start closes that
+/// window; fencing tokens cover it. A signal that came meanwhile keeps the command from
+/// starting (it is not forwarded to a command that has not run). And the watchdog, armed
+/// with the deadline before that read, is sent the current one (a renewal meanwhile moved
+/// it; the supervision sends only later changes): one that does not take it is replaced
+/// (stopped) or ends the start (gone), so the command never runs unguarded.
+struct Start<'a, 'h> {
+    held: &'a Held<'h>,
+    session: &'a Session,
+    budget: Budget,
+    /// The deadline the watchdog was armed with.
+    armed_with: std::time::Instant,
+    pgid: i32,
+}
+
+impl Start<'_, '_> {
+    async fn checked(&self, dog: &mut Watchdog, lost: &mut Lost, signals: &mut Signals) -> Option<Outcome> {
+        let Start { held, session, budget, armed_with, pgid } = *self;
+        let still = still_held(held, session, budget, armed_with).await;
+        let revoked = matches!(still, Ok(Some(false))) || poll_once(lost);
+        let left = session.deadline().saturating_duration_since(std::time::Instant::now());
+        if revoked || !matches!(still, Ok(Some(true))) || !session.is_valid() || left <= budget.margin + budget.grace {
+            return Some(match still {
+                _ if revoked => Outcome::RevokedBeforeStart,
+                Err(e) => {
+                    Outcome::NotStartedFailed(format!("cannot confirm the lock before starting the command: {e}"))
+                }
+                Ok(_) => Outcome::NotStarted,
+            });
+        }
+        if let Some((what, code)) = signals.pending().await {
+            return Some(Outcome::Interrupted(what, code));
+        }
+        match dog.deadline(session.deadline(), budget.margin) {
+            Ok(()) => None,
+            Err(SendError::Stuck) => match replace(pgid, budget, session).await {
+                Ok(new) => {
+                    std::mem::replace(dog, new).abandon().await;
+                    None
+                }
+                Err(e) => Some(Outcome::NotStartedFailed(format!("cannot replace a stopped watchdog: {e}"))),
+            },
+            Err(SendError::Io(e)) => Some(Outcome::NotStartedFailed(format!("the watchdog is gone: {e}"))),
+        }
     }
 }
 

@@ -209,7 +209,7 @@ impl State {
     /// etcd refuses them (see [`Backend::transact`]); the embedded store applied them in
     /// order until 2026-12-05, so such a write list worked in tests and failed on etcd.
     fn apply(&mut self, writes: Vec<Write>) -> Result<()> {
-        crate::guard::distinct_keys("transaction", &writes)?;
+        super::distinct_keys(&writes)?;
         for w in &writes {
             if let Write::Put { lease: Some(l), .. } = w {
                 if *l != 0 && !self.leases.contains_key(l) {

@@ -351,7 +351,9 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// The writes' keys must differ: etcd refuses a transaction that names a key twice
     /// (as a permanent error), and every backend fails such a call with
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) before sending it, writing
-    /// nothing (`guard::distinct_keys`; conformance check `transact_contract`).
+    /// nothing (`backend::distinct_keys`; conformance check `transact_contract`). The
+    /// guards' fenced writes and releases rely on this: the release's delete of the
+    /// guard's key and a lock-delay marker's count, so a caller naming those is refused.
     ///
     /// The recipes' multi-key steps are built from it: the fenced write (a
     /// [`Condition::Created`] on a guard's key: nothing is written once the key is gone,
@@ -453,5 +455,31 @@ impl WatchStream for DeletesOnly {
                 return Ok(batch);
             }
         }
+    }
+}
+
+/// Refuses `writes` that name one key twice, with [`Error::InvalidArgument`](crate::Error::InvalidArgument) before
+/// anything is sent (the [`Backend::transact`] contract): etcd refuses such a transaction
+/// ("duplicate key given in txn request") as a permanent error, and the embedded store
+/// applied the writes in order until 2026-12-05, so a write list that worked in tests
+/// failed for good on etcd. No allocation for the few writes of a recipe's step.
+pub(crate) fn distinct_keys(writes: &[Write]) -> Result<()> {
+    fn key(w: &Write) -> &str {
+        match w {
+            Write::Put { key, .. } | Write::Delete { key } => key,
+        }
+    }
+    let twice = if writes.len() <= 16 {
+        writes.iter().enumerate().find_map(|(i, w)| writes[..i].iter().any(|v| key(v) == key(w)).then(|| key(w)))
+    } else {
+        let mut seen = std::collections::HashSet::with_capacity(writes.len());
+        writes.iter().map(key).find(|k| !seen.insert(*k))
+    };
+    match twice {
+        None => Ok(()),
+        Some(k) => Err(crate::error::Error::invalid(
+            "transaction",
+            format!("{k:?} is named twice in one transaction (or is a key the release itself deletes)"),
+        )),
     }
 }

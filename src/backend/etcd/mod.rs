@@ -493,7 +493,7 @@ impl Backend for EtcdBackend {
     }
 
     async fn transact(&self, conditions: &[Condition], writes: Vec<Write>, reads: &[Read]) -> Result<Transacted> {
-        crate::guard::distinct_keys("transaction", &writes)?;
+        crate::backend::distinct_keys(&writes)?;
         let compares: Vec<Compare> = conditions.iter().map(compare).collect();
         let skip = writes.len();
         let lease = writes.iter().find_map(|w| match w {

@@ -357,7 +357,7 @@ impl Backend for TikvBackend {
     }
 
     async fn transact(&self, conditions: &[Condition], writes: Vec<Write>, reads: &[Read]) -> Result<Transacted> {
-        crate::guard::distinct_keys("transaction", &writes)?;
+        crate::backend::distinct_keys(&writes)?;
         let read_only = conditions.is_empty() && writes.is_empty();
         let (conditions, reads) = (conditions.to_vec(), reads.to_vec());
         let body: Body<Transacted> = Arc::new(move |tx| {
